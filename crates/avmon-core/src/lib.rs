@@ -1,0 +1,49 @@
+//! avmon's shared vocabulary.
+//!
+//! Everything that crosses a crate boundary in the pipeline
+//! `ingest → decode → detect → findings → alerts → store / notifiers / API` is defined here:
+//!
+//! - [`VideoFrame`] and [`AudioBuffer`]: *borrowed* views of decoded media. The media crate builds
+//!   them over the decoder's own buffers and hands them to detectors by reference; nothing is copied.
+//! - [`Detector`]: the trait every defect detector implements. A detector only *reports*
+//!   [`Finding`]s; the alert engine decides what they mean (raise, update, clear).
+//! - [`Alert`] and [`AlertEvent`]: what the alert engine produces and stores, notifiers and the API consume.
+//!
+//! Two clocks run through these types. **Media time** (`f64` seconds from the input's first
+//! timestamp) says where a defect is in the stream. **Wall time** ([`WallTime`], UTC) says when it was
+//! seen and delivered.
+//!
+//! This crate has no FFmpeg, no database and no async runtime, so every other crate can be tested
+//! without media files.
+
+mod alert;
+mod detector;
+mod frame;
+mod stream;
+
+pub use alert::{Alert, AlertEvent, AlertState, Transition};
+pub use detector::{Detector, Finding, FindingEdge, Findings};
+pub use frame::{AudioBuffer, Plane, VideoFrame, MAX_AUDIO_CHANNELS};
+pub use stream::{AudioInfo, MediaInfo, Severity, SeverityParseError, StreamId, VideoInfo};
+
+/// Wall-clock time, always UTC.
+pub type WallTime = chrono::DateTime<chrono::Utc>;
+
+/// Free-form measured values attached to findings and alerts (`{"black_ratio": 0.99, ...}`).
+pub type Details = serde_json::Map<String, serde_json::Value>;
+
+/// The kinds of defect avmon reports. Kinds are plain dotted strings (`video.black`) so that the
+/// store, the API and notifiers treat new kinds without a schema change.
+pub mod kinds {
+    pub const VIDEO_BLACK: &str = "video.black";
+    pub const VIDEO_FREEZE: &str = "video.freeze";
+    pub const VIDEO_LOSS: &str = "video.loss";
+    pub const AUDIO_SILENCE: &str = "audio.silence";
+    pub const AUDIO_LOSS: &str = "audio.loss";
+    pub const SOURCE_DOWN: &str = "source.down";
+}
+
+/// Round a media time to milliseconds for reports, so JSON shows `8.04` rather than `8.039999999`.
+pub fn round_ms(t: f64) -> f64 {
+    (t * 1000.0).round() / 1000.0
+}
