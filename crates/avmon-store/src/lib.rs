@@ -1,1 +1,238 @@
-//! avmon-store
+//! avmon's persistence: streams, alerts and periodic metrics behind one [`Store`] trait.
+//!
+//! # Contract
+//!
+//! - The API is **synchronous**. The service calls it from one dedicated writer thread (and the
+//!   HTTP API from blocking tasks), never from the decode threads, so a slow disk can delay
+//!   persistence but never detection.
+//! - [`open`] picks the backend from the URL scheme, as atuin does:
+//!   `sqlite://relative/path.db` (relative to the working directory), `sqlite:///abs/path.db`,
+//!   `sqlite::memory:` (private to the store, gone when it is dropped). `postgres://` and
+//!   `postgresql://` are recognised and refused with [`StoreError::Unsupported`] until that
+//!   backend exists; anything else is refused with an error naming the scheme.
+//! - Each backend owns its schema and **migrates it at open**: an ordered list of migrations,
+//!   the applied count kept in the database (`PRAGMA user_version` for SQLite). A later version
+//!   appends migrations; it never edits released ones. A database written by a *newer* avmon is
+//!   refused rather than guessed at.
+//! - Alerts are upserted by id from [`AlertEvent`]s: a raise inserts, an update or clear rewrites
+//!   the mutable fields. A cleared alert is final: a late raise or update for it is ignored, so
+//!   replaying events is harmless.
+//! - Removing a stream only marks it removed; its alerts and metrics stay for analytics.
+//! - Wall times are truncated to **milliseconds** on the way in (see [`sqlite`] for the column
+//!   encoding).
+//!
+//! Every backend must pass the same behavioural suite (`tests/suite.rs`), so adding PostgreSQL is
+//! one module, one match arm in [`open`] and one line in that test file.
+
+use std::collections::BTreeMap;
+
+use avmon_core::{Alert, AlertEvent, StreamId, WallTime};
+
+pub mod sqlite;
+
+pub use sqlite::SqliteStore;
+
+/// A stream as configured, persisted so that streams added over the API survive a restart.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StreamRecord {
+    pub id: StreamId,
+    pub url: String,
+    /// The stream's configuration as JSON (the same keys as a TOML `[[streams]]` table).
+    pub config: serde_json::Value,
+    pub created_at: WallTime,
+}
+
+/// Which alerts [`Store::alerts`] returns.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AlertQuery {
+    /// Only this stream's alerts.
+    pub stream: Option<StreamId>,
+    /// Only alerts raised *or* cleared at or after this time.
+    pub since: Option<WallTime>,
+    /// Only alerts still raised.
+    pub active_only: bool,
+    /// At most this many alerts; `0` means no limit.
+    pub limit: usize,
+}
+
+/// One period's metrics of one stream (`frames_decoded`, `decode_errors`, `black_ratio`, ...).
+#[derive(Clone, Debug, PartialEq)]
+pub struct MetricsSample {
+    pub stream_id: StreamId,
+    /// Wall time at the end of the period.
+    pub at: WallTime,
+    /// Media time at the end of the period.
+    pub media_t: f64,
+    pub values: BTreeMap<String, f64>,
+}
+
+/// What went wrong in the store. Messages name what to fix and include their cause, so printing
+/// with `{}` is enough.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store URL is malformed.
+    #[error("invalid store URL {url:?}: {reason}")]
+    InvalidUrl { url: String, reason: String },
+    /// A recognised but unavailable backend, or a scheme avmon does not know.
+    #[error("{0}")]
+    Unsupported(String),
+    /// The database could not be opened or created.
+    #[error("cannot open database {path}: {reason}")]
+    Open { path: String, reason: String },
+    /// The database was written by a newer avmon.
+    #[error(
+        "database schema version {found} is newer than this avmon supports ({supported}); \
+         upgrade avmon or point it at another database"
+    )]
+    SchemaTooNew { found: i64, supported: i64 },
+    /// Applying a migration failed; the database is left at the previous version.
+    #[error("migrating the database to schema version {version} failed: {reason}")]
+    Migration { version: usize, reason: String },
+    /// A query failed.
+    #[error("database error: {0}")]
+    Database(String),
+    /// A stored row could not be decoded (edited by hand, or a bug).
+    #[error("corrupt row in {table}: {reason}")]
+    Corrupt { table: &'static str, reason: String },
+}
+
+/// Persistence for avmon. Implementations are internally synchronised (`&self` everywhere).
+pub trait Store: Send + Sync {
+    /// Insert a stream, or update its url and config. Re-adding a removed stream revives it with
+    /// the new `created_at`.
+    fn upsert_stream(&self, s: &StreamRecord) -> Result<(), StoreError>;
+
+    /// Mark a stream removed (its alerts and metrics are kept). Returns whether a live stream of
+    /// that id existed.
+    fn remove_stream(&self, id: &StreamId) -> Result<bool, StoreError>;
+
+    /// Streams not removed, ordered by id.
+    fn streams(&self) -> Result<Vec<StreamRecord>, StoreError>;
+
+    /// Persist one alert transition (upsert by alert id).
+    fn record_alert(&self, ev: &AlertEvent) -> Result<(), StoreError>;
+
+    /// Alerts matching `q`, newest raise first.
+    fn alerts(&self, q: &AlertQuery) -> Result<Vec<Alert>, StoreError>;
+
+    /// Persist one metrics sample (one row per value, in one transaction). A sample without values
+    /// stores nothing; two samples of a stream with the same `at` and `media_t` read back as one.
+    fn record_metrics(&self, m: &MetricsSample) -> Result<(), StoreError>;
+
+    /// A stream's metrics samples at or after `since`, oldest first.
+    fn metrics(
+        &self,
+        stream: &StreamId,
+        since: Option<WallTime>,
+    ) -> Result<Vec<MetricsSample>, StoreError>;
+
+    /// Delete metrics samples older than `before` (retention). Returns the number of rows deleted.
+    fn prune_metrics(&self, before: WallTime) -> Result<u64, StoreError>;
+}
+
+/// Open the store `url` names, creating and migrating it as needed.
+///
+/// ```
+/// let store = avmon_store::open("sqlite::memory:").unwrap();
+/// assert!(store.streams().unwrap().is_empty());
+/// ```
+pub fn open(url: &str) -> Result<Box<dyn Store>, StoreError> {
+    match Backend::parse(url)? {
+        Backend::SqliteMemory => Ok(Box::new(SqliteStore::open_in_memory()?)),
+        Backend::SqliteFile(path) => Ok(Box::new(SqliteStore::open(path)?)),
+    }
+}
+
+/// Where a store URL points.
+#[derive(Debug, PartialEq)]
+enum Backend<'a> {
+    SqliteMemory,
+    SqliteFile(&'a str),
+}
+
+impl<'a> Backend<'a> {
+    fn parse(url: &'a str) -> Result<Self, StoreError> {
+        let invalid = |reason: &str| StoreError::InvalidUrl {
+            url: url.to_string(),
+            reason: reason.to_string(),
+        };
+        let Some((scheme, rest)) = url.split_once(':') else {
+            return Err(invalid(
+                "no scheme; expected sqlite://PATH (e.g. sqlite://avmon.db) or sqlite::memory:",
+            ));
+        };
+        match scheme.to_ascii_lowercase().as_str() {
+            "sqlite" => {
+                // `sqlite://rel/path`, `sqlite:///abs/path` and the bare `sqlite:path` all work:
+                // drop the authority marker, keep what follows as a filesystem path.
+                let path = rest.strip_prefix("//").unwrap_or(rest);
+                match path {
+                    ":memory:" => Ok(Backend::SqliteMemory),
+                    "" => Err(invalid("no database path; expected sqlite://PATH")),
+                    p if p.contains('?') => Err(invalid(
+                        "query parameters are not supported; give a plain path",
+                    )),
+                    p => Ok(Backend::SqliteFile(p)),
+                }
+            }
+            "postgres" | "postgresql" => Err(StoreError::Unsupported(
+                "PostgreSQL support is planned; use sqlite://PATH for now".to_string(),
+            )),
+            "" => Err(invalid("empty scheme; expected sqlite://PATH")),
+            other => Err(StoreError::Unsupported(format!(
+                "unsupported store URL scheme {other:?}; expected sqlite://PATH or sqlite::memory:"
+            ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_choose_the_backend() {
+        assert_eq!(
+            Backend::parse("sqlite::memory:").unwrap(),
+            Backend::SqliteMemory
+        );
+        assert_eq!(
+            Backend::parse("sqlite://:memory:").unwrap(),
+            Backend::SqliteMemory
+        );
+        assert_eq!(
+            Backend::parse("sqlite://data/avmon.db").unwrap(),
+            Backend::SqliteFile("data/avmon.db")
+        );
+        assert_eq!(
+            Backend::parse("sqlite:///var/lib/avmon.db").unwrap(),
+            Backend::SqliteFile("/var/lib/avmon.db")
+        );
+        assert_eq!(
+            Backend::parse("SQLITE:avmon.db").unwrap(),
+            Backend::SqliteFile("avmon.db")
+        );
+    }
+
+    #[test]
+    fn bad_urls_say_what_to_fix() {
+        let msg = |u: &str| Backend::parse(u).unwrap_err().to_string();
+        assert_eq!(
+            msg("postgres://u@h/db"),
+            "PostgreSQL support is planned; use sqlite://PATH for now"
+        );
+        assert!(matches!(
+            Backend::parse("postgresql://h/db"),
+            Err(StoreError::Unsupported(_))
+        ));
+        assert!(
+            msg("mysql://h/db").contains("\"mysql\""),
+            "{}",
+            msg("mysql://h/db")
+        );
+        assert!(msg("avmon.db").contains("no scheme"));
+        assert!(msg("sqlite://").contains("no database path"));
+        assert!(msg("sqlite://a.db?mode=ro").contains("query parameters"));
+        assert!(msg(":memory:").contains("empty scheme"));
+    }
+}

@@ -1,0 +1,568 @@
+//! The SQLite backend.
+//!
+//! One connection behind a mutex: the writer thread is the only heavy user, and WAL mode lets
+//! other processes (a `sqlite3` shell, a backup) read while it writes. A `busy_timeout` makes a
+//! briefly locked database wait instead of failing.
+//!
+//! # Schema (version 1)
+//!
+//! ```sql
+//! CREATE TABLE streams (
+//!     id            TEXT PRIMARY KEY,
+//!     url           TEXT NOT NULL,
+//!     config        TEXT NOT NULL,      -- JSON
+//!     created_at_ms INTEGER NOT NULL,
+//!     removed_at_ms INTEGER             -- NULL while the stream is live
+//! );
+//! CREATE TABLE alerts (
+//!     id            TEXT PRIMARY KEY,   -- UUIDv7
+//!     stream_id     TEXT NOT NULL,
+//!     kind          TEXT NOT NULL,      -- video.black, ...
+//!     severity      TEXT NOT NULL,      -- info|warning|minor|major|critical
+//!     state         TEXT NOT NULL,      -- raised|cleared
+//!     start_s       REAL NOT NULL,      -- media time
+//!     end_s         REAL,
+//!     raised_at_ms  INTEGER NOT NULL,
+//!     cleared_at_ms INTEGER,
+//!     details       TEXT NOT NULL       -- JSON object
+//! );
+//! CREATE INDEX alerts_stream_raised ON alerts (stream_id, raised_at_ms);
+//! CREATE INDEX alerts_raised ON alerts (raised_at_ms);
+//! CREATE INDEX alerts_cleared ON alerts (cleared_at_ms);
+//! CREATE INDEX alerts_active ON alerts (raised_at_ms) WHERE state = 'raised';
+//! CREATE TABLE metrics (                -- one narrow row per value
+//!     stream_id TEXT NOT NULL,
+//!     at_ms     INTEGER NOT NULL,
+//!     media_t   REAL NOT NULL,
+//!     name      TEXT NOT NULL,
+//!     value     REAL NOT NULL
+//! );
+//! CREATE INDEX metrics_stream_at ON metrics (stream_id, at_ms);
+//! ```
+//!
+//! **Wall times are integer milliseconds since the Unix epoch, UTC** (`*_ms` columns): exact,
+//! compact for the metrics table, sortable and indexable; in a shell,
+//! `strftime('%Y-%m-%dT%H:%M:%fZ', raised_at_ms / 1000.0, 'unixepoch')` shows them.
+//! Alerts have no foreign key to streams: one-shot runs record alerts for streams they never
+//! persist, and removed streams keep their history.
+//!
+//! # Migrations
+//!
+//! [`MIGRATIONS`] is applied in order at open; `PRAGMA user_version` holds how many have been
+//! applied. Each migration runs in its own `IMMEDIATE` transaction together with the version bump,
+//! so a crash or a concurrent opener never leaves a half-migrated database. To change the schema,
+//! append a migration; never edit one that has shipped.
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use avmon_core::{
+    Alert, AlertEvent, AlertState, Details, Severity, StreamId, Transition, WallTime,
+};
+use rusqlite::types::Value;
+use rusqlite::{params, Connection, OpenFlags, TransactionBehavior};
+
+use crate::{AlertQuery, MetricsSample, Store, StoreError, StreamRecord};
+
+/// How long a statement waits for a lock held by another connection before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The schema, as an ordered list of migrations: entry `i` takes the database to version `i + 1`.
+pub const MIGRATIONS: &[&str] = &[
+    // 1: streams, alerts, metrics.
+    "CREATE TABLE streams (
+        id            TEXT PRIMARY KEY,
+        url           TEXT NOT NULL,
+        config        TEXT NOT NULL,
+        created_at_ms INTEGER NOT NULL,
+        removed_at_ms INTEGER
+    );
+    CREATE TABLE alerts (
+        id            TEXT PRIMARY KEY,
+        stream_id     TEXT NOT NULL,
+        kind          TEXT NOT NULL,
+        severity      TEXT NOT NULL,
+        state         TEXT NOT NULL,
+        start_s       REAL NOT NULL,
+        end_s         REAL,
+        raised_at_ms  INTEGER NOT NULL,
+        cleared_at_ms INTEGER,
+        details       TEXT NOT NULL
+    );
+    CREATE INDEX alerts_stream_raised ON alerts (stream_id, raised_at_ms);
+    CREATE INDEX alerts_raised ON alerts (raised_at_ms);
+    CREATE INDEX alerts_cleared ON alerts (cleared_at_ms);
+    CREATE INDEX alerts_active ON alerts (raised_at_ms) WHERE state = 'raised';
+    CREATE TABLE metrics (
+        stream_id TEXT NOT NULL,
+        at_ms     INTEGER NOT NULL,
+        media_t   REAL NOT NULL,
+        name      TEXT NOT NULL,
+        value     REAL NOT NULL
+    );
+    CREATE INDEX metrics_stream_at ON metrics (stream_id, at_ms);",
+];
+
+/// A [`Store`] in one SQLite database (a file, or memory).
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Open (creating it and its parent directory if needed) and migrate the database at `path`.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        let path = path.as_ref();
+        let open_err = |reason: String| StoreError::Open {
+            path: path.display().to_string(),
+            reason,
+        };
+        if path.is_dir() {
+            return Err(open_err(
+                "it is a directory; give a file path such as DIR/avmon.db".to_string(),
+            ));
+        }
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| {
+                open_err(format!("cannot create directory {}: {e}", parent.display()))
+            })?;
+        }
+        // No SQLITE_OPEN_URI: the path is taken literally, never as a `file:` URI.
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags).map_err(|e| open_err(e.to_string()))?;
+        configure(&conn, true).map_err(|e| open_err(e.to_string()))?;
+        if conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(false) {
+            return Err(open_err(
+                "the file is read-only; avmon needs to write to it".to_string(),
+            ));
+        }
+        Self::with_connection(conn)
+    }
+
+    /// A fresh, private in-memory database (gone when the store is dropped).
+    pub fn open_in_memory() -> Result<Self, StoreError> {
+        let open_err = |e: rusqlite::Error| StoreError::Open {
+            path: ":memory:".to_string(),
+            reason: e.to_string(),
+        };
+        let conn = Connection::open_in_memory().map_err(open_err)?;
+        configure(&conn, false).map_err(open_err)?;
+        Self::with_connection(conn)
+    }
+
+    fn with_connection(mut conn: Connection) -> Result<Self, StoreError> {
+        migrate(&mut conn, MIGRATIONS)?;
+        Ok(SqliteStore {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    /// The schema version of the open database (the number of migrations applied).
+    pub fn schema_version(&self) -> Result<i64, StoreError> {
+        Ok(user_version(&self.conn())?)
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave the connection itself inconsistent (an
+        // unfinished transaction rolls back when dropped), so a poisoned lock is still usable.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn configure(conn: &Connection, file: bool) -> rusqlite::Result<()> {
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    if file {
+        // Reading the journal mode back also makes SQLite touch the file, so "not a database"
+        // and permission problems surface here, at open, rather than on the first write.
+        let mode: String =
+            conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            tracing::warn!(%mode, "SQLite refused WAL mode; concurrent readers may block writes");
+        }
+        // Durable across application crashes in WAL mode; only an OS crash can lose the last
+        // transactions, which is acceptable for monitoring history.
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+    }
+    Ok(())
+}
+
+fn user_version(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.pragma_query_value(None, "user_version", |r| r.get(0))
+}
+
+/// Apply the migrations `conn` has not seen yet. Returns how many were applied.
+fn migrate(conn: &mut Connection, migrations: &[&str]) -> Result<usize, StoreError> {
+    let supported = migrations.len() as i64;
+    let mut applied = 0;
+    loop {
+        let fail = |version: usize, e: rusqlite::Error| StoreError::Migration {
+            version,
+            reason: e.to_string(),
+        };
+        // IMMEDIATE takes the write lock before reading the version, so two processes opening
+        // the same new database cannot both apply migration 1.
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| fail(0, e))?;
+        let current = user_version(&tx).map_err(|e| fail(0, e))?;
+        if current > supported {
+            return Err(StoreError::SchemaTooNew {
+                found: current,
+                supported,
+            });
+        }
+        if current == supported {
+            return Ok(applied);
+        }
+        let version = current as usize + 1;
+        tx.execute_batch(migrations[current as usize])
+            .map_err(|e| fail(version, e))?;
+        tx.pragma_update(None, "user_version", version as i64)
+            .map_err(|e| fail(version, e))?;
+        tx.commit().map_err(|e| fail(version, e))?;
+        tracing::info!(version, "migrated the database schema");
+        applied += 1;
+    }
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Database(e.to_string())
+    }
+}
+
+fn to_ms(t: WallTime) -> i64 {
+    t.timestamp_millis()
+}
+
+fn from_ms(table: &'static str, ms: i64) -> Result<WallTime, StoreError> {
+    chrono::DateTime::from_timestamp_millis(ms).ok_or_else(|| StoreError::Corrupt {
+        table,
+        reason: format!("time {ms} ms is out of range"),
+    })
+}
+
+fn state_str(s: AlertState) -> &'static str {
+    match s {
+        AlertState::Raised => "raised",
+        AlertState::Cleared => "cleared",
+    }
+}
+
+fn corrupt(table: &'static str, reason: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt {
+        table,
+        reason: reason.to_string(),
+    }
+}
+
+/// An alerts row as stored, before decoding.
+struct AlertRow {
+    id: String,
+    stream_id: String,
+    kind: String,
+    severity: String,
+    state: String,
+    start_s: f64,
+    end_s: Option<f64>,
+    raised_at_ms: i64,
+    cleared_at_ms: Option<i64>,
+    details: String,
+}
+
+impl AlertRow {
+    fn decode(self) -> Result<Alert, StoreError> {
+        const T: &str = "alerts";
+        let state = match self.state.as_str() {
+            "raised" => AlertState::Raised,
+            "cleared" => AlertState::Cleared,
+            other => return Err(corrupt(T, format_args!("unknown state {other:?}"))),
+        };
+        Ok(Alert {
+            severity: self
+                .severity
+                .parse::<Severity>()
+                .map_err(|e| corrupt(T, e))?,
+            details: serde_json::from_str::<Details>(&self.details)
+                .map_err(|e| corrupt(T, format_args!("details of {}: {e}", self.id)))?,
+            raised_at: from_ms(T, self.raised_at_ms)?,
+            cleared_at: self.cleared_at_ms.map(|ms| from_ms(T, ms)).transpose()?,
+            id: self.id,
+            stream_id: StreamId(self.stream_id),
+            kind: self.kind,
+            state,
+            start_s: self.start_s,
+            end_s: self.end_s,
+        })
+    }
+}
+
+impl Store for SqliteStore {
+    fn upsert_stream(&self, s: &StreamRecord) -> Result<(), StoreError> {
+        self.conn().execute(
+            "INSERT INTO streams (id, url, config, created_at_ms, removed_at_ms)
+             VALUES (?1, ?2, ?3, ?4, NULL)
+             ON CONFLICT (id) DO UPDATE SET
+                 url = excluded.url,
+                 config = excluded.config,
+                 created_at_ms = CASE WHEN removed_at_ms IS NULL
+                                      THEN created_at_ms ELSE excluded.created_at_ms END,
+                 removed_at_ms = NULL",
+            params![
+                s.id.as_str(),
+                s.url,
+                s.config.to_string(),
+                to_ms(s.created_at)
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn remove_stream(&self, id: &StreamId) -> Result<bool, StoreError> {
+        let n = self.conn().execute(
+            "UPDATE streams SET removed_at_ms = ?2 WHERE id = ?1 AND removed_at_ms IS NULL",
+            params![id.as_str(), to_ms(chrono::Utc::now())],
+        )?;
+        Ok(n > 0)
+    }
+
+    fn streams(&self) -> Result<Vec<StreamRecord>, StoreError> {
+        const T: &str = "streams";
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, url, config, created_at_ms FROM streams
+             WHERE removed_at_ms IS NULL ORDER BY id",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, i64>(3)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, url, config, created_at_ms) = row?;
+            out.push(StreamRecord {
+                config: serde_json::from_str(&config)
+                    .map_err(|e| corrupt(T, format_args!("config of {id}: {e}")))?,
+                id: StreamId(id),
+                url,
+                created_at: from_ms(T, created_at_ms)?,
+            });
+        }
+        Ok(out)
+    }
+
+    fn record_alert(&self, ev: &AlertEvent) -> Result<(), StoreError> {
+        let a = &ev.alert;
+        let state = match ev.transition {
+            Transition::Cleared => AlertState::Cleared,
+            Transition::Raised | Transition::Updated => a.state,
+        };
+        let details = serde_json::Value::Object(a.details.clone()).to_string();
+        // A cleared alert is final (`WHERE alerts.state = 'raised'`): replays and stragglers
+        // cannot reopen it.
+        self.conn().execute(
+            "INSERT INTO alerts (id, stream_id, kind, severity, state, start_s, end_s,
+                                 raised_at_ms, cleared_at_ms, details)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+             ON CONFLICT (id) DO UPDATE SET
+                 severity = excluded.severity,
+                 state = excluded.state,
+                 end_s = excluded.end_s,
+                 cleared_at_ms = excluded.cleared_at_ms,
+                 details = excluded.details
+             WHERE alerts.state = 'raised'",
+            params![
+                a.id,
+                a.stream_id.as_str(),
+                a.kind,
+                a.severity.as_str(),
+                state_str(state),
+                a.start_s,
+                a.end_s,
+                to_ms(a.raised_at),
+                a.cleared_at.map(to_ms),
+                details,
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn alerts(&self, q: &AlertQuery) -> Result<Vec<Alert>, StoreError> {
+        let mut sql = String::from(
+            "SELECT id, stream_id, kind, severity, state, start_s, end_s,
+                    raised_at_ms, cleared_at_ms, details
+             FROM alerts WHERE 1 = 1",
+        );
+        let mut args: Vec<Value> = Vec::new();
+        if let Some(stream) = &q.stream {
+            args.push(Value::Text(stream.0.clone()));
+            sql.push_str(&format!(" AND stream_id = ?{}", args.len()));
+        }
+        if let Some(since) = q.since {
+            args.push(Value::Integer(to_ms(since)));
+            let n = args.len();
+            sql.push_str(&format!(
+                " AND (raised_at_ms >= ?{n} OR cleared_at_ms >= ?{n})"
+            ));
+        }
+        if q.active_only {
+            sql.push_str(" AND state = 'raised'");
+        }
+        // LIMIT -1 is SQLite for "no limit".
+        args.push(Value::Integer(if q.limit == 0 {
+            -1
+        } else {
+            i64::try_from(q.limit).unwrap_or(i64::MAX)
+        }));
+        sql.push_str(&format!(
+            " ORDER BY raised_at_ms DESC, id DESC LIMIT ?{}",
+            args.len()
+        ));
+
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(&sql)?;
+        let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| {
+            Ok(AlertRow {
+                id: r.get(0)?,
+                stream_id: r.get(1)?,
+                kind: r.get(2)?,
+                severity: r.get(3)?,
+                state: r.get(4)?,
+                start_s: r.get(5)?,
+                end_s: r.get(6)?,
+                raised_at_ms: r.get(7)?,
+                cleared_at_ms: r.get(8)?,
+                details: r.get(9)?,
+            })
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(row?.decode()?);
+        }
+        Ok(out)
+    }
+
+    fn record_metrics(&self, m: &MetricsSample) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO metrics (stream_id, at_ms, media_t, name, value)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            let at = to_ms(m.at);
+            for (name, value) in &m.values {
+                stmt.execute(params![m.stream_id.as_str(), at, m.media_t, name, value])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn metrics(
+        &self,
+        stream: &StreamId,
+        since: Option<WallTime>,
+    ) -> Result<Vec<MetricsSample>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT at_ms, media_t, name, value FROM metrics
+             WHERE stream_id = ?1 AND at_ms >= ?2 ORDER BY at_ms, rowid",
+        )?;
+        let rows = stmt.query_map(
+            params![stream.as_str(), since.map_or(i64::MIN, to_ms)],
+            |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, f64>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, f64>(3)?,
+                ))
+            },
+        )?;
+        // A sample is stored as consecutive rows sharing (at_ms, media_t); regroup them.
+        let mut out: Vec<MetricsSample> = Vec::new();
+        let mut last_key: Option<(i64, u64)> = None;
+        for row in rows {
+            let (at_ms, media_t, name, value) = row?;
+            let key = (at_ms, media_t.to_bits());
+            if last_key != Some(key) {
+                out.push(MetricsSample {
+                    stream_id: stream.clone(),
+                    at: from_ms("metrics", at_ms)?,
+                    media_t,
+                    values: Default::default(),
+                });
+                last_key = Some(key);
+            }
+            if let Some(sample) = out.last_mut() {
+                sample.values.insert(name, value);
+            }
+        }
+        Ok(out)
+    }
+
+    fn prune_metrics(&self, before: WallTime) -> Result<u64, StoreError> {
+        let n = self
+            .conn()
+            .execute("DELETE FROM metrics WHERE at_ms < ?1", [to_ms(before)])?;
+        Ok(n as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rusqlite::OptionalExtension;
+
+    #[test]
+    fn later_migrations_apply_on_top_of_earlier_ones() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        assert_eq!(migrate(&mut conn, &MIGRATIONS[..1]).unwrap(), 1);
+        assert_eq!(migrate(&mut conn, &MIGRATIONS[..1]).unwrap(), 0);
+        let mut v2: Vec<&str> = MIGRATIONS.to_vec();
+        v2.push("ALTER TABLE streams ADD COLUMN note TEXT");
+        assert_eq!(migrate(&mut conn, &v2).unwrap(), 1, "only the new one runs");
+        assert_eq!(user_version(&conn).unwrap(), v2.len() as i64);
+        // An older build refuses the newer database rather than guessing.
+        assert!(matches!(
+            migrate(&mut conn, MIGRATIONS),
+            Err(StoreError::SchemaTooNew { found, supported })
+                if found == v2.len() as i64 && supported == MIGRATIONS.len() as i64
+        ));
+    }
+
+    #[test]
+    fn a_failing_migration_leaves_the_previous_version() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        let bad = [
+            MIGRATIONS[0],
+            "CREATE TABLE x (a); CREATE TABLE streams (b)",
+        ];
+        let err = migrate(&mut conn, &bad).unwrap_err();
+        assert!(
+            matches!(err, StoreError::Migration { version: 2, .. }),
+            "{err}"
+        );
+        assert_eq!(user_version(&conn).unwrap(), 1);
+        let x: Option<String> = conn
+            .query_row("SELECT name FROM sqlite_master WHERE name = 'x'", [], |r| {
+                r.get(0)
+            })
+            .optional()
+            .unwrap();
+        assert_eq!(x, None, "the failed migration rolled back entirely");
+    }
+}

@@ -1,0 +1,363 @@
+//! The behavioural suite every backend passes, plus SQLite-specific open/migrate checks.
+//!
+//! A new backend (PostgreSQL) adds one `#[test]` calling [`suite`] with a fresh database.
+
+use std::collections::BTreeMap;
+
+use avmon_core::{
+    Alert, AlertEvent, AlertState, Details, Severity, StreamId, Transition, WallTime,
+};
+use avmon_store::{open, AlertQuery, MetricsSample, SqliteStore, Store, StoreError, StreamRecord};
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use serde_json::json;
+
+fn t0() -> WallTime {
+    Utc.with_ymd_and_hms(2025, 3, 1, 12, 0, 0).unwrap()
+}
+
+fn at(ms: i64) -> WallTime {
+    t0() + Duration::milliseconds(ms)
+}
+
+fn sid(s: &str) -> StreamId {
+    StreamId(s.to_string())
+}
+
+fn details(v: serde_json::Value) -> Details {
+    match v {
+        serde_json::Value::Object(m) => m,
+        _ => unreachable!(),
+    }
+}
+
+fn raised(id: &str, stream: &str, kind: &str, raised_ms: i64) -> Alert {
+    Alert {
+        id: id.to_string(),
+        stream_id: sid(stream),
+        kind: kind.to_string(),
+        severity: Severity::Warning,
+        state: AlertState::Raised,
+        start_s: 10.25,
+        end_s: None,
+        raised_at: at(raised_ms),
+        cleared_at: None,
+        details: details(json!({"black_ratio": 0.99})),
+    }
+}
+
+fn ev(transition: Transition, alert: &Alert) -> AlertEvent {
+    AlertEvent {
+        transition,
+        alert: alert.clone(),
+    }
+}
+
+fn all() -> AlertQuery {
+    AlertQuery::default()
+}
+
+/// The contract of [`Store`], backend-independent.
+fn suite(store: &dyn Store) {
+    streams(store);
+    alerts(store);
+    metrics(store);
+}
+
+fn streams(store: &dyn Store) {
+    assert!(store.streams().unwrap().is_empty());
+    let b = StreamRecord {
+        id: sid("b-news"),
+        url: "srt://10.0.0.2:9000".into(),
+        config: json!({"id": "b-news", "url": "srt://10.0.0.2:9000"}),
+        created_at: at(0),
+    };
+    let a = StreamRecord {
+        id: sid("a-sport"),
+        url: "udp://239.0.0.1:1234".into(),
+        config: json!({"id": "a-sport", "url": "udp://239.0.0.1:1234", "black": {"min_s": 2.0}}),
+        created_at: at(1),
+    };
+    store.upsert_stream(&b).unwrap();
+    store.upsert_stream(&a).unwrap();
+    assert_eq!(
+        store.streams().unwrap(),
+        vec![a.clone(), b.clone()],
+        "ordered by id"
+    );
+
+    // Updating keeps the original creation time.
+    let b2 = StreamRecord {
+        url: "srt://10.0.0.3:9000".into(),
+        config: json!({"id": "b-news", "url": "srt://10.0.0.3:9000"}),
+        created_at: at(5_000),
+        ..b.clone()
+    };
+    store.upsert_stream(&b2).unwrap();
+    let got = store.streams().unwrap();
+    assert_eq!(got[1].url, b2.url);
+    assert_eq!(got[1].config, b2.config);
+    assert_eq!(got[1].created_at, b.created_at);
+
+    assert!(store.remove_stream(&sid("a-sport")).unwrap());
+    assert!(
+        !store.remove_stream(&sid("a-sport")).unwrap(),
+        "already removed"
+    );
+    assert!(!store.remove_stream(&sid("nope")).unwrap());
+    let ids: Vec<_> = store.streams().unwrap().into_iter().map(|s| s.id).collect();
+    assert_eq!(ids, vec![sid("b-news")]);
+
+    // Re-adding a removed stream revives it as new.
+    let a2 = StreamRecord {
+        created_at: at(9_000),
+        ..a.clone()
+    };
+    store.upsert_stream(&a2).unwrap();
+    assert_eq!(store.streams().unwrap()[0], a2);
+}
+
+fn alerts(store: &dyn Store) {
+    let mut a = raised("0195-a", "s1", "video.black", 0);
+    let b = raised("0195-b", "s2", "audio.silence", 1_000);
+    store.record_alert(&ev(Transition::Raised, &a)).unwrap();
+    store.record_alert(&ev(Transition::Raised, &b)).unwrap();
+    assert_eq!(store.alerts(&all()).unwrap(), vec![b.clone(), a.clone()]);
+
+    // An update rewrites severity and details.
+    a.severity = Severity::Major;
+    a.details = details(json!({"black_ratio": 1.0, "luma_avg": 16.5}));
+    store.record_alert(&ev(Transition::Updated, &a)).unwrap();
+    assert_eq!(store.alerts(&all()).unwrap()[1], a);
+
+    // A clear closes it.
+    a.state = AlertState::Cleared;
+    a.end_s = Some(42.5);
+    a.cleared_at = Some(at(5_000));
+    store.record_alert(&ev(Transition::Cleared, &a)).unwrap();
+    assert_eq!(store.alerts(&all()).unwrap(), vec![b.clone(), a.clone()]);
+
+    // Cleared is final: a straggling update or a replayed raise does not reopen it.
+    let mut late = raised("0195-a", "s1", "video.black", 0);
+    late.severity = Severity::Critical;
+    store.record_alert(&ev(Transition::Updated, &late)).unwrap();
+    store.record_alert(&ev(Transition::Raised, &late)).unwrap();
+    assert_eq!(store.alerts(&all()).unwrap()[1], a);
+
+    // Queries.
+    let active = AlertQuery {
+        active_only: true,
+        ..all()
+    };
+    assert_eq!(store.alerts(&active).unwrap(), vec![b.clone()]);
+    let s1 = AlertQuery {
+        stream: Some(sid("s1")),
+        ..all()
+    };
+    assert_eq!(store.alerts(&s1).unwrap(), vec![a.clone()]);
+    let none = AlertQuery {
+        stream: Some(sid("s1")),
+        active_only: true,
+        ..all()
+    };
+    assert!(store.alerts(&none).unwrap().is_empty());
+    // `since` matches alerts raised *or* cleared at/after it: `a` was raised at 0 and cleared
+    // at 5 s, `b` raised at 1 s.
+    let since = |ms| AlertQuery {
+        since: Some(at(ms)),
+        ..all()
+    };
+    assert_eq!(
+        store.alerts(&since(1_000)).unwrap(),
+        vec![b.clone(), a.clone()]
+    );
+    assert_eq!(store.alerts(&since(1_001)).unwrap(), vec![a.clone()]);
+    assert_eq!(store.alerts(&since(5_000)).unwrap(), vec![a.clone()]);
+    assert!(store.alerts(&since(5_001)).unwrap().is_empty());
+    let one = AlertQuery { limit: 1, ..all() };
+    assert_eq!(store.alerts(&one).unwrap(), vec![b.clone()]);
+
+    // An update or clear for an alert the store never saw raised (the store was down) still
+    // records it.
+    let mut c = raised("0195-c", "s1", "video.freeze", 2_000);
+    c.state = AlertState::Cleared;
+    c.end_s = Some(20.0);
+    c.cleared_at = Some(at(3_000));
+    store.record_alert(&ev(Transition::Cleared, &c)).unwrap();
+    assert_eq!(store.alerts(&s1).unwrap(), vec![c.clone(), a.clone()]);
+
+    // Alerts of a removed stream stay.
+    store
+        .upsert_stream(&StreamRecord {
+            id: sid("s2"),
+            url: "udp://x".into(),
+            config: json!({}),
+            created_at: at(0),
+        })
+        .unwrap();
+    store.remove_stream(&sid("s2")).unwrap();
+    let s2 = AlertQuery {
+        stream: Some(sid("s2")),
+        ..all()
+    };
+    assert_eq!(store.alerts(&s2).unwrap(), vec![b]);
+
+    // Wall times keep millisecond precision.
+    let mut d = raised("0195-d", "s3", "video.black", 0);
+    d.raised_at = DateTime::from_timestamp(1_740_830_400, 123_456_789).unwrap();
+    store.record_alert(&ev(Transition::Raised, &d)).unwrap();
+    let got = store
+        .alerts(&AlertQuery {
+            stream: Some(sid("s3")),
+            ..all()
+        })
+        .unwrap();
+    assert_eq!(got[0].raised_at.timestamp_subsec_nanos(), 123_000_000);
+}
+
+fn sample(stream: &str, ms: i64, media_t: f64, values: &[(&str, f64)]) -> MetricsSample {
+    MetricsSample {
+        stream_id: sid(stream),
+        at: at(ms),
+        media_t,
+        values: values
+            .iter()
+            .map(|(k, v)| (k.to_string(), *v))
+            .collect::<BTreeMap<_, _>>(),
+    }
+}
+
+fn metrics(store: &dyn Store) {
+    assert!(store.metrics(&sid("m1"), None).unwrap().is_empty());
+    let s1 = sample(
+        "m1",
+        10_000,
+        10.0,
+        &[
+            ("frames_decoded", 250.0),
+            ("black_ratio", 0.0),
+            ("audio_rms_db", -23.5),
+        ],
+    );
+    let s2 = sample(
+        "m1",
+        20_000,
+        20.0,
+        &[("frames_decoded", 250.0), ("decode_errors", 3.0)],
+    );
+    let other = sample("m2", 15_000, 3.0, &[("frames_decoded", 1.0)]);
+    let empty = sample("m1", 25_000, 25.0, &[]);
+    for s in [&s1, &other, &s2, &empty] {
+        store.record_metrics(s).unwrap();
+    }
+    assert_eq!(
+        store.metrics(&sid("m1"), None).unwrap(),
+        vec![s1.clone(), s2.clone()],
+        "oldest first; a sample without values leaves no trace"
+    );
+    assert_eq!(
+        store.metrics(&sid("m1"), Some(at(20_000))).unwrap(),
+        vec![s2.clone()]
+    );
+    assert_eq!(store.metrics(&sid("m2"), None).unwrap(), vec![other]);
+
+    assert_eq!(store.prune_metrics(at(15_000)).unwrap(), 3);
+    assert_eq!(store.metrics(&sid("m1"), None).unwrap(), vec![s2]);
+}
+
+#[test]
+fn sqlite_file_passes_the_suite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("avmon.db").display());
+    suite(open(&url).unwrap().as_ref());
+}
+
+#[test]
+fn sqlite_memory_passes_the_suite() {
+    suite(open("sqlite::memory:").unwrap().as_ref());
+}
+
+#[test]
+fn reopening_keeps_data_and_does_not_rerun_migrations() {
+    let dir = tempfile::tempdir().unwrap();
+    // The parent directory is created on demand.
+    let path = dir.path().join("nested/dir/avmon.db");
+    {
+        let store = SqliteStore::open(&path).unwrap();
+        assert_eq!(
+            store.schema_version().unwrap(),
+            avmon_store::sqlite::MIGRATIONS.len() as i64
+        );
+        store
+            .record_alert(&ev(Transition::Raised, &raised("x", "s", "video.black", 0)))
+            .unwrap();
+    }
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+    }
+    // The migrations create tables without IF NOT EXISTS, so re-running them would fail here.
+    let store = open(&format!("sqlite://{}", path.display())).unwrap();
+    let got = store.alerts(&all()).unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].id, "x");
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(
+        store.schema_version().unwrap(),
+        avmon_store::sqlite::MIGRATIONS.len() as i64
+    );
+}
+
+#[test]
+fn a_newer_database_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("avmon.db");
+    drop(SqliteStore::open(&path).unwrap());
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .pragma_update(None, "user_version", 99)
+        .unwrap();
+    let err = SqliteStore::open(&path).unwrap_err();
+    assert!(
+        matches!(err, StoreError::SchemaTooNew { found: 99, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("newer"), "{err}");
+}
+
+fn open_err(url: &str) -> String {
+    match open(url) {
+        Ok(_) => panic!("{url} opened"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn bad_paths_give_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+
+    let msg = open_err(&format!("sqlite://{d}"));
+    assert!(msg.contains("is a directory"), "{msg}");
+
+    std::fs::write(dir.path().join("file"), b"not a dir").unwrap();
+    let msg = open_err(&format!("sqlite://{d}/file/avmon.db"));
+    assert!(msg.contains("cannot create directory"), "{msg}");
+
+    std::fs::write(dir.path().join("text.db"), vec![b'x'; 4096]).unwrap();
+    let msg = open_err(&format!("sqlite://{d}/text.db"));
+    assert!(msg.starts_with("cannot open database"), "{msg}");
+    assert!(msg.contains("not a database"), "{msg}");
+}
+
+#[test]
+fn unsupported_urls_are_refused() {
+    assert_eq!(
+        open_err("postgres://avmon@localhost/avmon"),
+        "PostgreSQL support is planned; use sqlite://PATH for now"
+    );
+    assert!(open_err("redis://x").contains("\"redis\""));
+    assert!(open_err("avmon.db").contains("no scheme"));
+}
