@@ -1,0 +1,108 @@
+//! The media clock: stream timestamps to seconds from the input's first timestamp.
+
+/// Maps stream timestamps (in microseconds) to media time, continuing across reconnects and
+/// timestamp resets so one live stream keeps one time line.
+#[derive(Debug, Clone, Default)]
+pub struct MediaClock {
+    /// Timestamp (µs) that maps to `offset`; `None` until the first timestamp of a connection.
+    origin: Option<i64>,
+    offset: f64,
+    /// The latest media time seen.
+    latest: f64,
+    seen_any: bool,
+    /// Each elementary stream's latest timestamp (µs), to tell a reset from muxer interleaving:
+    /// after a gap, one stream's packets may come seconds ahead of another's, which is normal.
+    per_stream: Vec<Option<i64>>,
+}
+
+/// A backwards jump of one stream's own timestamps larger than this, or a forward jump larger
+/// than [`MAX_FORWARD_JUMP_S`], is a timestamp reset (encoder restart, wrap), not a gap.
+const MAX_BACKWARD_JUMP_S: f64 = 1.0;
+const MAX_FORWARD_JUMP_S: f64 = 300.0;
+
+impl MediaClock {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The latest media time seen (0 before any).
+    pub fn latest(&self) -> f64 {
+        self.latest
+    }
+
+    pub fn seen_any(&self) -> bool {
+        self.seen_any
+    }
+
+    /// Start a new connection: its first timestamp will map to `latest + gap_s`.
+    pub fn reconnect(&mut self, gap_s: f64) {
+        if self.seen_any {
+            self.origin = None;
+            self.offset = self.latest + gap_s.max(0.0);
+            self.per_stream.clear();
+        }
+    }
+
+    /// Set the origin explicitly (the input's start time), if none is set yet.
+    pub fn set_origin(&mut self, ts_us: i64) {
+        if self.origin.is_none() {
+            self.origin = Some(ts_us);
+        }
+    }
+
+    /// Media time of `ts_us` on elementary stream `stream`, advancing the clock. Resets are
+    /// absorbed: the time line continues.
+    pub fn map(&mut self, stream: usize, ts_us: i64) -> f64 {
+        let origin = *self.origin.get_or_insert(ts_us);
+        let mut t = (ts_us - origin) as f64 / 1e6 + self.offset;
+        if self.per_stream.len() <= stream {
+            self.per_stream.resize(stream + 1, None);
+        }
+        let back = self.per_stream[stream]
+            .is_some_and(|prev| ((prev - ts_us) as f64 / 1e6) > MAX_BACKWARD_JUMP_S);
+        if self.seen_any && (back || t > self.latest + MAX_FORWARD_JUMP_S) {
+            self.origin = Some(ts_us);
+            self.offset = self.latest;
+            self.per_stream.iter_mut().for_each(|p| *p = None);
+            t = self.latest;
+        }
+        self.per_stream[stream] = Some(ts_us);
+        if t > self.latest || !self.seen_any {
+            self.latest = t.max(0.0);
+        }
+        self.seen_any = true;
+        t.max(0.0)
+    }
+
+    /// Media time of `ts_us` without advancing the clock (for frames, whose presentation order
+    /// differs from packet order).
+    pub fn peek(&self, ts_us: i64) -> Option<f64> {
+        self.origin
+            .map(|o| ((ts_us - o) as f64 / 1e6 + self.offset).max(0.0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn starts_at_origin_and_continues_across_reconnects_and_resets() {
+        let mut c = MediaClock::new();
+        c.set_origin(1_400_000);
+        assert_eq!(c.map(0, 1_400_000), 0.0);
+        assert_eq!(c.map(0, 3_400_000), 2.0);
+        // A 4 s gap inside a connection is a real gap.
+        assert_eq!(c.map(0, 7_400_000), 6.0);
+        // Another stream's packets lagging seconds behind (muxer interleaving) are no reset.
+        assert_eq!(c.map(1, 3_500_000), 2.1);
+        assert_eq!(c.map(1, 7_420_000), 6.02);
+        // A reset (timestamps restart) continues the time line.
+        assert_eq!(c.map(0, 100_000), 6.02);
+        assert_eq!(c.map(0, 1_100_000), 7.02);
+        // A reconnect after 3 s of silence.
+        c.reconnect(3.0);
+        assert_eq!(c.map(0, 50_000_000), 10.02);
+        assert_eq!(c.peek(50_500_000), Some(10.52));
+    }
+}

@@ -1,0 +1,534 @@
+//! Open an input, demux it and decode it, handing borrowed frames to a [`FrameSink`].
+
+use std::cell::Cell;
+use std::ffi::CString;
+use std::ptr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use avmon_core::{
+    AudioBuffer, AudioInfo, MediaInfo, Plane, VideoFrame, VideoInfo, MAX_AUDIO_CHANNELS,
+};
+use ff::ffi;
+use ff::format::{Pixel, Sample};
+use ffmpeg_next as ff;
+use libc::{c_int, c_void};
+
+use crate::{describe, MediaClock, MediaError};
+
+/// How to open and decode an input.
+#[derive(Clone, Debug)]
+pub struct OpenOptions {
+    /// Give up on a read when no data arrived for this long (the source is then down).
+    pub io_timeout: Duration,
+    /// Give up opening (connect, probe) after this long.
+    pub open_timeout: Duration,
+    /// Decoder threads per stream. 1 (the default) turns the decoder's own threading off: the
+    /// parallelism comes from many streams. Raise it for a few big streams; 0 lets FFmpeg choose.
+    pub decoder_threads: usize,
+    /// Extra options for FFmpeg's demuxer and protocol (e.g. `("rtsp_transport", "tcp")`).
+    pub format_options: Vec<(String, String)>,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions {
+            io_timeout: Duration::from_secs(5),
+            open_timeout: Duration::from_secs(10),
+            decoder_threads: 1,
+            format_options: Vec::new(),
+        }
+    }
+}
+
+/// Receives what an [`Input`] decodes. Frames are borrowed for the duration of the call.
+pub trait FrameSink {
+    /// A packet was read; `t` is the media clock after it, `bytes` its size.
+    fn on_packet(&mut self, _t: f64, _bytes: usize) {}
+    fn on_video(&mut self, frame: &VideoFrame<'_>);
+    fn on_audio(&mut self, buf: &AudioBuffer<'_>);
+    /// The decoder rejected a packet, or flagged a frame as corrupt.
+    fn on_decode_error(&mut self, _t: f64, _video: bool) {}
+}
+
+/// Why [`Input::run`] returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EndReason {
+    /// The input ended (a file, or a live source that closed the connection).
+    Eof,
+    /// No data arrived for `io_timeout`.
+    TimedOut,
+    /// The stop flag was set.
+    Stopped,
+}
+
+/// State the interrupt callback reads: FFmpeg calls it from inside blocking I/O on this thread.
+struct Interrupt {
+    stop: Arc<AtomicBool>,
+    deadline: Cell<Instant>,
+}
+
+extern "C" fn interrupt_cb(opaque: *mut c_void) -> c_int {
+    // SAFETY: `opaque` points to the `Interrupt` boxed in the `Input` that owns the format
+    // context; the context is closed before the box is dropped (field order in `Input`).
+    let irq = unsafe { &*(opaque as *const Interrupt) };
+    (irq.stop.load(Ordering::Relaxed) || Instant::now() >= irq.deadline.get()) as c_int
+}
+
+struct VideoDec {
+    index: usize,
+    dec: ff::decoder::Video,
+    time_base: ff::Rational,
+    frame_duration: f64,
+    frame: ff::frame::Video,
+    /// Converts pictures without an 8-bit luma plane (10-bit, RGB) to 8-bit grey; built lazily.
+    to_gray: Option<(ff::software::scaling::Context, ff::frame::Video)>,
+}
+
+struct AudioDec {
+    index: usize,
+    dec: ff::decoder::Audio,
+    time_base: ff::Rational,
+    frame: ff::frame::Audio,
+    /// Planar float samples for decoders whose own output is another sample format.
+    converted: Vec<Vec<f32>>,
+}
+
+/// An opened input with its decoders.
+pub struct Input {
+    // Field order matters: the format context must close before the interrupt state is freed.
+    ctx: ff::format::context::Input,
+    video: Option<VideoDec>,
+    audio: Option<AudioDec>,
+    irq: Box<Interrupt>,
+    url: String,
+    info: MediaInfo,
+    io_timeout: Duration,
+    start_us: Option<i64>,
+}
+
+fn to_us(ts: i64, tb: ff::Rational) -> i64 {
+    // SAFETY: pure arithmetic.
+    unsafe {
+        ffi::av_rescale_q(
+            ts,
+            tb.into(),
+            ffi::AVRational {
+                num: 1,
+                den: 1_000_000,
+            },
+        )
+    }
+}
+
+fn codec_name(id: ff::codec::Id) -> String {
+    let name = id.name();
+    if name.is_empty() {
+        format!("{id:?}").to_lowercase()
+    } else {
+        name.to_string()
+    }
+}
+
+impl Input {
+    /// Open `url` and its best video and audio streams. `stop` interrupts any blocking call.
+    pub fn open(url: &str, opts: &OpenOptions, stop: Arc<AtomicBool>) -> Result<Input, MediaError> {
+        crate::init();
+        let open_err = |reason: String| MediaError::Open {
+            url: url.to_string(),
+            reason,
+        };
+        let curl = CString::new(url).map_err(|_| open_err("the URL contains a NUL byte".into()))?;
+        let irq = Box::new(Interrupt {
+            stop,
+            deadline: Cell::new(Instant::now() + opts.open_timeout),
+        });
+        let mut dict = ff::Dictionary::new();
+        for (k, v) in &opts.format_options {
+            dict.set(k, v);
+        }
+        // SAFETY: the standard avformat open sequence. On failure avformat_open_input frees the
+        // context itself; after it succeeds we own it and close it on every error path.
+        let ctx = unsafe {
+            let mut ps = ffi::avformat_alloc_context();
+            if ps.is_null() {
+                return Err(open_err("out of memory".into()));
+            }
+            (*ps).interrupt_callback = ffi::AVIOInterruptCB {
+                callback: Some(interrupt_cb),
+                opaque: &*irq as *const Interrupt as *mut c_void,
+            };
+            let mut d = dict.disown();
+            let r = ffi::avformat_open_input(&mut ps, curl.as_ptr(), ptr::null(), &mut d);
+            drop(ff::Dictionary::own(d));
+            if r < 0 {
+                return Err(open_err(describe(&ff::Error::from(r))));
+            }
+            let r = ffi::avformat_find_stream_info(ps, ptr::null_mut());
+            if r < 0 {
+                ffi::avformat_close_input(&mut ps);
+                return Err(open_err(describe(&ff::Error::from(r))));
+            }
+            ff::format::context::Input::wrap(ps)
+        };
+
+        let threading = ff::codec::threading::Config {
+            kind: if opts.decoder_threads == 1 {
+                ff::codec::threading::Type::None
+            } else {
+                ff::codec::threading::Type::Frame
+            },
+            count: opts.decoder_threads,
+            safe: false,
+        };
+        let mut info = MediaInfo {
+            format: ctx.format().name().to_string(),
+            ..MediaInfo::default()
+        };
+
+        let video = match ctx.streams().best(ff::media::Type::Video) {
+            Some(st) => {
+                let mut c = ff::codec::context::Context::from_parameters(st.parameters())
+                    .map_err(|e| open_err(format!("video decoder: {}", describe(&e))))?;
+                c.set_threading(threading);
+                // SAFETY: setting a plain field on an unopened codec context.
+                unsafe { (*c.as_mut_ptr()).pkt_timebase = st.time_base().into() };
+                match c.decoder().video() {
+                    Ok(dec) => {
+                        let rate = st.avg_frame_rate();
+                        let rate = if rate.numerator() > 0 && rate.denominator() > 0 {
+                            rate
+                        } else {
+                            st.rate()
+                        };
+                        let fps = if rate.numerator() > 0 && rate.denominator() > 0 {
+                            f64::from(rate)
+                        } else {
+                            25.0
+                        };
+                        info.video = Some(VideoInfo {
+                            codec: codec_name(dec.id()),
+                            width: dec.width(),
+                            height: dec.height(),
+                            fps: (fps * 1000.0).round() / 1000.0,
+                        });
+                        Some(VideoDec {
+                            index: st.index(),
+                            dec,
+                            time_base: st.time_base(),
+                            frame_duration: 1.0 / fps,
+                            frame: ff::frame::Video::empty(),
+                            to_gray: None,
+                        })
+                    }
+                    Err(e) => {
+                        tracing::warn!(url, "no decoder for the video stream: {}", describe(&e));
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
+        let audio = match ctx.streams().best(ff::media::Type::Audio) {
+            Some(st) => {
+                let mut c = ff::codec::context::Context::from_parameters(st.parameters())
+                    .map_err(|e| open_err(format!("audio decoder: {}", describe(&e))))?;
+                // SAFETY: as above.
+                unsafe { (*c.as_mut_ptr()).pkt_timebase = st.time_base().into() };
+                match c.decoder().audio() {
+                    Ok(dec) => {
+                        info.audio = Some(AudioInfo {
+                            codec: codec_name(dec.id()),
+                            channels: u32::from(dec.channels()),
+                            sample_rate: dec.rate(),
+                        });
+                        Some(AudioDec {
+                            index: st.index(),
+                            dec,
+                            time_base: st.time_base(),
+                            frame: ff::frame::Audio::empty(),
+                            converted: Vec::new(),
+                        })
+                    }
+                    Err(e) => {
+                        tracing::warn!(url, "no decoder for the audio stream: {}", describe(&e));
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
+        if video.is_none() && audio.is_none() {
+            return Err(MediaError::NoStreams {
+                url: url.to_string(),
+            });
+        }
+        // SAFETY: reading a plain field of the opened context.
+        let start = unsafe { (*ctx.as_ptr()).start_time };
+        let start_us = (start != ffi::AV_NOPTS_VALUE).then_some(start);
+        Ok(Input {
+            ctx,
+            video,
+            audio,
+            irq,
+            url: url.to_string(),
+            info,
+            io_timeout: opts.io_timeout,
+            start_us,
+        })
+    }
+
+    /// What the input carries.
+    pub fn info(&self) -> &MediaInfo {
+        &self.info
+    }
+
+    /// Demux and decode until the input ends, stalls for `io_timeout`, or `stop` is set.
+    pub fn run(
+        &mut self,
+        clock: &mut MediaClock,
+        sink: &mut dyn FrameSink,
+    ) -> Result<EndReason, MediaError> {
+        if let Some(s) = self.start_us {
+            clock.set_origin(s);
+        }
+        let mut packet = ff::Packet::empty();
+        let mut consecutive_errors = 0u32;
+        loop {
+            if self.irq.stop.load(Ordering::Relaxed) {
+                return Ok(EndReason::Stopped);
+            }
+            self.irq.deadline.set(Instant::now() + self.io_timeout);
+            match packet.read(&mut self.ctx) {
+                Ok(()) => consecutive_errors = 0,
+                Err(ff::Error::Eof) => {
+                    self.drain(clock, sink);
+                    return Ok(EndReason::Eof);
+                }
+                Err(ff::Error::Exit) => {
+                    return Ok(if self.irq.stop.load(Ordering::Relaxed) {
+                        EndReason::Stopped
+                    } else {
+                        EndReason::TimedOut
+                    });
+                }
+                Err(ff::Error::Other { errno }) if errno == libc::EAGAIN => continue,
+                Err(e) => {
+                    // Demuxers resync on damaged data; persistent errors mean the input is gone.
+                    consecutive_errors += 1;
+                    if consecutive_errors > 100 {
+                        return Err(MediaError::Read {
+                            url: self.url.clone(),
+                            reason: describe(&e),
+                        });
+                    }
+                    continue;
+                }
+            }
+            let index = packet.stream();
+            let tb = if self.video.as_ref().is_some_and(|v| v.index == index) {
+                self.video.as_ref().map(|v| v.time_base)
+            } else if self.audio.as_ref().is_some_and(|a| a.index == index) {
+                self.audio.as_ref().map(|a| a.time_base)
+            } else {
+                None
+            };
+            let Some(tb) = tb else { continue };
+            if let Some(ts) = packet.dts().or(packet.pts()) {
+                let t = clock.map(index, to_us(ts, tb));
+                sink.on_packet(t, packet.size());
+            }
+            if let Some(v) = self.video.as_mut().filter(|v| v.index == index) {
+                if v.dec.send_packet(&packet).is_err() {
+                    sink.on_decode_error(clock.latest(), true);
+                }
+                receive_video(v, clock, sink);
+            } else if let Some(a) = self.audio.as_mut().filter(|a| a.index == index) {
+                if a.dec.send_packet(&packet).is_err() {
+                    sink.on_decode_error(clock.latest(), false);
+                }
+                receive_audio(a, clock, sink);
+            }
+        }
+    }
+
+    /// Flush the decoders at the end of the input so their last frames are seen.
+    fn drain(&mut self, clock: &mut MediaClock, sink: &mut dyn FrameSink) {
+        if let Some(v) = self.video.as_mut() {
+            let _ = v.dec.send_eof();
+            receive_video(v, clock, sink);
+        }
+        if let Some(a) = self.audio.as_mut() {
+            let _ = a.dec.send_eof();
+            receive_audio(a, clock, sink);
+        }
+    }
+}
+
+fn frame_time(ts: Option<i64>, tb: ff::Rational, clock: &MediaClock) -> f64 {
+    ts.and_then(|ts| clock.peek(to_us(ts, tb)))
+        .unwrap_or_else(|| clock.latest())
+}
+
+/// Pixel formats whose plane 0 is 8-bit luma, and whether they are full range.
+fn luma8(format: Pixel) -> Option<bool> {
+    match format {
+        Pixel::YUV420P | Pixel::YUV422P | Pixel::YUV444P | Pixel::YUV411P | Pixel::YUV440P => {
+            Some(false)
+        }
+        Pixel::NV12 | Pixel::NV21 | Pixel::NV16 | Pixel::YUVA420P => Some(false),
+        Pixel::YUVJ420P | Pixel::YUVJ422P | Pixel::YUVJ444P | Pixel::YUVJ440P | Pixel::GRAY8 => {
+            Some(true)
+        }
+        _ => None,
+    }
+}
+
+fn receive_video(v: &mut VideoDec, clock: &mut MediaClock, sink: &mut dyn FrameSink) {
+    while v.dec.receive_frame(&mut v.frame).is_ok() {
+        let f = &v.frame;
+        let t = frame_time(f.timestamp(), v.time_base, clock);
+        // SAFETY: reading a plain field of a decoded frame.
+        let error_flags = unsafe { (*f.as_ptr()).decode_error_flags };
+        let corrupt = f.is_corrupt() || error_flags != 0;
+        if corrupt {
+            sink.on_decode_error(t, true);
+        }
+        let (w, h) = (f.width() as usize, f.height() as usize);
+        let key = f.is_key();
+        let plane = match luma8(f.format()) {
+            Some(full) => Plane::new(f.data(0), f.stride(0), w, h)
+                .map(|p| (p, full || f.color_range() == ff::util::color::Range::JPEG)),
+            None => {
+                let rebuild = match &v.to_gray {
+                    Some((_, g)) => g.width() as usize != w || g.height() as usize != h,
+                    None => true,
+                };
+                if rebuild {
+                    v.to_gray = ff::software::scaling::Context::get(
+                        f.format(),
+                        w as u32,
+                        h as u32,
+                        Pixel::GRAY8,
+                        w as u32,
+                        h as u32,
+                        ff::software::scaling::Flags::POINT,
+                    )
+                    .ok()
+                    .map(|s| (s, ff::frame::Video::empty()));
+                }
+                match v.to_gray.as_mut() {
+                    Some((sws, gray)) => match sws.run(f, gray) {
+                        Ok(()) => Plane::new(gray.data(0), gray.stride(0), w, h).map(|p| (p, true)),
+                        Err(_) => None,
+                    },
+                    None => None,
+                }
+            }
+        };
+        if let Some((luma, full_range)) = plane {
+            sink.on_video(&VideoFrame {
+                t,
+                duration: v.frame_duration,
+                luma,
+                full_range,
+                key,
+                corrupt,
+            });
+        }
+    }
+}
+
+fn receive_audio(a: &mut AudioDec, clock: &mut MediaClock, sink: &mut dyn FrameSink) {
+    while a.dec.receive_frame(&mut a.frame).is_ok() {
+        let f = &a.frame;
+        let t = frame_time(f.timestamp(), a.time_base, clock);
+        let n = f.samples();
+        let channels = (f.channels() as usize).min(MAX_AUDIO_CHANNELS);
+        if n == 0 || channels == 0 {
+            continue;
+        }
+        let mut planes: [&[f32]; MAX_AUDIO_CHANNELS] = [&[]; MAX_AUDIO_CHANNELS];
+        // SAFETY: the pointer is only read below, while `f` is alive.
+        let raw = unsafe { f.as_ptr() };
+        match f.format() {
+            Sample::F32(ff::format::sample::Type::Planar) => {
+                for (c, plane) in planes.iter_mut().enumerate().take(channels) {
+                    // SAFETY: a planar float frame has one plane of `n` f32 per channel in
+                    // `extended_data`, valid while the frame is not reused.
+                    *plane = unsafe {
+                        std::slice::from_raw_parts(*(*raw).extended_data.add(c) as *const f32, n)
+                    };
+                }
+            }
+            format => {
+                a.converted.resize_with(channels, Vec::new);
+                for (c, buf) in a.converted.iter_mut().enumerate() {
+                    buf.clear();
+                    // SAFETY: reading `n` samples per channel in the frame's declared format.
+                    unsafe { convert_channel(raw, format, c, channels, n, buf) };
+                }
+                for (plane, buf) in planes.iter_mut().zip(&a.converted) {
+                    *plane = buf;
+                }
+            }
+        }
+        sink.on_audio(&AudioBuffer {
+            t,
+            sample_rate: f.rate(),
+            planes: &planes[..channels],
+        });
+    }
+}
+
+/// Append channel `c` of a decoded frame to `out` as float.
+///
+/// # Safety
+/// `raw` must be a decoded audio frame of `n` samples, `channels` channels, in `format`.
+unsafe fn convert_channel(
+    raw: *const ffi::AVFrame,
+    format: Sample,
+    c: usize,
+    channels: usize,
+    n: usize,
+    out: &mut Vec<f32>,
+) {
+    use ff::format::sample::Type::{Packed, Planar};
+    let (plane, stride, first) = match format {
+        Sample::U8(Planar) | Sample::I16(Planar) | Sample::I32(Planar) | Sample::I64(Planar) => {
+            (*(*raw).extended_data.add(c), 1, 0)
+        }
+        Sample::F32(Planar) | Sample::F64(Planar) => (*(*raw).extended_data.add(c), 1, 0),
+        _ => (*(*raw).extended_data, channels, c),
+    };
+    let at = |i: usize| first + i * stride;
+    match format {
+        Sample::U8(_) => out.extend((0..n).map(|i| (f32::from(*plane.add(at(i))) - 128.0) / 128.0)),
+        Sample::I16(_) => {
+            let p = plane as *const i16;
+            out.extend((0..n).map(|i| f32::from(*p.add(at(i))) / 32768.0))
+        }
+        Sample::I32(_) => {
+            let p = plane as *const i32;
+            out.extend((0..n).map(|i| *p.add(at(i)) as f32 / 2_147_483_648.0))
+        }
+        Sample::I64(_) => {
+            let p = plane as *const i64;
+            out.extend((0..n).map(|i| (*p.add(at(i)) as f64 / 9.223_372e18) as f32))
+        }
+        Sample::F32(Packed) => {
+            let p = plane as *const f32;
+            out.extend((0..n).map(|i| *p.add(at(i))))
+        }
+        Sample::F32(Planar) => {
+            let p = plane as *const f32;
+            out.extend((0..n).map(|i| *p.add(i)))
+        }
+        Sample::F64(_) => {
+            let p = plane as *const f64;
+            out.extend((0..n).map(|i| *p.add(at(i)) as f32))
+        }
+        Sample::None => out.resize(n, 0.0),
+    }
+}

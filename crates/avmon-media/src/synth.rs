@@ -1,0 +1,460 @@
+//! Synthetic test streams: H.264 + AAC in MPEG-TS through libavcodec, with defects injected at
+//! given media times, written to a file or sent to `udp://` in real time.
+//!
+//! The picture is a moving, textured pattern (a panning checker-and-ramp texture and a bouncing
+//! box); the sound is a tone per channel. Defects:
+//! - `black`: a black picture;
+//! - `freeze`: the picture at the defect's start repeats (the encoder still refines it, as a real
+//!   encoder does, so frozen frames are not bit-identical after decoding);
+//! - `silence`: digital silence on every channel;
+//! - `dropout`: nothing at all is sent (to a file: a gap in the timestamps of every stream).
+
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ff::ffi;
+use ffmpeg_next as ff;
+
+use crate::MediaError;
+
+/// A defect a synthetic stream can carry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DefectKind {
+    Black,
+    Freeze,
+    Silence,
+    Dropout,
+}
+
+impl FromStr for DefectKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "black" => Ok(DefectKind::Black),
+            "freeze" => Ok(DefectKind::Freeze),
+            "silence" => Ok(DefectKind::Silence),
+            "dropout" => Ok(DefectKind::Dropout),
+            other => Err(format!(
+                "unknown defect {other:?} (expected black, freeze, silence or dropout)"
+            )),
+        }
+    }
+}
+
+/// One injected defect over `[start, end)` media seconds.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Defect {
+    pub kind: DefectKind,
+    pub start: f64,
+    pub end: f64,
+}
+
+impl FromStr for Defect {
+    type Err = String;
+    /// `KIND@START-END`, e.g. `freeze@8-12` or `black@3.5-6`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = || format!("bad defect {s:?}: expected KIND@START-END, e.g. freeze@8-12");
+        let (kind, range) = s.split_once('@').ok_or_else(err)?;
+        let (a, b) = range.split_once('-').ok_or_else(err)?;
+        let start: f64 = a.trim().parse().map_err(|_| err())?;
+        let end: f64 = b.trim().parse().map_err(|_| err())?;
+        if !(start >= 0.0 && end > start && end.is_finite()) {
+            return Err(format!("bad defect {s:?}: need 0 <= START < END"));
+        }
+        Ok(Defect {
+            kind: kind.trim().parse()?,
+            start,
+            end,
+        })
+    }
+}
+
+/// What to generate.
+#[derive(Clone, Debug)]
+pub struct SynthSpec {
+    pub width: u32,
+    pub height: u32,
+    pub fps: u32,
+    /// Media seconds to generate; `None` runs until stopped.
+    pub duration: Option<f64>,
+    pub sample_rate: u32,
+    pub channels: u32,
+    pub defects: Vec<Defect>,
+    /// When set, the defect schedule repeats every this many seconds (for demos and soak runs).
+    pub repeat_every: Option<f64>,
+    /// Pace output to the wall clock (always on for network outputs).
+    pub realtime: bool,
+    /// x264 preset.
+    pub preset: String,
+}
+
+impl Default for SynthSpec {
+    fn default() -> Self {
+        SynthSpec {
+            width: 1280,
+            height: 720,
+            fps: 25,
+            duration: Some(20.0),
+            sample_rate: 48_000,
+            channels: 2,
+            defects: Vec::new(),
+            repeat_every: None,
+            realtime: false,
+            preset: "veryfast".into(),
+        }
+    }
+}
+
+impl SynthSpec {
+    /// The defect of `kind` active at media time `t`, if any.
+    fn active(&self, kind: DefectKind, t: f64) -> Option<&Defect> {
+        let t = match self.repeat_every {
+            Some(p) if p > 0.0 => t % p,
+            _ => t,
+        };
+        self.defects
+            .iter()
+            .find(|d| d.kind == kind && t >= d.start && t < d.end)
+    }
+}
+
+/// What was generated.
+#[derive(Clone, Debug, Default)]
+pub struct SynthStats {
+    pub video_frames: u64,
+    pub audio_frames: u64,
+    pub duration_s: f64,
+}
+
+fn err(what: &str, e: impl std::fmt::Display) -> MediaError {
+    MediaError::Other(format!("synth: {what}: {e}"))
+}
+
+/// Draw the test picture for media time `t` into a YUV 4:2:0 frame.
+fn draw(frame: &mut ff::frame::Video, t: f64, black: bool) {
+    let (w, h) = (frame.width() as usize, frame.height() as usize);
+    let (dx, dy) = ((t * 96.0) as usize, (t * 40.0) as usize);
+    // A box bouncing across the picture.
+    let span_x = w.saturating_sub(w / 8).max(1);
+    let period = 2.0 * span_x as f64;
+    let px = (t * 220.0) % period;
+    let bx = if px < span_x as f64 { px } else { period - px } as usize;
+    let by = h / 3;
+    let (bw, bh) = (w / 8, h / 4);
+    for plane in 0..3 {
+        let stride = frame.stride(plane);
+        let (pw, ph) = if plane == 0 { (w, h) } else { (w / 2, h / 2) };
+        let data = frame.data_mut(plane);
+        for y in 0..ph {
+            let row = &mut data[y * stride..y * stride + pw];
+            if black {
+                row.fill(if plane == 0 { 16 } else { 128 });
+                continue;
+            }
+            if plane == 0 {
+                let yy = y + dy;
+                for (x, p) in row.iter_mut().enumerate() {
+                    let xx = x + dx;
+                    let checker = (((xx >> 4) ^ (yy >> 4)) & 1) as u8 * 70;
+                    let ramp = ((xx * 3 + yy * 2) & 63) as u8;
+                    let in_box = x >= bx && x < bx + bw && y >= by && y < by + bh;
+                    *p = if in_box { 220 } else { 40 + checker + ramp };
+                }
+            } else {
+                let base = if plane == 1 { 110 } else { 150 };
+                let shift = (t * 10.0) as usize;
+                for (x, p) in row.iter_mut().enumerate() {
+                    *p = base + (((x + y + shift) >> 3) & 15) as u8;
+                }
+            }
+        }
+    }
+}
+
+/// Allocate an audio frame of planar float samples.
+fn audio_frame(samples: usize, channels: u32, rate: u32) -> Result<ff::frame::Audio, MediaError> {
+    let mut f = ff::frame::Audio::empty();
+    // SAFETY: fill in the fields av_frame_get_buffer needs on a fresh frame, then allocate.
+    unsafe {
+        let p = f.as_mut_ptr();
+        (*p).format = ffi::AVSampleFormat::AV_SAMPLE_FMT_FLTP as i32;
+        (*p).nb_samples = samples as i32;
+        (*p).sample_rate = rate as i32;
+        ffi::av_channel_layout_default(&mut (*p).ch_layout, channels as i32);
+        #[allow(deprecated)]
+        {
+            (*p).channels = channels as i32;
+            (*p).channel_layout = (*p).ch_layout.u.mask;
+        }
+        let r = ffi::av_frame_get_buffer(p, 0);
+        if r < 0 {
+            return Err(err("audio frame", ff::Error::from(r)));
+        }
+    }
+    Ok(f)
+}
+
+/// Generate a stream to `output` (a file path or a URL such as `udp://127.0.0.1:5000`) until the
+/// spec's duration is reached or `stop` is set.
+pub fn generate(
+    output: &str,
+    spec: &SynthSpec,
+    stop: Arc<AtomicBool>,
+) -> Result<SynthStats, MediaError> {
+    crate::init();
+    if spec.width < 16 || spec.height < 16 || spec.width % 2 == 1 || spec.height % 2 == 1 {
+        return Err(MediaError::Other(
+            "synth: width and height must be even and at least 16".into(),
+        ));
+    }
+    if spec.fps == 0 || spec.fps > 120 {
+        return Err(MediaError::Other("synth: fps must be 1..=120".into()));
+    }
+    let network = output.contains("://") && !output.starts_with("file:");
+    let realtime = spec.realtime || network;
+    let url = if output.starts_with("udp://") && !output.contains("pkt_size") {
+        format!(
+            "{output}{}pkt_size=1316",
+            if output.contains('?') { '&' } else { '?' }
+        )
+    } else {
+        output.to_string()
+    };
+    let mut octx = ff::format::output_as(&url, "mpegts").map_err(|e| err(&url, e))?;
+
+    // Video: H.264 through libx264.
+    let vcodec = ff::encoder::find_by_name("libx264")
+        .or_else(|| ff::encoder::find(ff::codec::Id::H264))
+        .ok_or_else(|| err("video", "no H.264 encoder in this FFmpeg"))?;
+    let mut venc = ff::codec::context::Context::new_with_codec(vcodec)
+        .encoder()
+        .video()
+        .map_err(|e| err("video encoder", e))?;
+    venc.set_width(spec.width);
+    venc.set_height(spec.height);
+    venc.set_format(ff::format::Pixel::YUV420P);
+    venc.set_time_base(ff::Rational(1, spec.fps as i32));
+    venc.set_frame_rate(Some(ff::Rational(spec.fps as i32, 1)));
+    venc.set_gop(spec.fps * 2);
+    let mut vopts = ff::Dictionary::new();
+    vopts.set("preset", &spec.preset);
+    vopts.set("threads", "1");
+    if realtime {
+        vopts.set("tune", "zerolatency");
+    }
+    let mut venc = venc
+        .open_as_with(vcodec, vopts)
+        .map_err(|e| err("open H.264 encoder", e))?;
+
+    // Audio: AAC, FFmpeg's native encoder.
+    let acodec = ff::encoder::find(ff::codec::Id::AAC)
+        .ok_or_else(|| err("audio", "no AAC encoder in this FFmpeg"))?;
+    let mut aenc = ff::codec::context::Context::new_with_codec(acodec)
+        .encoder()
+        .audio()
+        .map_err(|e| err("audio encoder", e))?;
+    aenc.set_rate(spec.sample_rate as i32);
+    aenc.set_format(ff::format::Sample::F32(ff::format::sample::Type::Planar));
+    aenc.set_time_base(ff::Rational(1, spec.sample_rate as i32));
+    aenc.set_bit_rate(64_000 * spec.channels as usize);
+    // SAFETY: set both the new and the legacy channel layout fields consistently.
+    unsafe {
+        let p = aenc.as_mut_ptr();
+        ffi::av_channel_layout_default(&mut (*p).ch_layout, spec.channels as i32);
+        #[allow(deprecated)]
+        {
+            (*p).channels = spec.channels as i32;
+            (*p).channel_layout = (*p).ch_layout.u.mask;
+        }
+    }
+    let mut aenc = aenc
+        .open_as(acodec)
+        .map_err(|e| err("open AAC encoder", e))?;
+    let frame_size = (aenc.frame_size() as usize).max(1024);
+
+    {
+        let mut vs = octx
+            .add_stream(vcodec)
+            .map_err(|e| err("video stream", e))?;
+        vs.set_parameters(&venc);
+        vs.set_time_base(ff::Rational(1, 90_000));
+    }
+    {
+        let mut aus = octx
+            .add_stream(acodec)
+            .map_err(|e| err("audio stream", e))?;
+        aus.set_parameters(&aenc);
+        aus.set_time_base(ff::Rational(1, 90_000));
+    }
+    octx.write_header().map_err(|e| err("write header", e))?;
+    let vtb_out = octx
+        .stream(0)
+        .map(|s| s.time_base())
+        .unwrap_or(ff::Rational(1, 90_000));
+    let atb_out = octx
+        .stream(1)
+        .map(|s| s.time_base())
+        .unwrap_or(ff::Rational(1, 90_000));
+
+    let mut vframe = ff::frame::Video::new(ff::format::Pixel::YUV420P, spec.width, spec.height);
+    let mut aframe = audio_frame(frame_size, spec.channels, spec.sample_rate)?;
+    let mut packet = ff::Packet::empty();
+    let mut stats = SynthStats::default();
+    let started = Instant::now();
+    let total_frames = spec.duration.map(|d| (d * spec.fps as f64).round() as u64);
+    let mut audio_pos: u64 = 0; // samples generated so far
+    let mut frozen_at: Option<f64> = None;
+
+    let mut i: u64 = 0;
+    loop {
+        if stop.load(Ordering::Relaxed) || total_frames.is_some_and(|n| i >= n) {
+            break;
+        }
+        let t = i as f64 / spec.fps as f64;
+        if realtime {
+            let due = started + Duration::from_secs_f64(t);
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+        }
+        let dropout = spec.active(DefectKind::Dropout, t).is_some();
+        if !dropout {
+            let black = spec.active(DefectKind::Black, t).is_some();
+            let draw_t = match (spec.active(DefectKind::Freeze, t), frozen_at) {
+                (Some(_), Some(f)) => f,
+                (Some(_), None) => {
+                    frozen_at = Some(t);
+                    t
+                }
+                (None, _) => {
+                    frozen_at = None;
+                    t
+                }
+            };
+            draw(&mut vframe, draw_t, black);
+            vframe.set_pts(Some(i as i64));
+            venc.send_frame(&vframe)
+                .map_err(|e| err("encode video", e))?;
+            stats.video_frames += 1;
+            write_packets(
+                &mut venc,
+                &mut packet,
+                0,
+                ff::Rational(1, spec.fps as i32),
+                vtb_out,
+                &mut octx,
+            )?;
+        }
+        // Audio up to the end of this video frame.
+        let until = ((i + 1) as f64 / spec.fps as f64 * spec.sample_rate as f64) as u64;
+        while audio_pos + frame_size as u64 <= until {
+            let at = audio_pos as f64 / spec.sample_rate as f64;
+            let skip = spec.active(DefectKind::Dropout, at).is_some();
+            if !skip {
+                let silent = spec.active(DefectKind::Silence, at).is_some();
+                for c in 0..spec.channels as usize {
+                    let hz = 440.0 * (c + 2) as f64;
+                    let plane = aframe.plane_mut::<f32>(c);
+                    for (k, s) in plane.iter_mut().enumerate() {
+                        let n = (audio_pos + k as u64) as f64 / spec.sample_rate as f64;
+                        *s = if silent {
+                            0.0
+                        } else {
+                            (0.25 * (2.0 * std::f64::consts::PI * hz * n).sin()) as f32
+                        };
+                    }
+                }
+                aframe.set_pts(Some(audio_pos as i64));
+                aenc.send_frame(&aframe)
+                    .map_err(|e| err("encode audio", e))?;
+                stats.audio_frames += 1;
+                write_packets(
+                    &mut aenc,
+                    &mut packet,
+                    1,
+                    ff::Rational(1, spec.sample_rate as i32),
+                    atb_out,
+                    &mut octx,
+                )?;
+            }
+            audio_pos += frame_size as u64;
+        }
+        i += 1;
+    }
+    venc.send_eof().map_err(|e| err("flush video", e))?;
+    write_packets(
+        &mut venc,
+        &mut packet,
+        0,
+        ff::Rational(1, spec.fps as i32),
+        vtb_out,
+        &mut octx,
+    )?;
+    aenc.send_eof().map_err(|e| err("flush audio", e))?;
+    write_packets(
+        &mut aenc,
+        &mut packet,
+        1,
+        ff::Rational(1, spec.sample_rate as i32),
+        atb_out,
+        &mut octx,
+    )?;
+    octx.write_trailer().map_err(|e| err("write trailer", e))?;
+    stats.duration_s = i as f64 / spec.fps as f64;
+    Ok(stats)
+}
+
+fn write_packets(
+    enc: &mut ff::encoder::Encoder,
+    packet: &mut ff::Packet,
+    stream: usize,
+    from: ff::Rational,
+    to: ff::Rational,
+    octx: &mut ff::format::context::Output,
+) -> Result<(), MediaError> {
+    while enc.receive_packet(packet).is_ok() {
+        packet.set_stream(stream);
+        packet.rescale_ts(from, to);
+        // A network peer that is not listening is not an error for a generator.
+        if let Err(e) = packet.write_interleaved(octx) {
+            tracing::debug!("synth: write packet: {e}");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defects_parse() {
+        let d: Defect = "freeze@8-12".parse().unwrap();
+        assert_eq!(
+            d,
+            Defect {
+                kind: DefectKind::Freeze,
+                start: 8.0,
+                end: 12.0
+            }
+        );
+        assert!("freeze@12-8".parse::<Defect>().is_err());
+        assert!("smoke@1-2".parse::<Defect>().is_err());
+        assert!("black".parse::<Defect>().is_err());
+    }
+
+    #[test]
+    fn repeating_schedule() {
+        let spec = SynthSpec {
+            defects: vec!["black@2-4".parse().unwrap()],
+            repeat_every: Some(10.0),
+            ..SynthSpec::default()
+        };
+        assert!(spec.active(DefectKind::Black, 3.0).is_some());
+        assert!(spec.active(DefectKind::Black, 13.0).is_some());
+        assert!(spec.active(DefectKind::Black, 15.0).is_none());
+    }
+}
