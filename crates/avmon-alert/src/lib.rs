@@ -1,1 +1,693 @@
-//! avmon-alert
+//! avmon's alert engine: what findings mean.
+//!
+//! Detectors report [`Finding`]s — a defect of some kind began (at its onset) or ended — in media
+//! time, and nothing else. One [`AlertEngine`] per stream turns them into [`Alert`]s and the
+//! [`AlertEvent`]s that the store persists and notifiers deliver:
+//!
+//! - a `Begin` of a kind with no open alert **raises** a new alert (UUIDv7 id, `start_s` = the
+//!   onset, `raised_at` = now, details = the finding's);
+//! - an `End` does not clear it at once: the alert becomes *pending clear* at the End's media time.
+//!   Only when the media clock has run `clear_hold_s` past that end without a new `Begin` is it
+//!   **cleared** (on [`on_tick`](AlertEngine::on_tick)), with `end_s` = the recorded end;
+//! - a `Begin` while the alert is pending clear cancels the clear: the defect came back within the
+//!   hold, so Begin/End/Begin is *one* alert, **updated**, not a storm of raise/clear pairs. A
+//!   `Begin` while it is simply open merges details, and is an update only if the severity rose.
+//!
+//! # Guarantees
+//!
+//! Every alert is raised exactly once and cleared at most once, and its events come in that order:
+//! `Raised`, any number of `Updated`, `Cleared`. At most one alert per kind is active at a time.
+//! Stray findings (an `End` with nothing open, a second `End`) are ignored. After
+//! [`clear_all`](AlertEngine::clear_all) (input ended, stream removed) nothing is active.
+//!
+//! # Clocks
+//!
+//! Hysteresis runs on media time, so it is deterministic and replayable; wall time is only stamped
+//! on (`raised_at`, `cleared_at`). If the media clock jumps back by more than
+//! [`CLOCK_RESTART_S`] behind a pending end (a reconnect restarted media time at 0), that clear is
+//! due at once rather than never.
+
+use std::sync::Mutex;
+
+use avmon_core::{
+    Alert, AlertEvent, AlertState, Details, Finding, FindingEdge, StreamId, Transition, WallTime,
+};
+use serde::{Deserialize, Serialize};
+use uuid::{ContextV7, Timestamp, Uuid};
+
+/// A media clock this far behind a pending end has restarted: the clear is due.
+pub const CLOCK_RESTART_S: f64 = 10.0;
+
+/// Settings of the alert engine.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AlertConfig {
+    /// Seconds of media time a defect must stay ended before its alert is cleared. A defect that
+    /// comes back within the hold continues the same alert.
+    pub clear_hold_s: f64,
+}
+
+impl Default for AlertConfig {
+    fn default() -> Self {
+        AlertConfig { clear_hold_s: 1.0 }
+    }
+}
+
+impl AlertConfig {
+    /// Push one message per invalid setting, prefixed with `path`.
+    pub fn validate(&self, path: &str, errors: &mut Vec<String>) {
+        if !(self.clear_hold_s.is_finite() && self.clear_hold_s >= 0.0) {
+            let field = if path.is_empty() {
+                "clear_hold_s".to_owned()
+            } else {
+                format!("{path}.clear_hold_s")
+            };
+            errors.push(format!("{field}: must be >= 0 (got {})", self.clear_hold_s));
+        }
+    }
+}
+
+/// An alert that is still active, and its recorded end if it is pending clear.
+#[derive(Clone, Debug)]
+struct Active {
+    alert: Alert,
+    pending: Option<Pending>,
+}
+
+#[derive(Clone, Debug)]
+struct Pending {
+    end_s: f64,
+    details: Details,
+}
+
+/// The alert state machine of one stream.
+#[derive(Debug)]
+pub struct AlertEngine {
+    stream_id: StreamId,
+    cfg: AlertConfig,
+    /// Active alerts, at most one per kind, in the order they were raised.
+    active: Vec<Active>,
+}
+
+/// Ids are ordered by creation across the whole process, even within one millisecond.
+static IDS: Mutex<ContextV7> = Mutex::new(ContextV7::new());
+
+fn new_id(wall: WallTime) -> String {
+    let secs = u64::try_from(wall.timestamp()).unwrap_or(0);
+    let ts = Timestamp::from_unix(&IDS, secs, wall.timestamp_subsec_nanos());
+    Uuid::new_v7(ts).to_string()
+}
+
+fn merge(into: &mut Details, from: &Details) {
+    for (k, v) in from {
+        into.insert(k.clone(), v.clone());
+    }
+}
+
+impl AlertEngine {
+    pub fn new(stream_id: StreamId, cfg: AlertConfig) -> Self {
+        AlertEngine {
+            stream_id,
+            cfg,
+            active: Vec::new(),
+        }
+    }
+
+    pub fn stream_id(&self) -> &StreamId {
+        &self.stream_id
+    }
+
+    /// Take in one finding; push the transitions it causes.
+    pub fn on_finding(&mut self, f: &Finding, wall_now: WallTime, out: &mut Vec<AlertEvent>) {
+        let index = self.active.iter().position(|a| a.alert.kind == f.kind);
+        match (f.edge, index) {
+            (FindingEdge::Begin, Some(i)) => {
+                // Came back after its hold, with no tick in between to clear it: that was the end
+                // of the old alert, and this is a new one.
+                if let Some(p) = &self.active[i].pending {
+                    if p.end_s + self.cfg.clear_hold_s <= f.t {
+                        self.clear(i, wall_now, out);
+                        self.raise(f, wall_now, out);
+                        return;
+                    }
+                }
+                let a = &mut self.active[i];
+                let resumed = a.pending.take().is_some();
+                let rose = f.severity > a.alert.severity;
+                if rose {
+                    a.alert.severity = f.severity;
+                }
+                merge(&mut a.alert.details, &f.details);
+                if resumed || rose {
+                    out.push(AlertEvent {
+                        transition: Transition::Updated,
+                        alert: a.alert.clone(),
+                    });
+                }
+            }
+            (FindingEdge::Begin, None) => self.raise(f, wall_now, out),
+            (FindingEdge::End, Some(i)) => {
+                let a = &mut self.active[i];
+                if a.pending.is_none() {
+                    a.pending = Some(Pending {
+                        end_s: f.t.max(a.alert.start_s),
+                        details: f.details.clone(),
+                    });
+                }
+            }
+            // An End with nothing open: a detector's End for an alert already cleared by
+            // `clear_all`, or a stray. Nothing to do.
+            (FindingEdge::End, None) => {}
+        }
+    }
+
+    /// The media clock reached `media_now`: clear the alerts whose hold has run out.
+    pub fn on_tick(&mut self, media_now: f64, wall_now: WallTime, out: &mut Vec<AlertEvent>) {
+        let hold = self.cfg.clear_hold_s;
+        let mut i = 0;
+        while i < self.active.len() {
+            let due = self.active[i].pending.as_ref().is_some_and(|p| {
+                p.end_s + hold <= media_now || media_now < p.end_s - CLOCK_RESTART_S
+            });
+            if due {
+                self.clear(i, wall_now, out);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// The input ended or the stream is being removed: clear every active alert. Pending ones
+    /// keep their recorded end; open ones end at `end_s`.
+    pub fn clear_all(&mut self, end_s: f64, wall_now: WallTime, out: &mut Vec<AlertEvent>) {
+        for a in &mut self.active {
+            if a.pending.is_none() {
+                a.pending = Some(Pending {
+                    end_s: end_s.max(a.alert.start_s),
+                    details: Details::new(),
+                });
+            }
+        }
+        while !self.active.is_empty() {
+            self.clear(0, wall_now, out);
+        }
+    }
+
+    /// Active alerts (raised, possibly pending clear), in the order they were raised.
+    pub fn active(&self) -> impl Iterator<Item = &Alert> {
+        self.active.iter().map(|a| &a.alert)
+    }
+
+    /// Whether the active alert of `kind`, if any, has ended and waits out its hold.
+    pub fn is_pending_clear(&self, kind: &str) -> bool {
+        self.active
+            .iter()
+            .any(|a| a.alert.kind == kind && a.pending.is_some())
+    }
+
+    fn raise(&mut self, f: &Finding, wall_now: WallTime, out: &mut Vec<AlertEvent>) {
+        let alert = Alert {
+            id: new_id(wall_now),
+            stream_id: self.stream_id.clone(),
+            kind: f.kind.to_owned(),
+            severity: f.severity,
+            state: AlertState::Raised,
+            start_s: f.t,
+            end_s: None,
+            raised_at: wall_now,
+            cleared_at: None,
+            details: f.details.clone(),
+        };
+        out.push(AlertEvent {
+            transition: Transition::Raised,
+            alert: alert.clone(),
+        });
+        self.active.push(Active {
+            alert,
+            pending: None,
+        });
+    }
+
+    /// Clear the active alert at `i` (pending clear, so it has its end).
+    fn clear(&mut self, i: usize, wall_now: WallTime, out: &mut Vec<AlertEvent>) {
+        let Active { mut alert, pending } = self.active.remove(i);
+        alert.state = AlertState::Cleared;
+        alert.end_s = Some(pending.as_ref().map_or(alert.start_s, |p| p.end_s));
+        alert.cleared_at = Some(wall_now);
+        if let Some(p) = &pending {
+            merge(&mut alert.details, &p.details);
+        }
+        out.push(AlertEvent {
+            transition: Transition::Cleared,
+            alert,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use avmon_core::Severity;
+    use std::collections::HashMap;
+
+    const BLACK: &str = "video.black";
+    const SILENCE: &str = "audio.silence";
+
+    fn wall(s: i64) -> WallTime {
+        chrono::DateTime::from_timestamp(1_700_000_000 + s, 0).unwrap()
+    }
+
+    fn engine() -> AlertEngine {
+        AlertEngine::new(StreamId("news-hd".into()), AlertConfig::default())
+    }
+
+    fn details(pairs: &[(&str, f64)]) -> Details {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).into()))
+            .collect()
+    }
+
+    #[derive(Clone, Copy, Debug)]
+    enum Op {
+        Begin(&'static str, f64, Severity),
+        End(&'static str, f64),
+        Tick(f64),
+        ClearAll(f64),
+    }
+    use Op::*;
+
+    const MAJ: Severity = Severity::Major;
+    const CRIT: Severity = Severity::Critical;
+
+    /// Run `ops` (op `i` at wall time `i` s), returning every event.
+    fn run(e: &mut AlertEngine, ops: &[Op]) -> Vec<AlertEvent> {
+        let mut out = Vec::new();
+        for (i, op) in ops.iter().enumerate() {
+            let w = wall(i as i64);
+            match *op {
+                Begin(kind, t, sev) => {
+                    let f = Finding::begin(kind, sev, t, details(&[("t", t)]));
+                    e.on_finding(&f, w, &mut out);
+                }
+                End(kind, t) => {
+                    let f = Finding::end(kind, MAJ, t, details(&[("duration_s", t)]));
+                    e.on_finding(&f, w, &mut out);
+                }
+                Tick(t) => e.on_tick(t, w, &mut out),
+                ClearAll(t) => e.clear_all(t, w, &mut out),
+            }
+        }
+        out
+    }
+
+    /// (transition, kind, start, end) of each event, plus which alert (by order raised) it is.
+    type Summary = (Transition, &'static str, f64, Option<f64>, usize);
+
+    fn summarise(events: &[AlertEvent]) -> Vec<Summary> {
+        let mut ids: Vec<&str> = Vec::new();
+        events
+            .iter()
+            .map(|ev| {
+                let n = ids
+                    .iter()
+                    .position(|id| *id == ev.alert.id)
+                    .unwrap_or_else(|| {
+                        ids.push(&ev.alert.id);
+                        ids.len() - 1
+                    });
+                let kind = if ev.alert.kind == BLACK {
+                    BLACK
+                } else {
+                    SILENCE
+                };
+                (ev.transition, kind, ev.alert.start_s, ev.alert.end_s, n)
+            })
+            .collect()
+    }
+
+    use Transition::{Cleared, Raised, Updated};
+
+    #[test]
+    fn table() {
+        let cases: Vec<(&str, Vec<Op>, Vec<Summary>)> = vec![
+            (
+                "raise, end, clear after the hold",
+                vec![
+                    Begin(BLACK, 10.0, MAJ),
+                    End(BLACK, 15.0),
+                    Tick(15.5),
+                    Tick(16.0),
+                ],
+                vec![
+                    (Raised, BLACK, 10.0, None, 0),
+                    (Cleared, BLACK, 10.0, Some(15.0), 0),
+                ],
+            ),
+            (
+                "flapping within the hold is one alert",
+                vec![
+                    Begin(BLACK, 10.0, MAJ),
+                    End(BLACK, 15.0),
+                    Tick(15.5),
+                    Begin(BLACK, 15.8, MAJ),
+                    End(BLACK, 20.0),
+                    Tick(20.2),
+                    Begin(BLACK, 20.4, MAJ),
+                    End(BLACK, 21.0),
+                    Tick(22.0),
+                ],
+                vec![
+                    (Raised, BLACK, 10.0, None, 0),
+                    (Updated, BLACK, 10.0, None, 0),
+                    (Updated, BLACK, 10.0, None, 0),
+                    (Cleared, BLACK, 10.0, Some(21.0), 0),
+                ],
+            ),
+            (
+                "back after the hold is a new alert",
+                vec![
+                    Begin(BLACK, 10.0, MAJ),
+                    End(BLACK, 15.0),
+                    Tick(16.0),
+                    Begin(BLACK, 17.0, MAJ),
+                ],
+                vec![
+                    (Raised, BLACK, 10.0, None, 0),
+                    (Cleared, BLACK, 10.0, Some(15.0), 0),
+                    (Raised, BLACK, 17.0, None, 1),
+                ],
+            ),
+            (
+                "back after the hold with no tick between",
+                vec![
+                    Begin(BLACK, 10.0, MAJ),
+                    End(BLACK, 15.0),
+                    Begin(BLACK, 17.0, MAJ),
+                ],
+                vec![
+                    (Raised, BLACK, 10.0, None, 0),
+                    (Cleared, BLACK, 10.0, Some(15.0), 0),
+                    (Raised, BLACK, 17.0, None, 1),
+                ],
+            ),
+            (
+                "duplicate Begins continue; a higher severity updates",
+                vec![
+                    Begin(BLACK, 10.0, MAJ),
+                    Begin(BLACK, 11.0, MAJ),
+                    Begin(BLACK, 12.0, CRIT),
+                    Begin(BLACK, 13.0, MAJ),
+                ],
+                vec![
+                    (Raised, BLACK, 10.0, None, 0),
+                    (Updated, BLACK, 10.0, None, 0),
+                ],
+            ),
+            (
+                "End without Begin, and a second End, are ignored",
+                vec![
+                    End(BLACK, 5.0),
+                    Tick(10.0),
+                    Begin(BLACK, 10.0, MAJ),
+                    End(BLACK, 15.0),
+                    End(BLACK, 15.5),
+                    Tick(16.0),
+                    End(BLACK, 17.0),
+                    Tick(20.0),
+                ],
+                vec![
+                    (Raised, BLACK, 10.0, None, 0),
+                    (Cleared, BLACK, 10.0, Some(15.0), 0),
+                ],
+            ),
+            (
+                "interleaved kinds are independent",
+                vec![
+                    Begin(BLACK, 10.0, MAJ),
+                    Begin(SILENCE, 11.0, MAJ),
+                    End(BLACK, 12.0),
+                    Tick(12.5),
+                    End(SILENCE, 13.0),
+                    Tick(13.0),
+                    Begin(SILENCE, 13.5, MAJ),
+                    Tick(20.0),
+                ],
+                vec![
+                    (Raised, BLACK, 10.0, None, 0),
+                    (Raised, SILENCE, 11.0, None, 1),
+                    (Cleared, BLACK, 10.0, Some(12.0), 0),
+                    (Updated, SILENCE, 11.0, None, 1),
+                ],
+            ),
+            (
+                "clear_all: pending keep their end, open ones end now",
+                vec![
+                    Begin(BLACK, 10.0, MAJ),
+                    Begin(SILENCE, 11.0, MAJ),
+                    End(SILENCE, 12.0),
+                    ClearAll(20.0),
+                    End(BLACK, 21.0),
+                    Tick(30.0),
+                ],
+                vec![
+                    (Raised, BLACK, 10.0, None, 0),
+                    (Raised, SILENCE, 11.0, None, 1),
+                    (Cleared, BLACK, 10.0, Some(20.0), 0),
+                    (Cleared, SILENCE, 11.0, Some(12.0), 1),
+                ],
+            ),
+            (
+                "a media clock that restarted does not strand a pending clear",
+                vec![
+                    Begin(BLACK, 100.0, MAJ),
+                    End(BLACK, 105.0),
+                    Tick(104.0),
+                    Tick(0.5),
+                ],
+                vec![
+                    (Raised, BLACK, 100.0, None, 0),
+                    (Cleared, BLACK, 100.0, Some(105.0), 0),
+                ],
+            ),
+            (
+                "an End before the onset ends at the onset",
+                vec![Begin(BLACK, 10.0, MAJ), End(BLACK, 9.0), Tick(11.0)],
+                vec![
+                    (Raised, BLACK, 10.0, None, 0),
+                    (Cleared, BLACK, 10.0, Some(10.0), 0),
+                ],
+            ),
+        ];
+        for (name, ops, want) in cases {
+            let mut e = engine();
+            let got = summarise(&run(&mut e, &ops));
+            assert_eq!(got, want, "{name}");
+        }
+    }
+
+    #[test]
+    fn alerts_carry_ids_times_and_merged_details() {
+        let mut e = engine();
+        let mut out = Vec::new();
+        let begin = Finding::begin(BLACK, MAJ, 10.0, details(&[("black_ratio", 0.99)]));
+        e.on_finding(&begin, wall(0), &mut out);
+        let again = Finding::begin(BLACK, CRIT, 10.0, details(&[("luma_mean", 16.0)]));
+        e.on_finding(&again, wall(1), &mut out);
+        let end = Finding::end(BLACK, MAJ, 14.0, details(&[("duration_s", 4.0)]));
+        e.on_finding(&end, wall(2), &mut out);
+        assert!(e.is_pending_clear(BLACK));
+        assert_eq!(e.active().count(), 1);
+        e.on_tick(15.0, wall(3), &mut out);
+        assert_eq!(e.active().count(), 0);
+
+        let [raised, updated, cleared] = &out[..] else {
+            panic!("{out:?}")
+        };
+        let id = Uuid::parse_str(&raised.alert.id).unwrap();
+        assert_eq!(id.get_version_num(), 7);
+        assert_eq!(updated.alert.id, raised.alert.id);
+        assert_eq!(cleared.alert.id, raised.alert.id);
+        assert_eq!(raised.alert.stream_id.as_str(), "news-hd");
+        assert_eq!(raised.alert.state, AlertState::Raised);
+        assert_eq!(raised.alert.raised_at, wall(0));
+        assert_eq!(raised.alert.details, details(&[("black_ratio", 0.99)]));
+        assert_eq!(updated.alert.severity, CRIT);
+        assert_eq!(cleared.alert.state, AlertState::Cleared);
+        assert_eq!(cleared.alert.severity, CRIT);
+        assert_eq!(cleared.alert.raised_at, wall(0));
+        assert_eq!(cleared.alert.cleared_at, Some(wall(3)));
+        assert_eq!(cleared.alert.end_s, Some(14.0));
+        assert_eq!(
+            cleared.alert.details,
+            details(&[
+                ("black_ratio", 0.99),
+                ("luma_mean", 16.0),
+                ("duration_s", 4.0)
+            ])
+        );
+    }
+
+    #[test]
+    fn ids_are_unique_and_ordered_even_within_a_millisecond() {
+        let mut e = engine();
+        let mut out = Vec::new();
+        for i in 0..200 {
+            let kind = if i % 2 == 0 { BLACK } else { SILENCE };
+            e.on_finding(
+                &Finding::begin(kind, MAJ, 0.0, Details::new()),
+                wall(0),
+                &mut out,
+            );
+            e.clear_all(0.0, wall(0), &mut out);
+        }
+        let ids: Vec<&str> = out
+            .iter()
+            .filter(|ev| ev.transition == Raised)
+            .map(|ev| ev.alert.id.as_str())
+            .collect();
+        assert_eq!(ids.len(), 200);
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids not increasing");
+    }
+
+    /// Every sequence of up to 6 operations over two kinds (Begins at two severities, Ends, short
+    /// and long ticks), then `clear_all`: each alert is raised exactly once, then updated any
+    /// number of times, then cleared exactly once; at most one alert per kind is ever active; an
+    /// End never emits; a tick only clears.
+    #[test]
+    fn exhaustively_raised_once_and_cleared_once() {
+        #[derive(Clone, Copy, Debug)]
+        enum Step {
+            Begin(&'static str, Severity),
+            End(&'static str),
+            Tick(f64),
+        }
+        let alphabet = [
+            Step::Begin(BLACK, MAJ),
+            Step::Begin(BLACK, CRIT),
+            Step::End(BLACK),
+            Step::Begin(SILENCE, MAJ),
+            Step::End(SILENCE),
+            Step::Tick(0.4),
+            Step::Tick(1.5),
+        ];
+        let mut sequences = 0usize;
+        for len in 0..=6u32 {
+            for code in 0..alphabet.len().pow(len) {
+                let mut steps = Vec::with_capacity(len as usize);
+                let mut c = code;
+                for _ in 0..len {
+                    steps.push(alphabet[c % alphabet.len()]);
+                    c /= alphabet.len();
+                }
+                check_sequence(&steps, |s| match s {
+                    Step::Begin(k, sev) => (Some((FindingEdge::Begin, *k, *sev)), 0.3),
+                    Step::End(k) => (Some((FindingEdge::End, *k, MAJ)), 0.3),
+                    Step::Tick(dt) => (None, *dt),
+                });
+                sequences += 1;
+            }
+        }
+        assert_eq!(sequences, (0..=6).map(|n| 7usize.pow(n)).sum::<usize>());
+    }
+
+    /// Run one sequence; `decode` gives each step's finding (or a tick) and how far it advances
+    /// the media clock.
+    fn check_sequence<S: std::fmt::Debug>(
+        steps: &[S],
+        decode: impl Fn(&S) -> (Option<(FindingEdge, &'static str, Severity)>, f64),
+    ) {
+        let mut e = engine();
+        let mut clock = 0.0;
+        let mut history: HashMap<String, Vec<Transition>> = HashMap::new();
+        let mut out = Vec::new();
+        let record = |out: &mut Vec<AlertEvent>, history: &mut HashMap<_, Vec<_>>| {
+            for ev in out.drain(..) {
+                let a = &ev.alert;
+                match ev.transition {
+                    Raised | Updated => {
+                        assert_eq!(a.state, AlertState::Raised, "{steps:?}");
+                        assert!(a.end_s.is_none() && a.cleared_at.is_none(), "{steps:?}");
+                    }
+                    Cleared => {
+                        assert_eq!(a.state, AlertState::Cleared, "{steps:?}");
+                        assert!(a.end_s.unwrap() >= a.start_s, "{steps:?}");
+                        assert!(a.cleared_at.is_some(), "{steps:?}");
+                    }
+                }
+                history.entry(a.id.clone()).or_default().push(ev.transition);
+            }
+        };
+        for (i, step) in steps.iter().enumerate() {
+            let (finding, dt) = decode(step);
+            clock += dt;
+            match finding {
+                Some((edge, kind, sev)) => {
+                    let f = Finding {
+                        kind,
+                        severity: sev,
+                        edge,
+                        t: clock,
+                        details: Details::new(),
+                    };
+                    e.on_finding(&f, wall(i as i64), &mut out);
+                    if edge == FindingEdge::End {
+                        assert!(out.is_empty(), "an End emitted: {steps:?}");
+                    }
+                }
+                None => {
+                    e.on_tick(clock, wall(i as i64), &mut out);
+                    assert!(out.iter().all(|ev| ev.transition == Cleared), "{steps:?}");
+                }
+            }
+            record(&mut out, &mut history);
+            let kinds: Vec<&str> = e.active().map(|a| a.kind.as_str()).collect();
+            assert!(
+                !(kinds.len() == 2 && kinds[0] == kinds[1]) && kinds.len() <= 2,
+                "{steps:?}"
+            );
+        }
+        e.clear_all(clock, wall(99), &mut out);
+        record(&mut out, &mut history);
+        assert_eq!(e.active().count(), 0);
+        for (id, transitions) in &history {
+            let n = transitions.len();
+            assert!(
+                n >= 2
+                    && transitions[0] == Raised
+                    && transitions[n - 1] == Cleared
+                    && transitions[1..n - 1].iter().all(|t| *t == Updated),
+                "alert {id}: {transitions:?} for {steps:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn config() {
+        let cfg: AlertConfig = serde_json::from_str(r#"{"clear_hold_s": 2.5}"#).unwrap();
+        assert_eq!(cfg.clear_hold_s, 2.5);
+        assert_eq!(
+            serde_json::from_str::<AlertConfig>("{}").unwrap(),
+            AlertConfig::default()
+        );
+        let err = serde_json::from_str::<AlertConfig>(r#"{"hold": 1}"#).unwrap_err();
+        assert!(err.to_string().contains("unknown field `hold`"), "{err}");
+
+        let mut errors = Vec::new();
+        AlertConfig::default().validate("alerts", &mut errors);
+        AlertConfig { clear_hold_s: 0.0 }.validate("alerts", &mut errors);
+        assert!(errors.is_empty());
+        AlertConfig { clear_hold_s: -1.0 }.validate("alerts", &mut errors);
+        AlertConfig {
+            clear_hold_s: f64::NAN,
+        }
+        .validate("", &mut errors);
+        assert_eq!(
+            errors,
+            [
+                "alerts.clear_hold_s: must be >= 0 (got -1)",
+                "clear_hold_s: must be >= 0 (got NaN)"
+            ]
+        );
+    }
+}

@@ -96,7 +96,10 @@ mod tests {
     #[test]
     fn plane_rejects_short_buffers_and_reads_rows() {
         let data = vec![1u8; 10 * 3];
-        assert!(Plane::new(&data, 10, 11, 3).is_none(), "width beyond stride");
+        assert!(
+            Plane::new(&data, 10, 11, 3).is_none(),
+            "width beyond stride"
+        );
         assert!(Plane::new(&data[..25], 10, 8, 3).is_none(), "too short");
         let p = Plane::new(&data[..28], 10, 8, 3).expect("last row may be short of stride");
         assert_eq!(p.row(2).len(), 8);

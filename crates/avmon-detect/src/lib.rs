@@ -1,1 +1,273 @@
-//! avmon-detect
+//! avmon's defect detectors.
+//!
+//! Each detector lives in its own module: a `…Config` (what the user set: serde, defaults,
+//! `validate`) and a state struct built from it that implements [`avmon_core::Detector`]. Detectors
+//! only *report*: they push [`Finding`](avmon_core::Finding)s — a defect began (at its onset) or
+//! ended (at the first unaffected media time) — and periodic metrics. What a finding means for
+//! alerting (hysteresis across findings, ids, notification) is the alert engine's business.
+//!
+//! | kind            | module       | defect                                                       |
+//! |-----------------|--------------|--------------------------------------------------------------|
+//! | `video.black`   | [`black`]    | ≥ 98 % of the picture at or below black level, for ≥ 2 s      |
+//! | `video.freeze`  | [`freeze`]   | the picture stops changing (lossy-encode tolerant), for ≥ 2 s |
+//! | `audio.silence` | [`silence`]  | every channel below −60 dBFS RMS, for ≥ 2 s                   |
+//! | `video.loss`    | [`loss`]     | no video frames for > 2 s while the media clock advances      |
+//! | `audio.loss`    | [`loss`]     | no audio buffers for > 2 s while the media clock advances     |
+//!
+//! # Contract
+//!
+//! - **Media time only.** Every time in a finding is media time (`frame.t`, `buf.t`, the tick's
+//!   `now`); detectors never look at the wall clock, so they are deterministic and testable.
+//! - **Onset, not detection time.** `Begin.t` is the first affected frame (or audio window), emitted
+//!   only once the defect has lasted its minimum duration; `End.t` is the first unaffected time.
+//!   Every `Begin` is followed by exactly one `End`, even across a [`reset`](avmon_core::Detector::reset)
+//!   (the owed `End` is emitted at the next call, with `"reset": true`).
+//! - **No allocation per frame** after warm-up: pictures are measured in place on a 2×2 subsampled
+//!   grid (see `luma`); the freeze detector's reference picture is preallocated and reused (it
+//!   reallocates only when the resolution changes); audio sums live in fixed arrays. Only emitting a
+//!   finding allocates (its details), and that is rare.
+//! - **One definition of black.** The freeze detector classifies black pictures with the black
+//!   detector's settings and never reports them as frozen: a black picture is reported once, as black.
+//!
+//! # Adding a detector
+//!
+//! One module with its config, state and tests; one field in [`DetectorsConfig`] (and its
+//! `validate` line); one line in the registry in this file. [`KINDS`] follows the registry.
+
+use avmon_core::{kinds, Detector, VideoFrame};
+use serde::{Deserialize, Serialize};
+
+pub mod black;
+pub mod freeze;
+pub mod loss;
+pub mod silence;
+
+mod episode;
+mod luma;
+#[cfg(test)]
+mod testutil;
+
+pub use black::{BlackConfig, BlackDetector};
+pub use freeze::{FreezeConfig, FreezeDetector};
+pub use loss::{LossConfig, LossDetector};
+pub use silence::{SilenceConfig, SilenceDetector};
+
+/// The settings of every detector of a stream (TOML table `[detectors]`, or per stream).
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DetectorsConfig {
+    /// Black picture (`video.black`).
+    pub black: BlackConfig,
+    /// Frozen picture (`video.freeze`).
+    pub freeze: FreezeConfig,
+    /// Silent audio (`audio.silence`).
+    pub silence: SilenceConfig,
+    /// No video frames while the stream is up (`video.loss`).
+    pub video_loss: LossConfig,
+    /// No audio buffers while the stream is up (`audio.loss`).
+    pub audio_loss: LossConfig,
+}
+
+impl DetectorsConfig {
+    /// Check every setting, pushing one message per problem, each prefixed with its path
+    /// (`{path}.black.ratio: …`). An empty `path` gives `black.ratio: …`.
+    pub fn validate(&self, path: &str, errors: &mut Vec<String>) {
+        self.black.validate(&join(path, "black"), errors);
+        self.freeze.validate(&join(path, "freeze"), errors);
+        self.silence.validate(&join(path, "silence"), errors);
+        self.video_loss.validate(&join(path, "video_loss"), errors);
+        self.audio_loss.validate(&join(path, "audio_loss"), errors);
+    }
+}
+
+/// Which elementary streams the input carries.
+#[derive(Clone, Copy, Debug)]
+struct Carries {
+    video: bool,
+    audio: bool,
+}
+
+type Build = fn(&DetectorsConfig, Carries) -> Option<Box<dyn Detector>>;
+
+/// Every detector, in the order they see media. A detector needs its kind of stream and to be
+/// enabled.
+const REGISTRY: [(&str, Build); 5] = [
+    (kinds::VIDEO_BLACK, |c, m| {
+        (m.video && c.black.enabled).then(|| Box::new(BlackDetector::new(&c.black)) as _)
+    }),
+    (kinds::VIDEO_FREEZE, |c, m| {
+        (m.video && c.freeze.enabled)
+            .then(|| Box::new(FreezeDetector::new(&c.freeze, &c.black)) as _)
+    }),
+    (kinds::VIDEO_LOSS, |c, m| {
+        (m.video && c.video_loss.enabled).then(|| Box::new(LossDetector::video(&c.video_loss)) as _)
+    }),
+    (kinds::AUDIO_SILENCE, |c, m| {
+        (m.audio && c.silence.enabled).then(|| Box::new(SilenceDetector::new(&c.silence)) as _)
+    }),
+    (kinds::AUDIO_LOSS, |c, m| {
+        (m.audio && c.audio_loss.enabled).then(|| Box::new(LossDetector::audio(&c.audio_loss)) as _)
+    }),
+];
+
+const KIND_LIST: [&str; REGISTRY.len()] = {
+    let mut k = [""; REGISTRY.len()];
+    let mut i = 0;
+    while i < k.len() {
+        k[i] = REGISTRY[i].0;
+        i += 1;
+    }
+    k
+};
+
+/// Every kind this crate can report, in registry order.
+pub const KINDS: &[&str] = &KIND_LIST;
+
+/// Build the enabled detectors for an input. Video detectors (black, freeze, video loss) are built
+/// only when the input carries video, audio ones only when it carries audio: a stream without audio
+/// never reports `audio.loss`. Rebuild (or [`LossDetector::expect`]) when a reconnect finds
+/// different streams.
+pub fn build(cfg: &DetectorsConfig, has_video: bool, has_audio: bool) -> Vec<Box<dyn Detector>> {
+    let carries = Carries {
+        video: has_video,
+        audio: has_audio,
+    };
+    REGISTRY
+        .iter()
+        .filter_map(|(_, build)| build(cfg, carries))
+        .collect()
+}
+
+/// A frame's nominal duration, 0 when unknown.
+pub(crate) fn frame_duration(frame: &VideoFrame<'_>) -> f64 {
+    if frame.duration.is_finite() && frame.duration > 0.0 {
+        frame.duration
+    } else {
+        0.0
+    }
+}
+
+/// `path.field`, or `field` at the root.
+fn join(path: &str, field: &str) -> String {
+    if path.is_empty() {
+        field.to_owned()
+    } else {
+        format!("{path}.{field}")
+    }
+}
+
+/// Shared checks for config fields, with vector-style messages: `{path}.{field}: {problem} (got {v})`.
+pub(crate) mod check {
+    /// A duration or size that must be finite and > 0.
+    pub fn positive(path: &str, field: &str, v: f64, errors: &mut Vec<String>) {
+        if !(v.is_finite() && v > 0.0) {
+            errors.push(format!(
+                "{}: must be > 0 (got {v})",
+                super::join(path, field)
+            ));
+        }
+    }
+
+    /// A value that must lie in `lo..=hi`.
+    pub fn within(path: &str, field: &str, v: f64, lo: f64, hi: f64, errors: &mut Vec<String>) {
+        if !(lo..=hi).contains(&v) {
+            errors.push(format!(
+                "{}: must be between {lo} and {hi} (got {v})",
+                super::join(path, field)
+            ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_follow_the_registry_and_build_respects_streams_and_enabled() {
+        assert_eq!(
+            KINDS,
+            [
+                "video.black",
+                "video.freeze",
+                "video.loss",
+                "audio.silence",
+                "audio.loss"
+            ]
+        );
+        let cfg = DetectorsConfig::default();
+        let all: Vec<_> = build(&cfg, true, true).iter().map(|d| d.kind()).collect();
+        assert_eq!(all, KINDS);
+        let audio_only: Vec<_> = build(&cfg, false, true).iter().map(|d| d.kind()).collect();
+        assert_eq!(audio_only, ["audio.silence", "audio.loss"]);
+        let video_only: Vec<_> = build(&cfg, true, false).iter().map(|d| d.kind()).collect();
+        assert_eq!(video_only, ["video.black", "video.freeze", "video.loss"]);
+
+        let mut cfg = DetectorsConfig::default();
+        cfg.freeze.enabled = false;
+        cfg.audio_loss.enabled = false;
+        let some: Vec<_> = build(&cfg, true, true).iter().map(|d| d.kind()).collect();
+        assert_eq!(some, ["video.black", "video.loss", "audio.silence"]);
+    }
+
+    #[test]
+    fn config_parses_partially_and_rejects_unknown_fields() {
+        let cfg: DetectorsConfig = serde_json::from_str(
+            r#"{"black": {"min_duration": 5.0}, "audio_loss": {"enabled": false}}"#,
+        )
+        .unwrap();
+        assert_eq!(cfg.black.min_duration, 5.0);
+        assert_eq!(cfg.black.ratio, BlackConfig::default().ratio);
+        assert!(!cfg.audio_loss.enabled);
+        assert!(cfg.video_loss.enabled);
+
+        let err = serde_json::from_str::<DetectorsConfig>(r#"{"blak": {}}"#).unwrap_err();
+        assert!(err.to_string().contains("unknown field `blak`"), "{err}");
+        let err =
+            serde_json::from_str::<DetectorsConfig>(r#"{"black": {"treshold": 1}}"#).unwrap_err();
+        assert!(
+            err.to_string().contains("unknown field `treshold`"),
+            "{err}"
+        );
+        let err = serde_json::from_str::<DetectorsConfig>(r#"{"silence": {"severity": "fatal"}}"#)
+            .unwrap_err();
+        assert!(err.to_string().contains("unknown variant `fatal`"), "{err}");
+    }
+
+    #[test]
+    fn defaults_are_valid_and_round_trip() {
+        let cfg = DetectorsConfig::default();
+        let mut errors = Vec::new();
+        cfg.validate("detectors", &mut errors);
+        assert!(errors.is_empty(), "{errors:?}");
+        let json = serde_json::to_string(&cfg).unwrap();
+        assert_eq!(serde_json::from_str::<DetectorsConfig>(&json).unwrap(), cfg);
+    }
+
+    #[test]
+    fn validation_gathers_every_error_with_its_path() {
+        let mut cfg = DetectorsConfig::default();
+        cfg.black.min_duration = -1.0;
+        cfg.black.exit_ratio = 0.99;
+        cfg.freeze.mad_threshold = 0.0;
+        cfg.silence.window_ms = 0.0;
+        cfg.silence.threshold_db = 3.0;
+        cfg.video_loss.timeout = f64::NAN;
+        let mut errors = Vec::new();
+        cfg.validate("streams[2].detectors", &mut errors);
+        assert_eq!(
+            errors,
+            [
+                "streams[2].detectors.black.exit_ratio: must be between 0 and 0.98 (got 0.99)",
+                "streams[2].detectors.black.min_duration: must be > 0 (got -1)",
+                "streams[2].detectors.freeze.mad_threshold: must be > 0 (got 0)",
+                "streams[2].detectors.silence.threshold_db: must be between -120 and 0 (got 3)",
+                "streams[2].detectors.silence.window_ms: must be > 0 (got 0)",
+                "streams[2].detectors.video_loss.timeout: must be > 0 (got NaN)",
+            ]
+        );
+        let mut errors = Vec::new();
+        cfg.validate("", &mut errors);
+        assert_eq!(errors[1], "black.min_duration: must be > 0 (got -1)");
+    }
+}

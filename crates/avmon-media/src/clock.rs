@@ -13,6 +13,11 @@ pub struct MediaClock {
     /// Each elementary stream's latest timestamp (µs), to tell a reset from muxer interleaving:
     /// after a gap, one stream's packets may come seconds ahead of another's, which is normal.
     per_stream: Vec<Option<i64>>,
+    /// The largest timestamp (µs) seen under the current origin.
+    last_raw: Option<i64>,
+    /// Set by [`MediaClock::reconnect`]: the wall-clock gap, until the new connection's first
+    /// timestamp decides whether its time line continues the old one.
+    pending_gap: Option<f64>,
 }
 
 /// A backwards jump of one stream's own timestamps larger than this, or a forward jump larger
@@ -34,17 +39,38 @@ impl MediaClock {
         self.seen_any
     }
 
-    /// Start a new connection: its first timestamp will map to `latest + gap_s`.
+    /// Start a new connection after `gap_s` seconds without data. When its timestamps continue
+    /// the old ones (a source that paused, whose encoder kept its clock), the stream's own time
+    /// line is kept; when they restarted, its first timestamp maps to `latest + gap_s`.
     pub fn reconnect(&mut self, gap_s: f64) {
         if self.seen_any {
-            self.origin = None;
-            self.offset = self.latest + gap_s.max(0.0);
+            self.pending_gap = Some(gap_s.max(0.0));
             self.per_stream.clear();
         }
     }
 
-    /// Set the origin explicitly (the input's start time), if none is set yet.
+    /// The first timestamp of a connection (the input's start time): sets the origin of the
+    /// first connection, and decides continuity after a reconnect.
     pub fn set_origin(&mut self, ts_us: i64) {
+        if let Some(gap) = self.pending_gap.take() {
+            // Continuous: from a little before the last timestamp (a resuming muxer may resend
+            // what it held back) to well after the last timestamp plus the outage.
+            let continuous = self.last_raw.is_some_and(|last| {
+                ts_us >= last - 2_000_000 && ts_us <= last + ((gap + 30.0) * 1e6) as i64
+            });
+            if !continuous {
+                self.origin = Some(ts_us);
+                self.offset = self.latest + gap;
+                self.last_raw = Some(ts_us);
+            }
+            tracing::debug!(
+                ts_us,
+                continuous,
+                offset = self.offset,
+                "media clock: reconnected"
+            );
+            return;
+        }
         if self.origin.is_none() {
             self.origin = Some(ts_us);
         }
@@ -53,7 +79,10 @@ impl MediaClock {
     /// Media time of `ts_us` on elementary stream `stream`, advancing the clock. Resets are
     /// absorbed: the time line continues.
     pub fn map(&mut self, stream: usize, ts_us: i64) -> f64 {
-        let origin = *self.origin.get_or_insert(ts_us);
+        if self.pending_gap.is_some() || self.origin.is_none() {
+            self.set_origin(ts_us);
+        }
+        let origin = self.origin.unwrap_or(ts_us);
         let mut t = (ts_us - origin) as f64 / 1e6 + self.offset;
         if self.per_stream.len() <= stream {
             self.per_stream.resize(stream + 1, None);
@@ -61,12 +90,21 @@ impl MediaClock {
         let back = self.per_stream[stream]
             .is_some_and(|prev| ((prev - ts_us) as f64 / 1e6) > MAX_BACKWARD_JUMP_S);
         if self.seen_any && (back || t > self.latest + MAX_FORWARD_JUMP_S) {
+            tracing::debug!(
+                stream,
+                ts_us,
+                t,
+                latest = self.latest,
+                "media clock: timestamp reset"
+            );
             self.origin = Some(ts_us);
             self.offset = self.latest;
             self.per_stream.iter_mut().for_each(|p| *p = None);
+            self.last_raw = None;
             t = self.latest;
         }
         self.per_stream[stream] = Some(ts_us);
+        self.last_raw = Some(self.last_raw.map_or(ts_us, |l| l.max(ts_us)));
         if t > self.latest || !self.seen_any {
             self.latest = t.max(0.0);
         }
@@ -100,9 +138,23 @@ mod tests {
         // A reset (timestamps restart) continues the time line.
         assert_eq!(c.map(0, 100_000), 6.02);
         assert_eq!(c.map(0, 1_100_000), 7.02);
-        // A reconnect after 3 s of silence.
+        // A reconnect after 3 s of silence, the encoder's timestamps restarted.
         c.reconnect(3.0);
         assert_eq!(c.map(0, 50_000_000), 10.02);
         assert_eq!(c.peek(50_500_000), Some(10.52));
+    }
+
+    #[test]
+    fn a_reconnect_keeps_a_continuing_time_line() {
+        let mut c = MediaClock::new();
+        c.set_origin(1_000_000);
+        assert_eq!(c.map(0, 5_000_000), 4.0);
+        // The source paused for 5 s; its encoder kept its clock and first resends a held-back
+        // packet from just before the pause.
+        c.reconnect(5.0);
+        c.set_origin(4_980_000);
+        assert_eq!(c.map(1, 4_980_000), 3.98);
+        assert_eq!(c.map(0, 10_000_000), 9.0);
+        assert_eq!(c.map(1, 10_010_000), 9.01);
     }
 }

@@ -32,8 +32,9 @@ pub trait SourceEvents: FrameSink {
     /// The source is down: it could not be opened, or delivered nothing for `io_timeout`, or
     /// closed. Called once per outage, at its start.
     fn on_down(&mut self, reason: &str);
-    /// Data flows again after an outage, at media time `t` (on the continuing clock).
-    fn on_up(&mut self, t: f64);
+    /// Data flows again after an outage of `outage` wall time, at media time `t` (on the
+    /// continuing clock).
+    fn on_up(&mut self, t: f64, outage: Duration);
     /// About to wait `delay` before the next attempt (for status reporting).
     fn on_retry(&mut self, _delay: Duration) {}
 }
@@ -49,10 +50,11 @@ struct Watch<'a> {
 impl Watch<'_> {
     fn data(&mut self, t: f64) {
         self.got_data = true;
+        let outage = self.last_data.elapsed();
         *self.last_data = Instant::now();
         if *self.down {
             *self.down = false;
-            self.inner.on_up(t);
+            self.inner.on_up(t, outage);
         }
     }
 }

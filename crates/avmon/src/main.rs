@@ -1,1 +1,229 @@
-fn main() {}
+//! avmon: a real-time audio/video quality monitor for live streams.
+//!
+//! The binary is thin: it parses the command line and the config, and wires the library crates
+//! into the one-way pipeline ingest → decode → detect → findings → alerts → store / notifiers / API.
+
+mod check;
+mod config;
+mod demo;
+mod pipeline;
+mod service;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use avmon_core::Severity;
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Exit status when `--fail-on` found a defect of that severity or worse.
+const EXIT_DEFECTS: u8 = 3;
+
+#[derive(Parser)]
+#[command(
+    name = "avmon",
+    version,
+    about = "Real-time audio/video quality monitor for live streams"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Json,
+    Text,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Analyse one input (a file to its end, or a live URL for --duration) and print a report.
+    ///
+    /// Exit status: 0 when the analysis completed (defects or not), 1 for unreadable or invalid
+    /// input, 3 when --fail-on found a defect of that severity or worse.
+    Check {
+        /// A file path or any URL FFmpeg opens (udp://, srt://, rtmp://, rtsp://, http(s)://).
+        input: String,
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+        /// Analyse at most this many seconds of media (needed for live URLs).
+        #[arg(long)]
+        duration: Option<f64>,
+        /// Exit 3 when a defect of this severity or worse was found.
+        #[arg(long, value_name = "SEVERITY")]
+        fail_on: Option<Severity>,
+        /// A TOML file with detector settings, as in a stream's `[streams.detectors]` section.
+        #[arg(long, value_name = "FILE")]
+        detectors: Option<PathBuf>,
+        /// Give up when no data arrives for this many seconds.
+        #[arg(long, default_value_t = 10.0)]
+        timeout: f64,
+        /// Decoder threads (1 = the decoder's own threading off).
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+    },
+    /// Monitor the streams of a config file, with the HTTP API, store and notifiers.
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Generate an H.264 + AAC MPEG-TS test stream with defects, to a file or to udp:// in real time.
+    Synth {
+        /// Output file, or a URL such as udp://127.0.0.1:5000 (sent in real time).
+        output: String,
+        /// Media seconds to generate (default: 20 for files, forever for URLs).
+        #[arg(long)]
+        duration: Option<f64>,
+        #[arg(long, default_value_t = 1280)]
+        width: u32,
+        #[arg(long, default_value_t = 720)]
+        height: u32,
+        #[arg(long, default_value_t = 25)]
+        fps: u32,
+        #[arg(long, default_value_t = 2)]
+        channels: u32,
+        /// A defect KIND@START-END (kinds: black, freeze, silence, dropout); repeatable.
+        #[arg(long = "defect", value_name = "KIND@START-END")]
+        defects: Vec<String>,
+        /// Repeat the defect schedule every this many seconds.
+        #[arg(long)]
+        repeat_every: Option<f64>,
+        /// Pace a file output in real time too.
+        #[arg(long)]
+        realtime: bool,
+        /// x264 preset.
+        #[arg(long, default_value = "veryfast")]
+        preset: String,
+    },
+    /// Start synthetic live streams with defects and monitor them (no configuration needed).
+    Demo {
+        /// Address of the HTTP API.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+        /// Stop after this many seconds (default: run until Ctrl-C).
+        #[arg(long)]
+        duration: Option<f64>,
+        /// Where the demo keeps its SQLite store.
+        #[arg(long, default_value = "avmon-demo.db")]
+        db: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default_level = match cli.command {
+        Command::Check { .. } | Command::Synth { .. } => "warn",
+        _ => "info",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("AVMON_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("avmon: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Check {
+            input,
+            format,
+            duration,
+            fail_on,
+            detectors,
+            timeout,
+            threads,
+        } => {
+            if check::is_live(&input) && duration.is_none() {
+                anyhow::bail!("{input} is a live input: give --duration SECS");
+            }
+            let detectors = match detectors {
+                Some(path) => config::load_detectors(&path)?,
+                None => Default::default(),
+            };
+            let report = check::check(check::CheckOptions {
+                input,
+                duration,
+                detectors,
+                alerts: Default::default(),
+                io_timeout: Duration::from_secs_f64(timeout.max(0.1)),
+                decoder_threads: threads,
+                gap_s: 3.0,
+            })?;
+            match format {
+                Format::Json => println!("{}", serde_json::to_string_pretty(&report.to_json())?),
+                Format::Text => println!("{}", report.to_text()),
+            }
+            if let (Some(limit), Some(worst)) = (fail_on, report.worst()) {
+                if worst >= limit {
+                    return Ok(ExitCode::from(EXIT_DEFECTS));
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run { config } => {
+            let cfg = config::load(&config)?;
+            service::run(cfg, service::Options::default())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Synth {
+            output,
+            duration,
+            width,
+            height,
+            fps,
+            channels,
+            defects,
+            repeat_every,
+            realtime,
+            preset,
+        } => {
+            let defects = defects
+                .iter()
+                .map(|d| d.parse())
+                .collect::<Result<Vec<_>, String>>()
+                .map_err(anyhow::Error::msg)?;
+            let network = output.contains("://");
+            let spec = avmon_media::synth::SynthSpec {
+                width,
+                height,
+                fps,
+                duration: duration.or(if network { None } else { Some(20.0) }),
+                channels,
+                defects,
+                repeat_every,
+                realtime,
+                preset,
+                ..Default::default()
+            };
+            let stop = Arc::new(AtomicBool::new(false));
+            let stats = avmon_media::synth::generate(&output, &spec, stop)
+                .with_context(|| format!("generating {output}"))?;
+            eprintln!(
+                "avmon synth: wrote {} video and {} audio frames ({:.2} s) to {output}",
+                stats.video_frames, stats.audio_frames, stats.duration_s
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo {
+            listen,
+            duration,
+            db,
+        } => {
+            demo::run(&listen, duration, &db)?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

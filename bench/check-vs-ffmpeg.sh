@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Whole-process CPU time of `avmon check` (every detector on) against FFmpeg's bare decode
+# (`ffmpeg -threads 1 -i FILE -f null -`) on the same 720p25 H.264 + AAC file, side by side in one
+# run. Absolute times drift on a small shared machine; the ratio is the figure.
+#
+#   bench/check-vs-ffmpeg.sh [SECONDS=60] [RUNS=5] [WIDTHxHEIGHT=1280x720]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs="${1:-60}"; runs="${2:-5}"; size="${3:-1280x720}"
+w="${size%x*}"; h="${size#*x}"
+cargo build --release -q -p avmon
+avmon=./target/release/avmon
+dir="$(mktemp -d)"; trap 'rm -rf "$dir"' EXIT
+in="$dir/in.ts"
+"$avmon" synth "$in" --duration "$secs" --width "$w" --height "$h" \
+  --defect black@10-14 --defect freeze@20-25 --defect silence@30-34 2>/dev/null
+
+# CPU seconds (user + system) of one command, children included.
+cpu() {
+  local t0 t1
+  t0=$(awk '{print $14+$15+$16+$17}' /proc/$$/stat)
+  "$@" >/dev/null 2>&1
+  t1=$(awk '{print $14+$15+$16+$17}' /proc/$$/stat)
+  awk -v a="$t0" -v b="$t1" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.2f", (b - a) / hz }' 
+}
+
+echo "input: ${secs} s of ${w}x${h}p25 H.264 + AAC (avmon synth), $runs runs each, interleaved"
+printf "%-4s %10s %10s %8s\n" run avmon_s ffmpeg_s ratio
+ratios=()
+for i in $(seq "$runs"); do
+  a=$(cpu "$avmon" check "$in" --format json)
+  f=$(cpu ffmpeg -nostdin -threads 1 -i "$in" -f null -)
+  r=$(awk -v a="$a" -v f="$f" 'BEGIN { printf "%.3f", a / f }')
+  ratios+=("$r")
+  printf "%-4s %10s %10s %8s\n" "$i" "$a" "$f" "$r"
+done
+median=$(printf "%s\n" "${ratios[@]}" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
+echo "median avmon/ffmpeg CPU ratio: $median"

@@ -1,0 +1,238 @@
+//! `avmon check INPUT`: analyse a file to its end (or a live URL for `--duration`) and report.
+//!
+//! The JSON report is a contract (`input`, `duration_s`, `events[]`, `summary.video`,
+//! `summary.audio`): names are kept, new ones are added.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use avmon_alert::AlertConfig;
+use avmon_core::{
+    round_ms, Alert, AudioBuffer, MediaInfo, Severity, StreamId, Transition, VideoFrame,
+};
+use avmon_detect::DetectorsConfig;
+use avmon_media::{EndReason, FrameSink, Input, MediaClock, OpenOptions};
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::pipeline::Pipeline;
+
+pub struct CheckOptions {
+    pub input: String,
+    pub duration: Option<f64>,
+    pub detectors: DetectorsConfig,
+    pub alerts: AlertConfig,
+    pub io_timeout: Duration,
+    pub decoder_threads: usize,
+    /// A timestamp gap longer than this inside the input is reported as `source.down`.
+    pub gap_s: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Event {
+    pub kind: String,
+    pub severity: Severity,
+    pub start_s: f64,
+    pub end_s: f64,
+    pub details: avmon_core::Details,
+}
+
+#[derive(Debug)]
+pub struct Report {
+    pub input: String,
+    pub duration_s: f64,
+    pub events: Vec<Event>,
+    pub info: MediaInfo,
+    pub frames_video: u64,
+    pub frames_audio: u64,
+    pub decode_errors: u64,
+}
+
+impl Report {
+    pub fn to_json(&self) -> Value {
+        let mut summary = serde_json::Map::new();
+        if let Some(v) = &self.info.video {
+            summary.insert(
+                "video".into(),
+                json!({"codec": v.codec, "width": v.width, "height": v.height, "fps": v.fps,
+                       "frames": self.frames_video, "decode_errors": self.decode_errors}),
+            );
+        }
+        if let Some(a) = &self.info.audio {
+            summary.insert(
+                "audio".into(),
+                json!({"codec": a.codec, "channels": a.channels, "sample_rate": a.sample_rate,
+                       "frames": self.frames_audio}),
+            );
+        }
+        json!({
+            "input": self.input,
+            "format": self.info.format,
+            "duration_s": self.duration_s,
+            "events": self.events,
+            "summary": summary,
+        })
+    }
+
+    pub fn to_text(&self) -> String {
+        let mut s = format!("{}: {:.2} s analysed", self.input, self.duration_s);
+        if let Some(v) = &self.info.video {
+            s += &format!(
+                "\n  video: {} {}x{} @ {} fps, {} frames, {} decode errors",
+                v.codec, v.width, v.height, v.fps, self.frames_video, self.decode_errors
+            );
+        }
+        if let Some(a) = &self.info.audio {
+            s += &format!(
+                "\n  audio: {} {} ch @ {} Hz",
+                a.codec, a.channels, a.sample_rate
+            );
+        }
+        if self.events.is_empty() {
+            s += "\n  no defects found";
+        }
+        for e in &self.events {
+            s += &format!(
+                "\n  {:>8}  {:<16} {:>8.2} s .. {:>8.2} s  ({:.2} s)",
+                e.severity.as_str(),
+                e.kind,
+                e.start_s,
+                e.end_s,
+                e.end_s - e.start_s
+            );
+        }
+        s
+    }
+
+    /// The worst severity among the events.
+    pub fn worst(&self) -> Option<Severity> {
+        self.events.iter().map(|e| e.severity).max()
+    }
+}
+
+struct Sink {
+    pipe: Pipeline,
+    alerts: Vec<Alert>,
+    stop_at: Option<f64>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Sink {
+    fn collect(&mut self) {
+        for ev in self.pipe.events.drain(..) {
+            if ev.transition == Transition::Cleared {
+                self.alerts.push(ev.alert);
+            }
+        }
+    }
+}
+
+impl FrameSink for Sink {
+    fn on_packet(&mut self, t: f64, bytes: usize) {
+        self.pipe.packet(t, bytes);
+        self.collect();
+        if self.stop_at.is_some_and(|d| t >= d) {
+            self.stop.store(true, Ordering::Relaxed);
+        }
+    }
+    fn on_video(&mut self, frame: &VideoFrame<'_>) {
+        if self.stop_at.is_some_and(|d| frame.t >= d) {
+            return;
+        }
+        self.pipe.video(frame);
+        self.collect();
+    }
+    fn on_audio(&mut self, buf: &AudioBuffer<'_>) {
+        if self.stop_at.is_some_and(|d| buf.t >= d) {
+            return;
+        }
+        self.pipe.audio(buf);
+        self.collect();
+    }
+    fn on_decode_error(&mut self, _t: f64, _video: bool) {
+        self.pipe.decode_error();
+    }
+}
+
+pub fn check(opts: CheckOptions) -> Result<Report> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let open = OpenOptions {
+        io_timeout: opts.io_timeout,
+        decoder_threads: opts.decoder_threads,
+        ..OpenOptions::default()
+    };
+    let mut input = Input::open(&opts.input, &open, stop.clone()).map_err(anyhow::Error::new)?;
+    let info = input.info().clone();
+    let live = is_live(&opts.input);
+    if let (true, Some(d)) = (live, opts.duration) {
+        // A live input has no end: stop after --duration of wall time too, in case its
+        // timestamps run slower than the clock.
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs_f64(d + 2.0));
+            stop.store(true, Ordering::Relaxed);
+        });
+    }
+    let mut pipe = Pipeline::new(
+        StreamId("check".into()),
+        opts.detectors,
+        opts.alerts,
+        Some(opts.gap_s),
+    );
+    pipe.connected(&info);
+    let mut sink = Sink {
+        pipe,
+        alerts: Vec::new(),
+        stop_at: opts.duration,
+        stop,
+    };
+    let mut clock = MediaClock::new();
+    let ended = input
+        .run(&mut clock, &mut sink)
+        .with_context(|| format!("analysing {}", opts.input))?;
+    if ended == EndReason::TimedOut && sink.pipe.counters.packets == 0 {
+        anyhow::bail!(
+            "{}: no data arrived within {:.0} s",
+            opts.input,
+            opts.io_timeout.as_secs_f64()
+        );
+    }
+    let end = match opts.duration {
+        Some(d) => sink.pipe.end_t.min(d),
+        None => sink.pipe.end_t,
+    };
+    sink.pipe.finish(end);
+    sink.collect();
+    let mut events: Vec<Event> = sink
+        .alerts
+        .into_iter()
+        .map(|a| Event {
+            start_s: round_ms(a.start_s),
+            end_s: round_ms(a.end_s.unwrap_or(end).min(end).max(a.start_s)),
+            kind: a.kind,
+            severity: a.severity,
+            details: a.details,
+        })
+        .collect();
+    events.sort_by(|a, b| a.start_s.total_cmp(&b.start_s).then(a.kind.cmp(&b.kind)));
+    let c = sink.pipe.counters;
+    Ok(Report {
+        input: opts.input,
+        duration_s: round_ms(end),
+        events,
+        info,
+        frames_video: c.frames_video,
+        frames_audio: c.frames_audio,
+        decode_errors: c.decode_errors,
+    })
+}
+
+/// Inputs that never end by themselves.
+pub fn is_live(input: &str) -> bool {
+    const LIVE: [&str; 8] = [
+        "udp://", "rtp://", "srt://", "rtmp://", "rtmps://", "rtsp://", "tcp://", "rist://",
+    ];
+    LIVE.iter().any(|p| input.starts_with(p))
+}

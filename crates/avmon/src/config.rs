@@ -1,0 +1,472 @@
+//! The service configuration: one TOML file → raw serde structs → a validated [`Config`].
+//!
+//! Validation gathers *every* problem with its path (`streams[2].url: unsupported scheme "foo"`)
+//! rather than stopping at the first, so a user fixes a config in one pass. Each section and each
+//! list item is deserialized on its own for that reason.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::Path;
+
+use avmon_alert::AlertConfig;
+use avmon_core::StreamId;
+use avmon_detect::DetectorsConfig;
+use avmon_notify::WebhookConfig;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// `[server]`
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address of the HTTP API (`/api/...`, `/healthz`, `/metrics`).
+    pub listen: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: "127.0.0.1:8080".into(),
+        }
+    }
+}
+
+/// `[store]`
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Where results go: `sqlite://PATH` (created and migrated at start).
+    pub url: String,
+    /// Seconds between per-stream metrics samples.
+    pub metrics_interval_s: f64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            url: "sqlite://avmon.db".into(),
+            metrics_interval_s: 10.0,
+        }
+    }
+}
+
+fn default_io_timeout() -> f64 {
+    5.0
+}
+fn default_threads() -> usize {
+    1
+}
+
+/// `[[streams]]`: one monitored stream. The API's `POST /api/streams` takes the same keys as JSON.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamConfig {
+    /// Unique id: letters, digits, `-`, `_`, `.`.
+    pub id: String,
+    /// Anything FFmpeg opens: a path, `udp://`, `srt://`, `rtmp://`, `rtsp://`, `http(s)://`.
+    pub url: String,
+    /// A human-readable name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// `source.down` is raised when no data arrives for this many seconds.
+    #[serde(default = "default_io_timeout")]
+    pub io_timeout_s: f64,
+    /// Decoder threads; 1 turns the decoder's own threading off (parallelism comes from streams).
+    #[serde(default = "default_threads")]
+    pub decoder_threads: usize,
+    /// Extra FFmpeg demuxer/protocol options, e.g. `{ rtsp_transport = "tcp" }`.
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+    /// Detector settings for this stream (thresholds, minimum durations, on/off).
+    #[serde(default)]
+    pub detectors: DetectorsConfig,
+    /// Alert hysteresis for this stream.
+    #[serde(default)]
+    pub alerts: AlertConfig,
+}
+
+/// `[[notifiers]]`
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum NotifierConfig {
+    Webhook(WebhookConfig),
+}
+
+/// A validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub store: StoreConfig,
+    pub streams: Vec<StreamConfig>,
+    pub notifiers: Vec<NotifierConfig>,
+}
+
+/// Every problem found in a config.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid config {source_name}:\n  {}", .errors.join("\n  "))]
+pub struct ConfigError {
+    pub source_name: String,
+    pub errors: Vec<String>,
+}
+
+/// Deserialize one value, with the path of the first problem inside it prefixed by `path`.
+fn section<T: DeserializeOwned>(
+    value: toml::Value,
+    path: &str,
+    errors: &mut Vec<String>,
+) -> Option<T> {
+    match serde_path_to_error::deserialize::<_, T>(value) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            let inner = e.path().to_string();
+            let at = if inner == "." || inner.is_empty() {
+                path.to_string()
+            } else if inner.starts_with('[') {
+                format!("{path}{inner}")
+            } else {
+                format!("{path}.{inner}")
+            };
+            let msg = e.into_inner().to_string();
+            // toml's messages may span lines; the first line holds the point.
+            let msg = msg
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("")
+                .trim();
+            errors.push(format!("{at}: {msg}"));
+            None
+        }
+    }
+}
+
+/// Why a stream URL won't do, if it won't.
+pub fn url_problem(url: &str, protocols: &[String]) -> Option<String> {
+    if url.trim().is_empty() {
+        return Some("must not be empty".into());
+    }
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return None; // a file path
+    };
+    if rest.is_empty() {
+        return Some(format!("{url:?} has no address after the scheme"));
+    }
+    let scheme = scheme.to_ascii_lowercase();
+    if protocols.contains(&scheme) {
+        None
+    } else {
+        Some(format!(
+            "unsupported scheme {scheme:?} (this FFmpeg reads: {})",
+            protocols.join(", ")
+        ))
+    }
+}
+
+impl StreamConfig {
+    /// Check one stream; `path` is where it sits (`streams[0]`).
+    pub fn validate(&self, path: &str, protocols: &[String], errors: &mut Vec<String>) {
+        if let Some(p) = StreamId::problem(&self.id) {
+            errors.push(format!("{path}.id: {p} (got {:?})", self.id));
+        }
+        if let Some(p) = url_problem(&self.url, protocols) {
+            errors.push(format!("{path}.url: {p}"));
+        }
+        if !(self.io_timeout_s > 0.0 && self.io_timeout_s <= 3600.0) {
+            errors.push(format!(
+                "{path}.io_timeout_s: must be in (0, 3600] (got {})",
+                self.io_timeout_s
+            ));
+        }
+        if self.decoder_threads > 64 {
+            errors.push(format!(
+                "{path}.decoder_threads: must be at most 64 (got {})",
+                self.decoder_threads
+            ));
+        }
+        self.detectors
+            .validate(&format!("{path}.detectors"), errors);
+        self.alerts.validate(&format!("{path}.alerts"), errors);
+    }
+
+    /// Parse and check a stream given as JSON (the API's `POST /api/streams`).
+    pub fn from_json(value: serde_json::Value, protocols: &[String]) -> Result<Self, Vec<String>> {
+        let s: StreamConfig = serde_path_to_error::deserialize(value).map_err(|e| {
+            let p = e.path().to_string();
+            vec![if p == "." {
+                e.into_inner().to_string()
+            } else {
+                format!("{p}: {}", e.into_inner())
+            }]
+        })?;
+        let mut errors = Vec::new();
+        s.validate("stream", protocols, &mut errors);
+        if errors.is_empty() {
+            Ok(s)
+        } else {
+            Err(errors)
+        }
+    }
+}
+
+/// Parse and validate a config's text. `source_name` names it in messages.
+pub fn parse(text: &str, source_name: &str) -> Result<Config, ConfigError> {
+    let fail = |errors: Vec<String>| ConfigError {
+        source_name: source_name.to_string(),
+        errors,
+    };
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+        fail(vec![
+            e.to_string()
+                .lines()
+                .next()
+                .unwrap_or("syntax error")
+                .to_string()
+                + &match e.span() {
+                    Some(span) => format!(" (line {})", text[..span.start].lines().count().max(1)),
+                    None => String::new(),
+                },
+        ])
+    })?;
+    let protocols = avmon_media::input_protocols();
+    let mut errors = Vec::new();
+    let mut server = ServerConfig::default();
+    let mut store = StoreConfig::default();
+    let mut streams = Vec::new();
+    let mut notifiers = Vec::new();
+    for (key, value) in table {
+        match key.as_str() {
+            "server" => {
+                if let Some(s) = section(value, "server", &mut errors) {
+                    server = s;
+                }
+            }
+            "store" => {
+                if let Some(s) = section(value, "store", &mut errors) {
+                    store = s;
+                }
+            }
+            "streams" => match value {
+                toml::Value::Array(items) => {
+                    for (i, item) in items.into_iter().enumerate() {
+                        let path = format!("streams[{i}]");
+                        if let Some(s) = section::<StreamConfig>(item, &path, &mut errors) {
+                            s.validate(&path, &protocols, &mut errors);
+                            streams.push(s);
+                        }
+                    }
+                }
+                _ => errors.push("streams: must be an array of tables ([[streams]])".into()),
+            },
+            "notifiers" => match value {
+                toml::Value::Array(items) => {
+                    for (i, item) in items.into_iter().enumerate() {
+                        let path = format!("notifiers[{i}]");
+                        if let Some(n) = notifier(item, &path, &mut errors) {
+                            notifiers.push(n);
+                        }
+                    }
+                }
+                _ => errors.push("notifiers: must be an array of tables ([[notifiers]])".into()),
+            },
+            other => errors.push(format!(
+                "{other}: unknown section (expected server, store, streams, notifiers)"
+            )),
+        }
+    }
+    let mut seen = HashSet::new();
+    for (i, s) in streams.iter().enumerate() {
+        if !seen.insert(s.id.clone()) {
+            errors.push(format!("streams[{i}].id: duplicate id {:?}", s.id));
+        }
+    }
+    let listen = match server.listen.parse::<SocketAddr>() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            errors.push(format!(
+                "server.listen: {:?} is not an address like 127.0.0.1:8080",
+                server.listen
+            ));
+            None
+        }
+    };
+    if let Err(e) = store_url_problem(&store.url) {
+        errors.push(format!("store.url: {e}"));
+    }
+    if !(store.metrics_interval_s >= 1.0 && store.metrics_interval_s <= 86_400.0) {
+        errors.push(format!(
+            "store.metrics_interval_s: must be between 1 and 86400 (got {})",
+            store.metrics_interval_s
+        ));
+    }
+    match (errors.is_empty(), listen) {
+        (true, Some(listen)) => Ok(Config {
+            listen,
+            store,
+            streams,
+            notifiers,
+        }),
+        _ => Err(fail(errors)),
+    }
+}
+
+fn store_url_problem(url: &str) -> Result<(), String> {
+    if url.starts_with("sqlite:") {
+        Ok(())
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Err("PostgreSQL is not supported yet; use sqlite://PATH".into())
+    } else {
+        Err(format!("{url:?}: expected sqlite://PATH"))
+    }
+}
+
+fn notifier(value: toml::Value, path: &str, errors: &mut Vec<String>) -> Option<NotifierConfig> {
+    let toml::Value::Table(mut t) = value else {
+        errors.push(format!("{path}: must be a table"));
+        return None;
+    };
+    let kind = match t.remove("kind") {
+        Some(toml::Value::String(k)) => k,
+        Some(_) => {
+            errors.push(format!("{path}.kind: must be a string"));
+            return None;
+        }
+        None => {
+            errors.push(format!("{path}.kind: missing (expected \"webhook\")"));
+            return None;
+        }
+    };
+    match kind.as_str() {
+        "webhook" => {
+            let w: WebhookConfig = section(toml::Value::Table(t), path, errors)?;
+            let before = errors.len();
+            w.validate(path, errors);
+            (errors.len() == before).then_some(NotifierConfig::Webhook(w))
+        }
+        other => {
+            errors.push(format!(
+                "{path}.kind: unknown notifier {other:?} (expected \"webhook\")"
+            ));
+            None
+        }
+    }
+}
+
+/// Read and validate a config file.
+pub fn load(path: &Path) -> anyhow::Result<Config> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("cannot read config {}: {e}", path.display()))?;
+    Ok(parse(&text, &path.display().to_string())?)
+}
+
+/// Read a detectors-only TOML file (`avmon check --detectors FILE`).
+pub fn load_detectors(path: &Path) -> anyhow::Result<DetectorsConfig> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+    let value: toml::Value = toml::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.message()))?;
+    let mut errors = Vec::new();
+    let cfg: Option<DetectorsConfig> = section(value, "detectors", &mut errors);
+    if let Some(c) = &cfg {
+        c.validate("detectors", &mut errors);
+    }
+    match cfg {
+        Some(c) if errors.is_empty() => Ok(c),
+        _ => Err(ConfigError {
+            source_name: path.display().to_string(),
+            errors,
+        }
+        .into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONTRACT: &str = r#"
+[server]
+listen = "127.0.0.1:8080"
+[store]
+url = "sqlite://avmon.db"
+[[streams]]
+id = "news-hd"
+url = "udp://127.0.0.1:5000"
+[[notifiers]]
+kind = "webhook"
+url = "http://127.0.0.1:9000/hook"
+"#;
+
+    #[test]
+    fn the_contract_config_is_valid() {
+        let c = parse(CONTRACT, "avmon.toml").unwrap();
+        assert_eq!(c.streams.len(), 1);
+        assert_eq!(c.streams[0].id, "news-hd");
+        assert_eq!(c.notifiers.len(), 1);
+        assert_eq!(c.listen.port(), 8080);
+    }
+
+    #[test]
+    fn every_error_is_listed_with_its_path() {
+        let text = r#"
+[server]
+listen = "nowhere"
+[store]
+url = "mysql://x"
+[[streams]]
+id = "a b"
+url = "foo://x"
+[[streams]]
+id = "ok"
+url = "udp://127.0.0.1:1"
+io_timeout_s = -1
+[streams.detectors.freeze]
+min_duration = -2
+[[streams]]
+id = "ok"
+url = "udp://127.0.0.1:2"
+colour = "red"
+[[notifiers]]
+kind = "pager"
+[bogus]
+"#;
+        let err = parse(text, "bad.toml").unwrap_err();
+        let all = err.errors.join("\n");
+        for needle in [
+            "server.listen:",
+            "store.url:",
+            "streams[0].id:",
+            "streams[0].url: unsupported scheme \"foo\"",
+            "streams[1].io_timeout_s:",
+            "streams[1].detectors.freeze.min_duration",
+            "streams[2]",
+            "colour",
+            "notifiers[0].kind:",
+            "bogus: unknown section",
+        ] {
+            assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+        }
+    }
+
+    #[test]
+    fn duplicate_ids_and_syntax_errors() {
+        let dup = "[[streams]]\nid='a'\nurl='x.ts'\n[[streams]]\nid='a'\nurl='y.ts'\n";
+        let e = parse(dup, "d.toml").unwrap_err();
+        assert!(e.errors.iter().any(|m| m.contains("duplicate id")), "{e}");
+        let e = parse("[[streams]\nid=", "s.toml").unwrap_err();
+        assert_eq!(e.errors.len(), 1);
+        assert!(e.errors[0].contains("line"), "{e}");
+    }
+
+    #[test]
+    fn streams_from_json_are_validated() {
+        let p = avmon_media::input_protocols();
+        let ok = StreamConfig::from_json(
+            serde_json::json!({"id": "x", "url": "udp://127.0.0.1:9"}),
+            &p,
+        );
+        assert!(ok.is_ok());
+        let bad = StreamConfig::from_json(serde_json::json!({"id": "", "url": "nope://"}), &p);
+        assert!(bad.unwrap_err().len() >= 2);
+        let typed = StreamConfig::from_json(serde_json::json!({"id": "x", "url": 3}), &p);
+        assert!(typed.unwrap_err()[0].contains("url"));
+    }
+}

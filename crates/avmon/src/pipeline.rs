@@ -1,0 +1,230 @@
+//! One stream's analysis, shared by `check` and `run`: detectors over borrowed frames, their
+//! findings into the stream's alert engine, and counters for metrics.
+//!
+//! Everything here runs on the stream's decode thread and does no I/O: alert events are left in
+//! [`Pipeline::events`] for the caller to hand on (collect them, or send them to the hub thread).
+
+use std::collections::BTreeMap;
+
+use avmon_alert::{AlertConfig, AlertEngine};
+use avmon_core::{
+    kinds, AlertEvent, AudioBuffer, Details, Detector, Finding, Findings, MediaInfo, Severity,
+    StreamId, VideoFrame,
+};
+use avmon_detect::DetectorsConfig;
+use chrono::Utc;
+
+/// Running totals since the stream started.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Counters {
+    pub frames_video: u64,
+    pub frames_audio: u64,
+    pub decode_errors: u64,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+pub struct Pipeline {
+    detectors_cfg: DetectorsConfig,
+    detectors: Vec<Box<dyn Detector>>,
+    findings: Findings,
+    engine: AlertEngine,
+    /// Alert events made since the caller last drained them.
+    pub events: Vec<AlertEvent>,
+    pub counters: Counters,
+    last_counters: Counters,
+    /// Media time of the latest packet in this connection (`None` right after a (re)connect).
+    last_packet_t: Option<f64>,
+    /// Inside one connection, a timestamp gap longer than this is an outage of the source (as a
+    /// recording of a live stream shows it); `None` disables the check.
+    gap_s: Option<f64>,
+    /// End of the latest frame seen (media time), i.e. how far the input has been analysed.
+    pub end_t: f64,
+    /// Media time of the onset of the current outage, while the source is down.
+    down_at: Option<f64>,
+}
+
+/// A forward jump of the packet clock larger than this (an outage, or a source resuming with
+/// data it held back) restarts the detectors' timing: the frames missing across it are no
+/// defect of their own.
+const CLOCK_JUMP_RESET_S: f64 = 1.0;
+
+impl Pipeline {
+    pub fn new(
+        stream_id: StreamId,
+        detectors: DetectorsConfig,
+        alerts: AlertConfig,
+        gap_s: Option<f64>,
+    ) -> Self {
+        Pipeline {
+            detectors_cfg: detectors,
+            detectors: Vec::new(),
+            findings: Vec::with_capacity(16),
+            engine: AlertEngine::new(stream_id, alerts),
+            events: Vec::with_capacity(16),
+            counters: Counters::default(),
+            last_counters: Counters::default(),
+            last_packet_t: None,
+            gap_s,
+            end_t: 0.0,
+            down_at: None,
+        }
+    }
+
+    /// A (re)connection opened: build the detectors for what this input carries.
+    pub fn connected(&mut self, info: &MediaInfo) {
+        self.detectors = avmon_detect::build(
+            &self.detectors_cfg,
+            info.video.is_some(),
+            info.audio.is_some(),
+        );
+        self.last_packet_t = None;
+    }
+
+    fn flush(&mut self) {
+        if self.findings.is_empty() {
+            return;
+        }
+        let now = Utc::now();
+        for f in self.findings.drain(..) {
+            self.engine.on_finding(&f, now, &mut self.events);
+        }
+    }
+
+    pub fn packet(&mut self, t: f64, bytes: usize) {
+        self.counters.packets += 1;
+        self.counters.bytes += bytes as u64;
+        if let Some(prev) = self.last_packet_t {
+            let jump = t - prev;
+            if self.gap_s.is_some_and(|gap| jump > gap) {
+                let mut details = Details::new();
+                details.insert("gap_s".into(), round3(jump).into());
+                details.insert("reason".into(), "no data in the stream's timestamps".into());
+                let sev = Severity::Critical;
+                self.findings.push(Finding::begin(
+                    kinds::SOURCE_DOWN,
+                    sev,
+                    prev,
+                    details.clone(),
+                ));
+                self.findings
+                    .push(Finding::end(kinds::SOURCE_DOWN, sev, t, details));
+            }
+            if jump > CLOCK_JUMP_RESET_S {
+                for d in &mut self.detectors {
+                    d.reset();
+                }
+            }
+        }
+        if self.last_packet_t.is_none_or(|p| t > p) {
+            self.last_packet_t = Some(t);
+        }
+        for d in &mut self.detectors {
+            d.on_tick(t, &mut self.findings);
+        }
+        self.flush();
+        self.engine.on_tick(t, Utc::now(), &mut self.events);
+    }
+
+    pub fn video(&mut self, frame: &VideoFrame<'_>) {
+        self.counters.frames_video += 1;
+        self.end_t = self.end_t.max(frame.t + frame.duration);
+        for d in &mut self.detectors {
+            d.on_video(frame, &mut self.findings);
+        }
+        self.flush();
+    }
+
+    pub fn audio(&mut self, buf: &AudioBuffer<'_>) {
+        self.counters.frames_audio += 1;
+        self.end_t = self.end_t.max(buf.t + buf.duration());
+        for d in &mut self.detectors {
+            d.on_audio(buf, &mut self.findings);
+        }
+        self.flush();
+    }
+
+    pub fn decode_error(&mut self) {
+        self.counters.decode_errors += 1;
+    }
+
+    /// The source went down (cannot be opened, or stalled) at media time `t`.
+    pub fn source_down(&mut self, t: f64, reason: &str) {
+        if self.down_at.is_some() {
+            return;
+        }
+        self.down_at = Some(t);
+        let mut details = Details::new();
+        details.insert("reason".into(), reason.into());
+        self.findings.push(Finding::begin(
+            kinds::SOURCE_DOWN,
+            Severity::Critical,
+            t,
+            details,
+        ));
+        self.flush();
+    }
+
+    /// Data flows again, at media time `t` on the continuing clock, after an outage of
+    /// `outage_s` wall seconds. The outage ends no earlier than its onset plus its wall duration:
+    /// a resuming source may first resend data it held back from before the outage.
+    pub fn source_up(&mut self, t: f64, outage_s: f64) {
+        let Some(down_at) = self.down_at.take() else {
+            return;
+        };
+        let t = t.max(down_at + outage_s);
+        for d in &mut self.detectors {
+            d.reset();
+        }
+        self.findings.push(Finding::end(
+            kinds::SOURCE_DOWN,
+            Severity::Critical,
+            t,
+            Details::new(),
+        ));
+        self.flush();
+    }
+
+    /// The input ended at media time `end`: every open alert is cleared.
+    pub fn finish(&mut self, end: f64) {
+        self.flush();
+        self.engine.clear_all(end, Utc::now(), &mut self.events);
+    }
+
+    /// The stream is being removed: clear what is open at the latest media time.
+    pub fn close(&mut self) {
+        let end = self.end_t;
+        self.finish(end);
+    }
+
+    /// Measurements for the period since the last call: counter deltas and detector metrics.
+    pub fn take_metrics(&mut self) -> BTreeMap<String, f64> {
+        let mut m = BTreeMap::new();
+        let c = self.counters;
+        let l = self.last_counters;
+        m.insert(
+            "frames_video".into(),
+            (c.frames_video - l.frames_video) as f64,
+        );
+        m.insert(
+            "frames_audio".into(),
+            (c.frames_audio - l.frames_audio) as f64,
+        );
+        m.insert(
+            "decode_errors".into(),
+            (c.decode_errors - l.decode_errors) as f64,
+        );
+        m.insert("bytes".into(), (c.bytes - l.bytes) as f64);
+        self.last_counters = c;
+        for d in &mut self.detectors {
+            d.take_metrics(&mut |k, v| {
+                m.insert(k.to_string(), v);
+            });
+        }
+        m
+    }
+}
+
+fn round3(v: f64) -> f64 {
+    avmon_core::round_ms(v)
+}

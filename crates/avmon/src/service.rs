@@ -1,0 +1,630 @@
+//! `avmon run`: many streams in one process.
+//!
+//! Threads:
+//! - one decode thread per stream: FFmpeg demux + decode, detectors on borrowed frames, the
+//!   stream's alert engine. It never does I/O beyond its input: alert events and metrics leave it
+//!   on an unbounded channel, so nothing downstream can slow detection;
+//! - one hub thread: keeps each stream's active alerts for the API, writes the store, hands
+//!   events to notifiers (whose `notify` never blocks; delivery runs on the async runtime);
+//! - the async runtime: the HTTP API and notifier deliveries.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use avmon_core::{
+    Alert, AlertEvent, AudioBuffer, MediaInfo, StreamId, Transition, VideoFrame, WallTime,
+};
+use avmon_media::{run_source, Backoff, FrameSink, MediaClock, OpenOptions, SourceEvents};
+use avmon_notify::{Notifier, Webhook};
+use avmon_server::{AlertsQuery, ApiError, Monitor, StreamState, StreamStatus};
+use avmon_store::{AlertQuery, MetricsSample, Store, StreamRecord};
+use chrono::Utc;
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::config::{Config, NotifierConfig, StreamConfig};
+use crate::pipeline::{Counters, Pipeline};
+
+/// How `run` behaves beyond the config.
+#[derive(Default)]
+pub struct Options {
+    /// Print each alert as it is raised and cleared (the demo does).
+    pub print_alerts: bool,
+    /// Stop after this long (default: until Ctrl-C / SIGTERM).
+    pub duration: Option<Duration>,
+}
+
+/// What the decode thread publishes about its stream, read by the API.
+#[derive(Default)]
+struct Live {
+    info: Option<MediaInfo>,
+    media_t: f64,
+    last_data_at: Option<WallTime>,
+    counters: Counters,
+    reconnects: u64,
+    connected: bool,
+    down: bool,
+    active: BTreeMap<String, Alert>,
+}
+
+struct StreamShared {
+    cfg: StreamConfig,
+    live: Mutex<Live>,
+}
+
+struct StreamHandle {
+    shared: Arc<StreamShared>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+enum HubMsg {
+    Alert(Arc<StreamShared>, AlertEvent),
+    Metrics(MetricsSample),
+    Upsert(StreamRecord),
+    Remove(StreamId),
+}
+
+/// The running service; implements the API's [`Monitor`].
+struct Service {
+    streams: Mutex<BTreeMap<String, StreamHandle>>,
+    hub: Sender<HubMsg>,
+    store: Arc<dyn Store>,
+    notifiers: Vec<Arc<dyn Notifier>>,
+    protocols: Vec<String>,
+    metrics_interval: Duration,
+}
+
+/// The decode thread's sink: pipeline in, events and status out.
+struct StreamSink {
+    pipe: Pipeline,
+    shared: Arc<StreamShared>,
+    hub: Sender<HubMsg>,
+    last_publish: Instant,
+    last_metrics: Instant,
+    metrics_interval: Duration,
+    media_t: f64,
+}
+
+impl StreamSink {
+    fn forward(&mut self) {
+        for ev in self.pipe.events.drain(..) {
+            let _ = self.hub.send(HubMsg::Alert(self.shared.clone(), ev));
+        }
+    }
+
+    /// Publish status for the API at most every 200 ms, and metrics every interval.
+    fn publish(&mut self, force: bool) {
+        let now = Instant::now();
+        if force || now.duration_since(self.last_publish) >= Duration::from_millis(200) {
+            self.last_publish = now;
+            if let Ok(mut live) = self.shared.live.lock() {
+                live.media_t = self.media_t;
+                live.counters = self.pipe.counters;
+                live.last_data_at = Some(Utc::now());
+            }
+        }
+        if now.duration_since(self.last_metrics) >= self.metrics_interval {
+            self.last_metrics = now;
+            let sample = MetricsSample {
+                stream_id: StreamId(self.shared.cfg.id.clone()),
+                at: Utc::now(),
+                media_t: self.media_t,
+                values: self.pipe.take_metrics(),
+            };
+            let _ = self.hub.send(HubMsg::Metrics(sample));
+        }
+    }
+}
+
+impl FrameSink for StreamSink {
+    fn on_packet(&mut self, t: f64, bytes: usize) {
+        self.media_t = self.media_t.max(t);
+        self.pipe.packet(t, bytes);
+        self.forward();
+        self.publish(false);
+    }
+    fn on_video(&mut self, frame: &VideoFrame<'_>) {
+        self.pipe.video(frame);
+        self.forward();
+    }
+    fn on_audio(&mut self, buf: &AudioBuffer<'_>) {
+        self.pipe.audio(buf);
+        self.forward();
+    }
+    fn on_decode_error(&mut self, _t: f64, _video: bool) {
+        self.pipe.decode_error();
+    }
+}
+
+impl SourceEvents for StreamSink {
+    fn on_connected(&mut self, info: &MediaInfo, reconnect: bool) {
+        self.pipe.connected(info);
+        if let Ok(mut live) = self.shared.live.lock() {
+            live.info = Some(info.clone());
+            live.connected = true;
+            if reconnect {
+                live.reconnects += 1;
+            }
+        }
+    }
+    fn on_down(&mut self, reason: &str) {
+        tracing::warn!(stream = %self.shared.cfg.id, %reason, "source down");
+        let t = self.pipe.end_t.max(self.media_t);
+        self.pipe.source_down(t, reason);
+        self.forward();
+        if let Ok(mut live) = self.shared.live.lock() {
+            live.down = true;
+        }
+    }
+    fn on_up(&mut self, t: f64, outage: Duration) {
+        tracing::info!(stream = %self.shared.cfg.id, outage_s = outage.as_secs_f64(), "source up");
+        self.pipe.source_up(t, outage.as_secs_f64());
+        self.forward();
+        if let Ok(mut live) = self.shared.live.lock() {
+            live.down = false;
+        }
+    }
+}
+
+fn stream_thread(
+    shared: Arc<StreamShared>,
+    stop: Arc<AtomicBool>,
+    hub: Sender<HubMsg>,
+    metrics_interval: Duration,
+) {
+    let cfg = shared.cfg.clone();
+    let io_timeout = Duration::from_secs_f64(cfg.io_timeout_s);
+    let opts = OpenOptions {
+        io_timeout,
+        open_timeout: io_timeout.max(Duration::from_secs(5)),
+        decoder_threads: cfg.decoder_threads,
+        format_options: cfg.options.clone().into_iter().collect(),
+    };
+    let mut sink = StreamSink {
+        pipe: Pipeline::new(
+            StreamId(cfg.id.clone()),
+            cfg.detectors.clone(),
+            cfg.alerts.clone(),
+            None,
+        ),
+        shared: shared.clone(),
+        hub,
+        last_publish: Instant::now(),
+        last_metrics: Instant::now(),
+        metrics_interval,
+        media_t: 0.0,
+    };
+    let mut clock = MediaClock::new();
+    run_source(
+        &cfg.url,
+        &opts,
+        Backoff::default(),
+        stop,
+        &mut clock,
+        &mut sink,
+    );
+    // Removed or shutting down: what is still open is cleared now.
+    sink.pipe.close();
+    sink.forward();
+    sink.publish(true);
+}
+
+fn print_alert(ev: &AlertEvent) {
+    let a = &ev.alert;
+    let when = Utc::now().format("%H:%M:%S");
+    match ev.transition {
+        Transition::Raised => println!(
+            "{when} RAISED  {:<12} {:<14} {:<8} from {:.2} s",
+            a.stream_id, a.kind, a.severity, a.start_s
+        ),
+        Transition::Updated => {}
+        Transition::Cleared => {
+            let end = a.end_s.unwrap_or(a.start_s);
+            println!(
+                "{when} CLEARED {:<12} {:<14} {:<8} {:.2} s .. {:.2} s ({:.2} s)",
+                a.stream_id,
+                a.kind,
+                a.severity,
+                a.start_s,
+                end,
+                end - a.start_s
+            )
+        }
+    }
+}
+
+fn hub_thread(
+    rx: Receiver<HubMsg>,
+    store: Arc<dyn Store>,
+    notifiers: Vec<Arc<dyn Notifier>>,
+    print: bool,
+) {
+    for msg in rx {
+        match msg {
+            HubMsg::Alert(shared, ev) => {
+                if print {
+                    print_alert(&ev);
+                }
+                if let Ok(mut live) = shared.live.lock() {
+                    match ev.transition {
+                        Transition::Cleared => {
+                            live.active.remove(&ev.alert.id);
+                        }
+                        _ => {
+                            live.active.insert(ev.alert.id.clone(), ev.alert.clone());
+                        }
+                    }
+                }
+                if let Err(e) = store.record_alert(&ev) {
+                    tracing::error!("storing alert {}: {e}", ev.alert.id);
+                }
+                for n in &notifiers {
+                    n.notify(&ev);
+                }
+            }
+            HubMsg::Metrics(m) => {
+                if let Err(e) = store.record_metrics(&m) {
+                    tracing::error!("storing metrics of {}: {e}", m.stream_id);
+                }
+            }
+            HubMsg::Upsert(rec) => {
+                if let Err(e) = store.upsert_stream(&rec) {
+                    tracing::error!("storing stream {}: {e}", rec.id);
+                }
+            }
+            HubMsg::Remove(id) => {
+                if let Err(e) = store.remove_stream(&id) {
+                    tracing::error!("removing stream {id}: {e}");
+                }
+            }
+        }
+    }
+}
+
+impl Service {
+    fn start_stream(&self, cfg: StreamConfig) -> Arc<StreamShared> {
+        let shared = Arc::new(StreamShared {
+            cfg: cfg.clone(),
+            live: Mutex::new(Live::default()),
+        });
+        let stop = Arc::new(AtomicBool::new(false));
+        let _ = self.hub.send(HubMsg::Upsert(StreamRecord {
+            id: StreamId(cfg.id.clone()),
+            url: cfg.url.clone(),
+            config: serde_json::to_value(&cfg).unwrap_or_default(),
+            created_at: Utc::now(),
+        }));
+        let thread = {
+            let (shared, stop, hub) = (shared.clone(), stop.clone(), self.hub.clone());
+            let interval = self.metrics_interval;
+            std::thread::Builder::new()
+                .name(format!("stream-{}", cfg.id))
+                .spawn(move || stream_thread(shared, stop, hub, interval))
+                .ok()
+        };
+        if let Ok(mut streams) = self.streams.lock() {
+            streams.insert(
+                cfg.id.clone(),
+                StreamHandle {
+                    shared: shared.clone(),
+                    stop,
+                    thread,
+                },
+            );
+        }
+        shared
+    }
+
+    fn status_of(shared: &StreamShared) -> StreamStatus {
+        let live = shared.live.lock().unwrap_or_else(|e| e.into_inner());
+        let status = if live.down {
+            StreamState::Down
+        } else if !live.connected || live.counters.packets == 0 {
+            StreamState::Starting
+        } else if !live.active.is_empty() {
+            StreamState::Alarm
+        } else {
+            StreamState::Ok
+        };
+        StreamStatus {
+            id: shared.cfg.id.clone(),
+            url: shared.cfg.url.clone(),
+            status,
+            active_alerts: live.active.values().cloned().collect(),
+            media_t: avmon_core::round_ms(live.media_t),
+            last_data_at: live.last_data_at,
+            info: live.info.clone(),
+            frames_video: live.counters.frames_video,
+            frames_audio: live.counters.frames_audio,
+            decode_errors: live.counters.decode_errors,
+            reconnects: live.reconnects,
+        }
+    }
+
+    /// Stop every stream and wait for their threads (their open alerts are cleared).
+    fn stop_all(&self) {
+        let handles: Vec<StreamHandle> = match self.streams.lock() {
+            Ok(mut s) => std::mem::take(&mut *s).into_values().collect(),
+            Err(_) => Vec::new(),
+        };
+        for h in &handles {
+            h.stop.store(true, Ordering::Relaxed);
+        }
+        for mut h in handles {
+            if let Some(t) = h.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+impl Monitor for Service {
+    fn streams(&self) -> Vec<StreamStatus> {
+        let shared: Vec<Arc<StreamShared>> = match self.streams.lock() {
+            Ok(s) => s.values().map(|h| h.shared.clone()).collect(),
+            Err(_) => Vec::new(),
+        };
+        shared.iter().map(|s| Service::status_of(s)).collect()
+    }
+
+    fn add_stream(&self, spec: serde_json::Value) -> Result<StreamStatus, ApiError> {
+        let cfg = StreamConfig::from_json(spec, &self.protocols).map_err(ApiError::BadRequest)?;
+        if self
+            .streams
+            .lock()
+            .map(|s| s.contains_key(&cfg.id))
+            .unwrap_or(false)
+        {
+            return Err(ApiError::Conflict(format!(
+                "stream {:?} already exists",
+                cfg.id
+            )));
+        }
+        tracing::info!(stream = %cfg.id, url = %cfg.url, "stream added");
+        let shared = self.start_stream(cfg);
+        Ok(Service::status_of(&shared))
+    }
+
+    fn remove_stream(&self, id: &str) -> Result<(), ApiError> {
+        let handle = self
+            .streams
+            .lock()
+            .ok()
+            .and_then(|mut s| s.remove(id))
+            .ok_or_else(|| ApiError::NotFound(format!("no stream {id:?}")))?;
+        handle.stop.store(true, Ordering::Relaxed);
+        let _ = self.hub.send(HubMsg::Remove(StreamId(id.to_string())));
+        // Join off the request path: the thread clears its alerts and ends within a moment.
+        if let Some(t) = handle.thread {
+            std::thread::spawn(move || {
+                let _ = t.join();
+            });
+        }
+        tracing::info!(stream = %id, "stream removed");
+        Ok(())
+    }
+
+    fn alerts(&self, q: &AlertsQuery) -> Result<Vec<Alert>, ApiError> {
+        self.store
+            .alerts(&AlertQuery {
+                stream: q.stream.clone().map(StreamId),
+                since: q.since,
+                active_only: q.active == Some(true),
+                limit: q.limit_or_default(),
+            })
+            .map_err(|e| ApiError::Internal(e.to_string()))
+    }
+
+    fn prometheus(&self) -> String {
+        let streams = self.streams();
+        let mut out = String::new();
+        let esc = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
+        let _ = writeln!(out, "# HELP avmon_streams Streams being monitored.\n# TYPE avmon_streams gauge\navmon_streams {}", streams.len());
+        let gauge = |out: &mut String,
+                     name: &str,
+                     help: &str,
+                     kind: &str,
+                     f: &dyn Fn(&StreamStatus) -> String| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for s in &streams {
+                let _ = writeln!(out, "{name}{{stream=\"{}\"}} {}", esc(&s.id), f(s));
+            }
+        };
+        gauge(
+            &mut out,
+            "avmon_stream_up",
+            "1 when the stream's source delivers data.",
+            "gauge",
+            &|s| u8::from(matches!(s.status, StreamState::Ok | StreamState::Alarm)).to_string(),
+        );
+        gauge(
+            &mut out,
+            "avmon_media_time_seconds",
+            "Media time reached.",
+            "gauge",
+            &|s| s.media_t.to_string(),
+        );
+        gauge(
+            &mut out,
+            "avmon_video_frames_total",
+            "Video frames decoded.",
+            "counter",
+            &|s| s.frames_video.to_string(),
+        );
+        gauge(
+            &mut out,
+            "avmon_audio_frames_total",
+            "Audio frames decoded.",
+            "counter",
+            &|s| s.frames_audio.to_string(),
+        );
+        gauge(
+            &mut out,
+            "avmon_decode_errors_total",
+            "Packets the decoder rejected and frames it flagged corrupt.",
+            "counter",
+            &|s| s.decode_errors.to_string(),
+        );
+        gauge(
+            &mut out,
+            "avmon_reconnects_total",
+            "Reconnections to the source.",
+            "counter",
+            &|s| s.reconnects.to_string(),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP avmon_active_alerts Alerts currently raised.\n# TYPE avmon_active_alerts gauge"
+        );
+        for s in &streams {
+            for a in &s.active_alerts {
+                let _ = writeln!(
+                    out,
+                    "avmon_active_alerts{{stream=\"{}\",kind=\"{}\",severity=\"{}\"}} 1",
+                    esc(&s.id),
+                    esc(&a.kind),
+                    a.severity
+                );
+            }
+        }
+        let _ = writeln!(out, "# HELP avmon_notifications_total Notifications by outcome.\n# TYPE avmon_notifications_total counter");
+        for n in &self.notifiers {
+            let st = n.stats();
+            for (outcome, v) in [
+                ("delivered", st.delivered),
+                ("failed", st.failed),
+                ("dropped", st.dropped),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "avmon_notifications_total{{notifier=\"{}\",outcome=\"{outcome}\"}} {v}",
+                    esc(n.name())
+                );
+            }
+        }
+        out
+    }
+
+    fn healthy(&self) -> bool {
+        // The process answers and its stream threads are alive.
+        self.streams
+            .lock()
+            .map(|s| {
+                s.values()
+                    .all(|h| h.thread.as_ref().is_some_and(|t| !t.is_finished()))
+            })
+            .unwrap_or(false)
+    }
+}
+
+async fn shutdown_signal(duration: Option<Duration>) {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    let timer = async {
+        match duration {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+        _ = timer => {},
+    }
+}
+
+/// Run the service until Ctrl-C, SIGTERM or `opts.duration`.
+pub fn run(cfg: Config, opts: Options) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let store: Arc<dyn Store> = Arc::from(
+        avmon_store::open(&cfg.store.url)
+            .with_context(|| format!("opening the store {}", cfg.store.url))?,
+    );
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind(cfg.listen))
+        .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+    let addr: SocketAddr = listener.local_addr().unwrap_or(cfg.listen);
+
+    let notifiers: Vec<Arc<dyn Notifier>> = cfg
+        .notifiers
+        .iter()
+        .map(|n| match n {
+            NotifierConfig::Webhook(w) => {
+                Arc::new(Webhook::spawn(w.clone(), rt.handle())) as Arc<dyn Notifier>
+            }
+        })
+        .collect();
+
+    let (hub_tx, hub_rx) = crossbeam_channel::unbounded();
+    let hub_handle = {
+        let (store, notifiers) = (store.clone(), notifiers.clone());
+        let print = opts.print_alerts;
+        std::thread::Builder::new()
+            .name("hub".into())
+            .spawn(move || hub_thread(hub_rx, store, notifiers, print))
+            .context("starting the hub thread")?
+    };
+    let service = Arc::new(Service {
+        streams: Mutex::new(BTreeMap::new()),
+        hub: hub_tx,
+        store,
+        notifiers: notifiers.clone(),
+        protocols: avmon_media::input_protocols(),
+        metrics_interval: Duration::from_secs_f64(cfg.store.metrics_interval_s),
+    });
+    for s in cfg.streams.clone() {
+        service.start_stream(s);
+    }
+    eprintln!(
+        "avmon: monitoring {} stream(s); API on http://{addr} (store {})",
+        cfg.streams.len(),
+        cfg.store.url
+    );
+    let monitor: Arc<dyn Monitor> = service.clone();
+    let served = rt.block_on(avmon_server::serve(
+        listener,
+        monitor,
+        shutdown_signal(opts.duration),
+    ));
+    eprintln!("avmon: shutting down");
+    service.stop_all();
+    // Dropping the last sender ends the hub once it has handled everything queued.
+    let Service { hub, .. } = match Arc::try_unwrap(service) {
+        Ok(s) => s,
+        Err(_) => anyhow::bail!("the API still holds the service at shutdown"),
+    };
+    drop(hub);
+    let _ = hub_handle.join();
+    for n in &notifiers {
+        if !n.flush(Duration::from_secs(5)) {
+            tracing::warn!(
+                notifier = n.name(),
+                "some notifications were not delivered before exit"
+            );
+        }
+    }
+    rt.shutdown_timeout(Duration::from_secs(1));
+    served.map_err(|e| anyhow::anyhow!("HTTP server: {e}"))
+}

@@ -1,0 +1,168 @@
+//! `avmon check` on real encodes from `avmon synth`: the exact kinds and times (±0.5 s) of
+//! injected defects, and the JSON contract.
+
+mod common;
+
+use common::*;
+
+const TOL: f64 = 0.5;
+
+#[test]
+fn freeze_after_a_real_encode_is_found_with_onset_and_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = synth(dir.path(), "freeze.ts", 20.0, &["freeze@8-12"]);
+    let r = check_json(&f);
+    let ev = events(&r);
+    assert_eq!(ev.len(), 1, "exactly one event: {ev:?}");
+    let (kind, start, end) = &ev[0];
+    assert_eq!(kind, "video.freeze");
+    assert_near("freeze start", *start, 8.0, TOL);
+    assert_near("freeze end", *end, 12.0, TOL);
+    assert_eq!(r["events"][0]["severity"], "major");
+}
+
+#[test]
+fn black_is_reported_once_as_black_not_as_freeze() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = synth(dir.path(), "black.ts", 16.0, &["black@5-9"]);
+    let ev = events(&check_json(&f));
+    assert_eq!(
+        ev.len(),
+        1,
+        "only the black event, no freeze alongside: {ev:?}"
+    );
+    assert_eq!(ev[0].0, "video.black");
+    assert_near("black start", ev[0].1, 5.0, TOL);
+    assert_near("black end", ev[0].2, 9.0, TOL);
+}
+
+#[test]
+fn silence_is_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = synth(dir.path(), "silence.ts", 16.0, &["silence@6-10"]);
+    let ev = events(&check_json(&f));
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    assert_eq!(ev[0].0, "audio.silence");
+    assert_near("silence start", ev[0].1, 6.0, TOL);
+    assert_near("silence end", ev[0].2, 10.0, TOL);
+}
+
+#[test]
+fn a_clean_stream_has_no_events_and_a_full_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = synth(dir.path(), "clean.ts", 12.0, &[]);
+    let r = check_json(&f);
+    assert_eq!(events(&r), vec![], "a clean stream has no events");
+    assert_eq!(r["input"], f.to_str().unwrap());
+    assert_near("duration", r["duration_s"].as_f64().unwrap(), 12.0, 0.1);
+    let v = &r["summary"]["video"];
+    assert_eq!(v["codec"], "h264");
+    assert_eq!(
+        (v["width"].as_u64(), v["height"].as_u64()),
+        (Some(640), Some(360))
+    );
+    assert_eq!(v["fps"].as_f64(), Some(25.0));
+    assert_eq!(v["frames"].as_u64(), Some(300), "12 s at 25 fps");
+    assert_eq!(v["decode_errors"].as_u64(), Some(0));
+    let a = &r["summary"]["audio"];
+    assert_eq!(a["codec"], "aac");
+    assert_eq!(a["channels"].as_u64(), Some(2));
+    assert_eq!(a["sample_rate"].as_u64(), Some(48_000));
+}
+
+#[test]
+fn several_defects_in_one_stream_and_an_open_event_ends_at_the_input_end() {
+    let dir = tempfile::tempdir().unwrap();
+    // The silence runs past the end of the input: its event ends where the input ends.
+    let f = synth(
+        dir.path(),
+        "multi.ts",
+        18.0,
+        &["black@2-5", "freeze@8-11", "silence@14-30"],
+    );
+    let r = check_json(&f);
+    let ev = events(&r);
+    let kinds: Vec<&str> = ev.iter().map(|e| e.0.as_str()).collect();
+    assert_eq!(
+        kinds,
+        ["video.black", "video.freeze", "audio.silence"],
+        "{ev:?}"
+    );
+    assert_near("black start", ev[0].1, 2.0, TOL);
+    assert_near("freeze start", ev[1].1, 8.0, TOL);
+    assert_near("freeze end", ev[1].2, 11.0, TOL);
+    assert_near("silence start", ev[2].1, 14.0, TOL);
+    let duration = r["duration_s"].as_f64().unwrap();
+    assert_near(
+        "open silence ends at the input end",
+        ev[2].2,
+        duration,
+        0.05,
+    );
+}
+
+#[test]
+fn a_dropout_in_a_recording_is_a_source_outage() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = synth(dir.path(), "dropout.ts", 16.0, &["dropout@6-11"]);
+    let ev = events(&check_json(&f));
+    let down: Vec<_> = ev.iter().filter(|e| e.0 == "source.down").collect();
+    assert_eq!(down.len(), 1, "{ev:?}");
+    assert_near("outage start", down[0].1, 6.0, TOL);
+    assert_near("outage end", down[0].2, 11.0, TOL);
+}
+
+#[test]
+fn fail_on_sets_the_exit_status_and_text_format_reads_well() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = synth(dir.path(), "f.ts", 10.0, &["black@2-6"]);
+    let path = f.to_str().unwrap();
+    let o = avmon()
+        .args(["check", path, "--fail-on", "major"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(3), "{}", stderr_of(&o));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("video.black"), "{text}");
+    let o = avmon()
+        .args(["check", path, "--fail-on", "critical"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "a major defect does not fail --fail-on critical"
+    );
+    let o = avmon().args(["check", path]).output().unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "defects found is still a completed analysis"
+    );
+}
+
+#[test]
+fn duration_limits_the_analysis() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = synth(dir.path(), "long.ts", 12.0, &["black@8-11"]);
+    let o = avmon()
+        .args([
+            "check",
+            "--format",
+            "json",
+            "--duration",
+            "5",
+            f.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr_of(&o));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_near(
+        "analysed duration",
+        r["duration_s"].as_f64().unwrap(),
+        5.0,
+        0.1,
+    );
+    assert_eq!(events(&r), vec![], "the black at 8 s is beyond --duration");
+}

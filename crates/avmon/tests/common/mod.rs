@@ -1,0 +1,72 @@
+//! Helpers shared by the integration tests: run the real `avmon` binary.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+pub fn avmon() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_avmon"))
+}
+
+/// Generate a synthetic TS file with `avmon synth`.
+pub fn synth(dir: &Path, name: &str, duration: f64, defects: &[&str]) -> PathBuf {
+    let out = dir.join(name);
+    let mut cmd = avmon();
+    cmd.args(["synth", out.to_str().unwrap()])
+        .args(["--duration", &duration.to_string()])
+        .args(["--width", "640", "--height", "360"]);
+    for d in defects {
+        cmd.args(["--defect", d]);
+    }
+    let o = cmd.output().expect("run avmon synth");
+    assert!(
+        o.status.success(),
+        "synth failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    out
+}
+
+/// `avmon check --format json`, asserting it completed.
+pub fn check_json(input: &Path) -> Value {
+    let o = avmon()
+        .args(["check", "--format", "json", input.to_str().unwrap()])
+        .output()
+        .expect("run avmon check");
+    assert!(
+        o.status.success(),
+        "check failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    serde_json::from_slice(&o.stdout).expect("check prints JSON")
+}
+
+/// The events of a report as (kind, start, end).
+pub fn events(report: &Value) -> Vec<(String, f64, f64)> {
+    report["events"]
+        .as_array()
+        .expect("events is an array")
+        .iter()
+        .map(|e| {
+            (
+                e["kind"].as_str().unwrap().to_string(),
+                e["start_s"].as_f64().unwrap(),
+                e["end_s"].as_f64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+pub fn assert_near(what: &str, got: f64, want: f64, tol: f64) {
+    assert!(
+        (got - want).abs() <= tol,
+        "{what}: got {got}, want {want} ± {tol}"
+    );
+}
+
+pub fn stderr_of(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}

@@ -1,0 +1,153 @@
+//! Bad input gets one clear line on stderr and a non-zero exit, never a panic.
+
+mod common;
+
+use std::io::Write;
+
+use common::*;
+
+fn assert_clean_failure(o: &std::process::Output, must_mention: &str) {
+    let err = stderr_of(o);
+    assert!(!o.status.success(), "must fail; stderr: {err}");
+    assert_eq!(o.status.code(), Some(1), "stderr: {err}");
+    assert!(!err.contains("panicked"), "no panic: {err}");
+    assert!(err.starts_with("avmon: error:"), "one clear line: {err}");
+    assert!(
+        err.contains(must_mention),
+        "should mention {must_mention:?}: {err}"
+    );
+    assert!(o.stdout.is_empty(), "no report on failure");
+}
+
+#[test]
+fn a_garbage_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("garbage.ts");
+    let mut f = std::fs::File::create(&path).unwrap();
+    // Deterministic bytes that are no media format.
+    let mut x: u32 = 12345;
+    let bytes: Vec<u8> = (0..200_000)
+        .map(|_| {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            (x >> 16) as u8
+        })
+        .collect();
+    f.write_all(&bytes).unwrap();
+    drop(f);
+    let o = avmon()
+        .args(["check", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_clean_failure(&o, "garbage.ts");
+}
+
+#[test]
+fn a_missing_file() {
+    let o = avmon()
+        .args(["check", "/nonexistent/dir/stream.ts"])
+        .output()
+        .unwrap();
+    assert_clean_failure(&o, "No such file");
+}
+
+#[test]
+fn a_bad_url() {
+    let o = avmon()
+        .args(["check", "nosuchproto://example/x"])
+        .output()
+        .unwrap();
+    assert_clean_failure(&o, "nosuchproto://example/x");
+    // A real scheme with nobody listening.
+    let o = avmon()
+        .args(["check", "http://127.0.0.1:9/stream.ts", "--timeout", "3"])
+        .output()
+        .unwrap();
+    assert_clean_failure(&o, "127.0.0.1:9");
+}
+
+#[test]
+fn a_live_url_without_duration() {
+    let o = avmon()
+        .args(["check", "udp://127.0.0.1:5999"])
+        .output()
+        .unwrap();
+    assert_clean_failure(&o, "--duration");
+}
+
+#[test]
+fn a_bad_config_lists_every_error_with_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("avmon.toml");
+    std::fs::write(
+        &path,
+        r#"
+[server]
+listen = "not-an-address"
+[[streams]]
+id = "bad id"
+url = "foo://x"
+[[streams]]
+id = "b"
+url = "udp://127.0.0.1:5000"
+[streams.detectors.black]
+min_duration = -1
+[[notifiers]]
+kind = "webhook"
+url = "ftp://nowhere"
+"#,
+    )
+    .unwrap();
+    let o = avmon()
+        .args(["run", "--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = stderr_of(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    for needle in [
+        "server.listen",
+        "streams[0].id",
+        "streams[0].url",
+        "streams[1].detectors.black.min_duration",
+        "notifiers[0].url",
+    ] {
+        assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
+    }
+}
+
+#[test]
+fn a_missing_config_and_a_syntax_error() {
+    let o = avmon()
+        .args(["run", "--config", "/nonexistent/avmon.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr_of(&o).contains("cannot read config"),
+        "{}",
+        stderr_of(&o)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("broken.toml");
+    std::fs::write(&path, "[[streams]\nid = \n").unwrap();
+    let o = avmon()
+        .args(["run", "--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr_of(&o).contains("line"), "{}", stderr_of(&o));
+}
+
+#[test]
+fn a_bad_defect_spec_for_synth() {
+    let o = avmon()
+        .args(["synth", "/tmp/x.ts", "--defect", "smoke@1-2"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr_of(&o).contains("unknown defect"),
+        "{}",
+        stderr_of(&o)
+    );
+}

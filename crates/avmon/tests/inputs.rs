@@ -1,0 +1,137 @@
+//! `avmon check` over real network inputs: MPEG-TS over HTTP, HLS served over HTTP, and a live
+//! UDP stream analysed for `--duration`.
+
+mod common;
+
+use std::net::UdpSocket;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use axum::{extract::Path as UrlPath, extract::State, http::StatusCode, routing::get, Router};
+use common::*;
+
+/// Serve the files of `dir` on 127.0.0.1:0; returns the base URL. The runtime must outlive use.
+fn serve_dir(rt: &tokio::runtime::Runtime, dir: PathBuf) -> String {
+    let app = Router::new()
+        .route(
+            "/{file}",
+            get(
+                |State(dir): State<PathBuf>, UrlPath(file): UrlPath<String>| async move {
+                    if file.contains('/') || file.contains("..") {
+                        return Err(StatusCode::NOT_FOUND);
+                    }
+                    std::fs::read(dir.join(file)).map_err(|_| StatusCode::NOT_FOUND)
+                },
+            ),
+        )
+        .with_state(dir);
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    rt.spawn(async move { axum::serve(listener, app).await });
+    base
+}
+
+fn check_url(url: &str, extra: &[&str]) -> serde_json::Value {
+    let o = avmon()
+        .args(["check", "--format", "json", url])
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "check {url}: {}", stderr_of(&o));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+#[test]
+fn ts_over_http_and_hls() {
+    let dir = tempfile::tempdir().unwrap();
+    let ts = synth(dir.path(), "x.ts", 10.0, &["black@2-5"]);
+    // Segment the same stream as HLS with FFmpeg's own muxer.
+    let o = Command::new("ffmpeg")
+        .args([
+            "-nostdin",
+            "-v",
+            "error",
+            "-i",
+            ts.to_str().unwrap(),
+            "-c",
+            "copy",
+        ])
+        .args(["-f", "hls", "-hls_time", "2", "-hls_list_size", "0"])
+        .arg(dir.path().join("index.m3u8"))
+        .output()
+        .expect("the ffmpeg CLI (installed by ./dev)");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let base = serve_dir(&rt, dir.path().to_path_buf());
+    for url in [format!("{base}/x.ts"), format!("{base}/index.m3u8")] {
+        let r = check_url(&url, &[]);
+        let ev = events(&r);
+        assert_eq!(ev.len(), 1, "{url}: {ev:?}");
+        assert_eq!(ev[0].0, "video.black", "{url}");
+        assert_near("black start", ev[0].1, 2.0, 0.5);
+        assert_near("black end", ev[0].2, 5.0, 0.5);
+        assert_eq!(r["summary"]["video"]["frames"].as_u64(), Some(250), "{url}");
+    }
+    // A 404 is a clear error.
+    let o = avmon()
+        .args(["check", &format!("{base}/missing.ts")])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr_of(&o).contains("404") || stderr_of(&o).contains("Not Found"),
+        "{}",
+        stderr_of(&o)
+    );
+}
+
+#[test]
+fn live_udp_for_a_duration() {
+    let port = UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("udp://127.0.0.1:{port}");
+    let check = avmon()
+        .args(["check", "--format", "json", &url, "--duration", "7"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let mut synth = avmon()
+        .args([
+            "synth",
+            &url,
+            "--duration",
+            "10",
+            "--width",
+            "320",
+            "--height",
+            "180",
+        ])
+        .args(["--preset", "ultrafast", "--defect", "black@2-5"])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let o = check.wait_with_output().unwrap();
+    let _ = synth.kill();
+    let _ = synth.wait();
+    assert!(o.status.success(), "{}", stderr_of(&o));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_near(
+        "analysed duration",
+        r["duration_s"].as_f64().unwrap(),
+        7.0,
+        0.2,
+    );
+    let ev = events(&r);
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    assert_eq!(ev[0].0, "video.black");
+    assert_near("black start", ev[0].1, 2.0, 0.5);
+    assert_near("black end", ev[0].2, 5.0, 0.5);
+}

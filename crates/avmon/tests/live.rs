@@ -1,0 +1,285 @@
+//! Service mode end to end, in real time: `avmon synth` streams UDP on loopback into `avmon run`,
+//! a local webhook receiver gets the notifications, and the HTTP API is queried while it runs.
+
+mod common;
+
+use std::net::{TcpListener, UdpSocket};
+use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::{extract::State, routing::post, Json, Router};
+use common::*;
+use serde_json::{json, Value};
+
+type Received = Arc<Mutex<Vec<Value>>>;
+
+/// A webhook receiver on 127.0.0.1:0; returns its URL and what it received.
+fn receiver(rt: &tokio::runtime::Runtime) -> (String, Received) {
+    let got: Received = Arc::default();
+    let app = Router::new()
+        .route(
+            "/hook",
+            post(
+                |State(got): State<Received>, Json(body): Json<Value>| async move {
+                    got.lock().unwrap().push(body);
+                    "ok"
+                },
+            ),
+        )
+        .with_state(got.clone());
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    rt.spawn(async move { axum::serve(listener, app).await });
+    (url, got)
+}
+
+fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn free_tcp_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Killed(Child);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let until = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < until, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn find<'a>(got: &'a [Value], kind: &str, state: &str) -> Option<&'a Value> {
+    got.iter()
+        .find(|v| v["kind"] == kind && v["state"] == state)
+}
+
+#[test]
+fn udp_stream_into_service_mode_notifies_freeze_and_source_down() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (hook, got) = receiver(&rt);
+    let udp = free_udp_port();
+    let api = free_tcp_port();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("live.db");
+    let cfg = dir.path().join("avmon.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+[server]
+listen = "127.0.0.1:{api}"
+[store]
+url = "sqlite://{}"
+metrics_interval_s = 2
+[[streams]]
+id = "live"
+url = "udp://127.0.0.1:{udp}"
+io_timeout_s = 2
+[[notifiers]]
+kind = "webhook"
+url = "{hook}"
+"#,
+            db.display()
+        ),
+    )
+    .unwrap();
+    let service = Killed(
+        avmon()
+            .args(["run", "--config", cfg.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let http = reqwest::blocking::Client::new();
+    let base = format!("http://127.0.0.1:{api}");
+    wait_for("the API", Duration::from_secs(20), || {
+        http.get(format!("{base}/healthz"))
+            .send()
+            .ok()
+            .filter(|r| r.status().is_success())
+    });
+
+    // 26 s of live stream: a freeze at 5–10 s, then 6 s with no packets at all.
+    let mut synth = avmon()
+        .args([
+            "synth",
+            &format!("udp://127.0.0.1:{udp}"),
+            "--duration",
+            "26",
+        ])
+        .args(["--width", "320", "--height", "180", "--preset", "ultrafast"])
+        .args(["--defect", "freeze@5-10", "--defect", "dropout@15-21"])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+
+    // While it runs: the stream is listed with its status and media info.
+    let streams: Value = wait_for("the stream to be ok", Duration::from_secs(15), || {
+        let v: Value = http
+            .get(format!("{base}/api/streams"))
+            .send()
+            .ok()?
+            .json()
+            .ok()?;
+        (v[0]["status"] == "ok").then_some(v)
+    });
+    assert_eq!(streams[0]["id"], "live");
+    assert_eq!(streams[0]["info"]["video"]["width"], 320);
+
+    // Streams can be added and removed while running.
+    let r = http
+        .post(format!("{base}/api/streams"))
+        .json(&json!({"id": "extra", "url": format!("udp://127.0.0.1:{}", free_udp_port())}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let r = http
+        .post(format!("{base}/api/streams"))
+        .json(&json!({"id": "extra", "url": "udp://127.0.0.1:1"}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 409, "duplicate id");
+    let r = http
+        .post(format!("{base}/api/streams"))
+        .json(&json!({"id": "bad one", "url": "foo://x"}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    let ids = |v: Value| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let listed = ids(http
+        .get(format!("{base}/api/streams"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap());
+    assert_eq!(listed, ["extra", "live"]);
+    let r = http
+        .delete(format!("{base}/api/streams/extra"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 204);
+    let listed = ids(http
+        .get(format!("{base}/api/streams"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap());
+    assert_eq!(listed, ["live"]);
+
+    assert!(synth.wait().unwrap().success());
+
+    // The webhook got the freeze and the outage, each raised once and cleared once.
+    let got = wait_for("all four notifications", Duration::from_secs(20), || {
+        let g = got.lock().unwrap().clone();
+        let all = ["video.freeze", "source.down"]
+            .iter()
+            .all(|k| find(&g, k, "raised").is_some() && find(&g, k, "cleared").is_some());
+        all.then_some(g)
+    });
+    // Once the generator ends the source goes quiet for good, so a second source.down may
+    // follow; the outage in the middle of the stream is the one under test.
+    let mid_stream = |v: &&Value| v["kind"] == "video.freeze" || v["start_s"].as_f64() < Some(24.0);
+    for kind in ["video.freeze", "source.down"] {
+        for state in ["raised", "cleared"] {
+            let n = got
+                .iter()
+                .filter(mid_stream)
+                .filter(|v| v["kind"] == kind && v["state"] == state)
+                .count();
+            assert_eq!(n, 1, "{kind} {state} exactly once: {got:#?}");
+        }
+    }
+    let freeze = find(&got, "video.freeze", "cleared").unwrap();
+    assert_eq!(freeze["stream_id"], "live");
+    assert_near(
+        "freeze start (media time)",
+        freeze["start_s"].as_f64().unwrap(),
+        5.0,
+        0.6,
+    );
+    assert_near(
+        "freeze end (media time)",
+        freeze["end_s"].as_f64().unwrap(),
+        10.0,
+        0.6,
+    );
+    assert!(freeze["raised_at"].is_string() && freeze["cleared_at"].is_string());
+    let raised = find(&got, "video.freeze", "raised").unwrap();
+    assert!(raised["end_s"].is_null() && raised["cleared_at"].is_null());
+    let down = find(&got, "source.down", "cleared").unwrap();
+    assert_near("outage start", down["start_s"].as_f64().unwrap(), 15.0, 1.0);
+    assert_near("outage end", down["end_s"].as_f64().unwrap(), 21.0, 1.5);
+    // No other kinds: a dropout of the whole source is not also video or audio loss.
+    let kinds: std::collections::BTreeSet<&str> =
+        got.iter().map(|v| v["kind"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        ["source.down", "video.freeze"].into_iter().collect(),
+        "{got:#?}"
+    );
+
+    // The API and the store agree.
+    let alerts: Value = http
+        .get(format!("{base}/api/alerts?stream=live"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let stored: Vec<&str> = alerts
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["kind"].as_str().unwrap())
+        .collect();
+    assert!(
+        stored.contains(&"video.freeze") && stored.contains(&"source.down"),
+        "{alerts}"
+    );
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        metrics.contains("avmon_video_frames_total{stream=\"live\"}"),
+        "{metrics}"
+    );
+    let delivered: u64 = metrics
+        .lines()
+        .find(|l| l.starts_with("avmon_notifications_total") && l.contains("delivered"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0);
+    assert!(delivered >= 4, "{metrics}");
+    drop(service);
+}
