@@ -122,6 +122,12 @@ pub fn run_source(
                 match result {
                     Ok(EndReason::Stopped) => return,
                     Ok(EndReason::TimedOut) => {
+                        // When a read times out the TS demuxer flushes the PES packets it held
+                        // back, which look like fresh data; by definition the last real data
+                        // came io_timeout ago.
+                        if let Some(t) = Instant::now().checked_sub(opts.io_timeout) {
+                            last_data = last_data.min(t);
+                        }
                         format!("no data for {:.1} s", opts.io_timeout.as_secs_f64())
                     }
                     Ok(EndReason::Eof) => "the source closed the stream".to_string(),

@@ -42,6 +42,9 @@ pub struct Pipeline {
     pub end_t: f64,
     /// Media time of the onset of the current outage, while the source is down.
     down_at: Option<f64>,
+    /// After an outage, while only data held back from before it arrives: (onset, wall
+    /// duration, since when).
+    resuming: Option<(f64, f64, std::time::Instant)>,
 }
 
 /// A forward jump of the packet clock larger than this (an outage, or a source resuming with
@@ -68,6 +71,7 @@ impl Pipeline {
             gap_s,
             end_t: 0.0,
             down_at: None,
+            resuming: None,
         }
     }
 
@@ -94,6 +98,7 @@ impl Pipeline {
     pub fn packet(&mut self, t: f64, bytes: usize) {
         self.counters.packets += 1;
         self.counters.bytes += bytes as u64;
+        self.check_resumed(t);
         if let Some(prev) = self.last_packet_t {
             let jump = t - prev;
             if self.gap_s.is_some_and(|gap| jump > gap) {
@@ -166,13 +171,36 @@ impl Pipeline {
     }
 
     /// Data flows again, at media time `t` on the continuing clock, after an outage of
-    /// `outage_s` wall seconds. The outage ends no earlier than its onset plus its wall duration:
-    /// a resuming source may first resend data it held back from before the outage.
+    /// `outage_s` wall seconds. A fresh packet's own media time is the exact end. A resuming
+    /// source may first resend data it held back from before the outage: then the end is the
+    /// first fresh packet's time ([`Pipeline::packet`] watches for it), or, if none comes within
+    /// a moment, the onset plus the wall-clock duration.
     pub fn source_up(&mut self, t: f64, outage_s: f64) {
         let Some(down_at) = self.down_at.take() else {
             return;
         };
-        let t = t.max(down_at + outage_s);
+        if t > down_at + (outage_s / 2.0).min(1.0) {
+            self.end_outage(t);
+        } else {
+            self.resuming = Some((down_at, outage_s, std::time::Instant::now()));
+        }
+    }
+
+    /// While resuming: end the outage at the first fresh packet, or give up waiting.
+    fn check_resumed(&mut self, t: f64) {
+        let Some((down_at, outage_s, since)) = self.resuming else {
+            return;
+        };
+        if t > down_at + (outage_s / 2.0).min(1.0) {
+            self.resuming = None;
+            self.end_outage(t);
+        } else if since.elapsed().as_secs_f64() > 2.0 {
+            self.resuming = None;
+            self.end_outage(down_at + outage_s);
+        }
+    }
+
+    fn end_outage(&mut self, t: f64) {
         for d in &mut self.detectors {
             d.reset();
         }

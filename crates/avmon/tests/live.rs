@@ -237,8 +237,8 @@ url = "{hook}"
     let raised = find(&got, "video.freeze", "raised").unwrap();
     assert!(raised["end_s"].is_null() && raised["cleared_at"].is_null());
     let down = find(&got, "source.down", "cleared").unwrap();
-    assert_near("outage start", down["start_s"].as_f64().unwrap(), 15.0, 1.0);
-    assert_near("outage end", down["end_s"].as_f64().unwrap(), 21.0, 1.5);
+    assert_near("outage start", down["start_s"].as_f64().unwrap(), 15.0, 0.6);
+    assert_near("outage end", down["end_s"].as_f64().unwrap(), 21.0, 0.6);
     // No other kinds: a dropout of the whole source is not also video or audio loss.
     let kinds: std::collections::BTreeSet<&str> =
         got.iter().map(|v| v["kind"].as_str().unwrap()).collect();
