@@ -26,6 +26,8 @@ pub struct CheckOptions {
     pub alerts: AlertConfig,
     pub io_timeout: Duration,
     pub decoder_threads: usize,
+    /// FFmpeg demuxer/protocol options.
+    pub format_options: Vec<(String, String)>,
     /// A timestamp gap longer than this inside the input is reported as `source.down`.
     pub gap_s: f64,
 }
@@ -161,7 +163,8 @@ pub fn check(opts: CheckOptions) -> Result<Report> {
     let open = OpenOptions {
         io_timeout: opts.io_timeout,
         decoder_threads: opts.decoder_threads,
-        ..OpenOptions::default()
+        format_options: opts.format_options.clone(),
+        open_timeout: opts.io_timeout.max(Duration::from_secs(10)),
     };
     let mut input = Input::open(&opts.input, &open, stop.clone()).map_err(anyhow::Error::new)?;
     let info = input.info().clone();

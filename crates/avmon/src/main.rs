@@ -65,6 +65,10 @@ enum Command {
         /// Decoder threads (1 = the decoder's own threading off).
         #[arg(long, default_value_t = 1)]
         threads: usize,
+        /// An FFmpeg demuxer/protocol option, e.g. `-o rtsp_transport=tcp` or `-o listen=1`;
+        /// repeatable.
+        #[arg(long = "option", short = 'o', value_name = "KEY=VALUE")]
+        options: Vec<String>,
     },
     /// Monitor the streams of a config file, with the HTTP API, store and notifiers.
     Run {
@@ -145,7 +149,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
             detectors,
             timeout,
             threads,
+            options,
         } => {
+            let options = options
+                .iter()
+                .map(|o| match o.split_once('=') {
+                    Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+                    _ => Err(anyhow::anyhow!("--option {o:?}: expected KEY=VALUE")),
+                })
+                .collect::<Result<Vec<_>>>()?;
             if check::is_live(&input) && duration.is_none() {
                 anyhow::bail!("{input} is a live input: give --duration SECS");
             }
@@ -160,6 +172,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 alerts: Default::default(),
                 io_timeout: Duration::from_secs_f64(timeout.max(0.1)),
                 decoder_threads: threads,
+                format_options: options,
                 gap_s: 3.0,
             })?;
             match format {

@@ -1,0 +1,115 @@
+//! Live protocols through FFmpeg's own protocol layer: the real ffmpeg CLI pushes a synthetic
+//! stream over SRT and RTMP, and `avmon check` receives it as the listener.
+
+mod common;
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Killed(Child);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Start `avmon check` listening on `url`, then push `file` to `push_url` as `format` in real
+/// time; return the report.
+fn receive(
+    url: &str,
+    options: &[&str],
+    file: &std::path::Path,
+    format: &str,
+    push_url: &str,
+) -> serde_json::Value {
+    let mut check = avmon();
+    check.args([
+        "check",
+        "--format",
+        "json",
+        url,
+        "--duration",
+        "6",
+        "--timeout",
+        "15",
+    ]);
+    for o in options {
+        check.args(["-o", o]);
+    }
+    let check = check
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    let _push = Killed(
+        Command::new("ffmpeg")
+            .args([
+                "-nostdin",
+                "-v",
+                "error",
+                "-re",
+                "-i",
+                file.to_str().unwrap(),
+                "-c",
+                "copy",
+            ])
+            .args(if format == "rtsp" {
+                &["-rtsp_transport", "tcp"][..]
+            } else {
+                &[][..]
+            })
+            .args(["-f", format, push_url])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the ffmpeg CLI (installed by ./dev)"),
+    );
+    let o = check.wait_with_output().unwrap();
+    assert!(o.status.success(), "{url}: {}", stderr_of(&o));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+fn assert_black(url: &str, r: &serde_json::Value) {
+    let ev = events(r);
+    assert_eq!(ev.len(), 1, "{url}: {ev:?}");
+    assert_eq!(ev[0].0, "video.black", "{url}");
+    assert_near("black start", ev[0].1, 2.0, 0.5);
+    assert_near("black end", ev[0].2, 4.5, 0.5);
+    assert_eq!(r["summary"]["video"]["codec"], "h264", "{url}");
+    assert_eq!(r["summary"]["audio"]["codec"], "aac", "{url}");
+}
+
+#[test]
+fn srt_and_rtmp() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = synth(dir.path(), "push.ts", 9.0, &["black@2-4.5"]);
+
+    let p = free_port();
+    let url = format!("srt://127.0.0.1:{p}?mode=listener");
+    let r = receive(
+        &url,
+        &[],
+        &file,
+        "mpegts",
+        &format!("srt://127.0.0.1:{p}?mode=caller"),
+    );
+    assert_black(&url, &r);
+
+    let p = free_port();
+    let url = format!("rtmp://127.0.0.1:{p}/live/test");
+    let r = receive(&url, &["listen=1"], &file, "flv", &url);
+    assert_black(&url, &r);
+}
