@@ -17,11 +17,8 @@ in="$dir/in.ts"
 
 # CPU seconds (user + system) of one command, children included.
 cpu() {
-  local t0 t1
-  t0=$(awk '{print $14+$15+$16+$17}' /proc/$$/stat)
-  "$@" >/dev/null 2>&1
-  t1=$(awk '{print $14+$15+$16+$17}' /proc/$$/stat)
-  awk -v a="$t0" -v b="$t1" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.2f", (b - a) / hz }' 
+  local TIMEFORMAT='%U %S'
+  { time "$@" >/dev/null 2>&1; } 2>&1 | awk '{ printf "%.2f", $1 + $2 }'
 }
 
 echo "input: ${secs} s of ${w}x${h}p25 H.264 + AAC (avmon synth), $runs runs each, interleaved"
