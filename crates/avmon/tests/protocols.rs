@@ -3,27 +3,10 @@
 
 mod common;
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Killed(Child);
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Start `avmon check` listening on `url`, then push `file` to `push_url` as `format` in real
 /// time; return the report.
@@ -97,7 +80,7 @@ fn srt_and_rtmp() {
     let dir = tempfile::tempdir().unwrap();
     let file = synth(dir.path(), "push.ts", 9.0, &["black@2-4.5"]);
 
-    let p = free_port();
+    let p = free_tcp_port();
     let url = format!("srt://127.0.0.1:{p}?mode=listener");
     let r = receive(
         &url,
@@ -108,7 +91,7 @@ fn srt_and_rtmp() {
     );
     assert_black(&url, &r);
 
-    let p = free_port();
+    let p = free_tcp_port();
     let url = format!("rtmp://127.0.0.1:{p}/live/test");
     let r = receive(&url, &["listen=1"], &file, "flv", &url);
     assert_black(&url, &r);
