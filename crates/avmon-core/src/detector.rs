@@ -74,6 +74,12 @@ pub trait Detector: Send {
     /// period; a detector resets its period accumulators here.
     fn take_metrics(&mut self, _put: &mut dyn FnMut(&'static str, f64)) {}
 
+    /// Whole-input measurements for a report, as `("section.name", value)`, e.g.
+    /// `("audio.integrated_lufs", -23.0)` or `("video.blockiness_max", 1.8)`. The section is the
+    /// report's `summary` object the value goes into. Called once at the end of the input; a
+    /// detector with nothing measured yet puts nothing.
+    fn summarize(&self, _put: &mut dyn FnMut(&'static str, f64)) {}
+
     /// The stream restarted (a reconnect): forget state tied to the previous connection's frames.
     fn reset(&mut self) {}
 }

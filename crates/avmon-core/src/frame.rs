@@ -53,6 +53,58 @@ pub struct VideoFrame<'a> {
     pub key: bool,
     /// True when the decoder flagged the frame as corrupt or reported an error decoding it.
     pub corrupt: bool,
+    /// The decoder's own error flags for this frame (FFmpeg's `decode_error_flags`, see
+    /// [`decode_error`]); 0 when it decoded cleanly.
+    pub decode_errors: u32,
+}
+
+/// Bits of [`VideoFrame::decode_errors`], as FFmpeg's decoders set them.
+pub mod decode_error {
+    /// The bitstream was invalid.
+    pub const INVALID_BITSTREAM: u32 = 1;
+    /// A reference picture was missing.
+    pub const MISSING_REFERENCE: u32 = 2;
+    /// Error concealment filled in damaged macroblocks.
+    pub const CONCEALMENT_ACTIVE: u32 = 4;
+    /// Some slices could not be decoded.
+    pub const DECODE_SLICES: u32 = 8;
+}
+
+/// Bits of [`AudioBuffer::layout`]: the speaker of each channel, as FFmpeg's `AV_CH_*` masks.
+/// Channels appear in the buffer in increasing bit order.
+pub mod speaker {
+    pub const FRONT_LEFT: u64 = 0x1;
+    pub const FRONT_RIGHT: u64 = 0x2;
+    pub const FRONT_CENTER: u64 = 0x4;
+    pub const LOW_FREQUENCY: u64 = 0x8;
+    pub const BACK_LEFT: u64 = 0x10;
+    pub const BACK_RIGHT: u64 = 0x20;
+    pub const FRONT_LEFT_OF_CENTER: u64 = 0x40;
+    pub const FRONT_RIGHT_OF_CENTER: u64 = 0x80;
+    pub const BACK_CENTER: u64 = 0x100;
+    pub const SIDE_LEFT: u64 = 0x200;
+    pub const SIDE_RIGHT: u64 = 0x400;
+    pub const LOW_FREQUENCY_2: u64 = 0x8_0000_0000;
+    /// Mono.
+    pub const MONO: u64 = FRONT_CENTER;
+    /// Stereo.
+    pub const STEREO: u64 = FRONT_LEFT | FRONT_RIGHT;
+    /// 5.1 with side surrounds (FFmpeg's `5.1(side)`, AAC's usual 5.1).
+    pub const SURROUND_5_1_SIDE: u64 =
+        FRONT_LEFT | FRONT_RIGHT | FRONT_CENTER | LOW_FREQUENCY | SIDE_LEFT | SIDE_RIGHT;
+    /// 5.1 with back surrounds (FFmpeg's `5.1`).
+    pub const SURROUND_5_1: u64 =
+        FRONT_LEFT | FRONT_RIGHT | FRONT_CENTER | LOW_FREQUENCY | BACK_LEFT | BACK_RIGHT;
+
+    /// The speaker bit of each channel of `layout`, in channel order; `None` when the layout does
+    /// not name exactly `channels` speakers (unknown or custom order).
+    pub fn of_channels(layout: u64, channels: usize) -> Option<impl Iterator<Item = u64>> {
+        (layout.count_ones() as usize == channels).then(|| {
+            (0..64)
+                .map(|b| 1u64 << b)
+                .filter(move |bit| layout & bit != 0)
+        })
+    }
 }
 
 /// The most audio channels a buffer carries (a 22.2 layout has 24).
@@ -67,6 +119,8 @@ pub struct AudioBuffer<'a> {
     pub sample_rate: u32,
     /// One slice per channel, all the same length, samples nominally in −1.0..=1.0.
     pub planes: &'a [&'a [f32]],
+    /// The speakers of the channels (bits of [`speaker`]); 0 when unknown.
+    pub layout: u64,
 }
 
 impl AudioBuffer<'_> {
@@ -114,8 +168,29 @@ mod tests {
             t: 1.0,
             sample_rate: 48_000,
             planes: &planes,
+            layout: speaker::STEREO,
         };
         assert_eq!(b.channels(), 2);
         assert!((b.duration() - 0.01).abs() < 1e-12);
+    }
+
+    #[test]
+    fn speakers_of_a_layout_in_channel_order() {
+        let s: Vec<u64> = speaker::of_channels(speaker::SURROUND_5_1_SIDE, 6)
+            .unwrap()
+            .collect();
+        assert_eq!(
+            s,
+            [
+                speaker::FRONT_LEFT,
+                speaker::FRONT_RIGHT,
+                speaker::FRONT_CENTER,
+                speaker::LOW_FREQUENCY,
+                speaker::SIDE_LEFT,
+                speaker::SIDE_RIGHT
+            ]
+        );
+        assert!(speaker::of_channels(speaker::STEREO, 6).is_none());
+        assert!(speaker::of_channels(0, 1).is_none());
     }
 }

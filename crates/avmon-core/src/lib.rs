@@ -23,7 +23,7 @@ mod stream;
 
 pub use alert::{Alert, AlertEvent, AlertState, Transition};
 pub use detector::{Detector, Finding, FindingEdge, Findings};
-pub use frame::{AudioBuffer, Plane, VideoFrame, MAX_AUDIO_CHANNELS};
+pub use frame::{decode_error, speaker, AudioBuffer, Plane, VideoFrame, MAX_AUDIO_CHANNELS};
 pub use stream::{AudioInfo, MediaInfo, Severity, SeverityParseError, StreamId, VideoInfo};
 
 /// Wall-clock time, always UTC.
@@ -41,6 +41,12 @@ pub mod kinds {
     pub const AUDIO_SILENCE: &str = "audio.silence";
     pub const AUDIO_LOSS: &str = "audio.loss";
     pub const SOURCE_DOWN: &str = "source.down";
+    pub const VIDEO_CORRUPTION: &str = "video.corruption";
+    pub const AUDIO_LOUDNESS: &str = "audio.loudness";
+    pub const AUDIO_CLIPPING: &str = "audio.clipping";
+    pub const AUDIO_CHANNEL_SILENCE: &str = "audio.channel_silence";
+    pub const AUDIO_DROPOUT: &str = "audio.dropout";
+    pub const AV_SYNC: &str = "av.sync";
 }
 
 /// Round a media time to milliseconds for reports, so JSON shows `8.04` rather than `8.039999999`.

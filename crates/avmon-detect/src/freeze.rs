@@ -919,6 +919,7 @@ mod tests {
                 full_range: false,
                 key: false,
                 corrupt: false,
+                decode_errors: 0,
             };
             // The largest (mafd, block_mad) of frames j+1 ..= j+n against frame j.
             let drift = |j: usize, n: usize| {

@@ -324,6 +324,7 @@ mod tests {
                     t,
                     sample_rate: 48_000,
                     planes: &planes,
+                    layout: 0,
                 };
                 d.on_audio(&buf, &mut out);
             }

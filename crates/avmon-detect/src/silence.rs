@@ -394,6 +394,7 @@ mod tests {
                     t: i as f64,
                     sample_rate: rate,
                     planes: &planes,
+                    layout: 0,
                 },
                 &mut out,
             );
@@ -404,6 +405,7 @@ mod tests {
                 t: 5.0,
                 sample_rate: SR,
                 planes: &none,
+                layout: 0,
             },
             &mut out,
         );
@@ -425,6 +427,7 @@ mod tests {
                     t,
                     sample_rate: SR,
                     planes: &planes,
+                    layout: 0,
                 },
                 &mut out,
             );

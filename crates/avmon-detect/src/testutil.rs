@@ -93,6 +93,7 @@ impl Picture {
             full_range: self.full_range,
             key: false,
             corrupt: false,
+            decode_errors: 0,
         }
     }
 }
@@ -148,6 +149,7 @@ pub fn run_audio(
             t: pos as f64 / f64::from(sample_rate),
             sample_rate,
             planes: &planes,
+            layout: 0,
         };
         det.on_audio(&buf, &mut out);
         seen.extend(out.drain(..).map(|f| Seen { at: n, f }));

@@ -435,6 +435,7 @@ fn receive_video(v: &mut VideoDec, clock: &mut MediaClock, sink: &mut dyn FrameS
                 full_range,
                 key,
                 corrupt,
+                decode_errors: error_flags as u32,
             });
         }
     }
@@ -478,7 +479,22 @@ fn receive_audio(a: &mut AudioDec, clock: &mut MediaClock, sink: &mut dyn FrameS
             t,
             sample_rate: f.rate(),
             planes: &planes[..channels],
+            layout: channel_mask(raw, channels),
         });
+    }
+}
+
+/// The speaker mask of a decoded audio frame's channels, 0 when its layout is not a native
+/// (bit-ordered) one or does not match the channel count.
+fn channel_mask(raw: *const ffi::AVFrame, channels: usize) -> u64 {
+    // SAFETY: reading plain fields of a live decoded frame.
+    let (order, mask) = unsafe { ((*raw).ch_layout.order, (*raw).ch_layout.u.mask) };
+    if order == ffi::AVChannelOrder::AV_CHANNEL_ORDER_NATIVE
+        && mask.count_ones() as usize == channels
+    {
+        mask
+    } else {
+        0
     }
 }
 

@@ -50,6 +50,9 @@ pub struct Report {
     pub frames_video: u64,
     pub frames_audio: u64,
     pub decode_errors: u64,
+    /// The detectors' whole-input measurements, `("section.name", value)`, e.g.
+    /// `("audio.integrated_lufs", -23.0)`.
+    pub measured: Vec<(&'static str, f64)>,
 }
 
 impl Report {
@@ -68,6 +71,17 @@ impl Report {
                 json!({"codec": a.codec, "channels": a.channels, "sample_rate": a.sample_rate,
                        "frames": self.frames_audio}),
             );
+        }
+        for (key, value) in &self.measured {
+            let (section, name) = key.split_once('.').unwrap_or(("other", key));
+            let entry = summary
+                .entry(section.to_string())
+                .or_insert_with(|| json!({}));
+            if let (Some(obj), Some(v)) =
+                (entry.as_object_mut(), serde_json::Number::from_f64(*value))
+            {
+                obj.insert(name.to_string(), Value::Number(v));
+            }
         }
         json!({
             "input": self.input,
@@ -208,6 +222,8 @@ pub fn check(opts: CheckOptions) -> Result<Report> {
     };
     sink.pipe.finish(end);
     sink.collect();
+    let mut measured = Vec::new();
+    sink.pipe.summarize(&mut |k, v| measured.push((k, v)));
     let mut events: Vec<Event> = sink
         .alerts
         .into_iter()
@@ -229,6 +245,7 @@ pub fn check(opts: CheckOptions) -> Result<Report> {
         frames_video: c.frames_video,
         frames_audio: c.frames_audio,
         decode_errors: c.decode_errors,
+        measured,
     })
 }
 

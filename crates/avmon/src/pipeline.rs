@@ -225,6 +225,13 @@ impl Pipeline {
         self.finish(end);
     }
 
+    /// Whole-input measurements of the detectors, `("section.name", value)`.
+    pub fn summarize(&self, put: &mut dyn FnMut(&'static str, f64)) {
+        for d in &self.detectors {
+            d.summarize(put);
+        }
+    }
+
     /// Measurements for the period since the last call: counter deltas and detector metrics.
     pub fn take_metrics(&mut self) -> BTreeMap<String, f64> {
         let mut m = BTreeMap::new();
