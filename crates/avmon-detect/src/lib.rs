@@ -91,7 +91,7 @@ type Build = fn(&DetectorsConfig, Carries) -> Option<Box<dyn Detector>>;
 
 /// Every detector, in the order they see media. A detector needs its kind of stream and to be
 /// enabled.
-const REGISTRY: [(&str, Build); 5] = [
+const REGISTRY: &[(&str, Build)] = &[
     (kinds::VIDEO_BLACK, |c, m| {
         (m.video && c.black.enabled).then(|| Box::new(BlackDetector::new(&c.black)) as _)
     }),
