@@ -1,0 +1,497 @@
+//! `avmon-bench accuracy`: score every detector on a generated, labelled corpus, side by side with
+//! FFmpeg's own filters on the same files in the same run, and check loudness against the EBU test
+//! signals. Prints Markdown tables (the docs keep a copy) and writes the raw figures as JSON.
+//!
+//! `bench/accuracy.sh` builds avmon and runs this.
+
+mod corpus;
+mod ffmpeg;
+mod score;
+mod wav;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use serde_json::{json, Value};
+
+use corpus::{Item, Post};
+use score::{score_item, Scores, Span};
+
+#[derive(Parser)]
+#[command(name = "avmon-bench", about = "avmon's benchmarks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Detector accuracy on the labelled corpus, against FFmpeg's filters.
+    Accuracy {
+        /// The avmon binary to score.
+        #[arg(long, default_value = "target/release/avmon")]
+        avmon: String,
+        #[arg(long, default_value = "ffmpeg")]
+        ffmpeg: String,
+        /// Where the corpus is generated (reused when its recipes did not change).
+        #[arg(long, default_value = "target/accuracy")]
+        dir: PathBuf,
+        /// Seconds per item.
+        #[arg(long, default_value_t = 30.0)]
+        duration: f64,
+        /// Two contents only.
+        #[arg(long)]
+        quick: bool,
+        /// Only items whose name contains this.
+        #[arg(long)]
+        only: Option<String>,
+        /// Items analysed at once.
+        #[arg(long, default_value_t = 2)]
+        jobs: usize,
+        /// Write the raw results here as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Seconds of tolerance when matching a detection to a label.
+        #[arg(long, default_value_t = 0.5)]
+        slack: f64,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Cmd::Accuracy {
+            avmon,
+            ffmpeg,
+            dir,
+            duration,
+            quick,
+            only,
+            jobs,
+            json,
+            slack,
+        } => {
+            std::fs::create_dir_all(&dir)?;
+            let tools = Tools { avmon, ffmpeg };
+            let mut items = corpus::items(duration, quick);
+            if let Some(o) = &only {
+                items.retain(|i| i.name.contains(o.as_str()));
+            }
+            let results = analyse_all(&tools, &dir, &items, jobs.max(1));
+            let loudness = if only.is_none() || only.as_deref() == Some("loudness") {
+                loudness_references(&tools, &dir)?
+            } else {
+                Vec::new()
+            };
+            let (text, raw) = report(&items, &results, &loudness, slack);
+            println!("{text}");
+            if let Some(path) = json {
+                std::fs::write(&path, serde_json::to_string_pretty(&raw)?)?;
+            }
+            Ok(())
+        }
+    }
+}
+
+struct Tools {
+    avmon: String,
+    ffmpeg: String,
+}
+
+/// What both monitors said about one item.
+struct Outcome {
+    truths: Vec<Span>,
+    avmon: Vec<Span>,
+    avmon_summary: Value,
+    ffmpeg: ffmpeg::FfmpegReport,
+}
+
+fn run(cmd: &mut Command) -> Result<std::process::Output> {
+    let what = format!("{cmd:?}");
+    let out = cmd.output().with_context(|| format!("running {what}"))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        bail!(
+            "{what} failed: {}",
+            err.lines().last().unwrap_or("no output")
+        );
+    }
+    Ok(out)
+}
+
+/// Make an item's file unless it exists with the same recipe; returns its path and labels.
+fn make(tools: &Tools, dir: &Path, item: &Item) -> Result<(PathBuf, Vec<Span>)> {
+    let path = dir.join(format!("{}.ts", item.name));
+    let recipe_path = dir.join(format!("{}.recipe.json", item.name));
+    let recipe = json!({"synth": item.synth, "post": format!("{:?}", item.post)});
+    let labels_path = dir.join(format!("{}.labels.json", item.name));
+    let cached = std::fs::read_to_string(&recipe_path)
+        .ok()
+        .and_then(|s| serde_json::from_str::<Value>(&s).ok())
+        .is_some_and(|r| r == recipe)
+        && path.exists();
+    if !cached {
+        let src = match item.post {
+            Post::None => path.clone(),
+            _ => dir.join(format!("{}.src.ts", item.name)),
+        };
+        run(Command::new(&tools.avmon)
+            .arg("synth")
+            .arg(&src)
+            .args(&item.synth))?;
+        match &item.post {
+            Post::None => {}
+            Post::Damage(args) | Post::DamageThenTranscode(args) => {
+                let damaged = match item.post {
+                    Post::Damage(_) => path.clone(),
+                    _ => dir.join(format!("{}.damaged.ts", item.name)),
+                };
+                run(Command::new(&tools.avmon)
+                    .arg("damage")
+                    .arg(&src)
+                    .arg(&damaged)
+                    .args(args)
+                    .arg("--labels")
+                    .arg(&labels_path))?;
+                if let Post::DamageThenTranscode(_) = item.post {
+                    run(Command::new(&tools.ffmpeg)
+                        .args(["-hide_banner", "-nostdin", "-loglevel", "error", "-y", "-i"])
+                        .arg(&damaged)
+                        .args(["-c:v", "libx264", "-preset", "veryfast", "-crf", "20"])
+                        .args(["-g", "50", "-c:a", "copy", "-f", "mpegts"])
+                        .arg(&path))?;
+                }
+            }
+        }
+        std::fs::write(&recipe_path, recipe.to_string())?;
+    }
+    let mut truths = item.truths.clone();
+    if item.post != Post::None {
+        truths.extend(damage_labels(&labels_path)?);
+    }
+    Ok((path, truths))
+}
+
+/// The damaged stretches `avmon damage --labels` reported.
+fn damage_labels(path: &Path) -> Result<Vec<Span>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let v: Value = serde_json::from_str(&text)?;
+    let spans = v["labels"]
+        .as_array()
+        .context("damage labels: no `labels` array")?
+        .iter()
+        .filter_map(|l| {
+            Some(Span::new(
+                l["kind"].as_str().unwrap_or("video.corruption"),
+                l["start_s"].as_f64()?,
+                l["end_s"].as_f64()?,
+            ))
+        })
+        .collect();
+    Ok(spans)
+}
+
+fn check(tools: &Tools, path: &Path) -> Result<Value> {
+    let out = run(Command::new(&tools.avmon)
+        .arg("check")
+        .arg(path)
+        .args(["--format", "json"]))?;
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+fn events_of(report: &Value) -> Vec<Span> {
+    report["events"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|e| {
+                    Some(Span::new(
+                        e["kind"].as_str()?,
+                        e["start_s"].as_f64()?,
+                        e["end_s"].as_f64()?,
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn analyse(tools: &Tools, dir: &Path, item: &Item) -> Result<Outcome> {
+    let (path, truths) = make(tools, dir, item)?;
+    let report = check(tools, &path)?;
+    let ffmpeg = ffmpeg::analyse(&tools.ffmpeg, &path, true, true, &dir.join(&item.name))?;
+    Ok(Outcome {
+        truths,
+        avmon: events_of(&report),
+        avmon_summary: report["summary"].clone(),
+        ffmpeg,
+    })
+}
+
+fn analyse_all(
+    tools: &Tools,
+    dir: &Path,
+    items: &[Item],
+    jobs: usize,
+) -> Vec<Result<Outcome, String>> {
+    let next = AtomicUsize::new(0);
+    let results: Mutex<Vec<Option<Result<Outcome, String>>>> =
+        Mutex::new((0..items.len()).map(|_| None).collect());
+    std::thread::scope(|s| {
+        for _ in 0..jobs {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(item) = items.get(i) else { break };
+                eprintln!("[{}/{}] {}", i + 1, items.len(), item.name);
+                let r = analyse(tools, dir, item).map_err(|e| format!("{e:#}"));
+                if let Err(e) = &r {
+                    eprintln!("  {}: {e}", item.name);
+                }
+                results.lock().unwrap()[i] = Some(r);
+            });
+        }
+    });
+    results
+        .into_inner()
+        .unwrap()
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| Err("not run".into())))
+        .collect()
+}
+
+/// One EBU reference signal, measured by avmon and by FFmpeg's ebur128.
+struct LoudnessRow {
+    name: &'static str,
+    expect: wav::Expect,
+    avmon: Option<f64>,
+    ffmpeg: Option<f64>,
+}
+
+fn loudness_references(tools: &Tools, dir: &Path) -> Result<Vec<LoudnessRow>> {
+    let mut rows = Vec::new();
+    for (i, r) in wav::references().into_iter().enumerate() {
+        let path = dir.join(format!("ebu-{i:02}.wav"));
+        r.write(&path)?;
+        let report = check(tools, &path)?;
+        let a = &report["summary"]["audio"];
+        let f = ffmpeg::analyse(&tools.ffmpeg, &path, false, true, &dir.join("ebu"))?;
+        let (avmon, ff) = match r.expect {
+            wav::Expect::Integrated(_) => (a["integrated_lufs"].as_f64(), f.integrated_lufs),
+            wav::Expect::Range(_) => (a["loudness_range_lu"].as_f64(), f.loudness_range_lu),
+            wav::Expect::TruePeak(_) => (a["true_peak_dbtp"].as_f64(), f.true_peak_dbtp),
+        };
+        rows.push(LoudnessRow {
+            name: r.name,
+            expect: r.expect,
+            avmon,
+            ffmpeg: ff,
+        });
+    }
+    Ok(rows)
+}
+
+fn within(expect: wav::Expect, got: Option<f64>) -> &'static str {
+    let Some(v) = got else { return "missing" };
+    let ok = match expect {
+        wav::Expect::Integrated(e) => (v - e).abs() <= 0.1 + 1e-9,
+        wav::Expect::Range(e) => (v - e).abs() <= 1.0 + 1e-9,
+        wav::Expect::TruePeak(e) => v >= e - 0.4 && v <= e + 0.2,
+    };
+    if ok {
+        "pass"
+    } else {
+        "FAIL"
+    }
+}
+
+fn fmt(v: Option<f64>, prec: usize) -> String {
+    v.map_or("–".into(), |v| format!("{v:.prec$}"))
+}
+
+/// The kinds FFmpeg's filters cover.
+const FFMPEG_KINDS: [&str; 5] = [
+    "video.black",
+    "video.freeze",
+    "video.corruption",
+    "audio.silence",
+    "audio.loudness",
+];
+
+fn report(
+    items: &[Item],
+    results: &[Result<Outcome, String>],
+    loudness: &[LoudnessRow],
+    slack: f64,
+) -> (String, Value) {
+    // blockdetect has no threshold of its own: give it the highest score it reached on a clean
+    // control of the same content, so it has no false alarm there by construction.
+    let mut block_threshold: BTreeMap<&str, f64> = BTreeMap::new();
+    for (item, r) in items.iter().zip(results) {
+        if let (true, Ok(o)) = (item.name.ends_with("-clean"), r) {
+            let max = o.ffmpeg.block.iter().map(|b| b.1).fold(0.0, f64::max);
+            block_threshold.insert(item.content, max);
+        }
+    }
+    let mut avmon_scores = Scores::new();
+    let mut ffmpeg_scores = Scores::new();
+    let mut failed = Vec::new();
+    let mut sync_rows = Vec::new();
+    let mut blockiness = Vec::new();
+    for (item, r) in items.iter().zip(results) {
+        let o = match r {
+            Ok(o) => o,
+            Err(e) => {
+                failed.push(format!("{}: {e}", item.name));
+                continue;
+            }
+        };
+        score_item(
+            &item.name,
+            &o.truths,
+            &item.incidental,
+            &o.avmon,
+            slack,
+            &mut avmon_scores,
+        );
+        let mut ff = o.ffmpeg.events.clone();
+        if let Some(th) = block_threshold.get(item.content) {
+            ff.extend(ffmpeg::block_events(&o.ffmpeg.block, *th, 0.5));
+        }
+        ff.extend(ffmpeg::loudness_events(
+            &o.ffmpeg.short_term,
+            -23.0,
+            LOUDNESS_TOLERANCE_LU,
+            -60.0,
+            3.0,
+        ));
+        let truths: Vec<Span> = o
+            .truths
+            .iter()
+            .filter(|t| FFMPEG_KINDS.contains(&t.kind.as_str()))
+            .cloned()
+            .collect();
+        score_item(
+            &item.name,
+            &truths,
+            &item.incidental,
+            &ff,
+            slack,
+            &mut ffmpeg_scores,
+        );
+        if let Some(offset) = item.av_offset_ms {
+            sync_rows.push((
+                item.name.clone(),
+                offset,
+                o.avmon_summary["av_sync"]["offset_ms"].as_f64(),
+            ));
+        }
+        blockiness.push((
+            item.name.clone(),
+            o.avmon_summary["video"]["blockiness_mean"].as_f64(),
+            o.avmon_summary["video"]["blockiness_max"].as_f64(),
+        ));
+    }
+
+    let mut t = String::new();
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    let _ = writeln!(
+        t,
+        "## Detector accuracy ({ok} items scored, matching slack {slack} s)\n"
+    );
+    let _ = writeln!(
+        t,
+        "| kind | labels | avmon precision | avmon recall | median onset err (s) | worst onset err (s) | FFmpeg precision | FFmpeg recall | FFmpeg median onset err (s) |"
+    );
+    let _ = writeln!(t, "|---|---|---|---|---|---|---|---|---|");
+    for (kind, a) in &avmon_scores {
+        let f = ffmpeg_scores.get(kind);
+        let _ = writeln!(
+            t,
+            "| {kind} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            a.truths,
+            fmt(a.precision(), 3),
+            fmt(a.recall(), 3),
+            fmt(a.median_onset_error(), 3),
+            fmt(a.worst_onset_error(), 3),
+            fmt(f.and_then(|f| f.precision()), 3),
+            fmt(f.and_then(|f| f.recall()), 3),
+            fmt(f.and_then(|f| f.median_onset_error()), 3),
+        );
+    }
+    let _ = writeln!(t);
+    for (kind, a) in &avmon_scores {
+        if !a.misses.is_empty() {
+            let _ = writeln!(t, "- avmon missed {kind}: {}", a.misses.join(", "));
+        }
+        if !a.false_alarms.is_empty() {
+            let _ = writeln!(t, "- avmon false {kind}: {}", a.false_alarms.join(", "));
+        }
+    }
+    if !sync_rows.is_empty() {
+        let _ = writeln!(t, "\n## A/V offset (flash and beep)\n");
+        let _ = writeln!(t, "| item | injected (ms) | measured (ms) | error (ms) |");
+        let _ = writeln!(t, "|---|---|---|---|");
+        for (name, want, got) in &sync_rows {
+            let _ = writeln!(
+                t,
+                "| {name} | {want:+.0} | {} | {} |",
+                fmt(*got, 1),
+                fmt(got.map(|g| g - want), 1)
+            );
+        }
+    }
+    if !loudness.is_empty() {
+        let _ = writeln!(t, "\n## Loudness on the EBU test signals\n");
+        let _ = writeln!(
+            t,
+            "| signal | measure | specified | avmon | | FFmpeg ebur128 | |"
+        );
+        let _ = writeln!(t, "|---|---|---|---|---|---|---|");
+        for r in loudness {
+            let (what, want) = match r.expect {
+                wav::Expect::Integrated(v) => ("integrated (LUFS, ±0.1)", v),
+                wav::Expect::Range(v) => ("LRA (LU, ±1)", v),
+                wav::Expect::TruePeak(v) => ("true peak (dBTP, −0.4/+0.2)", v),
+            };
+            let _ = writeln!(
+                t,
+                "| {} | {what} | {want:.1} | {} | {} | {} | {} |",
+                r.name,
+                fmt(r.avmon, 2),
+                within(r.expect, r.avmon),
+                fmt(r.ffmpeg, 1),
+                within(r.expect, r.ffmpeg),
+            );
+        }
+    }
+    if blockiness.iter().any(|b| b.1.is_some()) {
+        let _ = writeln!(t, "\n## Blockiness per item (avmon summary)\n");
+        let _ = writeln!(t, "| item | mean | max |");
+        let _ = writeln!(t, "|---|---|---|");
+        for (name, mean, max) in &blockiness {
+            let _ = writeln!(t, "| {name} | {} | {} |", fmt(*mean, 3), fmt(*max, 3));
+        }
+    }
+    if !failed.is_empty() {
+        let _ = writeln!(t, "\n## Items that could not be made or analysed\n");
+        for f in &failed {
+            let _ = writeln!(t, "- {f}");
+        }
+    }
+    let raw = json!({
+        "avmon": avmon_scores,
+        "ffmpeg": ffmpeg_scores,
+        "block_thresholds": block_threshold,
+        "failed": failed,
+    });
+    (t, raw)
+}
+
+/// The loudness detector's default tolerance around the target, for FFmpeg's side.
+const LOUDNESS_TOLERANCE_LU: f64 = 5.0;
