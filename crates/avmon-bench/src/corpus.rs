@@ -151,13 +151,24 @@ pub fn items(duration: f64, quick: bool) -> Vec<Item> {
         // Packet loss on the video PID: two bursts, decoder-visible.
         let mut drop = item(c, "ts-drop", vec![], vec![]);
         drop.post = Post::Damage(
-            ["--drop", "video@8.3:0.05", "--drop", "video@19.1:0.02"]
-                .map(String::from)
-                .to_vec(),
+            [
+                "--drop",
+                "8.3-8.5:0.05",
+                "--drop",
+                "19.1-19.14:0.3",
+                "--seed",
+                "1",
+            ]
+            .map(String::from)
+            .to_vec(),
         );
         out.push(drop.clone());
         let mut flip = item(c, "ts-flip", vec![], vec![]);
-        flip.post = Post::Damage(["--flip", "video@12.2:0.2:0.02"].map(String::from).to_vec());
+        flip.post = Post::Damage(
+            ["--flip", "12.2-12.4:0.05", "--seed", "2"]
+                .map(String::from)
+                .to_vec(),
+        );
         out.push(flip);
         // The same loss, then transcoded: damaged pictures in a clean bitstream.
         let mut tc = drop;

@@ -172,29 +172,39 @@ fn make(tools: &Tools, dir: &Path, item: &Item) -> Result<(PathBuf, Vec<Span>)> 
     }
     let mut truths = item.truths.clone();
     if item.post != Post::None {
-        truths.extend(damage_labels(&labels_path)?);
+        truths.extend(damage_labels(&labels_path, SYNTH_GOP_S)?);
     }
     Ok((path, truths))
 }
 
-/// The damaged stretches `avmon damage --labels` reported.
-fn damage_labels(path: &Path) -> Result<Vec<Span>> {
+/// The damaged stretches `avmon damage --labels` reported: hits less than a second apart form
+/// one defect, from the first hit to the next keyframe after the last (the picture recovers at
+/// the next IDR; synth puts one every `gop_s`).
+fn damage_labels(path: &Path, gop_s: f64) -> Result<Vec<Span>> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let v: Value = serde_json::from_str(&text)?;
-    let spans = v["labels"]
+    let mut times: Vec<f64> = v["hits"]
         .as_array()
-        .context("damage labels: no `labels` array")?
+        .context("damage labels: no `hits` array")?
         .iter()
-        .filter_map(|l| {
-            Some(Span::new(
-                l["kind"].as_str().unwrap_or("video.corruption"),
-                l["start_s"].as_f64()?,
-                l["end_s"].as_f64()?,
-            ))
-        })
+        .filter_map(|h| h["t"].as_f64())
         .collect();
-    Ok(spans)
+    times.sort_by(f64::total_cmp);
+    Ok(group_hits(&times, gop_s))
+}
+
+/// Damaged spans from sorted hit times.
+fn group_hits(times: &[f64], gop_s: f64) -> Vec<Span> {
+    let mut spans: Vec<Span> = Vec::new();
+    for &t in times {
+        let recovered = ((t / gop_s).floor() + 1.0) * gop_s;
+        match spans.last_mut() {
+            Some(s) if t - s.start < 1.0 || t < s.end => s.end = s.end.max(recovered),
+            _ => spans.push(Span::new("video.corruption", t, recovered)),
+        }
+    }
+    spans
 }
 
 fn check(tools: &Tools, path: &Path) -> Result<Value> {
@@ -493,5 +503,25 @@ fn report(
     (t, raw)
 }
 
+/// `avmon synth` puts a keyframe every 2 s.
+const SYNTH_GOP_S: f64 = 2.0;
+
 /// The loudness detector's default tolerance around the target, for FFmpeg's side.
 const LOUDNESS_TOLERANCE_LU: f64 = 5.0;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hits_group_into_defects_that_end_at_the_next_keyframe() {
+        let spans = group_hits(&[8.3, 8.32, 8.5, 19.1, 19.11], 2.0);
+        assert_eq!(
+            spans,
+            [
+                Span::new("video.corruption", 8.3, 10.0),
+                Span::new("video.corruption", 19.1, 20.0)
+            ]
+        );
+    }
+}
