@@ -6,7 +6,7 @@
 //! *beep*, repeated (every 1 or 2 s; `avmon synth --content sync` makes one). The detector finds
 //! both and measures their offset, positive when the audio is late:
 //!
-//! - **Flash**: a frame where at least `flash_ratio` of the picture (4×4 subsampled grid) is at or
+//! - **Flash**: a frame where at least `flash_ratio` of the picture (8×8 subsampled grid) is at or
 //!   above `flash_luma` (limited range; mapped for full-range pictures) while the previous frame
 //!   had less than half that fraction, and the picture leaves white again within 0.25 s (a cut to
 //!   a white scene is not a flash). Its time is the flash frame's own presentation time (`t`),
@@ -71,7 +71,7 @@
 //!
 //! # Cost
 //!
-//! Per frame, one pass over a 4×4 subsampled grid counting white samples. Per audio sample, a
+//! Per frame, one pass over an 8×8 subsampled grid counting white samples. Per audio sample, a
 //! multiply-add per channel (vectorised in chunks) and a running 0.5 ms sum. No allocation after
 //! construction: flashes, beeps and the period's pairs live in fixed rings, and the whole-input
 //! median comes from a preallocated 0.1 ms histogram.
@@ -434,7 +434,7 @@ struct FlashFinder {
     candidate: Option<f64>,
 }
 
-/// White-sample fraction on a 4×4 subsampled grid.
+/// White-sample fraction on an 8×8 subsampled grid.
 fn white_ratio(frame: &VideoFrame<'_>, luma: u8) -> f64 {
     let th = if frame.full_range {
         full_range_threshold(luma)
@@ -443,7 +443,7 @@ fn white_ratio(frame: &VideoFrame<'_>, luma: u8) -> f64 {
     };
     let plane = &frame.luma;
     let (mut white, mut count) = (0u64, 0u64);
-    for y in (0..plane.height).step_by(4) {
+    for y in (0..plane.height).step_by(8) {
         let row = plane.row(y);
         let w: u32 = row.chunks_exact(4).map(|c| u32::from(c[0] >= th)).sum();
         white += u64::from(w);
