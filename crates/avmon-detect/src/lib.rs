@@ -13,6 +13,7 @@
 //! | `audio.silence` | [`silence`]  | every channel below −60 dBFS RMS, for ≥ 2 s                   |
 //! | `video.loss`    | [`loss`]     | no video frames for > 2 s while the media clock advances      |
 //! | `audio.loss`    | [`loss`]     | no audio buffers for > 2 s while the media clock advances     |
+//! | `av.sync`       | [`avsync`]   | flash/beep offset outside −45…+125 ms (2 pairs), or the A/V clocks diverge > 150 ms for ≥ 2 s |
 //!
 //! # Contract
 //!
@@ -37,6 +38,7 @@
 use avmon_core::{kinds, Detector, VideoFrame};
 use serde::{Deserialize, Serialize};
 
+pub mod avsync;
 pub mod black;
 pub mod freeze;
 pub mod loss;
@@ -47,6 +49,7 @@ mod luma;
 #[cfg(test)]
 mod testutil;
 
+pub use avsync::{AvSyncConfig, AvSyncDetector};
 pub use black::{BlackConfig, BlackDetector};
 pub use freeze::{FreezeConfig, FreezeDetector};
 pub use loss::{LossConfig, LossDetector};
@@ -66,6 +69,8 @@ pub struct DetectorsConfig {
     pub video_loss: LossConfig,
     /// No audio buffers while the stream is up (`audio.loss`).
     pub audio_loss: LossConfig,
+    /// Audio/video sync (`av.sync`).
+    pub av_sync: AvSyncConfig,
 }
 
 impl DetectorsConfig {
@@ -77,6 +82,7 @@ impl DetectorsConfig {
         self.silence.validate(&join(path, "silence"), errors);
         self.video_loss.validate(&join(path, "video_loss"), errors);
         self.audio_loss.validate(&join(path, "audio_loss"), errors);
+        self.av_sync.validate(&join(path, "av_sync"), errors);
     }
 }
 
@@ -107,6 +113,10 @@ const REGISTRY: &[(&str, Build)] = &[
     }),
     (kinds::AUDIO_LOSS, |c, m| {
         (m.audio && c.audio_loss.enabled).then(|| Box::new(LossDetector::audio(&c.audio_loss)) as _)
+    }),
+    (kinds::AV_SYNC, |c, m| {
+        (m.video && m.audio && c.av_sync.enabled)
+            .then(|| Box::new(AvSyncDetector::new(&c.av_sync)) as _)
     }),
 ];
 
@@ -192,7 +202,8 @@ mod tests {
                 "video.freeze",
                 "video.loss",
                 "audio.silence",
-                "audio.loss"
+                "audio.loss",
+                "av.sync"
             ]
         );
         let cfg = DetectorsConfig::default();
@@ -207,7 +218,10 @@ mod tests {
         cfg.freeze.enabled = false;
         cfg.audio_loss.enabled = false;
         let some: Vec<_> = build(&cfg, true, true).iter().map(|d| d.kind()).collect();
-        assert_eq!(some, ["video.black", "video.loss", "audio.silence"]);
+        assert_eq!(
+            some,
+            ["video.black", "video.loss", "audio.silence", "av.sync"]
+        );
     }
 
     #[test]

@@ -1,8 +1,22 @@
 //! Synthetic test streams: H.264 + AAC in MPEG-TS through libavcodec, with defects injected at
 //! given media times, written to a file or sent to `udp://` in real time.
 //!
-//! The picture is a moving, textured pattern (a panning checker-and-ramp texture and a bouncing
-//! box); the sound is a tone per channel. Defects:
+//! The picture and sound depend on the [`Content`] (`--content`):
+//! - `pan` (default): a panning checker-and-ramp texture and a bouncing box; a tone per channel.
+//! - `sync`: a broadcast-style A/V sync test ("flash and beep"): a dark grey picture with a small
+//!   bouncing box, and once per second (from 1 s on) one full-frame white flash frame; the sound is
+//!   silent except for a 1 kHz beep (amplitude 0.5, starting at phase 0) one frame long, starting at
+//!   exactly the flash frame's presentation time (plus `av_offset_ms`).
+//! - `detail`: fine high-contrast detail, slow pan (hard for encoders, easy motion);
+//! - `motion`: a noise-like blob texture scrolling fast (global motion);
+//! - `flat`: soft gradients with a slowly moving bright blob (talking-head-like, low detail);
+//! - `noise`: soft gradients under temporal film-grain-like noise.
+//!
+//! The non-`sync` contents carry the `pan` tones. `av_offset_ms` (`--av-offset`) delays the audio
+//! *content* by that many milliseconds (negative: audio early), as a lip-sync fault does, while the
+//! timestamps of both streams stay consistent.
+//!
+//! Defects:
 //! - `black`: a black picture;
 //! - `freeze`: the picture at the defect's start repeats (the encoder still refines it, as a real
 //!   encoder does, so frozen frames are not bit-identical after decoding);
@@ -71,6 +85,47 @@ impl FromStr for Defect {
     }
 }
 
+/// What a synthetic stream shows and sounds like (see the module docs).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Content {
+    #[default]
+    Pan,
+    Sync,
+    Detail,
+    Motion,
+    Flat,
+    Noise,
+}
+
+impl Content {
+    /// Every content's name, as `--content` takes it.
+    pub const NAMES: &'static [&'static str] =
+        &["pan", "sync", "detail", "motion", "flat", "noise"];
+}
+
+impl FromStr for Content {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "pan" => Content::Pan,
+            "sync" => Content::Sync,
+            "detail" => Content::Detail,
+            "motion" => Content::Motion,
+            "flat" => Content::Flat,
+            "noise" => Content::Noise,
+            other => {
+                return Err(format!(
+                    "unknown content {other:?} (expected one of {})",
+                    Content::NAMES.join(", ")
+                ))
+            }
+        })
+    }
+}
+
+/// Largest `av_offset_ms` magnitude accepted.
+pub const MAX_AV_OFFSET_MS: f64 = 10_000.0;
+
 /// What to generate.
 #[derive(Clone, Debug)]
 pub struct SynthSpec {
@@ -88,6 +143,10 @@ pub struct SynthSpec {
     pub realtime: bool,
     /// x264 preset.
     pub preset: String,
+    /// What the picture and sound show.
+    pub content: Content,
+    /// Delay of the audio content relative to the video, milliseconds (positive: audio late).
+    pub av_offset_ms: f64,
 }
 
 impl Default for SynthSpec {
@@ -103,6 +162,8 @@ impl Default for SynthSpec {
             repeat_every: None,
             realtime: false,
             preset: "veryfast".into(),
+            content: Content::Pan,
+            av_offset_ms: 0.0,
         }
     }
 }
@@ -118,6 +179,34 @@ impl SynthSpec {
             .iter()
             .find(|d| d.kind == kind && t >= d.start && t < d.end)
     }
+
+    /// Whether frame `i` of the `sync` content is a flash frame: once per second from 1 s on.
+    fn is_flash(&self, i: u64) -> bool {
+        let fps = u64::from(self.fps);
+        i >= fps && i.checked_rem(fps) == Some(0)
+    }
+
+    /// The audio content of channel `c` at stream time `n` seconds (before defects).
+    fn audio_sample(&self, c: usize, n: f64) -> f32 {
+        // The content heard at `n` is what the video showed `av_offset_ms` earlier.
+        let at = n - self.av_offset_ms / 1000.0;
+        match self.content {
+            Content::Sync => {
+                // A beep of one frame at each flash frame's time: seconds 1, 2, 3, ...
+                let k = at.floor();
+                let since = at - k;
+                if k >= 1.0 && since < 1.0 / f64::from(self.fps) {
+                    (0.5 * (2.0 * std::f64::consts::PI * 1000.0 * since).sin()) as f32
+                } else {
+                    0.0
+                }
+            }
+            _ => {
+                let hz = 440.0 * (c + 2) as f64;
+                (0.25 * (2.0 * std::f64::consts::PI * hz * at).sin()) as f32
+            }
+        }
+    }
 }
 
 /// What was generated.
@@ -132,8 +221,123 @@ fn err(what: &str, e: impl std::fmt::Display) -> MediaError {
     MediaError::Other(format!("synth: {what}: {e}"))
 }
 
-/// Draw the test picture for media time `t` into a YUV 4:2:0 frame.
-fn draw(frame: &mut ff::frame::Video, t: f64, black: bool) {
+/// Draw the picture of `spec.content` for media time `t` (which a freeze holds) into a YUV 4:2:0
+/// frame.
+fn draw(frame: &mut ff::frame::Video, spec: &SynthSpec, t: f64, black: bool) {
+    let i = (t * f64::from(spec.fps)).round() as u64;
+    match spec.content {
+        _ if black => draw_pan(frame, t, true),
+        Content::Pan => draw_pan(frame, t, false),
+        Content::Sync => draw_sync(frame, t, spec.is_flash(i)),
+        c => draw_texture(frame, c, t),
+    }
+}
+
+/// A cheap integer hash of a position, for noise-like textures.
+#[inline]
+fn hash2(x: u32, y: u32) -> u32 {
+    let mut h = x.wrapping_mul(0x9E37_79B1) ^ y.wrapping_mul(0x85EB_CA77);
+    h ^= h >> 15;
+    h = h.wrapping_mul(0xC2B2_AE3D);
+    h ^ (h >> 13)
+}
+
+/// Fill the chroma planes of a 4:2:0 frame with one value each.
+fn fill_chroma(frame: &mut ff::frame::Video, u: u8, v: u8) {
+    let (w, h) = (frame.width() as usize / 2, frame.height() as usize / 2);
+    for (plane, value) in [(1, u), (2, v)] {
+        let stride = frame.stride(plane);
+        let data = frame.data_mut(plane);
+        for y in 0..h {
+            data[y * stride..y * stride + w].fill(value);
+        }
+    }
+}
+
+/// The `sync` picture: dark grey with a bouncing box, or a full-frame white flash.
+fn draw_sync(frame: &mut ff::frame::Video, t: f64, flash: bool) {
+    let (w, h) = (frame.width() as usize, frame.height() as usize);
+    let span_x = w.saturating_sub(w / 8).max(1);
+    let period = 2.0 * span_x as f64;
+    let px = (t * 300.0) % period;
+    let bx = if px < span_x as f64 { px } else { period - px } as usize;
+    let (by, bw, bh) = (h / 2, w / 8, h / 6);
+    let stride = frame.stride(0);
+    let data = frame.data_mut(0);
+    for y in 0..h {
+        let row = &mut data[y * stride..y * stride + w];
+        if flash {
+            row.fill(235);
+        } else {
+            row.fill(64);
+            if y >= by && y < by + bh {
+                row[bx..(bx + bw).min(w)].fill(150);
+            }
+        }
+    }
+    fill_chroma(frame, 128, 128);
+}
+
+/// The `detail`, `motion`, `flat` and `noise` pictures.
+fn draw_texture(frame: &mut ff::frame::Video, content: Content, t: f64) {
+    let (w, h) = (frame.width() as usize, frame.height() as usize);
+    let stride = frame.stride(0);
+    // Per-picture constants: pan offsets, the blob of `flat`, the grain seed of `noise`.
+    let (dx, dy) = match content {
+        Content::Detail => ((t * 12.0) as u32, (t * 5.0) as u32),
+        Content::Motion => ((t * 640.0) as u32, (t * 180.0) as u32),
+        _ => (0, 0),
+    };
+    let (cx, cy) = (
+        (w as f64 * (0.5 + 0.15 * (t * 0.7).sin())) as i64,
+        (h as f64 * (0.45 + 0.05 * (t * 1.1).sin())) as i64,
+    );
+    let r = (h / 4).max(1) as i64;
+    let seed = (t * 1000.0) as u32;
+    let data = frame.data_mut(0);
+    for y in 0..h {
+        let row = &mut data[y * stride..y * stride + w];
+        let yy = y as u32 + dy;
+        // Soft vertical gradient, shared by flat and noise.
+        let grad_y = (y * 40 / h) as i64;
+        match content {
+            Content::Detail => {
+                for (x, p) in row.iter_mut().enumerate() {
+                    let xx = x as u32 + dx;
+                    let fine = ((xx ^ yy) & 1) * 60;
+                    let coarse = (((xx >> 5) ^ (yy >> 5)) & 1) * 40;
+                    *p = (40 + fine + coarse + (hash2(xx, yy) & 63)) as u8;
+                }
+            }
+            Content::Motion => {
+                for (x, p) in row.iter_mut().enumerate() {
+                    let xx = x as u32 + dx;
+                    *p = (40 + hash2(xx >> 2, yy >> 2) % 160) as u8;
+                }
+            }
+            _ => {
+                let ddy = (y as i64 - cy) * (y as i64 - cy);
+                for (x, p) in row.iter_mut().enumerate() {
+                    let mut v = 60 + (x * 80 / w) as i64 + grad_y;
+                    if content == Content::Flat {
+                        let d2 = (x as i64 - cx) * (x as i64 - cx) + ddy;
+                        if d2 < r * r {
+                            v += (r * r - d2) * 70 / (r * r);
+                        }
+                    } else {
+                        v += i64::from(hash2(x as u32 ^ seed, y as u32) & 31) - 16;
+                    }
+                    *p = v.clamp(16, 235) as u8;
+                }
+            }
+        }
+    }
+    let shift = (t * 10.0) as u8;
+    fill_chroma(frame, 120 + (shift & 7), 136);
+}
+
+/// The `pan` picture for media time `t` (or black).
+fn draw_pan(frame: &mut ff::frame::Video, t: f64, black: bool) {
     let (w, h) = (frame.width() as usize, frame.height() as usize);
     let (dx, dy) = ((t * 96.0) as usize, (t * 40.0) as usize);
     // A box bouncing across the picture.
@@ -211,6 +415,12 @@ pub fn generate(
     }
     if spec.fps == 0 || spec.fps > 120 {
         return Err(MediaError::Other("synth: fps must be 1..=120".into()));
+    }
+    if !(spec.av_offset_ms.is_finite() && spec.av_offset_ms.abs() <= MAX_AV_OFFSET_MS) {
+        return Err(MediaError::Other(format!(
+            "synth: the A/V offset must be within ±{MAX_AV_OFFSET_MS} ms (got {})",
+            spec.av_offset_ms
+        )));
     }
     let network = output.contains("://") && !output.starts_with("file:");
     let realtime = spec.realtime || network;
@@ -334,7 +544,7 @@ pub fn generate(
                     t
                 }
             };
-            draw(&mut vframe, draw_t, black);
+            draw(&mut vframe, spec, draw_t, black);
             vframe.set_pts(Some(i as i64));
             venc.send_frame(&vframe)
                 .map_err(|e| err("encode video", e))?;
@@ -356,15 +566,10 @@ pub fn generate(
             if !skip {
                 let silent = spec.active(DefectKind::Silence, at).is_some();
                 for c in 0..spec.channels as usize {
-                    let hz = 440.0 * (c + 2) as f64;
                     let plane = aframe.plane_mut::<f32>(c);
                     for (k, s) in plane.iter_mut().enumerate() {
                         let n = (audio_pos + k as u64) as f64 / spec.sample_rate as f64;
-                        *s = if silent {
-                            0.0
-                        } else {
-                            (0.25 * (2.0 * std::f64::consts::PI * hz * n).sin()) as f32
-                        };
+                        *s = if silent { 0.0 } else { spec.audio_sample(c, n) };
                     }
                 }
                 aframe.set_pts(Some(audio_pos as i64));
@@ -444,6 +649,42 @@ mod tests {
         assert!("freeze@12-8".parse::<Defect>().is_err());
         assert!("smoke@1-2".parse::<Defect>().is_err());
         assert!("black".parse::<Defect>().is_err());
+    }
+
+    #[test]
+    fn contents_parse() {
+        for name in Content::NAMES {
+            assert!(name.parse::<Content>().is_ok(), "{name}");
+        }
+        let e = "bars".parse::<Content>().unwrap_err();
+        assert!(e.contains("pan, sync"), "{e}");
+    }
+
+    #[test]
+    fn sync_beep_starts_at_the_flash_time_plus_the_offset() {
+        let spec = SynthSpec {
+            content: Content::Sync,
+            fps: 25,
+            av_offset_ms: 80.0,
+            ..SynthSpec::default()
+        };
+        assert!(spec.is_flash(25) && spec.is_flash(50));
+        assert!(!spec.is_flash(0) && !spec.is_flash(26));
+        // Silent until 1.080 s, a 1 kHz burst for one frame (40 ms), silent again.
+        assert_eq!(spec.audio_sample(0, 1.079), 0.0);
+        assert!(spec.audio_sample(0, 1.08025).abs() > 0.3);
+        assert!(spec.audio_sample(1, 1.10025).abs() > 0.3);
+        assert_eq!(spec.audio_sample(0, 1.121), 0.0);
+        assert_eq!(
+            spec.audio_sample(0, 0.08025),
+            0.0,
+            "no beep before the first flash"
+        );
+        let early = SynthSpec {
+            av_offset_ms: -100.0,
+            ..spec
+        };
+        assert!(early.audio_sample(0, 0.90025).abs() > 0.3);
     }
 
     #[test]

@@ -86,8 +86,25 @@ enum Command {
         width: u32,
         #[arg(long, default_value_t = 720)]
         height: u32,
+        /// Picture size as WIDTHxHEIGHT, e.g. 1920x1080 (instead of --width and --height).
+        #[arg(long, value_name = "WxH", conflicts_with_all = ["width", "height"])]
+        size: Option<String>,
+        /// Frames per second (1 to 120), e.g. 25, 30, 50, 60.
         #[arg(long, default_value_t = 25)]
         fps: u32,
+        /// What the picture and sound show: pan (default), sync (white flash + 1 kHz beep once
+        /// per second, for A/V sync tests), detail, motion, flat or noise.
+        #[arg(long, default_value = "pan")]
+        content: String,
+        /// Delay the audio content by this many milliseconds relative to the video (negative:
+        /// audio early), as a lip-sync fault does; timestamps stay consistent.
+        #[arg(
+            long,
+            value_name = "MS",
+            default_value_t = 0.0,
+            allow_negative_numbers = true
+        )]
+        av_offset: f64,
         #[arg(long, default_value_t = 2)]
         channels: u32,
         /// A defect KIND@START-END (kinds: black, freeze, silence, dropout); repeatable.
@@ -196,13 +213,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
             duration,
             width,
             height,
+            size,
             fps,
+            content,
+            av_offset,
             channels,
             defects,
             repeat_every,
             realtime,
             preset,
         } => {
+            let (width, height) = match size {
+                Some(s) => parse_size(&s)?,
+                None => (width, height),
+            };
+            let content = content.parse().map_err(anyhow::Error::msg)?;
             let defects = defects
                 .iter()
                 .map(|d| d.parse())
@@ -219,6 +244,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 repeat_every,
                 realtime,
                 preset,
+                content,
+                av_offset_ms: av_offset,
                 ..Default::default()
             };
             let stop = Arc::new(AtomicBool::new(false));
@@ -239,4 +266,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `WIDTHxHEIGHT`, e.g. `1280x720`.
+fn parse_size(s: &str) -> Result<(u32, u32)> {
+    let parsed = s
+        .split_once(['x', 'X'])
+        .and_then(|(w, h)| Some((w.trim().parse().ok()?, h.trim().parse().ok()?)));
+    parsed.ok_or_else(|| anyhow::anyhow!("--size {s:?}: expected WIDTHxHEIGHT, e.g. 1280x720"))
 }
