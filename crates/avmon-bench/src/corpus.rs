@@ -225,7 +225,8 @@ pub fn items(duration: f64, quick: bool) -> Vec<Item> {
     for offset in [0.0, 80.0, -30.0, 200.0, -100.0] {
         let out_of_window = !(-45.0..=125.0).contains(&offset);
         let truths = if out_of_window {
-            labels("av.sync", &[(0.0, duration)])
+            // The sync content's first flash is at 1 s.
+            labels("av.sync", &[(1.0, duration)])
         } else {
             Vec::new()
         };

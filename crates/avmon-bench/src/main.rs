@@ -443,6 +443,11 @@ fn report(
             let _ = writeln!(t, "- avmon false {kind}: {}", a.false_alarms.join(", "));
         }
     }
+    for (kind, f) in &ffmpeg_scores {
+        if !f.false_alarms.is_empty() {
+            let _ = writeln!(t, "- FFmpeg false {kind}: {}", f.false_alarms.join(", "));
+        }
+    }
     if !sync_rows.is_empty() {
         let _ = writeln!(t, "\n## A/V offset (flash and beep)\n");
         let _ = writeln!(t, "| item | injected (ms) | measured (ms) | error (ms) |");
