@@ -38,6 +38,7 @@ use avmon_core::{kinds, Detector, VideoFrame};
 use serde::{Deserialize, Serialize};
 
 pub mod black;
+pub mod corruption;
 pub mod freeze;
 pub mod loss;
 pub mod silence;
@@ -48,6 +49,7 @@ mod luma;
 mod testutil;
 
 pub use black::{BlackConfig, BlackDetector};
+pub use corruption::{CorruptionConfig, CorruptionDetector};
 pub use freeze::{FreezeConfig, FreezeDetector};
 pub use loss::{LossConfig, LossDetector};
 pub use silence::{SilenceConfig, SilenceDetector};
@@ -66,6 +68,8 @@ pub struct DetectorsConfig {
     pub video_loss: LossConfig,
     /// No audio buffers while the stream is up (`audio.loss`).
     pub audio_loss: LossConfig,
+    /// Damaged, blocky pictures (`video.corruption`).
+    pub corruption: CorruptionConfig,
 }
 
 impl DetectorsConfig {
@@ -77,6 +81,7 @@ impl DetectorsConfig {
         self.silence.validate(&join(path, "silence"), errors);
         self.video_loss.validate(&join(path, "video_loss"), errors);
         self.audio_loss.validate(&join(path, "audio_loss"), errors);
+        self.corruption.validate(&join(path, "corruption"), errors);
     }
 }
 
@@ -101,6 +106,10 @@ const REGISTRY: &[(&str, Build)] = &[
     }),
     (kinds::VIDEO_LOSS, |c, m| {
         (m.video && c.video_loss.enabled).then(|| Box::new(LossDetector::video(&c.video_loss)) as _)
+    }),
+    (kinds::VIDEO_CORRUPTION, |c, m| {
+        (m.video && c.corruption.enabled)
+            .then(|| Box::new(CorruptionDetector::new(&c.corruption)) as _)
     }),
     (kinds::AUDIO_SILENCE, |c, m| {
         (m.audio && c.silence.enabled).then(|| Box::new(SilenceDetector::new(&c.silence)) as _)
@@ -191,6 +200,7 @@ mod tests {
                 "video.black",
                 "video.freeze",
                 "video.loss",
+                "video.corruption",
                 "audio.silence",
                 "audio.loss"
             ]
@@ -201,13 +211,29 @@ mod tests {
         let audio_only: Vec<_> = build(&cfg, false, true).iter().map(|d| d.kind()).collect();
         assert_eq!(audio_only, ["audio.silence", "audio.loss"]);
         let video_only: Vec<_> = build(&cfg, true, false).iter().map(|d| d.kind()).collect();
-        assert_eq!(video_only, ["video.black", "video.freeze", "video.loss"]);
+        assert_eq!(
+            video_only,
+            [
+                "video.black",
+                "video.freeze",
+                "video.loss",
+                "video.corruption"
+            ]
+        );
 
         let mut cfg = DetectorsConfig::default();
         cfg.freeze.enabled = false;
         cfg.audio_loss.enabled = false;
         let some: Vec<_> = build(&cfg, true, true).iter().map(|d| d.kind()).collect();
-        assert_eq!(some, ["video.black", "video.loss", "audio.silence"]);
+        assert_eq!(
+            some,
+            [
+                "video.black",
+                "video.loss",
+                "video.corruption",
+                "audio.silence"
+            ]
+        );
     }
 
     #[test]
