@@ -38,7 +38,9 @@
 //! on the grid for a frame or a few do not move it; damage propagates over many frames until the
 //! next keyframe); the onset is the earliest frame of that window already above the threshold.
 //! Once damaged, the picture stays damaged while the median exceeds half the threshold's margin
-//! (hysteresis).
+//! (hysteresis). A picture whose band score does not change at all over the window (a freeze, a
+//! still) is content, not damage arriving, and is never judged damaged by its picture; repeated
+//! pictures count once in the window.
 //!
 //! **Cost.** Rows are sampled: per band, 2 rows for the horizontal steps and 3 row pairs for the
 //! vertical ones, each a straight pass over the row (`zip` of adjacent samples, vectorised), with
@@ -363,8 +365,14 @@ impl Detector for CorruptionDetector {
             }
         }
         // The short window: the last `SHORT` band scores and their times.
-        self.recent[self.recent_pos % SHORT] = (frame.t, m.band as f32);
-        self.recent_pos += 1;
+        // A frame that repeats the previous picture (same band score to the bit) adds nothing:
+        // a frozen picture is one observation, not many.
+        let prev = self.recent[(self.recent_pos + SHORT - 1) % SHORT].1;
+        let changed = self.recent_pos == 0 || prev != m.band as f32;
+        if changed {
+            self.recent[self.recent_pos % SHORT] = (frame.t, m.band as f32);
+            self.recent_pos += 1;
+        }
         let baseline = self.baseline();
         let n = self.recent_pos.min(SHORT);
         let mut short = [0f32; SHORT];
@@ -372,8 +380,14 @@ impl Detector for CorruptionDetector {
             *dst = *b;
         }
         let short = &mut short[..n];
+        let (lo, hi) = short
+            .iter()
+            .fold((f32::MAX, f32::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
         let (_, med, _) = short.select_nth_unstable_by(n / 2, f32::total_cmp);
         let short_med = f64::from(*med);
+        // A picture that does not change (a freeze, a still) scores the same every frame: what
+        // it shows is content, not damage arriving. Damage changes the picture as it spreads.
+        let still = f64::from(hi - lo) <= 0.01 * short_med;
         let score = baseline.map_or(1.0, |b| short_med / b.max(1e-6));
         let was = self.picture_since.is_some();
         let limit = if was {
@@ -383,6 +397,8 @@ impl Detector for CorruptionDetector {
         };
         let picture = self.cfg.picture
             && n == SHORT
+            && changed
+            && !still
             && baseline.is_some_and(|b| score > limit && short_med - b >= self.cfg.min_excess);
         // Onset of picture damage: the earliest frame of the short window already above the
         // threshold (the median needs a few damaged frames to move).
