@@ -184,9 +184,9 @@ fn damage_labels(path: &Path, gop_s: f64) -> Result<Vec<Span>> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let v: Value = serde_json::from_str(&text)?;
-    let mut times: Vec<f64> = v["hits"]
+    let mut times: Vec<f64> = v["outcome"]["hits"]
         .as_array()
-        .context("damage labels: no `hits` array")?
+        .context("damage labels: no `outcome.hits` array")?
         .iter()
         .filter_map(|h| h["t"].as_f64())
         .collect();

@@ -68,6 +68,10 @@ pub mod decode_error {
     pub const CONCEALMENT_ACTIVE: u32 = 4;
     /// Some slices could not be decoded.
     pub const DECODE_SLICES: u32 = 8;
+    /// avmon's own bit (FFmpeg uses the low bits only): the demuxer flagged a packet of this frame
+    /// as corrupt (a continuity-counter gap: transport packets were lost), or such a packet's own
+    /// frame never came out of the decoder and this is the first frame shown after it.
+    pub const CORRUPT_PACKET: u32 = 1 << 16;
 }
 
 /// Bits of [`AudioBuffer::layout`]: the speaker of each channel, as FFmpeg's `AV_CH_*` masks.

@@ -40,6 +40,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod avsync;
 pub mod black;
+pub mod corruption;
 pub mod freeze;
 pub mod loss;
 pub mod silence;
@@ -51,6 +52,7 @@ mod testutil;
 
 pub use avsync::{AvSyncConfig, AvSyncDetector};
 pub use black::{BlackConfig, BlackDetector};
+pub use corruption::{CorruptionConfig, CorruptionDetector};
 pub use freeze::{FreezeConfig, FreezeDetector};
 pub use loss::{LossConfig, LossDetector};
 pub use silence::{SilenceConfig, SilenceDetector};
@@ -71,6 +73,8 @@ pub struct DetectorsConfig {
     pub audio_loss: LossConfig,
     /// Audio/video sync (`av.sync`).
     pub av_sync: AvSyncConfig,
+    /// Damaged, blocky pictures (`video.corruption`).
+    pub corruption: CorruptionConfig,
 }
 
 impl DetectorsConfig {
@@ -83,6 +87,7 @@ impl DetectorsConfig {
         self.video_loss.validate(&join(path, "video_loss"), errors);
         self.audio_loss.validate(&join(path, "audio_loss"), errors);
         self.av_sync.validate(&join(path, "av_sync"), errors);
+        self.corruption.validate(&join(path, "corruption"), errors);
     }
 }
 
@@ -107,6 +112,10 @@ const REGISTRY: &[(&str, Build)] = &[
     }),
     (kinds::VIDEO_LOSS, |c, m| {
         (m.video && c.video_loss.enabled).then(|| Box::new(LossDetector::video(&c.video_loss)) as _)
+    }),
+    (kinds::VIDEO_CORRUPTION, |c, m| {
+        (m.video && c.corruption.enabled)
+            .then(|| Box::new(CorruptionDetector::new(&c.corruption)) as _)
     }),
     (kinds::AUDIO_SILENCE, |c, m| {
         (m.audio && c.silence.enabled).then(|| Box::new(SilenceDetector::new(&c.silence)) as _)
@@ -201,6 +210,7 @@ mod tests {
                 "video.black",
                 "video.freeze",
                 "video.loss",
+                "video.corruption",
                 "audio.silence",
                 "audio.loss",
                 "av.sync"
@@ -212,7 +222,15 @@ mod tests {
         let audio_only: Vec<_> = build(&cfg, false, true).iter().map(|d| d.kind()).collect();
         assert_eq!(audio_only, ["audio.silence", "audio.loss"]);
         let video_only: Vec<_> = build(&cfg, true, false).iter().map(|d| d.kind()).collect();
-        assert_eq!(video_only, ["video.black", "video.freeze", "video.loss"]);
+        assert_eq!(
+            video_only,
+            [
+                "video.black",
+                "video.freeze",
+                "video.loss",
+                "video.corruption"
+            ]
+        );
 
         let mut cfg = DetectorsConfig::default();
         cfg.freeze.enabled = false;
@@ -220,7 +238,13 @@ mod tests {
         let some: Vec<_> = build(&cfg, true, true).iter().map(|d| d.kind()).collect();
         assert_eq!(
             some,
-            ["video.black", "video.loss", "audio.silence", "av.sync"]
+            [
+                "video.black",
+                "video.loss",
+                "video.corruption",
+                "audio.silence",
+                "av.sync"
+            ]
         );
     }
 

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use avmon_core::decode_error::CORRUPT_PACKET;
 use avmon_core::{
     AudioBuffer, AudioInfo, MediaInfo, Plane, VideoFrame, VideoInfo, MAX_AUDIO_CHANNELS,
 };
@@ -84,6 +85,55 @@ struct VideoDec {
     frame: ff::frame::Video,
     /// Converts pictures without an 8-bit luma plane (10-bit, RGB) to 8-bit grey; built lazily.
     to_gray: Option<(ff::software::scaling::Context, ff::frame::Video)>,
+    /// Packets the demuxer flagged corrupt whose frame has not come out yet.
+    damaged: DamagedPackets,
+}
+
+/// The demuxer's corrupt-packet flags (continuity errors: lost transport packets), carried over
+/// to the frames they damage.
+///
+/// FFmpeg does not pass a packet's corrupt flag on to the frame it decodes into, and the H.264
+/// decoder often drops a picture whose slice header was lost (and the pictures it reorders
+/// around it) without any error at all. So each corrupt packet is remembered by its position and
+/// PTS: the frame that comes out with that packet position (FFmpeg keeps it on the frame across
+/// reordering) is flagged; if it never comes out, the first frame shown after its PTS is.
+#[derive(Default)]
+struct DamagedPackets {
+    /// (byte position, PTS or `AV_NOPTS_VALUE`) of each pending packet.
+    pending: [(i64, i64); 16],
+    len: usize,
+}
+
+impl DamagedPackets {
+    fn push(&mut self, pos: i64, pts: i64) {
+        if self.len == self.pending.len() {
+            // Keep the newest: drop the oldest (the frames after it are flagged anyway).
+            self.pending.copy_within(1.., 0);
+            self.len -= 1;
+        }
+        self.pending[self.len] = (pos, pts);
+        self.len += 1;
+    }
+
+    /// Whether the frame from the packet at `pos`, presented at `pts`, is damaged; forgets the
+    /// packets it accounts for.
+    fn take(&mut self, pos: i64, pts: i64) -> bool {
+        let mut hit = false;
+        let mut i = 0;
+        while i < self.len {
+            let (p, t) = self.pending[i];
+            let mine = p >= 0 && p == pos;
+            let overtaken = t == ffi::AV_NOPTS_VALUE || (pts != ffi::AV_NOPTS_VALUE && pts > t);
+            if mine || overtaken {
+                hit = true;
+                self.pending.copy_within(i + 1..self.len, i);
+                self.len -= 1;
+            } else {
+                i += 1;
+            }
+        }
+        hit
+    }
 }
 
 struct AudioDec {
@@ -220,6 +270,7 @@ impl Input {
                             frame_duration: 1.0 / fps,
                             frame: ff::frame::Video::empty(),
                             to_gray: None,
+                            damaged: DamagedPackets::default(),
                         })
                     }
                     Err(e) => {
@@ -340,6 +391,10 @@ impl Input {
                 sink.on_packet(t, packet.size());
             }
             if let Some(v) = self.video.as_mut().filter(|v| v.index == index) {
+                if packet.is_corrupt() {
+                    let pts = packet.pts().unwrap_or(ffi::AV_NOPTS_VALUE);
+                    v.damaged.push(packet.position() as i64, pts);
+                }
                 if v.dec.send_packet(&packet).is_err() {
                     sink.on_decode_error(clock.latest(), true);
                 }
@@ -389,9 +444,19 @@ fn receive_video(v: &mut VideoDec, clock: &mut MediaClock, sink: &mut dyn FrameS
     while v.dec.receive_frame(&mut v.frame).is_ok() {
         let f = &v.frame;
         let t = frame_time(f.timestamp(), v.time_base, clock);
-        // SAFETY: reading a plain field of a decoded frame.
-        let error_flags = unsafe { (*f.as_ptr()).decode_error_flags };
+        // SAFETY: reading plain fields of a decoded frame.
+        let (error_flags, pkt_pos) = unsafe {
+            (
+                (*f.as_ptr()).decode_error_flags as u32,
+                (*f.as_ptr()).pkt_pos,
+            )
+        };
+        let transport = v.damaged.len > 0
+            && v.damaged
+                .take(pkt_pos, f.timestamp().unwrap_or(ffi::AV_NOPTS_VALUE));
+        let error_flags = error_flags | if transport { CORRUPT_PACKET } else { 0 };
         let corrupt = f.is_corrupt() || error_flags != 0;
+        tracing::trace!(t, key = f.is_key(), error_flags, corrupt, "video frame");
         if corrupt {
             sink.on_decode_error(t, true);
         }
@@ -435,7 +500,7 @@ fn receive_video(v: &mut VideoDec, clock: &mut MediaClock, sink: &mut dyn FrameS
                 full_range,
                 key,
                 corrupt,
-                decode_errors: error_flags as u32,
+                decode_errors: error_flags,
             });
         }
     }

@@ -5,6 +5,7 @@
 
 mod check;
 mod config;
+mod damage;
 mod demo;
 mod pipeline;
 mod service;
@@ -120,6 +121,30 @@ enum Command {
         #[arg(long, default_value = "veryfast")]
         preset: String,
     },
+    /// Damage an MPEG-TS file: drop or bit-flip packets of its video PID at known media times.
+    ///
+    /// A SPEC is [PID@]START-END[:RATE] in media seconds, or [PID@]#FIRST-LAST[:RATE] in packet
+    /// indices; RATE (default 1) is the chance each packet in the range is hit. Prints every hit
+    /// (or writes them as JSON with --labels).
+    Damage {
+        input: PathBuf,
+        output: PathBuf,
+        /// Drop packets; repeatable.
+        #[arg(long = "drop", value_name = "SPEC")]
+        drops: Vec<String>,
+        /// Invert --flip-bits random payload bits of packets; repeatable.
+        #[arg(long = "flip", value_name = "SPEC")]
+        flips: Vec<String>,
+        /// Bits inverted in each flipped packet.
+        #[arg(long, default_value_t = 4)]
+        flip_bits: u32,
+        /// Seed of the random choices (same seed, same damage).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Write the hits as JSON to this file instead of listing them on stdout.
+        #[arg(long, value_name = "FILE")]
+        labels: Option<PathBuf>,
+    },
     /// Start synthetic live streams with defects and monitor them (no configuration needed).
     Demo {
         /// Address of the HTTP API.
@@ -137,7 +162,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_level = match cli.command {
-        Command::Check { .. } | Command::Synth { .. } => "warn",
+        Command::Check { .. } | Command::Synth { .. } | Command::Damage { .. } => "warn",
         _ => "info",
     };
     tracing_subscriber::fmt()
@@ -254,6 +279,59 @@ fn run(cli: Cli) -> Result<ExitCode> {
             eprintln!(
                 "avmon synth: wrote {} video and {} audio frames ({:.2} s) to {output}",
                 stats.video_frames, stats.audio_frames, stats.duration_s
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Damage {
+            input,
+            output,
+            drops,
+            flips,
+            flip_bits,
+            seed,
+            labels,
+        } => {
+            let parse = |specs: &[String]| {
+                specs
+                    .iter()
+                    .map(|s| s.parse())
+                    .collect::<Result<Vec<damage::Spec>, String>>()
+                    .map_err(anyhow::Error::msg)
+            };
+            let opts = damage::Options {
+                drops: parse(&drops)?,
+                flips: parse(&flips)?,
+                seed,
+                flip_bits,
+            };
+            let data =
+                std::fs::read(&input).with_context(|| format!("reading {}", input.display()))?;
+            let (out, outcome) = damage::damage(&data, &opts)
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("damaging {}", input.display()))?;
+            std::fs::write(&output, out)
+                .with_context(|| format!("writing {}", output.display()))?;
+            match labels {
+                Some(path) => {
+                    let json = serde_json::json!({
+                        "input": input,
+                        "output": output,
+                        "seed": seed,
+                        "outcome": outcome,
+                    });
+                    std::fs::write(&path, serde_json::to_string_pretty(&json)?)
+                        .with_context(|| format!("writing {}", path.display()))?;
+                }
+                None => print!("{}", damage::hit_lines(&outcome)),
+            }
+            let at = |t: Option<f64>| t.map_or("-".to_string(), |t| format!("{t:.3} s"));
+            eprintln!(
+                "avmon damage: dropped {}, flipped {} of {} packets; first hit at {}, last at {}",
+                outcome.dropped,
+                outcome.flipped,
+                outcome.packets,
+                at(outcome.first_hit_s),
+                at(outcome.last_hit_s)
             );
             Ok(ExitCode::SUCCESS)
         }

@@ -1,0 +1,492 @@
+//! `video.corruption`: pictures that break into blocks (lost or damaged packets upstream).
+//!
+//! Two kinds of evidence are used together.
+//!
+//! **What the decoder says.** A frame is damaged when the decoder flagged it
+//! ([`VideoFrame::corrupt`], or any bit of [`VideoFrame::decode_errors`]: FFmpeg's error
+//! concealment, undecodable slices, a missing reference, or avmon's
+//! [`CORRUPT_PACKET`](avmon_core::decode_error::CORRUPT_PACKET), a demuxer continuity error carried
+//! to the frame). Damage in a predicted picture propagates to every picture predicted from it, so a
+//! decoder-flagged episode lasts until the next keyframe that decodes cleanly (or `max_hold_s`
+//! without new evidence, for streams without keyframes).
+//!
+//! **What the picture looks like.** Every frame gets a *blockiness* score from its luma, measured
+//! per band of 16 rows (one macroblock row): the mean luma step across the 16-pixel block grid
+//! (vertical edges between macroblocks in the band, and the horizontal edge at the band's top),
+//! divided by the mean step between neighbouring pixels inside blocks (the content's own detail),
+//! each plus a small constant so that flat areas score 1. Concealed or displaced macroblocks leave
+//! steps on the grid that the content does not have, in a band or a few: the frame's *band score*
+//! is the largest band's ratio, so local damage is not averaged away. It is judged against the
+//! stream's own recent baseline, the running median of the band score over the last
+//! `baseline_frames` frames: a frame whose band score exceeds `threshold` × baseline (and the
+//! baseline by at least `min_excess`) is damaged. This finds damaged pictures in a clean bitstream
+//! too (damage decoded and re-encoded upstream, where the decoder sees nothing wrong).
+//!
+//! The whole-picture *blockiness* is the quality figure: the percentage of 8-pixel-grid boundaries
+//! (on the sampled rows) where the luma steps between two flat block interiors (the steps beside
+//! the boundary are ≤ 1 and smaller than the step across it), the mark of blocks whose detail was
+//! quantised away. It depends on the content (flat content scores higher), so compare it within a
+//! stream: a starved encode scores 1.2–4× its pristine source. It is reported per metrics period (`blockiness_mean`, `blockiness_max`) and
+//! for the whole input (`video.blockiness_mean`, `video.blockiness_max` in `avmon check`'s summary).
+//!
+//! An episode starts at the first damaged frame and ends at the first frame after it that is not
+//! damaged (for decoder evidence: the clean keyframe); episodes closer than `hold_s` are one.
+//! Begin details: `evidence` (`"decoder"` or `"picture"`), `decode_errors` (the flags seen),
+//! `score` (band score / baseline). End details add `peak_score` and `frames` (damaged frames).
+//!
+//! The band score is judged on the median of the last 9 frames (content edges that happen to sit
+//! on the grid for a frame or a few do not move it; damage propagates over many frames until the
+//! next keyframe); the onset is the earliest frame of that window already above the threshold.
+//! Once damaged, the picture stays damaged while the median exceeds half the threshold's margin
+//! (hysteresis). A picture whose band score does not change at all over the window (a freeze, a
+//! still) is content, not damage arriving, and is never judged damaged by its picture; repeated
+//! pictures count once in the window.
+//!
+//! **Cost.** Rows are sampled: per band, 2 rows for the horizontal steps and 3 row pairs for the
+//! vertical ones, each a straight pass over the row (`zip` of adjacent samples, vectorised), with
+//! the grid columns summed separately (1/16 of them). About a third of the luma is read once.
+//!
+//! Diagnostics: with `AVMON_CORRUPTION_TRACE` set in the environment, every frame's scores are
+//! printed on stderr (`corruption t=… key=… flags=… global=… band=… base=… score=… pic=…`).
+//!
+//! Settings (`[detectors.corruption]`): `enabled`, `severity` (default `major`), `threshold`
+//! (1.5), `min_excess` (0.3), `baseline_frames` (50), `hold_s` (0.5), `max_hold_s` (10),
+//! `min_duration` (0: one damaged frame counts), `picture` (true: use the picture score for
+//! events; false: decoder evidence only, the score is still measured).
+
+use avmon_core::{kinds, Details, Detector, Findings, Plane, Severity, VideoFrame};
+use serde::{Deserialize, Serialize};
+
+use crate::episode::{put, Episode, TIME_EPS};
+use crate::{check, frame_duration};
+
+/// Settings of the corruption detector.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CorruptionConfig {
+    /// Run this detector.
+    pub enabled: bool,
+    /// Severity of the findings.
+    pub severity: Severity,
+    /// A frame's band score above this multiple of the stream's baseline is damage.
+    pub threshold: f64,
+    /// …and it must exceed the baseline by at least this much (ratio units), so a stream whose
+    /// baseline is very low does not flag small wobbles.
+    pub min_excess: f64,
+    /// Frames in the running median that makes the baseline.
+    pub baseline_frames: usize,
+    /// Damage episodes less than this many seconds apart are one.
+    pub hold_s: f64,
+    /// A decoder-flagged episode with no keyframe ends after this many seconds without new
+    /// evidence.
+    pub max_hold_s: f64,
+    /// Seconds of damage before it is reported (0: a single frame counts).
+    pub min_duration: f64,
+    /// Report damage seen in the picture alone (no decoder evidence).
+    pub picture: bool,
+}
+
+impl Default for CorruptionConfig {
+    fn default() -> Self {
+        CorruptionConfig {
+            enabled: true,
+            severity: Severity::Major,
+            threshold: 1.5,
+            min_excess: 0.3,
+            baseline_frames: 50,
+            hold_s: 0.5,
+            max_hold_s: 10.0,
+            min_duration: 0.0,
+            picture: true,
+        }
+    }
+}
+
+impl CorruptionConfig {
+    /// Push one message per invalid setting, prefixed with `path`.
+    pub fn validate(&self, path: &str, errors: &mut Vec<String>) {
+        check::within(path, "threshold", self.threshold, 1.0, 100.0, errors);
+        check::within(path, "min_excess", self.min_excess, 0.0, 100.0, errors);
+        check::within(
+            path,
+            "baseline_frames",
+            self.baseline_frames as f64,
+            3.0,
+            MAX_BASELINE as f64,
+            errors,
+        );
+        check::within(path, "hold_s", self.hold_s, 0.0, 60.0, errors);
+        check::positive(path, "max_hold_s", self.max_hold_s, errors);
+        check::within(path, "min_duration", self.min_duration, 0.0, 3600.0, errors);
+    }
+}
+
+/// The longest baseline window.
+const MAX_BASELINE: usize = 256;
+/// Frames in the short window whose median band score is judged: one odd frame (content edges
+/// that happen to sit on the block grid) does not move it, damage that lasts a few frames does.
+const SHORT: usize = 9;
+/// Band height: one macroblock row.
+const BAND: usize = 16;
+/// Added to both sides of every step ratio (8-bit luma units): flat areas score 1.
+const FLOOR: f64 = 2.0;
+
+/// Blockiness of one picture.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Blockiness {
+    /// Whole-picture step on the 8-pixel grid over the step inside blocks.
+    pub global: f64,
+    /// The largest band's 16-pixel-grid step over its step inside blocks.
+    pub band: f64,
+}
+
+/// Sum of |a[i+1] − a[i]| over a row, and the same over the pairs straddling the `grid`
+/// boundaries (columns `grid·k − 1 | grid·k`).
+#[inline]
+fn row_steps(row: &[u8], grid: usize) -> (u32, u32) {
+    let all: u32 = row
+        .iter()
+        .zip(&row[1..])
+        .map(|(&a, &b)| u32::from(a.abs_diff(b)))
+        .sum();
+    let mut edge = 0u32;
+    let mut x = grid;
+    while x < row.len() {
+        edge += u32::from(row[x].abs_diff(row[x - 1]));
+        x += grid;
+    }
+    (all, edge)
+}
+
+/// Sum of |a[i] − b[i]| between two rows.
+#[inline]
+fn pair_steps(a: &[u8], b: &[u8]) -> u32 {
+    a.iter()
+        .zip(b)
+        .map(|(&x, &y)| u32::from(x.abs_diff(y)))
+        .sum()
+}
+
+/// Measure a picture (see the module docs for what is sampled).
+pub fn measure(luma: &Plane<'_>) -> Blockiness {
+    let (w, h) = (luma.width, luma.height);
+    if w < 2 * BAND || h < 2 * BAND {
+        return Blockiness {
+            global: 0.0,
+            band: 1.0,
+        };
+    }
+    let edges8 = (w - 1) / 8;
+    let edges16 = (w - 1) / 16;
+    let inner16 = (w - 1 - edges16) as f64;
+    let (mut g_edge, mut g_inner) = (0u64, 0u64);
+    let mut band_max = 0f64;
+    for b in 0..h / BAND {
+        let y0 = b * BAND;
+        // Horizontal steps, two rows per band (neither on a 4-row grid line).
+        let (mut h_edge, mut h_inner, mut h8_edge, mut h8_all) = (0u32, 0u32, 0u32, 0u32);
+        for y in [y0 + 5, y0 + 10] {
+            let row = luma.row(y);
+            let (all, e16) = row_steps(row, 16);
+            h_edge += e16;
+            h_inner += all - e16;
+            h8_edge += flat_steps(row);
+            h8_all += edges8 as u32;
+        }
+        g_edge += u64::from(h8_edge);
+        g_inner += u64::from(h8_all);
+        // Vertical steps: across the band's top edge, and two pairs inside.
+        let (v_edge, v_inner) = if b > 0 {
+            (
+                pair_steps(luma.row(y0 - 1), luma.row(y0)),
+                pair_steps(luma.row(y0 + 1), luma.row(y0 + 2))
+                    + pair_steps(luma.row(y0 + 9), luma.row(y0 + 10)),
+            )
+        } else {
+            (0, 0)
+        };
+        let edge_mean = (f64::from(h_edge) / (2 * edges16) as f64
+            + f64::from(v_edge) / w as f64 * f64::from(u8::from(b > 0)))
+            / (1.0 + f64::from(u8::from(b > 0)));
+        let inner_mean = (f64::from(h_inner) / (2.0 * inner16)
+            + f64::from(v_inner) / (2 * w) as f64 * f64::from(u8::from(b > 0)))
+            / (1.0 + f64::from(u8::from(b > 0)));
+        let ratio = (edge_mean + FLOOR) / (inner_mean + FLOOR);
+        band_max = band_max.max(ratio);
+    }
+    Blockiness {
+        global: 100.0 * g_edge as f64 / g_inner.max(1) as f64,
+        band: band_max,
+    }
+}
+
+/// 8-pixel-grid boundaries of a row where the picture steps between two flat block interiors
+/// (the steps on either side are at most 1 and smaller than the step across the boundary): the
+/// signature of blocks whose detail was quantised away.
+#[inline]
+fn flat_steps(row: &[u8]) -> u32 {
+    let mut n = 0u32;
+    let mut x = 8;
+    while x + 1 < row.len() {
+        let step = row[x].abs_diff(row[x - 1]);
+        let left = row[x - 1].abs_diff(row[x - 2]);
+        let right = row[x + 1].abs_diff(row[x]);
+        let inner = left.max(right);
+        n += u32::from(inner <= 1 && step > inner);
+        x += 8;
+    }
+    n
+}
+
+/// Sums over the current metrics period.
+#[derive(Clone, Copy, Debug, Default)]
+struct Period {
+    frames: u64,
+    sum: f64,
+    max: f64,
+}
+
+/// Sums over the current episode.
+#[derive(Clone, Copy, Debug, Default)]
+struct Run {
+    frames: u64,
+    flags: u32,
+    decoder: bool,
+    peak: f64,
+}
+
+impl Run {
+    fn details(&self, d: &mut Details) {
+        d.insert(
+            "evidence".into(),
+            if self.decoder { "decoder" } else { "picture" }.into(),
+        );
+        d.insert("decode_errors".into(), self.flags.into());
+        put(d, "score", self.peak);
+    }
+
+    fn end_details(&self, d: &mut Details) {
+        self.details(d);
+        put(d, "peak_score", self.peak);
+        d.insert("frames".into(), self.frames.into());
+    }
+}
+
+/// The corruption detector's state.
+pub struct CorruptionDetector {
+    cfg: CorruptionConfig,
+    episode: Episode,
+    run: Run,
+    period: Period,
+    /// Whole input: frames, sum and max of the global blockiness.
+    total: Period,
+    /// Ring of recent band scores, and a scratch copy for the median.
+    history: [f32; MAX_BASELINE],
+    scratch: [f32; MAX_BASELINE],
+    hist_len: usize,
+    hist_pos: usize,
+    /// The last [`SHORT`] frames' (time, band score).
+    recent: [(f64, f32); SHORT],
+    recent_pos: usize,
+    /// Onset of the current picture damage.
+    picture_since: Option<f64>,
+    /// Decoder evidence holds until a clean keyframe; the time of the last evidence.
+    decoder_hold: Option<f64>,
+    /// End of the last damaged frame, while the episode waits out `hold_s`.
+    last_bad_end: Option<f64>,
+    trace: bool,
+}
+
+impl CorruptionDetector {
+    pub fn new(cfg: &CorruptionConfig) -> Self {
+        CorruptionDetector {
+            cfg: cfg.clone(),
+            episode: Episode::new(kinds::VIDEO_CORRUPTION, cfg.severity, cfg.min_duration),
+            run: Run::default(),
+            period: Period::default(),
+            total: Period::default(),
+            history: [0.0; MAX_BASELINE],
+            scratch: [0.0; MAX_BASELINE],
+            hist_len: 0,
+            hist_pos: 0,
+            recent: [(0.0, 0.0); SHORT],
+            recent_pos: 0,
+            picture_since: None,
+            decoder_hold: None,
+            last_bad_end: None,
+            trace: std::env::var_os("AVMON_CORRUPTION_TRACE").is_some(),
+        }
+    }
+
+    fn window(&self) -> usize {
+        self.cfg.baseline_frames.clamp(3, MAX_BASELINE)
+    }
+
+    /// The running median of recent band scores; `None` until the window is half full.
+    fn baseline(&mut self) -> Option<f64> {
+        let n = self.hist_len;
+        if n < self.window() / 2 {
+            return None;
+        }
+        let s = &mut self.scratch[..n];
+        s.copy_from_slice(&self.history[..n]);
+        let (_, m, _) = s.select_nth_unstable_by(n / 2, f32::total_cmp);
+        Some(f64::from(*m))
+    }
+
+    fn remember(&mut self, band: f64) {
+        let w = self.window();
+        self.history[self.hist_pos % w] = band as f32;
+        self.hist_pos = (self.hist_pos + 1) % w;
+        self.hist_len = (self.hist_len + 1).min(w);
+    }
+}
+
+impl Detector for CorruptionDetector {
+    fn kind(&self) -> &'static str {
+        kinds::VIDEO_CORRUPTION
+    }
+
+    fn on_video(&mut self, frame: &VideoFrame<'_>, out: &mut Findings) {
+        let m = measure(&frame.luma);
+        self.period.frames += 1;
+        self.period.sum += m.global;
+        self.period.max = self.period.max.max(m.global);
+        self.total.frames += 1;
+        self.total.sum += m.global;
+        self.total.max = self.total.max.max(m.global);
+
+        let flagged = frame.corrupt || frame.decode_errors != 0;
+        if flagged {
+            self.decoder_hold = Some(frame.t);
+        } else if let Some(since) = self.decoder_hold {
+            if frame.key || frame.t - since >= self.cfg.max_hold_s - TIME_EPS {
+                self.decoder_hold = None;
+            }
+        }
+        // The short window: the last `SHORT` band scores and their times.
+        // A frame that repeats the previous picture (same band score to the bit) adds nothing:
+        // a frozen picture is one observation, not many.
+        let prev = self.recent[(self.recent_pos + SHORT - 1) % SHORT].1;
+        let changed = self.recent_pos == 0 || prev != m.band as f32;
+        if changed {
+            self.recent[self.recent_pos % SHORT] = (frame.t, m.band as f32);
+            self.recent_pos += 1;
+        }
+        let baseline = self.baseline();
+        let n = self.recent_pos.min(SHORT);
+        let mut short = [0f32; SHORT];
+        for (dst, (_, b)) in short.iter_mut().zip(&self.recent[..n]) {
+            *dst = *b;
+        }
+        let short = &mut short[..n];
+        let (lo, hi) = short
+            .iter()
+            .fold((f32::MAX, f32::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+        let (_, med, _) = short.select_nth_unstable_by(n / 2, f32::total_cmp);
+        let short_med = f64::from(*med);
+        // A picture that does not change (a freeze, a still) scores the same every frame: what
+        // it shows is content, not damage arriving. Damage changes the picture as it spreads.
+        let still = f64::from(hi - lo) <= 0.01 * short_med;
+        let score = baseline.map_or(1.0, |b| short_med / b.max(1e-6));
+        let was = self.picture_since.is_some();
+        let limit = if was {
+            1.0 + (self.cfg.threshold - 1.0) / 2.0
+        } else {
+            self.cfg.threshold
+        };
+        let picture = self.cfg.picture
+            && n == SHORT
+            && changed
+            && !still
+            && baseline.is_some_and(|b| score > limit && short_med - b >= self.cfg.min_excess);
+        // Onset of picture damage: the earliest frame of the short window already above the
+        // threshold (the median needs a few damaged frames to move).
+        let mut onset = frame.t;
+        if picture && !was {
+            let b = baseline.unwrap_or(1.0);
+            for (t, band) in &self.recent[..n] {
+                if f64::from(*band) > b * self.cfg.threshold && *t < onset {
+                    onset = *t;
+                }
+            }
+            self.picture_since = Some(onset);
+        } else if !picture {
+            self.picture_since = None;
+        }
+        if self.trace {
+            eprintln!(
+                "corruption t={:.3} key={} flags={} global={:.3} band={:.3} base={:.3} score={:.3} pic={}",
+                frame.t,
+                frame.key,
+                frame.decode_errors,
+                m.global,
+                m.band,
+                baseline.unwrap_or(0.0),
+                score,
+                picture
+            );
+        }
+        // Damaged pictures stay out of the baseline (unless the "damage" lasts so long that it
+        // is the content now); decoder-flagged ones too.
+        let long = self
+            .picture_since
+            .is_some_and(|since| frame.t - since >= self.cfg.max_hold_s);
+        if (!picture || long) && self.decoder_hold.is_none() {
+            self.remember(m.band);
+        }
+
+        let bad = picture || self.decoder_hold.is_some();
+        if bad {
+            if !self.episode.in_run() {
+                self.run = Run::default();
+            }
+            self.run.frames += 1;
+            self.run.flags |= frame.decode_errors;
+            self.run.decoder |= self.decoder_hold.is_some();
+            self.run.peak = self.run.peak.max(score);
+            let end = frame.t + frame_duration(frame);
+            self.last_bad_end = Some(end);
+            let run = self.run;
+            let start = if picture { onset.min(frame.t) } else { frame.t };
+            self.episode.bad(start, end, out, |d| run.details(d));
+        } else if let Some(end) = self.last_bad_end {
+            if frame.t - end >= self.cfg.hold_s - TIME_EPS {
+                self.last_bad_end = None;
+                let run = self.run;
+                self.episode.good(end, out, |d| run.end_details(d));
+            }
+        }
+    }
+
+    fn on_tick(&mut self, _now: f64, out: &mut Findings) {
+        self.episode.flush(out);
+    }
+
+    fn take_metrics(&mut self, put: &mut dyn FnMut(&'static str, f64)) {
+        let p = std::mem::take(&mut self.period);
+        if p.frames > 0 {
+            put("blockiness_mean", p.sum / p.frames as f64);
+            put("blockiness_max", p.max);
+        }
+    }
+
+    fn summarize(&self, put: &mut dyn FnMut(&'static str, f64)) {
+        let t = &self.total;
+        if t.frames > 0 {
+            put("video.blockiness_mean", t.sum / t.frames as f64);
+            put("video.blockiness_max", t.max);
+        }
+    }
+
+    fn reset(&mut self) {
+        // An open episode's End is owed at the end of its last damaged frame (see `episode`).
+        self.last_bad_end = None;
+        self.episode.reset();
+        self.decoder_hold = None;
+        self.picture_since = None;
+        self.recent_pos = 0;
+        self.hist_len = 0;
+        self.hist_pos = 0;
+    }
+}
