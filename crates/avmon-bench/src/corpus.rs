@@ -183,16 +183,16 @@ pub fn items(duration: f64, quick: bool) -> Vec<Item> {
         let mut loud = item(
             c,
             "loud-step",
-            defects(&["gain:+12@10-20"]),
-            labels("audio.loudness", &[(10.0, 20.0)]),
+            defects(&["gain:+12@8-24"]),
+            labels("audio.loudness", &[(8.0, 24.0)]),
         );
         loud.incidental.push("audio.clipping".into());
         out.push(loud);
         out.push(item(
             c,
             "quiet-step",
-            defects(&["gain:-15@10-20"]),
-            labels("audio.loudness", &[(10.0, 20.0)]),
+            defects(&["gain:-15@8-24"]),
+            labels("audio.loudness", &[(8.0, 24.0)]),
         ));
         let mut clip = item(
             c,

@@ -377,8 +377,8 @@ fn report(
             &o.ffmpeg.short_term,
             -23.0,
             LOUDNESS_TOLERANCE_LU,
-            -60.0,
-            3.0,
+            LOUDNESS_GATE_LUFS,
+            LOUDNESS_MIN_S,
         ));
         let truths: Vec<Span> = o
             .truths
@@ -511,8 +511,12 @@ fn report(
 /// `avmon synth` puts a keyframe every 2 s.
 const SYNTH_GOP_S: f64 = 2.0;
 
-/// The loudness detector's default tolerance around the target, for FFmpeg's side.
-const LOUDNESS_TOLERANCE_LU: f64 = 5.0;
+/// The loudness detector's defaults (tolerance around the −23 LUFS target, the level below which
+/// audio is silence rather than too quiet, and the minimum duration), applied to FFmpeg's
+/// short-term loudness.
+const LOUDNESS_TOLERANCE_LU: f64 = 6.0;
+const LOUDNESS_GATE_LUFS: f64 = -55.0;
+const LOUDNESS_MIN_S: f64 = 10.0;
 
 #[cfg(test)]
 mod tests {
