@@ -13,6 +13,7 @@
 //! | `audio.silence` | [`silence`]  | every channel below −60 dBFS RMS, for ≥ 2 s                   |
 //! | `video.loss`    | [`loss`]     | no video frames for > 2 s while the media clock advances      |
 //! | `audio.loss`    | [`loss`]     | no audio buffers for > 2 s while the media clock advances     |
+//! | `audio.loudness` | [`loudness`] | short-term loudness (BS.1770) outside target ± 6 LU for ≥ 10 s; integrated loudness, LRA, true peak |
 //!
 //! # Contract
 //!
@@ -40,6 +41,7 @@ use serde::{Deserialize, Serialize};
 pub mod black;
 pub mod freeze;
 pub mod loss;
+pub mod loudness;
 pub mod silence;
 
 mod episode;
@@ -50,6 +52,7 @@ mod testutil;
 pub use black::{BlackConfig, BlackDetector};
 pub use freeze::{FreezeConfig, FreezeDetector};
 pub use loss::{LossConfig, LossDetector};
+pub use loudness::{LoudnessConfig, LoudnessDetector};
 pub use silence::{SilenceConfig, SilenceDetector};
 
 /// The settings of every detector of a stream (TOML table `[detectors]`, or per stream).
@@ -66,6 +69,8 @@ pub struct DetectorsConfig {
     pub video_loss: LossConfig,
     /// No audio buffers while the stream is up (`audio.loss`).
     pub audio_loss: LossConfig,
+    /// Programme loudness outside its target (`audio.loudness`).
+    pub loudness: LoudnessConfig,
 }
 
 impl DetectorsConfig {
@@ -77,6 +82,7 @@ impl DetectorsConfig {
         self.silence.validate(&join(path, "silence"), errors);
         self.video_loss.validate(&join(path, "video_loss"), errors);
         self.audio_loss.validate(&join(path, "audio_loss"), errors);
+        self.loudness.validate(&join(path, "loudness"), errors);
     }
 }
 
@@ -107,6 +113,9 @@ const REGISTRY: &[(&str, Build)] = &[
     }),
     (kinds::AUDIO_LOSS, |c, m| {
         (m.audio && c.audio_loss.enabled).then(|| Box::new(LossDetector::audio(&c.audio_loss)) as _)
+    }),
+    (kinds::AUDIO_LOUDNESS, |c, m| {
+        (m.audio && c.loudness.enabled).then(|| Box::new(LoudnessDetector::new(&c.loudness)) as _)
     }),
 ];
 
@@ -192,14 +201,18 @@ mod tests {
                 "video.freeze",
                 "video.loss",
                 "audio.silence",
-                "audio.loss"
+                "audio.loss",
+                "audio.loudness",
             ]
         );
         let cfg = DetectorsConfig::default();
         let all: Vec<_> = build(&cfg, true, true).iter().map(|d| d.kind()).collect();
         assert_eq!(all, KINDS);
         let audio_only: Vec<_> = build(&cfg, false, true).iter().map(|d| d.kind()).collect();
-        assert_eq!(audio_only, ["audio.silence", "audio.loss"]);
+        assert_eq!(
+            audio_only,
+            ["audio.silence", "audio.loss", "audio.loudness"]
+        );
         let video_only: Vec<_> = build(&cfg, true, false).iter().map(|d| d.kind()).collect();
         assert_eq!(video_only, ["video.black", "video.freeze", "video.loss"]);
 
@@ -207,7 +220,15 @@ mod tests {
         cfg.freeze.enabled = false;
         cfg.audio_loss.enabled = false;
         let some: Vec<_> = build(&cfg, true, true).iter().map(|d| d.kind()).collect();
-        assert_eq!(some, ["video.black", "video.loss", "audio.silence"]);
+        assert_eq!(
+            some,
+            [
+                "video.black",
+                "video.loss",
+                "audio.silence",
+                "audio.loudness"
+            ]
+        );
     }
 
     #[test]
