@@ -193,22 +193,7 @@ type Side = i8;
 /// The BS.1770 role of each channel of a buffer.
 fn channel_map(layout: u64, channels: usize, dual_mono: bool, map: &mut [Channel]) {
     use speaker::*;
-    let layout = if speaker::of_channels(layout, channels).is_some() {
-        layout
-    } else {
-        // FFmpeg's default layout for the channel count (av_channel_layout_default).
-        match channels {
-            1 => MONO,
-            2 => STEREO,
-            3 => STEREO | LOW_FREQUENCY,
-            4 => STEREO | FRONT_CENTER | BACK_CENTER,
-            5 => STEREO | FRONT_CENTER | BACK_LEFT | BACK_RIGHT,
-            6 => SURROUND_5_1,
-            7 => STEREO | FRONT_CENTER | LOW_FREQUENCY | BACK_CENTER | SIDE_LEFT | SIDE_RIGHT,
-            8 => SURROUND_5_1 | SIDE_LEFT | SIDE_RIGHT,
-            _ => 0,
-        }
-    };
+    let layout = crate::layout_or_default(layout, channels);
     map.fill(Channel::Center);
     if channels == 1 {
         map[0] = if dual_mono {
