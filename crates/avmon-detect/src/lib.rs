@@ -14,6 +14,10 @@
 //! | `video.loss`    | [`loss`]     | no video frames for > 2 s while the media clock advances      |
 //! | `audio.loss`    | [`loss`]     | no audio buffers for > 2 s while the media clock advances     |
 //! | `av.sync`       | [`avsync`]   | flash/beep offset outside −45…+125 ms (2 pairs), or the A/V clocks diverge > 150 ms for ≥ 2 s |
+//! | `audio.clipping` | [`clipping`] | ≥ 2 runs of ≥ 3 full-scale samples per 250 ms, for ≥ 0.5 s |
+//! | `audio.channel_silence` | [`channel_silence`] | a channel below −60 dBFS while another is above −45 dBFS (LFE ignored), for ≥ 2 s |
+//! | `audio.dropout` | [`dropout`] | a timestamp gap (10 ms–2 s), a run of digital zeros (10–500 ms) in sound, or a click |
+//! | `audio.loudness` | [`loudness`] | short-term loudness (BS.1770) outside target ± 6 LU for ≥ 10 s; integrated loudness, LRA, true peak |
 //!
 //! # Contract
 //!
@@ -40,9 +44,13 @@ use serde::{Deserialize, Serialize};
 
 pub mod avsync;
 pub mod black;
+pub mod channel_silence;
+pub mod clipping;
 pub mod corruption;
+pub mod dropout;
 pub mod freeze;
 pub mod loss;
+pub mod loudness;
 pub mod silence;
 
 mod episode;
@@ -52,9 +60,13 @@ mod testutil;
 
 pub use avsync::{AvSyncConfig, AvSyncDetector};
 pub use black::{BlackConfig, BlackDetector};
+pub use channel_silence::{ChannelSilenceConfig, ChannelSilenceDetector};
+pub use clipping::{ClippingConfig, ClippingDetector};
 pub use corruption::{CorruptionConfig, CorruptionDetector};
+pub use dropout::{DropoutConfig, DropoutDetector};
 pub use freeze::{FreezeConfig, FreezeDetector};
 pub use loss::{LossConfig, LossDetector};
+pub use loudness::{LoudnessConfig, LoudnessDetector};
 pub use silence::{SilenceConfig, SilenceDetector};
 
 /// The settings of every detector of a stream (TOML table `[detectors]`, or per stream).
@@ -75,6 +87,14 @@ pub struct DetectorsConfig {
     pub av_sync: AvSyncConfig,
     /// Damaged, blocky pictures (`video.corruption`).
     pub corruption: CorruptionConfig,
+    /// Programme loudness outside its target (`audio.loudness`).
+    pub loudness: LoudnessConfig,
+    /// Audio hitting full scale (`audio.clipping`).
+    pub clipping: ClippingConfig,
+    /// Some channels silent while others carry sound (`audio.channel_silence`).
+    pub channel_silence: ChannelSilenceConfig,
+    /// Short gaps, zero runs and clicks in the audio (`audio.dropout`).
+    pub dropout: DropoutConfig,
 }
 
 impl DetectorsConfig {
@@ -88,6 +108,11 @@ impl DetectorsConfig {
         self.audio_loss.validate(&join(path, "audio_loss"), errors);
         self.av_sync.validate(&join(path, "av_sync"), errors);
         self.corruption.validate(&join(path, "corruption"), errors);
+        self.loudness.validate(&join(path, "loudness"), errors);
+        self.clipping.validate(&join(path, "clipping"), errors);
+        self.channel_silence
+            .validate(&join(path, "channel_silence"), errors);
+        self.dropout.validate(&join(path, "dropout"), errors);
     }
 }
 
@@ -122,6 +147,19 @@ const REGISTRY: &[(&str, Build)] = &[
     }),
     (kinds::AUDIO_LOSS, |c, m| {
         (m.audio && c.audio_loss.enabled).then(|| Box::new(LossDetector::audio(&c.audio_loss)) as _)
+    }),
+    (kinds::AUDIO_LOUDNESS, |c, m| {
+        (m.audio && c.loudness.enabled).then(|| Box::new(LoudnessDetector::new(&c.loudness)) as _)
+    }),
+    (kinds::AUDIO_CLIPPING, |c, m| {
+        (m.audio && c.clipping.enabled).then(|| Box::new(ClippingDetector::new(&c.clipping)) as _)
+    }),
+    (kinds::AUDIO_CHANNEL_SILENCE, |c, m| {
+        (m.audio && c.channel_silence.enabled)
+            .then(|| Box::new(ChannelSilenceDetector::new(&c.channel_silence)) as _)
+    }),
+    (kinds::AUDIO_DROPOUT, |c, m| {
+        (m.audio && c.dropout.enabled).then(|| Box::new(DropoutDetector::new(&c.dropout)) as _)
     }),
     (kinds::AV_SYNC, |c, m| {
         (m.video && m.audio && c.av_sync.enabled)
@@ -163,6 +201,47 @@ pub(crate) fn frame_duration(frame: &VideoFrame<'_>) -> f64 {
         frame.duration
     } else {
         0.0
+    }
+}
+
+/// The buffer's speaker layout when it names every channel, else FFmpeg's default layout for the
+/// channel count (`av_channel_layout_default`: 1 mono, 2 stereo, 3 2.1, 4 4.0, 5 5.0, 6 5.1 =
+/// FL FR FC LFE BL BR, 7 6.1, 8 7.1); 0 beyond 8 channels.
+pub(crate) fn layout_or_default(layout: u64, channels: usize) -> u64 {
+    use avmon_core::speaker::*;
+    if of_channels(layout, channels).is_some() {
+        return layout;
+    }
+    match channels {
+        1 => MONO,
+        2 => STEREO,
+        3 => STEREO | LOW_FREQUENCY,
+        4 => STEREO | FRONT_CENTER | BACK_CENTER,
+        5 => STEREO | FRONT_CENTER | BACK_LEFT | BACK_RIGHT,
+        6 => SURROUND_5_1,
+        7 => STEREO | FRONT_CENTER | LOW_FREQUENCY | BACK_CENTER | SIDE_LEFT | SIDE_RIGHT,
+        8 => SURROUND_5_1 | SIDE_LEFT | SIDE_RIGHT,
+        _ => 0,
+    }
+}
+
+/// The short name of a speaker bit (`FL`, `LFE`, …), as FFmpeg names it.
+pub(crate) fn speaker_name(bit: u64) -> &'static str {
+    use avmon_core::speaker::*;
+    match bit {
+        FRONT_LEFT => "FL",
+        FRONT_RIGHT => "FR",
+        FRONT_CENTER => "FC",
+        LOW_FREQUENCY => "LFE",
+        BACK_LEFT => "BL",
+        BACK_RIGHT => "BR",
+        FRONT_LEFT_OF_CENTER => "FLC",
+        FRONT_RIGHT_OF_CENTER => "FRC",
+        BACK_CENTER => "BC",
+        SIDE_LEFT => "SL",
+        SIDE_RIGHT => "SR",
+        LOW_FREQUENCY_2 => "LFE2",
+        _ => "other",
     }
 }
 
@@ -213,14 +292,18 @@ mod tests {
                 "video.corruption",
                 "audio.silence",
                 "audio.loss",
-                "av.sync"
+                "audio.loudness",
+                "audio.clipping",
+                "audio.channel_silence",
+                "audio.dropout",
+                "av.sync",
             ]
         );
         let cfg = DetectorsConfig::default();
         let all: Vec<_> = build(&cfg, true, true).iter().map(|d| d.kind()).collect();
         assert_eq!(all, KINDS);
         let audio_only: Vec<_> = build(&cfg, false, true).iter().map(|d| d.kind()).collect();
-        assert_eq!(audio_only, ["audio.silence", "audio.loss"]);
+        assert_eq!(audio_only, KINDS[4..KINDS.len() - 1]);
         let video_only: Vec<_> = build(&cfg, true, false).iter().map(|d| d.kind()).collect();
         assert_eq!(
             video_only,
@@ -243,6 +326,10 @@ mod tests {
                 "video.loss",
                 "video.corruption",
                 "audio.silence",
+                "audio.loudness",
+                "audio.clipping",
+                "audio.channel_silence",
+                "audio.dropout",
                 "av.sync"
             ]
         );

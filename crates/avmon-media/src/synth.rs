@@ -2,7 +2,9 @@
 //! given media times, written to a file or sent to `udp://` in real time.
 //!
 //! The picture and sound depend on the [`Content`] (`--content`):
-//! - `pan` (default): a panning checker-and-ramp texture and a bouncing box; a tone per channel.
+//! - `pan` (default): a panning checker-and-ramp texture and a bouncing box; a tone per channel
+//!   (880 Hz, 1320 Hz, …) at a level that makes the programme about −23 LUFS (EBU R128's target)
+//!   whatever the channel count.
 //! - `sync`: a broadcast-style A/V sync test ("flash and beep"): a dark grey picture with a small
 //!   bouncing box, and once per second (from 1 s on) one full-frame white flash frame; the sound is
 //!   silent except for a 1 kHz beep (amplitude 0.5, starting at phase 0) one frame long, starting at
@@ -16,12 +18,18 @@
 //! *content* by that many milliseconds (negative: audio early), as a lip-sync fault does, while the
 //! timestamps of both streams stay consistent.
 //!
-//! Defects:
+//! Defects (`KIND[:PARAM]@START-END`):
 //! - `black`: a black picture;
 //! - `freeze`: the picture at the defect's start repeats (the encoder still refines it, as a real
 //!   encoder does, so frozen frames are not bit-identical after decoding);
 //! - `silence`: digital silence on every channel;
-//! - `dropout`: nothing at all is sent (to a file: a gap in the timestamps of every stream).
+//! - `dropout`: nothing at all is sent (to a file: a gap in the timestamps of every stream);
+//! - `gain:DB`: the sound `DB` dB louder (negative: quieter; default +12), a loudness step;
+//! - `clip:DB`: the tone driven `DB` dB (default +30) into hard clipping at full scale;
+//! - `deadch:N`: channel `N` (0-based, default 1) digitally silent, the others unchanged;
+//! - `gap`: every channel digitally silent (meant for short gaps, e.g. `gap@10-10.1`);
+//! - `click:AMP`: a rectangular pulse of `AMP` (default 0.5) added to every channel over the range,
+//!   a discontinuity at each end (e.g. `click@10-10.005`).
 
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -40,6 +48,29 @@ pub enum DefectKind {
     Freeze,
     Silence,
     Dropout,
+    /// The sound louder by `param` dB.
+    Gain,
+    /// The tone driven `param` dB into hard clipping.
+    Clip,
+    /// Channel `param` silent.
+    DeadChannel,
+    /// Every channel silent (a short gap).
+    Gap,
+    /// A pulse of `param` added to every channel.
+    Click,
+}
+
+impl DefectKind {
+    /// The parameter when none is given, or `None` for kinds that take none.
+    fn default_param(self) -> Option<f64> {
+        match self {
+            DefectKind::Gain => Some(12.0),
+            DefectKind::Clip => Some(30.0),
+            DefectKind::DeadChannel => Some(1.0),
+            DefectKind::Click => Some(0.5),
+            _ => None,
+        }
+    }
 }
 
 impl FromStr for DefectKind {
@@ -50,8 +81,14 @@ impl FromStr for DefectKind {
             "freeze" => Ok(DefectKind::Freeze),
             "silence" => Ok(DefectKind::Silence),
             "dropout" => Ok(DefectKind::Dropout),
+            "gain" => Ok(DefectKind::Gain),
+            "clip" => Ok(DefectKind::Clip),
+            "deadch" => Ok(DefectKind::DeadChannel),
+            "gap" => Ok(DefectKind::Gap),
+            "click" => Ok(DefectKind::Click),
             other => Err(format!(
-                "unknown defect {other:?} (expected black, freeze, silence or dropout)"
+                "unknown defect {other:?} (expected black, freeze, silence, dropout, gain, clip, \
+                 deadch, gap or click)"
             )),
         }
     }
@@ -63,13 +100,17 @@ pub struct Defect {
     pub kind: DefectKind,
     pub start: f64,
     pub end: f64,
+    /// The kind's parameter (`gain:+12` → 12.0); 0 for kinds without one.
+    pub param: f64,
 }
 
 impl FromStr for Defect {
     type Err = String;
-    /// `KIND@START-END`, e.g. `freeze@8-12` or `black@3.5-6`.
+    /// `KIND[:PARAM]@START-END`, e.g. `freeze@8-12`, `black@3.5-6` or `gain:-10@5-15`.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = || format!("bad defect {s:?}: expected KIND@START-END, e.g. freeze@8-12");
+        let err = || {
+            format!("bad defect {s:?}: expected KIND[:PARAM]@START-END, e.g. freeze@8-12 or gain:+12@10-20")
+        };
         let (kind, range) = s.split_once('@').ok_or_else(err)?;
         let (a, b) = range.split_once('-').ok_or_else(err)?;
         let start: f64 = a.trim().parse().map_err(|_| err())?;
@@ -77,10 +118,38 @@ impl FromStr for Defect {
         if !(start >= 0.0 && end > start && end.is_finite()) {
             return Err(format!("bad defect {s:?}: need 0 <= START < END"));
         }
+        let (kind, param) = match kind.split_once(':') {
+            Some((k, p)) => (k, Some(p)),
+            None => (kind, None),
+        };
+        let kind: DefectKind = kind.trim().parse()?;
+        let param = match (kind.default_param(), param) {
+            (None, Some(_)) => return Err(format!("bad defect {s:?}: {kind:?} takes no :PARAM")),
+            (None, None) => 0.0,
+            (Some(d), None) => d,
+            (Some(_), Some(p)) => {
+                let p = p.trim();
+                let v: f64 = p
+                    .strip_prefix('+')
+                    .unwrap_or(p)
+                    .parse()
+                    .map_err(|_| err())?;
+                if !v.is_finite() {
+                    return Err(err());
+                }
+                v
+            }
+        };
+        if kind == DefectKind::DeadChannel && !(param >= 0.0 && param.fract() == 0.0) {
+            return Err(format!(
+                "bad defect {s:?}: deadch:N needs a channel index N >= 0"
+            ));
+        }
         Ok(Defect {
-            kind: kind.trim().parse()?,
+            kind,
             start,
             end,
+            param,
         })
     }
 }
@@ -125,6 +194,19 @@ impl FromStr for Content {
 
 /// Largest `av_offset_ms` magnitude accepted.
 pub const MAX_AV_OFFSET_MS: f64 = 10_000.0;
+
+/// Summed BS.1770 channel weights of FFmpeg's default layout for `channels` (LFE 0, surrounds
+/// 1.41), so the synthetic programme lands near −23 LUFS whatever the channel count.
+fn loudness_weight(channels: u32) -> f64 {
+    match channels {
+        0 | 1 => 1.0,
+        2 | 3 => 2.0,              // stereo, 2.1
+        4 => 4.0,                  // 4.0: FL FR FC BC
+        5 | 6 => 3.0 + 2.0 * 1.41, // 5.0, 5.1: FL FR FC (LFE) BL BR
+        7 => 4.0 + 2.0 * 1.41,     // 6.1: FL FR FC LFE BC SL SR
+        n => f64::from(n - 6) + 3.0 + 2.0 * 1.41,
+    }
+}
 
 /// What to generate.
 #[derive(Clone, Debug)]
@@ -171,13 +253,18 @@ impl Default for SynthSpec {
 impl SynthSpec {
     /// The defect of `kind` active at media time `t`, if any.
     fn active(&self, kind: DefectKind, t: f64) -> Option<&Defect> {
+        self.defects_at(kind, t).next()
+    }
+
+    /// Every defect of `kind` active at media time `t`.
+    fn defects_at(&self, kind: DefectKind, t: f64) -> impl Iterator<Item = &Defect> {
         let t = match self.repeat_every {
             Some(p) if p > 0.0 => t % p,
             _ => t,
         };
         self.defects
             .iter()
-            .find(|d| d.kind == kind && t >= d.start && t < d.end)
+            .filter(move |d| d.kind == kind && t >= d.start && t < d.end)
     }
 
     /// Whether frame `i` of the `sync` content is a flash frame: once per second from 1 s on.
@@ -186,8 +273,9 @@ impl SynthSpec {
         i >= fps && i.checked_rem(fps) == Some(0)
     }
 
-    /// The audio content of channel `c` at stream time `n` seconds (before defects).
-    fn audio_sample(&self, c: usize, n: f64) -> f32 {
+    /// The audio content of channel `c` at stream time `n` seconds (before defects); tones have
+    /// peak amplitude `level`.
+    fn content_sample(&self, c: usize, n: f64, level: f64) -> f64 {
         // The content heard at `n` is what the video showed `av_offset_ms` earlier.
         let at = n - self.av_offset_ms / 1000.0;
         match self.content {
@@ -196,14 +284,14 @@ impl SynthSpec {
                 let k = at.floor();
                 let since = at - k;
                 if k >= 1.0 && since < 1.0 / f64::from(self.fps) {
-                    (0.5 * (2.0 * std::f64::consts::PI * 1000.0 * since).sin()) as f32
+                    0.5 * (2.0 * std::f64::consts::PI * 1000.0 * since).sin()
                 } else {
                     0.0
                 }
             }
             _ => {
                 let hz = 440.0 * (c + 2) as f64;
-                (0.25 * (2.0 * std::f64::consts::PI * hz * at).sin()) as f32
+                level * (2.0 * std::f64::consts::PI * hz * at).sin()
             }
         }
     }
@@ -413,6 +501,19 @@ pub fn generate(
             "synth: width and height must be even and at least 16".into(),
         ));
     }
+    if spec.channels == 0 || spec.channels > 8 {
+        return Err(MediaError::Other("synth: channels must be 1..=8".into()));
+    }
+    if let Some(d) = spec
+        .defects
+        .iter()
+        .find(|d| d.kind == DefectKind::DeadChannel && d.param >= f64::from(spec.channels))
+    {
+        return Err(MediaError::Other(format!(
+            "synth: deadch:{} names a channel beyond the {} generated",
+            d.param, spec.channels
+        )));
+    }
     if spec.fps == 0 || spec.fps > 120 {
         return Err(MediaError::Other("synth: fps must be 1..=120".into()));
     }
@@ -516,6 +617,9 @@ pub fn generate(
     let total_frames = spec.duration.map(|d| (d * spec.fps as f64).round() as u64);
     let mut audio_pos: u64 = 0; // samples generated so far
     let mut frozen_at: Option<f64> = None;
+    // Peak amplitude of each channel's tone: a sine of peak A has mean square A²/2, and
+    // −23 LUFS = −0.691 + 10·log10(Σ weight·A²/2).
+    let level = (2.0 * 10f64.powf((-23.0 + 0.691) / 10.0) / loudness_weight(spec.channels)).sqrt();
 
     let mut i: u64 = 0;
     loop {
@@ -564,12 +668,11 @@ pub fn generate(
             let at = audio_pos as f64 / spec.sample_rate as f64;
             let skip = spec.active(DefectKind::Dropout, at).is_some();
             if !skip {
-                let silent = spec.active(DefectKind::Silence, at).is_some();
                 for c in 0..spec.channels as usize {
                     let plane = aframe.plane_mut::<f32>(c);
                     for (k, s) in plane.iter_mut().enumerate() {
                         let n = (audio_pos + k as u64) as f64 / spec.sample_rate as f64;
-                        *s = if silent { 0.0 } else { spec.audio_sample(c, n) };
+                        *s = audio_sample(spec, c, n, spec.content_sample(c, n, level));
                     }
                 }
                 aframe.set_pts(Some(audio_pos as i64));
@@ -612,6 +715,31 @@ pub fn generate(
     Ok(stats)
 }
 
+/// Sample of channel `c` at media time `t`, whose clean value is `clean`, with the audio defects
+/// active at `t` applied.
+fn audio_sample(spec: &SynthSpec, c: usize, t: f64, clean: f64) -> f32 {
+    let mut x = clean;
+    if spec.active(DefectKind::Silence, t).is_some() || spec.active(DefectKind::Gap, t).is_some() {
+        return 0.0;
+    }
+    if spec
+        .defects_at(DefectKind::DeadChannel, t)
+        .any(|d| d.param as usize == c)
+    {
+        return 0.0;
+    }
+    if let Some(d) = spec.active(DefectKind::Gain, t) {
+        x *= 10f64.powf(d.param / 20.0);
+    }
+    if let Some(d) = spec.active(DefectKind::Clip, t) {
+        x = (x * 10f64.powf(d.param / 20.0)).clamp(-1.0, 1.0);
+    }
+    if let Some(d) = spec.active(DefectKind::Click, t) {
+        x += d.param;
+    }
+    x as f32
+}
+
 fn write_packets(
     enc: &mut ff::encoder::Encoder,
     packet: &mut ff::Packet,
@@ -643,9 +771,24 @@ mod tests {
             Defect {
                 kind: DefectKind::Freeze,
                 start: 8.0,
-                end: 12.0
+                end: 12.0,
+                param: 0.0,
             }
         );
+        let d: Defect = "gain:+6.5@10-20".parse().unwrap();
+        assert_eq!((d.kind, d.param, d.start), (DefectKind::Gain, 6.5, 10.0));
+        let d: Defect = "gain:-10@1-2".parse().unwrap();
+        assert_eq!(d.param, -10.0);
+        assert_eq!("gain@1-2".parse::<Defect>().unwrap().param, 12.0);
+        assert_eq!("deadch:0@1-2".parse::<Defect>().unwrap().param, 0.0);
+        assert_eq!(
+            "click@1-1.005".parse::<Defect>().unwrap().kind,
+            DefectKind::Click
+        );
+        assert!("deadch:1.5@1-2".parse::<Defect>().is_err());
+        assert!("deadch:-1@1-2".parse::<Defect>().is_err());
+        assert!("gain:loud@1-2".parse::<Defect>().is_err());
+        assert!("black:3@1-2".parse::<Defect>().is_err());
         assert!("freeze@12-8".parse::<Defect>().is_err());
         assert!("smoke@1-2".parse::<Defect>().is_err());
         assert!("black".parse::<Defect>().is_err());

@@ -108,8 +108,11 @@ enum Command {
         av_offset: f64,
         #[arg(long, default_value_t = 2)]
         channels: u32,
-        /// A defect KIND@START-END (kinds: black, freeze, silence, dropout); repeatable.
-        #[arg(long = "defect", value_name = "KIND@START-END")]
+        /// A defect KIND[:PARAM]@START-END; repeatable. Kinds: black, freeze, silence, dropout,
+        /// gain:DB (loudness step, default +12), clip:DB (drive into clipping, default +30),
+        /// deadch:N (channel N silent, default 1), gap (all channels silent, short), click:AMP
+        /// (pulse, default 0.5).
+        #[arg(long = "defect", value_name = "KIND[:PARAM]@START-END")]
         defects: Vec<String>,
         /// Repeat the defect schedule every this many seconds.
         #[arg(long)]

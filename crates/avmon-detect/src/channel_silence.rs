@@ -1,0 +1,396 @@
+//! `audio.channel_silence`: some channels are silent while the others carry sound.
+//!
+//! Audio is measured per channel over consecutive windows of `window_ms` (100 ms by default) that
+//! run across buffer boundaries. A window is affected when at least one channel's RMS is below
+//! `silence_db` (−60 dBFS) while at least one other channel is above `active_db` (−45 dBFS): a
+//! dead channel of a stereo pair, a missing centre in 5.1. When every channel is silent that is
+//! `audio.silence`, not this; a mono input never reports this.
+//!
+//! LFE channels (by the buffer's layout, or FFmpeg's default layout for the channel count when the
+//! layout is unknown: channel 3 of 6) are ignored by default, since LFE is often legitimately
+//! empty; `include_lfe = true` checks them too.
+//!
+//! The onset is the start of the first affected window; the defect is reported once affected
+//! windows cover `min_duration` (2 s), and ends at the first window where no channel is silent
+//! (or where none is active any more). Times are exact to a window.
+//!
+//! Details: `channels` (indices of the silent channels, when the defect was confirmed),
+//! `speakers` (their names, e.g. `["FR"]`, when the layout is known), `level_db` (RMS of the
+//! loudest silent channel, dBFS, floor −120) and `others_db` (RMS of the loudest channel);
+//! `duration_s` on `End`.
+
+use avmon_core::{kinds, speaker, AudioBuffer, Detector, Findings, Severity, MAX_AUDIO_CHANNELS};
+use serde::{Deserialize, Serialize};
+
+use crate::check;
+use crate::episode::{put, Episode};
+use crate::silence::FLOOR_DB;
+
+/// Settings of the channel silence detector.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ChannelSilenceConfig {
+    /// Run this detector.
+    pub enabled: bool,
+    /// Severity of the findings (and so of the alerts).
+    pub severity: Severity,
+    /// A channel is silent below this RMS level, in dBFS.
+    pub silence_db: f64,
+    /// Another channel must be above this RMS level, in dBFS (above `silence_db`).
+    pub active_db: f64,
+    /// Length of the measuring windows, in milliseconds (10 to 1000).
+    pub window_ms: f64,
+    /// Seconds of continuous channel silence before it is reported.
+    pub min_duration: f64,
+    /// Check LFE channels too (they are often empty).
+    pub include_lfe: bool,
+}
+
+impl Default for ChannelSilenceConfig {
+    fn default() -> Self {
+        ChannelSilenceConfig {
+            enabled: true,
+            severity: Severity::Major,
+            silence_db: -60.0,
+            active_db: -45.0,
+            window_ms: 100.0,
+            min_duration: 2.0,
+            include_lfe: false,
+        }
+    }
+}
+
+impl ChannelSilenceConfig {
+    /// Push one message per invalid setting, prefixed with `path`.
+    pub fn validate(&self, path: &str, errors: &mut Vec<String>) {
+        check::within(path, "silence_db", self.silence_db, FLOOR_DB, 0.0, errors);
+        check::within(path, "active_db", self.active_db, FLOOR_DB, 0.0, errors);
+        if self.active_db <= self.silence_db {
+            errors.push(format!(
+                "{path}.active_db: must be above silence_db = {} (got {})",
+                self.silence_db, self.active_db
+            ));
+        }
+        check::within(path, "window_ms", self.window_ms, 10.0, 1000.0, errors);
+        check::positive(path, "min_duration", self.min_duration, errors);
+    }
+}
+
+fn power_db(mean_square: f64) -> f64 {
+    if mean_square > 0.0 {
+        (10.0 * mean_square.log10()).max(FLOOR_DB)
+    } else {
+        FLOOR_DB
+    }
+}
+
+/// The channel silence detector's state.
+pub struct ChannelSilenceDetector {
+    window_ms: f64,
+    silence_power: f64,
+    active_power: f64,
+    include_lfe: bool,
+    episode: Episode,
+    sample_rate: u32,
+    channels: usize,
+    layout: u64,
+    /// Speaker of each channel (0 when unknown), and whether it is checked.
+    speakers: [u64; MAX_AUDIO_CHANNELS],
+    checked: [bool; MAX_AUDIO_CHANNELS],
+    window_len: usize,
+    filled: usize,
+    window_t: f64,
+    sum_sq: [f64; MAX_AUDIO_CHANNELS],
+    expected_t: f64,
+}
+
+impl ChannelSilenceDetector {
+    pub fn new(cfg: &ChannelSilenceConfig) -> Self {
+        ChannelSilenceDetector {
+            window_ms: cfg.window_ms,
+            silence_power: 10f64.powf(cfg.silence_db / 10.0),
+            active_power: 10f64.powf(cfg.active_db / 10.0),
+            include_lfe: cfg.include_lfe,
+            episode: Episode::new(kinds::AUDIO_CHANNEL_SILENCE, cfg.severity, cfg.min_duration),
+            sample_rate: 0,
+            channels: 0,
+            layout: 0,
+            speakers: [0; MAX_AUDIO_CHANNELS],
+            checked: [true; MAX_AUDIO_CHANNELS],
+            window_len: 1,
+            filled: 0,
+            window_t: 0.0,
+            sum_sq: [0.0; MAX_AUDIO_CHANNELS],
+            expected_t: f64::NAN,
+        }
+    }
+
+    fn restart_window(&mut self) {
+        self.filled = 0;
+        self.sum_sq = [0.0; MAX_AUDIO_CHANNELS];
+    }
+
+    fn set_format(&mut self, rate: u32, channels: usize, layout: u64) {
+        self.sample_rate = rate;
+        self.channels = channels;
+        self.layout = layout;
+        self.window_len = ((f64::from(rate) * self.window_ms / 1000.0).round() as usize).max(1);
+        self.speakers = [0; MAX_AUDIO_CHANNELS];
+        self.checked = [true; MAX_AUDIO_CHANNELS];
+        let full = crate::layout_or_default(layout, channels);
+        if let Some(bits) = speaker::of_channels(full, channels) {
+            for (c, bit) in bits.enumerate() {
+                self.speakers[c] = bit;
+                let lfe = bit == speaker::LOW_FREQUENCY || bit == speaker::LOW_FREQUENCY_2;
+                self.checked[c] = self.include_lfe || !lfe;
+            }
+        }
+        self.restart_window();
+    }
+
+    fn finish_window(&mut self, out: &mut Findings) {
+        let n = self.filled as f64;
+        let start = self.window_t;
+        let end = start + n / f64::from(self.sample_rate);
+        let ch = self.channels;
+        let mut loudest = 0.0f64;
+        let mut silent_loudest = 0.0f64;
+        let mut silent = 0u32;
+        for c in (0..ch).filter(|&c| self.checked[c]) {
+            let p = self.sum_sq[c] / n;
+            loudest = loudest.max(p);
+            if p < self.silence_power {
+                silent |= 1 << c;
+                silent_loudest = silent_loudest.max(p);
+            }
+        }
+        self.restart_window();
+        if silent != 0 && loudest > self.active_power {
+            let speakers = self.speakers;
+            let known = speaker::of_channels(self.layout, ch).is_some();
+            self.episode.bad(start, end, out, |d| {
+                let idx: Vec<serde_json::Value> = (0..ch)
+                    .filter(|c| silent & (1 << c) != 0)
+                    .map(|c| c.into())
+                    .collect();
+                if known {
+                    let names: Vec<serde_json::Value> = (0..ch)
+                        .filter(|c| silent & (1 << c) != 0)
+                        .map(|c| crate::speaker_name(speakers[c]).into())
+                        .collect();
+                    d.insert("speakers".into(), names.into());
+                }
+                d.insert("channels".into(), idx.into());
+                put(d, "level_db", power_db(silent_loudest));
+                put(d, "others_db", power_db(loudest));
+            });
+        } else {
+            self.episode.good(start, out, |_| {});
+        }
+    }
+}
+
+impl Detector for ChannelSilenceDetector {
+    fn kind(&self) -> &'static str {
+        kinds::AUDIO_CHANNEL_SILENCE
+    }
+
+    fn on_audio(&mut self, buf: &AudioBuffer<'_>, out: &mut Findings) {
+        self.episode.flush(out);
+        let channels = buf.channels().min(MAX_AUDIO_CHANNELS);
+        if buf.sample_rate == 0 || channels == 0 {
+            return;
+        }
+        let rate = f64::from(buf.sample_rate);
+        if buf.sample_rate != self.sample_rate
+            || channels != self.channels
+            || buf.layout != self.layout
+        {
+            self.set_format(buf.sample_rate, channels, buf.layout);
+        } else if (buf.t - self.expected_t).abs() > self.window_len as f64 / rate {
+            self.restart_window();
+        }
+        if channels < 2 {
+            return;
+        }
+        let planes = &buf.planes[..channels];
+        let samples = planes.iter().map(|p| p.len()).min().unwrap_or(0);
+        self.expected_t = buf.t + samples as f64 / rate;
+
+        let mut pos = 0;
+        while pos < samples {
+            if self.filled == 0 {
+                self.window_t = buf.t + pos as f64 / rate;
+            }
+            let take = (self.window_len - self.filled).min(samples - pos);
+            for (plane, sum) in planes.iter().zip(&mut self.sum_sq) {
+                let sq = plane[pos..pos + take]
+                    .iter()
+                    .fold(0.0f32, |s, &x| s + x * x);
+                *sum += f64::from(sq);
+            }
+            self.filled += take;
+            pos += take;
+            if self.filled == self.window_len {
+                self.finish_window(out);
+            }
+        }
+    }
+
+    fn on_tick(&mut self, _now: f64, out: &mut Findings) {
+        self.episode.flush(out);
+    }
+
+    fn reset(&mut self) {
+        self.restart_window();
+        self.sample_rate = 0;
+        self.episode.reset();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::*;
+    use avmon_core::FindingEdge::{Begin, End};
+
+    const SR: u32 = 48_000;
+
+    fn secs(s: f64) -> usize {
+        (s * f64::from(SR)).round() as usize
+    }
+
+    fn tone(n: usize, amp: f32) -> Vec<f32> {
+        (0..n)
+            .map(|i| amp * (i as f32 * 440.0 * std::f32::consts::TAU / SR as f32).sin())
+            .collect()
+    }
+
+    /// Feed with a layout (testutil's `run_audio` has none).
+    fn run(d: &mut ChannelSilenceDetector, chans: &[Vec<f32>], layout: u64) -> Vec<Seen> {
+        let (mut seen, mut out, mut pos, mut n) = (Vec::new(), Vec::new(), 0, 0);
+        while pos < chans[0].len() {
+            let len = 1024.min(chans[0].len() - pos);
+            let planes: Vec<&[f32]> = chans.iter().map(|c| &c[pos..pos + len]).collect();
+            d.on_audio(
+                &AudioBuffer {
+                    t: pos as f64 / f64::from(SR),
+                    sample_rate: SR,
+                    planes: &planes,
+                    layout,
+                },
+                &mut out,
+            );
+            seen.extend(out.drain(..).map(|f| Seen { at: n, f }));
+            pos += len;
+            n += 1;
+        }
+        seen
+    }
+
+    #[test]
+    fn a_dead_channel_is_found_with_its_name() {
+        let left = tone(secs(10.0), 0.3);
+        let right = [
+            tone(secs(2.0), 0.3),
+            vec![0.0; secs(5.0)],
+            tone(secs(3.0), 0.3),
+        ]
+        .concat();
+        for sizes in [&[1024][..], &[1000, 7, 4097]] {
+            let mut d = ChannelSilenceDetector::new(&ChannelSilenceConfig::default());
+            let seen = run_audio(&mut d, &[left.clone(), right.clone()], SR, sizes);
+            assert_eq!(edges(&seen), [(Begin, 2.0), (End, 7.0)], "{sizes:?}");
+            assert_eq!(seen[0].f.details["channels"], serde_json::json!([1]));
+            assert_eq!(seen[0].f.details.get("speakers"), None, "layout unknown");
+            assert_eq!(seen[0].f.details["level_db"], FLOOR_DB);
+        }
+        let mut d = ChannelSilenceDetector::new(&ChannelSilenceConfig::default());
+        let seen = run(&mut d, &[left, right], speaker::STEREO);
+        assert_eq!(seen[0].f.details["speakers"], serde_json::json!(["FR"]));
+    }
+
+    #[test]
+    fn all_silent_quiet_pairs_and_mono_are_not_reported() {
+        let n = secs(5.0);
+        for chans in [
+            vec![vec![0.0; n], vec![0.0; n]],
+            // Both quiet (−50 and −70 dBFS RMS): nothing is active.
+            vec![tone(n, 0.0045), tone(n, 0.00045)],
+            vec![tone(n, 0.3)],
+            vec![tone(n, 0.3), tone(n, 0.01)],
+        ] {
+            let mut d = ChannelSilenceDetector::new(&ChannelSilenceConfig::default());
+            assert!(run_audio(&mut d, &chans, SR, &[1024]).is_empty());
+        }
+    }
+
+    #[test]
+    fn an_empty_lfe_is_ignored_unless_asked() {
+        let n = secs(4.0);
+        let loud = tone(n, 0.2);
+        let chans = vec![
+            loud.clone(),
+            loud.clone(),
+            loud.clone(),
+            vec![0.0; n],
+            loud.clone(),
+            loud,
+        ];
+        for layout in [speaker::SURROUND_5_1_SIDE, 0] {
+            let mut d = ChannelSilenceDetector::new(&ChannelSilenceConfig::default());
+            assert!(run(&mut d, &chans, layout).is_empty(), "{layout:#x}");
+        }
+        let cfg = ChannelSilenceConfig {
+            include_lfe: true,
+            ..ChannelSilenceConfig::default()
+        };
+        let mut d = ChannelSilenceDetector::new(&cfg);
+        let seen = run(&mut d, &chans, speaker::SURROUND_5_1_SIDE);
+        assert_eq!(edges(&seen), [(Begin, 0.0)]);
+        assert_eq!(seen[0].f.details["speakers"], serde_json::json!(["LFE"]));
+        // A dead centre in 5.1 is reported.
+        let mut chans = chans;
+        chans[2] = vec![0.0; n];
+        let mut d = ChannelSilenceDetector::new(&ChannelSilenceConfig::default());
+        let seen = run(&mut d, &chans, speaker::SURROUND_5_1_SIDE);
+        assert_eq!(seen[0].f.details["channels"], serde_json::json!([2]));
+        assert_eq!(seen[0].f.details["speakers"], serde_json::json!(["FC"]));
+    }
+
+    #[test]
+    fn reset_owes_an_end() {
+        let n = secs(3.0);
+        let mut d = ChannelSilenceDetector::new(&ChannelSilenceConfig::default());
+        assert_eq!(
+            run_audio(&mut d, &[tone(n, 0.3), vec![0.0; n]], SR, &[1024]).len(),
+            1
+        );
+        d.reset();
+        let mut out = Vec::new();
+        d.on_tick(0.0, &mut out);
+        assert_eq!(out[0].edge, End);
+        assert_eq!(out[0].details["reset"], true);
+    }
+
+    #[test]
+    fn validate_names_each_bad_field() {
+        let cfg = ChannelSilenceConfig {
+            silence_db: -40.0,
+            active_db: -50.0,
+            window_ms: 0.0,
+            min_duration: 0.0,
+            ..ChannelSilenceConfig::default()
+        };
+        let mut errors = Vec::new();
+        cfg.validate("channel_silence", &mut errors);
+        assert_eq!(
+            errors,
+            [
+                "channel_silence.active_db: must be above silence_db = -40 (got -50)",
+                "channel_silence.window_ms: must be between 10 and 1000 (got 0)",
+                "channel_silence.min_duration: must be > 0 (got 0)",
+            ]
+        );
+    }
+}
