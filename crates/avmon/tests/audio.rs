@@ -143,7 +143,7 @@ fn clean_stereo_and_surround_controls_have_no_events_and_match_ffmpeg_loudness()
         );
         // The synthetic programme sits near R128's target.
         assert_near("integrated", ours, -23.0, 3.5);
-        assert!(a["sample_peak_dbfs"].as_f64().unwrap() < 0.0);
+        assert!(a["true_peak_dbtp"].as_f64().expect("true_peak_dbtp") < 0.0);
         assert!(a["loudness_range_lu"].as_f64().unwrap() < 1.0);
     }
 }
