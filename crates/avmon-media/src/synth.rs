@@ -814,12 +814,12 @@ mod tests {
         assert!(spec.is_flash(25) && spec.is_flash(50));
         assert!(!spec.is_flash(0) && !spec.is_flash(26));
         // Silent until 1.080 s, a 1 kHz burst for one frame (40 ms), silent again.
-        assert_eq!(spec.audio_sample(0, 1.079), 0.0);
-        assert!(spec.audio_sample(0, 1.08025).abs() > 0.3);
-        assert!(spec.audio_sample(1, 1.10025).abs() > 0.3);
-        assert_eq!(spec.audio_sample(0, 1.121), 0.0);
+        assert_eq!(spec.content_sample(0, 1.079, 0.25), 0.0);
+        assert!(spec.content_sample(0, 1.08025, 0.25).abs() > 0.3);
+        assert!(spec.content_sample(1, 1.10025, 0.25).abs() > 0.3);
+        assert_eq!(spec.content_sample(0, 1.121, 0.25), 0.0);
         assert_eq!(
-            spec.audio_sample(0, 0.08025),
+            spec.content_sample(0, 0.08025, 0.25),
             0.0,
             "no beep before the first flash"
         );
@@ -827,7 +827,7 @@ mod tests {
             av_offset_ms: -100.0,
             ..spec
         };
-        assert!(early.audio_sample(0, 0.90025).abs() > 0.3);
+        assert!(early.content_sample(0, 0.90025, 0.25).abs() > 0.3);
     }
 
     #[test]
