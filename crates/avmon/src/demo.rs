@@ -9,18 +9,48 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
-use avmon_media::synth::{Defect, SynthSpec};
+use avmon_media::synth::{Content, Defect, SynthSpec};
 
 use crate::config::{self, StreamConfig};
 use crate::service;
 
-/// (id, defects, repeat period): one stream per line.
-const STREAMS: &[(&str, &[&str], f64)] = &[
-    ("clean", &[], 30.0),
-    ("freeze", &["freeze@8-14"], 30.0),
-    ("black", &["black@5-10"], 30.0),
-    ("silence", &["silence@10-16"], 30.0),
-    ("dropout", &["dropout@12-20"], 40.0),
+/// One demo stream.
+struct Demo {
+    id: &'static str,
+    defects: &'static [&'static str],
+    /// The defect schedule repeats with this period, seconds.
+    every: f64,
+    content: Content,
+    /// Audio delay, ms (a lip-sync fault for the whole stream).
+    av_offset_ms: f64,
+}
+
+const fn demo(id: &'static str, defects: &'static [&'static str], every: f64) -> Demo {
+    Demo {
+        id,
+        defects,
+        every,
+        content: Content::Pan,
+        av_offset_ms: 0.0,
+    }
+}
+
+const STREAMS: &[Demo] = &[
+    demo("clean", &[], 30.0),
+    demo("freeze", &["freeze@8-14"], 30.0),
+    demo("black", &["black@5-10"], 30.0),
+    demo("silence", &["silence@10-16"], 30.0),
+    demo("dropout", &["dropout@12-20"], 40.0),
+    demo(
+        "audio",
+        &["gain:+12@4-18", "deadch:1@24-30", "click@35-35.01"],
+        40.0,
+    ),
+    Demo {
+        content: Content::Sync,
+        av_offset_ms: 200.0,
+        ..demo("lipsync", &[], 60.0)
+    },
 ];
 
 pub fn run(listen: &str, duration: Option<f64>, db: &str) -> Result<()> {
@@ -30,19 +60,25 @@ pub fn run(listen: &str, duration: Option<f64>, db: &str) -> Result<()> {
         "[server]\nlisten = \"{listen}\"\n[store]\nurl = \"sqlite://{db}\"\nmetrics_interval_s = 10\n"
     );
     let mut generators = Vec::new();
-    for (i, (id, defects, every)) in STREAMS.iter().enumerate() {
+    for (i, d) in STREAMS.iter().enumerate() {
         let url = format!("udp://127.0.0.1:{}", base_port + i as u16);
-        text += &format!("[[streams]]\nid = \"{id}\"\nurl = \"{url}\"\nio_timeout_s = 3\n");
+        text += &format!(
+            "[[streams]]\nid = \"{}\"\nurl = \"{url}\"\nio_timeout_s = 3\n",
+            d.id
+        );
         let spec = SynthSpec {
             width: 640,
             height: 360,
             duration: None,
-            defects: defects
+            defects: d
+                .defects
                 .iter()
                 .map(|d| d.parse::<Defect>())
                 .collect::<Result<_, _>>()
                 .map_err(anyhow::Error::msg)?,
-            repeat_every: Some(*every),
+            repeat_every: Some(d.every),
+            content: d.content,
+            av_offset_ms: d.av_offset_ms,
             realtime: true,
             preset: "ultrafast".into(),
             ..SynthSpec::default()
@@ -61,17 +97,21 @@ pub fn run(listen: &str, duration: Option<f64>, db: &str) -> Result<()> {
         "avmon demo: {} synthetic live streams over UDP on loopback, with defects:",
         STREAMS.len()
     );
-    for (s, (id, defects, every)) in cfg.streams.iter().zip(STREAMS) {
+    for (s, d) in cfg.streams.iter().zip(STREAMS) {
         let _: &StreamConfig = s;
-        println!(
-            "  {id:<8} {:<26} {} (repeating every {every:.0} s)",
-            s.url,
-            if defects.is_empty() {
-                "no defects".to_string()
-            } else {
-                defects.join(", ")
-            }
-        );
+        let what = match (d.defects.is_empty(), d.av_offset_ms != 0.0) {
+            (_, true) => format!(
+                "flash-and-beep test signal, audio {:+.0} ms late throughout",
+                d.av_offset_ms
+            ),
+            (true, false) => format!("no defects (repeating every {:.0} s)", d.every),
+            (false, false) => format!(
+                "{} (repeating every {:.0} s)",
+                d.defects.join(", "),
+                d.every
+            ),
+        };
+        println!("  {:<8} {:<26} {what}", d.id, s.url);
     }
     println!(
         "API: http://{listen}/api/streams  http://{listen}/api/alerts  http://{listen}/metrics"
