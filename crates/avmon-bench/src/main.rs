@@ -128,7 +128,8 @@ fn run(cmd: &mut Command) -> Result<std::process::Output> {
 fn make(tools: &Tools, dir: &Path, item: &Item) -> Result<(PathBuf, Vec<Span>)> {
     let path = dir.join(format!("{}.ts", item.name));
     let recipe_path = dir.join(format!("{}.recipe.json", item.name));
-    let recipe = json!({"synth": item.synth, "post": format!("{:?}", item.post)});
+    let recipe =
+        json!({"version": CORPUS_VERSION, "synth": item.synth, "post": format!("{:?}", item.post)});
     let labels_path = dir.join(format!("{}.labels.json", item.name));
     let cached = std::fs::read_to_string(&recipe_path)
         .ok()
@@ -507,6 +508,9 @@ fn report(
     });
     (t, raw)
 }
+
+/// Bumped whenever `avmon synth`'s output changes, so cached corpus files are made again.
+const CORPUS_VERSION: u32 = 2;
 
 /// `avmon synth` puts a keyframe every 2 s.
 const SYNTH_GOP_S: f64 = 2.0;

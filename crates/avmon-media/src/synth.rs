@@ -11,8 +11,9 @@
 //!   exactly the flash frame's presentation time (plus `av_offset_ms`).
 //! - `detail`: fine high-contrast detail, slow pan (hard for encoders, easy motion);
 //! - `motion`: a noise-like blob texture scrolling fast (global motion);
-//! - `flat`: soft gradients with a slowly moving bright blob (talking-head-like, low detail);
-//! - `noise`: soft gradients under temporal film-grain-like noise.
+//! - `flat`: a talking head: soft gradients and a slowly moving bright "face" with two eyes and a
+//!   mouth that opens and closes (low detail, small local motion);
+//! - `noise`: the `flat` scene under temporal film-grain-like noise.
 //!
 //! The non-`sync` contents carry the `pan` tones. `av_offset_ms` (`--av-offset`) delays the audio
 //! *content* by that many milliseconds (negative: audio early), as a lip-sync fault does, while the
@@ -407,12 +408,24 @@ fn draw_texture(frame: &mut ff::frame::Video, content: Content, t: f64) {
                 let ddy = (y as i64 - cy) * (y as i64 - cy);
                 for (x, p) in row.iter_mut().enumerate() {
                     let mut v = 60 + (x * 80 / w) as i64 + grad_y;
-                    if content == Content::Flat {
-                        let d2 = (x as i64 - cx) * (x as i64 - cx) + ddy;
-                        if d2 < r * r {
-                            v += (r * r - d2) * 70 / (r * r);
+                    let (fx, fy) = (x as i64 - cx, y as i64 - cy);
+                    let d2 = fx * fx + ddy;
+                    if d2 < r * r {
+                        v += (r * r - d2) * 70 / (r * r);
+                        // Eyes, and a mouth that opens and closes as the face talks.
+                        let eye = |ex: i64| {
+                            let (a, b) = (fx - ex, fy + r / 4);
+                            a * a + b * b < (r / 8) * (r / 8)
+                        };
+                        let mouth_h = (r as f64 / 10.0 * (1.0 + (t * 7.0).sin())) as i64;
+                        if eye(-r / 3)
+                            || eye(r / 3)
+                            || (fx.abs() < r / 3 && (fy - r / 3).abs() <= mouth_h)
+                        {
+                            v -= 70;
                         }
-                    } else {
+                    }
+                    if content == Content::Noise {
                         v += i64::from(hash2(x as u32 ^ seed, y as u32) & 31) - 16;
                     }
                     *p = v.clamp(16, 235) as u8;
