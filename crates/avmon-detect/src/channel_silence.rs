@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::check;
 use crate::episode::{put, Episode};
 use crate::silence::FLOOR_DB;
+use crate::windows::{AudioWindows, Change, Window};
 
 /// Settings of the channel silence detector.
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
@@ -86,55 +87,40 @@ fn power_db(mean_square: f64) -> f64 {
 
 /// The channel silence detector's state.
 pub struct ChannelSilenceDetector {
-    window_ms: f64,
     silence_power: f64,
     active_power: f64,
     include_lfe: bool,
     episode: Episode,
-    sample_rate: u32,
+    /// Channels and layout of the current format.
     channels: usize,
     layout: u64,
     /// Speaker of each channel (0 when unknown), and whether it is checked.
     speakers: [u64; MAX_AUDIO_CHANNELS],
     checked: [bool; MAX_AUDIO_CHANNELS],
-    window_len: usize,
-    filled: usize,
-    window_t: f64,
+    windows: AudioWindows,
     sum_sq: [f64; MAX_AUDIO_CHANNELS],
-    expected_t: f64,
 }
 
 impl ChannelSilenceDetector {
     pub fn new(cfg: &ChannelSilenceConfig) -> Self {
         ChannelSilenceDetector {
-            window_ms: cfg.window_ms,
             silence_power: 10f64.powf(cfg.silence_db / 10.0),
             active_power: 10f64.powf(cfg.active_db / 10.0),
             include_lfe: cfg.include_lfe,
             episode: Episode::new(kinds::AUDIO_CHANNEL_SILENCE, cfg.severity, cfg.min_duration),
-            sample_rate: 0,
             channels: 0,
             layout: 0,
             speakers: [0; MAX_AUDIO_CHANNELS],
             checked: [true; MAX_AUDIO_CHANNELS],
-            window_len: 1,
-            filled: 0,
-            window_t: 0.0,
+            windows: AudioWindows::new(cfg.window_ms),
             sum_sq: [0.0; MAX_AUDIO_CHANNELS],
-            expected_t: f64::NAN,
         }
     }
 
-    fn restart_window(&mut self) {
-        self.filled = 0;
-        self.sum_sq = [0.0; MAX_AUDIO_CHANNELS];
-    }
-
-    fn set_format(&mut self, rate: u32, channels: usize, layout: u64) {
-        self.sample_rate = rate;
+    /// The format changed: which channel is which speaker.
+    fn set_format(&mut self, channels: usize, layout: u64) {
         self.channels = channels;
         self.layout = layout;
-        self.window_len = ((f64::from(rate) * self.window_ms / 1000.0).round() as usize).max(1);
         self.speakers = [0; MAX_AUDIO_CHANNELS];
         self.checked = [true; MAX_AUDIO_CHANNELS];
         let full = crate::layout_or_default(layout, channels);
@@ -145,13 +131,11 @@ impl ChannelSilenceDetector {
                 self.checked[c] = self.include_lfe || !lfe;
             }
         }
-        self.restart_window();
     }
 
-    fn finish_window(&mut self, out: &mut Findings) {
-        let n = self.filled as f64;
-        let start = self.window_t;
-        let end = start + n / f64::from(self.sample_rate);
+    fn finish_window(&mut self, w: Window, out: &mut Findings) {
+        let n = w.samples as f64;
+        let (start, end) = (w.start, w.end);
         let ch = self.channels;
         let mut loudest = 0.0f64;
         let mut silent_loudest = 0.0f64;
@@ -164,7 +148,7 @@ impl ChannelSilenceDetector {
                 silent_loudest = silent_loudest.max(p);
             }
         }
-        self.restart_window();
+        self.sum_sq = [0.0; MAX_AUDIO_CHANNELS];
         if silent != 0 && loudest > self.active_power {
             let speakers = self.speakers;
             let known = speaker::of_channels(self.layout, ch).is_some();
@@ -197,42 +181,31 @@ impl Detector for ChannelSilenceDetector {
 
     fn on_audio(&mut self, buf: &AudioBuffer<'_>, out: &mut Findings) {
         self.episode.flush(out);
-        let channels = buf.channels().min(MAX_AUDIO_CHANNELS);
-        if buf.sample_rate == 0 || channels == 0 {
+        let Some(start) = self.windows.begin(buf) else {
             return;
-        }
-        let rate = f64::from(buf.sample_rate);
-        if buf.sample_rate != self.sample_rate
-            || channels != self.channels
-            || buf.layout != self.layout
-        {
-            self.set_format(buf.sample_rate, channels, buf.layout);
-        } else if (buf.t - self.expected_t).abs() > self.window_len as f64 / rate {
-            self.restart_window();
-        }
-        if channels < 2 {
-            return;
-        }
-        let planes = &buf.planes[..channels];
-        let samples = planes.iter().map(|p| p.len()).min().unwrap_or(0);
-        self.expected_t = buf.t + samples as f64 / rate;
-
-        let mut pos = 0;
-        while pos < samples {
-            if self.filled == 0 {
-                self.window_t = buf.t + pos as f64 / rate;
+        };
+        match start.change {
+            Change::None => {}
+            Change::Format => {
+                self.set_format(start.channels, buf.layout);
+                self.sum_sq = [0.0; MAX_AUDIO_CHANNELS];
             }
-            let take = (self.window_len - self.filled).min(samples - pos);
+            Change::Gap => self.sum_sq = [0.0; MAX_AUDIO_CHANNELS],
+        }
+        if start.channels < 2 {
+            return;
+        }
+        let planes = &buf.planes[..start.channels];
+        let mut pos = 0;
+        while let Some(piece) = self.windows.next(&mut pos, start.samples) {
             for (plane, sum) in planes.iter().zip(&mut self.sum_sq) {
-                let sq = plane[pos..pos + take]
+                let sq = plane[piece.from..piece.to]
                     .iter()
                     .fold(0.0f32, |s, &x| s + x * x);
                 *sum += f64::from(sq);
             }
-            self.filled += take;
-            pos += take;
-            if self.filled == self.window_len {
-                self.finish_window(out);
+            if let Some(w) = piece.done {
+                self.finish_window(w, out);
             }
         }
     }
@@ -242,8 +215,8 @@ impl Detector for ChannelSilenceDetector {
     }
 
     fn reset(&mut self) {
-        self.restart_window();
-        self.sample_rate = 0;
+        self.windows.reset();
+        self.sum_sq = [0.0; MAX_AUDIO_CHANNELS];
         self.episode.reset();
     }
 }

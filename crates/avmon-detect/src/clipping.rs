@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::check;
 use crate::episode::{put, Episode};
+use crate::windows::{AudioWindows, Change, Window};
 
 /// A sample beyond this magnitude is over full scale.
 const OVER: f32 = 1.001;
@@ -101,16 +102,10 @@ impl ClippingConfig {
 pub struct ClippingDetector {
     threshold: f32,
     min_run: u32,
-    window_ms: f64,
     min_runs: u32,
     min_overs: u32,
     episode: Episode,
-    sample_rate: u32,
-    channels: usize,
-    window_len: usize,
-    filled: usize,
-    window_t: f64,
-    expected_t: f64,
+    windows: AudioWindows,
     /// Runs and samples over full scale counted in the window in progress.
     runs: u32,
     overs: u32,
@@ -130,16 +125,10 @@ impl ClippingDetector {
         ClippingDetector {
             threshold: cfg.threshold as f32,
             min_run: cfg.min_run.max(1),
-            window_ms: cfg.window_ms,
             min_runs: cfg.min_runs.max(1),
             min_overs: cfg.min_overs.max(1),
             episode: Episode::new(kinds::AUDIO_CLIPPING, cfg.severity, cfg.min_duration),
-            sample_rate: 0,
-            channels: 0,
-            window_len: 1,
-            filled: 0,
-            window_t: 0.0,
-            expected_t: f64::NAN,
+            windows: AudioWindows::new(cfg.window_ms),
             runs: 0,
             overs: 0,
             run_len: [0; MAX_AUDIO_CHANNELS],
@@ -151,8 +140,8 @@ impl ClippingDetector {
         }
     }
 
+    /// Drop the window in progress, and the runs in progress.
     fn restart_window(&mut self) {
-        self.filled = 0;
         self.runs = 0;
         self.overs = 0;
         self.window_peak = 0.0;
@@ -185,13 +174,11 @@ impl ClippingDetector {
         self.run_sign[c] = sign;
     }
 
-    fn finish_window(&mut self, out: &mut Findings) {
-        let start = self.window_t;
-        let end = start + self.filled as f64 / f64::from(self.sample_rate);
+    fn finish_window(&mut self, w: Window, out: &mut Findings) {
+        let (start, end) = (w.start, w.end);
         let (runs, overs, peak) = (self.runs, self.overs, self.window_peak);
         self.period_runs += u64::from(runs);
         // Runs in progress carry over into the next window.
-        self.filled = 0;
         self.runs = 0;
         self.overs = 0;
         self.window_peak = 0.0;
@@ -223,31 +210,17 @@ impl Detector for ClippingDetector {
 
     fn on_audio(&mut self, buf: &AudioBuffer<'_>, out: &mut Findings) {
         self.episode.flush(out);
-        let channels = buf.channels().min(MAX_AUDIO_CHANNELS);
-        if buf.sample_rate == 0 || channels == 0 {
+        let Some(start) = self.windows.begin(buf) else {
             return;
-        }
-        let rate = f64::from(buf.sample_rate);
-        if buf.sample_rate != self.sample_rate || channels != self.channels {
-            self.sample_rate = buf.sample_rate;
-            self.channels = channels;
-            self.window_len = ((rate * self.window_ms / 1000.0).round() as usize).max(1);
-            self.restart_window();
-        } else if (buf.t - self.expected_t).abs() > self.window_len as f64 / rate {
+        };
+        if start.change != Change::None {
             self.restart_window();
         }
-        let planes = &buf.planes[..channels];
-        let samples = planes.iter().map(|p| p.len()).min().unwrap_or(0);
-        self.expected_t = buf.t + samples as f64 / rate;
-
+        let planes = &buf.planes[..start.channels];
         let mut pos = 0;
-        while pos < samples {
-            if self.filled == 0 {
-                self.window_t = buf.t + pos as f64 / rate;
-            }
-            let take = (self.window_len - self.filled).min(samples - pos);
+        while let Some(piece) = self.windows.next(&mut pos, start.samples) {
             for (c, plane) in planes.iter().enumerate() {
-                let seg = &plane[pos..pos + take];
+                let seg = &plane[piece.from..piece.to];
                 let peak = seg.iter().fold(0.0f32, |m, &x| m.max(x.abs()));
                 self.window_peak = self.window_peak.max(peak);
                 if peak >= self.threshold {
@@ -256,10 +229,8 @@ impl Detector for ClippingDetector {
                     self.run_len[c] = 0;
                 }
             }
-            self.filled += take;
-            pos += take;
-            if self.filled == self.window_len {
-                self.finish_window(out);
+            if let Some(w) = piece.done {
+                self.finish_window(w, out);
             }
         }
     }
@@ -269,14 +240,14 @@ impl Detector for ClippingDetector {
     }
 
     fn take_metrics(&mut self, put: &mut dyn FnMut(&'static str, f64)) {
-        if self.sample_rate > 0 {
+        if self.windows.sample_rate > 0 {
             put("clipped_runs", std::mem::take(&mut self.period_runs) as f64);
         }
     }
 
     fn reset(&mut self) {
         self.restart_window();
-        self.sample_rate = 0;
+        self.windows.reset();
         self.episode.reset();
     }
 }

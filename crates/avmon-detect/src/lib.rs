@@ -57,6 +57,7 @@ mod episode;
 mod luma;
 #[cfg(test)]
 mod testutil;
+mod windows;
 
 pub use avsync::{AvSyncConfig, AvSyncDetector};
 pub use black::{BlackConfig, BlackDetector};

@@ -73,6 +73,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::check;
 use crate::episode::{put, Episode, TIME_EPS};
+use crate::windows::{AudioWindows, Change};
 
 /// A loudness standard's target.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
@@ -174,6 +175,8 @@ const S_STEPS: usize = 30;
 const M_STEPS: usize = 4;
 /// A timestamp gap longer than this restarts the M and S windows.
 const MAX_GAP_S: f64 = 1.0;
+/// M and S are updated every 100 ms (BS.1770's and R128's rate for S).
+const STEP_MS: f64 = 100.0;
 
 /// Mean-square energy of a BS.1770 loudness, and back (−0.691 is the K-weighting's 1 kHz gain).
 fn energy_of(lufs: f64) -> f64 {
@@ -260,21 +263,14 @@ pub struct LoudnessDetector {
     /// The meter of the current format; meters of earlier formats are kept for the summary.
     meter: Option<EbuR128>,
     past: Vec<EbuR128>,
-    sample_rate: u32,
-    channels: usize,
-    layout: u64,
-    /// Samples per 100 ms step, samples of the step in progress, and its start time.
-    step_len: usize,
-    filled: usize,
-    step_t: f64,
+    /// The 100 ms steps.
+    steps: AudioWindows,
     /// Energies of the last steps (ring), and how many are valid (up to `S_STEPS`).
     energies: [f64; S_STEPS],
     /// Start times of those steps.
     starts: [f64; S_STEPS],
     next: usize,
     valid: usize,
-    /// Where the next buffer should start, if the audio is contiguous.
-    expected_t: f64,
     /// Side of the latest M, and the start of the step at which M entered / last left each side
     /// (index `side + 1`).
     m_side: Side,
@@ -300,17 +296,11 @@ impl LoudnessDetector {
             episode: Episode::new(kinds::AUDIO_LOUDNESS, cfg.severity, cfg.min_duration),
             meter: None,
             past: Vec::new(),
-            sample_rate: 0,
-            channels: 0,
-            layout: 0,
-            step_len: 1,
-            filled: 0,
-            step_t: 0.0,
+            steps: AudioWindows::new(STEP_MS).with_max_gap(MAX_GAP_S),
             energies: [0.0; S_STEPS],
             starts: [0.0; S_STEPS],
             next: 0,
             valid: 0,
-            expected_t: f64::NAN,
             m_side: 0,
             m_entered: [0.0; 3],
             m_left: [0.0; 3],
@@ -341,10 +331,6 @@ impl LoudnessDetector {
                 self.past.push(old);
             }
         }
-        self.sample_rate = rate;
-        self.channels = channels;
-        self.layout = layout;
-        self.step_len = ((u64::from(rate) * 100 / 1000) as usize).max(1);
         self.restart_windows();
         let mut map = [Channel::Unused; MAX_AUDIO_CHANNELS];
         channel_map(layout, channels, self.dual_mono, &mut map[..channels]);
@@ -356,7 +342,7 @@ impl LoudnessDetector {
 
     /// Forget the M and S windows (the integrated meter runs on).
     fn restart_windows(&mut self) {
-        self.filled = 0;
+        self.steps.restart();
         self.valid = 0;
         self.next = 0;
         self.m_side = 0;
@@ -377,7 +363,8 @@ impl LoudnessDetector {
     /// The step `[start, end)` is complete: update M and S and the episode.
     fn finish_step(&mut self, start: f64, end: f64, out: &mut Findings) {
         let Some(meter) = &self.meter else { return };
-        let window_ms = (self.step_len as u64 * 1000 / u64::from(self.sample_rate)) as u32;
+        let window_ms =
+            (self.steps.len as u64 * 1000 / u64::from(self.steps.sample_rate.max(1))) as u32;
         let energy = energy_of(
             meter
                 .loudness_window(window_ms)
@@ -493,36 +480,25 @@ impl Detector for LoudnessDetector {
 
     fn on_audio(&mut self, buf: &AudioBuffer<'_>, out: &mut Findings) {
         self.episode.flush(out);
-        let channels = buf.channels().min(MAX_AUDIO_CHANNELS);
-        if buf.sample_rate == 0 || channels == 0 {
+        let Some(start) = self.steps.begin(buf) else {
             return;
-        }
-        let rate = f64::from(buf.sample_rate);
-        if buf.sample_rate != self.sample_rate
-            || channels != self.channels
-            || buf.layout != self.layout
-            || self.meter.is_none()
-        {
-            self.rebuild(buf.sample_rate, channels, buf.layout);
-        } else if (buf.t - self.expected_t).abs() > MAX_GAP_S {
-            self.restart_windows();
+        };
+        let channels = start.channels;
+        match start.change {
+            _ if self.meter.is_none() => self.rebuild(buf.sample_rate, channels, buf.layout),
+            Change::Format => self.rebuild(buf.sample_rate, channels, buf.layout),
+            Change::Gap => self.restart_windows(),
+            Change::None => {}
         }
         if self.meter.is_none() {
             return;
         }
         let planes = &buf.planes[..channels];
-        let samples = planes.iter().map(|p| p.len()).min().unwrap_or(0);
-        self.expected_t = buf.t + samples as f64 / rate;
-
         let mut parts: [&[f32]; MAX_AUDIO_CHANNELS] = [&[]; MAX_AUDIO_CHANNELS];
         let mut pos = 0;
-        while pos < samples {
-            if self.filled == 0 {
-                self.step_t = buf.t + pos as f64 / rate;
-            }
-            let take = (self.step_len - self.filled).min(samples - pos);
+        while let Some(piece) = self.steps.next(&mut pos, start.samples) {
             for (part, plane) in parts.iter_mut().zip(planes) {
-                *part = &plane[pos..pos + take];
+                *part = &plane[piece.from..piece.to];
             }
             let Some(meter) = self.meter.as_mut() else {
                 return;
@@ -538,12 +514,8 @@ impl Detector for LoudnessDetector {
                 };
                 self.period.peak = self.period.peak.max(p.unwrap_or(0.0));
             }
-            self.filled += take;
-            pos += take;
-            if self.filled == self.step_len {
-                self.filled = 0;
-                let start = self.step_t;
-                self.finish_step(start, start + self.step_len as f64 / rate, out);
+            if let Some(w) = piece.done {
+                self.finish_step(w.start, w.end, out);
             }
         }
     }
@@ -600,8 +572,8 @@ impl Detector for LoudnessDetector {
     }
 
     fn reset(&mut self) {
+        // The meter (and so the integrated figures) runs on across a reconnect.
         self.restart_windows();
-        self.expected_t = f64::NAN;
         self.run_side = 0;
         self.episode.reset();
     }

@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::check;
 use crate::episode::{put, Episode};
+use crate::windows::{AudioWindows, Change, Window};
 
 /// Levels are floored here, so that digital silence reads −120 dBFS rather than −∞.
 pub const FLOOR_DB: f64 = -120.0;
@@ -109,21 +110,12 @@ impl Default for Period {
 
 /// The silence detector's state.
 pub struct SilenceDetector {
-    window_ms: f64,
     /// Mean square below which a window is silent.
     threshold_power: f64,
     episode: Episode,
-    /// Format the window in progress was started with.
-    sample_rate: u32,
-    channels: usize,
-    /// Samples per window at `sample_rate`.
-    window_len: usize,
-    /// Samples of the window in progress so far, and its start time.
-    filled: usize,
-    window_t: f64,
+    windows: AudioWindows,
+    /// Sums of squares of the window in progress, per channel.
     sum_sq: [f64; MAX_AUDIO_CHANNELS],
-    /// Where the next buffer should start, if the audio is contiguous.
-    expected_t: f64,
     /// Loudest window of the current silent run, dBFS.
     run_level_db: f64,
     period: Period,
@@ -132,45 +124,28 @@ pub struct SilenceDetector {
 impl SilenceDetector {
     pub fn new(cfg: &SilenceConfig) -> Self {
         SilenceDetector {
-            window_ms: cfg.window_ms,
             threshold_power: 10f64.powf(cfg.threshold_db / 10.0),
             episode: Episode::new(kinds::AUDIO_SILENCE, cfg.severity, cfg.min_duration),
-            sample_rate: 0,
-            channels: 0,
-            window_len: 1,
-            filled: 0,
-            window_t: 0.0,
+            windows: AudioWindows::new(cfg.window_ms),
             sum_sq: [0.0; MAX_AUDIO_CHANNELS],
-            expected_t: f64::NAN,
             run_level_db: FLOOR_DB,
             period: Period::default(),
         }
     }
 
-    /// Drop the window in progress.
-    fn restart_window(&mut self) {
-        self.filled = 0;
-        self.sum_sq = [0.0; MAX_AUDIO_CHANNELS];
-    }
-
-    fn finish_window(&mut self, out: &mut Findings) {
-        let n = self.filled as f64;
-        let loudest = self.sum_sq[..self.channels]
+    fn finish_window(&mut self, w: Window, out: &mut Findings) {
+        let n = w.samples as f64;
+        let channels = self.windows.channels;
+        let loudest = self.sum_sq[..channels]
             .iter()
             .fold(0.0f64, |m, &s| m.max(s / n));
-        let start = self.window_t;
-        let end = start + n / f64::from(self.sample_rate);
+        let (start, end) = (w.start, w.end);
         self.period.windows += 1;
-        for (p, s) in self
-            .period
-            .sum_sq
-            .iter_mut()
-            .zip(&self.sum_sq[..self.channels])
-        {
+        for (p, s) in self.period.sum_sq.iter_mut().zip(&self.sum_sq[..channels]) {
             *p += s;
         }
-        self.period.samples += self.filled as u64;
-        self.restart_window();
+        self.period.samples += w.samples as u64;
+        self.sum_sq = [0.0; MAX_AUDIO_CHANNELS];
 
         let level_db = power_db(loudest);
         if loudest < self.threshold_power {
@@ -197,31 +172,17 @@ impl Detector for SilenceDetector {
 
     fn on_audio(&mut self, buf: &AudioBuffer<'_>, out: &mut Findings) {
         self.episode.flush(out);
-        let channels = buf.channels().min(MAX_AUDIO_CHANNELS);
-        if buf.sample_rate == 0 || channels == 0 {
+        let Some(start) = self.windows.begin(buf) else {
             return;
+        };
+        if start.change != Change::None {
+            self.sum_sq = [0.0; MAX_AUDIO_CHANNELS];
         }
-        let rate = f64::from(buf.sample_rate);
-        if buf.sample_rate != self.sample_rate || channels != self.channels {
-            self.sample_rate = buf.sample_rate;
-            self.channels = channels;
-            self.window_len = ((rate * self.window_ms / 1000.0).round() as usize).max(1);
-            self.restart_window();
-        } else if (buf.t - self.expected_t).abs() > self.window_len as f64 / rate {
-            self.restart_window();
-        }
-        let planes = &buf.planes[..channels];
-        let samples = planes.iter().map(|p| p.len()).min().unwrap_or(0);
-        self.expected_t = buf.t + samples as f64 / rate;
-
+        let planes = &buf.planes[..start.channels];
         let mut pos = 0;
-        while pos < samples {
-            if self.filled == 0 {
-                self.window_t = buf.t + pos as f64 / rate;
-            }
-            let take = (self.window_len - self.filled).min(samples - pos);
+        while let Some(piece) = self.windows.next(&mut pos, start.samples) {
             for (plane, sum) in planes.iter().zip(&mut self.sum_sq) {
-                let seg = &plane[pos..pos + take];
+                let seg = &plane[piece.from..piece.to];
                 // f32 partial sums vectorise; a window's worth of f32 squares is precise enough
                 // for a level in dB, and the window total is carried in f64.
                 let (sq, peak) = seg.iter().fold((0.0f32, 0.0f32), |(sq, pk), &x| {
@@ -230,10 +191,8 @@ impl Detector for SilenceDetector {
                 *sum += f64::from(sq);
                 self.period.peak = self.period.peak.max(peak);
             }
-            self.filled += take;
-            pos += take;
-            if self.filled == self.window_len {
-                self.finish_window(out);
+            if let Some(w) = piece.done {
+                self.finish_window(w, out);
             }
         }
     }
@@ -257,8 +216,8 @@ impl Detector for SilenceDetector {
     }
 
     fn reset(&mut self) {
-        self.restart_window();
-        self.sample_rate = 0;
+        self.windows.reset();
+        self.sum_sq = [0.0; MAX_AUDIO_CHANNELS];
         self.episode.reset();
     }
 }
