@@ -239,26 +239,8 @@ mod tests {
             .collect()
     }
 
-    /// Feed with a layout (testutil's `run_audio` has none).
     fn run(d: &mut ChannelSilenceDetector, chans: &[Vec<f32>], layout: u64) -> Vec<Seen> {
-        let (mut seen, mut out, mut pos, mut n) = (Vec::new(), Vec::new(), 0, 0);
-        while pos < chans[0].len() {
-            let len = 1024.min(chans[0].len() - pos);
-            let planes: Vec<&[f32]> = chans.iter().map(|c| &c[pos..pos + len]).collect();
-            d.on_audio(
-                &AudioBuffer {
-                    t: pos as f64 / f64::from(SR),
-                    sample_rate: SR,
-                    planes: &planes,
-                    layout,
-                },
-                &mut out,
-            );
-            seen.extend(out.drain(..).map(|f| Seen { at: n, f }));
-            pos += len;
-            n += 1;
-        }
-        seen
+        run_audio_layout(d, chans, SR, &[1024], layout)
     }
 
     #[test]

@@ -631,25 +631,7 @@ mod tests {
         layout: u64,
         sizes: &[usize],
     ) -> Vec<Seen> {
-        let total = channels[0].len();
-        let (mut seen, mut out, mut pos, mut n) = (Vec::new(), Vec::new(), 0, 0);
-        while pos < total {
-            let len = sizes[n % sizes.len()].min(total - pos);
-            let planes: Vec<&[f32]> = channels.iter().map(|c| &c[pos..pos + len]).collect();
-            d.on_audio(
-                &AudioBuffer {
-                    t: pos as f64 / f64::from(SR),
-                    sample_rate: SR,
-                    planes: &planes,
-                    layout,
-                },
-                &mut out,
-            );
-            seen.extend(out.drain(..).map(|f| Seen { at: n, f }));
-            pos += len;
-            n += 1;
-        }
-        seen
+        run_audio_layout(d, channels, SR, sizes, layout)
     }
 
     fn get(summary: &[(&str, f64)], key: &str) -> Option<f64> {

@@ -137,6 +137,17 @@ pub fn run_audio(
     sample_rate: u32,
     sizes: &[usize],
 ) -> Vec<Seen> {
+    run_audio_layout(det, channels, sample_rate, sizes, 0)
+}
+
+/// [`run_audio`] with a speaker layout.
+pub fn run_audio_layout(
+    det: &mut dyn Detector,
+    channels: &[Vec<f32>],
+    sample_rate: u32,
+    sizes: &[usize],
+    layout: u64,
+) -> Vec<Seen> {
     let total = channels[0].len();
     let mut seen = Vec::new();
     let mut out = Vec::new();
@@ -149,7 +160,7 @@ pub fn run_audio(
             t: pos as f64 / f64::from(sample_rate),
             sample_rate,
             planes: &planes,
-            layout: 0,
+            layout,
         };
         det.on_audio(&buf, &mut out);
         seen.extend(out.drain(..).map(|f| Seen { at: n, f }));
