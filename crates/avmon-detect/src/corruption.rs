@@ -42,6 +42,16 @@
 //! still) is content, not damage arriving, and is never judged damaged by its picture; repeated
 //! pictures count once in the window.
 //!
+//! **Uniform pictures and scene cuts.** A picture with almost no detail (mean step inside blocks
+//! below 0.25: black, a uniform slate) is neither judged nor learnt from. When the content
+//! changes (at least half the bands changed their mean luma by more than 12 or their detail by
+//! more than 2× since the previous picture, or a uniform picture comes or goes) the baseline and
+//! the short window are forgotten and learnt again: a cut is new content, not damage. The picture
+//! is judged again once 13 frames of the new content are in the baseline (about half a second),
+//! so picture-only damage in that half second after a cut is not seen (decoder evidence is).
+//! A picture-damage episode ends after the last frame whose own band score was above the
+//! threshold (the median lags the recovery by a few frames).
+//!
 //! **Cost.** Rows are sampled: per band, 2 rows for the horizontal steps and 3 row pairs for the
 //! vertical ones, each a straight pass over the row (`zip` of adjacent samples, vectorised), with
 //! the grid columns summed separately (1/16 of them). About a third of the luma is read once.
@@ -130,6 +140,18 @@ const SHORT: usize = 9;
 const BAND: usize = 16;
 /// Added to both sides of every step ratio (8-bit luma units): flat areas score 1.
 const FLOOR: f64 = 2.0;
+/// Frames of baseline needed before the picture is judged (after the start or a scene cut).
+const MIN_BASE: usize = 13;
+/// A picture whose mean step inside blocks is below this (8-bit luma units) is uniform (black,
+/// a slate): it has no texture to judge and must not teach the baseline.
+const FLAT_DETAIL: f64 = 0.25;
+/// A band whose mean luma moved by more than this from the previous picture, or whose detail
+/// (mean step inside blocks, plus [`FLOOR`]) grew or shrank by more than [`CUT_DETAIL`]×, changed
+/// content…
+const CUT_LUMA: f32 = 12.0;
+const CUT_DETAIL: f32 = 2.0;
+/// …and a picture where at least this share of the bands did is a scene cut.
+const CUT_SHARE: f64 = 0.5;
 
 /// Blockiness of one picture.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -138,6 +160,9 @@ pub struct Blockiness {
     pub global: f64,
     /// The largest band's 16-pixel-grid step over its step inside blocks.
     pub band: f64,
+    /// Mean luma step between neighbouring pixels inside blocks on the sampled rows (the
+    /// picture's detail; about 0 for black or uniform pictures).
+    pub detail: f64,
 }
 
 /// Sum of |a[i+1] − a[i]| over a row, and the same over the pairs straddling the `grid`
@@ -169,11 +194,19 @@ fn pair_steps(a: &[u8], b: &[u8]) -> u32 {
 
 /// Measure a picture (see the module docs for what is sampled).
 pub fn measure(luma: &Plane<'_>) -> Blockiness {
+    measure_bands(luma, &mut [])
+}
+
+/// [`measure`], also writing each band's mean luma and mean step inside blocks (on its sampled
+/// rows) into `bands`, as far as it reaches.
+pub fn measure_bands(luma: &Plane<'_>, bands: &mut [[f32; 2]]) -> Blockiness {
     let (w, h) = (luma.width, luma.height);
     if w < 2 * BAND || h < 2 * BAND {
+        bands.fill([0.0; 2]);
         return Blockiness {
             global: 0.0,
             band: 1.0,
+            detail: 0.0,
         };
     }
     let edges8 = (w - 1) / 8;
@@ -181,10 +214,12 @@ pub fn measure(luma: &Plane<'_>) -> Blockiness {
     let inner16 = (w - 1 - edges16) as f64;
     let (mut g_edge, mut g_inner) = (0u64, 0u64);
     let mut band_max = 0f64;
+    let mut detail = 0u64;
     for b in 0..h / BAND {
         let y0 = b * BAND;
         // Horizontal steps, two rows per band (neither on a 4-row grid line).
         let (mut h_edge, mut h_inner, mut h8_edge, mut h8_all) = (0u32, 0u32, 0u32, 0u32);
+        let mut sum = 0u32;
         for y in [y0 + 5, y0 + 10] {
             let row = luma.row(y);
             let (all, e16) = row_steps(row, 16);
@@ -192,7 +227,15 @@ pub fn measure(luma: &Plane<'_>) -> Blockiness {
             h_inner += all - e16;
             h8_edge += flat_steps(row);
             h8_all += edges8 as u32;
+            sum += row.iter().map(|&v| u32::from(v)).sum::<u32>();
         }
+        if let Some(m) = bands.get_mut(b) {
+            *m = [
+                sum as f32 / (2 * w) as f32,
+                (f64::from(h_inner) / (2.0 * inner16)) as f32,
+            ];
+        }
+        detail += u64::from(h_inner);
         g_edge += u64::from(h8_edge);
         g_inner += u64::from(h8_all);
         // Vertical steps: across the band's top edge, and two pairs inside.
@@ -217,6 +260,7 @@ pub fn measure(luma: &Plane<'_>) -> Blockiness {
     Blockiness {
         global: 100.0 * g_edge as f64 / g_inner.max(1) as f64,
         band: band_max,
+        detail: detail as f64 / (2.0 * inner16 * (h / BAND) as f64),
     }
 }
 
@@ -294,6 +338,13 @@ pub struct CorruptionDetector {
     decoder_hold: Option<f64>,
     /// End of the last damaged frame, while the episode waits out `hold_s`.
     last_bad_end: Option<f64>,
+    /// Mean luma and detail per band of this picture and the previous one (sized at the first
+    /// frame and when the picture size changes).
+    means: Vec<[f32; 2]>,
+    prev_means: Vec<[f32; 2]>,
+    /// Whether `prev_means` holds the previous picture, and whether that one was uniform.
+    have_prev: bool,
+    prev_flat: bool,
     trace: bool,
 }
 
@@ -314,6 +365,10 @@ impl CorruptionDetector {
             picture_since: None,
             decoder_hold: None,
             last_bad_end: None,
+            means: Vec::new(),
+            prev_means: Vec::new(),
+            have_prev: false,
+            prev_flat: false,
             trace: std::env::var_os("AVMON_CORRUPTION_TRACE").is_some(),
         }
     }
@@ -322,16 +377,54 @@ impl CorruptionDetector {
         self.cfg.baseline_frames.clamp(3, MAX_BASELINE)
     }
 
-    /// The running median of recent band scores; `None` until the window is half full.
+    /// The running median of recent band scores; `None` until it has [`MIN_BASE`] frames (or
+    /// half the window, if that is fewer).
     fn baseline(&mut self) -> Option<f64> {
         let n = self.hist_len;
-        if n < self.window() / 2 {
+        if n < MIN_BASE.min(self.window() / 2) {
             return None;
         }
         let s = &mut self.scratch[..n];
         s.copy_from_slice(&self.history[..n]);
         let (_, m, _) = s.select_nth_unstable_by(n / 2, f32::total_cmp);
         Some(f64::from(*m))
+    }
+
+    /// Forget the baseline and the short window: the content changed (a scene cut, black or a
+    /// uniform picture coming or going), so what was learnt says nothing about the new pictures.
+    fn relearn(&mut self) {
+        self.hist_len = 0;
+        self.hist_pos = 0;
+        self.recent_pos = 0;
+        self.picture_since = None;
+    }
+
+    /// Measure `luma`, and tell whether it is uniform and whether it starts new content.
+    fn scan(&mut self, luma: &Plane<'_>) -> (Blockiness, bool, bool) {
+        let bands = luma.height / BAND;
+        if self.means.len() != bands {
+            self.means.resize(bands, [0.0; 2]);
+            self.prev_means.resize(bands, [0.0; 2]);
+            self.have_prev = false;
+        }
+        let m = measure_bands(luma, &mut self.means);
+        let flat = m.detail < FLAT_DETAIL;
+        let cut = !self.have_prev || flat != self.prev_flat || {
+            let moved = self
+                .means
+                .iter()
+                .zip(&self.prev_means)
+                .filter(|(a, b)| {
+                    let (da, db) = (a[1] + FLOOR as f32, b[1] + FLOOR as f32);
+                    (a[0] - b[0]).abs() > CUT_LUMA || da > CUT_DETAIL * db || db > CUT_DETAIL * da
+                })
+                .count();
+            moved as f64 >= CUT_SHARE * bands.max(1) as f64
+        };
+        std::mem::swap(&mut self.means, &mut self.prev_means);
+        self.have_prev = true;
+        self.prev_flat = flat;
+        (m, flat, cut)
     }
 
     fn remember(&mut self, band: f64) {
@@ -348,7 +441,12 @@ impl Detector for CorruptionDetector {
     }
 
     fn on_video(&mut self, frame: &VideoFrame<'_>, out: &mut Findings) {
-        let m = measure(&frame.luma);
+        // An End owed since a reset goes out first, whatever this frame shows.
+        self.episode.flush(out);
+        let (m, flat, cut) = self.scan(&frame.luma);
+        if cut {
+            self.relearn();
+        }
         self.period.frames += 1;
         self.period.sum += m.global;
         self.period.max = self.period.max.max(m.global);
@@ -368,7 +466,7 @@ impl Detector for CorruptionDetector {
         // A frame that repeats the previous picture (same band score to the bit) adds nothing:
         // a frozen picture is one observation, not many.
         let prev = self.recent[(self.recent_pos + SHORT - 1) % SHORT].1;
-        let changed = self.recent_pos == 0 || prev != m.band as f32;
+        let changed = !flat && (self.recent_pos == 0 || prev != m.band as f32);
         if changed {
             self.recent[self.recent_pos % SHORT] = (frame.t, m.band as f32);
             self.recent_pos += 1;
@@ -383,8 +481,13 @@ impl Detector for CorruptionDetector {
         let (lo, hi) = short
             .iter()
             .fold((f32::MAX, f32::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
-        let (_, med, _) = short.select_nth_unstable_by(n / 2, f32::total_cmp);
-        let short_med = f64::from(*med);
+        let short_med = if n == 0 {
+            // Nothing to judge yet (uniform pictures since the last cut).
+            1.0
+        } else {
+            let (_, med, _) = short.select_nth_unstable_by(n / 2, f32::total_cmp);
+            f64::from(*med)
+        };
         // A picture that does not change (a freeze, a still) scores the same every frame: what
         // it shows is content, not damage arriving. Damage changes the picture as it spreads.
         let still = f64::from(hi - lo) <= 0.01 * short_med;
@@ -396,6 +499,7 @@ impl Detector for CorruptionDetector {
             self.cfg.threshold
         };
         let picture = self.cfg.picture
+            && !flat
             && n == SHORT
             && changed
             && !still
@@ -416,12 +520,14 @@ impl Detector for CorruptionDetector {
         }
         if self.trace {
             eprintln!(
-                "corruption t={:.3} key={} flags={} global={:.3} band={:.3} base={:.3} score={:.3} pic={}",
+                "corruption t={:.3} key={} flags={} global={:.3} band={:.3} detail={:.2} cut={} base={:.3} score={:.3} pic={}",
                 frame.t,
                 frame.key,
                 frame.decode_errors,
                 m.global,
                 m.band,
+                m.detail,
+                cut,
                 baseline.unwrap_or(0.0),
                 score,
                 picture
@@ -432,7 +538,7 @@ impl Detector for CorruptionDetector {
         let long = self
             .picture_since
             .is_some_and(|since| frame.t - since >= self.cfg.max_hold_s);
-        if (!picture || long) && self.decoder_hold.is_none() {
+        if !flat && (!picture || long) && self.decoder_hold.is_none() {
             self.remember(m.band);
         }
 
@@ -446,7 +552,14 @@ impl Detector for CorruptionDetector {
             self.run.decoder |= self.decoder_hold.is_some();
             self.run.peak = self.run.peak.max(score);
             let end = frame.t + frame_duration(frame);
-            self.last_bad_end = Some(end);
+            // Picture damage is judged on a median, which lags the recovery by a few frames:
+            // the episode's end is after the last frame that was itself above the threshold.
+            let own = self.decoder_hold.is_some()
+                || !was
+                || baseline.is_some_and(|b| m.band > b * self.cfg.threshold);
+            if own || self.last_bad_end.is_none() {
+                self.last_bad_end = Some(end);
+            }
             let run = self.run;
             let start = if picture { onset.min(frame.t) } else { frame.t };
             self.episode.bad(start, end, out, |d| run.details(d));
@@ -484,9 +597,219 @@ impl Detector for CorruptionDetector {
         self.last_bad_end = None;
         self.episode.reset();
         self.decoder_hold = None;
-        self.picture_since = None;
-        self.recent_pos = 0;
-        self.hist_len = 0;
-        self.hist_pos = 0;
+        self.relearn();
+        self.have_prev = false;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::*;
+    use avmon_core::FindingEdge::{Begin, End};
+
+    const W: usize = 320;
+    const H: usize = 192;
+
+    /// A deterministic hash of a position, for noise that moves with the picture.
+    fn hash(x: i64, y: i64) -> u8 {
+        let mut h = (x as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            ^ (y as u64).wrapping_mul(0xc2b2_ae3d_27d4_eb4f);
+        h ^= h >> 29;
+        h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        (h >> 56) as u8
+    }
+
+    /// Smooth texture with fine grain, panning `speed` pixels per frame: natural-looking content.
+    fn pan_at(x: i64, y: i64, i: usize, speed: i64) -> u8 {
+        let u = (x + speed * i as i64) as f64;
+        let y = y as f64;
+        let v = 110.0
+            + 45.0 * (u / 9.0 + y / 13.0).sin()
+            + 30.0 * (y / 7.0 - u / 17.0).sin()
+            + f64::from(hash(u as i64, y as i64) % 9)
+            - 4.0;
+        v.clamp(0.0, 255.0) as u8
+    }
+
+    fn pan(i: usize) -> Picture {
+        Picture::from_fn(W, H, |x, y| pan_at(x as i64, y as i64, i, 3))
+    }
+
+    /// The clean contents: a pan, fresh noise every frame, a drifting gradient, moving sharp
+    /// bars (whose edges land on the block grid now and then), a zoom-like ripple.
+    type Content = (&'static str, Box<dyn Fn(usize) -> Picture>);
+
+    fn contents() -> Vec<Content> {
+        vec![
+            ("pan", Box::new(pan)),
+            (
+                "noise",
+                Box::new(|i| {
+                    Picture::from_fn(W, H, |x, y| hash(x as i64 + 7919 * i as i64, y as i64))
+                }),
+            ),
+            (
+                "gradient",
+                Box::new(|i| Picture::from_fn(W, H, |x, y| ((x + y + 2 * i) / 3 % 256) as u8)),
+            ),
+            (
+                "bars",
+                Box::new(|i| {
+                    Picture::from_fn(W, H, |x, _| if (x + i) / 10 % 2 == 0 { 40 } else { 200 })
+                }),
+            ),
+            (
+                "ripple",
+                Box::new(|i| {
+                    Picture::from_fn(W, H, |x, y| {
+                        let (dx, dy) = (x as f64 - 160.0, y as f64 - 96.0);
+                        let r = (dx * dx + dy * dy).sqrt();
+                        (128.0 + 90.0 * (r / (6.0 + i as f64 * 0.05)).sin()) as u8
+                    })
+                }),
+            ),
+        ]
+    }
+
+    /// `clean` with the blocks of macroblock rows `rows` each copied from a position displaced
+    /// by a few pixels (different per block): what a lost slice looks like after concealment.
+    fn displaced(clean: &Picture, i: usize, rows: std::ops::Range<usize>) -> Picture {
+        let mut p = clean.clone();
+        for by in rows {
+            for bx in 0..W / 16 {
+                let dx = i64::from(hash(bx as i64, by as i64) % 13) - 6;
+                let dy = i64::from(hash(by as i64, bx as i64) % 9) - 4;
+                for y in by * 16..by * 16 + 16 {
+                    for x in bx * 16..bx * 16 + 16 {
+                        p.set(x, y, pan_at(x as i64 + dx, y as i64 + dy, i, 3));
+                    }
+                }
+            }
+        }
+        p
+    }
+
+    fn detector() -> CorruptionDetector {
+        CorruptionDetector::new(&CorruptionConfig::default())
+    }
+
+    #[test]
+    fn clean_textures_never_fire() {
+        for (name, make) in contents() {
+            let pics: Vec<Picture> = (0..150).map(&make).collect();
+            let seen = run_video(&mut detector(), &pics);
+            assert!(seen.is_empty(), "{name}: {:?}", edges(&seen));
+        }
+    }
+
+    #[test]
+    fn displaced_blocks_fire_at_their_first_frame_and_end_at_recovery() {
+        let pics: Vec<Picture> = (0..120)
+            .map(|i| {
+                let p = pan(i);
+                if (60..80).contains(&i) {
+                    displaced(&p, i, 5..7)
+                } else {
+                    p
+                }
+            })
+            .collect();
+        let mut d = detector();
+        let seen = run_video(&mut d, &pics);
+        assert_eq!(edges(&seen).len(), 2, "{:?}", edges(&seen));
+        assert_eq!(seen[0].f.edge, Begin);
+        assert_t(seen[0].f.t, ft(60));
+        assert_eq!(seen[0].f.details["evidence"], "picture");
+        assert!(
+            seen[0].at < 70,
+            "reported within a few frames: {}",
+            seen[0].at
+        );
+        assert_eq!(seen[1].f.edge, End);
+        assert_t(seen[1].f.t, ft(80));
+    }
+
+    #[test]
+    fn black_to_picture_and_scene_cuts_do_not_fire() {
+        let black = Picture::new(W, H, 16);
+        // Flat 16-pixel tiles of random levels, new every frame: blocky by nature, so a cut
+        // into it must re-learn the baseline instead of calling it damage.
+        let tiles = |i: usize| {
+            Picture::from_fn(W, H, |x, y| {
+                hash((x / 16 + 100 * i) as i64, (y / 16) as i64)
+            })
+        };
+        let dark = |i: usize| Picture::from_fn(W, H, |x, y| pan_at(x as i64, y as i64, i, 5) / 3);
+        let mut pics: Vec<Picture> = Vec::new();
+        pics.extend(times(black.clone(), 40));
+        pics.extend((0..60).map(pan));
+        pics.extend((0..60).map(tiles));
+        pics.extend((0..60).map(dark));
+        pics.extend(times(black.clone(), 30));
+        pics.extend((0..60).map(tiles));
+        pics.extend((0..60).map(pan));
+        let seen = run_video(&mut detector(), &pics);
+        assert!(seen.is_empty(), "{:?}", edges(&seen));
+    }
+
+    /// Feed `n` frames of the pan, with the decoder's flags and keyframes as `meta(i)` says.
+    fn run_flags(
+        d: &mut CorruptionDetector,
+        n: usize,
+        meta: impl Fn(usize) -> (bool, u32),
+    ) -> Vec<Seen> {
+        let mut seen = Vec::new();
+        let mut out = Vec::new();
+        for i in 0..n {
+            let p = pan(i);
+            let (key, flags) = meta(i);
+            let mut f = p.frame(i);
+            f.key = key;
+            f.decode_errors = flags;
+            d.on_video(&f, &mut out);
+            seen.extend(out.drain(..).map(|f| Seen { at: i, f }));
+        }
+        seen
+    }
+
+    #[test]
+    fn decoder_flags_fire_and_end_at_the_next_clean_keyframe() {
+        let mut d = detector();
+        let seen = run_flags(&mut d, 100, |i| {
+            (i % 50 == 0, u32::from(i == 30 || i == 33))
+        });
+        assert_eq!(edges(&seen).len(), 2, "{:?}", edges(&seen));
+        assert_eq!(seen[0].f.edge, Begin);
+        assert_eq!(seen[0].at, 30, "reported at once");
+        assert_t(seen[0].f.t, ft(30));
+        assert_eq!(seen[0].f.details["evidence"], "decoder");
+        assert_eq!(seen[1].f.edge, End);
+        assert_t(seen[1].f.t, ft(50));
+        assert_eq!(seen[1].f.details["frames"], 20);
+    }
+
+    #[test]
+    fn reset_owes_the_end() {
+        let mut d = detector();
+        let seen = run_flags(&mut d, 20, |i| (i == 0, u32::from(i >= 10)));
+        assert_eq!(edges(&seen), vec![(Begin, ft(10))]);
+        d.reset();
+        let seen = run_flags(&mut d, 5, |i| (i == 0, 0));
+        assert_eq!(seen.len(), 1, "{:?}", edges(&seen));
+        assert_eq!(seen[0].f.edge, End);
+        assert_t(seen[0].f.t, ft(20));
+        assert_eq!(seen[0].f.details["reset"], true);
+    }
+
+    #[test]
+    fn uniform_and_tiny_pictures_measure_without_panicking() {
+        let black = Picture::new(W, H, 0);
+        let m = measure(&black.frame(0).luma);
+        assert_eq!((m.band, m.detail), (1.0, 0.0));
+        let tiny = Picture::new(8, 8, 50);
+        assert_eq!(measure(&tiny.frame(0).luma).band, 1.0);
+        let seen = run_video(&mut detector(), times(&tiny, 30));
+        assert!(seen.is_empty());
     }
 }
