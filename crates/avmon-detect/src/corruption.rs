@@ -38,9 +38,12 @@
 //! on the grid for a frame or a few do not move it; damage propagates over many frames until the
 //! next keyframe); the onset is the earliest frame of that window already above the threshold.
 //! Once damaged, the picture stays damaged while the median exceeds half the threshold's margin
-//! (hysteresis). A picture whose band score does not change at all over the window (a freeze, a
-//! still) is content, not damage arriving, and is never judged damaged by its picture; repeated
-//! pictures count once in the window.
+//! (hysteresis). A picture that barely differs from the previous one (one sampled row per band,
+//! every 4th sample, differing by less than 1.5 levels on average: a freeze the encoder keeps
+//! refining, a still) is content, not damage arriving: it is not judged by its picture and does
+//! not enter the window. Without this, a freeze on a frame whose content edges happen to sit on
+//! the block grid was reported as damage. The price: picture-only evidence is blind on pictures
+//! that hardly move (decoder evidence is not).
 //!
 //! **Uniform pictures and scene cuts.** A picture with almost no detail (mean step inside blocks
 //! below 0.25: black, a uniform slate) is neither judged nor learnt from. When the content
@@ -152,6 +155,12 @@ const CUT_LUMA: f32 = 12.0;
 const CUT_DETAIL: f32 = 2.0;
 /// …and a picture where at least this share of the bands did is a scene cut.
 const CUT_SHARE: f64 = 0.5;
+/// A picture whose sampled rows (one per band, every [`STILL_STEP`]th sample) differ from the
+/// previous picture's by less than this on average (8-bit levels) is the same picture again: a
+/// freeze that the encoder keeps refining, or a still. What it shows is content, not damage
+/// arriving, and it is not judged by its picture.
+const STILL_DIFF: f64 = 1.5;
+const STILL_STEP: usize = 4;
 
 /// Blockiness of one picture.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -342,6 +351,8 @@ pub struct CorruptionDetector {
     /// frame and when the picture size changes).
     means: Vec<[f32; 2]>,
     prev_means: Vec<[f32; 2]>,
+    /// One sampled row per band of the previous picture, for telling a still picture.
+    rows: Vec<u8>,
     /// Whether `prev_means` holds the previous picture, and whether that one was uniform.
     have_prev: bool,
     prev_flat: bool,
@@ -367,6 +378,7 @@ impl CorruptionDetector {
             last_bad_end: None,
             means: Vec::new(),
             prev_means: Vec::new(),
+            rows: Vec::new(),
             have_prev: false,
             prev_flat: false,
             trace: std::env::var_os("AVMON_CORRUPTION_TRACE").is_some(),
@@ -400,11 +412,16 @@ impl CorruptionDetector {
     }
 
     /// Measure `luma`, and tell whether it is uniform and whether it starts new content.
-    fn scan(&mut self, luma: &Plane<'_>) -> (Blockiness, bool, bool) {
+    /// Measure a picture: its blockiness, whether it is uniform, whether it starts a new scene,
+    /// and whether it is the previous picture again (still).
+    fn scan(&mut self, luma: &Plane<'_>) -> (Blockiness, bool, bool, bool) {
         let bands = luma.height / BAND;
-        if self.means.len() != bands {
+        let per_row = luma.width.div_ceil(STILL_STEP);
+        if self.means.len() != bands || self.rows.len() != bands * per_row {
             self.means.resize(bands, [0.0; 2]);
             self.prev_means.resize(bands, [0.0; 2]);
+            self.rows.clear();
+            self.rows.resize(bands * per_row, 0);
             self.have_prev = false;
         }
         let m = measure_bands(luma, &mut self.means);
@@ -421,10 +438,22 @@ impl CorruptionDetector {
                 .count();
             moved as f64 >= CUT_SHARE * bands.max(1) as f64
         };
+        // Compare one row per band with the previous picture's, and keep it.
+        let mut diff = 0u64;
+        for (band, kept) in self.rows.chunks_exact_mut(per_row.max(1)).enumerate() {
+            let row = luma.row(band * BAND + BAND / 2);
+            for (k, &v) in kept.iter_mut().zip(row.iter().step_by(STILL_STEP)) {
+                diff += u64::from(k.abs_diff(v));
+                *k = v;
+            }
+        }
+        let still = self.have_prev
+            && !self.rows.is_empty()
+            && (diff as f64 / self.rows.len() as f64) < STILL_DIFF;
         std::mem::swap(&mut self.means, &mut self.prev_means);
         self.have_prev = true;
         self.prev_flat = flat;
-        (m, flat, cut)
+        (m, flat, cut, still)
     }
 
     fn remember(&mut self, band: f64) {
@@ -443,7 +472,7 @@ impl Detector for CorruptionDetector {
     fn on_video(&mut self, frame: &VideoFrame<'_>, out: &mut Findings) {
         // An End owed since a reset goes out first, whatever this frame shows.
         self.episode.flush(out);
-        let (m, flat, cut) = self.scan(&frame.luma);
+        let (m, flat, cut, still_picture) = self.scan(&frame.luma);
         if cut {
             self.relearn();
         }
@@ -466,7 +495,7 @@ impl Detector for CorruptionDetector {
         // A frame that repeats the previous picture (same band score to the bit) adds nothing:
         // a frozen picture is one observation, not many.
         let prev = self.recent[(self.recent_pos + SHORT - 1) % SHORT].1;
-        let changed = !flat && (self.recent_pos == 0 || prev != m.band as f32);
+        let changed = !flat && !still_picture && (self.recent_pos == 0 || prev != m.band as f32);
         if changed {
             self.recent[self.recent_pos % SHORT] = (frame.t, m.band as f32);
             self.recent_pos += 1;
