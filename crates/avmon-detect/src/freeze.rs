@@ -59,8 +59,9 @@
 //! reference, so a black screen is reported once, as black. A resolution change is a change.
 //!
 //! Details: `mafd` and `block_mad` (the largest values seen over the still run, i.e. how close the
-//! call was), `duration_s` on `End`. Metrics per period: `freeze_ratio` (fraction of frames that were
-//! still against their reference, reported or not) and `mad_mean` (mean `mafd` of compared frames).
+//! call was), `duration_s` on `End`. Metrics per period: `freeze_ratio` (fraction of frames that
+//! were still against their reference, reported or not) and `mad_mean` (mean `mafd` of every 8th
+//! compared frame: the others stop comparing as soon as they are known to have changed).
 
 use avmon_core::{kinds, Details, Detector, Findings, Severity, VideoFrame};
 use serde::{Deserialize, Serialize};
@@ -73,6 +74,9 @@ use crate::{check, frame_duration};
 /// Side of the sub-blocks, in grid samples; blocks are 2×2 sub-blocks (16×16 samples, 32×32
 /// pixels), one every 8 samples.
 const SUB: usize = 8;
+
+/// One compared frame in this many is measured in full, for the `mad_mean` metric.
+const EXACT_EVERY: u64 = 8;
 
 /// Settings of the frozen-picture detector.
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
@@ -140,6 +144,8 @@ struct Period {
     frames: u64,
     still: u64,
     compared: u64,
+    /// Compared frames measured in full, and the sum of their `mafd`.
+    exact: u64,
     mad_sum: f64,
 }
 
@@ -217,9 +223,15 @@ impl FreezeDetector {
     /// measure then looks at every 2×2 group of sub-blocks (16×16 samples, 32×32 pixels) at a step
     /// of 8, so that a small change (a clock's digit) falls wholly inside some block whatever its
     /// position, instead of being split across four.
-    fn compare(&mut self) -> Diff {
+    ///
+    /// Unless `exact`, it stops as soon as the frame is known to have changed: the sum of
+    /// differences only grows and the block measure is a maximum, so once either reaches its
+    /// threshold the rest of the picture cannot make the frame still. Moving pictures, the
+    /// common case, are then compared in part; the returned `mafd` is a lower bound.
+    fn compare(&mut self, exact: bool) -> Diff {
         let gw = self.gw;
         let bands = self.gh.div_ceil(SUB);
+        let samples = (gw * self.gh) as f64;
         let wide = if self.sub_cur.len() > 1 { 2 } else { 1 };
         let mut total = 0u64;
         let mut block_mad = 0.0f64;
@@ -254,6 +266,12 @@ impl FreezeDetector {
                 let group = pair.iter().chain(above.get(x..x + wide).unwrap_or(&[]));
                 let (excess, n) = group.fold((0u32, 0u32), |(e, n), s| (e + s.excess, n + s.n));
                 block_mad = block_mad.max(f64::from(excess) / f64::from(n));
+            }
+            if !exact
+                && (total as f64 >= self.mad_threshold * samples
+                    || block_mad >= self.block_threshold)
+            {
+                break;
             }
         }
         Diff {
@@ -341,14 +359,20 @@ impl Detector for FreezeDetector {
             return;
         }
 
-        let diff = self.compare();
+        // `mad_mean` is measured on every `EXACT_EVERY`th compared frame; the others stop
+        // comparing as soon as they are known to have changed.
+        let exact = self.period.compared % EXACT_EVERY == 0;
+        let diff = self.compare(exact);
         let (mafd, block_mad) = (diff.mafd, diff.block_mad);
         #[cfg(test)]
         {
             self.last_diff = diff;
         }
         self.period.compared += 1;
-        self.period.mad_sum += mafd;
+        if exact {
+            self.period.exact += 1;
+            self.period.mad_sum += mafd;
+        }
         if mafd < self.mad_threshold && block_mad < self.block_threshold {
             self.period.still += 1;
             if !self.episode.in_run() {
@@ -373,8 +397,8 @@ impl Detector for FreezeDetector {
         if p.frames > 0 {
             put("freeze_ratio", p.still as f64 / p.frames as f64);
         }
-        if p.compared > 0 {
-            put("mad_mean", p.mad_sum / p.compared as f64);
+        if p.exact > 0 {
+            put("mad_mean", p.mad_sum / p.exact as f64);
         }
     }
 
