@@ -227,12 +227,6 @@ mod tests {
     use crate::testutil::*;
     use avmon_core::FindingEdge::{Begin, End};
 
-    const SR: u32 = 48_000;
-
-    fn secs(s: f64) -> usize {
-        (s * f64::from(SR)).round() as usize
-    }
-
     fn tone(n: usize, amp: f32) -> Vec<f32> {
         (0..n)
             .map(|i| amp * (i as f32 * 440.0 * std::f32::consts::TAU / SR as f32).sin())

@@ -258,12 +258,6 @@ mod tests {
     use crate::testutil::*;
     use avmon_core::FindingEdge::{Begin, End};
 
-    const SR: u32 = 48_000;
-
-    fn secs(s: f64) -> usize {
-        (s * f64::from(SR)).round() as usize
-    }
-
     /// A 440 Hz sine of peak `amp`, hard-clipped at ±`ceiling`.
     fn tone(n: usize, amp: f32, ceiling: f32) -> Vec<f32> {
         (0..n)

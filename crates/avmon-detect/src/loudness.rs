@@ -589,12 +589,6 @@ mod tests {
     use crate::testutil::*;
     use avmon_core::FindingEdge::{Begin, End};
 
-    const SR: u32 = 48_000;
-
-    fn secs(s: f64) -> usize {
-        (s * f64::from(SR)).round() as usize
-    }
-
     /// A sine of `hz` whose peak is `dbfs`, as Tech 3341 specifies its signals.
     fn sine(hz: f64, dbfs: f64, seconds: f64) -> Vec<f32> {
         let amp = 10f64.powf(dbfs / 20.0);

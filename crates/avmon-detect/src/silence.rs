@@ -228,14 +228,8 @@ mod tests {
     use crate::testutil::*;
     use avmon_core::FindingEdge::{Begin, End};
 
-    const SR: u32 = 48_000;
-
     /// Buffer-size patterns: AAC frames, and awkward ones that cut windows anywhere.
     const SIZES: [&[usize]; 4] = [&[1024], &[1000, 7, 333, 4097], &[1], &[960]];
-
-    fn secs(s: f64) -> usize {
-        (s * f64::from(SR)).round() as usize
-    }
 
     /// A 440 Hz sine of the given peak amplitude.
     fn tone(n: usize, amp: f32) -> Vec<f32> {

@@ -175,3 +175,11 @@ pub fn run_audio_layout(
 pub fn assert_t(got: f64, want: f64) {
     assert!((got - want).abs() < 1e-6, "t = {got}, want {want}");
 }
+
+/// The sample rate of the audio tests.
+pub const SR: u32 = 48_000;
+
+/// Samples in `s` seconds at [`SR`].
+pub fn secs(s: f64) -> usize {
+    (s * f64::from(SR)).round() as usize
+}
