@@ -109,6 +109,89 @@ struct Outcome {
     avmon: Vec<Span>,
     avmon_summary: Value,
     ffmpeg: ffmpeg::FfmpegReport,
+    /// For damage transcoded again: per corruption label, how visible it is.
+    visibility: Vec<Visibility>,
+}
+
+/// How visible one damaged stretch is: the damaged decode (what the transcoder was given)
+/// against the clean source, frame by frame, over the label.
+struct Visibility {
+    start: f64,
+    /// Lowest luma PSNR in the span (dB; `None`: every frame identical).
+    min_psnr: Option<f64>,
+    /// Frames below [`VISIBLE_PSNR_DB`].
+    visible_frames: usize,
+}
+
+/// Below this luma PSNR against the clean source, a frame's damage is plainly visible.
+const VISIBLE_PSNR_DB: f64 = 30.0;
+
+const CORRUPTION: &str = "video.corruption";
+
+/// Luma PSNR of each frame of `damaged` against `clean`, by media time (FFmpeg's `psnr` filter,
+/// which pairs frames by timestamp).
+fn psnr_per_frame(
+    tools: &Tools,
+    clean: &Path,
+    damaged: &Path,
+    fps: f64,
+) -> Result<Vec<(f64, f64)>> {
+    let out = run(Command::new(&tools.ffmpeg)
+        .args(["-hide_banner", "-nostdin", "-loglevel", "error", "-i"])
+        .arg(damaged)
+        .arg("-i")
+        .arg(clean)
+        .args(["-lavfi", "[0:v][1:v]psnr=stats_file=-", "-f", "null", "-"]))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(text
+        .lines()
+        .filter_map(|line| {
+            let field = |name: &str| {
+                line.split_whitespace()
+                    .find_map(|f| f.strip_prefix(name))
+                    .map(str::to_string)
+            };
+            let n: f64 = field("n:")?.parse().ok()?;
+            let psnr = match field("psnr_y:")?.as_str() {
+                "inf" => f64::INFINITY,
+                v => v.parse().ok()?,
+            };
+            Some(((n - 1.0) / fps, psnr))
+        })
+        .collect())
+}
+
+fn visibility(tools: &Tools, dir: &Path, item: &Item, truths: &[Span]) -> Result<Vec<Visibility>> {
+    let fps = corpus::CONTENTS
+        .iter()
+        .find(|c| c.name == item.content)
+        .map_or(25.0, |c| f64::from(c.fps));
+    let psnr = psnr_per_frame(
+        tools,
+        &dir.join(format!("{}.src.ts", item.name)),
+        &dir.join(format!("{}.damaged.ts", item.name)),
+        fps,
+    )?;
+    Ok(truths
+        .iter()
+        .filter(|t| t.kind == CORRUPTION)
+        .map(|t| {
+            let span: Vec<f64> = psnr
+                .iter()
+                .filter(|(at, _)| *at >= t.start - 0.5 / fps && *at < t.end)
+                .map(|&(_, p)| p)
+                .collect();
+            Visibility {
+                start: t.start,
+                min_psnr: span
+                    .iter()
+                    .copied()
+                    .reduce(f64::min)
+                    .filter(|p| p.is_finite()),
+                visible_frames: span.iter().filter(|&&p| p < VISIBLE_PSNR_DB).count(),
+            }
+        })
+        .collect())
 }
 
 fn run(cmd: &mut Command) -> Result<std::process::Output> {
@@ -237,7 +320,12 @@ fn analyse(tools: &Tools, dir: &Path, item: &Item) -> Result<Outcome> {
     let (path, truths) = make(tools, dir, item)?;
     let report = check(tools, &path)?;
     let ffmpeg = ffmpeg::analyse(&tools.ffmpeg, &path, true, true, &dir.join(&item.name))?;
+    let visibility = match item.post {
+        Post::DamageThenTranscode(_) => visibility(tools, dir, item, &truths)?,
+        _ => Vec::new(),
+    };
     Ok(Outcome {
+        visibility,
         truths,
         avmon: events_of(&report),
         avmon_summary: report["summary"].clone(),
@@ -354,6 +442,7 @@ fn report(
     let mut failed = Vec::new();
     let mut sync_rows = Vec::new();
     let mut blockiness = Vec::new();
+    let mut visible_rows = Vec::new();
     for (item, r) in items.iter().zip(results) {
         let o = match r {
             Ok(o) => o,
@@ -402,6 +491,22 @@ fn report(
                 o.avmon_summary["av_sync"]["offset_ms"].as_f64(),
             ));
         }
+        for v in &o.visibility {
+            let found = o.avmon.iter().any(|d| {
+                d.kind == CORRUPTION
+                    && o.truths
+                        .iter()
+                        .find(|t| t.kind == CORRUPTION && t.start == v.start)
+                        .is_some_and(|t| t.matches(d, slack))
+            });
+            visible_rows.push((
+                item.name.clone(),
+                v.start,
+                v.min_psnr,
+                v.visible_frames,
+                found,
+            ));
+        }
         blockiness.push((
             item.name.clone(),
             o.avmon_summary["video"]["blockiness_mean"].as_f64(),
@@ -447,6 +552,26 @@ fn report(
     for (kind, f) in &ffmpeg_scores {
         if !f.false_alarms.is_empty() {
             let _ = writeln!(t, "- FFmpeg false {kind}: {}", f.false_alarms.join(", "));
+        }
+    }
+    if !visible_rows.is_empty() {
+        let _ = writeln!(
+            t,
+            "\n## Transcoded damage: how visible it is, and what avmon saw\n\nThe damaged decode \
+             (what the transcoder was given) against the clean source, over each label.\n"
+        );
+        let _ = writeln!(
+            t,
+            "| item | label at (s) | lowest luma PSNR (dB) | frames below {VISIBLE_PSNR_DB:.0} dB | avmon |"
+        );
+        let _ = writeln!(t, "|---|---|---|---|---|");
+        for (name, start, psnr, frames, found) in &visible_rows {
+            let _ = writeln!(
+                t,
+                "| {name} | {start:.2} | {} | {frames} | {} |",
+                psnr.map_or("identical".into(), |p| format!("{p:.1}")),
+                if *found { "found" } else { "missed" }
+            );
         }
     }
     if !sync_rows.is_empty() {

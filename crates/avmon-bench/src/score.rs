@@ -33,7 +33,7 @@ impl Span {
         }
     }
 
-    fn matches(&self, other: &Span, slack: f64) -> bool {
+    pub fn matches(&self, other: &Span, slack: f64) -> bool {
         self.kind == other.kind
             && self.start <= other.end + slack
             && self.end + slack >= other.start

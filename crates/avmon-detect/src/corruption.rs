@@ -58,6 +58,18 @@
 //! content; on periodic or noise-like content (`pan`, `noise`) a displaced copy looks like the
 //! content and is still not seen.
 //!
+//! **Smeared pictures.** When a decoder loses the rest of a picture it often conceals it by
+//! drawing the last row it decoded down to the bottom: streaks, columns of constant value. They
+//! survive a re-encode intact. A band is *smeared* when its sampled row pairs do not step at all
+//! (mean vertical step < 0.1) while its rows have detail (mean horizontal step > 0.3); a picture
+//! is damaged when at least 3 smeared bands run down to the bottom under bands that are not
+//! smeared, and the smear *arrived* (more smeared bands at the bottom than the previous picture
+//! had; it stays damaged while they stay). This needs no baseline and no window, so it is seen at
+//! the first smeared frame, even when the smear is so large that it also counts as a scene cut.
+//! Content built of vertical structure (colour bars, a test card, a horizontal gradient) covers
+//! the whole picture or was there from the first picture, and is not smear. Measured on the
+//! accuracy corpus: it finds the re-encoded damage on the `noise` content.
+//!
 //! **Uniform pictures and scene cuts.** A picture with almost no detail (mean step inside blocks
 //! below 0.25: black, a uniform slate) is neither judged nor learnt from. When the content
 //! changes (at least half the bands changed their mean luma by more than 12 or their detail by
@@ -185,6 +197,51 @@ const ANISO_SHARE: f32 = 0.3;
 const ANISO_LEARN: f32 = 0.2;
 const ANISO_RATE: f32 = 0.1;
 
+/// A band whose sampled row pairs step by less than this on average (8-bit levels: in effect,
+/// not at all) while its rows have more detail than [`SMEAR_DETAIL`] is *smeared*: columns of
+/// constant value, the streaks a decoder's concealment draws down from the last row it could
+/// decode, which survive a re-encode intact…
+const SMEAR_VERTICAL: f32 = 0.1;
+const SMEAR_DETAIL: f32 = 0.3;
+/// …and a picture whose smeared bands run from at least this many bands above the bottom down to
+/// it, under bands that are not smeared, is damaged.
+const SMEAR_BANDS: usize = 3;
+
+/// Smeared bands (see [`SMEAR_VERTICAL`]) at the bottom of a picture: how many consecutive
+/// bands, ending with the last one, are smeared. 0 when every band below the top one is (a
+/// picture that is all vertical structure, such as colour bars or a horizontal gradient, is
+/// content: damage starts where the lost data starts, below a band that decoded).
+fn smear_run(bands: &[Band]) -> usize {
+    let run = bands
+        .iter()
+        .skip(1)
+        .rev()
+        .take_while(|b| b.smeared())
+        .count();
+    if run + 1 >= bands.len() {
+        0
+    } else {
+        run
+    }
+}
+
+/// What [`CorruptionDetector::scan`] found in a picture.
+#[derive(Clone, Copy, Debug)]
+struct Scan {
+    m: Blockiness,
+    /// Uniform (black, a slate): nothing to judge.
+    flat: bool,
+    /// New content (a scene cut, or a uniform picture coming or going).
+    cut: bool,
+    /// The previous picture again.
+    still: bool,
+    /// Share of bands whose step direction turned (see [`ANISO_RISE`]).
+    share: f32,
+    /// Smeared (see [`smear_run`]): smear arrived at the bottom of the picture, or stays there
+    /// since it arrived.
+    smear: bool,
+}
+
 /// Blockiness of one picture.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Blockiness {
@@ -229,13 +286,45 @@ pub fn measure(luma: &Plane<'_>) -> Blockiness {
     measure_bands(luma, &mut [])
 }
 
-/// [`measure`], also writing each band's mean luma, mean step inside blocks (on its sampled
-/// rows) and the ratio of its vertical to horizontal steps inside blocks (each plus [`FLOOR`];
-/// 1 for the top band, which has no vertical pairs measured) into `bands`, as far as it reaches.
-pub fn measure_bands(luma: &Plane<'_>, bands: &mut [[f32; 3]]) -> Blockiness {
+/// What [`measure_bands`] finds in one band of 16 rows.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Band {
+    /// Mean luma of the sampled rows.
+    pub luma: f32,
+    /// Mean horizontal step between neighbouring pixels inside blocks (the band's detail).
+    pub detail: f32,
+    /// Mean vertical step inside blocks (0 for the top band, which has no vertical pairs
+    /// measured).
+    pub vertical: f32,
+    /// The ratio of vertical to horizontal steps inside blocks, each plus [`FLOOR`] (1 for the
+    /// top band).
+    pub aniso: f32,
+}
+
+impl Default for Band {
+    fn default() -> Self {
+        Band {
+            luma: 0.0,
+            detail: 0.0,
+            vertical: 0.0,
+            aniso: 1.0,
+        }
+    }
+}
+
+impl Band {
+    /// Smeared: no vertical step at all on the sampled row pairs, while the rows do have
+    /// detail: columns of constant value (see [`smear_run`]).
+    fn smeared(&self) -> bool {
+        self.vertical < SMEAR_VERTICAL && self.detail > SMEAR_DETAIL
+    }
+}
+
+/// [`measure`], also writing each band's [`Band`] figures into `bands`, as far as it reaches.
+pub fn measure_bands(luma: &Plane<'_>, bands: &mut [Band]) -> Blockiness {
     let (w, h) = (luma.width, luma.height);
     if w < 2 * BAND || h < 2 * BAND {
-        bands.fill([0.0, 0.0, 1.0]);
+        bands.fill(Band::default());
         return Blockiness {
             global: 0.0,
             band: 1.0,
@@ -286,15 +375,16 @@ pub fn measure_bands(luma: &Plane<'_>, bands: &mut [[f32; 3]]) -> Blockiness {
         if let Some(m) = bands.get_mut(b) {
             let h_mean = f64::from(h_inner) / (2.0 * inner16);
             let v_mean = f64::from(v_inner) / (2 * w) as f64;
-            *m = [
-                sum as f32 / (2 * w) as f32,
-                h_mean as f32,
-                if b > 0 {
+            *m = Band {
+                luma: sum as f32 / (2 * w) as f32,
+                detail: h_mean as f32,
+                vertical: v_mean as f32,
+                aniso: if b > 0 {
                     ((v_mean + FLOOR) / (h_mean + FLOOR)) as f32
                 } else {
                     1.0
                 },
-            ];
+            };
         }
     }
     Blockiness {
@@ -382,8 +472,8 @@ pub struct CorruptionDetector {
     last_bad_end: Option<f64>,
     /// Mean luma and detail per band of this picture and the previous one (sized at the first
     /// frame and when the picture size changes).
-    means: Vec<[f32; 3]>,
-    prev_means: Vec<[f32; 3]>,
+    means: Vec<Band>,
+    prev_means: Vec<Band>,
     /// Per band, the running mean of its vertical/horizontal step ratio (see [`ANISO_RISE`]),
     /// and how many pictures taught it since the last cut.
     aniso_base: Vec<f32>,
@@ -392,6 +482,8 @@ pub struct CorruptionDetector {
     rows: Vec<u8>,
     /// Whether `prev_means` holds the previous picture, and whether that one was uniform.
     have_prev: bool,
+    /// Whether the previous picture was smeared (damage that arrived and has not gone).
+    smearing: bool,
     prev_flat: bool,
     trace: bool,
 }
@@ -420,6 +512,7 @@ impl CorruptionDetector {
             aniso_n: 0,
             rows: Vec::new(),
             have_prev: false,
+            smearing: false,
             prev_flat: false,
             trace: std::env::var_os("AVMON_CORRUPTION_TRACE").is_some(),
         }
@@ -452,21 +545,21 @@ impl CorruptionDetector {
         self.aniso_n = 0;
     }
 
-    /// Measure `luma`, and tell whether it is uniform and whether it starts new content.
     /// Measure a picture: its blockiness, whether it is uniform, whether it starts a new scene,
-    /// and whether it is the previous picture again (still).
-    fn scan(&mut self, luma: &Plane<'_>) -> (Blockiness, bool, bool, bool, f32) {
+    /// whether it is the previous picture again (still), how torn and whether smeared it is.
+    fn scan(&mut self, luma: &Plane<'_>) -> Scan {
         let bands = luma.height / BAND;
         let per_row = luma.width.div_ceil(STILL_STEP);
         if self.means.len() != bands || self.rows.len() != bands * per_row {
-            self.means.resize(bands, [0.0; 3]);
-            self.prev_means.resize(bands, [0.0; 3]);
+            self.means.resize(bands, Band::default());
+            self.prev_means.resize(bands, Band::default());
             self.aniso_base.clear();
             self.aniso_base.resize(bands, 1.0);
             self.aniso_n = 0;
             self.rows.clear();
             self.rows.resize(bands * per_row, 0);
             self.have_prev = false;
+            self.smearing = false;
         }
         let m = measure_bands(luma, &mut self.means);
         let flat = m.detail < FLAT_DETAIL;
@@ -476,8 +569,10 @@ impl CorruptionDetector {
                 .iter()
                 .zip(&self.prev_means)
                 .filter(|(a, b)| {
-                    let (da, db) = (a[1] + FLOOR as f32, b[1] + FLOOR as f32);
-                    (a[0] - b[0]).abs() > CUT_LUMA || da > CUT_DETAIL * db || db > CUT_DETAIL * da
+                    let (da, db) = (a.detail + FLOOR as f32, b.detail + FLOOR as f32);
+                    (a.luma - b.luma).abs() > CUT_LUMA
+                        || da > CUT_DETAIL * db
+                        || db > CUT_DETAIL * da
                 })
                 .count();
             moved as f64 >= CUT_SHARE * bands.max(1) as f64
@@ -500,13 +595,27 @@ impl CorruptionDetector {
             .iter()
             .zip(&self.aniso_base)
             .skip(1)
-            .filter(|(m, base)| m[2] > ANISO_RISE * **base + ANISO_MARGIN)
+            .filter(|(m, base)| m.aniso > ANISO_RISE * **base + ANISO_MARGIN)
             .count();
         let share = torn as f32 / bands.saturating_sub(1).max(1) as f32;
+        // Smear is damage when it arrives (more smeared bands at the bottom than the previous
+        // picture had) and while it stays; smear that was there from the first picture of the
+        // content is what the content looks like.
+        let run = smear_run(&self.means);
+        let smear = run >= SMEAR_BANDS
+            && (self.smearing || (self.have_prev && run > smear_run(&self.prev_means)));
+        self.smearing = smear;
         std::mem::swap(&mut self.means, &mut self.prev_means);
         self.have_prev = true;
         self.prev_flat = flat;
-        (m, flat, cut, still, share)
+        Scan {
+            m,
+            flat,
+            cut,
+            still,
+            share,
+            smear,
+        }
     }
 
     /// Teach the per-band running step-direction means with the picture just scanned.
@@ -514,9 +623,9 @@ impl CorruptionDetector {
         let first = self.aniso_n == 0;
         for (base, m) in self.aniso_base.iter_mut().zip(&self.prev_means) {
             *base = if first {
-                m[2]
+                m.aniso
             } else {
-                *base + rate * (m[2] - *base)
+                *base + rate * (m.aniso - *base)
             };
         }
         self.aniso_n += 1;
@@ -538,7 +647,14 @@ impl Detector for CorruptionDetector {
     fn on_video(&mut self, frame: &VideoFrame<'_>, out: &mut Findings) {
         // An End owed since a reset goes out first, whatever this frame shows.
         self.episode.flush(out);
-        let (m, flat, cut, still_picture, share) = self.scan(&frame.luma);
+        let Scan {
+            m,
+            flat,
+            cut,
+            still: still_picture,
+            share,
+            smear,
+        } = self.scan(&frame.luma);
         if cut {
             self.relearn();
         }
@@ -607,12 +723,19 @@ impl Detector for CorruptionDetector {
         // Torn: enough bands turned their step direction towards vertical, judged once the
         // running means learnt from enough pictures of this content.
         let torn_bad = self.aniso_n >= MIN_BASE && torn_med > ANISO_SHARE;
-        let picture =
-            self.cfg.picture && !flat && n == SHORT && changed && !still && (blocky || torn_bad);
+        // Smear needs no baseline and no window: it is judged on the picture alone.
+        let smeared = self.cfg.picture && !flat && smear;
+        let picture = smeared
+            || (self.cfg.picture
+                && !flat
+                && n == SHORT
+                && changed
+                && !still
+                && (blocky || torn_bad));
         // Onset of picture damage: the earliest frame of the short window already above the
         // threshold (the median needs a few damaged frames to move).
         let mut onset = frame.t;
-        if picture && !was {
+        if picture && !was && !smeared {
             let b = baseline.unwrap_or(1.0);
             for ((t, band), share) in self.recent[..n].iter().zip(&self.shares[..n]) {
                 let own = if torn_bad {
@@ -630,7 +753,7 @@ impl Detector for CorruptionDetector {
         }
         if self.trace {
             eprintln!(
-                "corruption t={:.3} key={} flags={} global={:.3} band={:.3} detail={:.2} cut={} base={:.3} score={:.3} torn={:.2} torn_med={:.2} pic={}",
+                "corruption t={:.3} key={} flags={} global={:.3} band={:.3} detail={:.2} cut={} base={:.3} score={:.3} torn={:.2} torn_med={:.2} smear={} pic={}",
                 frame.t,
                 frame.key,
                 frame.decode_errors,
@@ -642,6 +765,7 @@ impl Detector for CorruptionDetector {
                 score,
                 share,
                 torn_med,
+                smeared,
                 picture
             );
         }
@@ -678,6 +802,7 @@ impl Detector for CorruptionDetector {
             // the episode's end is after the last frame that was itself above the threshold.
             let own = self.decoder_hold.is_some()
                 || !was
+                || smeared
                 || share > ANISO_SHARE
                 || baseline.is_some_and(|b| m.band > b * self.cfg.threshold);
             if own || self.last_bad_end.is_none() {
@@ -891,6 +1016,39 @@ mod tests {
             "reported within a few frames: {}",
             seen[0].at
         );
+    }
+
+    /// Fresh noise, with every row from macroblock row `from` down a copy of the row above it
+    /// (`smear`: streaks drawn down from the last decoded row, as concealment does), or with
+    /// vertical stripes there instead (`!smear`: content built that way).
+    fn streaked(i: usize, from: usize, smear: bool) -> Picture {
+        let noise = |x: usize, y: usize| hash(x as i64 + 7919 * i as i64, y as i64);
+        Picture::from_fn(W, H, |x, y| match (y >= from * 16, smear) {
+            (false, _) => noise(x, y),
+            (true, true) => noise(x, from * 16 - 1),
+            (true, false) => (128.0 + 60.0 * (x as f64 / 5.0).sin()) as u8,
+        })
+    }
+
+    #[test]
+    fn smear_fires_when_it_arrives_and_not_when_it_is_the_content() {
+        let pics: Vec<Picture> = (0..100)
+            .map(|i| streaked(i, if (60..70).contains(&i) { 4 } else { H / 16 }, true))
+            .collect();
+        let seen = run_video(&mut detector(), &pics);
+        assert_eq!(edges(&seen).len(), 2, "{:?}", edges(&seen));
+        assert_eq!(seen[0].f.edge, Begin);
+        assert_t(seen[0].f.t, ft(60));
+        assert_eq!(seen[0].at, 60, "reported at the first smeared frame");
+        assert_eq!(seen[1].f.edge, End);
+        assert_t(seen[1].f.t, ft(70));
+        // Stripes under noise from the first picture on: the content, never damage; and a
+        // picture of stripes only (colour bars, a test card) after a cut is not either.
+        let content: Vec<Picture> = (0..100)
+            .map(|i| streaked(i, if i < 50 { 4 } else { 0 }, false))
+            .collect();
+        let seen = run_video(&mut detector(), &content);
+        assert!(seen.is_empty(), "{:?}", edges(&seen));
     }
 
     #[test]
