@@ -16,6 +16,7 @@ use ff::format::{Pixel, Sample};
 use ffmpeg_next as ff;
 use libc::{c_int, c_void};
 
+use crate::ingest::{self, CustomIo, IoState, Route};
 use crate::{describe, MediaClock, MediaError};
 
 /// How to open and decode an input.
@@ -30,6 +31,9 @@ pub struct OpenOptions {
     pub decoder_threads: usize,
     /// Extra options for FFmpeg's demuxer and protocol (e.g. `("rtsp_transport", "tcp")`).
     pub format_options: Vec<(String, String)>,
+    /// Sees every byte of inputs that avmon reads itself (transport streams: see
+    /// [`crate::ingest`]), on their way to the demuxer.
+    pub tap: Option<crate::Tap>,
 }
 
 impl Default for OpenOptions {
@@ -39,6 +43,7 @@ impl Default for OpenOptions {
             open_timeout: Duration::from_secs(10),
             decoder_threads: 1,
             format_options: Vec::new(),
+            tap: None,
         }
     }
 }
@@ -65,14 +70,14 @@ pub enum EndReason {
 }
 
 /// State the interrupt callback reads: FFmpeg calls it from inside blocking I/O on this thread.
-struct Interrupt {
-    stop: Arc<AtomicBool>,
-    deadline: Cell<Instant>,
+pub(crate) struct Interrupt {
+    pub(crate) stop: Arc<AtomicBool>,
+    pub(crate) deadline: Cell<Instant>,
 }
 
-extern "C" fn interrupt_cb(opaque: *mut c_void) -> c_int {
-    // SAFETY: `opaque` points to the `Interrupt` boxed in the `Input` that owns the format
-    // context; the context is closed before the box is dropped (field order in `Input`).
+pub(crate) extern "C" fn interrupt_cb(opaque: *mut c_void) -> c_int {
+    // SAFETY: `opaque` points to an `Interrupt` boxed next to the context it interrupts (in
+    // `Input`, or ingest's `ProtocolReader`), which is closed before the box is dropped.
     let irq = unsafe { &*(opaque as *const Interrupt) };
     (irq.stop.load(Ordering::Relaxed) || Instant::now() >= irq.deadline.get()) as c_int
 }
@@ -147,8 +152,12 @@ struct AudioDec {
 
 /// An opened input with its decoders.
 pub struct Input {
-    // Field order matters: the format context must close before the interrupt state is freed.
+    // Field order matters: the format context must close before the custom I/O context, the
+    // state its reads use, and the interrupt state are freed.
     ctx: ff::format::context::Input,
+    /// Owns the custom I/O context (freed on drop); never read.
+    _custom_io: Option<CustomIo>,
+    io_state: Option<Box<IoState>>,
     video: Option<VideoDec>,
     audio: Option<AudioDec>,
     irq: Box<Interrupt>,
@@ -195,11 +204,39 @@ impl Input {
             deadline: Cell::new(Instant::now() + opts.open_timeout),
         });
         let mut dict = ff::Dictionary::new();
-        for (k, v) in &opts.format_options {
-            dict.set(k, v);
-        }
+        // Byte-level inputs: avmon reads, FFmpeg demuxes what it is handed.
+        let (mut io_state, format) = match ingest::route(url, opts, &irq.stop)? {
+            Route::Bytes { reader, format } => {
+                (Some(IoState::new(reader, opts.tap.clone())), format)
+            }
+            Route::Ffmpeg => {
+                for (k, v) in &opts.format_options {
+                    dict.set(k, v);
+                }
+                (None, None)
+            }
+        };
+        let custom_io = match io_state.as_mut() {
+            Some(state) => {
+                Some(CustomIo::new(state).ok_or_else(|| open_err("out of memory".into()))?)
+            }
+            None => None,
+        };
+        let iformat = match format {
+            Some(name) => {
+                let cname = CString::new(name).expect("format names have no NUL");
+                // SAFETY: looks up a static demuxer by name.
+                let f = unsafe { ffi::av_find_input_format(cname.as_ptr()) };
+                if f.is_null() {
+                    return Err(open_err(format!("this FFmpeg has no {name} demuxer")));
+                }
+                f
+            }
+            None => ptr::null(),
+        };
         // SAFETY: the standard avformat open sequence. On failure avformat_open_input frees the
-        // context itself; after it succeeds we own it and close it on every error path.
+        // context itself (not a custom I/O context: `custom_io` frees that); after it succeeds
+        // we own it and close it on every error path.
         let ctx = unsafe {
             let mut ps = ffi::avformat_alloc_context();
             if ps.is_null() {
@@ -209,11 +246,19 @@ impl Input {
                 callback: Some(interrupt_cb),
                 opaque: &*irq as *const Interrupt as *mut c_void,
             };
+            if let Some(io) = &custom_io {
+                (*ps).pb = io.avio;
+                (*ps).flags |= ffi::AVFMT_FLAG_CUSTOM_IO as c_int;
+            }
             let mut d = dict.disown();
-            let r = ffi::avformat_open_input(&mut ps, curl.as_ptr(), ptr::null(), &mut d);
+            let r = ffi::avformat_open_input(&mut ps, curl.as_ptr(), iformat, &mut d);
             drop(ff::Dictionary::own(d));
             if r < 0 {
-                return Err(open_err(describe(&ff::Error::from(r))));
+                let why = io_state
+                    .as_mut()
+                    .and_then(|s| s.error.take())
+                    .map_or_else(|| describe(&ff::Error::from(r)), |e| e.to_string());
+                return Err(open_err(why));
             }
             let r = ffi::avformat_find_stream_info(ps, ptr::null_mut());
             if r < 0 {
@@ -320,6 +365,8 @@ impl Input {
         let start_us = (start != ffi::AV_NOPTS_VALUE).then_some(start);
         Ok(Input {
             ctx,
+            _custom_io: custom_io,
+            io_state,
             video,
             audio,
             irq,
@@ -369,9 +416,15 @@ impl Input {
                     // Demuxers resync on damaged data; persistent errors mean the input is gone.
                     consecutive_errors += 1;
                     if consecutive_errors > 100 {
+                        // avmon's own reader says best why (a socket error, say).
+                        let reason = self
+                            .io_state
+                            .as_mut()
+                            .and_then(|s| s.error.take())
+                            .map_or_else(|| describe(&e), |e| e.to_string());
                         return Err(MediaError::Read {
                             url: self.url.clone(),
-                            reason: describe(&e),
+                            reason,
                         });
                     }
                     continue;

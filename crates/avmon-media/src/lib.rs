@@ -6,6 +6,9 @@
 //!   points into the decoder's own buffers. Nothing is copied between decoder and detectors; the
 //!   one exception is a sample-format conversion when a decoder's output is not planar float (or a
 //!   picture format without an 8-bit luma plane), done into buffers reused frame after frame.
+//! - [`ingest`]: for transport streams (`udp://`, `rtp://`, `srt://`, HTTP TS, `.ts` files)
+//!   avmon reads the bytes itself and feeds the demuxer through a custom I/O context; a
+//!   [`ByteTap`] sees every byte once on the way (the transport analyser).
 //! - [`run_source`] keeps a live input going: it reconnects with capped exponential backoff and
 //!   reports the source going down (cannot open, or nothing delivered for `io_timeout`) and coming
 //!   back up, once each.
@@ -20,11 +23,13 @@
 //! across reconnects so events from one live stream stay on one time line.
 
 mod clock;
+pub mod ingest;
 mod input;
 mod source;
 pub mod synth;
 
 pub use clock::MediaClock;
+pub use ingest::{ByteTap, Tap};
 pub use input::{EndReason, FrameSink, Input, OpenOptions};
 pub use source::{run_source, Backoff, SourceEvents};
 

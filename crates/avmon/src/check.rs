@@ -179,6 +179,7 @@ pub fn check(opts: CheckOptions) -> Result<Report> {
         decoder_threads: opts.decoder_threads,
         format_options: opts.format_options.clone(),
         open_timeout: opts.io_timeout.max(Duration::from_secs(10)),
+        tap: None,
     };
     let mut input = Input::open(&opts.input, &open, stop.clone()).map_err(anyhow::Error::new)?;
     let info = input.info().clone();

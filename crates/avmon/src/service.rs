@@ -185,6 +185,7 @@ fn stream_thread(
         open_timeout: io_timeout.max(Duration::from_secs(5)),
         decoder_threads: cfg.decoder_threads,
         format_options: cfg.options.clone().into_iter().collect(),
+        tap: None,
     };
     let mut sink = StreamSink {
         pipe: Pipeline::new(

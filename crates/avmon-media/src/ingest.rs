@@ -1,0 +1,668 @@
+//! Byte-level ingest: for transport-stream inputs avmon reads the bytes itself and hands them to
+//! FFmpeg's demuxer through a custom I/O context, so that a transport analyser ([`ByteTap`]) sees
+//! every byte once, on its way to the decoder, with nothing read twice.
+//!
+//! Which inputs ([`route`]):
+//! - `udp://` and `rtp://`: avmon's own socket. Unicast or multicast (joined on the interface
+//!   `localaddr=`), source-specific multicast (`sources=A,B`), a receive buffer of `buffer_size=`
+//!   bytes (default 16 MiB, capped by the kernel's `net.core.rmem_max`: the size granted is
+//!   logged), and for `rtp://` the RTP header stripped with sequence gaps counted
+//!   ([`ByteTap::on_rtp_loss`]). The payload is MPEG-TS.
+//! - `srt://`, `tcp://`, `http(s)://` (not HLS playlists): FFmpeg's protocol layer opens the
+//!   connection (SRT caller or listener, latency, passphrase: its URL options), avmon reads from
+//!   it and feeds the demuxer.
+//! - a local file that starts with three TS sync bytes 188 bytes apart: read with `std::fs`.
+//! - anything else (`rtmp://`, `rtsp://`, HLS, MP4 files, devices): straight through FFmpeg, which
+//!   has no transport layer to show there.
+//!
+//! Reads never block for long: a socket read waits at most [`POLL`], then the stop flag and the
+//! I/O deadline are checked, so a stalled source is reported as timed out (the same
+//! [`EndReason::TimedOut`](crate::EndReason) as FFmpeg's own inputs) and a stop is prompt.
+
+use std::cell::Cell;
+use std::ffi::CString;
+use std::fmt;
+use std::fs::File;
+use std::io::{self, Read};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::ptr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ffmpeg_next::ffi;
+use libc::{c_int, c_void};
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::input::{interrupt_cb, Interrupt};
+use crate::{describe, MediaError, OpenOptions};
+
+/// Sees the bytes of a byte-level input on their way to the demuxer (a transport analyser).
+/// Called on the stream's own thread, from inside the demuxer's read.
+pub trait ByteTap: Send + Sync {
+    /// The next bytes of the input, in order, each exactly once.
+    fn on_bytes(&self, bytes: &[u8]);
+    /// RTP packets lost: the sequence number skipped `lost` packets.
+    fn on_rtp_loss(&self, _lost: u64) {}
+}
+
+/// A shared [`ByteTap`] in [`OpenOptions`].
+#[derive(Clone)]
+pub struct Tap(pub Arc<dyn ByteTap>);
+
+impl fmt::Debug for Tap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Tap")
+    }
+}
+
+/// How long one socket or protocol read waits before the stop flag and deadline are checked.
+pub const POLL: Duration = Duration::from_millis(100);
+/// Receive buffer asked for by default: a few seconds of a 40 Mbit/s stream.
+const DEFAULT_RCVBUF: usize = 16 << 20;
+/// The largest datagram.
+const MAX_DATAGRAM: usize = 65_536;
+
+/// Where an input's bytes come from.
+pub(crate) enum Route {
+    /// avmon reads them; `format` forces the demuxer (`None`: probe).
+    Bytes {
+        reader: Box<dyn ByteReader>,
+        format: Option<&'static str>,
+    },
+    /// FFmpeg opens the URL itself.
+    Ffmpeg,
+}
+
+/// A source of bytes. `Ok(0)` is the end of the input; `ErrorKind::TimedOut` means nothing came
+/// for the I/O timeout; `ErrorKind::Interrupted` that the stop flag was set.
+pub(crate) trait ByteReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize>;
+}
+
+/// Decide how to read `url` (see the module docs), and open it if avmon reads it.
+pub(crate) fn route(
+    url: &str,
+    opts: &OpenOptions,
+    stop: &Arc<AtomicBool>,
+) -> Result<Route, MediaError> {
+    let open_err = |reason: String| MediaError::Open {
+        url: url.to_string(),
+        reason,
+    };
+    let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+    let waits = Waits {
+        stop: stop.clone(),
+        first: opts.open_timeout.max(opts.io_timeout),
+        io: opts.io_timeout,
+    };
+    match scheme.as_deref() {
+        Some(s @ ("udp" | "rtp")) => {
+            let reader = UdpReader::open(url, s == "rtp", waits, opts.tap.clone())
+                .map_err(|e| open_err(e.to_string()))?;
+            Ok(Route::Bytes {
+                reader: Box::new(reader),
+                format: Some("mpegts"),
+            })
+        }
+        Some("srt" | "tcp") => Ok(Route::Bytes {
+            reader: Box::new(ProtocolReader::open(url, waits, &opts.format_options)?),
+            format: None,
+        }),
+        Some("http" | "https") if !is_playlist(url) => Ok(Route::Bytes {
+            reader: Box::new(ProtocolReader::open(url, waits, &opts.format_options)?),
+            format: None,
+        }),
+        Some("file") | None => {
+            let path = url.strip_prefix("file://").unwrap_or(url);
+            match is_ts_file(Path::new(path)) {
+                Some(file) => Ok(Route::Bytes {
+                    reader: Box::new(FileReader {
+                        file,
+                        stop: waits.stop,
+                    }),
+                    format: Some("mpegts"),
+                }),
+                None => Ok(Route::Ffmpeg),
+            }
+        }
+        _ => Ok(Route::Ffmpeg),
+    }
+}
+
+/// An HLS playlist (FFmpeg's HLS demuxer reads those; avmon's own HLS monitor is separate).
+fn is_playlist(url: &str) -> bool {
+    let path = url
+        .split(['?', '#'])
+        .next()
+        .unwrap_or(url)
+        .to_ascii_lowercase();
+    path.ends_with(".m3u8") || path.ends_with(".m3u")
+}
+
+/// The file, opened at its start, if it begins like an MPEG-TS file: sync bytes at 0, 188, 376.
+fn is_ts_file(path: &Path) -> Option<File> {
+    let mut head = [0u8; 377];
+    File::open(path).ok()?.read_exact(&mut head).ok()?;
+    (head[0] == 0x47 && head[188] == 0x47 && head[376] == 0x47)
+        .then(|| File::open(path).ok())
+        .flatten()
+}
+
+/// The stop flag and the I/O deadlines of a reader.
+struct Waits {
+    stop: Arc<AtomicBool>,
+    /// Longest wait for the first bytes (connect and probe).
+    first: Duration,
+    /// Longest wait for more bytes after that.
+    io: Duration,
+}
+
+struct FileReader {
+    file: File,
+    stop: Arc<AtomicBool>,
+}
+
+impl ByteReader for FileReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.stop.load(Ordering::Relaxed) {
+            return Err(io::ErrorKind::Interrupted.into());
+        }
+        self.file.read(buf)
+    }
+}
+
+/// `udp://` / `rtp://` options, FFmpeg's spelling: `udp://[@]HOST:PORT?localaddr=IP&sources=IP,IP&buffer_size=N`.
+#[derive(Debug, PartialEq)]
+struct UdpUrl {
+    addr: SocketAddr,
+    localaddr: Option<IpAddr>,
+    sources: Vec<Ipv4Addr>,
+    buffer_size: usize,
+}
+
+fn parse_udp_url(url: &str) -> Result<UdpUrl, String> {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let (hostport, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let hostport = hostport.trim_end_matches('/');
+    let hostport = hostport.rsplit_once('@').map_or(hostport, |(_, h)| h);
+    let (host, port) = hostport
+        .rsplit_once(':')
+        .ok_or_else(|| format!("no port in {url:?} (udp://[@]HOST:PORT)"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("bad port {port:?} in {url:?}"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let ip: IpAddr = if host.is_empty() {
+        Ipv4Addr::UNSPECIFIED.into()
+    } else {
+        host.parse()
+            .map_err(|_| format!("{host:?} is not an IP address (names are not resolved here)"))?
+    };
+    let mut out = UdpUrl {
+        addr: SocketAddr::new(ip, port),
+        localaddr: None,
+        sources: Vec::new(),
+        buffer_size: DEFAULT_RCVBUF,
+    };
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        match k {
+            "localaddr" => {
+                out.localaddr = Some(v.parse().map_err(|_| format!("bad localaddr {v:?}"))?)
+            }
+            "sources" => {
+                for s in v.split(',').filter(|s| !s.is_empty()) {
+                    out.sources
+                        .push(s.parse().map_err(|_| format!("bad source address {s:?}"))?);
+                }
+            }
+            "buffer_size" => {
+                out.buffer_size = v
+                    .parse()
+                    .ok()
+                    .filter(|&n: &usize| n > 0)
+                    .ok_or_else(|| format!("bad buffer_size {v:?}"))?
+            }
+            // FFmpeg's other udp options (pkt_size, fifo_size, overrun_nonfatal, timeout...)
+            // concern its own reader; avmon's does not need them.
+            _ => tracing::debug!(option = k, "udp option ignored by avmon's reader"),
+        }
+    }
+    if !out.sources.is_empty() && !matches!(ip, IpAddr::V4(g) if g.is_multicast()) {
+        return Err("sources= needs an IPv4 multicast group".into());
+    }
+    Ok(out)
+}
+
+/// A UDP socket, unicast or multicast, optionally carrying RTP.
+struct UdpReader {
+    socket: Socket,
+    rtp: bool,
+    waits: Waits,
+    tap: Option<crate::Tap>,
+    datagram: Vec<u8>,
+    /// Payload of the current datagram not handed out yet: `datagram[pos..end]`.
+    pos: usize,
+    end: usize,
+    /// Last RTP sequence number seen.
+    last_seq: Option<u16>,
+    last_data: Instant,
+    got_data: bool,
+}
+
+impl UdpReader {
+    fn open(url: &str, rtp: bool, waits: Waits, tap: Option<crate::Tap>) -> Result<Self, String> {
+        let u = parse_udp_url(url)?;
+        let domain = Domain::for_address(u.addr);
+        let socket = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))
+            .map_err(|e| format!("socket: {e}"))?;
+        socket
+            .set_reuse_address(true)
+            .map_err(|e| format!("SO_REUSEADDR: {e}"))?;
+        let _ = socket.set_recv_buffer_size(u.buffer_size);
+        let granted = socket.recv_buffer_size().unwrap_or(0);
+        if granted < u.buffer_size {
+            tracing::info!(
+                url,
+                asked = u.buffer_size,
+                granted,
+                "receive buffer capped by the kernel (raise net.core.rmem_max)"
+            );
+        }
+        let multicast = u.addr.ip().is_multicast();
+        // Bound on the URL's address: a multicast group on its own address, so that other
+        // groups on the same port stay out; a unicast address to listen on one interface.
+        let bind = u.addr;
+        socket
+            .bind(&bind.into())
+            .map_err(|e| format!("bind {bind}: {e}"))?;
+        match u.addr.ip() {
+            IpAddr::V4(group) if multicast => {
+                let iface = match u.localaddr {
+                    Some(IpAddr::V4(a)) => a,
+                    Some(IpAddr::V6(_)) => return Err("localaddr must be IPv4 here".into()),
+                    None => Ipv4Addr::UNSPECIFIED,
+                };
+                if u.sources.is_empty() {
+                    socket
+                        .join_multicast_v4(&group, &iface)
+                        .map_err(|e| format!("joining {group} on {iface}: {e}"))?;
+                } else {
+                    for src in &u.sources {
+                        socket
+                            .join_ssm_v4(src, &group, &iface)
+                            .map_err(|e| format!("joining {group} from {src} on {iface}: {e}"))?;
+                    }
+                }
+            }
+            IpAddr::V6(group) if multicast => socket
+                .join_multicast_v6(&group, 0)
+                .map_err(|e| format!("joining {group}: {e}"))?,
+            _ => {}
+        }
+        socket
+            .set_read_timeout(Some(POLL))
+            .map_err(|e| format!("SO_RCVTIMEO: {e}"))?;
+        Ok(UdpReader {
+            socket,
+            rtp,
+            waits,
+            tap,
+            datagram: vec![0; MAX_DATAGRAM],
+            pos: 0,
+            end: 0,
+            last_seq: None,
+            last_data: Instant::now(),
+            got_data: false,
+        })
+    }
+
+    /// Receive the next datagram into `datagram[pos..end]` (its payload, for RTP).
+    fn receive(&mut self) -> io::Result<()> {
+        loop {
+            if self.waits.stop.load(Ordering::Relaxed) {
+                return Err(io::ErrorKind::Interrupted.into());
+            }
+            let limit = if self.got_data {
+                self.waits.io
+            } else {
+                self.waits.first
+            };
+            if self.last_data.elapsed() >= limit {
+                return Err(io::ErrorKind::TimedOut.into());
+            }
+            // SAFETY: `recv` only writes initialised bytes into the buffer; viewing our
+            // initialised Vec<u8> as MaybeUninit<u8> is sound.
+            let buf = unsafe {
+                &mut *(self.datagram.as_mut_slice() as *mut [u8]
+                    as *mut [std::mem::MaybeUninit<u8>])
+            };
+            match self.socket.recv(buf) {
+                Ok(n) => {
+                    self.last_data = Instant::now();
+                    self.got_data = true;
+                    let (start, end) = if self.rtp {
+                        match rtp_payload(&self.datagram[..n]) {
+                            Some((seq, start, end)) => {
+                                self.count_seq(seq);
+                                (start, end)
+                            }
+                            // Not RTP (raw TS sent to an rtp:// port): take it whole.
+                            None => (0, n),
+                        }
+                    } else {
+                        (0, n)
+                    };
+                    if start < end {
+                        self.pos = start;
+                        self.end = end;
+                        return Ok(());
+                    }
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn count_seq(&mut self, seq: u16) {
+        if let Some(last) = self.last_seq {
+            let ahead = seq.wrapping_sub(last);
+            if ahead == 0 || ahead >= 0x8000 {
+                // A duplicate or a late (reordered) packet: not a gap, and not the new latest.
+                return;
+            }
+            if ahead > 1 {
+                if let Some(tap) = &self.tap {
+                    tap.0.on_rtp_loss(u64::from(ahead - 1));
+                }
+            }
+        }
+        self.last_seq = Some(seq);
+    }
+}
+
+/// The sequence number and payload range of an RTP packet (RFC 3550 5.1), or `None` when the
+/// datagram is not RTP version 2 or is inconsistent.
+fn rtp_payload(d: &[u8]) -> Option<(u16, usize, usize)> {
+    if d.len() < 12 || d[0] >> 6 != 2 {
+        return None;
+    }
+    let csrc = usize::from(d[0] & 0x0f);
+    let mut start = 12 + 4 * csrc;
+    if d[0] & 0x10 != 0 {
+        let ext = d.get(start + 2..start + 4)?;
+        start += 4 + 4 * usize::from(u16::from_be_bytes([ext[0], ext[1]]));
+    }
+    let mut end = d.len();
+    if d[0] & 0x20 != 0 {
+        end = end.checked_sub(usize::from(*d.last()?))?;
+    }
+    (start <= end).then_some((u16::from_be_bytes([d[2], d[3]]), start, end))
+}
+
+impl ByteReader for UdpReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.pos >= self.end {
+            self.receive()?;
+        }
+        let n = buf.len().min(self.end - self.pos);
+        buf[..n].copy_from_slice(&self.datagram[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// An input opened with FFmpeg's protocol layer (`avio_open2`), read by avmon.
+struct ProtocolReader {
+    pb: *mut ffi::AVIOContext,
+    deadline: Box<Interrupt>,
+    waits: Waits,
+    got_data: bool,
+}
+
+impl ProtocolReader {
+    fn open(url: &str, waits: Waits, options: &[(String, String)]) -> Result<Self, MediaError> {
+        crate::init();
+        let open_err = |reason: String| MediaError::Open {
+            url: url.to_string(),
+            reason,
+        };
+        let curl = CString::new(url).map_err(|_| open_err("the URL contains a NUL byte".into()))?;
+        let deadline = Box::new(Interrupt {
+            stop: waits.stop.clone(),
+            deadline: Cell::new(Instant::now() + waits.first),
+        });
+        let mut dict = ffmpeg_next::Dictionary::new();
+        for (k, v) in options {
+            dict.set(k, v);
+        }
+        let cb = ffi::AVIOInterruptCB {
+            callback: Some(interrupt_cb),
+            opaque: &*deadline as *const Interrupt as *mut c_void,
+        };
+        let mut pb: *mut ffi::AVIOContext = ptr::null_mut();
+        // SAFETY: avio_open2 with a valid URL, interrupt callback and options dictionary (which
+        // it may replace; we free what comes back).
+        let r = unsafe {
+            let mut d = dict.disown();
+            let r = ffi::avio_open2(&mut pb, curl.as_ptr(), ffi::AVIO_FLAG_READ, &cb, &mut d);
+            drop(ffmpeg_next::Dictionary::own(d));
+            r
+        };
+        if r < 0 {
+            return Err(open_err(describe(&ffmpeg_next::Error::from(r))));
+        }
+        Ok(ProtocolReader {
+            pb,
+            deadline,
+            waits,
+            got_data: false,
+        })
+    }
+}
+
+impl ByteReader for ProtocolReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let limit = if self.got_data {
+            self.waits.io
+        } else {
+            self.waits.first
+        };
+        self.deadline.deadline.set(Instant::now() + limit);
+        let len = c_int::try_from(buf.len()).unwrap_or(c_int::MAX);
+        // SAFETY: `pb` is open; `buf` is valid for `len` bytes.
+        let r = unsafe { ffi::avio_read_partial(self.pb, buf.as_mut_ptr(), len) };
+        match r {
+            n if n > 0 => {
+                self.got_data = true;
+                Ok(n as usize)
+            }
+            0 => Ok(0),
+            ffi::AVERROR_EOF => Ok(0),
+            ffi::AVERROR_EXIT => Err(if self.waits.stop.load(Ordering::Relaxed) {
+                io::ErrorKind::Interrupted.into()
+            } else {
+                io::ErrorKind::TimedOut.into()
+            }),
+            e => {
+                let why = describe(&ffmpeg_next::Error::from(e));
+                if self.got_data {
+                    // A connection that carried data and then fails was closed by the peer
+                    // (SRT reports that as an I/O error): the end of this input.
+                    tracing::debug!("read ended: {why}");
+                    Ok(0)
+                } else {
+                    Err(io::Error::other(why))
+                }
+            }
+        }
+    }
+}
+
+impl Drop for ProtocolReader {
+    fn drop(&mut self) {
+        // SAFETY: `pb` came from avio_open2 and is closed once.
+        unsafe { ffi::avio_closep(&mut self.pb) };
+    }
+}
+
+/// What the custom I/O context's read callback works with.
+pub(crate) struct IoState {
+    reader: Box<dyn ByteReader>,
+    tap: Option<crate::Tap>,
+    /// Why the last read failed, for the user.
+    pub(crate) error: Option<io::Error>,
+}
+
+impl IoState {
+    pub(crate) fn new(reader: Box<dyn ByteReader>, tap: Option<crate::Tap>) -> Box<Self> {
+        Box::new(IoState {
+            reader,
+            tap,
+            error: None,
+        })
+    }
+}
+
+/// Bytes in the custom I/O context's buffer.
+const IO_BUFFER: usize = 64 * 1024;
+
+/// The custom I/O context: owns the AVIOContext and its buffer, frees them on drop (after the
+/// format context that uses it is closed: field order in `Input`).
+pub(crate) struct CustomIo {
+    pub(crate) avio: *mut ffi::AVIOContext,
+}
+
+impl CustomIo {
+    /// A read-only, non-seekable I/O context reading from `state`.
+    pub(crate) fn new(state: &mut IoState) -> Option<CustomIo> {
+        // SAFETY: the buffer is allocated with av_malloc as avio_alloc_context requires; on
+        // failure it is freed here, after success the context owns it (freed in Drop).
+        unsafe {
+            let buf = ffi::av_malloc(IO_BUFFER) as *mut u8;
+            if buf.is_null() {
+                return None;
+            }
+            let avio = ffi::avio_alloc_context(
+                buf,
+                IO_BUFFER as c_int,
+                0,
+                state as *mut IoState as *mut c_void,
+                Some(read_packet),
+                None,
+                None,
+            );
+            if avio.is_null() {
+                ffi::av_free(buf as *mut c_void);
+                return None;
+            }
+            Some(CustomIo { avio })
+        }
+    }
+}
+
+impl Drop for CustomIo {
+    fn drop(&mut self) {
+        // SAFETY: the context and its (possibly reallocated) buffer are ours, freed once.
+        unsafe {
+            if !self.avio.is_null() {
+                ffi::av_freep(&mut (*self.avio).buffer as *mut *mut u8 as *mut c_void);
+                ffi::avio_context_free(&mut self.avio);
+            }
+        }
+    }
+}
+
+extern "C" fn read_packet(opaque: *mut c_void, buf: *mut u8, size: c_int) -> c_int {
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        // SAFETY: `opaque` is the boxed `IoState` that outlives the I/O context; `buf` is
+        // FFmpeg's buffer of `size` bytes.
+        let state = unsafe { &mut *(opaque as *mut IoState) };
+        let buf = unsafe { std::slice::from_raw_parts_mut(buf, size.max(0) as usize) };
+        match state.reader.read(buf) {
+            Ok(0) => ffi::AVERROR_EOF,
+            Ok(n) => {
+                if let Some(tap) = &state.tap {
+                    tap.0.on_bytes(&buf[..n]);
+                }
+                n as c_int
+            }
+            Err(e) => {
+                let code = match e.kind() {
+                    io::ErrorKind::TimedOut | io::ErrorKind::Interrupted => ffi::AVERROR_EXIT,
+                    _ => ffi::AVERROR(libc::EIO),
+                };
+                state.error = Some(e);
+                code
+            }
+        }
+    }));
+    result.unwrap_or(ffi::AVERROR(libc::EIO))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn udp_urls_parse_like_ffmpeg() {
+        let u =
+            parse_udp_url("udp://@239.1.2.3:5000?localaddr=127.0.0.1&buffer_size=1000").unwrap();
+        assert_eq!(u.addr, "239.1.2.3:5000".parse().unwrap());
+        assert_eq!(u.localaddr, Some("127.0.0.1".parse().unwrap()));
+        assert_eq!(u.buffer_size, 1000);
+        let u = parse_udp_url("udp://:1234").unwrap();
+        assert_eq!(u.addr, "0.0.0.0:1234".parse().unwrap());
+        let u = parse_udp_url("rtp://232.0.0.1:5004?sources=10.0.0.1,10.0.0.2").unwrap();
+        assert_eq!(u.sources.len(), 2);
+        for bad in [
+            "udp://239.1.1.1",
+            "udp://host.example:5000",
+            "udp://239.1.1.1:99999",
+            "udp://127.0.0.1:5000?sources=10.0.0.1",
+            "udp://239.1.1.1:5000?buffer_size=lots",
+        ] {
+            assert!(parse_udp_url(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn rtp_headers_are_stripped() {
+        let mut p = vec![0x80, 33, 0x12, 0x34, 0, 0, 0, 0, 0, 0, 0, 1];
+        p.extend([0x47; 188]);
+        assert_eq!(rtp_payload(&p), Some((0x1234, 12, 200)));
+        // Two CSRCs, an extension of one word, and 4 bytes of padding.
+        let mut q = vec![0xB2, 33, 0, 7, 0, 0, 0, 0, 0, 0, 0, 1];
+        q.extend([0; 8]);
+        q.extend([0xBE, 0xDE, 0, 1, 0, 0, 0, 0]);
+        q.extend([0x47; 188]);
+        q.extend([0, 0, 0, 4]);
+        assert_eq!(rtp_payload(&q), Some((7, 28, 216)));
+        assert_eq!(rtp_payload(&[0x47; 188]), None, "raw TS is not RTP");
+        assert_eq!(rtp_payload(&[0x80, 33, 0]), None, "too short");
+        let bad = [0xA0, 33, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0xFF];
+        assert_eq!(rtp_payload(&bad), None, "padding longer than the packet");
+    }
+
+    #[test]
+    fn ts_files_are_recognised_by_their_sync_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let ts = dir.path().join("a.ts");
+        std::fs::write(&ts, [0x47u8; 188 * 3]).unwrap();
+        assert!(is_ts_file(&ts).is_some());
+        let other = dir.path().join("a.mp4");
+        std::fs::write(&other, [0u8; 1000]).unwrap();
+        assert!(is_ts_file(&other).is_none());
+        assert!(is_ts_file(&dir.path().join("missing")).is_none());
+        assert!(is_playlist("http://x/live/index.m3u8?token=1"));
+        assert!(!is_playlist("http://x/live/stream.ts"));
+    }
+}
