@@ -180,11 +180,16 @@ impl Pat {
     }
 }
 
+/// The most programs followed. Real multiplexes carry tens; the cap keeps a hostile PAT (up to
+/// 64 768 programs) from holding megabytes of PMTs.
+const MAX_PROGRAMS: usize = 1024;
+
 /// A program's PMT as last received.
 struct Program {
     pmt_pid: u16,
     number: u16,
-    raw: Vec<u8>,
+    /// The section's CRC_32: a new one means a changed PMT.
+    crc: [u8; 4],
     streams: Vec<Es>,
 }
 
@@ -387,6 +392,8 @@ impl State {
             self.resync = false;
             self.restart_watches();
         }
+        // Gaps that ended by now are judged before this packet can end its own.
+        self.timeouts(out);
 
         // 2.1: transport_error_indicator set. The header is still read (as decoders read it),
         // but nothing in the payload is believed.
@@ -396,7 +403,6 @@ impl State {
         // Null packets carry nothing to check; a reserved adaptation_field_control means the
         // decoder discards the packet (ISO/IEC 13818-1 §2.4.3.3).
         if h.pid == NULL_PID || h.afc == 0 {
-            self.timeouts(out);
             return;
         }
         let i = self.index(h.pid);
@@ -413,10 +419,7 @@ impl State {
 
         match self.continuity(i, &h, p) {
             Continuity::Ok => {}
-            Continuity::Duplicate => {
-                self.timeouts(out);
-                return;
-            }
+            Continuity::Duplicate => return,
             Continuity::Error => {
                 self.raise(Indicator::CcError, Some(h.pid), out);
                 if let Some(a) = &mut self.pids[i].psi {
@@ -445,7 +448,6 @@ impl State {
                 }
             }
         }
-        self.timeouts(out);
     }
 
     /// 1.4 Continuity_count_error: "Incorrect packet order; a packet occurs more than twice;
@@ -643,17 +645,20 @@ impl State {
         self.refresh_streams();
     }
 
-    fn take_pmt(&mut self, pid: u16, h: LongHeader, body: &[u8], raw: &[u8]) {
+    fn take_pmt(&mut self, pid: u16, h: LongHeader, body: &[u8], section: &[u8]) {
         let number = h.extension;
         // Only programs the PAT names: a hostile stream cannot grow this list.
         if !self.pat.entries().any(|e| e == (number, pid)) {
             return;
         }
+        let crc: [u8; 4] = section[section.len() - 4..].try_into().expect("4 bytes");
         let k = self
             .programs
             .iter()
             .position(|p| p.pmt_pid == pid && p.number == number);
-        if k.is_some_and(|k| self.programs[k].raw == raw) {
+        if k.is_some_and(|k| self.programs[k].crc == crc)
+            || (k.is_none() && self.programs.len() >= MAX_PROGRAMS)
+        {
             return;
         }
         let Some(streams) = psi::pmt_streams(body) else {
@@ -662,7 +667,7 @@ impl State {
         let program = Program {
             pmt_pid: pid,
             number,
-            raw: raw.to_vec(),
+            crc,
             streams,
         };
         match k {
@@ -672,22 +677,25 @@ impl State {
         self.refresh_streams();
     }
 
-    /// Re-derive which PIDs 1.6 watches and 2.5 checks from the current PMTs.
+    /// Re-derive which PIDs 1.6 watches and 2.5 checks from the current PMTs: in time linear
+    /// in their streams and the PIDs seen, however many a hostile PMT names.
     fn refresh_streams(&mut self) {
-        let wanted: Vec<Es> = self
-            .programs
-            .iter()
-            .flat_map(|p| p.streams.iter().copied())
-            .collect();
-        for es in &wanted {
-            self.index(es.pid);
+        const REFERENCED: u8 = 1;
+        const AV: u8 = 2;
+        let mut flags = vec![0u8; 8192];
+        for es in self.programs.iter().flat_map(|p| p.streams.iter()) {
+            flags[usize::from(es.pid)] |= REFERENCED | if es.av { AV } else { 0 };
+        }
+        for (pid, &f) in flags.iter().enumerate() {
+            if f != 0 {
+                self.index(pid as u16);
+            }
         }
         let now = self.now;
         for st in &mut self.pids {
-            let es = wanted.iter().filter(|e| e.pid == st.pid);
-            let (referenced, av) = es.fold((false, false), |(_, av), e| (true, av || e.av));
-            st.av = av;
-            if !referenced {
+            let f = flags[usize::from(st.pid)];
+            st.av = f & AV != 0;
+            if f & REFERENCED == 0 {
                 st.es = None;
             } else if st.es.is_none() {
                 // 1.6's period runs from when a PMT first names the PID.

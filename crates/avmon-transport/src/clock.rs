@@ -3,16 +3,22 @@
 //!
 //! A PCR is, by definition, the time its byte should arrive at the decoder (ISO/IEC 13818-1
 //! §2.4.2.2), so the PCRs of one PID are a clock. The first PID that carries a PCR drives it.
-//! Between two PCRs, time advances with the bytes at the rate the last two measured, but by no
-//! more than the last interval between them: in a variable-rate stream a key frame's burst of
-//! packets would otherwise carry the clock far past the next PCR (a muxer without a fixed rate,
-//! as FFmpeg's by default, sends ten times the bytes in one PCR interval as in the one before).
-//! If PCRs stop coming, the clock waits for the next one.
 //!
-//! The clock believes a PCR that steps forward by up to [`MAX_BELIEVED_STEP_S`]: packets lost on
-//! the way, or a stall, really took that long. A step backwards, a longer one, or one announced
-//! by the `discontinuity_indicator` starts a new time base; the clock then bridges the step with
-//! the byte count at the last rate, so it never jumps.
+//! Between two PCRs, time is estimated from the bytes, two ways:
+//! - at the rate the last two PCRs measured, but by no more than the interval between them: in
+//!   a variable-rate stream a key frame's burst of packets would otherwise carry the clock far
+//!   past the next PCR (FFmpeg's muxer, without `-muxrate`, sends ten times the bytes in one PCR
+//!   interval as in the one before);
+//! - at the stream's average rate, less [`BURST_S`]: when the PCR itself stops coming while
+//!   other packets flow, time still passes, [`BURST_S`] late.
+//!
+//! The clock takes the later of the two. With PCRs at a steady interval, as every muxer sends
+//! them, it never runs past the next PCR.
+//!
+//! It believes a PCR that steps forward by up to [`MAX_BELIEVED_STEP_S`]: packets lost on the
+//! way really took that long. A step backwards, a longer one, or one announced by the
+//! `discontinuity_indicator` starts a new time base, which the clock bridges with the byte
+//! estimate, so it does not jump.
 //!
 //! The clock also maps PTS values (on the PCR's 90 kHz base) to clock time, so an event's media
 //! time can be given from the first PTS, as FFmpeg (and so the rest of avmon) counts it.
@@ -21,6 +27,12 @@ use crate::packet::{pcr_diff, pts_diff, PCR_HZ};
 
 /// The longest forward PCR step believed to be elapsed time (see the module doc).
 pub const MAX_BELIEVED_STEP_S: f64 = 2.0;
+
+/// How far a burst of bytes may run ahead of the stream's average rate before the average is
+/// believed over the last PCR interval (see the module doc). A quarter second covers a key
+/// frame in FFmpeg's variable-rate output, and keeps a clock PID's outage from compressing a
+/// 100 ms PAT interval past 0.5 s.
+pub const BURST_S: f64 = 0.25;
 
 #[derive(Clone, Copy, Debug)]
 struct Anchor {
@@ -38,6 +50,8 @@ pub struct StreamClock {
     last: Option<Anchor>,
     /// Bytes per second between the last two believed PCRs, and the seconds between them.
     rate: Option<(f64, f64)>,
+    /// Bytes and seconds of all believed PCR steps: the stream's average rate.
+    span: (u64, f64),
     /// Raw first PTS values seen before the clock started, to place once it does.
     early_pts: Vec<u64>,
     /// Clock time of the earliest first PTS of any PID.
@@ -71,6 +85,8 @@ impl StreamClock {
         let t = if !discontinuity && (0.0..=MAX_BELIEVED_STEP_S).contains(&step) {
             if step > 0.0 && offset > a.offset {
                 self.rate = Some(((offset - a.offset) as f64 / step, step));
+                self.span.0 += offset - a.offset;
+                self.span.1 += step;
             }
             a.t + step
         } else {
@@ -81,13 +97,19 @@ impl StreamClock {
 
     /// Clock time of the byte at `offset` (0 before the first PCR).
     pub fn at(&self, offset: u64) -> f64 {
-        match (self.last, self.rate) {
-            (Some(a), Some((rate, step))) => {
-                a.t + (offset.saturating_sub(a.offset) as f64 / rate).min(step)
-            }
-            (Some(a), None) => a.t,
-            (None, _) => 0.0,
-        }
+        let Some(a) = self.last else {
+            return 0.0;
+        };
+        let bytes = offset.saturating_sub(a.offset) as f64;
+        let recent = self
+            .rate
+            .map_or(0.0, |(rate, step)| (bytes / rate).min(step));
+        let average = if self.span.1 > 0.0 {
+            bytes * self.span.1 / self.span.0 as f64 - BURST_S
+        } else {
+            0.0
+        };
+        a.t + recent.max(average)
     }
 
     /// Take the first PTS of a PID; the earliest of these is media time 0.
@@ -123,12 +145,13 @@ mod tests {
         c.on_pcr(0x100, 1_040 * MS, 1880, false);
         assert!((c.at(1880) - 0.040).abs() < 1e-9);
         assert!((c.at(1880 + 940) - 0.060).abs() < 1e-9, "{}", c.at(2820));
-        // A burst of bytes does not carry it past one more interval.
-        assert!(
-            (c.at(1880 * 20) - 0.080).abs() < 1e-9,
-            "{}",
-            c.at(1880 * 20)
-        );
+        // A burst of bytes does not carry it past one more interval...
+        assert!((c.at(1880 * 6) - 0.080).abs() < 1e-9, "{}", c.at(1880 * 6));
+        // ... until it is more than BURST_S at the average rate: then the PCR is missing, and
+        // time passes at that rate, BURST_S late.
+        let secs = 5.0;
+        let t = c.at(1880 + (secs * 47_000.0) as u64);
+        assert!((t - (0.040 + secs - BURST_S)).abs() < 1e-9, "{t}");
         // A step of 1 s (packets lost) is time that passed.
         c.on_pcr(0x100, 2_040 * MS, 3760, false);
         assert!((c.at(3760) - 1.040).abs() < 1e-9);
@@ -139,6 +162,7 @@ mod tests {
         let mut c = StreamClock::default();
         c.on_pcr(0x100, 50 * MS, 0, false);
         c.on_pcr(0x100, 90 * MS, 1880, false); // 47 000 bytes/s
+                                               // Backwards, far forward, announced: each time the clock carries on from where it was.
         for (pcr, di) in [(10 * MS, false), (900_000 * MS, false), (5 * MS, true)] {
             let before = c.at(3760);
             c.on_pcr(0x100, pcr, 3760, di);

@@ -1,6 +1,6 @@
 //! What the analyser reports: the indicators, their counters and one event per occurrence.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// A TR 101 290 indicator (ETSI TR 101 290 §5.2.1 priority 1, §5.2.2 priority 2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -81,7 +81,7 @@ impl Indicator {
 }
 
 /// How often each indicator fired. The field names are the `summary.transport.*` contract.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counters {
     pub sync_losses: u64,
     pub sync_byte_errors: u64,
