@@ -223,7 +223,10 @@ fn a_ts_file_gets_tr_101_290_counts_and_each_lost_packet_is_one_cc_error() {
         .map(|(_, v)| v.as_u64().unwrap())
         .sum();
     assert_eq!(others, 0, "{t}");
-    let text = avmon().args(["check", bad.to_str().unwrap()]).output().unwrap();
+    let text = avmon()
+        .args(["check", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(
         text.contains("transport (TR 101 290): cc_errors 5"),
@@ -234,7 +237,14 @@ fn a_ts_file_gets_tr_101_290_counts_and_each_lost_packet_is_one_cc_error() {
     let mp4 = dir.path().join("clip.mp4");
     let o = std::process::Command::new("ffmpeg")
         .args(["-nostdin", "-v", "error", "-f", "lavfi"])
-        .args(["-i", "testsrc2=size=160x90:rate=25", "-t", "1", "-c:v", "libx264"])
+        .args([
+            "-i",
+            "testsrc2=size=160x90:rate=25",
+            "-t",
+            "1",
+            "-c:v",
+            "libx264",
+        ])
         .arg(&mp4)
         .output()
         .unwrap();
