@@ -1,7 +1,7 @@
 //! `avmon check INPUT`: analyse a file to its end (or a live URL for `--duration`) and report.
 //!
 //! The JSON report is a contract (`input`, `duration_s`, `events[]`, `summary.video`,
-//! `summary.audio`): names are kept, new ones are added.
+//! `summary.audio`, `summary.transport`): names are kept, new ones are added.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -53,6 +53,8 @@ pub struct Report {
     /// The detectors' whole-input measurements, `("section.name", value)`, e.g.
     /// `("audio.integrated_lufs", -23.0)`.
     pub measured: Vec<(&'static str, f64)>,
+    /// TR 101 290 counts, for a local MPEG-TS file.
+    pub transport: Option<avmon_transport::Counters>,
 }
 
 impl Report {
@@ -70,6 +72,12 @@ impl Report {
                 "audio".into(),
                 json!({"codec": a.codec, "channels": a.channels, "sample_rate": a.sample_rate,
                        "frames": self.frames_audio}),
+            );
+        }
+        if let Some(t) = &self.transport {
+            summary.insert(
+                "transport".into(),
+                serde_json::to_value(t).unwrap_or(Value::Null),
             );
         }
         for (key, value) in &self.measured {
@@ -105,6 +113,9 @@ impl Report {
                 "\n  audio: {} {} ch @ {} Hz",
                 a.codec, a.channels, a.sample_rate
             );
+        }
+        if let Some(t) = &self.transport {
+            s += &format!("\n  {}", crate::transport::text(t));
         }
         if self.events.is_empty() {
             s += "\n  no defects found";
@@ -237,6 +248,7 @@ pub fn check(opts: CheckOptions) -> Result<Report> {
         })
         .collect();
     events.sort_by(|a, b| a.start_s.total_cmp(&b.start_s).then(a.kind.cmp(&b.kind)));
+    let transport = crate::transport::file_counts(&opts.input, &info.format, opts.duration)?;
     let c = sink.pipe.counters;
     Ok(Report {
         input: opts.input,
@@ -247,6 +259,7 @@ pub fn check(opts: CheckOptions) -> Result<Report> {
         frames_audio: c.frames_audio,
         decode_errors: c.decode_errors,
         measured,
+        transport,
     })
 }
 

@@ -28,9 +28,11 @@
 
 use std::str::FromStr;
 
+use avmon_transport::packet::{pes_start, Header, PesStart, PACKET};
+use avmon_transport::psi::{self, LongHeader};
 use serde::Serialize;
 
-const TS: usize = 188;
+const TS: usize = PACKET;
 const SYNC: u8 = 0x47;
 /// PTS ticks per second.
 const PTS_HZ: f64 = 90_000.0;
@@ -208,42 +210,17 @@ impl Rng {
     }
 }
 
-/// The parsed header of one TS packet.
-#[derive(Clone, Copy, Debug)]
-struct Header {
-    pid: u16,
-    pusi: bool,
-    /// Offset of the payload in the packet; `TS` when there is none.
-    payload: usize,
-}
-
-fn header(p: &[u8]) -> Header {
-    let pid = (u16::from(p[1] & 0x1F) << 8) | u16::from(p[2]);
-    let pusi = p[1] & 0x40 != 0;
-    let afc = (p[3] >> 4) & 3;
-    let mut payload = 4;
-    if afc & 2 != 0 {
-        payload += 1 + usize::from(p[4]);
-    }
-    if afc & 1 == 0 || payload > TS {
-        payload = TS;
-    }
-    Header { pid, pusi, payload }
-}
-
-/// The PTS of a PES that starts at `pes`, if it has one.
+/// The PTS of a PES that starts at `pes`, if it has one (and it lies in this packet).
 fn pes_pts(pes: &[u8]) -> Option<u64> {
-    if pes.len() < 14 || pes[..3] != [0, 0, 1] || pes[7] & 0x80 == 0 {
-        return None;
+    match pes_start(pes) {
+        PesStart::Pts(pts) if pts != u64::MAX => Some(pts),
+        _ => None,
     }
-    let b = &pes[9..14];
-    Some(
-        (u64::from(b[0] >> 1 & 7) << 30)
-            | (u64::from(b[1]) << 22)
-            | (u64::from(b[2] >> 1) << 15)
-            | (u64::from(b[3]) << 7)
-            | u64::from(b[4] >> 1),
-    )
+}
+
+/// The header of a packet of the input (which is checked to be whole 188-byte packets).
+fn header(p: &[u8]) -> Header {
+    Header::parse(p.try_into().expect("a 188-byte packet"))
 }
 
 /// Offset of the elementary-stream data after a PES header at `pes`.
@@ -287,32 +264,23 @@ impl Psi {
         if !h.pusi || h.payload >= TS {
             return;
         }
-        let Some(s) = section(&p[h.payload..]) else {
+        let Some((table, body)) = section(&p[h.payload..]).and_then(LongHeader::parse) else {
             return;
         };
-        if h.pid == 0 && s[0] == 0x00 && s.len() >= 12 {
-            for e in s[8..s.len() - 4].chunks_exact(4) {
-                let program = u16::from_be_bytes([e[0], e[1]]);
-                let pid = u16::from_be_bytes([e[2] & 0x1F, e[3]]);
+        if h.pid == 0 && table.table_id == 0x00 {
+            for (program, pid) in psi::pat_programs(body) {
                 if program != 0 && !self.pmt_pids.contains(&pid) {
                     self.pmt_pids.push(pid);
                 }
             }
-        } else if self.pmt_pids.contains(&h.pid) && s[0] == 0x02 && s.len() >= 16 {
-            let info_len = usize::from(u16::from_be_bytes([s[10] & 0x0F, s[11]]));
-            let mut i = 12 + info_len;
-            let end = s.len() - 4;
-            while i + 5 <= end {
-                let stream_type = s[i];
-                let pid = u16::from_be_bytes([s[i + 1] & 0x1F, s[i + 2]]);
-                let es_len = usize::from(u16::from_be_bytes([s[i + 3] & 0x0F, s[i + 4]]));
-                if !self.pes_pids.contains(&pid) {
-                    self.pes_pids.push(pid);
+        } else if self.pmt_pids.contains(&h.pid) && table.table_id == 0x02 {
+            for es in psi::pmt_streams(body).unwrap_or_default() {
+                if !self.pes_pids.contains(&es.pid) {
+                    self.pes_pids.push(es.pid);
                 }
-                if self.video_pid.is_none() && is_video_stream_type(stream_type) {
-                    self.video_pid = Some(pid);
+                if self.video_pid.is_none() && is_video_stream_type(es.stream_type) {
+                    self.video_pid = Some(es.pid);
                 }
-                i += 5 + es_len;
             }
         }
     }

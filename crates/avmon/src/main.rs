@@ -9,6 +9,7 @@ mod damage;
 mod demo;
 mod pipeline;
 mod service;
+mod transport;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

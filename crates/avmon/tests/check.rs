@@ -166,3 +166,88 @@ fn duration_limits_the_analysis() {
     );
     assert_eq!(events(&r), vec![], "the black at 8 s is beyond --duration");
 }
+
+#[test]
+fn a_ts_file_gets_tr_101_290_counts_and_each_lost_packet_is_one_cc_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let clean = synth(dir.path(), "clean.ts", 8.0, &[]);
+    let r = check_json(&clean);
+    let t = r["summary"]["transport"]
+        .as_object()
+        .expect("summary.transport");
+    for name in [
+        "sync_losses",
+        "sync_byte_errors",
+        "pat_errors",
+        "cc_errors",
+        "pmt_errors",
+        "pid_errors",
+        "transport_errors",
+        "crc_errors",
+        "pcr_repetition_errors",
+        "pcr_discontinuity_errors",
+        "pts_errors",
+    ] {
+        assert_eq!(t[name].as_u64(), Some(0), "{name} of a clean file");
+    }
+    assert_eq!(t.len(), 11);
+
+    // Five video and audio packets with a payload and no adaptation field (so no PCR: only
+    // the continuity counter can tell they are gone), dropped by index.
+    let bytes = std::fs::read(&clean).unwrap();
+    let plain: Vec<(usize, u16)> = bytes
+        .chunks_exact(188)
+        .enumerate()
+        .filter_map(|(i, p)| {
+            let pid = (u16::from(p[1] & 0x1F) << 8) | u16::from(p[2]);
+            (p[3] >> 4 & 3 == 1 && (pid == 0x100 || pid == 0x101)).then_some((i, pid))
+        })
+        .collect();
+    let bad = dir.path().join("bad.ts");
+    let mut cmd = avmon();
+    cmd.args(["damage", clean.to_str().unwrap(), bad.to_str().unwrap()]);
+    for k in 1..=5 {
+        let (i, pid) = plain[k * plain.len() / 6];
+        cmd.args(["--drop", &format!("{pid}@#{i}-{i}")]);
+    }
+    let o = cmd.output().unwrap();
+    assert!(o.status.success(), "{}", stderr_of(&o));
+    let r = check_json(&bad);
+    let t = &r["summary"]["transport"];
+    assert_eq!(t["cc_errors"].as_u64(), Some(5), "{t}");
+    let others: u64 = t
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| *k != "cc_errors")
+        .map(|(_, v)| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(others, 0, "{t}");
+    let text = avmon()
+        .args(["check", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("transport (TR 101 290): cc_errors 5"),
+        "{text}"
+    );
+
+    // Not a transport stream: no transport summary.
+    let mp4 = dir.path().join("clip.mp4");
+    let o = std::process::Command::new("ffmpeg")
+        .args(["-nostdin", "-v", "error", "-f", "lavfi"])
+        .args([
+            "-i",
+            "testsrc2=size=160x90:rate=25",
+            "-t",
+            "1",
+            "-c:v",
+            "libx264",
+        ])
+        .arg(&mp4)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr_of(&o));
+    assert!(check_json(&mp4)["summary"]["transport"].is_null());
+}

@@ -1,0 +1,764 @@
+//! The analyser: bytes in, TR 101 290 counters and events out.
+//!
+//! Each check below cites its row of ETSI TR 101 290 §5.2 (Table 5.0a, priority 1: 1.1–1.6;
+//! Table 5.0b, priority 2: 2.1–2.5) and, where the TR leaves it to the systems layer, the
+//! clause of ISO/IEC 13818-1 it follows.
+
+use serde::Deserialize;
+
+use crate::clock::StreamClock;
+use crate::packet::{pcr_diff, pes_start, Header, PesStart, NULL_PID, PACKET, PCR_HZ, PCR_WRAP};
+use crate::psi::{self, Assembler, Es, LongHeader};
+use crate::report::{Counters, Event, Indicator};
+use crate::sync::{Frame, Framer};
+
+/// Times compared with a limit may exceed it by this much (a microsecond): the stream clock is a
+/// sum of many PCR steps, and a 40 ms interval must not become 40.000000001 ms.
+const SLACK_S: f64 = 1e-6;
+
+/// What the user can set; the defaults are TR 101 290's values.
+#[derive(Clone, Copy, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// 1.3.a: the longest gap between PAT sections, seconds.
+    pub pat_interval_s: f64,
+    /// 1.5.a: the longest gap between PMT sections on each program_map_PID, seconds.
+    pub pmt_interval_s: f64,
+    /// 1.6: how long a PID a PMT refers to may be absent ("a user specified period"), seconds.
+    pub pid_absence_s: f64,
+    /// 2.3a: the longest interval between two PCRs of a PID, seconds. TR 101 290 says 40 ms
+    /// (DVB's own requirement, TS 101 154; ISO/IEC 13818-1 allows 100 ms).
+    pub pcr_interval_s: f64,
+    /// 2.3b: the largest step between two consecutive PCR values without a
+    /// `discontinuity_indicator`, seconds.
+    pub pcr_jump_s: f64,
+    /// 2.5: the longest interval between two PTS of an audio or video PID, seconds.
+    pub pts_interval_s: f64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            pat_interval_s: 0.5,
+            pmt_interval_s: 0.5,
+            pid_absence_s: 5.0,
+            pcr_interval_s: 0.040,
+            pcr_jump_s: 0.100,
+            pts_interval_s: 0.700,
+        }
+    }
+}
+
+/// A setting that cannot be used.
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[error("{field}: must be a positive number of seconds, got {value}")]
+pub struct SettingsError {
+    pub field: &'static str,
+    pub value: f64,
+}
+
+impl Settings {
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        for (field, value) in [
+            ("pat_interval_s", self.pat_interval_s),
+            ("pmt_interval_s", self.pmt_interval_s),
+            ("pid_absence_s", self.pid_absence_s),
+            ("pcr_interval_s", self.pcr_interval_s),
+            ("pcr_jump_s", self.pcr_jump_s),
+            ("pts_interval_s", self.pts_interval_s),
+        ] {
+            if !(value > 0.0 && value.is_finite()) {
+                return Err(SettingsError { field, value });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Which clock measures intervals and absences.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Clock {
+    /// The stream's own PCR ([`crate::clock`]): for files and recordings, which have no arrival
+    /// time. Nothing times out before the first PCR.
+    Stream,
+    /// Monotonic seconds at which these bytes arrived: for live inputs (pass a wall clock).
+    Arrival(f64),
+}
+
+/// An absence watch: a PAT, a PMT, a referenced PID. It fires once per gap, when the gap grows
+/// longer than its limit, and is re-armed by the next occurrence.
+#[derive(Clone, Copy, Debug)]
+struct Watch {
+    last: f64,
+    raised: bool,
+}
+
+impl Watch {
+    fn new(now: f64) -> Watch {
+        Watch {
+            last: now,
+            raised: false,
+        }
+    }
+
+    fn deadline(&self, limit: f64) -> f64 {
+        if self.raised {
+            f64::INFINITY
+        } else {
+            self.last + limit + SLACK_S
+        }
+    }
+}
+
+/// Everything kept per PID. A stream can use at most 8191 PIDs, so this is bounded.
+struct PidState {
+    pid: u16,
+    /// 1.4: the last continuity_counter, `None` until the first packet (or after a resync).
+    cc: Option<u8>,
+    last_had_payload: bool,
+    /// The last packet was already repeated once.
+    dup_seen: bool,
+    /// The last packet with a payload, to recognise its duplicate.
+    last: [u8; PACKET],
+    /// 2.3: the last PCR and when it came.
+    pcr: Option<(u64, f64)>,
+    /// 2.5: when the last PTS came.
+    pts_at: Option<f64>,
+    first_pts_seen: bool,
+    /// Section reassembly, for the PIDs whose sections are read or CRC-checked.
+    psi: Option<Box<Assembler>>,
+    /// 1.5.a: set while the PAT names this PID as a program_map_PID.
+    pmt: Option<Watch>,
+    /// 1.6: set while a PMT names this PID as an elementary stream.
+    es: Option<Watch>,
+    /// An audio or video elementary stream, whose PTS repetition 2.5 checks.
+    av: bool,
+}
+
+impl PidState {
+    fn new(pid: u16) -> PidState {
+        PidState {
+            pid,
+            cc: None,
+            last_had_payload: false,
+            dup_seen: false,
+            last: [0; PACKET],
+            pcr: None,
+            pts_at: None,
+            first_pts_seen: false,
+            // CRC_error (2.2) covers PAT, CAT, NIT, SDT/BAT, EIT and TOT: their PIDs are fixed.
+            psi: matches!(pid, 0x00 | 0x01 | 0x10 | 0x11 | 0x12 | 0x14).then(Box::default),
+            pmt: None,
+            es: None,
+            av: false,
+        }
+    }
+}
+
+/// What 1.4 makes of a packet.
+enum Continuity {
+    Ok,
+    Error,
+    /// The one repeat ISO/IEC 13818-1 §2.4.3.3 allows: not an error, and not new data.
+    Duplicate,
+}
+
+/// The PAT as last received.
+#[derive(Default)]
+struct Pat {
+    watch: Option<Watch>,
+    version: Option<u8>,
+    /// `(section_number, [(program_number, PID)])` of the current version.
+    sections: Vec<(u8, Vec<(u16, u16)>)>,
+    /// The program_map_PIDs it names.
+    pmt_pids: Vec<u16>,
+}
+
+impl Pat {
+    fn entries(&self) -> impl Iterator<Item = (u16, u16)> + '_ {
+        self.sections.iter().flat_map(|(_, e)| e.iter().copied())
+    }
+}
+
+/// The most programs followed. Real multiplexes carry tens; the cap keeps a hostile PAT (up to
+/// 64 768 programs) from holding megabytes of PMTs.
+const MAX_PROGRAMS: usize = 1024;
+
+/// A program's PMT as last received.
+struct Program {
+    pmt_pid: u16,
+    number: u16,
+    /// The section's CRC_32: a new one means a changed PMT.
+    crc: [u8; 4],
+    streams: Vec<Es>,
+}
+
+/// Counts TR 101 290 priority 1 and 2 indicators on a transport stream fed in chunks of any
+/// size; see the crate documentation.
+pub struct Analyzer {
+    settings: Settings,
+    framer: Framer,
+    /// Bytes not yet framed (less than five packets), and the stream offset of the first.
+    carry: Vec<u8>,
+    carry_offset: u64,
+    state: State,
+}
+
+/// The part of the analyser the framer's output drives.
+struct State {
+    settings: Settings,
+    counters: Counters,
+    /// 188-byte slots framed (packets and slots without a sync byte).
+    slots: u64,
+    /// PID → index + 1 in `pids` (0: not seen).
+    slot_of: Box<[u16]>,
+    pids: Vec<PidState>,
+    clock: StreamClock,
+    arrival: Option<f64>,
+    /// The current packet: its offset, slot index and time.
+    offset: u64,
+    slot: u64,
+    now: f64,
+    pat: Pat,
+    programs: Vec<Program>,
+    /// No watch can fire before this time (a lower bound, so scans stay rare).
+    next_deadline: f64,
+    /// Sync was (re)acquired: watches restart from the next packet.
+    resync: bool,
+}
+
+impl Analyzer {
+    /// An analyser with TR 101 290's default thresholds.
+    pub fn new() -> Analyzer {
+        Self::with_settings(Settings::default()).expect("the defaults are valid")
+    }
+
+    pub fn with_settings(settings: Settings) -> Result<Analyzer, SettingsError> {
+        settings.validate()?;
+        Ok(Analyzer {
+            settings,
+            framer: Framer::default(),
+            carry: Vec::new(),
+            carry_offset: 0,
+            state: State {
+                settings,
+                counters: Counters::default(),
+                slots: 0,
+                slot_of: vec![0; 8192].into_boxed_slice(),
+                pids: Vec::new(),
+                clock: StreamClock::default(),
+                arrival: None,
+                offset: 0,
+                slot: 0,
+                now: 0.0,
+                pat: Pat::default(),
+                programs: Vec::new(),
+                next_deadline: f64::NEG_INFINITY,
+                resync: true,
+            },
+        })
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Analyse the next `bytes` of the stream (any size, split anywhere), appending an event to
+    /// `out` for every indicator that fires. `clock` says how time is measured; use the same kind
+    /// for the whole stream.
+    pub fn feed(&mut self, bytes: &[u8], clock: Clock, out: &mut Vec<Event>) {
+        self.state.arrival = match clock {
+            Clock::Stream => None,
+            Clock::Arrival(t) => Some(t),
+        };
+        let state = &mut self.state;
+        let mut emit = |f: Frame<'_>| state.frame(f, out);
+        if self.carry.is_empty() {
+            let n = self.framer.run(bytes, self.carry_offset, &mut emit);
+            self.carry_offset += n as u64;
+            self.carry.extend_from_slice(&bytes[n..]);
+        } else {
+            self.carry.extend_from_slice(bytes);
+            let n = self.framer.run(&self.carry, self.carry_offset, &mut emit);
+            self.carry_offset += n as u64;
+            self.carry.drain(..n);
+        }
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.state.counters
+    }
+
+    /// Packets analysed so far.
+    pub fn packets(&self) -> u64 {
+        self.state.slots - self.state.counters.sync_byte_errors
+    }
+
+    /// Bytes passed over while looking for sync.
+    pub fn skipped_bytes(&self) -> u64 {
+        self.framer.skipped
+    }
+
+    /// Whether the analyser is locked on packet boundaries.
+    pub fn in_sync(&self) -> bool {
+        self.framer.locked()
+    }
+
+    /// Seconds on the stream's PCR clock analysed so far (0 without PCR).
+    pub fn stream_time(&self) -> f64 {
+        self.state.clock.at(self.state.offset)
+    }
+}
+
+impl Default for Analyzer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl State {
+    fn frame(&mut self, f: Frame<'_>, out: &mut Vec<Event>) {
+        match f {
+            Frame::Acquired(_) => self.resync = true,
+            Frame::Packet(p, offset) => {
+                self.at_slot(offset);
+                self.packet(p, out);
+                self.slots += 1;
+            }
+            // 1.2: the sync byte is not 0x47.
+            Frame::SyncByteError(offset) => {
+                self.at_slot(offset);
+                self.raise(Indicator::SyncByteError, None, out);
+                self.slots += 1;
+            }
+            // 1.1: two or more consecutive corrupted sync bytes.
+            // Reported at the slot of the SyncByteError that completed it.
+            Frame::SyncLoss(_) => {
+                self.raise(Indicator::SyncLoss, None, out);
+                self.lost_sync();
+            }
+        }
+    }
+
+    fn at_slot(&mut self, offset: u64) {
+        self.offset = offset;
+        self.slot = self.slots;
+        self.now = self.arrival.unwrap_or_else(|| self.clock.at(offset));
+    }
+
+    fn raise(&mut self, i: Indicator, pid: Option<u16>, out: &mut Vec<Event>) {
+        self.counters.bump(i);
+        out.push(Event {
+            indicator: i,
+            pid,
+            packet: self.slot,
+            offset: self.offset,
+            time_s: self.now,
+            media_s: self.clock.media(self.clock.at(self.offset)),
+        });
+    }
+
+    /// "If indicator 1.1 is activated then all other indicators are invalid" (TR 101 290
+    /// §5.2.1): what was lost while out of sync is the sync loss, not a continuity, PCR or PTS
+    /// error. Every PID starts again as at the start of the stream.
+    fn lost_sync(&mut self) {
+        for st in &mut self.pids {
+            st.cc = None;
+            st.pcr = None;
+            st.pts_at = None;
+            if let Some(a) = &mut st.psi {
+                a.reset();
+            }
+        }
+    }
+
+    fn index(&mut self, pid: u16) -> usize {
+        let slot = &mut self.slot_of[usize::from(pid)];
+        if *slot == 0 {
+            self.pids.push(PidState::new(pid));
+            *slot = self.pids.len() as u16;
+        }
+        usize::from(*slot) - 1
+    }
+
+    fn packet(&mut self, p: &[u8; PACKET], out: &mut Vec<Event>) {
+        let h = Header::parse(p);
+        if let (Some((pcr, _)), false) = (h.pcr, h.tei) {
+            self.clock.on_pcr(h.pid, pcr, self.offset, h.discontinuity);
+            // The packet's own time, now that its PCR is known.
+            self.now = self.arrival.unwrap_or_else(|| self.clock.at(self.offset));
+        }
+        if self.resync {
+            self.resync = false;
+            self.restart_watches();
+        }
+        // Gaps that ended by now are judged before this packet can end its own.
+        self.timeouts(out);
+
+        // 2.1: transport_error_indicator set. The header is still read (as decoders read it),
+        // but nothing in the payload is believed.
+        if h.tei {
+            self.raise(Indicator::TransportError, Some(h.pid), out);
+        }
+        // Null packets carry nothing to check; a reserved adaptation_field_control means the
+        // decoder discards the packet (ISO/IEC 13818-1 §2.4.3.3).
+        if h.pid == NULL_PID || h.afc == 0 {
+            return;
+        }
+        let i = self.index(h.pid);
+
+        if h.scrambling != 0 {
+            // 1.3.a: Scrambling_control_field is not 00 for PID 0x0000.
+            if h.pid == 0 {
+                self.raise(Indicator::PatError, Some(0), out);
+            // 1.5.a: ... not 00 for packets of a program_map_PID.
+            } else if self.pids[i].pmt.is_some() {
+                self.raise(Indicator::PmtError, Some(h.pid), out);
+            }
+        }
+
+        match self.continuity(i, &h, p) {
+            Continuity::Ok => {}
+            Continuity::Duplicate => return,
+            Continuity::Error => {
+                self.raise(Indicator::CcError, Some(h.pid), out);
+                if let Some(a) = &mut self.pids[i].psi {
+                    a.reset();
+                }
+            }
+        }
+
+        // 1.6: the PID occurs.
+        let now = self.now;
+        if let Some(w) = &mut self.pids[i].es {
+            *w = Watch::new(now);
+        }
+
+        if !h.tei {
+            if let Some((pcr, _)) = h.pcr {
+                self.pcr(i, pcr, h.discontinuity, out);
+            }
+            if h.scrambling == 0 && h.payload < PACKET {
+                let payload = &p[h.payload..];
+                if self.pids[i].psi.is_some() {
+                    self.sections(i, payload, h.pusi, out);
+                }
+                if h.pusi && self.pids[i].es.is_some() {
+                    self.pes(i, payload, out);
+                }
+            }
+        }
+    }
+
+    /// 1.4 Continuity_count_error: "Incorrect packet order; a packet occurs more than twice;
+    /// lost packet". ISO/IEC 13818-1 §2.4.3.3: the counter increments with each packet that has
+    /// a payload and stays put in one without; a packet may be sent twice (all bytes but the
+    /// PCR the same), but not three times; after a `discontinuity_indicator` any value is
+    /// allowed. One lost run of packets is one error, as the next packet takes the counter on.
+    fn continuity(&mut self, i: usize, h: &Header, p: &[u8; PACKET]) -> Continuity {
+        let st = &mut self.pids[i];
+        let verdict = match st.cc {
+            None => Continuity::Ok,
+            Some(_) if h.discontinuity => Continuity::Ok,
+            Some(last) if !h.has_payload() => {
+                if h.cc == last {
+                    Continuity::Ok
+                } else {
+                    Continuity::Error
+                }
+            }
+            Some(last) if h.cc == last => {
+                if st.last_had_payload && !st.dup_seen && same_but_pcr(&st.last, p, h) {
+                    st.dup_seen = true;
+                    return Continuity::Duplicate;
+                }
+                Continuity::Error
+            }
+            Some(last) if h.cc == (last + 1) & 0x0F => Continuity::Ok,
+            Some(_) => Continuity::Error,
+        };
+        st.cc = Some(h.cc);
+        st.last_had_payload = h.has_payload();
+        st.dup_seen = false;
+        if h.has_payload() {
+            st.last = *p;
+        }
+        verdict
+    }
+
+    /// 2.3a PCR_repetition_error: "Time interval between two consecutive PCR values more than
+    /// 40 ms"; 2.3b PCR_discontinuity_indicator_error: "The difference between two consecutive
+    /// PCR values (PCRi+1 – PCRi) is outside the range of 0...100 ms without the
+    /// discontinuity_indicator set".
+    fn pcr(&mut self, i: usize, pcr: u64, discontinuity: bool, out: &mut Vec<Event>) {
+        let (now, pid) = (self.now, self.pids[i].pid);
+        if let Some((last_pcr, last_at)) = self.pids[i].pcr {
+            if now - last_at > self.settings.pcr_interval_s + SLACK_S {
+                self.raise(Indicator::PcrRepetitionError, Some(pid), out);
+            }
+            let step = pcr_diff(last_pcr, pcr) as f64 / PCR_HZ;
+            if !discontinuity && !(0.0..=self.settings.pcr_jump_s).contains(&step) {
+                self.raise(Indicator::PcrDiscontinuityError, Some(pid), out);
+            }
+        }
+        self.pids[i].pcr = Some((pcr % PCR_WRAP, now));
+    }
+
+    /// 2.5 PTS_error: "PTS repetition period more than 700 ms", on audio and video PIDs. (The TR
+    /// exempts still pictures, which no stream_type tells apart: raise `pts_interval_s` for
+    /// such a service.)
+    fn pes(&mut self, i: usize, payload: &[u8], out: &mut Vec<Event>) {
+        let PesStart::Pts(pts) = pes_start(payload) else {
+            return;
+        };
+        let (now, st) = (self.now, &mut self.pids[i]);
+        if !st.first_pts_seen && pts != u64::MAX {
+            st.first_pts_seen = true;
+            self.clock.first_pts(pts);
+        }
+        let st = &mut self.pids[i];
+        let late = st.av
+            && st
+                .pts_at
+                .is_some_and(|t| now - t > self.settings.pts_interval_s + SLACK_S);
+        st.pts_at = Some(now);
+        if late {
+            let pid = st.pid;
+            self.raise(Indicator::PtsError, Some(pid), out);
+        }
+    }
+
+    fn sections(&mut self, i: usize, payload: &[u8], pusi: bool, out: &mut Vec<Event>) {
+        let Some(mut asm) = self.pids[i].psi.take() else {
+            return;
+        };
+        let pid = self.pids[i].pid;
+        asm.push(payload, pusi, |s| self.section(pid, s, out));
+        // The PAT may have dropped this PID from the PSI PIDs meanwhile; put it back anyway:
+        // a spare assembler is harmless, and keeps the PID's state simple.
+        self.pids[i].psi = Some(asm);
+    }
+
+    fn section(&mut self, pid: u16, s: &[u8], out: &mut Vec<Event>) {
+        // 2.2 CRC_error: "CRC error occurred in CAT, PAT, PMT, NIT, EIT, BAT, SDT or TOT table".
+        // A section that fails it is not used for anything else.
+        if psi::has_crc(s) && psi::crc32_mpeg2(s) != 0 {
+            self.raise(Indicator::CrcError, Some(pid), out);
+            return;
+        }
+        let now = self.now;
+        if pid == 0 {
+            // 1.3.a: "Section with table_id other than 0x00 found on PID 0x0000".
+            if s[0] != 0x00 {
+                self.raise(Indicator::PatError, Some(0), out);
+                return;
+            }
+            if let Some((h, body)) = LongHeader::parse(s) {
+                if h.current {
+                    self.pat.watch = Some(Watch::new(now));
+                    self.take_pat(h, body);
+                }
+            }
+            return;
+        }
+        let i = self.index(pid);
+        if self.pids[i].pmt.is_none() {
+            return;
+        }
+        match s[0] {
+            0x02 => {
+                if let Some((h, body)) = LongHeader::parse(s) {
+                    if h.current {
+                        self.pids[i].pmt = Some(Watch::new(now));
+                        self.take_pmt(pid, h, body, s);
+                    }
+                }
+            }
+            // A program_map_PID may also carry private sections (ISO/IEC 13818-1 §2.4.4.9).
+            0x40..=0xFE => {}
+            // Anything else on it is not a PMT where one must be: counted under 1.5.a.
+            _ => self.raise(Indicator::PmtError, Some(pid), out),
+        }
+    }
+
+    fn take_pat(&mut self, h: LongHeader, body: &[u8]) {
+        if self.pat.version != Some(h.version) {
+            self.pat.version = Some(h.version);
+            self.pat.sections.clear();
+        }
+        let entries: Vec<(u16, u16)> = psi::pat_programs(body)
+            .filter(|&(_, pid)| pid < NULL_PID)
+            .collect();
+        match self
+            .pat
+            .sections
+            .iter_mut()
+            .find(|(n, _)| *n == h.section_number)
+        {
+            Some((_, e)) if *e == entries => return,
+            Some((_, e)) => *e = entries,
+            None => self.pat.sections.push((h.section_number, entries)),
+        }
+        // Program 0 names the network PID, whose NIT 2.2 CRC-checks.
+        let network: Vec<u16> = self
+            .pat
+            .entries()
+            .filter(|&(n, _)| n == 0)
+            .map(|(_, pid)| pid)
+            .collect();
+        for pid in network {
+            let i = self.index(pid);
+            self.pids[i].psi.get_or_insert_with(Box::default);
+        }
+        let mut pmt_pids: Vec<u16> = self
+            .pat
+            .entries()
+            .filter(|&(n, _)| n != 0)
+            .map(|(_, pid)| pid)
+            .collect();
+        pmt_pids.sort_unstable();
+        pmt_pids.dedup();
+        if pmt_pids == self.pat.pmt_pids {
+            return;
+        }
+        let now = self.now;
+        for pid in std::mem::take(&mut self.pat.pmt_pids) {
+            if pmt_pids.binary_search(&pid).is_err() {
+                let i = self.index(pid);
+                self.pids[i].pmt = None;
+            }
+        }
+        for &pid in &pmt_pids {
+            let i = self.index(pid);
+            let st = &mut self.pids[i];
+            if st.pmt.is_none() {
+                // 1.5.a's gap runs from when the PAT first names the PID.
+                st.pmt = Some(Watch::new(now));
+                st.psi.get_or_insert_with(Box::default);
+            }
+        }
+        let pat = &self.pat;
+        self.programs
+            .retain(|p| pat.entries().any(|e| e == (p.number, p.pmt_pid)));
+        self.pat.pmt_pids = pmt_pids;
+        self.next_deadline = f64::NEG_INFINITY;
+        self.refresh_streams();
+    }
+
+    fn take_pmt(&mut self, pid: u16, h: LongHeader, body: &[u8], section: &[u8]) {
+        let number = h.extension;
+        // Only programs the PAT names: a hostile stream cannot grow this list.
+        if !self.pat.entries().any(|e| e == (number, pid)) {
+            return;
+        }
+        let crc: [u8; 4] = section[section.len() - 4..].try_into().expect("4 bytes");
+        let k = self
+            .programs
+            .iter()
+            .position(|p| p.pmt_pid == pid && p.number == number);
+        if k.is_some_and(|k| self.programs[k].crc == crc)
+            || (k.is_none() && self.programs.len() >= MAX_PROGRAMS)
+        {
+            return;
+        }
+        let Some(streams) = psi::pmt_streams(body) else {
+            return;
+        };
+        let program = Program {
+            pmt_pid: pid,
+            number,
+            crc,
+            streams,
+        };
+        match k {
+            Some(k) => self.programs[k] = program,
+            None => self.programs.push(program),
+        }
+        self.refresh_streams();
+    }
+
+    /// Re-derive which PIDs 1.6 watches and 2.5 checks from the current PMTs: in time linear
+    /// in their streams and the PIDs seen, however many a hostile PMT names.
+    fn refresh_streams(&mut self) {
+        const REFERENCED: u8 = 1;
+        const AV: u8 = 2;
+        let mut flags = vec![0u8; 8192];
+        for es in self.programs.iter().flat_map(|p| p.streams.iter()) {
+            flags[usize::from(es.pid)] |= REFERENCED | if es.av { AV } else { 0 };
+        }
+        for (pid, &f) in flags.iter().enumerate() {
+            if f != 0 {
+                self.index(pid as u16);
+            }
+        }
+        let now = self.now;
+        for st in &mut self.pids {
+            let f = flags[usize::from(st.pid)];
+            st.av = f & AV != 0;
+            if f & REFERENCED == 0 {
+                st.es = None;
+            } else if st.es.is_none() {
+                // 1.6's period runs from when a PMT first names the PID.
+                st.es = Some(Watch::new(now));
+            }
+        }
+        self.next_deadline = f64::NEG_INFINITY;
+    }
+
+    fn restart_watches(&mut self) {
+        let now = self.now;
+        self.pat.watch = Some(Watch::new(now));
+        for st in &mut self.pids {
+            for w in [&mut st.pmt, &mut st.es].into_iter().flatten() {
+                *w = Watch::new(now);
+            }
+        }
+        self.next_deadline = f64::NEG_INFINITY;
+    }
+
+    /// 1.3.a PAT_error_2: "Sections with table_id 0x00 do not occur at least every 0,5 s on PID
+    /// 0x0000"; 1.5.a PMT_error_2: "Sections with table_id 0x02 do not occur at least every
+    /// 0,5 s on each program_map_PID which is referred to in the PAT"; 1.6 PID_error:
+    /// "Referred PID does not occur for a user specified period". Each fires once per gap.
+    /// Only a whole, CRC-correct section counts as an occurrence of a table.
+    fn timeouts(&mut self, out: &mut Vec<Event>) {
+        if self.now <= self.next_deadline {
+            return;
+        }
+        let s = self.settings;
+        let mut next = f64::INFINITY;
+        let mut fired: Vec<(Indicator, u16)> = Vec::new();
+        if let Some(w) = &mut self.pat.watch {
+            if self.now > w.deadline(s.pat_interval_s) {
+                w.raised = true;
+                fired.push((Indicator::PatError, 0));
+            }
+            next = next.min(w.deadline(s.pat_interval_s));
+        }
+        for st in &mut self.pids {
+            for (w, limit, indicator) in [
+                (&mut st.pmt, s.pmt_interval_s, Indicator::PmtError),
+                (&mut st.es, s.pid_absence_s, Indicator::PidError),
+            ] {
+                let Some(w) = w else { continue };
+                if self.now > w.deadline(limit) {
+                    w.raised = true;
+                    fired.push((indicator, st.pid));
+                }
+                next = next.min(w.deadline(limit));
+            }
+        }
+        self.next_deadline = next;
+        for (indicator, pid) in fired {
+            self.raise(indicator, Some(pid), out);
+        }
+    }
+}
+
+/// Whether `b` repeats `a` (ISO/IEC 13818-1 §2.4.3.3: every byte but the PCR's).
+fn same_but_pcr(a: &[u8; PACKET], b: &[u8; PACKET], h: &Header) -> bool {
+    match h.pcr {
+        Some((_, at)) => a[..at] == b[..at] && a[at + 6..] == b[at + 6..],
+        None => a == b,
+    }
+}

@@ -1,0 +1,542 @@
+//! TR 101 290 counts on streams made by FFmpeg and damaged at known places: each test knows
+//! exactly what it broke, and asserts every counter (not only the one it aims at), so a check
+//! that fires where it should not fails too.
+
+mod common;
+
+use avmon_transport::{Analyzer, Clock, Counters, Indicator, Settings};
+use common::*;
+
+#[test]
+fn intact_streams_count_nothing_however_they_are_cut() {
+    for (name, ts) in [("cbr", cbr()), ("vbr", vbr())] {
+        let whole = analyse_with(ts, Settings::default(), ts.len());
+        assert_eq!(
+            whole.0,
+            Counters::default(),
+            "{name}: {:?}",
+            kinds(&whole.1)
+        );
+        for chunk in [1, 100, 188, 1316, 65_536] {
+            let cut = analyse_with(ts, Settings::default(), chunk);
+            assert_eq!(cut, whole, "{name} in chunks of {chunk}");
+        }
+        let mut a = Analyzer::new();
+        a.feed(ts, Clock::Stream, &mut Vec::new());
+        assert_eq!(a.packets(), (ts.len() / P) as u64, "{name}");
+        assert_eq!(a.skipped_bytes(), 0);
+        assert!(a.in_sync());
+    }
+}
+
+/// Where each break is reported: the index, in the damaged stream, of the PID's next packet.
+fn resumes(ts: &[u8], drop: &[usize]) -> Vec<(u64, u16)> {
+    let pids: Vec<u16> = packets(ts).map(pid).collect();
+    let mut out = Vec::new();
+    for &i in drop {
+        let next = (i + 1..pids.len()).find(|&j| pids[j] == pids[i]).unwrap();
+        if drop.binary_search(&next).is_err() {
+            let dropped_before = drop.partition_point(|&d| d < next);
+            out.push(((next - dropped_before) as u64, pids[i]));
+        }
+    }
+    out.sort_unstable();
+    out
+}
+
+#[test]
+fn each_run_of_lost_packets_is_one_cc_error_where_the_pid_resumes() {
+    let ts = cbr();
+    // Packets with a payload and no PCR: a lost PCR is a 2.3a matter too, and a packet without
+    // payload does not move the counter, so its loss cannot be seen (by anyone).
+    let plain = |i: &usize| has_payload(&ts[i * P..]) && pcr(&ts[i * P..]).is_none();
+    let video = indices(ts, |_, p| pid(p) == VIDEO);
+    let audio = indices(ts, |_, p| pid(p) == AUDIO);
+    let spread = |list: &[usize], n: usize| -> Vec<usize> {
+        let ok: Vec<usize> = list.iter().copied().filter(plain).collect();
+        (1..=n).map(|k| ok[k * ok.len() / (n + 2)]).collect()
+    };
+    let run = |list: &[usize], from: usize, n: usize| -> Vec<usize> {
+        let j = (from..list.len())
+            .find(|&j| list[j..j + n].iter().all(plain))
+            .unwrap();
+        list[j..j + n].to_vec()
+    };
+    // Six single video packets and three audio ones, spread over the stream; a run of three
+    // consecutive video packets near the end, and one of two audio packets.
+    let mut drop = spread(&video, 6);
+    drop.extend(spread(&audio, 3));
+    drop.extend(run(&video, video.len() * 9 / 10, 3));
+    drop.extend(run(&audio, audio.len() * 9 / 10, 2));
+    drop.sort_unstable();
+    assert_eq!(breaks(ts, &drop), 11, "the picks do not touch each other");
+
+    let damaged = without(ts, &drop);
+    let (c, events) = analyse(&damaged);
+    assert_eq!(c, only(&[("cc_errors", 11)]), "{:?}", kinds(&events));
+    let mut at: Vec<(u64, u16)> = events.iter().map(|e| (e.packet, e.pid.unwrap())).collect();
+    at.sort_unstable();
+    assert_eq!(at, resumes(ts, &drop));
+}
+
+#[test]
+fn a_lost_pcr_stretches_the_interval_and_two_make_a_jump() {
+    let ts = vbr();
+    let with_pcr = indices(ts, |_, p| pcr(p).is_some());
+    let pcrs: Vec<u64> = with_pcr
+        .iter()
+        .map(|&i| pcr(&ts[i * P..]).unwrap())
+        .collect();
+    assert!(
+        pcrs.windows(2).all(|w| w[1] - w[0] == 1_080_000),
+        "the stream has a PCR every 40 ms"
+    );
+    // One PCR lost at a third: an 80 ms interval (2.3a: > 40 ms), a step 2.3b allows (≤ 100
+    // ms). Two in a row at two thirds: 120 ms, beyond both.
+    let k = 2 * with_pcr.len() / 3;
+    let drop = vec![with_pcr[with_pcr.len() / 3], with_pcr[k], with_pcr[k + 1]];
+    assert_eq!(breaks(ts, &drop), 3);
+
+    let (c, events) = analyse(&without(ts, &drop));
+    assert_eq!(
+        c,
+        only(&[
+            ("cc_errors", 3),
+            ("pcr_repetition_errors", 2),
+            ("pcr_discontinuity_errors", 1),
+        ]),
+        "{:?}",
+        kinds(&events)
+    );
+    assert!(events.iter().all(|e| e.pid == Some(VIDEO)));
+    // The stricter ISO/IEC 13818-1 interval (100 ms) lets the single loss pass.
+    let iso = Settings {
+        pcr_interval_s: 0.1,
+        ..Settings::default()
+    };
+    let (c, _) = analyse_with(&without(ts, &drop), iso, 1316);
+    assert_eq!(c.pcr_repetition_errors, 1);
+}
+
+#[test]
+fn the_pat_gone_for_a_second_is_one_pat_error_raised_after_half_a_second() {
+    let ts = cbr();
+    let t = pcr_times(ts);
+    let pats = |from: f64, to: f64| indices(ts, |i, p| pid(p) == PAT && (from..to).contains(&t[i]));
+
+    let gone = pats(3.0, 4.0);
+    assert!(gone.len() >= 9, "a PAT every 100 ms: {}", gone.len());
+    let (c, events) = analyse(&without(ts, &gone));
+    // When the PAT comes back its continuity counter has skipped: 1.4 counts that too.
+    assert_eq!(
+        c,
+        only(&[("pat_errors", 1), ("cc_errors", 1)]),
+        "{:?}",
+        kinds(&events)
+    );
+    let last_pat = t[*pats(0.0, 3.0).last().unwrap()];
+    let e = events
+        .iter()
+        .find(|e| e.indicator == Indicator::PatError)
+        .unwrap();
+    assert_eq!(e.pid, Some(PAT));
+    assert!(
+        (e.time_s - (last_pat + 0.5)).abs() < 0.03,
+        "raised at {} for a PAT last seen at {last_pat}",
+        e.time_s
+    );
+    let media = e.media_s.unwrap();
+    assert!((media - e.time_s).abs() < 1.0, "media {media}");
+
+    // A gap of 0.4 s (0.3 s of PATs gone) is within the limit; one of 3.5 s is still one gap.
+    let (c, _) = analyse(&without(ts, &pats(3.0, 3.3)));
+    assert_eq!(c, only(&[("cc_errors", 1)]));
+    let (c, _) = analyse(&without(ts, &pats(3.0, 6.5)));
+    assert_eq!(c, only(&[("pat_errors", 1), ("cc_errors", 1)]));
+}
+
+#[test]
+fn the_pmt_gone_for_a_second_is_one_pmt_error() {
+    let ts = cbr();
+    let t = pcr_times(ts);
+    let gone = indices(ts, |i, p| pid(p) == PMT && (5.0..6.0).contains(&t[i]));
+    let (c, events) = analyse(&without(ts, &gone));
+    assert_eq!(c, only(&[("pmt_errors", 1), ("cc_errors", 1)]));
+    assert!(events.iter().all(|e| e.pid == Some(PMT)));
+}
+
+#[test]
+fn sync_bytes_one_corrupted_two_corrupted_and_bytes_lost() {
+    let ts = cbr();
+    let video = indices(ts, |_, p| pid(p) == VIDEO && pcr(p).is_none());
+    let k = video[video.len() / 2];
+
+    // One: a Sync_byte_error; the packet is not trusted, so its PID's counter skips.
+    let mut one = ts.to_vec();
+    one[k * P] = 0x46;
+    let (c, events) = analyse(&one);
+    assert_eq!(c, only(&[("sync_byte_errors", 1), ("cc_errors", 1)]));
+    assert_eq!(
+        (events[0].indicator, events[0].pid, events[0].packet),
+        (Indicator::SyncByteError, None, k as u64)
+    );
+    assert_eq!(events[0].offset, (k * P) as u64);
+
+    // Two in a row: sync is lost (1.1) and found again; what was lost meanwhile is the sync
+    // loss, not continuity errors.
+    let mut two = ts.to_vec();
+    two[k * P] = 0;
+    two[(k + 1) * P] = 0;
+    let (c, events) = analyse(&two);
+    assert_eq!(
+        c,
+        only(&[("sync_byte_errors", 2), ("sync_losses", 1)]),
+        "{:?}",
+        kinds(&events)
+    );
+
+    // Three bytes cut from inside a packet: the next two slots are misaligned.
+    let k = *video[video.len() / 3..]
+        .iter()
+        .find(|&&k| ts[(k + 1) * P + 3] != 0x47 && ts[(k + 2) * P + 3] != 0x47)
+        .unwrap();
+    let mut cut = ts.to_vec();
+    cut.drain(k * P + 100..k * P + 103);
+    let mut a = Analyzer::new();
+    let mut events = Vec::new();
+    for c in cut.chunks(1000) {
+        a.feed(c, Clock::Stream, &mut events);
+    }
+    assert_eq!(
+        *a.counters(),
+        only(&[("sync_byte_errors", 2), ("sync_losses", 1)]),
+        "{:?}",
+        kinds(&events)
+    );
+    assert_eq!(
+        events[2].offset,
+        ((k + 2) * P) as u64,
+        "lost at the second bad slot"
+    );
+    assert_eq!(
+        a.skipped_bytes(),
+        (P - 3) as u64,
+        "hunting skips to the next boundary"
+    );
+    assert!(a.in_sync());
+}
+
+#[test]
+fn transport_error_indicators_are_counted_and_the_packets_still_counted_in_sequence() {
+    let ts = cbr();
+    let first = |want: u16, from: usize| {
+        (from..ts.len() / P)
+            .find(|&i| pid(&ts[i * P..]) == want && pcr(&ts[i * P..]).is_none())
+            .unwrap()
+    };
+    let hit = [
+        first(PAT, 1000),
+        first(PMT, 2000),
+        first(SDT, 3000),
+        first(VIDEO, 4000),
+        first(AUDIO, 5000),
+    ];
+    let mut ts = ts.to_vec();
+    for i in hit {
+        ts[i * P + 1] |= 0x80;
+    }
+    let (c, events) = analyse(&ts);
+    assert_eq!(c, only(&[("transport_errors", 5)]), "{:?}", kinds(&events));
+    let pids: Vec<u16> = events.iter().map(|e| e.pid.unwrap()).collect();
+    assert_eq!(pids, [PAT, PMT, SDT, VIDEO, AUDIO]);
+}
+
+#[test]
+fn crc_errors_in_pat_pmt_and_sdt() {
+    let ts = cbr();
+    let first = |want: u16, from: usize| {
+        (from..ts.len() / P)
+            .find(|&i| pid(&ts[i * P..]) == want && pusi(&ts[i * P..]))
+            .unwrap()
+    };
+    let mut bad = ts.to_vec();
+    // Inside each section (after the 4-byte header, pointer field, and table_id): a bit of
+    // transport_stream_id / program_number / a service's data.
+    for (pid, at) in [(PAT, 9), (PMT, 9), (SDT, 20)] {
+        bad[first(pid, 3000) * P + at] ^= 0x04;
+    }
+    let (c, events) = analyse(&bad);
+    assert_eq!(c, only(&[("crc_errors", 3)]), "{:?}", kinds(&events));
+    let pids: Vec<u16> = events.iter().map(|e| e.pid.unwrap()).collect();
+    assert_eq!(pids, [PAT, PMT, SDT]);
+
+    // Every PAT for 1.2 s corrupted: a PAT that fails its CRC is no PAT (1.3.a).
+    let t = pcr_times(ts);
+    let hit = indices(ts, |i, p| pid(p) == PAT && (2.0..3.2).contains(&t[i]));
+    let mut bad = ts.to_vec();
+    for i in &hit {
+        bad[i * P + 9] ^= 0x01;
+    }
+    let (c, _) = analyse(&bad);
+    assert_eq!(
+        c,
+        only(&[("crc_errors", hit.len() as u64), ("pat_errors", 1)])
+    );
+}
+
+#[test]
+fn a_duplicate_packet_is_allowed_once_and_only_as_a_true_copy() {
+    let ts = cbr();
+    let video = indices(ts, |_, p| pid(p) == VIDEO && pcr(p).is_none());
+    let pats = indices(ts, |_, p| pid(p) == PAT);
+    let with_copies = |i: usize, copies: &[[u8; P]]| -> Vec<u8> {
+        let mut v = ts[..(i + 1) * P].to_vec();
+        for c in copies {
+            v.extend(c);
+        }
+        v.extend(&ts[(i + 1) * P..]);
+        v
+    };
+    let packet = |i: usize| -> [u8; P] { ts[i * P..(i + 1) * P].try_into().unwrap() };
+
+    // Sent twice (ISO/IEC 13818-1 §2.4.3.3 allows it): no error, and the section in a repeated
+    // PAT packet is not taken twice.
+    let (k, pat) = (video[video.len() / 2], pats[pats.len() / 2]);
+    assert_eq!(
+        analyse(&with_copies(k, &[packet(k)])).0,
+        Counters::default()
+    );
+    assert_eq!(
+        analyse(&with_copies(pat, &[packet(pat)])).0,
+        Counters::default()
+    );
+    // Three times: the third is an error.
+    let (c, _) = analyse(&with_copies(k, &[packet(k), packet(k)]));
+    assert_eq!(c, only(&[("cc_errors", 1)]));
+    // The same counter on other data is not a duplicate.
+    let mut other = packet(k);
+    other[100] ^= 0xFF;
+    let (c, _) = analyse(&with_copies(k, &[other]));
+    assert_eq!(c, only(&[("cc_errors", 1)]));
+}
+
+/// Joins the first half of `a` and the second stream `b`, as a switch between two sources.
+fn joined(a: &[u8], b: &[u8]) -> Vec<u8> {
+    let half = a.len() / P / 2 * P;
+    [&a[..half], b].concat()
+}
+
+/// How many PIDs' continuity counters break at the join of `a` (first half) and `b`, where
+/// `exempt` PIDs carry a discontinuity_indicator in their first packet of `b`.
+fn breaks_at_join(a: &[u8], b: &[u8], exempt: &[u16]) -> u64 {
+    let half = a.len() / P / 2 * P;
+    let mut last: std::collections::HashMap<u16, u8> = std::collections::HashMap::new();
+    for p in packets(&a[..half]) {
+        last.insert(pid(p), p[3] & 0x0F);
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut n = 0;
+    for p in packets(b) {
+        let id = pid(p);
+        if id == NULL || !seen.insert(id) || exempt.contains(&id) {
+            continue;
+        }
+        if let Some(&cc) = last.get(&id) {
+            let want = if has_payload(p) { (cc + 1) & 0x0F } else { cc };
+            n += u64::from(p[3] & 0x0F != want);
+        }
+    }
+    n
+}
+
+#[test]
+fn a_switch_to_another_source_without_and_with_the_discontinuity_indicator() {
+    let a = cbr();
+    let b = ffmpeg_ts(3.0, &["-muxrate", "2000000"]);
+    // b's PCR starts again near zero: a step backwards in the middle of the stream.
+    let cc = breaks_at_join(a, &b, &[]);
+    let (c, events) = analyse(&joined(a, &b));
+    assert_eq!(
+        c,
+        only(&[("pcr_discontinuity_errors", 1), ("cc_errors", cc)]),
+        "{:?}",
+        kinds(&events)
+    );
+
+    // With the discontinuity_indicator in the first PCR packet of b, the PCR step and the
+    // video PID's counter are announced, so neither is an error.
+    let mut b_di = b.clone();
+    let first_pcr = indices(&b, |_, p| pcr(p).is_some())[0];
+    assert_eq!(pid(&b[first_pcr * P..]), VIDEO);
+    assert_eq!(
+        indices(&b, |_, p| pid(p) == VIDEO)[0],
+        first_pcr,
+        "the PCR is in the video PID's first packet"
+    );
+    b_di[first_pcr * P + 5] |= 0x80;
+    let cc = breaks_at_join(a, &b_di, &[VIDEO]);
+    let (c, events) = analyse(&joined(a, &b_di));
+    assert_eq!(c, only(&[("cc_errors", cc)]), "{:?}", kinds(&events));
+}
+
+/// `ts` with the packets at `gone` replaced by null packets, as a constant-rate multiplexer
+/// fills what a dead input leaves.
+fn nulled(ts: &[u8], gone: &[usize]) -> Vec<u8> {
+    let mut v = ts.to_vec();
+    for &i in gone {
+        v[i * P..(i + 1) * P].copy_from_slice(&null_packet());
+    }
+    v
+}
+
+#[test]
+fn a_pid_gone_for_six_seconds_is_a_pid_error_and_a_pts_error() {
+    let ts = cbr();
+    let t = pcr_times(ts);
+    let gone = |want: u16, from: f64, to: f64| {
+        indices(ts, |i, p| pid(p) == want && (from..to).contains(&t[i]))
+    };
+
+    let audio = gone(AUDIO, 2.0, 8.0);
+    let (c, events) = analyse(&nulled(ts, &audio));
+    assert_eq!(
+        c,
+        only(&[("pid_errors", 1), ("pts_errors", 1), ("cc_errors", 1)]),
+        "{:?}",
+        kinds(&events)
+    );
+    assert!(events.iter().all(|e| e.pid == Some(AUDIO)));
+    let e = events
+        .iter()
+        .find(|e| e.indicator == Indicator::PidError)
+        .unwrap();
+    let last = t[*indices(ts, |i, p| pid(p) == AUDIO && i < audio[0])
+        .last()
+        .unwrap()];
+    assert!(
+        (e.time_s - (last + 5.0)).abs() < 0.05,
+        "PID_error at {} for audio last seen at {last}",
+        e.time_s
+    );
+
+    // For one second: a PTS error, no PID error.
+    let (c, _) = analyse(&nulled(ts, &gone(AUDIO, 2.0, 3.0)));
+    assert_eq!(c, only(&[("pts_errors", 1), ("cc_errors", 1)]));
+
+    // The video PID carries the PCR, the stream's clock: gone, its PCR goes too, and the clock
+    // runs on the bytes meanwhile.
+    let (c, events) = analyse(&nulled(ts, &gone(VIDEO, 2.0, 8.0)));
+    assert_eq!(
+        c,
+        only(&[
+            ("pid_errors", 1),
+            ("pts_errors", 1),
+            ("cc_errors", 1),
+            ("pcr_repetition_errors", 1),
+            ("pcr_discontinuity_errors", 1),
+        ]),
+        "{:?}",
+        kinds(&events)
+    );
+    assert!(events.iter().all(|e| e.pid == Some(VIDEO)));
+}
+
+#[test]
+fn on_the_arrival_clock_a_pause_in_delivery_is_a_gap() {
+    let ts = cbr();
+    // Delivered at its 2 Mbit/s in 1316-byte datagrams, with a pause half way.
+    let run = |pause: f64| -> Counters {
+        let mut a = Analyzer::new();
+        let mut events = Vec::new();
+        let half = ts.len() / 2;
+        for (n, c) in ts.chunks(1316).enumerate() {
+            let offset = n * 1316;
+            let mut t = offset as f64 / 250_000.0;
+            if offset >= half {
+                t += pause;
+            }
+            a.feed(c, Clock::Arrival(t), &mut events);
+        }
+        *a.counters()
+    };
+    assert_eq!(run(0.0), Counters::default());
+    // 0.3 s: only the PCR (every ~20 ms) notices; PAT gaps stay under 0.5 s, PTS under 0.7 s.
+    assert_eq!(run(0.3), only(&[("pcr_repetition_errors", 1)]));
+    // Two seconds: the PAT and PMT gaps, the video PID's PCR interval and both PTS intervals.
+    assert_eq!(
+        run(2.0),
+        only(&[
+            ("pat_errors", 1),
+            ("pmt_errors", 1),
+            ("pcr_repetition_errors", 1),
+            ("pts_errors", 2),
+        ])
+    );
+    // Six: the referenced PIDs too.
+    assert_eq!(run(6.0).pid_errors, 2);
+}
+
+#[test]
+fn ffmpegs_default_pcr_interval_breaks_dvbs_40_ms() {
+    // Without -muxrate or -pcr_period, FFmpeg's muxer sends a PCR only every other frame here:
+    // 80 ms, within ISO/IEC 13818-1's 100 ms but not TR 101 290's 40 ms.
+    let ts = ffmpeg_ts(4.0, &[]);
+    let pcrs: Vec<u64> = packets(&ts).filter_map(pcr).collect();
+    let long = pcrs.windows(2).filter(|w| w[1] - w[0] > 1_080_000).count() as u64;
+    assert!(long > 10, "{long}");
+    let (c, _) = analyse(&ts);
+    assert_eq!(c, only(&[("pcr_repetition_errors", long)]));
+    let iso = Settings {
+        pcr_interval_s: 0.1,
+        ..Settings::default()
+    };
+    assert_eq!(analyse_with(&ts, iso, 4096).0, Counters::default());
+}
+
+/// Rewrite the section that starts the packet at `i` (pointer field 0) with `edit`, and give
+/// it a correct CRC again.
+fn resection(ts: &mut [u8], i: usize, edit: impl Fn(&mut [u8])) {
+    let p = &mut ts[i * P..(i + 1) * P];
+    assert_eq!(p[4], 0, "the section starts the payload");
+    let len = 3 + ((usize::from(p[6] & 0x0F) << 8) | usize::from(p[7]));
+    let s = &mut p[5..5 + len];
+    edit(s);
+    let crc = avmon_transport::psi::crc32_mpeg2(&s[..len - 4]);
+    s[len - 4..].copy_from_slice(&crc.to_be_bytes());
+}
+
+#[test]
+fn scrambled_packets_and_foreign_tables_on_the_pat_and_pmt_pids() {
+    let ts = cbr();
+    let pats = indices(ts, |_, p| pid(p) == PAT);
+    let pmts = indices(ts, |_, p| pid(p) == PMT);
+
+    // transport_scrambling_control 10 on a PAT and on a PMT packet (1.3.a, 1.5.a).
+    let mut bad = ts.to_vec();
+    bad[pats[10] * P + 3] |= 0x80;
+    bad[pmts[20] * P + 3] |= 0x80;
+    let (c, events) = analyse(&bad);
+    assert_eq!(
+        c,
+        only(&[("pat_errors", 1), ("pmt_errors", 1)]),
+        "{:?}",
+        kinds(&events)
+    );
+
+    // A correct section of another table on PID 0 is a PAT_error; on a program_map_PID, a
+    // CAT is a PMT_error but a private section (0x80) is allowed there (ISO/IEC 13818-1
+    // §2.4.4.9).
+    let mut bad = ts.to_vec();
+    resection(&mut bad, pats[30], |s| s[0] = 0x02);
+    resection(&mut bad, pmts[40], |s| s[0] = 0x01);
+    resection(&mut bad, pmts[50], |s| s[0] = 0x80);
+    let (c, events) = analyse(&bad);
+    assert_eq!(
+        c,
+        only(&[("pat_errors", 1), ("pmt_errors", 1)]),
+        "{:?}",
+        kinds(&events)
+    );
+    let at: Vec<u64> = events.iter().map(|e| e.packet).collect();
+    assert_eq!(at, [pats[30] as u64, pmts[40] as u64]);
+}
