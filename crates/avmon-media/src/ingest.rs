@@ -41,6 +41,9 @@ use crate::{describe, MediaError, OpenOptions};
 /// Sees the bytes of a byte-level input on their way to the demuxer (a transport analyser).
 /// Called on the stream's own thread, from inside the demuxer's read.
 pub trait ByteTap: Send + Sync {
+    /// A new byte stream begins (an input is being opened, or reopened after an outage): what
+    /// follows does not continue what came before.
+    fn on_start(&self) {}
     /// The next bytes of the input, in order, each exactly once.
     fn on_bytes(&self, bytes: &[u8]);
     /// RTP packets lost: the sequence number skipped `lost` packets.

@@ -207,6 +207,9 @@ impl Input {
         // Byte-level inputs: avmon reads, FFmpeg demuxes what it is handed.
         let (mut io_state, format) = match ingest::route(url, opts, &irq.stop)? {
             Route::Bytes { reader, format } => {
+                if let Some(tap) = &opts.tap {
+                    tap.0.on_start();
+                }
                 (Some(IoState::new(reader, opts.tap.clone())), format)
             }
             Route::Ffmpeg => {

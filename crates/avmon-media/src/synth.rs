@@ -612,7 +612,12 @@ pub fn generate(
         aus.set_parameters(&aenc);
         aus.set_time_base(ff::Rational(1, 90_000));
     }
-    octx.write_header().map_err(|e| err("write header", e))?;
+    // A PCR every 20 ms: TR 101 290 (2.3a) allows at most 40 ms between PCRs, and the muxer's
+    // own default for VBR streams is one every other picture (80 ms at 25 fps).
+    let mut mux_opts = ff::Dictionary::new();
+    mux_opts.set("pcr_period", "20");
+    octx.write_header_with(mux_opts)
+        .map_err(|e| err("write header", e))?;
     let vtb_out = octx
         .stream(0)
         .map(|s| s.time_base())

@@ -13,11 +13,12 @@ use avmon_core::{
     round_ms, Alert, AudioBuffer, MediaInfo, Severity, StreamId, Transition, VideoFrame,
 };
 use avmon_detect::DetectorsConfig;
-use avmon_media::{EndReason, FrameSink, Input, MediaClock, OpenOptions};
+use avmon_media::{EndReason, FrameSink, Input, MediaClock, OpenOptions, Tap};
 use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::pipeline::Pipeline;
+use crate::transport::TransportTap;
 
 pub struct CheckOptions {
     pub input: String,
@@ -53,7 +54,7 @@ pub struct Report {
     /// The detectors' whole-input measurements, `("section.name", value)`, e.g.
     /// `("audio.integrated_lufs", -23.0)`.
     pub measured: Vec<(&'static str, f64)>,
-    /// TR 101 290 counts, for a local MPEG-TS file.
+    /// TR 101 290 counts, for MPEG-TS that avmon read itself (files, UDP/RTP, SRT, HTTP TS).
     pub transport: Option<avmon_transport::Counters>,
 }
 
@@ -185,16 +186,17 @@ impl FrameSink for Sink {
 
 pub fn check(opts: CheckOptions) -> Result<Report> {
     let stop = Arc::new(AtomicBool::new(false));
+    let live = is_live(&opts.input);
+    let tap = TransportTap::new(live);
     let open = OpenOptions {
         io_timeout: opts.io_timeout,
         decoder_threads: opts.decoder_threads,
         format_options: opts.format_options.clone(),
         open_timeout: opts.io_timeout.max(Duration::from_secs(10)),
-        tap: None,
+        tap: Some(Tap(tap.clone())),
     };
     let mut input = Input::open(&opts.input, &open, stop.clone()).map_err(anyhow::Error::new)?;
     let info = input.info().clone();
-    let live = is_live(&opts.input);
     if let (true, Some(d)) = (live, opts.duration) {
         // A live input has no end: stop after --duration of wall time too, in case its
         // timestamps run slower than the clock.
@@ -209,7 +211,8 @@ pub fn check(opts: CheckOptions) -> Result<Report> {
         opts.detectors,
         opts.alerts,
         Some(opts.gap_s),
-    );
+    )
+    .with_transport(tap.clone());
     pipe.connected(&info);
     let mut sink = Sink {
         pipe,
@@ -248,7 +251,10 @@ pub fn check(opts: CheckOptions) -> Result<Report> {
         })
         .collect();
     events.sort_by(|a, b| a.start_s.total_cmp(&b.start_s).then(a.kind.cmp(&b.kind)));
-    let transport = crate::transport::file_counts(&opts.input, &info.format, opts.duration)?;
+    let transport = tap.saw_packets().then(|| tap.counters());
+    if transport.is_some() && opts.input.starts_with("rtp://") {
+        measured.push(("transport.rtp_lost", tap.rtp_lost() as f64));
+    }
     let c = sink.pipe.counters;
     Ok(Report {
         input: opts.input,

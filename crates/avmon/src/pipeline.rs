@@ -45,6 +45,8 @@ pub struct Pipeline {
     /// After an outage, while only data held back from before it arrives: (onset, wall
     /// duration, since when).
     resuming: Option<(f64, f64, std::time::Instant)>,
+    /// The transport analyser fed by the input's bytes, when avmon reads them itself.
+    transport: Option<std::sync::Arc<crate::transport::TransportTap>>,
 }
 
 /// A forward jump of the packet clock larger than this (an outage, or a source resuming with
@@ -72,7 +74,14 @@ impl Pipeline {
             end_t: 0.0,
             down_at: None,
             resuming: None,
+            transport: None,
         }
+    }
+
+    /// Report TR 101 290 findings from `tap` (which the input's bytes go through).
+    pub fn with_transport(mut self, tap: std::sync::Arc<crate::transport::TransportTap>) -> Self {
+        self.transport = Some(tap);
+        self
     }
 
     /// A (re)connection opened: build the detectors for what this input carries.
@@ -82,6 +91,10 @@ impl Pipeline {
             info.video.is_some(),
             info.audio.is_some(),
         );
+        if let Some(tap) = &self.transport {
+            self.detectors
+                .push(Box::new(crate::transport::TransportDetector::new(tap.clone())));
+        }
         self.last_packet_t = None;
     }
 

@@ -1,39 +1,214 @@
-//! TR 101 290 counts (`summary.transport`) for `avmon check` on a local MPEG-TS file.
+//! TR 101 290 on every transport stream avmon reads itself: a [`TransportTap`] sees the bytes on
+//! their way to FFmpeg's demuxer (`avmon_media::ingest`), and a [`TransportDetector`] in the
+//! stream's pipeline turns the analyser's events into findings of kind `transport.<indicator>`,
+//! merged into one finding while the condition persists (events less than [`HOLD_S`] apart).
 //!
-//! For now the file is read a second time, beside FFmpeg's demuxer. Once avmon reads a stream's
-//! bytes itself and hands them to FFmpeg through a custom I/O context (issue 4), the analyser
-//! will see each byte on its way to the demuxer, and live inputs will be counted too.
+//! Files are timed by the stream's own PCR ([`Clock::Stream`]); live inputs by when their bytes
+//! arrived ([`Clock::Arrival`]), so that a PAT that stops arriving is an error even while the
+//! stream's clock says nothing. Counts run across reconnections; each connection starts a fresh
+//! analyser (a new connection is not a continuity error).
 
-use std::io::Read;
-use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
-use anyhow::{Context, Result};
-use avmon_transport::{Analyzer, Clock, Counters};
+use avmon_core::{Details, Detector, Finding, Findings, Severity};
+use avmon_media::ByteTap;
+use avmon_transport::{Analyzer, Clock, Counters, Event, Indicator};
 
-/// The counts for `input` if FFmpeg found it to be MPEG-TS (`format`) and it is a local file;
-/// up to `duration` seconds of the stream's own clock when given.
-pub fn file_counts(input: &str, format: &str, duration: Option<f64>) -> Result<Option<Counters>> {
-    let path = Path::new(input);
-    if format != "mpegts" || !path.is_file() {
-        return Ok(None);
+/// Events of one indicator less than this many seconds (media time) apart are one finding.
+pub const HOLD_S: f64 = 1.0;
+
+/// The analyser, fed from the demuxer's reads.
+pub struct TransportTap {
+    state: Mutex<TapState>,
+}
+
+struct TapState {
+    analyzer: Analyzer,
+    events: Vec<Event>,
+    /// Counts of earlier connections.
+    earlier: Counters,
+    /// The arrival clock's origin, for live inputs.
+    live: Option<Instant>,
+    rtp_lost: u64,
+}
+
+impl TransportTap {
+    pub fn new(live: bool) -> Arc<TransportTap> {
+        Arc::new(TransportTap {
+            state: Mutex::new(TapState {
+                analyzer: Analyzer::new(),
+                events: Vec::new(),
+                earlier: Counters::default(),
+                live: live.then(Instant::now),
+                rtp_lost: 0,
+            }),
+        })
     }
-    let what = || format!("{input}: reading it for TR 101 290");
-    let mut file = std::fs::File::open(path).with_context(what)?;
-    let mut analyzer = Analyzer::new();
-    let mut buf = vec![0u8; 1 << 16];
-    let mut events = Vec::new();
-    loop {
-        let n = file.read(&mut buf).with_context(what)?;
-        if n == 0 {
-            break;
-        }
-        analyzer.feed(&buf[..n], Clock::Stream, &mut events);
-        events.clear();
-        if duration.is_some_and(|d| analyzer.stream_time() >= d) {
-            break;
+
+    fn state(&self) -> std::sync::MutexGuard<'_, TapState> {
+        // The state stays consistent even if a holder panicked: counters and a queue.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A new connection: a fresh analyser (the counts so far are kept).
+    fn restart(&self) {
+        let mut s = self.state();
+        let done = *s.analyzer.counters();
+        add(&mut s.earlier, &done);
+        s.analyzer = Analyzer::new();
+        s.events.clear();
+    }
+
+    /// Counts since the first connection.
+    pub fn counters(&self) -> Counters {
+        let s = self.state();
+        let mut c = s.earlier;
+        add(&mut c, s.analyzer.counters());
+        c
+    }
+
+    /// Whether any transport-stream packet was seen (the input is MPEG-TS read by avmon).
+    pub fn saw_packets(&self) -> bool {
+        let s = self.state();
+        s.analyzer.packets() > 0 || s.earlier.total() > 0
+    }
+
+    /// RTP packets lost (sequence gaps), for `rtp://` inputs.
+    pub fn rtp_lost(&self) -> u64 {
+        self.state().rtp_lost
+    }
+
+    fn drain(&self, out: &mut Vec<Event>) {
+        out.append(&mut self.state().events);
+    }
+}
+
+impl ByteTap for TransportTap {
+    fn on_start(&self) {
+        self.restart();
+    }
+
+    fn on_bytes(&self, bytes: &[u8]) {
+        let mut s = self.state();
+        let clock = s
+            .live
+            .map_or(Clock::Stream, |o| Clock::Arrival(o.elapsed().as_secs_f64()));
+        let TapState {
+            analyzer, events, ..
+        } = &mut *s;
+        analyzer.feed(bytes, clock, events);
+        // Bounded: the pipeline drains the queue at every demuxed packet; a flood of errors
+        // between two packets keeps its first 10 000 (the counters count all).
+        events.truncate(10_000);
+    }
+
+    fn on_rtp_loss(&self, lost: u64) {
+        self.state().rtp_lost += lost;
+    }
+}
+
+fn add(to: &mut Counters, more: &Counters) {
+    to.sync_losses += more.sync_losses;
+    to.sync_byte_errors += more.sync_byte_errors;
+    to.pat_errors += more.pat_errors;
+    to.cc_errors += more.cc_errors;
+    to.pmt_errors += more.pmt_errors;
+    to.pid_errors += more.pid_errors;
+    to.transport_errors += more.transport_errors;
+    to.crc_errors += more.crc_errors;
+    to.pcr_repetition_errors += more.pcr_repetition_errors;
+    to.pcr_discontinuity_errors += more.pcr_discontinuity_errors;
+    to.pts_errors += more.pts_errors;
+}
+
+/// Priority 1 indicators (the stream cannot be decoded reliably) are major, priority 2 minor.
+fn severity(i: Indicator) -> Severity {
+    match i {
+        Indicator::SyncLoss
+        | Indicator::SyncByteError
+        | Indicator::PatError
+        | Indicator::CcError
+        | Indicator::PmtError
+        | Indicator::PidError => Severity::Major,
+        _ => Severity::Minor,
+    }
+}
+
+/// One indicator's open finding.
+#[derive(Clone, Copy, Debug)]
+struct Open {
+    last: f64,
+    count: u64,
+}
+
+/// Turns the tap's events into findings, on the stream's thread.
+pub struct TransportDetector {
+    tap: Arc<TransportTap>,
+    open: [Option<Open>; Indicator::ALL.len()],
+    scratch: Vec<Event>,
+}
+
+impl TransportDetector {
+    pub fn new(tap: Arc<TransportTap>) -> Self {
+        TransportDetector {
+            tap,
+            open: [None; Indicator::ALL.len()],
+            scratch: Vec::new(),
         }
     }
-    Ok(Some(*analyzer.counters()))
+}
+
+fn details(i: Indicator, pid: Option<u16>) -> Details {
+    let mut d = Details::new();
+    d.insert("indicator".into(), i.clause().into());
+    if let Some(pid) = pid {
+        d.insert("pid".into(), pid.into());
+    }
+    d
+}
+
+impl Detector for TransportDetector {
+    fn kind(&self) -> &'static str {
+        "transport"
+    }
+
+    fn on_tick(&mut self, now: f64, out: &mut Findings) {
+        self.tap.drain(&mut self.scratch);
+        for e in self.scratch.drain(..) {
+            let k = Indicator::ALL
+                .iter()
+                .position(|&i| i == e.indicator)
+                .unwrap_or(0);
+            let t = e.media_s.unwrap_or(now).min(now.max(0.0)).max(0.0);
+            match &mut self.open[k] {
+                Some(o) => {
+                    o.last = o.last.max(t);
+                    o.count += 1;
+                }
+                slot @ None => {
+                    *slot = Some(Open { last: t, count: 1 });
+                    out.push(Finding::begin(
+                        e.indicator.kind(),
+                        severity(e.indicator),
+                        t,
+                        details(e.indicator, e.pid),
+                    ));
+                }
+            }
+        }
+        for (k, slot) in self.open.iter_mut().enumerate() {
+            if let Some(o) = *slot {
+                if now - o.last >= HOLD_S {
+                    let i = Indicator::ALL[k];
+                    let mut d = details(i, None);
+                    d.insert("count".into(), o.count.into());
+                    out.push(Finding::end(i.kind(), severity(i), o.last, d));
+                    *slot = None;
+                }
+            }
+        }
+    }
 }
 
 /// The counts as a line of the text report.
