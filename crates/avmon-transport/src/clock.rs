@@ -29,10 +29,12 @@ use crate::packet::{pcr_diff, pts_diff, PCR_HZ};
 pub const MAX_BELIEVED_STEP_S: f64 = 2.0;
 
 /// How far a burst of bytes may run ahead of the stream's average rate before the average is
-/// believed over the last PCR interval (see the module doc). A quarter second covers a key
-/// frame in FFmpeg's variable-rate output, and keeps a clock PID's outage from compressing a
-/// 100 ms PAT interval past 0.5 s.
-pub const BURST_S: f64 = 0.25;
+/// believed over the last PCR interval (see the module doc). One second covers a key frame in
+/// FFmpeg's variable-rate output: a 720p I-frame from `avmon synth` is about 0.8 s of the
+/// average rate sent within one 40 ms PCR interval (0.25 s raised PAT errors every few key
+/// frames on intact files). The price: when the PCR itself stops, absences are timed up to a
+/// second late.
+pub const BURST_S: f64 = 1.0;
 
 #[derive(Clone, Copy, Debug)]
 struct Anchor {

@@ -93,7 +93,9 @@ impl Pipeline {
         );
         if let Some(tap) = &self.transport {
             self.detectors
-                .push(Box::new(crate::transport::TransportDetector::new(tap.clone())));
+                .push(Box::new(crate::transport::TransportDetector::new(
+                    tap.clone(),
+                )));
         }
         self.last_packet_t = None;
     }

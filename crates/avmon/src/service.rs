@@ -20,7 +20,7 @@ use anyhow::{Context, Result};
 use avmon_core::{
     Alert, AlertEvent, AudioBuffer, MediaInfo, StreamId, Transition, VideoFrame, WallTime,
 };
-use avmon_media::{run_source, Backoff, FrameSink, MediaClock, OpenOptions, SourceEvents};
+use avmon_media::{run_source, Backoff, FrameSink, MediaClock, OpenOptions, SourceEvents, Tap};
 use avmon_notify::{Notifier, Webhook};
 use avmon_server::{AlertsQuery, ApiError, Monitor, StreamState, StreamStatus};
 use avmon_store::{AlertQuery, MetricsSample, Store, StreamRecord};
@@ -29,6 +29,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use crate::config::{Config, NotifierConfig, StreamConfig};
 use crate::pipeline::{Counters, Pipeline};
+use crate::transport::TransportTap;
 
 /// How `run` behaves beyond the config.
 #[derive(Default)]
@@ -180,12 +181,14 @@ fn stream_thread(
 ) {
     let cfg = shared.cfg.clone();
     let io_timeout = Duration::from_secs_f64(cfg.io_timeout_s);
+    // TR 101 290 on the bytes avmon reads itself, timed by their arrival on a live input.
+    let tap = TransportTap::new(crate::check::is_live(&cfg.url));
     let opts = OpenOptions {
         io_timeout,
         open_timeout: io_timeout.max(Duration::from_secs(5)),
         decoder_threads: cfg.decoder_threads,
         format_options: cfg.options.clone().into_iter().collect(),
-        tap: None,
+        tap: Some(Tap(tap.clone())),
     };
     let mut sink = StreamSink {
         pipe: Pipeline::new(
@@ -193,7 +196,8 @@ fn stream_thread(
             cfg.detectors.clone(),
             cfg.alerts.clone(),
             None,
-        ),
+        )
+        .with_transport(tap),
         shared: shared.clone(),
         hub,
         last_publish: Instant::now(),
