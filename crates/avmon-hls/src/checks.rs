@@ -139,7 +139,15 @@ impl Checks {
         d
     }
 
-    fn instant(&self, kind: &'static str, sev: Severity, t0: f64, t1: f64, d: Details, out: &mut Findings) {
+    fn instant(
+        &self,
+        kind: &'static str,
+        sev: Severity,
+        t0: f64,
+        t1: f64,
+        d: Details,
+        out: &mut Findings,
+    ) {
         out.push(Finding::begin(kind, sev, t0, d.clone()));
         out.push(Finding::end(kind, sev, t1, d));
     }
@@ -157,7 +165,12 @@ impl Checks {
             if let Some(since) = self.stale_since.take() {
                 let mut d = self.details();
                 d.insert("stale_s".into(), round_ms(now - since).into());
-                out.push(Finding::end(kinds::HLS_STALE, Severity::Critical, self.media_t, d));
+                out.push(Finding::end(
+                    kinds::HLS_STALE,
+                    Severity::Critical,
+                    self.media_t,
+                    d,
+                ));
             }
         } else {
             self.check_stale(now, out);
@@ -193,7 +206,12 @@ impl Checks {
             if let Some(e) = &self.last_error {
                 d.insert("last_error".into(), e.clone().into());
             }
-            out.push(Finding::begin(kinds::HLS_STALE, Severity::Critical, self.media_t, d));
+            out.push(Finding::begin(
+                kinds::HLS_STALE,
+                Severity::Critical,
+                self.media_t,
+                d,
+            ));
         }
     }
 
@@ -210,7 +228,14 @@ impl Checks {
             d.insert("reason".into(), "media sequence went backwards".into());
             d.insert("expected".into(), next.into());
             d.insert("first".into(), first.into());
-            self.instant(kinds::HLS_SEQUENCE_ERROR, Severity::Major, self.media_t, self.media_t, d, out);
+            self.instant(
+                kinds::HLS_SEQUENCE_ERROR,
+                Severity::Major,
+                self.media_t,
+                self.media_t,
+                d,
+                out,
+            );
             self.gap = true;
             return self.live_edge(w);
         }
@@ -226,14 +251,27 @@ impl Checks {
             let t0 = self.media_t;
             self.media_t += skipped as f64 * mean;
             let mut d = self.details();
-            d.insert("reason".into(), "segments left the playlist before it listed them".into());
+            d.insert(
+                "reason".into(),
+                "segments left the playlist before it listed them".into(),
+            );
             d.insert("expected".into(), next.into());
             d.insert("first".into(), first.into());
             d.insert("skipped".into(), skipped.into());
-            self.instant(kinds::HLS_SEQUENCE_ERROR, Severity::Major, t0, self.media_t, d, out);
+            self.instant(
+                kinds::HLS_SEQUENCE_ERROR,
+                Severity::Major,
+                t0,
+                self.media_t,
+                d,
+                out,
+            );
             self.gap = true;
         }
-        w.segments.iter().position(|s| s.sequence >= next).unwrap_or(w.segments.len())
+        w.segments
+            .iter()
+            .position(|s| s.sequence >= next)
+            .unwrap_or(w.segments.len())
     }
 
     /// Start (or restart) as a player does: three target durations from the live edge; at the
@@ -262,7 +300,14 @@ impl Checks {
             self.stats.discontinuities += 1;
             let mut d = self.details();
             d.insert("sequence".into(), s.sequence.into());
-            self.instant(kinds::HLS_DISCONTINUITY, Severity::Info, start_t, start_t, d, out);
+            self.instant(
+                kinds::HLS_DISCONTINUITY,
+                Severity::Info,
+                start_t,
+                start_t,
+                d,
+                out,
+            );
         }
         // RFC 8216, 4.3.3.1: each EXTINF, rounded to the nearest integer, <= the target duration.
         let too_long = s.duration.round() > td;
@@ -275,10 +320,20 @@ impl Checks {
             d.insert("sequence".into(), s.sequence.into());
             d.insert("extinf_s".into(), round_ms(s.duration).into());
             d.insert("target_duration_s".into(), td.into());
-            out.push(Finding::begin(kinds::HLS_TARGET_DURATION, Severity::Warning, start_t, d));
+            out.push(Finding::begin(
+                kinds::HLS_TARGET_DURATION,
+                Severity::Warning,
+                start_t,
+                d,
+            ));
         } else if !too_long && self.target_duration_open {
             self.target_duration_open = false;
-            out.push(Finding::end(kinds::HLS_TARGET_DURATION, Severity::Warning, start_t, self.details()));
+            out.push(Finding::end(
+                kinds::HLS_TARGET_DURATION,
+                Severity::Warning,
+                start_t,
+                self.details(),
+            ));
         }
         Planned {
             seg: s.clone(),
@@ -288,7 +343,13 @@ impl Checks {
 
     /// `p` was fetched and accepted: `bytes` long, downloaded in `download_s`. Returns whether
     /// media is missing before it (see [`crate::Segment::after_gap`]).
-    pub fn on_segment_ok(&mut self, p: &Planned, bytes: usize, download_s: f64, out: &mut Findings) -> bool {
+    pub fn on_segment_ok(
+        &mut self,
+        p: &Planned,
+        bytes: usize,
+        download_s: f64,
+        out: &mut Findings,
+    ) -> bool {
         let st = &mut self.stats;
         st.segments += 1;
         st.bytes += bytes as u64;
@@ -297,7 +358,12 @@ impl Checks {
         st.download_s_max = st.download_s_max.max(download_s);
         if self.segment_error_open {
             self.segment_error_open = false;
-            out.push(Finding::end(kinds::HLS_SEGMENT_ERROR, Severity::Major, p.start_t, self.details()));
+            out.push(Finding::end(
+                kinds::HLS_SEGMENT_ERROR,
+                Severity::Major,
+                p.start_t,
+                self.details(),
+            ));
         }
         let slow = p.seg.duration > 0.0 && download_s > p.seg.duration;
         if slow {
@@ -309,16 +375,32 @@ impl Checks {
             d.insert("sequence".into(), p.seg.sequence.into());
             d.insert("download_s".into(), round_ms(download_s).into());
             d.insert("duration_s".into(), round_ms(p.seg.duration).into());
-            out.push(Finding::begin(kinds::HLS_SLOW_SEGMENT, Severity::Warning, p.start_t, d));
+            out.push(Finding::begin(
+                kinds::HLS_SLOW_SEGMENT,
+                Severity::Warning,
+                p.start_t,
+                d,
+            ));
         } else if !slow && self.slow_open {
             self.slow_open = false;
-            out.push(Finding::end(kinds::HLS_SLOW_SEGMENT, Severity::Warning, p.start_t, self.details()));
+            out.push(Finding::end(
+                kinds::HLS_SLOW_SEGMENT,
+                Severity::Warning,
+                p.start_t,
+                self.details(),
+            ));
         }
         std::mem::take(&mut self.gap)
     }
 
     /// `p` failed: `reason`, with the HTTP status when there was one.
-    pub fn on_segment_failed(&mut self, p: &Planned, reason: &str, status: Option<u16>, out: &mut Findings) {
+    pub fn on_segment_failed(
+        &mut self,
+        p: &Planned,
+        reason: &str,
+        status: Option<u16>,
+        out: &mut Findings,
+    ) {
         self.stats.segment_errors += 1;
         self.gap = true;
         if !self.segment_error_open {
@@ -330,7 +412,12 @@ impl Checks {
             if let Some(s) = status {
                 d.insert("status".into(), s.into());
             }
-            out.push(Finding::begin(kinds::HLS_SEGMENT_ERROR, Severity::Major, p.start_t, d));
+            out.push(Finding::begin(
+                kinds::HLS_SEGMENT_ERROR,
+                Severity::Major,
+                p.start_t,
+                d,
+            ));
         }
     }
 }
@@ -402,7 +489,13 @@ mod tests {
         // 3..=4 were never listed: the window jumped from 0..=2 to 5..=7.
         let r = c.on_window(&window(5, &[2.0; 3], 2.0), 2.0, &mut out);
         assert_eq!(seqs(&r), [5, 6, 7]);
-        assert_eq!(kinds_of(&out), [(kinds::HLS_SEQUENCE_ERROR, FindingEdge::Begin), (kinds::HLS_SEQUENCE_ERROR, FindingEdge::End)]);
+        assert_eq!(
+            kinds_of(&out),
+            [
+                (kinds::HLS_SEQUENCE_ERROR, FindingEdge::Begin),
+                (kinds::HLS_SEQUENCE_ERROR, FindingEdge::End)
+            ]
+        );
         assert_eq!((out[0].t, out[1].t), (6.0, 10.0));
         assert_eq!(out[0].details["skipped"], 2);
         assert_eq!(out[0].details["expected"], 3);
@@ -459,7 +552,10 @@ mod tests {
         let r = c.on_window(&window(0, &[1.0; 3], 1.0), 0.0, &mut out);
         c.on_segment_failed(&r.planned[0], "HTTP 404", Some(404), &mut out);
         c.on_segment_failed(&r.planned[1], "timed out after 10.0 s", None, &mut out);
-        assert_eq!(kinds_of(&out), [(kinds::HLS_SEGMENT_ERROR, FindingEdge::Begin)]);
+        assert_eq!(
+            kinds_of(&out),
+            [(kinds::HLS_SEGMENT_ERROR, FindingEdge::Begin)]
+        );
         assert_eq!(out[0].details["status"], 404);
         assert_eq!(out[0].details["sequence"], 0);
         assert_eq!(out[0].details["variant"], "v0");
@@ -478,7 +574,13 @@ mod tests {
         c.on_segment_ok(&r.planned[0], 250_000, 2.5, &mut out);
         c.on_segment_ok(&r.planned[1], 250_000, 3.0, &mut out);
         c.on_segment_ok(&r.planned[2], 250_000, 0.5, &mut out);
-        assert_eq!(kinds_of(&out), [(kinds::HLS_SLOW_SEGMENT, FindingEdge::Begin), (kinds::HLS_SLOW_SEGMENT, FindingEdge::End)]);
+        assert_eq!(
+            kinds_of(&out),
+            [
+                (kinds::HLS_SLOW_SEGMENT, FindingEdge::Begin),
+                (kinds::HLS_SLOW_SEGMENT, FindingEdge::End)
+            ]
+        );
         assert_eq!((out[0].t, out[1].t), (0.0, 4.0));
         assert_eq!(out[0].details["download_s"], 2.5);
         assert_eq!(c.stats.slow_segments, 2);

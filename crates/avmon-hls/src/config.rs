@@ -84,7 +84,10 @@ impl HlsConfig {
         for (i, s) in self.variants.iter().enumerate() {
             if let VariantSelector::Name(n) = s {
                 if n.is_empty() {
-                    errors.push(format!("{}: must not be empty", field(&format!("variants[{i}].name"))));
+                    errors.push(format!(
+                        "{}: must not be empty",
+                        field(&format!("variants[{i}].name"))
+                    ));
                 }
             }
         }
@@ -159,7 +162,10 @@ pub fn choose(variants: &[Variant], selectors: &[VariantSelector]) -> Result<Vec
                 .iter()
                 .map(|v| format!("{} {:?} {} bit/s", v.index, v.name, v.bandwidth))
                 .collect();
-            format!("no variant matches {s:?}; the master playlist has: {}", have.join(", "))
+            format!(
+                "no variant matches {s:?}; the master playlist has: {}",
+                have.join(", ")
+            )
         })?;
         chosen[i] = true;
     }
@@ -176,18 +182,21 @@ mod tests {
     use super::*;
 
     fn variants() -> Vec<Variant> {
-        [(800_000, "low", "640x360"), (2_500_000, "hd/index.m3u8", "1280x720")]
-            .iter()
-            .enumerate()
-            .map(|(index, (bandwidth, name, res))| Variant {
-                index,
-                uri: Url::parse(&format!("http://o.test/{name}")).unwrap(),
-                bandwidth: *bandwidth,
-                name: (*name).into(),
-                resolution: Some((*res).into()),
-                id: None,
-            })
-            .collect()
+        [
+            (800_000, "low", "640x360"),
+            (2_500_000, "hd/index.m3u8", "1280x720"),
+        ]
+        .iter()
+        .enumerate()
+        .map(|(index, (bandwidth, name, res))| Variant {
+            index,
+            uri: Url::parse(&format!("http://o.test/{name}")).unwrap(),
+            bandwidth: *bandwidth,
+            name: (*name).into(),
+            resolution: Some((*res).into()),
+            id: None,
+        })
+        .collect()
     }
 
     #[test]
@@ -205,11 +214,18 @@ mod tests {
         assert_eq!(pick(vec![VariantSelector::Name("index.m3u8".into())]), [1]);
         // Each variant once, in playlist order, however the selectors are ordered.
         assert_eq!(
-            pick(vec![VariantSelector::Index(1), VariantSelector::Name("hd/index.m3u8".into()), VariantSelector::Index(0)]),
+            pick(vec![
+                VariantSelector::Index(1),
+                VariantSelector::Name("hd/index.m3u8".into()),
+                VariantSelector::Index(0)
+            ]),
             [0, 1]
         );
         let e = choose(&v, &[VariantSelector::Name("4k".into())]).unwrap_err();
-        assert!(e.contains("no variant matches") && e.contains("\"low\""), "{e}");
+        assert!(
+            e.contains("no variant matches") && e.contains("\"low\""),
+            "{e}"
+        );
         assert!(choose(&v, &[VariantSelector::Index(2)]).is_err());
     }
 
@@ -237,8 +253,13 @@ mod tests {
         let mut errors = Vec::new();
         bad.validate("hls", &mut errors);
         assert_eq!(errors.len(), 5, "{errors:?}");
-        assert!(errors[0].starts_with("hls.url: unsupported scheme \"rtmp\""), "{errors:?}");
-        assert!(errors.iter().any(|e| e.starts_with("hls.stale_factor: must be >= 1")));
+        assert!(
+            errors[0].starts_with("hls.url: unsupported scheme \"rtmp\""),
+            "{errors:?}"
+        );
+        assert!(errors
+            .iter()
+            .any(|e| e.starts_with("hls.stale_factor: must be >= 1")));
         assert!(errors.iter().any(|e| e.starts_with("hls.variants[0].name")));
         assert!(serde_json::from_str::<HlsConfig>(r#"{"url": "x", "stale": 3}"#).is_err());
     }

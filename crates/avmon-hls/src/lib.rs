@@ -50,5 +50,5 @@ pub mod segment;
 pub use checks::VariantStats;
 pub use config::{is_hls_url, HlsConfig, VariantSelector};
 pub use manifest::{Manifest, ManifestFormat, MediaWindow, SegmentRef, Variant};
-pub use monitor::{resolve, run_all, HlsError, HlsSink, Segment, VariantMonitor};
+pub use monitor::{resolve, run_all, HlsError, HlsSink, Segment, VariantMonitor, VariantRun};
 pub use playlist::Hls;

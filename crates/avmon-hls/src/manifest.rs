@@ -93,7 +93,10 @@ pub enum Encryption {
     None,
     /// The whole segment is AES-128-CBC with PKCS#7 padding (`METHOD=AES-128`). Without an
     /// explicit IV, the IV is the segment's sequence number (RFC 8216, 5.2).
-    Aes128 { key_uri: Url, iv: Option<[u8; 16]> },
+    Aes128 {
+        key_uri: Url,
+        iv: Option<[u8; 16]>,
+    },
     /// Samples are encrypted inside a clear container (`SAMPLE-AES`, …): the segment is passed on
     /// as it is, and container checks still apply.
     Samples(String),

@@ -18,7 +18,9 @@ use reqwest::Url;
 use crate::checks::{Checks, Planned, VariantStats};
 use crate::config::{choose, HlsConfig};
 use crate::http::{FetchError, Http};
-use crate::manifest::{Encryption, InitRef, Manifest, ManifestError, ManifestFormat, MediaWindow, Variant};
+use crate::manifest::{
+    Encryption, InitRef, Manifest, ManifestError, ManifestFormat, MediaWindow, Variant,
+};
 use crate::segment;
 
 /// Keys kept per variant: a key changes rarely, and a hostile playlist must not grow this.
@@ -83,20 +85,33 @@ impl Segment<'_> {
 }
 
 /// Fetch `cfg.url` and build one monitor per chosen variant (one for a media playlist).
-pub fn resolve(cfg: &HlsConfig, format: Arc<dyn ManifestFormat>, stop: Arc<AtomicBool>) -> Result<Vec<VariantMonitor>, HlsError> {
+pub fn resolve(
+    cfg: &HlsConfig,
+    format: Arc<dyn ManifestFormat>,
+    stop: Arc<AtomicBool>,
+) -> Result<Vec<VariantMonitor>, HlsError> {
     let mut errors = Vec::new();
     cfg.validate("", &mut errors);
     if !errors.is_empty() {
         return Err(HlsError::Config(errors.join("; ")));
     }
     let url = cfg.parsed_url().map_err(HlsError::Config)?;
-    let http = Http::new().map_err(|source| HlsError::Fetch { url: url.clone(), source })?;
+    let http = Http::new().map_err(|source| HlsError::Fetch {
+        url: url.clone(),
+        source,
+    })?;
     let top = http
         .get(&url, None, cfg.max_playlist_bytes, cfg.playlist_timeout())
-        .map_err(|source| HlsError::Fetch { url: url.clone(), source })?;
+        .map_err(|source| HlsError::Fetch {
+            url: url.clone(),
+            source,
+        })?;
     let manifest = format
         .parse_top(&top.body, &top.url)
-        .map_err(|source| HlsError::Manifest { url: top.url.clone(), source })?;
+        .map_err(|source| HlsError::Manifest {
+            url: top.url.clone(),
+            source,
+        })?;
     let new = |variant: Variant, first: Option<MediaWindow>| VariantMonitor {
         cfg: cfg.clone(),
         http: http.clone(),
@@ -111,7 +126,14 @@ pub fn resolve(cfg: &HlsConfig, format: Arc<dyn ManifestFormat>, stop: Arc<Atomi
     Ok(match manifest {
         Manifest::Media(w) => {
             let name = top.url.path().rsplit('/').next().unwrap_or("").to_owned();
-            let v = Variant { index: 0, uri: top.url.clone(), bandwidth: 0, name, resolution: None, id: None };
+            let v = Variant {
+                index: 0,
+                uri: top.url.clone(),
+                bandwidth: 0,
+                name,
+                resolution: None,
+                id: None,
+            };
             vec![new(v, Some(w))]
         }
         Manifest::Variants(all) => choose(&all, &cfg.variants)
@@ -122,13 +144,22 @@ pub fn resolve(cfg: &HlsConfig, format: Arc<dyn ManifestFormat>, stop: Arc<Atomi
     })
 }
 
+/// How one variant's monitoring ended, from [`run_all`].
+#[derive(Debug)]
+pub struct VariantRun<S> {
+    pub variant: Variant,
+    pub sink: S,
+    /// The variant's metrics, or why its playlist could not be loaded at all.
+    pub result: Result<VariantStats, HlsError>,
+}
+
 /// Monitor every chosen variant of `cfg`, each on its own thread, until `stop` or the end of
 /// the playlists. `make_sink` gives each variant its sink; each comes back with its outcome.
 pub fn run_all<S, F>(
     cfg: &HlsConfig,
     stop: Arc<AtomicBool>,
     mut make_sink: F,
-) -> Result<Vec<(Variant, S, Result<VariantStats, HlsError>)>, HlsError>
+) -> Result<Vec<VariantRun<S>>, HlsError>
 where
     S: HlsSink + Send,
     F: FnMut(&Variant) -> S,
@@ -155,7 +186,11 @@ where
             .into_iter()
             .map(|(v, h)| {
                 let (sink, r) = h.join().expect("HLS variant thread panicked");
-                (v, sink, r)
+                VariantRun {
+                    variant: v,
+                    sink,
+                    result: r,
+                }
             })
             .collect()
     }))
@@ -184,7 +219,10 @@ struct Failure {
 
 impl From<FetchError> for Failure {
     fn from(e: FetchError) -> Self {
-        Failure { status: e.status(), reason: e.to_string() }
+        Failure {
+            status: e.status(),
+            reason: e.to_string(),
+        }
     }
 }
 
@@ -235,7 +273,8 @@ impl VariantMonitor {
                         return Err(e);
                     };
                     tracing::debug!(variant = %self.variant.name, "reload failed: {e}");
-                    self.checks.on_reload_failed(wall(), &reason(&e), &mut findings);
+                    self.checks
+                        .on_reload_failed(wall(), &reason(&e), &mut findings);
                     flush(&mut findings, sink);
                     sink.on_tick(self.checks.media_t);
                     td / 2.0
@@ -264,17 +303,30 @@ impl VariantMonitor {
         let url = &self.variant.uri;
         let f = self
             .http
-            .get(url, None, self.cfg.max_playlist_bytes, self.cfg.playlist_timeout())
-            .map_err(|source| HlsError::Fetch { url: url.clone(), source })?;
+            .get(
+                url,
+                None,
+                self.cfg.max_playlist_bytes,
+                self.cfg.playlist_timeout(),
+            )
+            .map_err(|source| HlsError::Fetch {
+                url: url.clone(),
+                source,
+            })?;
         self.format
             .parse_media(&f.body, &f.url, &self.variant)
-            .map_err(|source| HlsError::Manifest { url: f.url.clone(), source })
+            .map_err(|source| HlsError::Manifest {
+                url: f.url.clone(),
+                source,
+            })
     }
 
     fn fetch(&mut self, p: &Planned, findings: &mut Findings, sink: &mut dyn HlsSink) {
         match self.fetch_checked(p) {
             Ok((bytes, download_s, new_init)) => {
-                let after_gap = self.checks.on_segment_ok(p, bytes.len(), download_s, findings);
+                let after_gap = self
+                    .checks
+                    .on_segment_ok(p, bytes.len(), download_s, findings);
                 flush(findings, sink);
                 let init = match (new_init, &self.init) {
                     (true, Some((_, b))) => Some(b.as_slice()),
@@ -294,7 +346,8 @@ impl VariantMonitor {
             }
             Err(f) => {
                 tracing::debug!(variant = %self.variant.name, seq = p.seg.sequence, "segment failed: {}", f.reason);
-                self.checks.on_segment_failed(p, &f.reason, f.status, findings);
+                self.checks
+                    .on_segment_failed(p, &f.reason, f.status, findings);
             }
         }
     }
@@ -305,7 +358,9 @@ impl VariantMonitor {
         let seg = &p.seg;
         let new_init = match &seg.init {
             Some(i) if self.init.as_ref().map(|(r, _)| r) != Some(i) => {
-                let f = self.get(&i.uri, i.range).map_err(|e| prefix("init section", e))?;
+                let f = self
+                    .get(&i.uri, i.range)
+                    .map_err(|e| prefix("init section", e))?;
                 self.init = Some((i.clone(), f.body));
                 true
             }
@@ -316,16 +371,31 @@ impl VariantMonitor {
         if let Encryption::Aes128 { key_uri, iv } = &seg.encryption {
             let key = self.key(key_uri)?;
             let iv = iv.unwrap_or_else(|| segment::sequence_iv(seg.sequence));
-            segment::decrypt_aes128(&key, &iv, &mut bytes).map_err(|reason| Failure { reason, status: None })?;
+            segment::decrypt_aes128(&key, &iv, &mut bytes).map_err(|reason| Failure {
+                reason,
+                status: None,
+            })?;
         }
         if let Some(reason) = segment::problem(seg, &bytes) {
-            return Err(Failure { reason, status: None });
+            return Err(Failure {
+                reason,
+                status: None,
+            });
         }
         Ok((bytes, f.elapsed_s, new_init))
     }
 
-    fn get(&self, url: &Url, range: Option<crate::manifest::ByteRange>) -> Result<crate::http::Fetched, FetchError> {
-        self.http.get(url, range, self.cfg.max_segment_bytes, self.cfg.segment_timeout())
+    fn get(
+        &self,
+        url: &Url,
+        range: Option<crate::manifest::ByteRange>,
+    ) -> Result<crate::http::Fetched, FetchError> {
+        self.http.get(
+            url,
+            range,
+            self.cfg.max_segment_bytes,
+            self.cfg.segment_timeout(),
+        )
     }
 
     fn key(&mut self, uri: &Url) -> Result<[u8; 16], Failure> {
@@ -349,7 +419,10 @@ impl VariantMonitor {
 }
 
 fn prefix(what: &str, e: FetchError) -> Failure {
-    Failure { status: e.status(), reason: format!("{what}: {e}") }
+    Failure {
+        status: e.status(),
+        reason: format!("{what}: {e}"),
+    }
 }
 
 fn reason(e: &HlsError) -> String {

@@ -41,7 +41,9 @@ impl ManifestFormat for Hls {
     ) -> Result<MediaWindow, ManifestError> {
         match parse(bytes)? {
             Playlist::MediaPlaylist(m) => media(m, text(bytes)?, base),
-            Playlist::MasterPlaylist(_) => Err(err("a master playlist where a media playlist was expected")),
+            Playlist::MasterPlaylist(_) => {
+                Err(err("a master playlist where a media playlist was expected"))
+            }
         }
     }
 }
@@ -112,7 +114,11 @@ fn master(m: m3u8_rs::MasterPlaylist, base: &Url) -> Result<Vec<Variant>, Manife
 }
 
 fn media(m: m3u8_rs::MediaPlaylist, text: &str, base: &Url) -> Result<MediaWindow, ManifestError> {
-    let tag_count = |tag: &str| text.lines().filter(|l| l.trim_start().starts_with(tag)).count();
+    let tag_count = |tag: &str| {
+        text.lines()
+            .filter(|l| l.trim_start().starts_with(tag))
+            .count()
+    };
     if m.target_duration == 0 {
         return Err(err(if tag_count("#EXT-X-TARGETDURATION:") == 0 {
             "media playlist without EXT-X-TARGETDURATION"
@@ -260,11 +266,17 @@ mod tests {
         assert!(!w.ended);
         let seqs: Vec<u64> = w.segments.iter().map(|s| s.sequence).collect();
         assert_eq!(seqs, [41, 42, 43]);
-        assert_eq!(w.segments[0].uri.as_str(), "http://origin.test/live/chan/seg41.ts");
+        assert_eq!(
+            w.segments[0].uri.as_str(),
+            "http://origin.test/live/chan/seg41.ts"
+        );
         assert_eq!(w.segments[2].uri.as_str(), "http://cdn.test/seg43.ts");
         assert!((w.segments[1].duration - 1.96).abs() < 1e-6);
         assert_eq!(
-            w.segments.iter().map(|s| s.discontinuity).collect::<Vec<_>>(),
+            w.segments
+                .iter()
+                .map(|s| s.discontinuity)
+                .collect::<Vec<_>>(),
             [false, false, true]
         );
         assert_eq!(w.last_sequence(), Some(43));
@@ -300,7 +312,10 @@ mod tests {
             }
         );
         assert_eq!(w.segments[3].encryption, Encryption::None);
-        assert_eq!(w.segments[4].encryption, Encryption::Samples("SAMPLE-AES".into()));
+        assert_eq!(
+            w.segments[4].encryption,
+            Encryption::Samples("SAMPLE-AES".into())
+        );
         for s in &w.segments {
             assert_eq!(
                 s.init.as_ref().unwrap().uri.as_str(),
@@ -316,10 +331,23 @@ mod tests {
              #EXT-X-BYTERANGE:300\n#EXTINF:1,\nall.ts\n",
         )
         .unwrap();
-        assert_eq!(w.segments[0].range, Some(ByteRange { offset: 500, length: 1000 }));
-        assert_eq!(w.segments[1].range, Some(ByteRange { offset: 1500, length: 300 }));
-        let e = window("#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXT-X-BYTERANGE:300\n#EXTINF:1,\nall.ts\n")
-            .unwrap_err();
+        assert_eq!(
+            w.segments[0].range,
+            Some(ByteRange {
+                offset: 500,
+                length: 1000
+            })
+        );
+        assert_eq!(
+            w.segments[1].range,
+            Some(ByteRange {
+                offset: 1500,
+                length: 300
+            })
+        );
+        let e =
+            window("#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXT-X-BYTERANGE:300\n#EXTINF:1,\nall.ts\n")
+                .unwrap_err();
         assert!(e.0.contains("without an offset"), "{e}");
     }
 
@@ -340,9 +368,15 @@ mod tests {
         assert_eq!(v.len(), 2);
         assert_eq!((v[0].index, v[0].bandwidth), (0, 800_000));
         assert_eq!(v[0].name, "low");
-        assert_eq!(v[0].uri.as_str(), "http://origin.test/live/chan/low/index.m3u8");
+        assert_eq!(
+            v[0].uri.as_str(),
+            "http://origin.test/live/chan/low/index.m3u8"
+        );
         assert_eq!(v[0].resolution.as_deref(), Some("640x360"));
-        assert_eq!((v[1].index, v[1].name.as_str()), (1, "https://cdn.test/hd.m3u8"));
+        assert_eq!(
+            (v[1].index, v[1].name.as_str()),
+            (1, "https://cdn.test/hd.m3u8")
+        );
     }
 
     #[test]
@@ -426,7 +460,7 @@ mod tests {
     #[test]
     fn iv_is_big_endian_and_bounded() {
         assert_eq!(parse_iv("0x1").unwrap()[15], 1);
-        assert_eq!(parse_iv("0X" ).map(|_| ()), None);
+        assert_eq!(parse_iv("0X").map(|_| ()), None);
         assert_eq!(parse_iv(&format!("0x{}", "f".repeat(32))), Some([0xff; 16]));
         assert_eq!(parse_iv(&format!("0x{}", "f".repeat(33))), None);
         assert_eq!(parse_iv("12"), None);

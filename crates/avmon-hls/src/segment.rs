@@ -46,7 +46,10 @@ pub fn problem(seg: &SegmentRef, bytes: &[u8]) -> Option<String> {
     let lost = (0..bytes.len())
         .step_by(TS_PACKET)
         .find(|&i| bytes[i] != TS_SYNC)?;
-    Some(format!("MPEG-TS sync lost at byte {lost} (packet {})", lost / TS_PACKET))
+    Some(format!(
+        "MPEG-TS sync lost at byte {lost} (packet {})",
+        lost / TS_PACKET
+    ))
 }
 
 /// The IV of a segment without an explicit one: its sequence number, big-endian (RFC 8216, 5.2).
@@ -108,7 +111,9 @@ mod tests {
         assert!(problem(&s, html).unwrap().contains("byte 0 is 0x3c"));
         let mut b = ts(10);
         b[5 * TS_PACKET] = 0;
-        assert!(problem(&s, &b).unwrap().contains("sync lost at byte 940 (packet 5)"));
+        assert!(problem(&s, &b)
+            .unwrap()
+            .contains("sync lost at byte 940 (packet 5)"));
         // Names without a known extension are taken for TS too.
         assert!(problem(&seg("chunk?id=3"), html).is_some());
     }
@@ -150,6 +155,8 @@ mod tests {
             || problem(&seg("x.ts"), &bad).is_some();
         assert!(refused);
         let mut odd = cipher[..cipher.len() - 1].to_vec();
-        assert!(decrypt_aes128(&key, &iv, &mut odd).unwrap_err().contains("whole number"));
+        assert!(decrypt_aes128(&key, &iv, &mut odd)
+            .unwrap_err()
+            .contains("whole number"));
     }
 }

@@ -14,10 +14,17 @@ use avmon_hls::{Hls, HlsConfig, HlsError, VariantSelector, VariantStats};
 use common::{wait_for, Nginx, Recorder, Writer};
 
 /// Monitor the single variant `url` names on a thread, recording into the returned sink.
-fn spawn_monitor(url: String) -> (Arc<AtomicBool>, Recorder, JoinHandle<Result<VariantStats, HlsError>>) {
+fn spawn_monitor(
+    url: String,
+) -> (
+    Arc<AtomicBool>,
+    Recorder,
+    JoinHandle<Result<VariantStats, HlsError>>,
+) {
     let stop = Arc::new(AtomicBool::new(false));
     let rec = Recorder::default();
-    let mut monitors = avmon_hls::resolve(&HlsConfig::new(url), Arc::new(Hls), stop.clone()).unwrap();
+    let mut monitors =
+        avmon_hls::resolve(&HlsConfig::new(url), Arc::new(Hls), stop.clone()).unwrap();
     assert_eq!(monitors.len(), 1);
     let m = monitors.pop().unwrap();
     let mut sink = rec.clone();
@@ -63,20 +70,36 @@ fn a_healthy_live_stream_gives_no_findings_and_every_segment_in_order() {
     let results = avmon_hls::run_all(&cfg, stop, |_| Recorder::default()).unwrap();
     stopper.join().unwrap();
     assert_eq!(results.len(), 2);
-    for (variant, rec, stats) in results {
-        let stats = stats.unwrap();
+    for run in results {
+        let (variant, rec, stats) = (run.variant, run.sink, run.result.unwrap());
         let log = rec.log();
         let findings: Vec<_> = log.findings.iter().map(|(_, f)| f).collect();
-        assert!(findings.is_empty(), "variant {}: {findings:?}", variant.index);
+        assert!(
+            findings.is_empty(),
+            "variant {}: {findings:?}",
+            variant.index
+        );
         let segs: Vec<_> = log.segments.iter().map(|(_, s)| s).collect();
-        assert!(segs.len() >= 5, "variant {}: {} segments in 6 s", variant.index, segs.len());
+        assert!(
+            segs.len() >= 5,
+            "variant {}: {} segments in 6 s",
+            variant.index,
+            segs.len()
+        );
         for w in segs.windows(2) {
             assert_eq!(w[1].sequence, w[0].sequence + 1, "in order, none missing");
-            assert!((w[1].start_t - (w[0].start_t + w[0].duration)).abs() < 1e-6, "media time is the sum of EXTINF");
+            assert!(
+                (w[1].start_t - (w[0].start_t + w[0].duration)).abs() < 1e-6,
+                "media time is the sum of EXTINF"
+            );
             assert!(!w[1].discontinuity && !w[1].after_gap);
         }
         // Reloaded about once per target duration (1 s), twice as often while unchanged.
-        assert!((4..=14).contains(&stats.reloads), "{} reloads in 6 s", stats.reloads);
+        assert!(
+            (4..=14).contains(&stats.reloads),
+            "{} reloads in 6 s",
+            stats.reloads
+        );
         assert_eq!(stats.segments as usize, segs.len());
         assert_eq!((stats.segment_errors, stats.reload_errors), (0, 0));
         // 320x240 ultrafast H.264 + 64 kbit/s AAC: a few hundred kbit/s to a few Mbit/s.
@@ -85,8 +108,14 @@ fn a_healthy_live_stream_gives_no_findings_and_every_segment_in_order() {
         let bytes: usize = segs.iter().map(|s| s.bytes.len()).sum();
         let secs: f64 = segs.iter().map(|s| s.duration).sum();
         assert!((bitrate - bytes as f64 * 8.0 / secs).abs() < 1.0);
-        assert!(segs.iter().all(|s| s.bitrate_bps > 0.0 && s.download_s < 0.5));
-        assert!(stats.download_s_max < 0.5, "loopback downloads take {} s", stats.download_s_max);
+        assert!(segs
+            .iter()
+            .all(|s| s.bitrate_bps > 0.0 && s.download_s < 0.5));
+        assert!(
+            stats.download_s_max < 0.5,
+            "loopback downloads take {} s",
+            stats.download_s_max
+        );
         eprintln!(
             "variant {}: {} segments, {} reloads, {:.0} kbit/s, download mean {:.4} s max {:.4} s",
             variant.index,
@@ -105,46 +134,86 @@ fn a_stalled_playlist_is_stale_within_four_target_durations_and_clears_when_it_m
     let writer = Writer::start(&nginx.root, "");
     wait_for_playlist(&nginx);
     let (stop, rec, handle) = spawn_monitor(nginx.url("live.m3u8"));
-    assert!(wait_for(Duration::from_secs(10), || rec.log().segments.len() >= 2));
+    assert!(wait_for(Duration::from_secs(10), || rec
+        .log()
+        .segments
+        .len()
+        >= 2));
 
     writer.kill();
     let killed = Instant::now();
     assert!(
-        wait_for(Duration::from_secs(8), || rec.log().first(kinds::HLS_STALE, FindingEdge::Begin).is_some()),
+        wait_for(Duration::from_secs(8), || rec
+            .log()
+            .first(kinds::HLS_STALE, FindingEdge::Begin)
+            .is_some()),
         "no hls.stale after the writer died"
     );
-    let (raised, begin) = rec.log().first(kinds::HLS_STALE, FindingEdge::Begin).cloned().unwrap();
+    let (raised, begin) = rec
+        .log()
+        .first(kinds::HLS_STALE, FindingEdge::Begin)
+        .cloned()
+        .unwrap();
     let after = (raised - killed).as_secs_f64();
     // The last update came at most one segment (1 s) before the kill; the limit is 3 x 1 s,
     // checked every half target duration.
-    assert!((2.0..=4.5).contains(&after), "stale raised {after:.2} s after the writer died");
+    assert!(
+        (2.0..=4.5).contains(&after),
+        "stale raised {after:.2} s after the writer died"
+    );
     eprintln!("hls.stale raised {after:.2} s after the writer died");
-    assert!(begin.details["unchanged_s"].as_f64().unwrap() > 3.0, "{begin:?}");
-    assert!(rec.log().first(kinds::HLS_STALE, FindingEdge::End).is_none());
+    assert!(
+        begin.details["unchanged_s"].as_f64().unwrap() > 3.0,
+        "{begin:?}"
+    );
+    assert!(rec
+        .log()
+        .first(kinds::HLS_STALE, FindingEdge::End)
+        .is_none());
 
     // The packager comes back and appends to the same playlist.
     let _writer = Writer::start(&nginx.root, "+append_list");
     let restarted = Instant::now();
     assert!(
-        wait_for(Duration::from_secs(8), || rec.log().first(kinds::HLS_STALE, FindingEdge::End).is_some()),
+        wait_for(Duration::from_secs(8), || rec
+            .log()
+            .first(kinds::HLS_STALE, FindingEdge::End)
+            .is_some()),
         "hls.stale not cleared after the writer came back"
     );
-    let (cleared, end) = rec.log().first(kinds::HLS_STALE, FindingEdge::End).cloned().unwrap();
+    let (cleared, end) = rec
+        .log()
+        .first(kinds::HLS_STALE, FindingEdge::End)
+        .cloned()
+        .unwrap();
     let clear_after = (cleared - restarted).as_secs_f64();
     assert!(clear_after < 5.0);
     eprintln!("hls.stale cleared {clear_after:.2} s after the writer came back");
     assert!(end.details["stale_s"].as_f64().unwrap() > 0.0);
     // FFmpeg marks the appended part with EXT-X-DISCONTINUITY; the numbering goes on.
     assert!(wait_for(Duration::from_secs(4), || {
-        rec.log().segments.iter().any(|(t, s)| *t > cleared && s.discontinuity)
+        rec.log()
+            .segments
+            .iter()
+            .any(|(t, s)| *t > cleared && s.discontinuity)
     }));
     stop.store(true, Ordering::Relaxed);
     let stats = handle.join().unwrap().unwrap();
     let log = rec.log();
     assert_eq!(log.count(kinds::HLS_STALE, FindingEdge::Begin), 1);
     assert_eq!(log.count(kinds::HLS_DISCONTINUITY, FindingEdge::Begin), 1);
-    assert_eq!(log.count(kinds::HLS_SEQUENCE_ERROR, FindingEdge::Begin), 0, "{:?}", log.findings);
-    assert_eq!(log.count(kinds::HLS_SEGMENT_ERROR, FindingEdge::Begin), 0, "{:?}", log.findings);
+    assert_eq!(
+        log.count(kinds::HLS_SEQUENCE_ERROR, FindingEdge::Begin),
+        0,
+        "{:?}",
+        log.findings
+    );
+    assert_eq!(
+        log.count(kinds::HLS_SEGMENT_ERROR, FindingEdge::Begin),
+        0,
+        "{:?}",
+        log.findings
+    );
     assert_eq!((stats.stale_events, stats.discontinuities), (1, 1));
 }
 
@@ -155,25 +224,40 @@ fn a_missing_segment_is_a_segment_error_cleared_by_the_next_one() {
     wait_for_playlist(&nginx);
     let (stop, rec, handle) = spawn_monitor(nginx.url("live.m3u8"));
     assert!(
-        wait_for(Duration::from_secs(12), || rec.log().first(kinds::HLS_SEGMENT_ERROR, FindingEdge::End).is_some()),
+        wait_for(Duration::from_secs(12), || rec
+            .log()
+            .first(kinds::HLS_SEGMENT_ERROR, FindingEdge::End)
+            .is_some()),
         "no hls.segment_error raised and cleared: {:?}",
         rec.log().findings
     );
     stop.store(true, Ordering::Relaxed);
     let stats = handle.join().unwrap().unwrap();
     let log = rec.log();
-    let (_, begin) = log.first(kinds::HLS_SEGMENT_ERROR, FindingEdge::Begin).unwrap();
+    let (_, begin) = log
+        .first(kinds::HLS_SEGMENT_ERROR, FindingEdge::Begin)
+        .unwrap();
     assert_eq!(begin.details["sequence"], 4);
     assert_eq!(begin.details["status"], 404);
     assert_eq!(begin.details["reason"], "HTTP 404");
     assert_eq!(log.count(kinds::HLS_SEGMENT_ERROR, FindingEdge::Begin), 1);
-    let (_, end) = log.first(kinds::HLS_SEGMENT_ERROR, FindingEdge::End).unwrap();
+    let (_, end) = log
+        .first(kinds::HLS_SEGMENT_ERROR, FindingEdge::End)
+        .unwrap();
     let seqs: Vec<u64> = log.segments.iter().map(|(_, s)| s.sequence).collect();
-    assert!(!seqs.contains(&4) && seqs.contains(&3) && seqs.contains(&5), "{seqs:?}");
+    assert!(
+        !seqs.contains(&4) && seqs.contains(&3) && seqs.contains(&5),
+        "{seqs:?}"
+    );
     let (_, five) = log.segments.iter().find(|(_, s)| s.sequence == 5).unwrap();
     // The error spans segment 4's media: from its start to the start of 5, the next good one.
     assert_eq!(end.t, five.start_t);
-    assert!((end.t - begin.t - 1.0).abs() < 1e-6, "{} .. {}", begin.t, end.t);
+    assert!(
+        (end.t - begin.t - 1.0).abs() < 1e-6,
+        "{} .. {}",
+        begin.t,
+        end.t
+    );
     assert!(five.after_gap, "the bytes of 4 are missing before 5");
     assert_eq!(stats.segment_errors, 1);
 }

@@ -23,7 +23,11 @@ pub struct Nginx {
 }
 
 fn nginx_binary() -> PathBuf {
-    for dir in std::env::var("PATH").unwrap_or_default().split(':').chain(["/usr/sbin", "/sbin"]) {
+    for dir in std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .chain(["/usr/sbin", "/sbin"])
+    {
         let p = Path::new(dir).join("nginx");
         if p.is_file() {
             return p;
@@ -41,10 +45,14 @@ impl Nginx {
         std::fs::create_dir_all(dir.path().join("tmp")).unwrap();
         for _attempt in 0..5 {
             // A port that was free a moment ago; another process may take it first, so retry.
-            let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            let port = TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
             let d = dir.path().display();
             let conf = format!(
-                "daemon off;\nmaster_process off;\nworker_processes 1;\nerror_log stderr warn;\n\
+                "daemon off;\nmaster_process off;\nworker_processes 1;\nerror_log stderr crit;\n\
                  pid {d}/nginx.pid;\nevents {{ worker_connections 64; }}\n\
                  http {{\n  access_log off;\n  client_body_temp_path {d}/tmp/body;\n\
                  proxy_temp_path {d}/tmp/proxy;\n  fastcgi_temp_path {d}/tmp/fastcgi;\n\
@@ -74,7 +82,12 @@ impl Nginx {
                     break; // exited: the port was taken, or a config error (printed above)
                 }
                 if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return Nginx { child, port, root, _dir: dir };
+                    return Nginx {
+                        child,
+                        port,
+                        root,
+                        _dir: dir,
+                    };
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
@@ -107,7 +120,14 @@ fn encode_args(cmd: &mut Command) {
     cmd.args(["-hide_banner", "-loglevel", "error", "-nostdin", "-y"])
         .args(["-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25"])
         .args(["-f", "lavfi", "-i", "sine=frequency=1000:sample_rate=48000"])
-        .args(["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p"])
+        .args([
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-pix_fmt",
+            "yuv420p",
+        ])
         .args(["-g", "25", "-keyint_min", "25", "-sc_threshold", "0"])
         .args(["-c:a", "aac", "-b:a", "64k", "-f", "hls", "-hls_time", "1"]);
 }
@@ -144,16 +164,24 @@ impl Drop for Writer {
     }
 }
 
-/// Write `seconds` of the same content as fast as possible into `dir/name.m3u8` (a complete,
-/// ended playlist), with `extra` muxer arguments (e.g. a key info file).
-pub fn write_vod(dir: &Path, name: &str, seconds: u32, extra: &[&str]) {
+/// Write `seconds` of the same content as fast as possible into `dir/playlist` (a complete,
+/// ended playlist) and segments named by the muxer's `segments` pattern, with `extra` muxer
+/// arguments (a key info file, flags). The output is byte-identical from run to run.
+pub fn write_vod(dir: &Path, playlist: &str, segments: &str, seconds: u32, extra: &[&str]) {
     let mut cmd = Command::new("ffmpeg");
     encode_args(&mut cmd);
-    cmd.args(["-t", &seconds.to_string(), "-hls_list_size", "0", "-hls_playlist_type", "vod"])
-        .args(extra)
-        .arg("-hls_segment_filename")
-        .arg(dir.join(format!("{name}%03d.ts")))
-        .arg(dir.join(format!("{name}.m3u8")));
+    cmd.args([
+        "-t",
+        &seconds.to_string(),
+        "-hls_list_size",
+        "0",
+        "-hls_playlist_type",
+        "vod",
+    ])
+    .args(extra)
+    .arg("-hls_segment_filename")
+    .arg(dir.join(segments))
+    .arg(dir.join(playlist));
     let status = cmd.status().expect("run ffmpeg");
     assert!(status.success(), "ffmpeg failed: {status}");
 }
@@ -194,11 +222,16 @@ pub struct Log {
 impl Log {
     /// When the first finding of `kind` with `edge` came, and the finding.
     pub fn first(&self, kind: &str, edge: FindingEdge) -> Option<&(Instant, Finding)> {
-        self.findings.iter().find(|(_, f)| f.kind == kind && f.edge == edge)
+        self.findings
+            .iter()
+            .find(|(_, f)| f.kind == kind && f.edge == edge)
     }
 
     pub fn count(&self, kind: &str, edge: FindingEdge) -> usize {
-        self.findings.iter().filter(|(_, f)| f.kind == kind && f.edge == edge).count()
+        self.findings
+            .iter()
+            .filter(|(_, f)| f.kind == kind && f.edge == edge)
+            .count()
     }
 }
 
