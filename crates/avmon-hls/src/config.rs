@@ -131,6 +131,25 @@ pub enum VariantSelector {
     Name(String),
 }
 
+impl std::str::FromStr for VariantSelector {
+    type Err = String;
+
+    /// `index:N`, `bandwidth:BPS` or `name:NAME` (the command-line form).
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("variant {s:?}: expected index:N, bandwidth:BITS_PER_S or name:NAME");
+        let (how, what) = s.split_once(':').ok_or_else(bad)?;
+        match how {
+            "index" => what.parse().map(VariantSelector::Index).map_err(|_| bad()),
+            "bandwidth" => what
+                .parse()
+                .map(VariantSelector::Bandwidth)
+                .map_err(|_| bad()),
+            "name" if !what.is_empty() => Ok(VariantSelector::Name(what.to_owned())),
+            _ => Err(bad()),
+        }
+    }
+}
+
 impl VariantSelector {
     fn pick(&self, variants: &[Variant]) -> Option<usize> {
         match self {
@@ -266,6 +285,23 @@ mod tests {
 
     fn from_json(json: &str) -> HlsConfig {
         serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn selectors_parse_from_the_command_line_form() {
+        assert_eq!("index:2".parse(), Ok(VariantSelector::Index(2)));
+        assert_eq!(
+            "bandwidth:2500000".parse(),
+            Ok(VariantSelector::Bandwidth(2_500_000))
+        );
+        assert_eq!(
+            "name:720p:hi".parse(),
+            Ok(VariantSelector::Name("720p:hi".into()))
+        );
+        for bad in ["2", "index:-1", "bandwidth:fast", "name:", "size:4"] {
+            let e = bad.parse::<VariantSelector>().unwrap_err();
+            assert!(e.contains("expected index:N"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -50,5 +50,7 @@ pub mod segment;
 pub use checks::VariantStats;
 pub use config::{is_hls_url, HlsConfig, VariantSelector};
 pub use manifest::{Manifest, ManifestFormat, MediaWindow, SegmentRef, Variant};
-pub use monitor::{resolve, run_all, HlsError, HlsSink, Segment, VariantMonitor, VariantRun};
+pub use monitor::{
+    resolve, run_all, run_monitors, HlsError, HlsSink, Segment, VariantMonitor, VariantRun,
+};
 pub use playlist::Hls;

@@ -158,15 +158,24 @@ pub struct VariantRun<S> {
 pub fn run_all<S, F>(
     cfg: &HlsConfig,
     stop: Arc<AtomicBool>,
-    mut make_sink: F,
+    make_sink: F,
 ) -> Result<Vec<VariantRun<S>>, HlsError>
 where
     S: HlsSink + Send,
     F: FnMut(&Variant) -> S,
 {
     let monitors = resolve(cfg, Arc::new(crate::playlist::Hls), stop)?;
+    Ok(run_monitors(monitors, make_sink))
+}
+
+/// Run monitors from [`resolve`], each on its own thread, and wait for them all.
+pub fn run_monitors<S, F>(monitors: Vec<VariantMonitor>, mut make_sink: F) -> Vec<VariantRun<S>>
+where
+    S: HlsSink + Send,
+    F: FnMut(&Variant) -> S,
+{
     let sinks: Vec<S> = monitors.iter().map(|m| make_sink(m.variant())).collect();
-    Ok(std::thread::scope(|scope| {
+    std::thread::scope(|scope| {
         let handles: Vec<_> = monitors
             .into_iter()
             .zip(sinks)
@@ -184,16 +193,16 @@ where
             .collect();
         handles
             .into_iter()
-            .map(|(v, h)| {
-                let (sink, r) = h.join().expect("HLS variant thread panicked");
+            .map(|(variant, h)| {
+                let (sink, result) = h.join().expect("HLS variant thread panicked");
                 VariantRun {
-                    variant: v,
+                    variant,
                     sink,
-                    result: r,
+                    result,
                 }
             })
             .collect()
-    }))
+    })
 }
 
 /// Monitors one variant. Built by [`resolve`]; consumed by [`run`](Self::run).

@@ -13,10 +13,12 @@ use avmon_core::{
     round_ms, Alert, AudioBuffer, MediaInfo, Severity, StreamId, Transition, VideoFrame,
 };
 use avmon_detect::DetectorsConfig;
+use avmon_hls::VariantSelector;
 use avmon_media::{EndReason, FrameSink, Input, MediaClock, OpenOptions};
 use serde::Serialize;
 use serde_json::{json, Value};
 
+use crate::hls::HlsCheck;
 use crate::pipeline::Pipeline;
 
 pub struct CheckOptions {
@@ -30,6 +32,8 @@ pub struct CheckOptions {
     pub format_options: Vec<(String, String)>,
     /// A timestamp gap longer than this inside the input is reported as `source.down`.
     pub gap_s: f64,
+    /// The variants of an HLS input that `avmon-hls` monitors (empty: all).
+    pub hls_variants: Vec<VariantSelector>,
 }
 
 #[derive(Debug, Serialize)]
@@ -53,6 +57,8 @@ pub struct Report {
     /// The detectors' whole-input measurements, `("section.name", value)`, e.g.
     /// `("audio.integrated_lufs", -23.0)`.
     pub measured: Vec<(&'static str, f64)>,
+    /// `summary.hls`, for HLS inputs.
+    pub hls: Option<Value>,
 }
 
 impl Report {
@@ -82,6 +88,9 @@ impl Report {
             {
                 obj.insert(name.to_string(), Value::Number(v));
             }
+        }
+        if let Some(h) = &self.hls {
+            summary.insert("hls".into(), h.clone());
         }
         json!({
             "input": self.input,
@@ -173,6 +182,18 @@ impl FrameSink for Sink {
 }
 
 pub fn check(opts: CheckOptions) -> Result<Report> {
+    let hls = if avmon_hls::is_hls_url(&opts.input) {
+        Some(HlsCheck::start(
+            &opts.input,
+            opts.hls_variants.clone(),
+            opts.alerts.clone(),
+            opts.duration,
+        )?)
+    } else if !opts.hls_variants.is_empty() {
+        anyhow::bail!("--variant applies only to HLS inputs (http(s)://….m3u8)");
+    } else {
+        None
+    };
     let stop = Arc::new(AtomicBool::new(false));
     let open = OpenOptions {
         io_timeout: opts.io_timeout,
@@ -235,6 +256,11 @@ pub fn check(opts: CheckOptions) -> Result<Report> {
             details: a.details,
         })
         .collect();
+    let hls = hls.map(HlsCheck::finish).transpose()?;
+    let hls_summary = hls.map(|h| {
+        events.extend(h.events);
+        h.summary
+    });
     events.sort_by(|a, b| a.start_s.total_cmp(&b.start_s).then(a.kind.cmp(&b.kind)));
     let c = sink.pipe.counters;
     Ok(Report {
@@ -246,6 +272,7 @@ pub fn check(opts: CheckOptions) -> Result<Report> {
         frames_audio: c.frames_audio,
         decode_errors: c.decode_errors,
         measured,
+        hls: hls_summary,
     })
 }
 
