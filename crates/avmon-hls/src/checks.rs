@@ -96,9 +96,9 @@ pub struct Checks {
     gap: bool,
     /// Wall second at which `hls.stale` was raised, while it is open.
     stale_since: Option<f64>,
-    segment_error_open: bool,
-    slow_open: bool,
-    target_duration_open: bool,
+    segment_error: Condition,
+    slow: Condition,
+    too_long: Condition,
     /// Sum and count of listed durations, for estimating skipped segments.
     listed_s: f64,
     listed: u64,
@@ -120,9 +120,9 @@ impl Checks {
             last_error: None,
             gap: false,
             stale_since: None,
-            segment_error_open: false,
-            slow_open: false,
-            target_duration_open: false,
+            segment_error: Condition::new(kinds::HLS_SEGMENT_ERROR, Severity::Major),
+            slow: Condition::new(kinds::HLS_SLOW_SEGMENT, Severity::Warning),
+            too_long: Condition::new(kinds::HLS_TARGET_DURATION, Severity::Warning),
             listed_s: 0.0,
             listed: 0,
         }
@@ -134,9 +134,7 @@ impl Checks {
     }
 
     fn details(&self) -> Details {
-        let mut d = Details::new();
-        d.insert("variant".into(), self.variant.clone().into());
-        d
+        details(&self.variant)
     }
 
     fn instant(
@@ -314,27 +312,12 @@ impl Checks {
         if too_long {
             self.stats.target_duration_errors += 1;
         }
-        if too_long && !self.target_duration_open {
-            self.target_duration_open = true;
-            let mut d = self.details();
-            d.insert("sequence".into(), s.sequence.into());
-            d.insert("extinf_s".into(), round_ms(s.duration).into());
-            d.insert("target_duration_s".into(), td.into());
-            out.push(Finding::begin(
-                kinds::HLS_TARGET_DURATION,
-                Severity::Warning,
-                start_t,
-                d,
-            ));
-        } else if !too_long && self.target_duration_open {
-            self.target_duration_open = false;
-            out.push(Finding::end(
-                kinds::HLS_TARGET_DURATION,
-                Severity::Warning,
-                start_t,
-                self.details(),
-            ));
-        }
+        self.too_long
+            .judge(too_long, start_t, &self.variant, out, |d| {
+                d.insert("sequence".into(), s.sequence.into());
+                d.insert("extinf_s".into(), round_ms(s.duration).into());
+                d.insert("target_duration_s".into(), td.into());
+            });
         Planned {
             seg: s.clone(),
             start_t,
@@ -356,40 +339,17 @@ impl Checks {
         st.media_s += p.seg.duration;
         st.download_s_total += download_s;
         st.download_s_max = st.download_s_max.max(download_s);
-        if self.segment_error_open {
-            self.segment_error_open = false;
-            out.push(Finding::end(
-                kinds::HLS_SEGMENT_ERROR,
-                Severity::Major,
-                p.start_t,
-                self.details(),
-            ));
-        }
+        let (variant, t) = (&self.variant, p.start_t);
+        self.segment_error.judge(false, t, variant, out, |_| {});
         let slow = p.seg.duration > 0.0 && download_s > p.seg.duration;
         if slow {
             self.stats.slow_segments += 1;
         }
-        if slow && !self.slow_open {
-            self.slow_open = true;
-            let mut d = self.details();
+        self.slow.judge(slow, t, variant, out, |d| {
             d.insert("sequence".into(), p.seg.sequence.into());
             d.insert("download_s".into(), round_ms(download_s).into());
             d.insert("duration_s".into(), round_ms(p.seg.duration).into());
-            out.push(Finding::begin(
-                kinds::HLS_SLOW_SEGMENT,
-                Severity::Warning,
-                p.start_t,
-                d,
-            ));
-        } else if !slow && self.slow_open {
-            self.slow_open = false;
-            out.push(Finding::end(
-                kinds::HLS_SLOW_SEGMENT,
-                Severity::Warning,
-                p.start_t,
-                self.details(),
-            ));
-        }
+        });
         std::mem::take(&mut self.gap)
     }
 
@@ -403,21 +363,63 @@ impl Checks {
     ) {
         self.stats.segment_errors += 1;
         self.gap = true;
-        if !self.segment_error_open {
-            self.segment_error_open = true;
-            let mut d = self.details();
-            d.insert("sequence".into(), p.seg.sequence.into());
-            d.insert("uri".into(), p.seg.uri.as_str().into());
-            d.insert("reason".into(), reason.into());
-            if let Some(s) = status {
-                d.insert("status".into(), s.into());
-            }
-            out.push(Finding::begin(
-                kinds::HLS_SEGMENT_ERROR,
-                Severity::Major,
-                p.start_t,
-                d,
-            ));
+        self.segment_error
+            .judge(true, p.start_t, &self.variant, out, |d| {
+                d.insert("sequence".into(), p.seg.sequence.into());
+                d.insert("uri".into(), p.seg.uri.as_str().into());
+                d.insert("reason".into(), reason.into());
+                if let Some(s) = status {
+                    d.insert("status".into(), s.into());
+                }
+            });
+    }
+}
+
+/// Details every finding of a variant carries.
+fn details(variant: &str) -> Details {
+    let mut d = Details::new();
+    d.insert("variant".into(), variant.into());
+    d
+}
+
+/// A condition judged segment by segment: Begin at the start of the first affected segment,
+/// End at the start of the next unaffected one.
+#[derive(Debug)]
+struct Condition {
+    kind: &'static str,
+    severity: Severity,
+    open: bool,
+}
+
+impl Condition {
+    fn new(kind: &'static str, severity: Severity) -> Self {
+        Condition {
+            kind,
+            severity,
+            open: false,
+        }
+    }
+
+    /// The segment starting at media time `t` is `affected` or not; `begin` adds a Begin's
+    /// details (the segment's measurements).
+    fn judge(
+        &mut self,
+        affected: bool,
+        t: f64,
+        variant: &str,
+        out: &mut Findings,
+        begin: impl FnOnce(&mut Details),
+    ) {
+        if affected == self.open {
+            return;
+        }
+        self.open = affected;
+        let mut d = details(variant);
+        if affected {
+            begin(&mut d);
+            out.push(Finding::begin(self.kind, self.severity, t, d));
+        } else {
+            out.push(Finding::end(self.kind, self.severity, t, d));
         }
     }
 }
@@ -458,11 +460,22 @@ mod tests {
         out.iter().map(|f| (f.kind, f.edge)).collect()
     }
 
-    #[test]
-    fn starts_three_target_durations_from_the_live_edge_then_takes_only_new_segments() {
+    /// Checks (stale factor 3) that loaded `w` at wall second 0, what they found, and the plan.
+    fn started(w: &MediaWindow) -> (Checks, Findings, Reloaded) {
         let mut c = Checks::new(3.0, "v0", 0.0);
         let mut out = Vec::new();
-        let r = c.on_window(&window(10, &[2.0; 6], 2.0), 0.0, &mut out);
+        let r = c.on_window(w, 0.0, &mut out);
+        (c, out, r)
+    }
+
+    /// A Begin of `kind` and its End.
+    fn begin_end(kind: &'static str) -> Vec<(&'static str, FindingEdge)> {
+        vec![(kind, FindingEdge::Begin), (kind, FindingEdge::End)]
+    }
+
+    #[test]
+    fn starts_three_target_durations_from_the_live_edge_then_takes_only_new_segments() {
+        let (mut c, mut out, r) = started(&window(10, &[2.0; 6], 2.0));
         assert_eq!(seqs(&r), [13, 14, 15]);
         assert!(r.changed);
         assert_eq!(r.planned[1].start_t, 2.0);
@@ -482,20 +495,12 @@ mod tests {
 
     #[test]
     fn a_skip_is_one_sequence_error_spanning_the_missing_media() {
-        let mut c = Checks::new(3.0, "v0", 0.0);
-        let mut out = Vec::new();
-        c.on_window(&window(0, &[2.0; 3], 2.0), 0.0, &mut out);
+        let (mut c, mut out, _) = started(&window(0, &[2.0; 3], 2.0));
         assert_eq!(c.media_t, 6.0);
         // 3..=4 were never listed: the window jumped from 0..=2 to 5..=7.
         let r = c.on_window(&window(5, &[2.0; 3], 2.0), 2.0, &mut out);
         assert_eq!(seqs(&r), [5, 6, 7]);
-        assert_eq!(
-            kinds_of(&out),
-            [
-                (kinds::HLS_SEQUENCE_ERROR, FindingEdge::Begin),
-                (kinds::HLS_SEQUENCE_ERROR, FindingEdge::End)
-            ]
-        );
+        assert_eq!(kinds_of(&out), begin_end(kinds::HLS_SEQUENCE_ERROR));
         assert_eq!((out[0].t, out[1].t), (6.0, 10.0));
         assert_eq!(out[0].details["skipped"], 2);
         assert_eq!(out[0].details["expected"], 3);
@@ -508,9 +513,7 @@ mod tests {
 
     #[test]
     fn a_sequence_going_backwards_is_a_restart_from_the_live_edge() {
-        let mut c = Checks::new(3.0, "v0", 0.0);
-        let mut out = Vec::new();
-        c.on_window(&window(40, &[1.0; 5], 1.0), 0.0, &mut out);
+        let (mut c, mut out, _) = started(&window(40, &[1.0; 5], 1.0));
         let r = c.on_window(&window(0, &[1.0; 5], 1.0), 1.0, &mut out);
         assert_eq!(seqs(&r), [2, 3, 4]);
         assert_eq!(out.len(), 2);
@@ -547,9 +550,7 @@ mod tests {
 
     #[test]
     fn segment_errors_raise_once_and_clear_at_the_next_good_segment() {
-        let mut c = Checks::new(3.0, "v0", 0.0);
-        let mut out = Vec::new();
-        let r = c.on_window(&window(0, &[1.0; 3], 1.0), 0.0, &mut out);
+        let (mut c, mut out, r) = started(&window(0, &[1.0; 3], 1.0));
         c.on_segment_failed(&r.planned[0], "HTTP 404", Some(404), &mut out);
         c.on_segment_failed(&r.planned[1], "timed out after 10.0 s", None, &mut out);
         assert_eq!(
@@ -568,19 +569,11 @@ mod tests {
 
     #[test]
     fn slow_segments_and_the_metrics_of_accepted_ones() {
-        let mut c = Checks::new(3.0, "v0", 0.0);
-        let mut out = Vec::new();
-        let r = c.on_window(&window(0, &[2.0; 3], 2.0), 0.0, &mut out);
+        let (mut c, mut out, r) = started(&window(0, &[2.0; 3], 2.0));
         c.on_segment_ok(&r.planned[0], 250_000, 2.5, &mut out);
         c.on_segment_ok(&r.planned[1], 250_000, 3.0, &mut out);
         c.on_segment_ok(&r.planned[2], 250_000, 0.5, &mut out);
-        assert_eq!(
-            kinds_of(&out),
-            [
-                (kinds::HLS_SLOW_SEGMENT, FindingEdge::Begin),
-                (kinds::HLS_SLOW_SEGMENT, FindingEdge::End)
-            ]
-        );
+        assert_eq!(kinds_of(&out), begin_end(kinds::HLS_SLOW_SEGMENT));
         assert_eq!((out[0].t, out[1].t), (0.0, 4.0));
         assert_eq!(out[0].details["download_s"], 2.5);
         assert_eq!(c.stats.slow_segments, 2);

@@ -359,17 +359,10 @@ fn a_playlist_turning_to_garbage_is_stale_with_the_reason() {
         .len()
         == 2));
     std::fs::write(root.join("live.m3u8"), [0xde, 0xad, 0xbe, 0xef]).unwrap();
-    assert!(wait_for(Duration::from_secs(6), || rec
-        .log()
-        .first(kinds::HLS_STALE, FindingEdge::Begin)
-        .is_some()));
+    let stale = rec.wait_finding(kinds::HLS_STALE, FindingEdge::Begin, Duration::from_secs(6));
     stop.store(true, Ordering::Relaxed);
     let stats = handle.join().unwrap().unwrap();
-    let (_, begin) = rec
-        .log()
-        .first(kinds::HLS_STALE, FindingEdge::Begin)
-        .cloned()
-        .unwrap();
+    let (_, begin) = stale.expect("no hls.stale after the playlist turned to garbage");
     assert!(
         begin.details["last_error"]
             .as_str()

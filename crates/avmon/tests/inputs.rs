@@ -116,12 +116,14 @@ fn ts_over_http_and_hls() {
         .args(["check", &format!("{base}/x.ts"), "--variant", "index:0"])
         .output()
         .unwrap();
-    assert_eq!(o.status.code(), Some(1));
-    assert!(
-        stderr_of(&o).contains("--variant applies only to HLS"),
-        "{}",
-        stderr_of(&o)
-    );
+    assert_clean_failure(&o, "--variant applies only to HLS");
+    // A playlist avmon-hls refuses is a clear error before anything is decoded.
+    std::fs::write(dir.path().join("login.m3u8"), "<html>sign in</html>").unwrap();
+    let o = avmon()
+        .args(["check", &format!("{base}/login.m3u8")])
+        .output()
+        .unwrap();
+    assert_clean_failure(&o, "does not start with #EXTM3U");
     // A 404 is a clear error.
     let o = avmon()
         .args(["check", &format!("{base}/missing.ts")])

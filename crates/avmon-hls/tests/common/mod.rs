@@ -243,6 +243,17 @@ impl Recorder {
     pub fn log(&self) -> std::sync::MutexGuard<'_, Log> {
         self.0.lock().unwrap()
     }
+
+    /// Wait up to `timeout` for the first finding of `kind` with `edge`: when it came, and it.
+    pub fn wait_finding(
+        &self,
+        kind: &str,
+        edge: FindingEdge,
+        timeout: Duration,
+    ) -> Option<(Instant, Finding)> {
+        wait_for(timeout, || self.log().first(kind, edge).is_some());
+        self.log().first(kind, edge).cloned()
+    }
 }
 
 impl HlsSink for Recorder {
