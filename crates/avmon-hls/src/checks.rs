@@ -12,7 +12,7 @@
 //! | `hls.segment_error` | a segment fails (HTTP status, timeout, empty, undecodable, decryption) | the next segment that does not |
 //! | `hls.slow_segment` | a segment's download takes longer than its duration | the next segment downloaded in time |
 //! | `hls.target_duration` | a segment's `EXTINF`, rounded to the nearest integer, exceeds the target duration (RFC 8216, 4.3.3.1) | the next segment within it |
-//! | `hls.sequence_error` | the media sequence goes backwards, or skips segments never listed | at once (the skipped media's estimated end) |
+//! | `hls.sequence_error` | the media sequence goes backwards or jumps ahead by more than 10 000 (a restarted packager: monitoring restarts at the live edge), or skips segments never listed | at once (the skipped media's estimated end) |
 //! | `hls.discontinuity` | an `EXT-X-DISCONTINUITY` (info) | at once |
 //!
 //! Wall times (how long the playlist was stale, how long a download took) go in the details.
@@ -21,6 +21,10 @@ use avmon_core::{kinds, round_ms, Details, Finding, Findings, Severity};
 use serde::Serialize;
 
 use crate::manifest::{MediaWindow, SegmentRef};
+
+/// A forward jump of the media sequence by more than this many segments is a renumbering (a
+/// restarted packager), not segments lost: no media time is estimated for it.
+const MAX_SKIPPED: u64 = 10_000;
 
 /// A player starts this many target durations from the live edge (RFC 8216, 6.3.3).
 const START_TARGET_DURATIONS: f64 = 3.0;
@@ -219,11 +223,21 @@ impl Checks {
             return self.live_edge(w);
         };
         let first = w.first_sequence;
-        let backwards = self.prev_first.is_some_and(|p| first < p) || last + 1 < next;
-        if backwards {
+        let backwards = self.prev_first.is_some_and(|p| first < p) || last.saturating_add(1) < next;
+        let restart = if backwards {
+            Some("media sequence went backwards".to_owned())
+        } else if first.saturating_sub(next) > MAX_SKIPPED {
+            Some(format!(
+                "media sequence jumped ahead by {} (renumbered)",
+                first - next
+            ))
+        } else {
+            None
+        };
+        if let Some(reason) = restart {
             self.stats.sequence_errors += 1;
             let mut d = self.details();
-            d.insert("reason".into(), "media sequence went backwards".into());
+            d.insert("reason".into(), reason.into());
             d.insert("expected".into(), next.into());
             d.insert("first".into(), first.into());
             self.instant(
@@ -293,7 +307,7 @@ impl Checks {
         self.media_t += s.duration;
         self.listed_s += s.duration;
         self.listed += 1;
-        self.next_seq = Some(s.sequence + 1);
+        self.next_seq = Some(s.sequence.saturating_add(1));
         if s.discontinuity {
             self.stats.discontinuities += 1;
             let mut d = self.details();
@@ -524,6 +538,14 @@ mod tests {
         let r = c.on_window(&window(1, &[1.0; 5], 1.0), 2.0, &mut out);
         assert_eq!(seqs(&r), [5]);
         assert_eq!(out.len(), 2);
+        // A jump far ahead is a renumbering too, not ten million lost segments.
+        let r = c.on_window(&window(10_000_000, &[1.0; 5], 1.0), 3.0, &mut out);
+        assert_eq!(seqs(&r), [10_000_002, 10_000_003, 10_000_004]);
+        assert!(out[2].details["reason"]
+            .as_str()
+            .unwrap()
+            .contains("jumped ahead"));
+        assert_eq!(c.stats.skipped_segments, 0);
     }
 
     #[test]
@@ -606,5 +628,56 @@ mod tests {
         assert_eq!(out[1].severity, Severity::Info);
         assert_eq!(c.stats.target_duration_errors, 2);
         assert_eq!(c.stats.discontinuities, 1);
+    }
+
+    /// Hostile windows (sequence numbers at the edge of u64, zero and huge durations, windows
+    /// that jump anywhere) and any order of outcomes: findings, never a panic.
+    #[test]
+    fn random_windows_and_outcomes_never_panic() {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut rnd = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut c = Checks::new(3.0, "v0", 0.0);
+        let mut out = Vec::new();
+        for i in 0..5_000 {
+            let first = match rnd() % 4 {
+                0 => u64::MAX - rnd() % 4,
+                1 => rnd() % 8,
+                _ => rnd(),
+            };
+            let n = (rnd() % 6) as usize;
+            let durations: Vec<f64> = (0..n)
+                .map(|_| [0.0, 1.0, 6.0, 1e30][(rnd() % 4) as usize])
+                .collect();
+            let mut w = window(0, &durations, [1.0, 6.0, 3600.0][(rnd() % 3) as usize]);
+            w.first_sequence = first;
+            for (k, s) in w.segments.iter_mut().enumerate() {
+                s.sequence = first.saturating_add(k as u64);
+                s.discontinuity = rnd() % 5 == 0;
+            }
+            w.ended = rnd() % 50 == 0;
+            let r = c.on_window(&w, i as f64, &mut out);
+            for p in &r.planned {
+                if rnd() % 3 == 0 {
+                    c.on_segment_failed(p, "HTTP 500", Some(500), &mut out);
+                } else {
+                    c.on_segment_ok(
+                        p,
+                        (rnd() % 1_000_000) as usize,
+                        (rnd() % 20) as f64,
+                        &mut out,
+                    );
+                }
+            }
+            if rnd() % 7 == 0 {
+                c.on_reload_failed(i as f64 + 0.5, "timed out", &mut out);
+            }
+            out.clear();
+        }
+        assert!(c.stats.reloads == 5_000);
     }
 }

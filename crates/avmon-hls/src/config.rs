@@ -64,13 +64,16 @@ impl HlsConfig {
         if let Err(e) = self.parsed_url() {
             errors.push(format!("{}: {e}", field("url")));
         }
-        for (name, v, min) in [
-            ("stale_factor", self.stale_factor, 1.0),
-            ("playlist_timeout_s", self.playlist_timeout_s, 0.001),
-            ("segment_timeout_s", self.segment_timeout_s, 0.001),
+        for (name, v, min, max) in [
+            ("stale_factor", self.stale_factor, 1.0, 100.0),
+            ("playlist_timeout_s", self.playlist_timeout_s, 0.001, 3600.0),
+            ("segment_timeout_s", self.segment_timeout_s, 0.001, 3600.0),
         ] {
-            if !(v.is_finite() && v >= min) {
-                errors.push(format!("{}: must be >= {min} (got {v})", field(name)));
+            if !(min..=max).contains(&v) {
+                errors.push(format!(
+                    "{}: must be between {min} and {max} (got {v})",
+                    field(name)
+                ));
             }
         }
         for (name, v) in [
@@ -278,7 +281,7 @@ mod tests {
         );
         assert!(errors
             .iter()
-            .any(|e| e.starts_with("hls.stale_factor: must be >= 1")));
+            .any(|e| e.starts_with("hls.stale_factor: must be between 1 and 100")));
         assert!(errors.iter().any(|e| e.starts_with("hls.variants[0].name")));
         assert!(serde_json::from_str::<HlsConfig>(r#"{"url": "x", "stale": 3}"#).is_err());
     }

@@ -21,6 +21,10 @@ use crate::manifest::{
     SegmentRef, Variant,
 };
 
+/// The longest target duration taken seriously: reloads are timed by it, and one hour between
+/// reloads is already no monitoring.
+pub const MAX_TARGET_DURATION: u64 = 3600;
+
 /// The HLS [`ManifestFormat`].
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Hls;
@@ -125,6 +129,12 @@ fn media(m: m3u8_rs::MediaPlaylist, text: &str, base: &Url) -> Result<MediaWindo
         } else {
             "EXT-X-TARGETDURATION must be a positive integer"
         }));
+    }
+    if m.target_duration > MAX_TARGET_DURATION {
+        return Err(err(format!(
+            "EXT-X-TARGETDURATION {} s is beyond {MAX_TARGET_DURATION} s; not a live playlist",
+            m.target_duration
+        )));
     }
     let extinfs = tag_count("#EXTINF:");
     if extinfs != m.segments.len() {
@@ -381,13 +391,14 @@ mod tests {
 
     #[test]
     fn malformed_playlists_are_refused_with_a_reason() {
-        let cases: [(&[u8], &str); 8] = [
+        let cases: [(&[u8], &str); 9] = [
             (b"", "does not start with #EXTM3U"),
             (b"<html><body>502 Bad Gateway</body></html>", "does not start with #EXTM3U"),
             (b"#EXTM3U\n\xff\xfe\x00garbage", "not UTF-8"),
             (b"#EXTM3U\n#EXTINF:1,\na.ts\n", "without EXT-X-TARGETDURATION"),
             (b"#EXTM3U\n#EXT-X-TARGETDURATION:x\n#EXTINF:1,\na.ts\n", "positive integer"),
             (b"#EXTM3U\n#EXT-X-TARGETDURATION:2\nhello world\n", "EXTINF"),
+            (b"#EXTM3U\n#EXT-X-TARGETDURATION:18446744073709551615\n", "beyond 3600 s"),
             (b"#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-KEY:URI=\"k\"\n#EXTINF:1,\na.ts\n", "malformed EXT-X-KEY"),
             (b"#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-KEY:METHOD=AES-128,URI=\"k\",IV=0xZZ\n#EXTINF:1,\na.ts\n", "IV must be"),
         ];
