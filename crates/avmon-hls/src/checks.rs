@@ -235,55 +235,61 @@ impl Checks {
             None
         };
         if let Some(reason) = restart {
-            self.stats.sequence_errors += 1;
-            let mut d = self.details();
-            d.insert("reason".into(), reason.into());
-            d.insert("expected".into(), next.into());
-            d.insert("first".into(), first.into());
-            self.instant(
-                kinds::HLS_SEQUENCE_ERROR,
-                Severity::Major,
-                self.media_t,
-                self.media_t,
-                d,
-                out,
-            );
-            self.gap = true;
+            self.sequence_error(&reason, next, first, None, out);
             return self.live_edge(w);
         }
         if first > next {
             let skipped = first - next;
-            self.stats.sequence_errors += 1;
             self.stats.skipped_segments += skipped;
-            let mean = if self.listed > 0 {
-                self.listed_s / self.listed as f64
-            } else {
-                w.target_duration
-            };
-            let t0 = self.media_t;
-            self.media_t += skipped as f64 * mean;
-            let mut d = self.details();
-            d.insert(
-                "reason".into(),
-                "segments left the playlist before it listed them".into(),
-            );
-            d.insert("expected".into(), next.into());
-            d.insert("first".into(), first.into());
-            d.insert("skipped".into(), skipped.into());
-            self.instant(
-                kinds::HLS_SEQUENCE_ERROR,
-                Severity::Major,
-                t0,
-                self.media_t,
-                d,
+            self.sequence_error(
+                "segments left the playlist before it listed them",
+                next,
+                first,
+                Some((skipped, w.target_duration)),
                 out,
             );
-            self.gap = true;
         }
         w.segments
             .iter()
             .position(|s| s.sequence >= next)
             .unwrap_or(w.segments.len())
+    }
+
+    /// Report a sequence error at the media clock: `expected` was due, the window starts at
+    /// `first`. With `skipped` (count, target duration), the clock first moves over the skipped
+    /// segments' estimated media (their mean listed duration; the target duration before any).
+    fn sequence_error(
+        &mut self,
+        reason: &str,
+        expected: u64,
+        first: u64,
+        skipped: Option<(u64, f64)>,
+        out: &mut Findings,
+    ) {
+        self.stats.sequence_errors += 1;
+        self.gap = true;
+        let t0 = self.media_t;
+        let mut d = self.details();
+        d.insert("reason".into(), reason.into());
+        d.insert("expected".into(), expected.into());
+        d.insert("first".into(), first.into());
+        if let Some((n, td)) = skipped {
+            let mean = if self.listed > 0 {
+                self.listed_s / self.listed as f64
+            } else {
+                td
+            };
+            self.media_t += n as f64 * mean;
+            d.insert("skipped".into(), n.into());
+        }
+        self.instant(
+            kinds::HLS_SEQUENCE_ERROR,
+            Severity::Major,
+            t0,
+            self.media_t,
+            d,
+            out,
+        );
     }
 
     /// Start (or restart) as a player does: three target durations from the live edge; at the
@@ -634,13 +640,7 @@ mod tests {
     /// that jump anywhere) and any order of outcomes: findings, never a panic.
     #[test]
     fn random_windows_and_outcomes_never_panic() {
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut rnd = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut rnd = crate::xorshift(0x9e37_79b9_7f4a_7c15u64);
         let mut c = Checks::new(3.0, "v0", 0.0);
         let mut out = Vec::new();
         for i in 0..5_000 {

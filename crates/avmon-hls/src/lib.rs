@@ -47,6 +47,17 @@ mod monitor;
 pub mod playlist;
 pub mod segment;
 
+/// A small deterministic generator for the tests that throw hostile input at the parsers.
+#[cfg(test)]
+pub(crate) fn xorshift(mut state: u64) -> impl FnMut() -> u64 {
+    move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    }
+}
+
 pub use checks::VariantStats;
 pub use config::{is_hls_url, HlsConfig, VariantSelector};
 pub use manifest::{Manifest, ManifestFormat, MediaWindow, SegmentRef, Variant};
