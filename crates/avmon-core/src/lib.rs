@@ -47,6 +47,18 @@ pub mod kinds {
     pub const AUDIO_CHANNEL_SILENCE: &str = "audio.channel_silence";
     pub const AUDIO_DROPOUT: &str = "audio.dropout";
     pub const AV_SYNC: &str = "av.sync";
+    /// HLS delivery (`avmon-hls`): the media playlist stopped updating.
+    pub const HLS_STALE: &str = "hls.stale";
+    /// HLS delivery: a segment failed (HTTP error, timeout, empty or undecodable).
+    pub const HLS_SEGMENT_ERROR: &str = "hls.segment_error";
+    /// HLS delivery: a segment took longer to download than it lasts.
+    pub const HLS_SLOW_SEGMENT: &str = "hls.slow_segment";
+    /// HLS delivery: the media sequence went backwards or skipped segments.
+    pub const HLS_SEQUENCE_ERROR: &str = "hls.sequence_error";
+    /// HLS delivery: a segment longer than the playlist's target duration.
+    pub const HLS_TARGET_DURATION: &str = "hls.target_duration";
+    /// HLS delivery: an `EXT-X-DISCONTINUITY` (informational).
+    pub const HLS_DISCONTINUITY: &str = "hls.discontinuity";
 }
 
 /// Round a media time to milliseconds for reports, so JSON shows `8.04` rather than `8.039999999`.

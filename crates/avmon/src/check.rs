@@ -13,10 +13,12 @@ use avmon_core::{
     round_ms, Alert, AudioBuffer, MediaInfo, Severity, StreamId, Transition, VideoFrame,
 };
 use avmon_detect::DetectorsConfig;
+use avmon_hls::VariantSelector;
 use avmon_media::{EndReason, FrameSink, Input, MediaClock, OpenOptions, Tap};
 use serde::Serialize;
 use serde_json::{json, Value};
 
+use crate::hls::HlsCheck;
 use crate::pipeline::Pipeline;
 use crate::transport::TransportTap;
 
@@ -31,6 +33,8 @@ pub struct CheckOptions {
     pub format_options: Vec<(String, String)>,
     /// A timestamp gap longer than this inside the input is reported as `source.down`.
     pub gap_s: f64,
+    /// The variants of an HLS input that `avmon-hls` monitors (empty: all).
+    pub hls_variants: Vec<VariantSelector>,
 }
 
 #[derive(Debug, Serialize)]
@@ -56,6 +60,8 @@ pub struct Report {
     pub measured: Vec<(&'static str, f64)>,
     /// TR 101 290 counts, for MPEG-TS that avmon read itself (files, UDP/RTP, SRT, HTTP TS).
     pub transport: Option<avmon_transport::Counters>,
+    /// `summary.hls`, for HLS inputs.
+    pub hls: Option<Value>,
 }
 
 impl Report {
@@ -91,6 +97,9 @@ impl Report {
             {
                 obj.insert(name.to_string(), Value::Number(v));
             }
+        }
+        if let Some(h) = &self.hls {
+            summary.insert("hls".into(), h.clone());
         }
         json!({
             "input": self.input,
@@ -185,6 +194,18 @@ impl FrameSink for Sink {
 }
 
 pub fn check(opts: CheckOptions) -> Result<Report> {
+    let hls = if avmon_hls::is_hls_url(&opts.input) {
+        Some(HlsCheck::start(
+            &opts.input,
+            opts.hls_variants.clone(),
+            opts.alerts.clone(),
+            opts.duration,
+        )?)
+    } else if !opts.hls_variants.is_empty() {
+        anyhow::bail!("--variant applies only to HLS inputs (http(s)://….m3u8)");
+    } else {
+        None
+    };
     let stop = Arc::new(AtomicBool::new(false));
     let live = is_live(&opts.input);
     let tap = TransportTap::new(live);
@@ -250,6 +271,11 @@ pub fn check(opts: CheckOptions) -> Result<Report> {
             details: a.details,
         })
         .collect();
+    let hls = hls.map(HlsCheck::finish).transpose()?;
+    let hls_summary = hls.map(|h| {
+        events.extend(h.events);
+        h.summary
+    });
     events.sort_by(|a, b| a.start_s.total_cmp(&b.start_s).then(a.kind.cmp(&b.kind)));
     let transport = tap.saw_packets().then(|| tap.counters());
     if transport.is_some() && opts.input.starts_with("rtp://") {
@@ -266,6 +292,7 @@ pub fn check(opts: CheckOptions) -> Result<Report> {
         decode_errors: c.decode_errors,
         measured,
         transport,
+        hls: hls_summary,
     })
 }
 

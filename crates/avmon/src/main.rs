@@ -7,6 +7,7 @@ mod check;
 mod config;
 mod damage;
 mod demo;
+mod hls;
 mod pipeline;
 mod service;
 mod transport;
@@ -71,6 +72,10 @@ enum Command {
         /// repeatable.
         #[arg(long = "option", short = 'o', value_name = "KEY=VALUE")]
         options: Vec<String>,
+        /// For an HLS input: a variant to monitor (`index:N`, `bandwidth:BITS_PER_S` for the
+        /// closest, or `name:NAME`); repeatable. Default: every variant.
+        #[arg(long = "variant", value_name = "SELECTOR")]
+        variants: Vec<avmon_hls::VariantSelector>,
     },
     /// Monitor the streams of a config file, with the HTTP API, store and notifiers.
     Run {
@@ -196,6 +201,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             timeout,
             threads,
             options,
+            variants,
         } => {
             let options = options
                 .iter()
@@ -220,6 +226,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 decoder_threads: threads,
                 format_options: options,
                 gap_s: 3.0,
+                hls_variants: variants,
             })?;
             match format {
                 Format::Json => println!("{}", serde_json::to_string_pretty(&report.to_json())?),

@@ -6,19 +6,6 @@ use std::io::Write;
 
 use common::*;
 
-fn assert_clean_failure(o: &std::process::Output, must_mention: &str) {
-    let err = stderr_of(o);
-    assert!(!o.status.success(), "must fail; stderr: {err}");
-    assert_eq!(o.status.code(), Some(1), "stderr: {err}");
-    assert!(!err.contains("panicked"), "no panic: {err}");
-    assert!(err.starts_with("avmon: error:"), "one clear line: {err}");
-    assert!(
-        err.contains(must_mention),
-        "should mention {must_mention:?}: {err}"
-    );
-    assert!(o.stdout.is_empty(), "no report on failure");
-}
-
 #[test]
 fn a_garbage_file() {
     let dir = tempfile::tempdir().unwrap();

@@ -75,6 +75,55 @@ fn ts_over_http_and_hls() {
         assert_near("black end", ev[0].2, 5.0, 0.5);
         assert_eq!(r["summary"]["video"]["frames"].as_u64(), Some(250), "{url}");
     }
+    // The HLS input was monitored by avmon-hls too: every segment fetched, none failed.
+    let r = check_url(&format!("{base}/index.m3u8"), &["--variant", "index:0"]);
+    let hls = &r["summary"]["hls"];
+    assert_eq!(hls["segments"].as_u64(), Some(5), "{hls}");
+    assert_eq!(hls["segment_errors"].as_u64(), Some(0), "{hls}");
+    let bitrate = hls["variants"][0]["bitrate_bps"].as_f64().unwrap();
+    let bytes = std::fs::metadata(&ts).unwrap().len() as f64;
+    assert_near(
+        "HLS bitrate vs the file's",
+        bitrate,
+        bytes * 8.0 / 10.0,
+        bytes * 8.0 / 10.0 * 0.1,
+    );
+
+    // A segment the origin no longer has: an hls.segment_error event over its media.
+    let playlist = std::fs::read_to_string(dir.path().join("index.m3u8")).unwrap();
+    let extinf: Vec<f64> = playlist
+        .lines()
+        .filter_map(|l| l.strip_prefix("#EXTINF:"))
+        .map(|l| l.trim_end_matches(',').parse().unwrap())
+        .collect();
+    let (start, end) = (extinf[0] + extinf[1], extinf[0] + extinf[1] + extinf[2]);
+    std::fs::write(
+        dir.path().join("broken.m3u8"),
+        playlist.replace("index2.ts", "gone.ts"),
+    )
+    .unwrap();
+    let r = check_url(&format!("{base}/broken.m3u8"), &[]);
+    let ev: Vec<_> = events(&r)
+        .into_iter()
+        .filter(|e| e.0.starts_with("hls."))
+        .collect();
+    assert_eq!(ev.len(), 1, "{}", r["events"]);
+    assert_eq!(ev[0].0, "hls.segment_error");
+    assert_near("missing segment's start", ev[0].1, start, 0.001);
+    assert_near("missing segment's end", ev[0].2, end, 0.001);
+    assert_eq!(r["summary"]["hls"]["segment_errors"].as_u64(), Some(1));
+    let o = avmon()
+        .args(["check", &format!("{base}/x.ts"), "--variant", "index:0"])
+        .output()
+        .unwrap();
+    assert_clean_failure(&o, "--variant applies only to HLS");
+    // A playlist avmon-hls refuses is a clear error before anything is decoded.
+    std::fs::write(dir.path().join("login.m3u8"), "<html>sign in</html>").unwrap();
+    let o = avmon()
+        .args(["check", &format!("{base}/login.m3u8")])
+        .output()
+        .unwrap();
+    assert_clean_failure(&o, "does not start with #EXTM3U");
     // A 404 is a clear error.
     let o = avmon()
         .args(["check", &format!("{base}/missing.ts")])

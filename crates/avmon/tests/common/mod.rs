@@ -68,6 +68,21 @@ pub fn assert_near(what: &str, got: f64, want: f64, tol: f64) {
     );
 }
 
+/// `avmon` failed as it must for bad input: exit 1, one clear line mentioning `must_mention`,
+/// no panic and no report.
+pub fn assert_clean_failure(o: &Output, must_mention: &str) {
+    let err = stderr_of(o);
+    assert!(!o.status.success(), "must fail; stderr: {err}");
+    assert_eq!(o.status.code(), Some(1), "stderr: {err}");
+    assert!(!err.contains("panicked"), "no panic: {err}");
+    assert!(err.starts_with("avmon: error:"), "one clear line: {err}");
+    assert!(
+        err.contains(must_mention),
+        "should mention {must_mention:?}: {err}"
+    );
+    assert!(o.stdout.is_empty(), "no report on failure");
+}
+
 pub fn stderr_of(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
