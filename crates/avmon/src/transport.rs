@@ -147,11 +147,14 @@ pub struct TransportDetector {
     tap: Arc<TransportTap>,
     open: [Option<Open>; Indicator::ALL.len()],
     scratch: Vec<Event>,
+    live: bool,
 }
 
 impl TransportDetector {
     pub fn new(tap: Arc<TransportTap>) -> Self {
+        let live = tap.state().live.is_some();
         TransportDetector {
+            live,
             tap,
             open: [None; Indicator::ALL.len()],
             scratch: Vec::new(),
@@ -168,6 +171,12 @@ fn details(i: Indicator, pid: Option<u16>) -> Details {
     d
 }
 
+fn end(i: Indicator, o: Open) -> Finding {
+    let mut d = details(i, None);
+    d.insert("count".into(), o.count.into());
+    Finding::end(i.kind(), severity(i), o.last, d)
+}
+
 impl Detector for TransportDetector {
     fn kind(&self) -> &'static str {
         "transport"
@@ -180,7 +189,20 @@ impl Detector for TransportDetector {
                 .iter()
                 .position(|&i| i == e.indicator)
                 .unwrap_or(0);
-            let t = e.media_s.unwrap_or(now).min(now.max(0.0)).max(0.0);
+            // A file: the analyser's own media time (the demuxer reads ahead, while probing by
+            // seconds, so the packet clock `now` may lag the bytes that carried the error). A
+            // live input: the packet clock, which runs on across reconnections where each new
+            // connection's analyser starts its media time afresh.
+            let t = match e.media_s {
+                Some(m) if !self.live => m,
+                _ => now,
+            }
+            .max(0.0);
+            // An event more than HOLD_S after the open one's last: that one ended.
+            if let Some(o) = self.open[k].filter(|o| t - o.last >= HOLD_S) {
+                out.push(end(e.indicator, o));
+                self.open[k] = None;
+            }
             match &mut self.open[k] {
                 Some(o) => {
                     o.last = o.last.max(t);
@@ -200,10 +222,7 @@ impl Detector for TransportDetector {
         for (k, slot) in self.open.iter_mut().enumerate() {
             if let Some(o) = *slot {
                 if now - o.last >= HOLD_S {
-                    let i = Indicator::ALL[k];
-                    let mut d = details(i, None);
-                    d.insert("count".into(), o.count.into());
-                    out.push(Finding::end(i.kind(), severity(i), o.last, d));
+                    out.push(end(Indicator::ALL[k], o));
                     *slot = None;
                 }
             }

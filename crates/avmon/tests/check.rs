@@ -191,6 +191,7 @@ fn a_ts_file_gets_tr_101_290_counts_and_each_lost_packet_is_one_cc_error() {
         assert_eq!(t[name].as_u64(), Some(0), "{name} of a clean file");
     }
     assert_eq!(t.len(), 11);
+    assert_eq!(events(&r), vec![], "no transport event on a clean file");
 
     // Five video and audio packets with a payload and no adaptation field (so no PCR: only
     // the continuity counter can tell they are gone), dropped by index.
@@ -223,6 +224,16 @@ fn a_ts_file_gets_tr_101_290_counts_and_each_lost_packet_is_one_cc_error() {
         .map(|(_, v)| v.as_u64().unwrap())
         .sum();
     assert_eq!(others, 0, "{t}");
+    // The losses are more than a second apart: one `transport.cc_error` event each, in order,
+    // inside the file (the lost video packets also damage pictures: `video.corruption`).
+    let ev: Vec<_> = events(&r)
+        .into_iter()
+        .filter(|e| e.0.starts_with("transport."))
+        .collect();
+    assert_eq!(ev.len(), 5, "{ev:?}");
+    assert!(ev.iter().all(|e| e.0 == "transport.cc_error"), "{ev:?}");
+    assert!(ev.windows(2).all(|w| w[0].1 < w[1].1), "{ev:?}");
+    assert!(ev.iter().all(|e| (0.0..8.0).contains(&e.1)), "{ev:?}");
     let text = avmon()
         .args(["check", bad.to_str().unwrap()])
         .output()
