@@ -71,17 +71,25 @@ const MAX_DATAGRAM: usize = 65_536;
 pub(crate) enum Route {
     /// avmon reads them; `format` forces the demuxer (`None`: probe).
     Bytes {
-        reader: Box<dyn ByteReader>,
+        reader: Box<dyn ByteSource>,
         format: Option<&'static str>,
     },
     /// FFmpeg opens the URL itself.
     Ffmpeg,
 }
 
-/// A source of bytes. `Ok(0)` is the end of the input; `ErrorKind::TimedOut` means nothing came
-/// for the I/O timeout; `ErrorKind::Interrupted` that the stop flag was set.
-pub(crate) trait ByteReader {
+/// A source of bytes for [`Input::open_source`](crate::Input::open_source) (avmon's own readers
+/// implement it too). `Ok(0)` is the end of the input; `ErrorKind::TimedOut` means nothing came
+/// for the I/O timeout; `ErrorKind::Interrupted` that the stop flag was set. A read should not
+/// block for much longer than [`POLL`] without checking the caller's stop flag.
+pub trait ByteSource {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize>;
+    /// Whether the bytes the last read returned begin a new stream that does not continue the
+    /// previous ones (an HLS discontinuity, a segment after a gap): the tap hears
+    /// [`ByteTap::on_start`] before them. Asked once after each read.
+    fn restarted(&mut self) -> bool {
+        false
+    }
 }
 
 /// Decide how to read `url` (see the module docs), and open it if avmon reads it.
@@ -167,7 +175,7 @@ struct FileReader {
     stop: Arc<AtomicBool>,
 }
 
-impl ByteReader for FileReader {
+impl ByteSource for FileReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.stop.load(Ordering::Relaxed) {
             return Err(io::ErrorKind::Interrupted.into());
@@ -411,7 +419,7 @@ fn rtp_payload(d: &[u8]) -> Option<(u16, usize, usize)> {
     (start <= end).then_some((u16::from_be_bytes([d[2], d[3]]), start, end))
 }
 
-impl ByteReader for UdpReader {
+impl ByteSource for UdpReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.pos >= self.end {
             self.receive()?;
@@ -472,7 +480,7 @@ impl ProtocolReader {
     }
 }
 
-impl ByteReader for ProtocolReader {
+impl ByteSource for ProtocolReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let limit = if self.got_data {
             self.waits.io
@@ -519,14 +527,14 @@ impl Drop for ProtocolReader {
 
 /// What the custom I/O context's read callback works with.
 pub(crate) struct IoState {
-    reader: Box<dyn ByteReader>,
+    reader: Box<dyn ByteSource>,
     tap: Option<crate::Tap>,
     /// Why the last read failed, for the user.
     pub(crate) error: Option<io::Error>,
 }
 
 impl IoState {
-    pub(crate) fn new(reader: Box<dyn ByteReader>, tap: Option<crate::Tap>) -> Box<Self> {
+    pub(crate) fn new(reader: Box<dyn ByteSource>, tap: Option<crate::Tap>) -> Box<Self> {
         Box::new(IoState {
             reader,
             tap,
@@ -593,7 +601,11 @@ extern "C" fn read_packet(opaque: *mut c_void, buf: *mut u8, size: c_int) -> c_i
         match state.reader.read(buf) {
             Ok(0) => ffi::AVERROR_EOF,
             Ok(n) => {
+                let restarted = state.reader.restarted();
                 if let Some(tap) = &state.tap {
+                    if restarted {
+                        tap.0.on_start();
+                    }
                     tap.0.on_bytes(&buf[..n]);
                 }
                 n as c_int

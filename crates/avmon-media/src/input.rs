@@ -193,6 +193,33 @@ fn codec_name(id: ff::codec::Id) -> String {
 impl Input {
     /// Open `url` and its best video and audio streams. `stop` interrupts any blocking call.
     pub fn open(url: &str, opts: &OpenOptions, stop: Arc<AtomicBool>) -> Result<Input, MediaError> {
+        let route = ingest::route(url, opts, &stop)?;
+        Input::open_route(url, route, opts, stop)
+    }
+
+    /// Open bytes that the caller reads itself (e.g. an HLS monitor's segments), named `label`
+    /// in messages; `format` forces a demuxer (`Some("mpegts")`), `None` probes. `opts.tap`
+    /// sees the bytes as for any byte-level input.
+    pub fn open_source(
+        label: &str,
+        source: Box<dyn ingest::ByteSource>,
+        format: Option<&'static str>,
+        opts: &OpenOptions,
+        stop: Arc<AtomicBool>,
+    ) -> Result<Input, MediaError> {
+        let route = Route::Bytes {
+            reader: source,
+            format,
+        };
+        Input::open_route(label, route, opts, stop)
+    }
+
+    fn open_route(
+        url: &str,
+        route: Route,
+        opts: &OpenOptions,
+        stop: Arc<AtomicBool>,
+    ) -> Result<Input, MediaError> {
         crate::init();
         let open_err = |reason: String| MediaError::Open {
             url: url.to_string(),
@@ -205,7 +232,7 @@ impl Input {
         });
         let mut dict = ff::Dictionary::new();
         // Byte-level inputs: avmon reads, FFmpeg demuxes what it is handed.
-        let (mut io_state, format) = match ingest::route(url, opts, &irq.stop)? {
+        let (mut io_state, format) = match route {
             Route::Bytes { reader, format } => {
                 if let Some(tap) = &opts.tap {
                     tap.0.on_start();

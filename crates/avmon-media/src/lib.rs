@@ -29,7 +29,7 @@ mod source;
 pub mod synth;
 
 pub use clock::MediaClock;
-pub use ingest::{ByteTap, Tap};
+pub use ingest::{ByteSource, ByteTap, Tap};
 pub use input::{EndReason, FrameSink, Input, OpenOptions};
 pub use source::{run_source, Backoff, SourceEvents};
 

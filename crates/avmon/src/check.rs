@@ -194,21 +194,36 @@ impl FrameSink for Sink {
 }
 
 pub fn check(opts: CheckOptions) -> Result<Report> {
-    let hls = if avmon_hls::is_hls_url(&opts.input) {
-        Some(HlsCheck::start(
+    let stop = Arc::new(AtomicBool::new(false));
+    // HLS: avmon-hls fetches the segments, checks delivery, and hands the first chosen
+    // variant's bytes to the decoder.
+    let (hls, segments) = if avmon_hls::is_hls_url(&opts.input) {
+        let (tx, rx) = crossbeam_channel::bounded(64);
+        let h = HlsCheck::start(
             &opts.input,
             opts.hls_variants.clone(),
             opts.alerts.clone(),
             opts.duration,
-        )?)
+            tx,
+        )?;
+        // A segment may take a few target durations to come; FFmpeg's own HLS input waits too.
+        let source = h.source(
+            rx,
+            stop.clone(),
+            opts.io_timeout.max(Duration::from_secs(30)),
+        );
+        (Some(h), Some(source))
     } else if !opts.hls_variants.is_empty() {
         anyhow::bail!("--variant applies only to HLS inputs (http(s)://….m3u8)");
     } else {
-        None
+        (None, None)
     };
-    let stop = Arc::new(AtomicBool::new(false));
     let live = is_live(&opts.input);
-    let tap = TransportTap::new(live);
+    let tap = if hls.is_some() {
+        TransportTap::hls()
+    } else {
+        TransportTap::new(live)
+    };
     let open = OpenOptions {
         io_timeout: opts.io_timeout,
         decoder_threads: opts.decoder_threads,
@@ -216,7 +231,13 @@ pub fn check(opts: CheckOptions) -> Result<Report> {
         open_timeout: opts.io_timeout.max(Duration::from_secs(10)),
         tap: Some(Tap(tap.clone())),
     };
-    let mut input = Input::open(&opts.input, &open, stop.clone()).map_err(anyhow::Error::new)?;
+    let mut input = match segments {
+        Some(source) => {
+            Input::open_source(&opts.input, Box::new(source), None, &open, stop.clone())
+        }
+        None => Input::open(&opts.input, &open, stop.clone()),
+    }
+    .map_err(anyhow::Error::new)?;
     let info = input.info().clone();
     if let (true, Some(d)) = (live, opts.duration) {
         // A live input has no end: stop after --duration of wall time too, in case its

@@ -7,13 +7,19 @@
 //! demuxer starts (three target durations from the live edge, or the first segment of an ended
 //! playlist), so the two line up to within a segment.
 //!
-//! For now both FFmpeg and `avmon-hls` fetch the segments. When the custom-I/O ingest lands, the
-//! decoder takes the bytes `avmon-hls` hands its sink ([`avmon_hls::Segment`]) instead, and
-//! every segment is fetched once.
+//! Every segment is fetched once, by `avmon-hls`: the first chosen variant's segments go on, in
+//! order, to FFmpeg's demuxer ([`SegmentSource`], through avmon's custom I/O) and to the TR 101
+//! 290 analyser on the way, so the detectors see exactly the media the delivery checks judged.
+//! A discontinuity or a missing segment starts the transport analyser afresh (continuity
+//! counters need not follow on there).
 
+use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+
+use avmon_media::ByteSource;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use anyhow::Result;
 use avmon_alert::{AlertConfig, AlertEngine};
@@ -24,8 +30,63 @@ use serde_json::{json, Value};
 
 use crate::check::Event;
 
+/// Bytes of one segment (or an initialisation section) for the decoder.
+pub struct Chunk {
+    bytes: Vec<u8>,
+    /// Begins a new stream: after a discontinuity or a missing segment.
+    fresh: bool,
+}
+
+/// The decoded variant's segments, in order, as bytes for FFmpeg's demuxer. Ends when the
+/// monitor has ended and every segment was read, or at `stop`.
+pub struct SegmentSource {
+    rx: Receiver<Chunk>,
+    chunk: Vec<u8>,
+    pos: usize,
+    fresh: bool,
+    stop: Arc<AtomicBool>,
+    done: Arc<AtomicBool>,
+    /// Longest wait for the next segment before the input counts as timed out.
+    limit: std::time::Duration,
+    last: std::time::Instant,
+}
+
+impl ByteSource for SegmentSource {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pos >= self.chunk.len() {
+            if self.stop.load(Ordering::Relaxed) {
+                return Err(io::ErrorKind::Interrupted.into());
+            }
+            match self.rx.recv_timeout(avmon_media::ingest::POLL) {
+                Ok(c) => {
+                    self.last = std::time::Instant::now();
+                    self.chunk = c.bytes;
+                    self.pos = 0;
+                    self.fresh |= c.fresh;
+                }
+                Err(RecvTimeoutError::Timeout) if !self.done.load(Ordering::Relaxed) => {
+                    if self.last.elapsed() > self.limit {
+                        return Err(io::ErrorKind::TimedOut.into());
+                    }
+                }
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len() - self.pos);
+        buf[..n].copy_from_slice(&self.chunk[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+
+    fn restarted(&mut self) -> bool {
+        std::mem::take(&mut self.fresh)
+    }
+}
+
 /// One variant's findings through its alert engine.
 struct AlertSink {
+    /// Where the decoded variant's segments go.
+    feed: Option<Sender<Chunk>>,
     engine: AlertEngine,
     events: Vec<AlertEvent>,
     cleared: Vec<Alert>,
@@ -60,6 +121,29 @@ impl HlsSink for AlertSink {
     }
 
     fn on_segment(&mut self, s: &Segment<'_>) {
+        if let Some(tx) = &self.feed {
+            let mut fresh = s.discontinuity || s.after_gap;
+            let mut ok = true;
+            if let Some(init) = s.init {
+                ok &= tx
+                    .send(Chunk {
+                        bytes: init.to_vec(),
+                        fresh,
+                    })
+                    .is_ok();
+                fresh = false;
+            }
+            ok &= tx
+                .send(Chunk {
+                    bytes: s.bytes.to_vec(),
+                    fresh,
+                })
+                .is_ok();
+            if !ok {
+                // The decoder is gone: monitoring goes on without it.
+                self.feed = None;
+            }
+        }
         self.tick(s.start_t + s.duration);
     }
 
@@ -71,6 +155,8 @@ impl HlsSink for AlertSink {
 /// The HLS side of a `check`, running.
 pub struct HlsCheck {
     stop: Arc<AtomicBool>,
+    /// Set once every variant's monitor has ended.
+    done: Arc<AtomicBool>,
     /// Taken by [`finish`](Self::finish); dropping a running check stops its threads.
     handle: Option<JoinHandle<Vec<VariantRun<AlertSink>>>>,
     duration: Option<f64>,
@@ -91,11 +177,13 @@ pub struct HlsReport {
 
 impl HlsCheck {
     /// Load `url` and start monitoring its chosen variants; a bad playlist is an error here.
+    /// The first chosen variant's segments go to `feed`.
     pub fn start(
         url: &str,
         variants: Vec<VariantSelector>,
         alerts: AlertConfig,
         duration: Option<f64>,
+        feed: Sender<Chunk>,
     ) -> Result<HlsCheck> {
         let stop = Arc::new(AtomicBool::new(false));
         let cfg = HlsConfig {
@@ -105,10 +193,14 @@ impl HlsCheck {
         let monitors = avmon_hls::resolve(&cfg, Arc::new(avmon_hls::Hls), stop.clone())
             .map_err(|e| anyhow::anyhow!("HLS: {e}"))?;
         let sink_stop = stop.clone();
+        let done = Arc::new(AtomicBool::new(false));
+        let monitors_done = done.clone();
+        let mut feed = Some(feed);
         let handle = std::thread::Builder::new()
             .name("hls".into())
             .spawn(move || {
-                avmon_hls::run_monitors(monitors, |v| AlertSink {
+                let runs = avmon_hls::run_monitors(monitors, |v| AlertSink {
+                    feed: feed.take(),
                     engine: AlertEngine::new(
                         StreamId(format!("check.hls.{}", v.index)),
                         alerts.clone(),
@@ -118,13 +210,36 @@ impl HlsCheck {
                     media_t: 0.0,
                     stop_at: duration,
                     stop: sink_stop.clone(),
-                })
+                });
+                monitors_done.store(true, Ordering::Relaxed);
+                runs
             })?;
         Ok(HlsCheck {
             stop,
+            done,
             handle: Some(handle),
             duration,
         })
+    }
+
+    /// The decoded variant's segments, read from the other end of `start`'s `feed`; no segment
+    /// for `limit` is a timed-out input (the playlist's own staleness is `hls.stale`).
+    pub fn source(
+        &self,
+        rx: Receiver<Chunk>,
+        stop: Arc<AtomicBool>,
+        limit: std::time::Duration,
+    ) -> SegmentSource {
+        SegmentSource {
+            limit,
+            last: std::time::Instant::now(),
+            rx,
+            chunk: Vec::new(),
+            pos: 0,
+            fresh: false,
+            stop,
+            done: self.done.clone(),
+        }
     }
 
     /// Stop monitoring (the decode side is done) and report.

@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use avmon_core::{Details, Detector, Finding, Findings, Severity};
 use avmon_media::ByteTap;
-use avmon_transport::{Analyzer, Clock, Counters, Event, Indicator};
+use avmon_transport::{Analyzer, Clock, Counters, Event, Indicator, Settings};
 
 /// Events of one indicator less than this many seconds (media time) apart are one finding.
 pub const HOLD_S: f64 = 1.0;
@@ -24,6 +24,7 @@ pub struct TransportTap {
 }
 
 struct TapState {
+    settings: Settings,
     analyzer: Analyzer,
     events: Vec<Event>,
     /// Counts of earlier connections.
@@ -33,11 +34,34 @@ struct TapState {
     rtp_lost: u64,
 }
 
+/// How long a table may be missing from HLS segments. RFC 8216 (§3.2) asks for a PAT and a PMT
+/// at the start of each segment, and segmenters write them only there, so TR 101 290's 0.5 s
+/// (1.3.a, 1.5.a), a broadcast rule, is not asked of them: a table is missing when a segment of
+/// up to this long comes without one.
+pub const HLS_TABLE_INTERVAL_S: f64 = 30.0;
+
 impl TransportTap {
     pub fn new(live: bool) -> Arc<TransportTap> {
+        TransportTap::with_settings(live, Settings::default())
+    }
+
+    /// For HLS segments: tables once per segment (see [`HLS_TABLE_INTERVAL_S`]).
+    pub fn hls() -> Arc<TransportTap> {
+        TransportTap::with_settings(
+            false,
+            Settings {
+                pat_interval_s: HLS_TABLE_INTERVAL_S,
+                pmt_interval_s: HLS_TABLE_INTERVAL_S,
+                ..Settings::default()
+            },
+        )
+    }
+
+    fn with_settings(live: bool, settings: Settings) -> Arc<TransportTap> {
         Arc::new(TransportTap {
             state: Mutex::new(TapState {
-                analyzer: Analyzer::new(),
+                settings,
+                analyzer: Analyzer::with_settings(settings).unwrap_or_else(|_| Analyzer::new()),
                 events: Vec::new(),
                 earlier: Counters::default(),
                 live: live.then(Instant::now),
@@ -56,7 +80,7 @@ impl TransportTap {
         let mut s = self.state();
         let done = *s.analyzer.counters();
         add(&mut s.earlier, &done);
-        s.analyzer = Analyzer::new();
+        s.analyzer = Analyzer::with_settings(s.settings).unwrap_or_else(|_| Analyzer::new());
         s.events.clear();
     }
 

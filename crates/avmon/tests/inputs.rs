@@ -74,6 +74,12 @@ fn ts_over_http_and_hls() {
         assert_near("black start", ev[0].1, 2.0, 0.5);
         assert_near("black end", ev[0].2, 5.0, 0.5);
         assert_eq!(r["summary"]["video"]["frames"].as_u64(), Some(250), "{url}");
+        // Both reach the decoder through avmon's own reading (for HLS: the segments avmon-hls
+        // fetched), so the transport analyser saw every byte: an intact stream, zero errors.
+        let t = r["summary"]["transport"]
+            .as_object()
+            .expect("summary.transport");
+        assert!(t.values().all(|v| v.as_u64() == Some(0)), "{url}: {t:?}");
     }
     // The HLS input was monitored by avmon-hls too: every segment fetched, none failed.
     let r = check_url(&format!("{base}/index.m3u8"), &["--variant", "index:0"]);
