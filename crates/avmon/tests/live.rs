@@ -282,3 +282,150 @@ url = "{hook}"
     assert!(delivered >= 4, "{metrics}");
     drop(service);
 }
+
+/// `ffmpeg` sending `file` in real time (stream copy) as MPEG-TS to `url`, with a PCR on every
+/// picture (its muxer's default leaves 80 ms between PCRs, a TR 101 290 2.3a error).
+fn ffmpeg_send(file: &std::path::Path, url: &str) -> Killed {
+    Killed(
+        std::process::Command::new("ffmpeg")
+            .args(["-nostdin", "-v", "error", "-re", "-i"])
+            .arg(file)
+            .args(["-c", "copy", "-f", "mpegts", "-pcr_period", "20", url])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the ffmpeg CLI (installed by ./dev)"),
+    )
+}
+
+/// Relays datagrams from `from` to `to`, dropping every video packet (PID 0x100) that arrives
+/// between `lose.0` and `lose.1` seconds after the first datagram: one run of lost packets on
+/// the wire. Stops after a second of silence.
+fn lossy_relay(from: UdpSocket, to: String, lose: (f64, f64)) -> std::thread::JoinHandle<usize> {
+    std::thread::spawn(move || {
+        let out = UdpSocket::bind("127.0.0.1:0").unwrap();
+        out.set_multicast_ttl_v4(0).unwrap();
+        from.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 2048];
+        let mut start = None;
+        let mut lost = 0;
+        while let Ok(n) = from.recv(&mut buf) {
+            let t0 = *start.get_or_insert_with(Instant::now);
+            from.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+            let t = t0.elapsed().as_secs_f64();
+            let mut kept = Vec::with_capacity(n);
+            for p in buf[..n].chunks(188) {
+                let pid = p
+                    .get(1..3)
+                    .map(|b| (u16::from(b[0] & 0x1F) << 8) | u16::from(b[1]));
+                if (lose.0..lose.1).contains(&t) && pid == Some(0x100) {
+                    lost += 1;
+                } else {
+                    kept.extend_from_slice(p);
+                }
+            }
+            if !kept.is_empty() {
+                let _ = out.send_to(&kept, &to);
+            }
+        }
+        lost
+    })
+}
+
+#[test]
+fn multicast_and_srt_into_service_mode_with_transport_alerts() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (hook, got) = receiver(&rt);
+    let (mc_port, srt_port, api) = (free_udp_port(), free_udp_port(), free_tcp_port());
+    let dir = tempfile::tempdir().unwrap();
+    // 10 s with black at 3–6 s; the multicast path loses a run of video packets at about 7 s.
+    let file = synth(dir.path(), "in.ts", 10.0, &["black@3-6"]);
+    let group = "239.255.77.1";
+    let cfg = dir.path().join("avmon.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+[server]
+listen = "127.0.0.1:{api}"
+[store]
+url = "sqlite://{}"
+[[streams]]
+id = "mc"
+url = "udp://@{group}:{mc_port}?localaddr=127.0.0.1"
+io_timeout_s = 3
+[[streams]]
+id = "srt"
+url = "srt://127.0.0.1:{srt_port}?mode=listener&latency=120000"
+io_timeout_s = 3
+[[notifiers]]
+kind = "webhook"
+url = "{hook}"
+"#,
+            dir.path().join("db.sqlite").display()
+        ),
+    )
+    .unwrap();
+    let _service = Killed(
+        avmon()
+            .args(["run", "--config", cfg.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let http = reqwest::blocking::Client::new();
+    let base = format!("http://127.0.0.1:{api}");
+    wait_for("the API", Duration::from_secs(20), || {
+        http.get(format!("{base}/healthz"))
+            .send()
+            .ok()
+            .filter(|r| r.status().is_success())
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let relay_in = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let relay_port = relay_in.local_addr().unwrap().port();
+    let relay = lossy_relay(relay_in, format!("{group}:{mc_port}"), (7.0, 7.05));
+    let _mc = ffmpeg_send(
+        &file,
+        &format!("udp://127.0.0.1:{relay_port}?pkt_size=1316"),
+    );
+    let _srt = ffmpeg_send(
+        &file,
+        &format!("srt://127.0.0.1:{srt_port}?mode=caller&latency=120000"),
+    );
+    let got = wait_for("black on both streams", Duration::from_secs(25), || {
+        let g = got.lock().unwrap().clone();
+        let done = ["mc", "srt"].iter().all(|id| {
+            g.iter().any(|v| {
+                v["stream_id"] == *id && v["kind"] == "video.black" && v["state"] == "cleared"
+            })
+        }) && find(&g, "transport.cc_error", "raised").is_some();
+        done.then_some(g)
+    });
+    assert!(relay.join().unwrap() > 0, "the relay lost packets");
+    for id in ["mc", "srt"] {
+        let black = got
+            .iter()
+            .find(|v| v["stream_id"] == id && v["kind"] == "video.black" && v["state"] == "cleared")
+            .unwrap();
+        assert_near("black start", black["start_s"].as_f64().unwrap(), 3.0, 0.5);
+        assert_near("black end", black["end_s"].as_f64().unwrap(), 6.0, 0.5);
+    }
+    // The lost packets: one continuity error, on the multicast stream, where they were lost.
+    let cc: Vec<&Value> = got
+        .iter()
+        .filter(|v| v["kind"] == "transport.cc_error" && v["state"] == "raised")
+        .collect();
+    assert_eq!(cc.len(), 1, "{cc:#?}");
+    assert_eq!(cc[0]["stream_id"], "mc");
+    assert_near("cc error", cc[0]["start_s"].as_f64().unwrap(), 7.0, 1.0);
+    // Nothing but the black (and the end of the stream) on the intact SRT stream.
+    let srt_kinds: std::collections::BTreeSet<&str> = got
+        .iter()
+        .filter(|v| v["stream_id"] == "srt")
+        .map(|v| v["kind"].as_str().unwrap())
+        .filter(|k| *k != "source.down")
+        .collect();
+    assert_eq!(srt_kinds, ["video.black"].into_iter().collect(), "{got:#?}");
+}
