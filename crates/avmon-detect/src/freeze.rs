@@ -68,7 +68,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::black::BlackConfig;
 use crate::episode::{put, Episode};
-use crate::luma::{subsample, BlackGate, LumaStats};
+use crate::luma::{subsample, BlackGate};
 use crate::{check, frame_duration};
 
 /// Side of the sub-blocks, in grid samples; blocks are 2×2 sub-blocks (16×16 samples, 32×32
@@ -338,21 +338,16 @@ impl Detector for FreezeDetector {
             return;
         }
 
-        // Copy the grid into `cur`, measuring darkness on the way.
-        let threshold = self.gate.level.threshold(frame.full_range);
-        let mut stats = LumaStats::default();
-        for (gy, dst) in self.cur.chunks_exact_mut(self.gw).enumerate() {
-            for (d, s) in dst.iter_mut().zip(subsample(plane.row(2 * gy))) {
-                *d = s;
-            }
-            stats.add(dst.iter().copied(), threshold);
-        }
-
-        if self.gate.update(&stats) {
+        if self.gate.classify(plane, frame.full_range, false).0 {
             // Black is the black detector's defect: no freeze through it, and no reference.
             self.has_ref = false;
             self.episode.good(frame.t, out, |d| self.run.details(d));
             return;
+        }
+        for (gy, dst) in self.cur.chunks_exact_mut(self.gw).enumerate() {
+            for (d, s) in dst.iter_mut().zip(subsample(plane.row(2 * gy))) {
+                *d = s;
+            }
         }
         if !self.has_ref {
             self.change(frame.t, out);
