@@ -17,6 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 secs="${1:-10}"; size="${2:-1280x720}"
 w="${size%x*}"; h="${size#*x}"
+[[ "$secs" =~ ^[0-9]+$ && "$secs" -ge 2 ]] || { echo "SECONDS: a whole number >= 2" >&2; exit 1; }
 command -v valgrind >/dev/null || { echo "needs valgrind (apt-get install valgrind)" >&2; exit 1; }
 avmon="${AVMON:-./target/release/avmon}"
 [ -n "${AVMON:-}" ] || cargo build --release -q -p avmon
