@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # Whole-process CPU time of `avmon check` (every detector on) against FFmpeg's bare decode
 # (`ffmpeg -threads 1 -i FILE -f null -`) on the same 720p25 H.264 + AAC file, side by side in one
-# run. Absolute times drift on a small shared machine; the ratio is the figure.
+# run. Absolute times drift on a small shared machine; the ratio is the figure, and even it swings
+# from run to run (1.06–1.86 seen for one build), so take the median of many runs.
+# check-vs-ffmpeg-ir.sh counts instructions instead, which do not move.
 #
-#   bench/check-vs-ffmpeg.sh [SECONDS=60] [RUNS=5] [WIDTHxHEIGHT=1280x720]
+#   bench/check-vs-ffmpeg.sh [SECONDS=60] [RUNS=11] [WIDTHxHEIGHT=1280x720]
+#   AVMON=path/to/avmon bench/check-vs-ffmpeg.sh   # measure another build (e.g. before a change)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-secs="${1:-60}"; runs="${2:-5}"; size="${3:-1280x720}"
+secs="${1:-60}"; runs="${2:-11}"; size="${3:-1280x720}"
 w="${size%x*}"; h="${size#*x}"
-cargo build --release -q -p avmon
-avmon=./target/release/avmon
+avmon="${AVMON:-./target/release/avmon}"
+[ -n "${AVMON:-}" ] || cargo build --release -q -p avmon
 dir="$(mktemp -d)"; trap 'rm -rf "$dir"' EXIT
 in="$dir/in.ts"
 "$avmon" synth "$in" --duration "$secs" --width "$w" --height "$h" \

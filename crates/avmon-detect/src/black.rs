@@ -11,13 +11,14 @@
 //! `luma_mean` (mean luma over the run, 8-bit units), and `duration_s` on `End`.
 //!
 //! Metrics per period: `black_ratio` (fraction of frames that were black, whether or not they
-//! lasted `min_duration`) and `luma_mean` (mean luma of all frames).
+//! lasted `min_duration`) and `luma_mean` (mean luma of every 8th frame: the others are read only
+//! until they are known not to be black, a few rows for ordinary content; see `luma`).
 
 use avmon_core::{kinds, Details, Detector, Findings, Severity, VideoFrame};
 use serde::{Deserialize, Serialize};
 
 use crate::episode::{put, Episode};
-use crate::luma::{BlackGate, BlackLevel, LumaStats};
+use crate::luma::{BlackGate, BlackLevel};
 use crate::{check, frame_duration};
 
 /// Settings of the black-picture detector.
@@ -87,11 +88,16 @@ impl Run {
     }
 }
 
+/// One frame in this many is read in full, for the `luma_mean` metric.
+const MEAN_EVERY: u64 = 8;
+
 /// Sums over the current metrics period.
 #[derive(Clone, Copy, Debug, Default)]
 struct Period {
     frames: u64,
     black_frames: u64,
+    /// Frames read in full, and the sum of their mean luma.
+    measured: u64,
     luma_sum: f64,
 }
 
@@ -120,10 +126,16 @@ impl Detector for BlackDetector {
     }
 
     fn on_video(&mut self, frame: &VideoFrame<'_>, out: &mut Findings) {
-        let stats = LumaStats::of_plane(&frame.luma, self.gate.level.threshold(frame.full_range));
+        // `luma_mean` is measured on every `MEAN_EVERY`th frame; the others are read only as far
+        // as deciding that they are not black needs.
+        let whole = self.period.frames % MEAN_EVERY == 0;
+        let (black, stats) = self.gate.classify(&frame.luma, frame.full_range, whole);
         self.period.frames += 1;
-        self.period.luma_sum += stats.mean();
-        if self.gate.update(&stats) {
+        if whole {
+            self.period.measured += 1;
+            self.period.luma_sum += stats.mean();
+        }
+        if black {
             self.period.black_frames += 1;
             if !self.episode.in_run() {
                 self.run = Run::default();
@@ -146,7 +158,7 @@ impl Detector for BlackDetector {
         let p = std::mem::take(&mut self.period);
         if p.frames > 0 {
             put("black_ratio", p.black_frames as f64 / p.frames as f64);
-            put("luma_mean", p.luma_sum / p.frames as f64);
+            put("luma_mean", p.luma_sum / p.measured as f64);
         }
     }
 
@@ -277,7 +289,8 @@ mod tests {
         let gray = Picture::new(W, H, 100);
         let black = Picture::new(W, H, 16);
         let mut d = BlackDetector::new(&BlackConfig::default());
-        let seq: Vec<&Picture> = times(&black, 10).chain(times(&gray, 30)).collect();
+        // `luma_mean` is the mean over every 8th frame: frames 0 and 8 (black), 16 … 56 (gray).
+        let seq: Vec<&Picture> = times(&black, 16).chain(times(&gray, 48)).collect();
         run_video(&mut d, seq);
         let mut m = Vec::new();
         d.take_metrics(&mut |k, v| m.push((k, v)));

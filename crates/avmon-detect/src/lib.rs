@@ -31,6 +31,10 @@
 //!   grid (see `luma`); the freeze detector's reference picture is preallocated and reused (it
 //!   reallocates only when the resolution changes); audio sums live in fixed arrays. Only emitting a
 //!   finding allocates (its details), and that is rare.
+//! - **Read only what the answer needs.** All detectors together must stay a fraction of the
+//!   decode's own cost (about 12 instructions a pixel for 720p H.264): the black test stops reading
+//!   once a picture is known not to be black (a few rows of an ordinary one), the freeze
+//!   comparison once a picture is known to have changed.
 //! - **One definition of black.** The freeze detector classifies black pictures with the black
 //!   detector's settings and never reports them as frozen: a black picture is reported once, as black.
 //!
