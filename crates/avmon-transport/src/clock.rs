@@ -9,8 +9,12 @@
 //!   a variable-rate stream a key frame's burst of packets would otherwise carry the clock far
 //!   past the next PCR (FFmpeg's muxer, without `-muxrate`, sends ten times the bytes in one PCR
 //!   interval as in the one before);
-//! - at the stream's average rate, less [`BURST_S`]: when the PCR itself stops coming while
-//!   other packets flow, time still passes, [`BURST_S`] late.
+//! - at the stream's average rate, once more bytes than [`BURST_INTERVALS`] times the largest
+//!   believed PCR interval's have come without a PCR: when the PCR itself stops coming while
+//!   other packets flow, time still passes. Below that it is a burst like those seen before (a
+//!   key frame: a 1080p I-frame of fine detail from `avmon synth` is several seconds of the
+//!   average rate, sent within one 40 ms PCR interval; a fixed allowance of 0.25 s, then 1 s,
+//!   raised PAT, PMT and PTS errors on intact files).
 //!
 //! The clock takes the later of the two. With PCRs at a steady interval, as every muxer sends
 //! them, it never runs past the next PCR.
@@ -28,13 +32,10 @@ use crate::packet::{pcr_diff, pts_diff, PCR_HZ};
 /// The longest forward PCR step believed to be elapsed time (see the module doc).
 pub const MAX_BELIEVED_STEP_S: f64 = 2.0;
 
-/// How far a burst of bytes may run ahead of the stream's average rate before the average is
-/// believed over the last PCR interval (see the module doc). One second covers a key frame in
-/// FFmpeg's variable-rate output: a 720p I-frame from `avmon synth` is about 0.8 s of the
-/// average rate sent within one 40 ms PCR interval (0.25 s raised PAT errors every few key
-/// frames on intact files). The price: when the PCR itself stops, absences are timed up to a
-/// second late.
-pub const BURST_S: f64 = 1.0;
+/// How many times the largest PCR interval's bytes may come without a PCR before the clock
+/// runs at the stream's average rate (see the module doc). The price: when the PCR itself
+/// stops, absences are timed late by about that many of the stream's largest bursts.
+pub const BURST_INTERVALS: u64 = 2;
 
 #[derive(Clone, Copy, Debug)]
 struct Anchor {
@@ -54,6 +55,8 @@ pub struct StreamClock {
     rate: Option<(f64, f64)>,
     /// Bytes and seconds of all believed PCR steps: the stream's average rate.
     span: (u64, f64),
+    /// The most bytes between two believed PCRs.
+    burst: u64,
     /// Raw first PTS values seen before the clock started, to place once it does.
     early_pts: Vec<u64>,
     /// Clock time of the earliest first PTS of any PID.
@@ -89,6 +92,7 @@ impl StreamClock {
                 self.rate = Some(((offset - a.offset) as f64 / step, step));
                 self.span.0 += offset - a.offset;
                 self.span.1 += step;
+                self.burst = self.burst.max(offset - a.offset);
             }
             a.t + step
         } else {
@@ -106,8 +110,9 @@ impl StreamClock {
         let recent = self
             .rate
             .map_or(0.0, |(rate, step)| (bytes / rate).min(step));
-        let average = if self.span.1 > 0.0 {
-            bytes * self.span.1 / self.span.0 as f64 - BURST_S
+        let raw = offset.saturating_sub(a.offset);
+        let average = if self.span.1 > 0.0 && raw > BURST_INTERVALS * self.burst {
+            bytes * self.span.1 / self.span.0 as f64
         } else {
             0.0
         };
@@ -147,13 +152,14 @@ mod tests {
         c.on_pcr(0x100, 1_040 * MS, 1880, false);
         assert!((c.at(1880) - 0.040).abs() < 1e-9);
         assert!((c.at(1880 + 940) - 0.060).abs() < 1e-9, "{}", c.at(2820));
-        // A burst of bytes does not carry it past one more interval...
-        assert!((c.at(1880 * 6) - 0.080).abs() < 1e-9, "{}", c.at(1880 * 6));
-        // ... until it is more than BURST_S at the average rate: then the PCR is missing, and
-        // time passes at that rate, BURST_S late.
+        // A burst of bytes, up to BURST_INTERVALS of the largest interval seen, does not carry
+        // it past one more interval...
+        let burst = 1880 + BURST_INTERVALS * 1880;
+        assert!((c.at(burst) - 0.080).abs() < 1e-9, "{}", c.at(burst));
+        // ... beyond that the PCR is missing, and time passes at the average rate.
         let secs = 5.0;
         let t = c.at(1880 + (secs * 47_000.0) as u64);
-        assert!((t - (0.040 + secs - BURST_S)).abs() < 1e-9, "{t}");
+        assert!((t - (0.040 + secs)).abs() < 1e-9, "{t}");
         // A step of 1 s (packets lost) is time that passed.
         c.on_pcr(0x100, 2_040 * MS, 3760, false);
         assert!((c.at(3760) - 1.040).abs() < 1e-9);
