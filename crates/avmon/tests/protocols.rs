@@ -49,10 +49,12 @@ fn receive(
                 "-c",
                 "copy",
             ])
-            .args(if format == "rtsp" {
-                &["-rtsp_transport", "tcp"][..]
-            } else {
-                &[][..]
+            // MPEG-TS with a PCR on every picture: the muxer's default leaves 80 ms between
+            // PCRs, a TR 101 290 2.3a error that avmon reports.
+            .args(match format {
+                "rtsp" => &["-rtsp_transport", "tcp"][..],
+                "mpegts" => &["-pcr_period", "20"][..],
+                _ => &[][..],
             })
             .args(["-f", format, push_url])
             .stdout(Stdio::null())
