@@ -298,27 +298,34 @@ fn ffmpeg_send(file: &std::path::Path, url: &str) -> Killed {
     )
 }
 
-/// Relays datagrams from `from` to `to`, dropping every video packet (PID 0x100) that arrives
-/// between `lose.0` and `lose.1` seconds after the first datagram: one run of lost packets on
-/// the wire. Stops after a second of silence.
-fn lossy_relay(from: UdpSocket, to: String, lose: (f64, f64)) -> std::thread::JoinHandle<usize> {
+/// Relays datagrams from `from` to `to`, dropping every video packet (PID 0x100) of the
+/// `count` datagrams that follow the first one received `after` seconds or more after the
+/// start: one run of lost packets on the wire, however the datagrams are paced. Stops after a
+/// second of silence; returns how many packets it dropped.
+fn lossy_relay(
+    from: UdpSocket,
+    to: String,
+    after: f64,
+    count: usize,
+) -> std::thread::JoinHandle<usize> {
     std::thread::spawn(move || {
         let out = UdpSocket::bind("127.0.0.1:0").unwrap();
         out.set_multicast_ttl_v4(0).unwrap();
         from.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let mut buf = [0u8; 2048];
         let mut start = None;
-        let mut lost = 0;
+        let (mut lost, mut lossy) = (0, 0);
         while let Ok(n) = from.recv(&mut buf) {
             let t0 = *start.get_or_insert_with(Instant::now);
             from.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
-            let t = t0.elapsed().as_secs_f64();
+            let lose = t0.elapsed().as_secs_f64() >= after && lossy < count;
+            lossy += usize::from(lose);
             let mut kept = Vec::with_capacity(n);
             for p in buf[..n].chunks(188) {
                 let pid = p
                     .get(1..3)
                     .map(|b| (u16::from(b[0] & 0x1F) << 8) | u16::from(b[1]));
-                if (lose.0..lose.1).contains(&t) && pid == Some(0x100) {
+                if lose && pid == Some(0x100) {
                     lost += 1;
                 } else {
                     kept.extend_from_slice(p);
@@ -385,7 +392,7 @@ url = "{hook}"
     std::thread::sleep(Duration::from_millis(500));
     let relay_in = UdpSocket::bind("127.0.0.1:0").unwrap();
     let relay_port = relay_in.local_addr().unwrap().port();
-    let relay = lossy_relay(relay_in, format!("{group}:{mc_port}"), (7.0, 7.05));
+    let relay = lossy_relay(relay_in, format!("{group}:{mc_port}"), 7.0, 5);
     let _mc = ffmpeg_send(
         &file,
         &format!("udp://127.0.0.1:{relay_port}?pkt_size=1316"),
