@@ -84,7 +84,7 @@ fuzz_target!(|data: &[u8]| {
         .take(8)
         .fold(0u64, |s, &b| s << 8 | u64::from(b));
     let mut rnd = xorshift(seed);
-    let live = rnd() % 2 == 0;
+    let live = rnd().is_multiple_of(2);
 
     let base = LIVE.load(Ordering::Relaxed);
     let mut a = Analyzer::new();
