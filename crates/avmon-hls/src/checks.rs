@@ -449,7 +449,7 @@ mod tests {
     use super::*;
     use crate::manifest::Encryption;
     use avmon_core::FindingEdge;
-    use reqwest::Url;
+    use url::Url;
 
     fn window(first: u64, durations: &[f64], td: f64) -> MediaWindow {
         MediaWindow {

@@ -2,10 +2,11 @@
 //! checks. Deserialised from the binary's config (`deny_unknown_fields`), validated with every
 //! problem named by its path.
 
+#[cfg(feature = "net")]
 use std::time::Duration;
 
-use reqwest::Url;
 use serde::{Deserialize, Serialize};
+use url::Url;
 
 use crate::manifest::Variant;
 
@@ -105,10 +106,12 @@ impl HlsConfig {
         }
     }
 
+    #[cfg(feature = "net")]
     pub(crate) fn playlist_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.playlist_timeout_s)
     }
 
+    #[cfg(feature = "net")]
     pub(crate) fn segment_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.segment_timeout_s)
     }

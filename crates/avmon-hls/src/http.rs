@@ -5,7 +5,8 @@ use std::io::Read;
 use std::time::{Duration, Instant};
 
 use reqwest::blocking::Client;
-use reqwest::{StatusCode, Url};
+use reqwest::StatusCode;
+use url::Url;
 
 use crate::manifest::ByteRange;
 

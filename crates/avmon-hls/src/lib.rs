@@ -36,13 +36,17 @@
 //!   does, so the bytes come out in order without reassembly.
 //! - The format is behind [`ManifestFormat`]: the monitor sees only [`MediaWindow`]s of
 //!   [`SegmentRef`]s. DASH is a second implementation of that trait (see [`manifest`]).
+//! - The parsers and [`checks`] need no network: without the default `net` feature (HTTP,
+//!   the monitor) they build alone, as the fuzz targets in `fuzz/` use them.
 //! - Only `METHOD=AES-128` is decrypted. Sample-level encryption (`SAMPLE-AES`) leaves the
 //!   container in the clear; such segments are passed on as they are.
 
 pub mod checks;
 pub mod config;
+#[cfg(feature = "net")]
 pub mod http;
 pub mod manifest;
+#[cfg(feature = "net")]
 mod monitor;
 pub mod playlist;
 pub mod segment;
@@ -61,6 +65,7 @@ pub(crate) fn xorshift(mut state: u64) -> impl FnMut() -> u64 {
 pub use checks::VariantStats;
 pub use config::{is_hls_url, HlsConfig, VariantSelector};
 pub use manifest::{Manifest, ManifestFormat, MediaWindow, SegmentRef, Variant};
+#[cfg(feature = "net")]
 pub use monitor::{
     resolve, run_all, run_monitors, HlsError, HlsSink, Segment, VariantMonitor, VariantRun,
 };

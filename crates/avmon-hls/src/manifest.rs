@@ -8,7 +8,7 @@
 //! representation, `$Number$` giving the sequence numbers). Adding DASH means a second
 //! implementation of this trait, not a second monitor.
 
-use reqwest::Url;
+use url::Url;
 
 /// A variant (HLS) or representation (DASH) that can be monitored.
 #[derive(Clone, Debug, PartialEq)]

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use avmon_core::{Finding, Findings};
-use reqwest::Url;
+use url::Url;
 
 use crate::checks::{Checks, Planned, VariantStats};
 use crate::config::{choose, HlsConfig};

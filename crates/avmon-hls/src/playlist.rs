@@ -14,7 +14,7 @@
 //! - URIs are resolved against the playlist's own URL (after redirects).
 
 use m3u8_rs::{KeyMethod, Playlist};
-use reqwest::Url;
+use url::Url;
 
 use crate::manifest::{
     ByteRange, Encryption, InitRef, Manifest, ManifestError, ManifestFormat, MediaWindow,

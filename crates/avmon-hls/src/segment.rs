@@ -78,7 +78,7 @@ mod tests {
     use super::*;
     use crate::manifest::{Encryption, InitRef};
     use aes::cipher::BlockModeEncrypt;
-    use reqwest::Url;
+    use url::Url;
 
     fn seg(name: &str) -> SegmentRef {
         SegmentRef {
