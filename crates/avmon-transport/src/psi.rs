@@ -211,20 +211,25 @@ fn is_av(stream_type: u8, descriptors: &[u8]) -> bool {
     }
 }
 
+/// A long-form section (version 0, current, section 0 of 0) of `table_id` with
+/// `table_id_extension` `extension` around `body`, with a correct CRC: for building test streams.
+pub fn long_section(table_id: u8, extension: u16, body: &[u8]) -> Vec<u8> {
+    let len = 5 + body.len() + 4;
+    let mut s = vec![table_id, 0xB0 | (len >> 8) as u8, len as u8];
+    s.extend(extension.to_be_bytes());
+    s.extend([0xC1, 0, 0]);
+    s.extend(body);
+    let crc = crc32_mpeg2(&s);
+    s.extend(crc.to_be_bytes());
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// A long-form section with a correct CRC.
     fn section(table_id: u8, extension: u16, body: &[u8]) -> Vec<u8> {
-        let len = 5 + body.len() + 4;
-        let mut s = vec![table_id, 0xB0 | (len >> 8) as u8, len as u8];
-        s.extend(extension.to_be_bytes());
-        s.extend([0xC1, 0, 0]);
-        s.extend(body);
-        let crc = crc32_mpeg2(&s);
-        s.extend(crc.to_be_bytes());
-        s
+        long_section(table_id, extension, body)
     }
 
     fn collect(a: &mut Assembler, payload: &[u8], pusi: bool) -> Vec<Vec<u8>> {

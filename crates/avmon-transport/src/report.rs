@@ -101,6 +101,13 @@ impl Counters {
         *self.field(i)
     }
 
+    /// Add `other`'s counts (e.g. an earlier connection's) to these.
+    pub fn add(&mut self, other: &Counters) {
+        for i in Indicator::ALL {
+            *self.field_mut(i) += other.get(i);
+        }
+    }
+
     pub(crate) fn bump(&mut self, i: Indicator) {
         *self.field_mut(i) += 1;
     }

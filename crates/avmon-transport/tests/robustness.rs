@@ -3,7 +3,7 @@
 
 mod common;
 
-use avmon_transport::psi::crc32_mpeg2;
+use avmon_transport::psi::{crc32_mpeg2, long_section};
 use avmon_transport::{Analyzer, Clock, Settings};
 use common::*;
 
@@ -71,18 +71,6 @@ fn random_packets_behind_good_sync_bytes_do_not_panic() {
     }
 }
 
-/// A long-form section with a correct CRC.
-fn section(table_id: u8, extension: u16, body: &[u8]) -> Vec<u8> {
-    let len = 5 + body.len() + 4;
-    let mut s = vec![table_id, 0xB0 | (len >> 8) as u8, len as u8];
-    s.extend(extension.to_be_bytes());
-    s.extend([0xC1, 0, 0]);
-    s.extend(body);
-    let crc = crc32_mpeg2(&s);
-    s.extend(crc.to_be_bytes());
-    s
-}
-
 /// Packets carrying `section` on `pid`, starting with continuity counter `cc`.
 fn carry(section: &[u8], pid: u16, cc: &mut u8) -> Vec<u8> {
     let mut data = vec![0u8]; // pointer_field
@@ -117,7 +105,7 @@ fn valid_tables_naming_thousands_of_pids_stay_bounded() {
             pat.extend((n as u16 + 1).to_be_bytes());
             pat.extend((0xE000 | pid).to_be_bytes());
         }
-        let mut pat_section = section(0, 1, &pat);
+        let mut pat_section = long_section(0, 1, &pat);
         pat_section[5] = 0xC1 | (round % 32) << 1; // a new version each round
         let crc = crc32_mpeg2(&pat_section[..pat_section.len() - 4]);
         let n = pat_section.len();
@@ -129,7 +117,11 @@ fn valid_tables_naming_thousands_of_pids_stay_bounded() {
                 let es = (rng.next() % 0x1FFF) as u16;
                 body.extend([0x1B, 0xE0 | (es >> 8) as u8, es as u8, 0xF0, 0x00]);
             }
-            ts.extend(carry(&section(2, n as u16 + 1, &body), pid, &mut cc_pmt[n]));
+            ts.extend(carry(
+                &long_section(2, n as u16 + 1, &body),
+                pid,
+                &mut cc_pmt[n],
+            ));
         }
     }
     let mut a = Analyzer::new();

@@ -27,8 +27,9 @@ struct TapState {
     settings: Settings,
     analyzer: Analyzer,
     events: Vec<Event>,
-    /// Counts of earlier connections.
+    /// Counts and packets of earlier connections.
     earlier: Counters,
+    earlier_packets: u64,
     /// The arrival clock's origin, for live inputs.
     live: Option<Instant>,
     rtp_lost: u64,
@@ -64,6 +65,7 @@ impl TransportTap {
                 analyzer: Analyzer::with_settings(settings).unwrap_or_else(|_| Analyzer::new()),
                 events: Vec::new(),
                 earlier: Counters::default(),
+                earlier_packets: 0,
                 live: live.then(Instant::now),
                 rtp_lost: 0,
             }),
@@ -79,7 +81,8 @@ impl TransportTap {
     fn restart(&self) {
         let mut s = self.state();
         let done = *s.analyzer.counters();
-        add(&mut s.earlier, &done);
+        s.earlier.add(&done);
+        s.earlier_packets += s.analyzer.packets();
         s.analyzer = Analyzer::with_settings(s.settings).unwrap_or_else(|_| Analyzer::new());
         s.events.clear();
     }
@@ -88,14 +91,14 @@ impl TransportTap {
     pub fn counters(&self) -> Counters {
         let s = self.state();
         let mut c = s.earlier;
-        add(&mut c, s.analyzer.counters());
+        c.add(s.analyzer.counters());
         c
     }
 
     /// Whether any transport-stream packet was seen (the input is MPEG-TS read by avmon).
     pub fn saw_packets(&self) -> bool {
         let s = self.state();
-        s.analyzer.packets() > 0 || s.earlier.total() > 0
+        s.analyzer.packets() + s.earlier_packets > 0
     }
 
     /// RTP packets lost (sequence gaps), for `rtp://` inputs.
@@ -130,20 +133,6 @@ impl ByteTap for TransportTap {
     fn on_rtp_loss(&self, lost: u64) {
         self.state().rtp_lost += lost;
     }
-}
-
-fn add(to: &mut Counters, more: &Counters) {
-    to.sync_losses += more.sync_losses;
-    to.sync_byte_errors += more.sync_byte_errors;
-    to.pat_errors += more.pat_errors;
-    to.cc_errors += more.cc_errors;
-    to.pmt_errors += more.pmt_errors;
-    to.pid_errors += more.pid_errors;
-    to.transport_errors += more.transport_errors;
-    to.crc_errors += more.crc_errors;
-    to.pcr_repetition_errors += more.pcr_repetition_errors;
-    to.pcr_discontinuity_errors += more.pcr_discontinuity_errors;
-    to.pts_errors += more.pts_errors;
 }
 
 /// Priority 1 indicators (the stream cannot be decoded reliably) are major, priority 2 minor.

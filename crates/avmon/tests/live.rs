@@ -55,6 +55,27 @@ fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) 
     }
 }
 
+/// `avmon run --config cfg`, once its API on `api` answers; with a client and the API's base URL.
+fn start_service(cfg: &std::path::Path, api: u16) -> (Killed, reqwest::blocking::Client, String) {
+    let service = Killed(
+        avmon()
+            .args(["run", "--config", cfg.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let http = reqwest::blocking::Client::new();
+    let base = format!("http://127.0.0.1:{api}");
+    wait_for("the API", Duration::from_secs(20), || {
+        http.get(format!("{base}/healthz"))
+            .send()
+            .ok()
+            .filter(|r| r.status().is_success())
+    });
+    (service, http, base)
+}
+
 fn find<'a>(got: &'a [Value], kind: &str, state: &str) -> Option<&'a Value> {
     got.iter()
         .find(|v| v["kind"] == kind && v["state"] == state)
@@ -90,22 +111,7 @@ url = "{hook}"
         ),
     )
     .unwrap();
-    let service = Killed(
-        avmon()
-            .args(["run", "--config", cfg.to_str().unwrap()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let http = reqwest::blocking::Client::new();
-    let base = format!("http://127.0.0.1:{api}");
-    wait_for("the API", Duration::from_secs(20), || {
-        http.get(format!("{base}/healthz"))
-            .send()
-            .ok()
-            .filter(|r| r.status().is_success())
-    });
+    let (service, http, base) = start_service(&cfg, api);
 
     // 26 s of live stream: a freeze at 5–10 s, then 6 s with no packets at all.
     let mut synth = avmon()
@@ -373,22 +379,7 @@ url = "{hook}"
         ),
     )
     .unwrap();
-    let _service = Killed(
-        avmon()
-            .args(["run", "--config", cfg.to_str().unwrap()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let http = reqwest::blocking::Client::new();
-    let base = format!("http://127.0.0.1:{api}");
-    wait_for("the API", Duration::from_secs(20), || {
-        http.get(format!("{base}/healthz"))
-            .send()
-            .ok()
-            .filter(|r| r.status().is_success())
-    });
+    let (_service, _, _) = start_service(&cfg, api);
     std::thread::sleep(Duration::from_millis(500));
     let relay_in = UdpSocket::bind("127.0.0.1:0").unwrap();
     let relay_port = relay_in.local_addr().unwrap().port();
