@@ -112,6 +112,17 @@ impl MediaClock {
         t.max(0.0)
     }
 
+    /// The decoder moved from elementary stream `from` to `to` (the source moved its PIDs):
+    /// `to`'s timestamps continue `from`'s, so a jump between the two (a new encoder whose clock
+    /// restarted) is absorbed like a jump within one stream, and the time line continues.
+    pub fn follow(&mut self, from: usize, to: usize) {
+        let prev = self.per_stream.get(from).copied().flatten();
+        if self.per_stream.len() <= to {
+            self.per_stream.resize(to + 1, None);
+        }
+        self.per_stream[to] = prev;
+    }
+
     /// Media time of `ts_us` without advancing the clock (for frames, whose presentation order
     /// differs from packet order).
     pub fn peek(&self, ts_us: i64) -> Option<f64> {
@@ -156,5 +167,20 @@ mod tests {
         assert_eq!(c.map(1, 4_980_000), 3.98);
         assert_eq!(c.map(0, 10_000_000), 9.0);
         assert_eq!(c.map(1, 10_010_000), 9.01);
+    }
+
+    #[test]
+    fn a_followed_stream_continues_the_time_line() {
+        let mut c = MediaClock::new();
+        c.set_origin(1_000_000);
+        assert_eq!(c.map(0, 9_000_000), 8.0);
+        // The source moved to new PIDs with a new encoder whose clock restarted: stream 3
+        // continues stream 0's time line instead of going back to its start.
+        c.follow(0, 3);
+        assert_eq!(c.map(3, 1_000_000), 8.0);
+        assert_eq!(c.map(3, 2_000_000), 9.0);
+        // Moved again, with the clock carried on: nothing to absorb.
+        c.follow(3, 4);
+        assert_eq!(c.map(4, 2_040_000), 9.04);
     }
 }

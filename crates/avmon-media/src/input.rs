@@ -56,6 +56,42 @@ pub trait FrameSink {
     fn on_audio(&mut self, buf: &AudioBuffer<'_>);
     /// The decoder rejected a packet, or flagged a frame as corrupt.
     fn on_decode_error(&mut self, _t: f64, _video: bool) {}
+    /// The input's streams changed while it ran: the source moved its video or audio to other
+    /// PIDs (a new PMT, a reconfigured encoder) and the decoders followed. `info` is what it
+    /// carries now.
+    fn on_streams_changed(&mut self, _info: &MediaInfo) {}
+}
+
+/// Packets another stream of the same type must bring in a row, while the decoded one brings
+/// none, before the decoder follows it. A multi-programme input interleaves its streams, so
+/// the decoded one keeps arriving and is kept; a source that moved its PIDs sends only the new
+/// ones.
+const FOLLOW_AFTER: u32 = 50;
+
+/// Another stream of one type that is arriving while the decoded one is not, and its packets
+/// so far (references to the demuxer's buffers, not copies), each with its place in the input.
+#[derive(Default)]
+struct Follow {
+    candidate: Option<usize>,
+    held: Vec<(u64, ff::Packet)>,
+}
+
+impl Follow {
+    /// A packet of the decoded stream arrived.
+    fn reset(&mut self) {
+        self.candidate = None;
+        self.held.clear();
+    }
+
+    /// `packet`, of a stream that is not decoded, arrived: whether to follow its stream now.
+    fn other(&mut self, seq: u64, packet: &ff::Packet) -> bool {
+        if self.candidate != Some(packet.stream()) {
+            self.reset();
+            self.candidate = Some(packet.stream());
+        }
+        self.held.push((seq, packet.clone()));
+        self.held.len() >= FOLLOW_AFTER as usize
+    }
 }
 
 /// Why [`Input::run`] returned.
@@ -148,6 +184,9 @@ struct AudioDec {
     frame: ff::frame::Audio,
     /// Planar float samples for decoders whose own output is another sample format.
     converted: Vec<Vec<f32>>,
+    /// Media time right after the previous buffer: where a buffer without a timestamp starts
+    /// (several frames in one PES packet whose timestamps the demuxer could not work out).
+    next_t: Option<f64>,
 }
 
 /// An opened input with its decoders.
@@ -165,6 +204,108 @@ pub struct Input {
     info: MediaInfo,
     io_timeout: Duration,
     start_us: Option<i64>,
+    decoder_threads: usize,
+    follow_video: Follow,
+    follow_audio: Follow,
+    /// Counts the packets of streams that are not decoded (orders the held ones).
+    seq: u64,
+}
+
+fn threading(decoder_threads: usize) -> ff::codec::threading::Config {
+    ff::codec::threading::Config {
+        kind: if decoder_threads == 1 {
+            ff::codec::threading::Type::None
+        } else {
+            ff::codec::threading::Type::Frame
+        },
+        count: decoder_threads,
+        safe: false,
+    }
+}
+
+/// A decoder for video stream `st`; `Ok(None)` when FFmpeg has none for its codec.
+fn open_video(
+    st: &ff::format::stream::Stream<'_>,
+    decoder_threads: usize,
+    url: &str,
+) -> Result<Option<(VideoDec, VideoInfo)>, String> {
+    let mut c = ff::codec::context::Context::from_parameters(st.parameters())
+        .map_err(|e| format!("video decoder: {}", describe(&e)))?;
+    c.set_threading(threading(decoder_threads));
+    // SAFETY: setting a plain field on an unopened codec context.
+    unsafe { (*c.as_mut_ptr()).pkt_timebase = st.time_base().into() };
+    match c.decoder().video() {
+        Ok(dec) => {
+            let rate = st.avg_frame_rate();
+            let rate = if rate.numerator() > 0 && rate.denominator() > 0 {
+                rate
+            } else {
+                st.rate()
+            };
+            let fps = if rate.numerator() > 0 && rate.denominator() > 0 {
+                f64::from(rate)
+            } else {
+                25.0
+            };
+            let info = VideoInfo {
+                codec: codec_name(dec.id()),
+                width: dec.width(),
+                height: dec.height(),
+                fps: (fps * 1000.0).round() / 1000.0,
+            };
+            Ok(Some((
+                VideoDec {
+                    index: st.index(),
+                    dec,
+                    time_base: st.time_base(),
+                    frame_duration: 1.0 / fps,
+                    frame: ff::frame::Video::empty(),
+                    to_gray: None,
+                    damaged: DamagedPackets::default(),
+                },
+                info,
+            )))
+        }
+        Err(e) => {
+            tracing::warn!(url, "no decoder for the video stream: {}", describe(&e));
+            Ok(None)
+        }
+    }
+}
+
+/// A decoder for audio stream `st`; `Ok(None)` when FFmpeg has none for its codec.
+fn open_audio(
+    st: &ff::format::stream::Stream<'_>,
+    url: &str,
+) -> Result<Option<(AudioDec, AudioInfo)>, String> {
+    let mut c = ff::codec::context::Context::from_parameters(st.parameters())
+        .map_err(|e| format!("audio decoder: {}", describe(&e)))?;
+    // SAFETY: as above.
+    unsafe { (*c.as_mut_ptr()).pkt_timebase = st.time_base().into() };
+    match c.decoder().audio() {
+        Ok(dec) => {
+            let info = AudioInfo {
+                codec: codec_name(dec.id()),
+                channels: u32::from(dec.channels()),
+                sample_rate: dec.rate(),
+            };
+            Ok(Some((
+                AudioDec {
+                    index: st.index(),
+                    dec,
+                    time_base: st.time_base(),
+                    frame: ff::frame::Audio::empty(),
+                    converted: Vec::new(),
+                    next_t: None,
+                },
+                info,
+            )))
+        }
+        Err(e) => {
+            tracing::warn!(url, "no decoder for the audio stream: {}", describe(&e));
+            Ok(None)
+        }
+    }
 }
 
 fn to_us(ts: i64, tb: ff::Rational) -> i64 {
@@ -298,93 +439,26 @@ impl Input {
             ff::format::context::Input::wrap(ps)
         };
 
-        let threading = ff::codec::threading::Config {
-            kind: if opts.decoder_threads == 1 {
-                ff::codec::threading::Type::None
-            } else {
-                ff::codec::threading::Type::Frame
-            },
-            count: opts.decoder_threads,
-            safe: false,
-        };
         let mut info = MediaInfo {
             format: ctx.format().name().to_string(),
             ..MediaInfo::default()
         };
-
         let video = match ctx.streams().best(ff::media::Type::Video) {
-            Some(st) => {
-                let mut c = ff::codec::context::Context::from_parameters(st.parameters())
-                    .map_err(|e| open_err(format!("video decoder: {}", describe(&e))))?;
-                c.set_threading(threading);
-                // SAFETY: setting a plain field on an unopened codec context.
-                unsafe { (*c.as_mut_ptr()).pkt_timebase = st.time_base().into() };
-                match c.decoder().video() {
-                    Ok(dec) => {
-                        let rate = st.avg_frame_rate();
-                        let rate = if rate.numerator() > 0 && rate.denominator() > 0 {
-                            rate
-                        } else {
-                            st.rate()
-                        };
-                        let fps = if rate.numerator() > 0 && rate.denominator() > 0 {
-                            f64::from(rate)
-                        } else {
-                            25.0
-                        };
-                        info.video = Some(VideoInfo {
-                            codec: codec_name(dec.id()),
-                            width: dec.width(),
-                            height: dec.height(),
-                            fps: (fps * 1000.0).round() / 1000.0,
-                        });
-                        Some(VideoDec {
-                            index: st.index(),
-                            dec,
-                            time_base: st.time_base(),
-                            frame_duration: 1.0 / fps,
-                            frame: ff::frame::Video::empty(),
-                            to_gray: None,
-                            damaged: DamagedPackets::default(),
-                        })
-                    }
-                    Err(e) => {
-                        tracing::warn!(url, "no decoder for the video stream: {}", describe(&e));
-                        None
-                    }
-                }
-            }
+            Some(st) => open_video(&st, opts.decoder_threads, url).map_err(open_err)?,
             None => None,
-        };
+        }
+        .map(|(dec, v)| {
+            info.video = Some(v);
+            dec
+        });
         let audio = match ctx.streams().best(ff::media::Type::Audio) {
-            Some(st) => {
-                let mut c = ff::codec::context::Context::from_parameters(st.parameters())
-                    .map_err(|e| open_err(format!("audio decoder: {}", describe(&e))))?;
-                // SAFETY: as above.
-                unsafe { (*c.as_mut_ptr()).pkt_timebase = st.time_base().into() };
-                match c.decoder().audio() {
-                    Ok(dec) => {
-                        info.audio = Some(AudioInfo {
-                            codec: codec_name(dec.id()),
-                            channels: u32::from(dec.channels()),
-                            sample_rate: dec.rate(),
-                        });
-                        Some(AudioDec {
-                            index: st.index(),
-                            dec,
-                            time_base: st.time_base(),
-                            frame: ff::frame::Audio::empty(),
-                            converted: Vec::new(),
-                        })
-                    }
-                    Err(e) => {
-                        tracing::warn!(url, "no decoder for the audio stream: {}", describe(&e));
-                        None
-                    }
-                }
-            }
+            Some(st) => open_audio(&st, url).map_err(open_err)?,
             None => None,
-        };
+        }
+        .map(|(dec, a)| {
+            info.audio = Some(a);
+            dec
+        });
         if video.is_none() && audio.is_none() {
             return Err(MediaError::NoStreams {
                 url: url.to_string(),
@@ -404,6 +478,10 @@ impl Input {
             info,
             io_timeout: opts.io_timeout,
             start_us,
+            decoder_threads: opts.decoder_threads,
+            follow_video: Follow::default(),
+            follow_audio: Follow::default(),
+            seq: 0,
         })
     }
 
@@ -460,35 +538,133 @@ impl Input {
                     continue;
                 }
             }
-            let index = packet.stream();
-            let tb = if self.video.as_ref().is_some_and(|v| v.index == index) {
-                self.video.as_ref().map(|v| v.time_base)
-            } else if self.audio.as_ref().is_some_and(|a| a.index == index) {
-                self.audio.as_ref().map(|a| a.time_base)
-            } else {
-                None
-            };
-            let Some(tb) = tb else { continue };
-            if let Some(ts) = packet.dts().or(packet.pts()) {
-                let t = clock.map(index, to_us(ts, tb));
-                sink.on_packet(t, packet.size());
+            self.packet(&packet, clock, sink);
+        }
+    }
+
+    /// Demux-side handling of one packet: decode it when it belongs to a decoded stream, or
+    /// note it as a stream the decoders may have to follow.
+    fn packet(&mut self, packet: &ff::Packet, clock: &mut MediaClock, sink: &mut dyn FrameSink) {
+        let index = packet.stream();
+        let tb = if self.video.as_ref().is_some_and(|v| v.index == index) {
+            self.follow_video.reset();
+            self.video.as_ref().map(|v| v.time_base)
+        } else if self.audio.as_ref().is_some_and(|a| a.index == index) {
+            self.follow_audio.reset();
+            self.audio.as_ref().map(|a| a.time_base)
+        } else {
+            None
+        };
+        let Some(tb) = tb else {
+            if let Some(held) = self.maybe_follow(packet, clock, sink) {
+                // The stream is decoded now: from the packets held while it was judged (so
+                // its first keyframe is not lost).
+                for p in &held {
+                    self.packet(p, clock, sink);
+                }
             }
-            if let Some(v) = self.video.as_mut().filter(|v| v.index == index) {
-                if packet.is_corrupt() {
-                    let pts = packet.pts().unwrap_or(ffi::AV_NOPTS_VALUE);
-                    v.damaged.push(packet.position() as i64, pts);
-                }
-                if v.dec.send_packet(&packet).is_err() {
-                    sink.on_decode_error(clock.latest(), true);
-                }
-                receive_video(v, clock, sink);
-            } else if let Some(a) = self.audio.as_mut().filter(|a| a.index == index) {
-                if a.dec.send_packet(&packet).is_err() {
-                    sink.on_decode_error(clock.latest(), false);
-                }
-                receive_audio(a, clock, sink);
+            return;
+        };
+        if let Some(ts) = packet.dts().or(packet.pts()) {
+            let t = clock.map(index, to_us(ts, tb));
+            sink.on_packet(t, packet.size());
+        }
+        if let Some(v) = self.video.as_mut().filter(|v| v.index == index) {
+            if packet.is_corrupt() {
+                let pts = packet.pts().unwrap_or(ffi::AV_NOPTS_VALUE);
+                v.damaged.push(packet.position() as i64, pts);
+            }
+            if v.dec.send_packet(packet).is_err() {
+                sink.on_decode_error(clock.latest(), true);
+            }
+            receive_video(v, clock, sink);
+        } else if let Some(a) = self.audio.as_mut().filter(|a| a.index == index) {
+            if a.dec.send_packet(packet).is_err() {
+                sink.on_decode_error(clock.latest(), false);
+            }
+            receive_audio(a, clock, sink);
+        }
+    }
+
+    /// A packet of a stream that is not decoded arrived. When it is video or audio and its
+    /// stream keeps arriving while the decoded stream of its type does not (or there is none),
+    /// the source moved that stream: decode this one from now on, and the other type's too
+    /// when it moved with it (its decoded stream went quiet for another one as well). Returns
+    /// the packets held while they were judged, in the order they came, once followed.
+    fn maybe_follow(
+        &mut self,
+        packet: &ff::Packet,
+        clock: &mut MediaClock,
+        sink: &mut dyn FrameSink,
+    ) -> Option<Vec<ff::Packet>> {
+        let medium = self.ctx.stream(packet.stream())?.parameters().medium();
+        self.seq += 1;
+        let due = match medium {
+            ff::media::Type::Video => self.follow_video.other(self.seq, packet),
+            ff::media::Type::Audio => self.follow_audio.other(self.seq, packet),
+            _ => return None,
+        };
+        if !due {
+            return None;
+        }
+        let mut held = Vec::new();
+        for video in [true, false] {
+            let follow = if video {
+                &mut self.follow_video
+            } else {
+                &mut self.follow_audio
+            };
+            let Some(index) = follow.candidate.filter(|_| !follow.held.is_empty()) else {
+                continue;
+            };
+            let packets = std::mem::take(&mut follow.held);
+            follow.reset();
+            if self.switch(video, index, clock) {
+                held.extend(packets);
             }
         }
+        if held.is_empty() {
+            return None;
+        }
+        held.sort_by_key(|(seq, _)| *seq);
+        sink.on_streams_changed(&self.info);
+        Some(held.into_iter().map(|(_, p)| p).collect())
+    }
+
+    /// Decode stream `index` as the video (or the audio) from now on; false when it cannot be.
+    fn switch(&mut self, video: bool, index: usize, clock: &mut MediaClock) -> bool {
+        let Some(st) = self.ctx.stream(index) else {
+            return false;
+        };
+        let what = if video { "video" } else { "audio" };
+        let from = if video {
+            self.video.as_ref().map(|v| v.index)
+        } else {
+            self.audio.as_ref().map(|a| a.index)
+        };
+        let opened = if video {
+            open_video(&st, self.decoder_threads, &self.url).map(|o| {
+                o.map(|(dec, info)| {
+                    self.video = Some(dec);
+                    self.info.video = Some(info);
+                })
+            })
+        } else {
+            open_audio(&st, &self.url).map(|o| {
+                o.map(|(dec, info)| {
+                    self.audio = Some(dec);
+                    self.info.audio = Some(info);
+                })
+            })
+        };
+        if !matches!(opened, Ok(Some(()))) {
+            return false;
+        }
+        tracing::info!(url = %self.url, what, ?from, to = index, "the source moved its {what} to another stream; following it");
+        if let Some(from) = from {
+            clock.follow(from, index);
+        }
+        true
     }
 
     /// Flush the decoders at the end of the input so their last frames are seen.
@@ -592,11 +768,17 @@ fn receive_video(v: &mut VideoDec, clock: &mut MediaClock, sink: &mut dyn FrameS
 fn receive_audio(a: &mut AudioDec, clock: &mut MediaClock, sink: &mut dyn FrameSink) {
     while a.dec.receive_frame(&mut a.frame).is_ok() {
         let f = &a.frame;
-        let t = frame_time(f.timestamp(), a.time_base, clock);
+        let t = match (f.timestamp(), a.next_t) {
+            (None, Some(next)) => next,
+            (ts, _) => frame_time(ts, a.time_base, clock),
+        };
         let n = f.samples();
         let channels = (f.channels() as usize).min(MAX_AUDIO_CHANNELS);
         if n == 0 || channels == 0 {
             continue;
+        }
+        if f.rate() > 0 {
+            a.next_t = Some(t + n as f64 / f64::from(f.rate()));
         }
         let mut planes: [&[f32]; MAX_AUDIO_CHANNELS] = [&[]; MAX_AUDIO_CHANNELS];
         // SAFETY: the pointer is only read below, while `f` is alive.

@@ -73,6 +73,9 @@ impl FrameSink for Watch<'_> {
     fn on_decode_error(&mut self, t: f64, video: bool) {
         self.inner.on_decode_error(t, video);
     }
+    fn on_streams_changed(&mut self, info: &MediaInfo) {
+        self.inner.on_streams_changed(info);
+    }
 }
 
 /// Sleep up to `d`, waking early when `stop` is set.

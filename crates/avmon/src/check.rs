@@ -191,6 +191,9 @@ impl FrameSink for Sink {
     fn on_decode_error(&mut self, _t: f64, _video: bool) {
         self.pipe.decode_error();
     }
+    fn on_streams_changed(&mut self, info: &MediaInfo) {
+        self.pipe.streams_changed(info);
+    }
 }
 
 pub fn check(opts: CheckOptions) -> Result<Report> {

@@ -100,6 +100,20 @@ impl Pipeline {
         self.last_packet_t = None;
     }
 
+    /// The input moved its video or audio to other streams while it ran (new PIDs): the
+    /// detectors start afresh on them, as after a reconnect; when the input gained or lost video
+    /// or audio, they are built again for what it carries now.
+    pub fn streams_changed(&mut self, info: &MediaInfo) {
+        let has = |kind: &str| self.detectors.iter().any(|d| d.kind().starts_with(kind));
+        if has("video.") != info.video.is_some() || has("audio.") != info.audio.is_some() {
+            self.connected(info);
+        } else {
+            for d in &mut self.detectors {
+                d.reset();
+            }
+        }
+    }
+
     fn flush(&mut self) {
         if self.findings.is_empty() {
             return;

@@ -141,6 +141,13 @@ impl FrameSink for StreamSink {
     fn on_decode_error(&mut self, _t: f64, _video: bool) {
         self.pipe.decode_error();
     }
+    fn on_streams_changed(&mut self, info: &MediaInfo) {
+        tracing::info!(stream = %self.shared.cfg.id, "the source moved its streams; following them");
+        self.pipe.streams_changed(info);
+        if let Ok(mut live) = self.shared.live.lock() {
+            live.info = Some(info.clone());
+        }
+    }
 }
 
 impl SourceEvents for StreamSink {
