@@ -177,6 +177,22 @@ pub fn items(duration: f64, quick: bool) -> Vec<Item> {
             tc.post = Post::DamageThenTranscode(args);
         }
         out.push(tc);
+        // Other losses, transcoded: a heavy short burst and a long light one, elsewhere in
+        // the GOP, so transcoded damage is judged on more than one loss pattern per content.
+        let mut burst = item(c, "transcoded-burst", vec![], vec![]);
+        burst.post = Post::DamageThenTranscode(
+            [
+                "--drop",
+                "12.9-12.94:0.5",
+                "--drop",
+                "24.5-25.1:0.03",
+                "--seed",
+                "3",
+            ]
+            .map(String::from)
+            .to_vec(),
+        );
+        out.push(burst);
     }
     // Audio faults, on two contents (the picture does not matter to them).
     for c in contents.iter().take(2) {

@@ -581,6 +581,25 @@ fn report(
                 if *found { "found" } else { "missed" }
             );
         }
+        let found = visible_rows.iter().filter(|r| r.4).count();
+        let visible: Vec<_> = visible_rows
+            .iter()
+            .filter(|r| r.2.is_some_and(|p| p < VISIBLE_PSNR_DB))
+            .collect();
+        let found_visible = visible.iter().filter(|r| r.4).count();
+        let _ = writeln!(
+            t,
+            "\nTranscoded corruption recall: {found} of {} labels ({}); {found_visible} of {} \
+             labels whose damage is visible (luma PSNR below {VISIBLE_PSNR_DB:.0} dB on some \
+             frame) ({}).",
+            visible_rows.len(),
+            fmt(Some(found as f64 / visible_rows.len() as f64), 3),
+            visible.len(),
+            fmt(
+                (!visible.is_empty()).then(|| found_visible as f64 / visible.len() as f64),
+                3
+            ),
+        );
     }
     if !sync_rows.is_empty() {
         let _ = writeln!(t, "\n## A/V offset (flash and beep)\n");
