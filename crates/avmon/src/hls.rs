@@ -293,6 +293,26 @@ impl<O: VariantOut + 'static> HlsInput<O> {
         })
     }
 
+    /// The service: monitor `cfg` until `stop`, whatever the origin does (a playlist that
+    /// cannot be loaded is loaded again, with backoff).
+    pub fn spawn(
+        cfg: HlsConfig,
+        opts: HlsOptions,
+        stop: Arc<AtomicBool>,
+        make_out: impl FnMut(&Variant) -> O + Send + 'static,
+    ) -> Result<Self> {
+        let monitor_stop = stop.clone();
+        Self::launch(stop, true, opts, make_out, move |make_sink| {
+            avmon_hls::keep_monitoring(
+                &cfg,
+                Arc::new(avmon_hls::Hls),
+                monitor_stop,
+                avmon_hls::Retry::default(),
+                make_sink,
+            )
+        })
+    }
+
     fn launch<F, R>(
         stop: Arc<AtomicBool>,
         lossy: bool,
