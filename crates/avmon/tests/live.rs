@@ -427,3 +427,167 @@ url = "{hook}"
         .collect();
     assert_eq!(srt_kinds, ["video.black"].into_iter().collect(), "{got:#?}");
 }
+
+/// The HLS origin of avmon-hls's tests: nginx, and FFmpeg's HLS muxer writing into it.
+#[path = "../../avmon-hls/tests/common/mod.rs"]
+mod origin;
+
+fn get_json(http: &reqwest::blocking::Client, url: &str) -> Option<Value> {
+    http.get(url).send().ok()?.json().ok()
+}
+
+#[test]
+fn hls_into_service_mode_recovers_from_a_404_a_stall_and_an_outage() {
+    // nginx serving a live playlist FFmpeg writes in real time (1 s segments, 5 listed); its
+    // segment 8 answers 404.
+    let mut nginx = origin::Nginx::start("location = /seg00008.ts { return 404; }");
+    let writer = origin::Writer::start(&nginx.root, "");
+    let playlist = nginx.root.join("live.m3u8");
+    wait_for("FFmpeg's first playlist", Duration::from_secs(10), || {
+        playlist.exists().then_some(())
+    });
+    let api = free_tcp_port();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("avmon.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+[server]
+listen = "127.0.0.1:{api}"
+[store]
+url = "sqlite://{}"
+metrics_interval_s = 1
+[[streams]]
+id = "hls"
+url = "{}"
+io_timeout_s = 2
+[streams.hls]
+stale_factor = 3
+segment_timeout_s = 2
+"#,
+            dir.path().join("db.sqlite").display(),
+            nginx.url("live.m3u8"),
+        ),
+    )
+    .unwrap();
+    let (_service, http, base) = start_service(&cfg, api);
+    let stream = || get_json(&http, &format!("{base}/api/streams/hls")).unwrap_or_default();
+    let alerts = |kind: &str| -> Vec<Value> {
+        get_json(&http, &format!("{base}/api/alerts?stream=hls"))
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|a| a["kind"] == kind)
+            .collect()
+    };
+    let cleared = |a: &Value| a["state"] == "cleared" && a["cleared_at"].is_string();
+    let frames = |s: &Value| s["frames_video"].as_u64().unwrap_or(0);
+
+    // The decoded variant's pictures reach the detectors.
+    let s = wait_for("decoded frames", Duration::from_secs(20), || {
+        let s = stream();
+        (s["status"] == "ok" && frames(&s) > 0).then_some(s)
+    });
+    assert_eq!(s["info"]["video"]["width"], 320, "{s:#}");
+    assert_eq!(s["info"]["audio"]["sample_rate"], 48000, "{s:#}");
+
+    // Segment 8 is missing: an hls.segment_error over its media, cleared by segment 9.
+    let err = wait_for(
+        "hls.segment_error raised and cleared",
+        Duration::from_secs(20),
+        || alerts("hls.segment_error").into_iter().find(cleared),
+    );
+    assert_eq!(err["details"]["status"], 404, "{err:#}");
+    assert_eq!(err["details"]["sequence"], 8, "{err:#}");
+    assert_eq!(err["details"]["variant"], "live.m3u8", "{err:#}");
+    let span = err["end_s"].as_f64().unwrap() - err["start_s"].as_f64().unwrap();
+    assert_near("the missing segment's media", span, 1.0, 0.05);
+
+    // The packager stalls: the playlist goes stale, and the decoder, without segments, reports
+    // the source down.
+    let before = frames(&stream());
+    writer.kill();
+    wait_for(
+        "hls.stale and the stream down",
+        Duration::from_secs(15),
+        || {
+            let stale = alerts("hls.stale");
+            (stale.iter().any(|a| a["state"] == "raised") && stream()["status"] == "down")
+                .then_some(())
+        },
+    );
+    // It comes back, appending to the same playlist: everything clears, frames flow again.
+    let _writer = origin::Writer::start(&nginx.root, "+append_list");
+    let recovered = |phase: &str, stale_alerts: usize, before: u64| {
+        wait_for(phase, Duration::from_secs(25), || {
+            let stale = alerts("hls.stale");
+            let down = alerts("source.down");
+            let s = stream();
+            let done = stale.len() == stale_alerts
+                && stale.iter().all(cleared)
+                && !down.is_empty()
+                && down.iter().all(cleared)
+                && s["status"] == "ok"
+                && frames(&s) > before;
+            done.then_some(s)
+        })
+    };
+    let s = recovered("recovery from the stall", 1, before);
+    assert!(s["reconnects"].as_u64() >= Some(1), "{s:#}");
+
+    // The origin goes away (connections refused) and comes back.
+    let before = frames(&s);
+    nginx.stop();
+    wait_for("hls.stale again, and down", Duration::from_secs(15), || {
+        let stale = alerts("hls.stale");
+        (stale.len() == 2 && stream()["status"] == "down").then_some(())
+    });
+    nginx.restart();
+    recovered("recovery from the outage", 2, before);
+    let stale = alerts("hls.stale");
+    assert!(
+        stale.iter().any(|a| a["details"]["last_error"].is_string()),
+        "the outage's reload errors are in the details: {stale:#?}"
+    );
+
+    // The stall and the outage raise nothing but hls.* and source.down (reconnections are no
+    // loss or freeze); the missing segment's media may also show as damaged pictures there.
+    let all = get_json(&http, &format!("{base}/api/alerts?stream=hls")).unwrap();
+    let missing_at = err["start_s"].as_f64().unwrap();
+    for a in all.as_array().unwrap() {
+        let kind = a["kind"].as_str().unwrap();
+        let at_missing = (a["start_s"].as_f64().unwrap() - missing_at).abs() < 0.5;
+        assert!(
+            kind.starts_with("hls.") || kind == "source.down" || at_missing,
+            "{kind} away from the missing segment: {all:#}"
+        );
+    }
+
+    // Nothing is left raised; per-variant delivery metrics are on /metrics.
+    let active = get_json(&http, &format!("{base}/api/alerts?stream=hls&active=true")).unwrap();
+    assert_eq!(active, json!([]), "{active:#}");
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    let value = |name: &str| -> f64 {
+        let prefix = format!("{name}{{stream=\"hls\",variant=\"0\",name=\"live.m3u8\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix)?.parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix:?} in {metrics}"))
+    };
+    assert!(value("avmon_hls_segments_total") >= 10.0, "{metrics}");
+    assert_eq!(value("avmon_hls_segment_errors_total"), 1.0, "{metrics}");
+    assert!(value("avmon_hls_reload_errors_total") >= 1.0, "{metrics}");
+    let bitrate = value("avmon_hls_bitrate_bps");
+    assert!((50e3..5e6).contains(&bitrate), "{metrics}");
+    assert!(value("avmon_hls_download_seconds") < 1.0, "{metrics}");
+    assert!(
+        metrics.contains("avmon_video_frames_total{stream=\"hls\"}"),
+        "{metrics}"
+    );
+}
