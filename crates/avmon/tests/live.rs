@@ -55,8 +55,23 @@ fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) 
     }
 }
 
-/// `avmon run --config cfg`, once its API on `api` answers; with a client and the API's base URL.
-fn start_service(cfg: &std::path::Path, api: u16) -> (Killed, reqwest::blocking::Client, String) {
+/// `avmon run` on a config of `streams` (its `[[streams]]` and `[[notifiers]]`), with its API on
+/// a free port and its store in `dir`, once the API answers; with a client and the API's URL.
+fn start_service(
+    dir: &std::path::Path,
+    streams: &str,
+) -> (Killed, reqwest::blocking::Client, String) {
+    let api = free_tcp_port();
+    let cfg = dir.join("avmon.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{api}\"\n[store]\nurl = \"sqlite://{}\"\n\
+             metrics_interval_s = 2\n{streams}",
+            dir.join("avmon.db").display()
+        ),
+    )
+    .unwrap();
     let service = Killed(
         avmon()
             .args(["run", "--config", cfg.to_str().unwrap()])
@@ -86,19 +101,11 @@ fn udp_stream_into_service_mode_notifies_freeze_and_source_down() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (hook, got) = receiver(&rt);
     let udp = free_udp_port();
-    let api = free_tcp_port();
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("live.db");
-    let cfg = dir.path().join("avmon.toml");
-    std::fs::write(
-        &cfg,
-        format!(
+    let (service, http, base) = start_service(
+        dir.path(),
+        &format!(
             r#"
-[server]
-listen = "127.0.0.1:{api}"
-[store]
-url = "sqlite://{}"
-metrics_interval_s = 2
 [[streams]]
 id = "live"
 url = "udp://127.0.0.1:{udp}"
@@ -106,12 +113,9 @@ io_timeout_s = 2
 [[notifiers]]
 kind = "webhook"
 url = "{hook}"
-"#,
-            db.display()
+"#
         ),
-    )
-    .unwrap();
-    let (service, http, base) = start_service(&cfg, api);
+    );
 
     // 26 s of live stream: a freeze at 5–10 s, then 6 s with no packets at all.
     let mut synth = avmon()
@@ -349,20 +353,15 @@ fn lossy_relay(
 fn multicast_and_srt_into_service_mode_with_transport_alerts() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (hook, got) = receiver(&rt);
-    let (mc_port, srt_port, api) = (free_udp_port(), free_udp_port(), free_tcp_port());
+    let (mc_port, srt_port) = (free_udp_port(), free_udp_port());
     let dir = tempfile::tempdir().unwrap();
     // 10 s with black at 3–6 s; the multicast path loses a run of video packets at about 7 s.
     let file = synth(dir.path(), "in.ts", 10.0, &["black@3-6"]);
     let group = "239.255.77.1";
-    let cfg = dir.path().join("avmon.toml");
-    std::fs::write(
-        &cfg,
-        format!(
+    let (_service, _, _) = start_service(
+        dir.path(),
+        &format!(
             r#"
-[server]
-listen = "127.0.0.1:{api}"
-[store]
-url = "sqlite://{}"
 [[streams]]
 id = "mc"
 url = "udp://@{group}:{mc_port}?localaddr=127.0.0.1"
@@ -374,12 +373,9 @@ io_timeout_s = 3
 [[notifiers]]
 kind = "webhook"
 url = "{hook}"
-"#,
-            dir.path().join("db.sqlite").display()
+"#
         ),
-    )
-    .unwrap();
-    let (_service, _, _) = start_service(&cfg, api);
+    );
     std::thread::sleep(Duration::from_millis(500));
     let relay_in = UdpSocket::bind("127.0.0.1:0").unwrap();
     let relay_port = relay_in.local_addr().unwrap().port();
@@ -446,18 +442,11 @@ fn hls_into_service_mode_recovers_from_a_404_a_stall_and_an_outage() {
     wait_for("FFmpeg's first playlist", Duration::from_secs(10), || {
         playlist.exists().then_some(())
     });
-    let api = free_tcp_port();
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("avmon.toml");
-    std::fs::write(
-        &cfg,
-        format!(
+    let (_service, http, base) = start_service(
+        dir.path(),
+        &format!(
             r#"
-[server]
-listen = "127.0.0.1:{api}"
-[store]
-url = "sqlite://{}"
-metrics_interval_s = 1
 [[streams]]
 id = "hls"
 url = "{}"
@@ -466,12 +455,9 @@ io_timeout_s = 2
 stale_factor = 3
 segment_timeout_s = 2
 "#,
-            dir.path().join("db.sqlite").display(),
             nginx.url("live.m3u8"),
         ),
-    )
-    .unwrap();
-    let (_service, http, base) = start_service(&cfg, api);
+    );
     let stream = || get_json(&http, &format!("{base}/api/streams/hls")).unwrap_or_default();
     let alerts = |kind: &str| -> Vec<Value> {
         get_json(&http, &format!("{base}/api/alerts?stream=hls"))
