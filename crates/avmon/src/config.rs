@@ -521,6 +521,24 @@ url = "udp://127.0.0.1:5000"
     }
 
     #[test]
+    fn the_readme_example_config_is_valid() {
+        let readme = include_str!("../../../README.md");
+        let at = readme.find("### Service configuration").unwrap();
+        let block = readme[at..].split("```toml\n").nth(1).unwrap();
+        let block = block.split("```").next().unwrap();
+        let c = parse(block, "README.md").unwrap();
+        assert_eq!(c.streams.len(), 2);
+        let h = c.streams[1].hls_config().unwrap();
+        assert_eq!(h.variants.len(), 2);
+        // It writes out the defaults, but for the variants.
+        let written = HlsConfig {
+            variants: Vec::new(),
+            ..h
+        };
+        assert_eq!(written, HlsConfig::new(&c.streams[1].url));
+    }
+
+    #[test]
     fn a_bad_hls_section_is_refused_with_its_path() {
         let text = r#"
 [[streams]]
