@@ -248,6 +248,8 @@ pub struct Seen {
 pub struct Log {
     pub findings: Vec<(Instant, Finding)>,
     pub segments: Vec<(Instant, Seen)>,
+    /// The media times at which monitors of the variant ended.
+    pub ends: Vec<f64>,
 }
 
 impl Log {
@@ -304,5 +306,9 @@ impl HlsSink for Recorder {
             bitrate_bps: s.bitrate_bps(),
         };
         self.log().segments.push((Instant::now(), seen));
+    }
+
+    fn on_end(&mut self, media_t: f64) {
+        self.log().ends.push(media_t);
     }
 }
