@@ -576,4 +576,30 @@ segment_timeout_s = 2
         metrics.contains("avmon_video_frames_total{stream=\"hls\"}"),
         "{metrics}"
     );
+
+    // The store has the variant's metrics per period, next to the decoder's.
+    let store = avmon_store::open(&format!(
+        "sqlite://{}",
+        dir.path().join("avmon.db").display()
+    ))
+    .unwrap();
+    let samples = store
+        .metrics(&avmon_core::StreamId("hls".into()), None)
+        .unwrap();
+    let sum = |key: &str| -> f64 { samples.iter().filter_map(|m| m.values.get(key)).sum() };
+    assert_eq!(sum("hls.0.segment_errors"), 1.0, "{samples:#?}");
+    assert!(sum("hls.0.segments") >= 8.0, "{samples:#?}");
+    assert!(sum("frames_video") > 0.0, "{samples:#?}");
+    let bitrates: Vec<f64> = samples
+        .iter()
+        .filter_map(|m| m.values.get("hls.0.bitrate_bps").copied())
+        .collect();
+    assert!(
+        !bitrates.is_empty() && bitrates.iter().all(|b| (50e3..5e6).contains(b)),
+        "{bitrates:?}"
+    );
+    assert!(samples
+        .iter()
+        .filter_map(|m| m.values.get("hls.0.download_s_max"))
+        .all(|&d| (0.0..1.0).contains(&d)));
 }
