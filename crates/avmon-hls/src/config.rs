@@ -1,6 +1,6 @@
 //! How an HLS input is described: its URL, which variants to monitor, and the limits of the
-//! checks. Deserialised from the binary's config (`deny_unknown_fields`), validated with every
-//! problem named by its path.
+//! checks. Deserialised from the binary's config (a stream's `[streams.hls]`,
+//! `deny_unknown_fields`), validated with every problem named by its path.
 
 #[cfg(feature = "net")]
 use std::time::Duration;
@@ -14,7 +14,9 @@ use crate::manifest::Variant;
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HlsConfig {
-    /// The master or media playlist (`http://` or `https://`).
+    /// The master or media playlist (`http://` or `https://`). Not part of the serialised form:
+    /// in a config it is the stream's own `url`, given once.
+    #[serde(skip)]
     pub url: String,
     /// Which variants of a master playlist to monitor; empty = all. Ignored for a media playlist.
     pub variants: Vec<VariantSelector>,
@@ -256,10 +258,12 @@ mod tests {
 
     #[test]
     fn config_deserialises_and_validation_names_every_problem() {
-        let c: HlsConfig = from_json(
-            r#"{"url": "http://o.test/live.m3u8", "variants": [{"index": 0}, {"name": "hd"}, {"bandwidth": 5}],
-                "stale_factor": 4}"#,
-        );
+        let c = HlsConfig {
+            url: "http://o.test/live.m3u8".into(),
+            ..from_json(
+                r#"{"variants": [{"index": 0}, {"name": "hd"}, {"bandwidth": 5}], "stale_factor": 4}"#,
+            )
+        };
         assert_eq!(c.variants.len(), 3);
         assert_eq!(c.stale_factor, 4.0);
         assert_eq!(c.segment_timeout_s, 10.0);
@@ -286,7 +290,13 @@ mod tests {
             .iter()
             .any(|e| e.starts_with("hls.stale_factor: must be between 1 and 100")));
         assert!(errors.iter().any(|e| e.starts_with("hls.variants[0].name")));
-        assert!(serde_json::from_str::<HlsConfig>(r#"{"url": "x", "stale": 3}"#).is_err());
+        assert!(serde_json::from_str::<HlsConfig>(r#"{"stale": 3}"#).is_err());
+        // The URL is the stream's: naming it again in the section is refused, not ignored.
+        let e = serde_json::from_str::<HlsConfig>(r#"{"url": "http://o.test/x.m3u8"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field `url`"), "{e}");
+        assert!(!serde_json::to_string(&c).unwrap().contains("o.test"));
     }
 
     fn from_json(json: &str) -> HlsConfig {

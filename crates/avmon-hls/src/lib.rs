@@ -12,12 +12,15 @@
 //! - [`resolve`] loads the URL of an [`HlsConfig`]: a master playlist gives one
 //!   [`VariantMonitor`] per chosen variant ([`VariantSelector`]: all, or by index, bandwidth or
 //!   name), a media playlist gives one.
-//! - [`VariantMonitor::run`] blocks its thread (avmon runs one thread per monitored stream) until
-//!   the `stop` flag is set or the playlist ends. It reloads the playlist (RFC 8216, 6.3.4),
+//! - [`VariantMonitor::run`] blocks its thread (avmon runs one thread per monitored variant)
+//!   until the `stop` flag is set or the playlist ends. It reloads the playlist (RFC 8216, 6.3.4),
 //!   fetches new segments in order, decrypts AES-128 ones, checks them, and hands an
 //!   [`HlsSink`] the findings and each accepted [`Segment`]'s bytes, with a mark where a
 //!   discontinuity or a gap precedes it. Those bytes are what a transport-stream analyser or a
 //!   decoder (avmon's custom-I/O ingest) takes next.
+//! - [`run_all`] / [`run_monitors`] run each chosen variant once (`avmon check`);
+//!   [`keep_monitoring`] keeps them going until stopped, loading a playlist again when it could
+//!   not be loaded or ended (`avmon run`).
 //! - Per-variant metrics ([`VariantStats`]): bitrate (bytes × 8 / `EXTINF` seconds) and download
 //!   times, and counts of every check.
 //! - **Media time** is the sum of the `EXTINF` durations since the monitor started; wall times
@@ -67,6 +70,7 @@ pub use config::{is_hls_url, HlsConfig, VariantSelector};
 pub use manifest::{Manifest, ManifestFormat, MediaWindow, SegmentRef, Variant};
 #[cfg(feature = "net")]
 pub use monitor::{
-    resolve, run_all, run_monitors, HlsError, HlsSink, Segment, VariantMonitor, VariantRun,
+    keep_monitoring, resolve, run_all, run_monitors, HlsError, HlsSink, Retry, Segment,
+    VariantMonitor, VariantRun,
 };
 pub use playlist::Hls;

@@ -46,9 +46,14 @@ pub trait HlsSink {
     /// where a transport-stream analyser or a decoder takes the media.
     fn on_segment(&mut self, _segment: &Segment<'_>) {}
 
-    /// A reload was handled; the media clock is at `media_t`. Lets an alert engine clear holds
-    /// while no segment arrives.
-    fn on_tick(&mut self, _media_t: f64) {}
+    /// A reload was handled; the media clock is at `media_t`, and `stats` are the variant's
+    /// totals so far (its metrics). Lets an alert engine clear holds while no segment arrives.
+    fn on_tick(&mut self, _media_t: f64, _stats: &VariantStats) {}
+
+    /// The monitor stopped at media time `media_t` (stopped, the playlist ended, or it could
+    /// not be loaded): what it had begun will not end by itself. Under [`keep_monitoring`] a
+    /// new monitor of the same variant may follow, on the same media clock.
+    fn on_end(&mut self, _media_t: f64) {}
 }
 
 /// One accepted segment, borrowed for the duration of [`HlsSink::on_segment`].
@@ -169,12 +174,122 @@ where
 }
 
 /// Run monitors from [`resolve`], each on its own thread, and wait for them all.
-pub fn run_monitors<S, F>(monitors: Vec<VariantMonitor>, mut make_sink: F) -> Vec<VariantRun<S>>
+pub fn run_monitors<S, F>(monitors: Vec<VariantMonitor>, make_sink: F) -> Vec<VariantRun<S>>
 where
     S: HlsSink + Send,
     F: FnMut(&Variant) -> S,
 {
+    run_each(monitors, make_sink, |mut m, sink| m.monitor(sink))
+}
+
+/// Reconnection delays of [`keep_monitoring`]: `initial`, doubling up to `max`; back to
+/// `initial` once a monitor delivered segments.
+#[derive(Clone, Copy, Debug)]
+pub struct Retry {
+    pub initial: Duration,
+    pub max: Duration,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Retry {
+            initial: Duration::from_millis(500),
+            max: Duration::from_secs(10),
+        }
+    }
+}
+
+/// For a service: monitor every chosen variant of `cfg`, each on its own thread, until `stop`,
+/// whatever the origin does. Where [`run_all`] fails or ends, this waits (`retry`) and starts
+/// again: a master or media playlist that cannot be loaded at first is loaded again until it
+/// can; a variant whose monitor ended (its playlist ended, or could not be loaded) is monitored
+/// again, found in a fresh load of `cfg.url` by its URI (or, failing that, its index), on the
+/// same media clock and with the same totals. An origin that stalls, answers errors or goes
+/// away while a monitor runs needs none of this: that is `hls.stale` and `hls.segment_error`,
+/// and the monitor goes on. Sinks are made once per variant, after the first successful load.
+pub fn keep_monitoring<S, F>(
+    cfg: &HlsConfig,
+    format: Arc<dyn ManifestFormat>,
+    stop: Arc<AtomicBool>,
+    retry: Retry,
+    make_sink: F,
+) -> Vec<VariantRun<S>>
+where
+    S: HlsSink + Send,
+    F: FnMut(&Variant) -> S,
+{
+    let mut delay = retry.initial;
+    let mut failures = 0u64;
+    let monitors = loop {
+        if stop.load(Ordering::Relaxed) {
+            return Vec::new();
+        }
+        match resolve(cfg, format.clone(), stop.clone()) {
+            Ok(m) => break m,
+            Err(e) => {
+                failures += 1;
+                if failures == 1 {
+                    tracing::warn!(url = %cfg.url, "HLS: {e}; retrying");
+                } else {
+                    tracing::debug!(url = %cfg.url, "HLS: {e}; retrying in {delay:?}");
+                }
+                sleep_until(&stop, Instant::now() + delay);
+                delay = (delay * 2).min(retry.max);
+            }
+        }
+    };
+    let again = |mut m: VariantMonitor, sink: &mut dyn HlsSink| {
+        let mut delay = retry.initial;
+        let mut failed = false;
+        loop {
+            let segments = m.checks.stats.segments;
+            let result = m.monitor(sink);
+            if m.stopped() {
+                return result;
+            }
+            if m.checks.stats.segments > segments {
+                delay = retry.initial;
+            }
+            let name = &m.variant.name;
+            match &result {
+                Ok(_) => {
+                    tracing::info!(variant = %name, "HLS: the playlist ended; loading it again")
+                }
+                Err(e) if !failed => tracing::warn!(variant = %name, "HLS: {e}; retrying"),
+                Err(e) => tracing::debug!(variant = %name, "HLS: {e}; retrying in {delay:?}"),
+            }
+            failed = result.is_err();
+            m = loop {
+                sleep_until(&stop, Instant::now() + delay);
+                if m.stopped() {
+                    return result;
+                }
+                delay = (delay * 2).min(retry.max);
+                match resolve(cfg, format.clone(), stop.clone()) {
+                    Ok(fresh) => match m.successor(fresh) {
+                        Some(next) => break next,
+                        None => tracing::warn!(
+                            variant = %m.variant.name,
+                            "HLS: the variant is no longer in the master playlist"
+                        ),
+                    },
+                    Err(e) => tracing::debug!(variant = %m.variant.name, "HLS: {e}; retrying"),
+                }
+            };
+        }
+    };
+    run_each(monitors, make_sink, again)
+}
+
+/// Each monitor on its own thread with its own sink, `run` doing the monitoring; waits for all.
+fn run_each<S, F, R>(monitors: Vec<VariantMonitor>, mut make_sink: F, run: R) -> Vec<VariantRun<S>>
+where
+    S: HlsSink + Send,
+    F: FnMut(&Variant) -> S,
+    R: Fn(VariantMonitor, &mut dyn HlsSink) -> Result<VariantStats, HlsError> + Sync,
+{
     let sinks: Vec<S> = monitors.iter().map(|m| make_sink(m.variant())).collect();
+    let run = &run;
     std::thread::scope(|scope| {
         let handles: Vec<_> = monitors
             .into_iter()
@@ -184,7 +299,7 @@ where
                 let h = std::thread::Builder::new()
                     .name(format!("hls-{}", variant.index))
                     .spawn_scoped(scope, move || {
-                        let r = m.run(&mut sink);
+                        let r = run(m, &mut sink);
                         (sink, r)
                     })
                     .expect("spawn an HLS variant thread");
@@ -243,6 +358,32 @@ impl VariantMonitor {
     /// Monitor until `stop` is set or the playlist ends (`EXT-X-ENDLIST`). Fails only when the
     /// first load of the playlist fails; later failures are findings.
     pub fn run(mut self, sink: &mut dyn HlsSink) -> Result<VariantStats, HlsError> {
+        self.monitor(sink)
+    }
+
+    /// The same monitor of this variant, built from a fresh [`resolve`], to follow this one on
+    /// its media clock and totals: found by URI, or else by index.
+    fn successor(&self, fresh: Vec<VariantMonitor>) -> Option<VariantMonitor> {
+        let uri = fresh.iter().position(|m| m.variant.uri == self.variant.uri);
+        let i = uri.or_else(|| {
+            fresh
+                .iter()
+                .position(|m| m.variant.index == self.variant.index)
+        })?;
+        let mut next = fresh.into_iter().nth(i)?;
+        next.checks.media_t = self.checks.media_t;
+        next.checks.stats = self.checks.stats.clone();
+        Some(next)
+    }
+
+    /// [`run`](Self::run), keeping the monitor (its clock and totals) for a successor.
+    fn monitor(&mut self, sink: &mut dyn HlsSink) -> Result<VariantStats, HlsError> {
+        let result = self.watch(sink);
+        sink.on_end(self.checks.media_t);
+        result
+    }
+
+    fn watch(&mut self, sink: &mut dyn HlsSink) -> Result<VariantStats, HlsError> {
         let clock = Instant::now();
         let wall = || clock.elapsed().as_secs_f64();
         let mut findings: Findings = Vec::new();
@@ -267,7 +408,7 @@ impl VariantMonitor {
                         self.fetch(p, &mut findings, sink);
                         flush(&mut findings, sink);
                     }
-                    sink.on_tick(self.checks.media_t);
+                    sink.on_tick(self.checks.media_t, &self.checks.stats);
                     if w.ended {
                         break;
                     }
@@ -285,27 +426,17 @@ impl VariantMonitor {
                     self.checks
                         .on_reload_failed(wall(), &reason(&e), &mut findings);
                     flush(&mut findings, sink);
-                    sink.on_tick(self.checks.media_t);
+                    sink.on_tick(self.checks.media_t, &self.checks.stats);
                     td / 2.0
                 }
             };
-            self.sleep_until(load_start + Duration::from_secs_f64(wait));
+            sleep_until(&self.stop, load_start + Duration::from_secs_f64(wait));
         }
-        Ok(self.checks.stats)
+        Ok(self.checks.stats.clone())
     }
 
     fn stopped(&self) -> bool {
         self.stop.load(Ordering::Relaxed)
-    }
-
-    fn sleep_until(&self, at: Instant) {
-        while !self.stopped() {
-            let now = Instant::now();
-            if now >= at {
-                return;
-            }
-            std::thread::sleep((at - now).min(Duration::from_millis(50)));
-        }
     }
 
     fn load(&self) -> Result<MediaWindow, HlsError> {
@@ -439,6 +570,17 @@ fn reason(e: &HlsError) -> String {
         HlsError::Fetch { source, .. } => source.to_string(),
         HlsError::Manifest { source, .. } => source.to_string(),
         HlsError::Config(s) => s.clone(),
+    }
+}
+
+/// Sleep until `at`, waking early when `stop` is set.
+fn sleep_until(stop: &AtomicBool, at: Instant) {
+    while !stop.load(Ordering::Relaxed) {
+        let now = Instant::now();
+        if now >= at {
+            return;
+        }
+        std::thread::sleep((at - now).min(Duration::from_millis(50)));
     }
 }
 

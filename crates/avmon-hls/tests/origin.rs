@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use avmon_core::{kinds, FindingEdge};
-use avmon_hls::{Hls, HlsConfig, HlsError, VariantSelector, VariantStats};
+use avmon_hls::{Hls, HlsConfig, HlsError, Retry, VariantSelector, VariantStats};
 use common::{wait_for, write_vod, Log, Nginx, Recorder};
 
 const KEY: [u8; 16] = *b"avmon-test-key!!";
@@ -253,6 +253,92 @@ fn bad_segments_are_segment_errors_until_a_good_one() {
         .unwrap();
     assert_eq!(begin.details["reason"], "larger than 4096 bytes");
     assert!(log.segments.is_empty());
+}
+
+#[test]
+fn keep_monitoring_waits_for_playlists_and_starts_again_where_one_ended() {
+    let nginx = Nginx::start("");
+    let root = &nginx.root;
+    write_vod(root, "a.m3u8", "a%d.ts", 2, &[]);
+    let segments = read(root, "a.m3u8")
+        .split(|&b| b == b'\n')
+        .filter(|l| l.starts_with(b"#EXTINF"))
+        .count();
+    assert_eq!(segments, 2);
+    let stop = Arc::new(AtomicBool::new(false));
+    let recorders = Arc::new(std::sync::Mutex::new(Vec::<Recorder>::new()));
+    let monitor = {
+        let (cfg, stop, recorders) = (
+            HlsConfig::new(nginx.url("master.m3u8")),
+            stop.clone(),
+            recorders.clone(),
+        );
+        std::thread::spawn(move || {
+            let retry = Retry {
+                initial: Duration::from_millis(50),
+                max: Duration::from_millis(200),
+            };
+            avmon_hls::keep_monitoring(&cfg, Arc::new(Hls), stop, retry, |_| {
+                let r = Recorder::default();
+                recorders.lock().unwrap().push(r.clone());
+                r
+            })
+        })
+    };
+    // No master playlist yet: loaded again until there is one.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(recorders.lock().unwrap().is_empty());
+    std::fs::write(
+        root.join("master.m3u8"),
+        "#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=900000\na.m3u8\n\
+         #EXT-X-STREAM-INF:BANDWIDTH=300000\nb.m3u8\n",
+    )
+    .unwrap();
+    let recorder = |i: usize| {
+        wait_for(Duration::from_secs(5), || {
+            recorders.lock().unwrap().len() > i
+        })
+        .then(|| recorders.lock().unwrap()[i].clone())
+        .expect("a sink per variant")
+    };
+    let (a, b) = (recorder(0), recorder(1));
+    // Variant a's playlist ends; it is monitored again, three times over, on one media clock.
+    assert!(wait_for(Duration::from_secs(10), || a.log().segments.len()
+        >= 3 * segments));
+    // Variant b's playlist is missing at first: its monitor is started again until it loads.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(b.log().segments.is_empty());
+    std::fs::copy(root.join("a.m3u8"), root.join("b.m3u8")).unwrap();
+    assert!(wait_for(Duration::from_secs(5), || !b
+        .log()
+        .segments
+        .is_empty()));
+    stop.store(true, Ordering::Relaxed);
+    let runs = monitor.join().unwrap();
+    assert_eq!(runs.len(), 2);
+    for (run, rec) in runs.iter().zip([&a, &b]) {
+        let log = rec.log();
+        let stats = run.result.as_ref().unwrap();
+        // Totals and the media clock run on across monitors; each monitor's end was heard.
+        assert_eq!(stats.segments as usize, log.segments.len());
+        for w in log.segments.windows(2) {
+            let (x, y) = (&w[0].1, &w[1].1);
+            assert!(
+                (y.start_t - (x.start_t + x.duration)).abs() < 1e-6,
+                "{} then {}",
+                x.start_t,
+                y.start_t
+            );
+        }
+        assert!(
+            log.ends.len() >= log.segments.len() / segments,
+            "{:?}",
+            log.ends
+        );
+        assert!(log.ends.windows(2).all(|w| w[0] <= w[1]), "{:?}", log.ends);
+        assert!(log.findings.is_empty(), "{:?}", log.findings);
+    }
+    assert!(runs[0].sink.log().ends.len() >= 3);
 }
 
 #[test]

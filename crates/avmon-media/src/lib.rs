@@ -11,7 +11,8 @@
 //!   [`ByteTap`] sees every byte once on the way (the transport analyser).
 //! - [`run_source`] keeps a live input going: it reconnects with capped exponential backoff and
 //!   reports the source going down (cannot open, or nothing delivered for `io_timeout`) and coming
-//!   back up, once each.
+//!   back up, once each; [`run_input`] does the same for an input the caller opens (an HLS
+//!   monitor's segments through [`Input::open_source`]).
 //! - [`synth`] generates H.264 + AAC test streams in MPEG-TS through libavcodec, with defects
 //!   injected at given media times, to a file or to `udp://` in real time.
 //!
@@ -31,7 +32,7 @@ pub mod synth;
 pub use clock::MediaClock;
 pub use ingest::{ByteSource, ByteTap, Tap};
 pub use input::{EndReason, FrameSink, Input, OpenOptions};
-pub use source::{run_source, Backoff, SourceEvents};
+pub use source::{run_input, run_source, Backoff, SourceEvents};
 
 /// Errors from opening or reading an input. Messages are meant for users: one line that names
 /// the input and what went wrong.

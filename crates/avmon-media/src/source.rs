@@ -99,12 +99,29 @@ pub fn run_source(
     clock: &mut MediaClock,
     events: &mut dyn SourceEvents,
 ) {
+    let open_stop = stop.clone();
+    let mut open = || Input::open(url, opts, open_stop.clone());
+    run_input(url, &mut open, opts, backoff, stop, clock, events);
+}
+
+/// [`run_source`] for an input the caller opens: `open` makes each connection (e.g.
+/// [`Input::open_source`] over an HLS monitor's segments), with `opts`; `label` names the input
+/// in logs.
+pub fn run_input(
+    label: &str,
+    open: &mut dyn FnMut() -> Result<Input, crate::MediaError>,
+    opts: &OpenOptions,
+    backoff: Backoff,
+    stop: Arc<AtomicBool>,
+    clock: &mut MediaClock,
+    events: &mut dyn SourceEvents,
+) {
     let mut down = false;
     let mut delay = backoff.initial;
     let mut connected_before = false;
     let mut last_data = Instant::now();
     while !stop.load(Ordering::Relaxed) {
-        let reason = match Input::open(url, opts, stop.clone()) {
+        let reason = match open() {
             Err(e) => e.to_string(),
             Ok(mut input) => {
                 if connected_before {
@@ -145,7 +162,7 @@ pub fn run_source(
             down = true;
             events.on_down(&reason);
         }
-        tracing::debug!(url, %reason, ?delay, "source down; retrying");
+        tracing::debug!(url = label, %reason, ?delay, "source down; retrying");
         events.on_retry(delay);
         sleep_unless_stopped(delay, &stop);
         delay = (delay * 2).min(backoff.max);

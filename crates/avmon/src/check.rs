@@ -13,12 +13,12 @@ use avmon_core::{
     round_ms, Alert, AudioBuffer, MediaInfo, Severity, StreamId, Transition, VideoFrame,
 };
 use avmon_detect::DetectorsConfig;
-use avmon_hls::VariantSelector;
+use avmon_hls::{HlsConfig, VariantSelector};
 use avmon_media::{EndReason, FrameSink, Input, MediaClock, OpenOptions, Tap};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::hls::HlsCheck;
+use crate::hls::{Cleared, HlsInput, HlsOptions};
 use crate::pipeline::Pipeline;
 use crate::transport::TransportTap;
 
@@ -201,20 +201,23 @@ pub fn check(opts: CheckOptions) -> Result<Report> {
     // HLS: avmon-hls fetches the segments, checks delivery, and hands the first chosen
     // variant's bytes to the decoder.
     let (hls, segments) = if avmon_hls::is_hls_url(&opts.input) {
-        let (tx, rx) = crossbeam_channel::bounded(64);
-        let h = HlsCheck::start(
-            &opts.input,
-            opts.hls_variants.clone(),
-            opts.alerts.clone(),
-            opts.duration,
-            tx,
+        let cfg = HlsConfig {
+            variants: opts.hls_variants.clone(),
+            ..HlsConfig::new(&opts.input)
+        };
+        let h = HlsInput::start(
+            &cfg,
+            HlsOptions {
+                stream: StreamId("check".into()),
+                alerts: opts.alerts.clone(),
+                duration: opts.duration,
+                // A segment may take a few target durations to come; FFmpeg's own HLS input
+                // waits too.
+                grace: opts.io_timeout.max(Duration::from_secs(30)),
+            },
+            |_| Cleared::default(),
         )?;
-        // A segment may take a few target durations to come; FFmpeg's own HLS input waits too.
-        let source = h.source(
-            rx,
-            stop.clone(),
-            opts.io_timeout.max(Duration::from_secs(30)),
-        );
+        let source = h.source(stop.clone());
         (Some(h), Some(source))
     } else if !opts.hls_variants.is_empty() {
         anyhow::bail!("--variant applies only to HLS inputs (http(s)://….m3u8)");
@@ -295,7 +298,10 @@ pub fn check(opts: CheckOptions) -> Result<Report> {
             details: a.details,
         })
         .collect();
-    let hls = hls.map(HlsCheck::finish).transpose()?;
+    let hls = match hls {
+        Some(h) => Some(crate::hls::report(h.finish()?, opts.duration)?),
+        None => None,
+    };
     let hls_summary = hls.map(|h| {
         events.extend(h.events);
         h.summary

@@ -11,6 +11,7 @@ use std::path::Path;
 use avmon_alert::AlertConfig;
 use avmon_core::StreamId;
 use avmon_detect::DetectorsConfig;
+use avmon_hls::HlsConfig;
 use avmon_notify::WebhookConfig;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -83,6 +84,10 @@ pub struct StreamConfig {
     /// Alert hysteresis for this stream.
     #[serde(default)]
     pub alerts: AlertConfig,
+    /// For an HLS stream (`url` is `http(s)://….m3u8`), monitored by avmon-hls: which variants
+    /// (default: all) and the limits of its delivery checks. The playlist is `url`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hls: Option<HlsConfig>,
 }
 
 /// `[[notifiers]]`
@@ -185,6 +190,22 @@ impl StreamConfig {
         self.detectors
             .validate(&format!("{path}.detectors"), errors);
         self.alerts.validate(&format!("{path}.alerts"), errors);
+        match self.hls_config() {
+            Some(h) => h.validate(&format!("{path}.hls"), errors),
+            None if self.hls.is_some() => errors.push(format!(
+                "{path}.hls: only for an HLS stream, whose url is http(s)://….m3u8 (got {:?})",
+                self.url
+            )),
+            None => {}
+        }
+    }
+
+    /// The HLS monitor's settings, for an HLS stream: `[streams.hls]` (or the defaults) on `url`.
+    pub fn hls_config(&self) -> Option<HlsConfig> {
+        avmon_hls::is_hls_url(&self.url).then(|| HlsConfig {
+            url: self.url.clone(),
+            ..self.hls.clone().unwrap_or_default()
+        })
     }
 
     /// Parse and check a stream given as JSON (the API's `POST /api/streams`).
@@ -381,6 +402,7 @@ pub fn load_detectors(path: &Path) -> anyhow::Result<DetectorsConfig> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use avmon_hls::VariantSelector;
 
     const CONTRACT: &str = r#"
 [server]
@@ -457,6 +479,111 @@ kind = "pager"
     }
 
     #[test]
+    fn an_hls_stream_takes_its_monitor_settings_from_streams_hls() {
+        let text = r#"
+[[streams]]
+id = "ott"
+url = "https://origin.test/live/master.m3u8"
+[streams.hls]
+variants = [{ name = "720p" }, { index = 0 }, { bandwidth = 800000 }]
+stale_factor = 4
+segment_timeout_s = 3
+[[streams]]
+id = "plain-hls"
+url = "http://origin.test/other.m3u8?token=x"
+[[streams]]
+id = "ts"
+url = "udp://127.0.0.1:5000"
+"#;
+        let c = parse(text, "hls.toml").unwrap();
+        let h = c.streams[0].hls_config().unwrap();
+        assert_eq!(h.url, "https://origin.test/live/master.m3u8");
+        assert_eq!(
+            h.variants,
+            [
+                VariantSelector::Name("720p".into()),
+                VariantSelector::Index(0),
+                VariantSelector::Bandwidth(800_000)
+            ]
+        );
+        assert_eq!((h.stale_factor, h.segment_timeout_s), (4.0, 3.0));
+        // Defaults where the section says nothing, or there is none.
+        assert_eq!(
+            h.playlist_timeout_s,
+            HlsConfig::default().playlist_timeout_s
+        );
+        let plain = c.streams[1].hls_config().unwrap();
+        assert_eq!(
+            plain,
+            HlsConfig::new("http://origin.test/other.m3u8?token=x")
+        );
+        assert!(c.streams[2].hls_config().is_none());
+    }
+
+    #[test]
+    fn the_readme_example_config_is_valid() {
+        let readme = include_str!("../../../README.md");
+        let at = readme.find("### Service configuration").unwrap();
+        let block = readme[at..].split("```toml\n").nth(1).unwrap();
+        let block = block.split("```").next().unwrap();
+        let c = parse(block, "README.md").unwrap();
+        assert_eq!(c.streams.len(), 2);
+        let h = c.streams[1].hls_config().unwrap();
+        assert_eq!(h.variants.len(), 2);
+        // It writes out the defaults, but for the variants.
+        let written = HlsConfig {
+            variants: Vec::new(),
+            ..h
+        };
+        assert_eq!(written, HlsConfig::new(&c.streams[1].url));
+    }
+
+    #[test]
+    fn a_bad_hls_section_is_refused_with_its_path() {
+        let text = r#"
+[[streams]]
+id = "a"
+url = "http://origin.test/a.m3u8"
+[streams.hls]
+stale_factor = 0.5
+segment_timeout_s = -1
+variants = [{ name = "" }]
+[[streams]]
+id = "b"
+url = "udp://127.0.0.1:5000"
+[streams.hls]
+stale_factor = 3
+[[streams]]
+id = "c"
+url = "http://origin.test/c.m3u8"
+[streams.hls]
+url = "http://elsewhere.test/c.m3u8"
+[[streams]]
+id = "d"
+url = "http://origin.test/d.m3u8"
+hls = { variants = [{ size = 2 }] }
+[[streams]]
+id = "e"
+url = "http://origin.test/e.m3u8"
+hls = { stale_factor = "three" }
+"#;
+        let err = parse(text, "bad.toml").unwrap_err();
+        let all = err.errors.join("\n");
+        for needle in [
+            "streams[0].hls.stale_factor: must be between 1 and 100 (got 0.5)",
+            "streams[0].hls.segment_timeout_s: must be between",
+            "streams[0].hls.variants[0].name: must not be empty",
+            "streams[1].hls: only for an HLS stream",
+            "streams[2].hls.url: unknown field `url`",
+            "streams[3].hls.variants[0]: unknown variant `size`",
+            "streams[4].hls.stale_factor: invalid type",
+        ] {
+            assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+        }
+        assert_eq!(err.errors.len(), 7, "{all}");
+    }
+
+    #[test]
     fn streams_from_json_are_validated() {
         let p = avmon_media::input_protocols();
         let ok = StreamConfig::from_json(
@@ -468,5 +595,32 @@ kind = "pager"
         assert!(bad.unwrap_err().len() >= 2);
         let typed = StreamConfig::from_json(serde_json::json!({"id": "x", "url": 3}), &p);
         assert!(typed.unwrap_err()[0].contains("url"));
+        // The API's streams take the same `hls` section.
+        let hls = StreamConfig::from_json(
+            serde_json::json!({"id": "x", "url": "http://o.test/live.m3u8",
+                               "hls": {"variants": [{"index": 1}], "stale_factor": 2}}),
+            &p,
+        )
+        .unwrap();
+        let h = hls.hls_config().unwrap();
+        assert_eq!(
+            (h.variants, h.stale_factor),
+            (vec![VariantSelector::Index(1)], 2.0)
+        );
+        let bad = StreamConfig::from_json(
+            serde_json::json!({"id": "x", "url": "http://o.test/live.m3u8",
+                               "hls": {"stale_factor": 200, "variants": [{"index": -1}]}}),
+            &p,
+        );
+        assert!(bad.unwrap_err()[0].starts_with("hls.variants[0]"));
+        let bad = StreamConfig::from_json(
+            serde_json::json!({"id": "x", "url": "http://o.test/live.m3u8",
+                               "hls": {"stale_factor": 200}}),
+            &p,
+        );
+        assert_eq!(
+            bad.unwrap_err(),
+            ["stream.hls.stale_factor: must be between 1 and 100 (got 200)"]
+        );
     }
 }

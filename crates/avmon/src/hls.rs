@@ -1,79 +1,173 @@
-//! `check` on an HLS URL: `avmon-hls` monitors delivery (stale playlist, failed and slow
-//! segments, sequence, target duration, discontinuities) next to FFmpeg's decode of the same URL.
+//! HLS inputs, in `check` and in the service (`run`): one code path for both.
 //!
-//! Each chosen variant runs on its own thread with its own alert engine, so its `hls.*` findings
-//! become events with the same raise/clear rules as the detectors'. Its events are on its own
-//! media clock (the sum of `EXTINF` since monitoring started), which starts where FFmpeg's HLS
-//! demuxer starts (three target durations from the live edge, or the first segment of an ended
-//! playlist), so the two line up to within a segment.
+//! `avmon-hls` monitors delivery (stale playlist, failed and slow segments, sequence, target
+//! duration, discontinuities), each chosen variant on its own thread ([`HlsInput`]). Each variant
+//! has its own alert engine ([`VariantSink`]): an engine keeps one alert per kind, and two
+//! variants may well be stale at once. What becomes of its alert events and metrics is the
+//! caller's ([`VariantOut`]): `check` keeps the cleared alerts for its report, the service
+//! sends every event to its hub (store, API, notifiers) and publishes the metrics.
 //!
 //! Every segment is fetched once, by `avmon-hls`: the first chosen variant's segments go on, in
 //! order, to FFmpeg's demuxer ([`SegmentSource`], through avmon's custom I/O) and to the TR 101
 //! 290 analyser on the way, so the detectors see exactly the media the delivery checks judged.
-//! A discontinuity or a missing segment starts the transport analyser afresh (continuity
-//! counters need not follow on there).
+//! A discontinuity or missing media (a failed segment, one dropped, a restarted monitor) starts
+//! the transport analyser afresh (continuity counters need not follow on there).
+//!
+//! Variant events are on the variant's own media clock (the sum of `EXTINF` since monitoring
+//! started), which starts where FFmpeg's HLS demuxer would (three target durations from the
+//! live edge, or the first segment of an ended playlist), so they line up with the decoder's to
+//! within a segment.
+//!
+//! The two uses differ where they must:
+//! - `check` ([`HlsInput::start`]): the playlist must load (a one-line error if not), each
+//!   variant is monitored once, and the monitor waits for a slow decoder (every segment of an
+//!   ended playlist is decoded).
+//! - the service ([`HlsInput::spawn`]): monitoring goes on until the stream is removed, whatever
+//!   the origin does (`avmon_hls::keep_monitoring`), and never waits for the decoder: while the
+//!   decoder is behind by [`QUEUE`] segments (reconnecting, say) a segment is not queued for it,
+//!   and the next one starts a new byte stream.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-
-use avmon_media::ByteSource;
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use avmon_alert::{AlertConfig, AlertEngine};
 use avmon_core::{round_ms, Alert, AlertEvent, Finding, StreamId, Transition};
-use avmon_hls::{HlsConfig, HlsSink, Segment, VariantRun, VariantSelector};
+use avmon_hls::{HlsConfig, HlsSink, Segment, Variant, VariantRun, VariantStats};
+use avmon_media::ByteSource;
 use chrono::Utc;
+use crossbeam_channel::{Receiver, RecvTimeoutError, SendTimeoutError, Sender, TrySendError};
 use serde_json::{json, Value};
 
 use crate::check::Event;
 
-/// Bytes of one segment (or an initialisation section) for the decoder.
+/// Segments queued for the decoder at most.
+pub const QUEUE: usize = 64;
+
+/// One segment of the decoded variant, for the decoder.
 pub struct Chunk {
     bytes: Vec<u8>,
-    /// Begins a new stream: after a discontinuity or a missing segment.
+    /// The initialisation section (`EXT-X-MAP`) the segment needs, if any.
+    init: Option<Arc<[u8]>>,
+    /// Begins a new stream: after a discontinuity or missing media.
     fresh: bool,
+    /// `EXTINF`, in seconds: the next segment is due about this long after this one.
+    duration: f64,
 }
 
-/// The decoded variant's segments, in order, as bytes for FFmpeg's demuxer. Ends when the
-/// monitor has ended and every segment was read, or at `stop`.
+/// The sending end of the decoded variant's segments.
+struct Feed {
+    tx: Sender<Chunk>,
+    init: Option<Arc<[u8]>>,
+    /// Never wait for the decoder (the service); otherwise wait, until `stop` (check).
+    lossy: bool,
+    stop: Arc<AtomicBool>,
+    /// Media is missing before the next segment sent.
+    gap: bool,
+}
+
+impl Feed {
+    /// Queue `s` for the decoder; whether the decoder is still there.
+    fn send(&mut self, s: &Segment<'_>) -> bool {
+        if let Some(init) = s.init {
+            self.init = Some(Arc::from(init));
+        }
+        let mut chunk = Chunk {
+            bytes: s.bytes.to_vec(),
+            init: self.init.clone(),
+            fresh: s.discontinuity || s.after_gap || std::mem::take(&mut self.gap),
+            duration: s.duration,
+        };
+        if self.lossy {
+            return match self.tx.try_send(chunk) {
+                Ok(()) => true,
+                Err(TrySendError::Full(_)) => {
+                    tracing::debug!("HLS: the decoder is {QUEUE} segments behind; one skipped");
+                    self.gap = true;
+                    true
+                }
+                Err(TrySendError::Disconnected(_)) => false,
+            };
+        }
+        loop {
+            match self.tx.send_timeout(chunk, avmon_media::ingest::POLL) {
+                Ok(()) => return true,
+                Err(SendTimeoutError::Timeout(c)) if !self.stop.load(Ordering::Relaxed) => {
+                    chunk = c
+                }
+                Err(_) => return false,
+            }
+        }
+    }
+}
+
+/// The decoded variant's segments, in order, as bytes for FFmpeg's demuxer: one per opening of
+/// the input ([`HlsInput::source`]). Ends when the monitors have ended and every segment was
+/// read, or at `stop`; times out when no segment came for `grace` after the next was due.
 pub struct SegmentSource {
     rx: Receiver<Chunk>,
-    chunk: Vec<u8>,
+    bytes: Vec<u8>,
     pos: usize,
     fresh: bool,
+    /// The initialisation section the demuxer has been given.
+    init: Option<Arc<[u8]>>,
     stop: Arc<AtomicBool>,
-    done: Arc<AtomicBool>,
-    /// Longest wait for the next segment before the input counts as timed out.
-    limit: std::time::Duration,
-    last: std::time::Instant,
+    grace: Duration,
+    /// How long after the last segment the next one is due.
+    due: Duration,
+    last: Instant,
+}
+
+impl SegmentSource {
+    fn take(&mut self, c: Chunk) {
+        self.last = Instant::now();
+        self.due = Duration::try_from_secs_f64(c.duration)
+            .unwrap_or_default()
+            .min(Duration::from_secs(3600));
+        self.fresh |= c.fresh;
+        self.pos = 0;
+        let new_init = match (&c.init, &self.init) {
+            (Some(a), Some(b)) => !Arc::ptr_eq(a, b),
+            (a, _) => a.is_some(),
+        };
+        match c.init.filter(|_| new_init) {
+            // A demuxer opened on this source, or a new section: it goes first.
+            Some(init) => {
+                self.bytes = Vec::with_capacity(init.len() + c.bytes.len());
+                self.bytes.extend_from_slice(&init);
+                self.bytes.extend_from_slice(&c.bytes);
+                self.init = Some(init);
+            }
+            None => self.bytes = c.bytes,
+        }
+    }
 }
 
 impl ByteSource for SegmentSource {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.pos >= self.chunk.len() {
+        while self.pos >= self.bytes.len() {
             if self.stop.load(Ordering::Relaxed) {
                 return Err(io::ErrorKind::Interrupted.into());
             }
             match self.rx.recv_timeout(avmon_media::ingest::POLL) {
-                Ok(c) => {
-                    self.last = std::time::Instant::now();
-                    self.chunk = c.bytes;
-                    self.pos = 0;
-                    self.fresh |= c.fresh;
-                }
-                Err(RecvTimeoutError::Timeout) if !self.done.load(Ordering::Relaxed) => {
-                    if self.last.elapsed() > self.limit {
-                        return Err(io::ErrorKind::TimedOut.into());
+                Ok(c) => self.take(c),
+                Err(RecvTimeoutError::Timeout) => {
+                    let waited = self.last.elapsed();
+                    if waited > self.grace + self.due {
+                        return Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            format!("no HLS segment for {:.1} s", waited.as_secs_f64()),
+                        ));
                     }
                 }
-                Err(_) => return Ok(0),
+                Err(RecvTimeoutError::Disconnected) => return Ok(0),
             }
         }
-        let n = buf.len().min(self.chunk.len() - self.pos);
-        buf[..n].copy_from_slice(&self.chunk[self.pos..self.pos + n]);
+        let n = buf.len().min(self.bytes.len() - self.pos);
+        buf[..n].copy_from_slice(&self.bytes[self.pos..self.pos + n]);
         self.pos += n;
         Ok(n)
     }
@@ -83,88 +177,232 @@ impl ByteSource for SegmentSource {
     }
 }
 
-/// One variant's findings through its alert engine.
-struct AlertSink {
-    /// Where the decoded variant's segments go.
-    feed: Option<Sender<Chunk>>,
+/// Where a variant's alert events and metrics go. Called on the variant's thread.
+pub trait VariantOut: Send {
+    /// An alert of this variant was raised, updated or cleared.
+    fn alert(&mut self, ev: AlertEvent);
+    /// A segment was accepted.
+    fn segment(&mut self, _s: &Segment<'_>) {}
+    /// After each reload: the variant's totals, at media time `media_t`.
+    fn stats(&mut self, _media_t: f64, _stats: &VariantStats) {}
+}
+
+/// One variant's findings through its alert engine, and (for the first variant) its segments
+/// to the decoder.
+pub struct VariantSink<O> {
     engine: AlertEngine,
     events: Vec<AlertEvent>,
-    cleared: Vec<Alert>,
-    media_t: f64,
+    feed: Option<Feed>,
+    pub out: O,
+    pub media_t: f64,
+    /// Stop monitoring once the media clock reaches this (`check --duration`).
     stop_at: Option<f64>,
     stop: Arc<AtomicBool>,
 }
 
-impl AlertSink {
-    fn collect(&mut self) {
+impl<O: VariantOut> VariantSink<O> {
+    fn send(&mut self) {
         for ev in self.events.drain(..) {
-            if ev.transition == Transition::Cleared {
-                self.cleared.push(ev.alert);
-            }
+            self.out.alert(ev);
         }
     }
 
     fn tick(&mut self, t: f64) {
         self.media_t = self.media_t.max(t);
         self.engine.on_tick(t, Utc::now(), &mut self.events);
-        self.collect();
+        self.send();
         if self.stop_at.is_some_and(|d| self.media_t >= d) {
             self.stop.store(true, Ordering::Relaxed);
         }
     }
 }
 
-impl HlsSink for AlertSink {
+impl<O: VariantOut> HlsSink for VariantSink<O> {
     fn on_finding(&mut self, f: Finding) {
         self.engine.on_finding(&f, Utc::now(), &mut self.events);
-        self.collect();
+        self.send();
     }
 
     fn on_segment(&mut self, s: &Segment<'_>) {
-        if let Some(tx) = &self.feed {
-            let mut fresh = s.discontinuity || s.after_gap;
-            let mut ok = true;
-            if let Some(init) = s.init {
-                ok &= tx
-                    .send(Chunk {
-                        bytes: init.to_vec(),
-                        fresh,
-                    })
-                    .is_ok();
-                fresh = false;
-            }
-            ok &= tx
-                .send(Chunk {
-                    bytes: s.bytes.to_vec(),
-                    fresh,
-                })
-                .is_ok();
-            if !ok {
-                // The decoder is gone: monitoring goes on without it.
-                self.feed = None;
-            }
+        if self.feed.as_mut().is_some_and(|feed| !feed.send(s)) {
+            // The decoder is gone: monitoring goes on without it.
+            self.feed = None;
         }
+        self.out.segment(s);
         self.tick(s.start_t + s.duration);
     }
 
-    fn on_tick(&mut self, media_t: f64) {
+    fn on_tick(&mut self, media_t: f64, stats: &VariantStats) {
+        self.out.stats(media_t, stats);
         self.tick(media_t);
+    }
+
+    fn on_end(&mut self, media_t: f64) {
+        self.media_t = self.media_t.max(media_t);
+        self.engine
+            .clear_all(self.media_t, Utc::now(), &mut self.events);
+        self.send();
+        if let Some(feed) = &mut self.feed {
+            // A monitor that follows starts wherever the playlist then is.
+            feed.gap = true;
+        }
     }
 }
 
-/// The HLS side of a `check`, running.
-pub struct HlsCheck {
-    stop: Arc<AtomicBool>,
-    /// Set once every variant's monitor has ended.
-    done: Arc<AtomicBool>,
-    /// Taken by [`finish`](Self::finish); dropping a running check stops its threads.
-    handle: Option<JoinHandle<Vec<VariantRun<AlertSink>>>>,
-    duration: Option<f64>,
+/// How an [`HlsInput`] reports and waits.
+pub struct HlsOptions {
+    /// The alerts' stream.
+    pub stream: StreamId,
+    pub alerts: AlertConfig,
+    /// Stop once the media clock reaches this many seconds (`check --duration`).
+    pub duration: Option<f64>,
+    /// How long past its due time the decoder waits for a segment before the input counts as
+    /// timed out (the playlist's own staleness is `hls.stale`).
+    pub grace: Duration,
 }
 
-impl Drop for HlsCheck {
+/// An HLS input being monitored: a thread that runs every chosen variant's monitor (each on
+/// its own thread), and the decoded variant's segments.
+pub struct HlsInput<O> {
+    stop: Arc<AtomicBool>,
+    /// Taken by [`finish`](Self::finish); dropping the input stops its threads.
+    handle: Option<JoinHandle<Vec<VariantRun<VariantSink<O>>>>>,
+    segments: Receiver<Chunk>,
+    grace: Duration,
+}
+
+impl<O> Drop for HlsInput<O> {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+impl<O: VariantOut + 'static> HlsInput<O> {
+    /// `check`: load `cfg.url` (a playlist that does not load is an error here) and monitor its
+    /// chosen variants once each, to their end or [`finish`](Self::finish).
+    pub fn start(
+        cfg: &HlsConfig,
+        opts: HlsOptions,
+        make_out: impl FnMut(&Variant) -> O + Send + 'static,
+    ) -> Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let monitors = avmon_hls::resolve(cfg, Arc::new(avmon_hls::Hls), stop.clone())
+            .map_err(|e| anyhow::anyhow!("HLS: {e}"))?;
+        Self::launch(stop, false, opts, make_out, move |make_sink| {
+            avmon_hls::run_monitors(monitors, make_sink)
+        })
+    }
+
+    /// The service: monitor `cfg` until `stop`, whatever the origin does (a playlist that
+    /// cannot be loaded is loaded again, with backoff).
+    pub fn spawn(
+        cfg: HlsConfig,
+        opts: HlsOptions,
+        stop: Arc<AtomicBool>,
+        make_out: impl FnMut(&Variant) -> O + Send + 'static,
+    ) -> Result<Self> {
+        let monitor_stop = stop.clone();
+        Self::launch(stop, true, opts, make_out, move |make_sink| {
+            avmon_hls::keep_monitoring(
+                &cfg,
+                Arc::new(avmon_hls::Hls),
+                monitor_stop,
+                avmon_hls::Retry::default(),
+                make_sink,
+            )
+        })
+    }
+
+    fn launch<F, R>(
+        stop: Arc<AtomicBool>,
+        lossy: bool,
+        opts: HlsOptions,
+        mut make_out: F,
+        run: R,
+    ) -> Result<Self>
+    where
+        F: FnMut(&Variant) -> O + Send + 'static,
+        R: FnOnce(&mut dyn FnMut(&Variant) -> VariantSink<O>) -> Vec<VariantRun<VariantSink<O>>>
+            + Send
+            + 'static,
+    {
+        let (tx, rx) = crossbeam_channel::bounded(QUEUE);
+        let mut feed = Some(Feed {
+            tx,
+            init: None,
+            lossy,
+            stop: stop.clone(),
+            gap: false,
+        });
+        let sink_stop = stop.clone();
+        let HlsOptions {
+            stream,
+            alerts,
+            duration,
+            grace,
+        } = opts;
+        let handle = std::thread::Builder::new()
+            .name("hls".into())
+            .spawn(move || {
+                let mut runs = run(&mut |v| VariantSink {
+                    // The first chosen variant is the one decoded.
+                    feed: feed.take(),
+                    engine: AlertEngine::new(stream.clone(), alerts.clone()),
+                    events: Vec::new(),
+                    out: make_out(v),
+                    media_t: 0.0,
+                    stop_at: duration,
+                    stop: sink_stop.clone(),
+                });
+                // Monitoring is over: the decoder reads what is queued, then the end.
+                for r in &mut runs {
+                    r.sink.feed = None;
+                }
+                runs
+            })?;
+        Ok(HlsInput {
+            stop,
+            handle: Some(handle),
+            segments: rx,
+            grace,
+        })
+    }
+
+    /// The decoded variant's segments from here on, for one opening of the input.
+    pub fn source(&self, stop: Arc<AtomicBool>) -> SegmentSource {
+        SegmentSource {
+            rx: self.segments.clone(),
+            bytes: Vec::new(),
+            pos: 0,
+            fresh: false,
+            init: None,
+            stop,
+            grace: self.grace,
+            due: Duration::ZERO,
+            last: Instant::now(),
+        }
+    }
+
+    /// Stop monitoring and wait for every variant: their open alerts are cleared by now.
+    pub fn finish(mut self) -> Result<Vec<VariantRun<VariantSink<O>>>> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("HLS: finished twice"))?
+            .join()
+            .map_err(|_| anyhow::anyhow!("HLS: the monitor thread panicked"))
+    }
+}
+
+/// `check`'s [`VariantOut`]: the alerts once cleared, for the report.
+#[derive(Default)]
+pub struct Cleared(Vec<Alert>);
+
+impl VariantOut for Cleared {
+    fn alert(&mut self, ev: AlertEvent) {
+        if ev.transition == Transition::Cleared {
+            self.0.push(ev.alert);
+        }
     }
 }
 
@@ -175,132 +413,58 @@ pub struct HlsReport {
     pub summary: Value,
 }
 
-impl HlsCheck {
-    /// Load `url` and start monitoring its chosen variants; a bad playlist is an error here.
-    /// The first chosen variant's segments go to `feed`.
-    pub fn start(
-        url: &str,
-        variants: Vec<VariantSelector>,
-        alerts: AlertConfig,
-        duration: Option<f64>,
-        feed: Sender<Chunk>,
-    ) -> Result<HlsCheck> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let cfg = HlsConfig {
-            variants,
-            ..HlsConfig::new(url)
+/// `check`'s report of its variants' runs; `duration` (`--duration`) bounds the events.
+pub fn report(
+    runs: Vec<VariantRun<VariantSink<Cleared>>>,
+    duration: Option<f64>,
+) -> Result<HlsReport> {
+    let mut events = Vec::new();
+    let mut variants = Vec::new();
+    let mut totals = serde_json::Map::new();
+    for run in runs {
+        let sink = run.sink;
+        let end = match duration {
+            Some(d) => sink.media_t.min(d),
+            None => sink.media_t,
         };
-        let monitors = avmon_hls::resolve(&cfg, Arc::new(avmon_hls::Hls), stop.clone())
-            .map_err(|e| anyhow::anyhow!("HLS: {e}"))?;
-        let sink_stop = stop.clone();
-        let done = Arc::new(AtomicBool::new(false));
-        let monitors_done = done.clone();
-        let mut feed = Some(feed);
-        let handle = std::thread::Builder::new()
-            .name("hls".into())
-            .spawn(move || {
-                let runs = avmon_hls::run_monitors(monitors, |v| AlertSink {
-                    feed: feed.take(),
-                    engine: AlertEngine::new(
-                        StreamId(format!("check.hls.{}", v.index)),
-                        alerts.clone(),
-                    ),
-                    events: Vec::new(),
-                    cleared: Vec::new(),
-                    media_t: 0.0,
-                    stop_at: duration,
-                    stop: sink_stop.clone(),
-                });
-                monitors_done.store(true, Ordering::Relaxed);
-                runs
-            })?;
-        Ok(HlsCheck {
-            stop,
-            done,
-            handle: Some(handle),
-            duration,
-        })
-    }
-
-    /// The decoded variant's segments, read from the other end of `start`'s `feed`; no segment
-    /// for `limit` is a timed-out input (the playlist's own staleness is `hls.stale`).
-    pub fn source(
-        &self,
-        rx: Receiver<Chunk>,
-        stop: Arc<AtomicBool>,
-        limit: std::time::Duration,
-    ) -> SegmentSource {
-        SegmentSource {
-            limit,
-            last: std::time::Instant::now(),
-            rx,
-            chunk: Vec::new(),
-            pos: 0,
-            fresh: false,
-            stop,
-            done: self.done.clone(),
-        }
-    }
-
-    /// Stop monitoring (the decode side is done) and report.
-    pub fn finish(mut self) -> Result<HlsReport> {
-        self.stop.store(true, Ordering::Relaxed);
-        let runs = self
-            .handle
-            .take()
-            .ok_or_else(|| anyhow::anyhow!("HLS: finished twice"))?
-            .join()
-            .map_err(|_| anyhow::anyhow!("HLS: the monitor thread panicked"))?;
-        let mut events = Vec::new();
-        let mut variants = Vec::new();
-        let mut totals = serde_json::Map::new();
-        for mut run in runs {
-            let sink = &mut run.sink;
-            let end = match self.duration {
-                Some(d) => sink.media_t.min(d),
-                None => sink.media_t,
-            };
-            sink.engine.clear_all(end, Utc::now(), &mut sink.events);
-            sink.collect();
-            events.extend(sink.cleared.drain(..).map(|a| Event {
-                start_s: round_ms(a.start_s),
-                end_s: round_ms(a.end_s.unwrap_or(end).min(end).max(a.start_s)),
-                kind: a.kind,
-                severity: a.severity,
-                details: a.details,
-            }));
-            let v = &run.variant;
-            let mut entry = json!({"index": v.index, "name": v.name, "uri": v.uri.as_str(),
-                                   "bandwidth": v.bandwidth});
-            match &run.result {
-                Ok(stats) => {
-                    let mut s = match serde_json::to_value(stats)? {
-                        Value::Object(s) => s,
-                        _ => serde_json::Map::new(),
-                    };
-                    for (k, val) in s.iter_mut() {
-                        if let Some(n) = val.as_u64() {
-                            let t = totals.entry(k.clone()).or_insert(json!(0));
-                            *t = json!(t.as_u64().unwrap_or(0) + n);
-                        } else if let Some(x) = val.as_f64() {
-                            *val = json!(round_ms(x));
-                        }
+        events.extend(sink.out.0.into_iter().map(|a| Event {
+            start_s: round_ms(a.start_s),
+            end_s: round_ms(a.end_s.unwrap_or(end).min(end).max(a.start_s)),
+            kind: a.kind,
+            severity: a.severity,
+            details: a.details,
+        }));
+        let v = &run.variant;
+        let mut entry = json!({"index": v.index, "name": v.name, "uri": v.uri.as_str(),
+                               "bandwidth": v.bandwidth});
+        match &run.result {
+            Ok(stats) => {
+                let mut s = match serde_json::to_value(stats)? {
+                    Value::Object(s) => s,
+                    _ => serde_json::Map::new(),
+                };
+                for (k, val) in s.iter_mut() {
+                    if let Some(n) = val.as_u64() {
+                        let t = totals.entry(k.clone()).or_insert(json!(0));
+                        *t = json!(t.as_u64().unwrap_or(0) + n);
+                    } else if let Some(x) = val.as_f64() {
+                        *val = json!(round_ms(x));
                     }
-                    entry["stats"] = Value::Object(s);
-                    entry["bitrate_bps"] = json!(stats.bitrate_bps().map(f64::round));
-                    entry["download_s_mean"] = json!(stats.download_s_mean().map(round_ms));
                 }
-                Err(e) => {
-                    tracing::warn!("HLS variant {}: {e}", v.index);
-                    entry["error"] = json!(e.to_string());
-                }
+                entry["stats"] = Value::Object(s);
+                entry["bitrate_bps"] = json!(stats.bitrate_bps().map(f64::round));
+                entry["download_s_mean"] = json!(stats.download_s_mean().map(round_ms));
             }
-            variants.push(entry);
+            Err(e) => {
+                tracing::warn!("HLS variant {}: {e}", v.index);
+                entry["error"] = json!(e.to_string());
+            }
         }
-        totals.insert("variants".into(), Value::Array(variants));
-        Ok(HlsReport {
-            events,
-            summary: Value::Object(totals),
-        })
+        variants.push(entry);
     }
+    totals.insert("variants".into(), Value::Array(variants));
+    Ok(HlsReport {
+        events,
+        summary: Value::Object(totals),
+    })
 }

@@ -18,9 +18,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use avmon_core::{
-    Alert, AlertEvent, AudioBuffer, MediaInfo, StreamId, Transition, VideoFrame, WallTime,
+    round_ms, Alert, AlertEvent, AudioBuffer, MediaInfo, StreamId, Transition, VideoFrame, WallTime,
 };
-use avmon_media::{run_source, Backoff, FrameSink, MediaClock, OpenOptions, SourceEvents, Tap};
+use avmon_hls::VariantStats;
+use avmon_media::{
+    run_input, run_source, Backoff, FrameSink, Input, MediaClock, OpenOptions, SourceEvents, Tap,
+};
 use avmon_notify::{Notifier, Webhook};
 use avmon_server::{AlertsQuery, ApiError, Monitor, StreamState, StreamStatus};
 use avmon_store::{AlertQuery, MetricsSample, Store, StreamRecord};
@@ -28,6 +31,7 @@ use chrono::Utc;
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::config::{Config, NotifierConfig, StreamConfig};
+use crate::hls::{HlsInput, HlsOptions, VariantOut};
 use crate::pipeline::{Counters, Pipeline};
 use crate::transport::TransportTap;
 
@@ -51,6 +55,18 @@ struct Live {
     connected: bool,
     down: bool,
     active: BTreeMap<String, Alert>,
+    /// An HLS stream's variants, by index.
+    hls: BTreeMap<usize, VariantFigures>,
+}
+
+/// One HLS variant's delivery, for `/metrics`.
+#[derive(Clone, Debug, Default)]
+struct VariantFigures {
+    name: String,
+    stats: VariantStats,
+    /// The last segment's bitrate (bytes × 8 / `EXTINF`) and download time.
+    bitrate_bps: f64,
+    download_s: f64,
 }
 
 struct StreamShared {
@@ -180,6 +196,107 @@ impl SourceEvents for StreamSink {
     }
 }
 
+/// An HLS variant's alerts to the hub; its figures to `/metrics`, and every metrics interval
+/// its period's metrics to the store (`hls.<index>.bitrate_bps`, …), from the variant's thread.
+struct HubOut {
+    shared: Arc<StreamShared>,
+    hub: Sender<HubMsg>,
+    index: usize,
+    interval: Duration,
+    last_sample: Instant,
+    /// The totals at the last sample.
+    sampled: VariantStats,
+    /// The longest download since the last sample.
+    download_max: f64,
+}
+
+impl HubOut {
+    fn new(
+        shared: Arc<StreamShared>,
+        hub: Sender<HubMsg>,
+        variant: &avmon_hls::Variant,
+        interval: Duration,
+    ) -> Self {
+        if let Ok(mut live) = shared.live.lock() {
+            live.hls.insert(
+                variant.index,
+                VariantFigures {
+                    name: variant.name.clone(),
+                    ..VariantFigures::default()
+                },
+            );
+        }
+        HubOut {
+            shared,
+            hub,
+            index: variant.index,
+            interval,
+            last_sample: Instant::now(),
+            sampled: VariantStats::default(),
+            download_max: 0.0,
+        }
+    }
+
+    fn figures(&self, f: impl FnOnce(&mut VariantFigures)) {
+        if let Ok(mut live) = self.shared.live.lock() {
+            if let Some(v) = live.hls.get_mut(&self.index) {
+                f(v);
+            }
+        }
+    }
+
+    /// The period's metrics since the last sample.
+    fn period(&mut self, now: &VariantStats) -> BTreeMap<String, f64> {
+        let was = std::mem::replace(&mut self.sampled, now.clone());
+        let key = |name: &str| format!("hls.{}.{name}", self.index);
+        let mut m = BTreeMap::new();
+        let segments = now.segments.saturating_sub(was.segments);
+        let errors = now.segment_errors.saturating_sub(was.segment_errors);
+        m.insert(key("segments"), segments as f64);
+        m.insert(key("segment_errors"), errors as f64);
+        let media_s = now.media_s - was.media_s;
+        if media_s > 0.0 {
+            let bytes = now.bytes.saturating_sub(was.bytes);
+            m.insert(key("bitrate_bps"), (bytes as f64 * 8.0 / media_s).round());
+        }
+        if segments > 0 {
+            let total = now.download_s_total - was.download_s_total;
+            m.insert(key("download_s_mean"), round_ms(total / segments as f64));
+            m.insert(key("download_s_max"), round_ms(self.download_max));
+        }
+        self.download_max = 0.0;
+        m
+    }
+}
+
+impl VariantOut for HubOut {
+    fn alert(&mut self, ev: AlertEvent) {
+        let _ = self.hub.send(HubMsg::Alert(self.shared.clone(), ev));
+    }
+
+    fn segment(&mut self, s: &avmon_hls::Segment<'_>) {
+        self.download_max = self.download_max.max(s.download_s);
+        self.figures(|v| {
+            v.bitrate_bps = s.bitrate_bps();
+            v.download_s = s.download_s;
+        });
+    }
+
+    fn stats(&mut self, media_t: f64, stats: &VariantStats) {
+        self.figures(|v| v.stats = stats.clone());
+        if self.last_sample.elapsed() >= self.interval {
+            self.last_sample = Instant::now();
+            let sample = MetricsSample {
+                stream_id: StreamId(self.shared.cfg.id.clone()),
+                at: Utc::now(),
+                media_t,
+                values: self.period(stats),
+            };
+            let _ = self.hub.send(HubMsg::Metrics(sample));
+        }
+    }
+}
+
 fn stream_thread(
     shared: Arc<StreamShared>,
     stop: Arc<AtomicBool>,
@@ -188,8 +305,14 @@ fn stream_thread(
 ) {
     let cfg = shared.cfg.clone();
     let io_timeout = Duration::from_secs_f64(cfg.io_timeout_s);
-    // TR 101 290 on the bytes avmon reads itself, timed by their arrival on a live input.
-    let tap = TransportTap::new(crate::check::is_live(&cfg.url));
+    let hls = cfg.hls_config();
+    // TR 101 290 on the bytes avmon reads itself, timed by their arrival on a live input; HLS
+    // segments carry their tables once each.
+    let tap = if hls.is_some() {
+        TransportTap::hls()
+    } else {
+        TransportTap::new(crate::check::is_live(&cfg.url))
+    };
     let opts = OpenOptions {
         io_timeout,
         open_timeout: io_timeout.max(Duration::from_secs(5)),
@@ -213,14 +336,52 @@ fn stream_thread(
         media_t: 0.0,
     };
     let mut clock = MediaClock::new();
-    run_source(
-        &cfg.url,
-        &opts,
-        Backoff::default(),
-        stop,
-        &mut clock,
-        &mut sink,
-    );
+    match hls {
+        None => run_source(
+            &cfg.url,
+            &opts,
+            Backoff::default(),
+            stop,
+            &mut clock,
+            &mut sink,
+        ),
+        // avmon-hls fetches the segments and checks delivery; the first chosen variant's bytes
+        // are decoded, a fresh source of them for each (re)connection.
+        Some(h) => {
+            let hls_opts = HlsOptions {
+                stream: StreamId(cfg.id.clone()),
+                alerts: cfg.alerts.clone(),
+                duration: None,
+                grace: io_timeout,
+            };
+            let (out_shared, out_hub) = (shared.clone(), sink.hub.clone());
+            let make_out = move |v: &avmon_hls::Variant| {
+                HubOut::new(out_shared.clone(), out_hub.clone(), v, metrics_interval)
+            };
+            match HlsInput::spawn(h, hls_opts, stop.clone(), make_out) {
+                Ok(input) => {
+                    let mut open = || {
+                        let source = Box::new(input.source(stop.clone()));
+                        Input::open_source(&cfg.url, source, None, &opts, stop.clone())
+                    };
+                    run_input(
+                        &cfg.url,
+                        &mut open,
+                        &opts,
+                        Backoff::default(),
+                        stop.clone(),
+                        &mut clock,
+                        &mut sink,
+                    );
+                    // The variants' open alerts are cleared as their monitors end.
+                    if let Err(e) = input.finish() {
+                        tracing::error!(stream = %cfg.id, "{e:#}");
+                    }
+                }
+                Err(e) => tracing::error!(stream = %cfg.id, "starting the HLS monitor: {e:#}"),
+            }
+        }
+    }
     // Removed or shutting down: what is still open is cleared now.
     sink.pipe.close();
     sink.forward();
@@ -359,6 +520,13 @@ impl Service {
         }
     }
 
+    fn shared_streams(&self) -> Vec<Arc<StreamShared>> {
+        match self.streams.lock() {
+            Ok(s) => s.values().map(|h| h.shared.clone()).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
     /// Stop every stream and wait for their threads (their open alerts are cleared).
     fn stop_all(&self) {
         let handles: Vec<StreamHandle> = match self.streams.lock() {
@@ -378,11 +546,10 @@ impl Service {
 
 impl Monitor for Service {
     fn streams(&self) -> Vec<StreamStatus> {
-        let shared: Vec<Arc<StreamShared>> = match self.streams.lock() {
-            Ok(s) => s.values().map(|h| h.shared.clone()).collect(),
-            Err(_) => Vec::new(),
-        };
-        shared.iter().map(|s| Service::status_of(s)).collect()
+        self.shared_streams()
+            .iter()
+            .map(|s| Service::status_of(s))
+            .collect()
     }
 
     fn add_stream(&self, spec: serde_json::Value) -> Result<StreamStatus, ApiError> {
@@ -434,9 +601,9 @@ impl Monitor for Service {
     }
 
     fn prometheus(&self) -> String {
-        let streams = self.streams();
+        let shared = self.shared_streams();
+        let streams: Vec<StreamStatus> = shared.iter().map(|s| Service::status_of(s)).collect();
         let mut out = String::new();
-        let esc = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
         let _ = writeln!(out, "# HELP avmon_streams Streams being monitored.\n# TYPE avmon_streams gauge\navmon_streams {}", streams.len());
         let gauge = |out: &mut String,
                      name: &str,
@@ -505,6 +672,7 @@ impl Monitor for Service {
                 );
             }
         }
+        hls_metrics(&mut out, &shared);
         let _ = writeln!(out, "# HELP avmon_notifications_total Notifications by outcome.\n# TYPE avmon_notifications_total counter");
         for n in &self.notifiers {
             let st = n.stats();
@@ -532,6 +700,89 @@ impl Monitor for Service {
                     .all(|h| h.thread.as_ref().is_some_and(|t| !t.is_finished()))
             })
             .unwrap_or(false)
+    }
+}
+
+/// A Prometheus label value, escaped.
+fn esc(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"")
+}
+
+/// Each HLS variant's delivery, labelled by stream, variant index and name.
+fn hls_metrics(out: &mut String, streams: &[Arc<StreamShared>]) {
+    let mut rows = Vec::new();
+    for s in streams {
+        let live = s.live.lock().unwrap_or_else(|e| e.into_inner());
+        for (index, v) in &live.hls {
+            rows.push((esc(&s.cfg.id), *index, esc(&v.name), v.clone()));
+        }
+    }
+    type Figure = fn(&VariantFigures) -> f64;
+    let figures: [(&str, &str, &str, Figure); 9] = [
+        (
+            "avmon_hls_bitrate_bps",
+            "gauge",
+            "Bitrate of the last segment (bytes x 8 / EXTINF).",
+            |v| v.bitrate_bps,
+        ),
+        (
+            "avmon_hls_download_seconds",
+            "gauge",
+            "Download time of the last segment.",
+            |v| v.download_s,
+        ),
+        (
+            "avmon_hls_segments_total",
+            "counter",
+            "Segments fetched and accepted.",
+            |v| v.stats.segments as f64,
+        ),
+        (
+            "avmon_hls_segment_errors_total",
+            "counter",
+            "Segments that failed (HTTP error, timeout, empty, undecodable).",
+            |v| v.stats.segment_errors as f64,
+        ),
+        (
+            "avmon_hls_bytes_total",
+            "counter",
+            "Bytes of the accepted segments.",
+            |v| v.stats.bytes as f64,
+        ),
+        (
+            "avmon_hls_media_seconds_total",
+            "counter",
+            "Media seconds (EXTINF) of the accepted segments.",
+            |v| v.stats.media_s,
+        ),
+        (
+            "avmon_hls_download_seconds_total",
+            "counter",
+            "Seconds spent downloading the accepted segments.",
+            |v| v.stats.download_s_total,
+        ),
+        (
+            "avmon_hls_reloads_total",
+            "counter",
+            "Playlist reloads.",
+            |v| v.stats.reloads as f64,
+        ),
+        (
+            "avmon_hls_reload_errors_total",
+            "counter",
+            "Playlist reloads that failed.",
+            |v| v.stats.reload_errors as f64,
+        ),
+    ];
+    for (name, kind, help, f) in figures {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (stream, index, variant, v) in &rows {
+            let _ = writeln!(
+                out,
+                "{name}{{stream=\"{stream}\",variant=\"{index}\",name=\"{variant}\"}} {}",
+                f(v)
+            );
+        }
     }
 }
 

@@ -55,8 +55,23 @@ fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) 
     }
 }
 
-/// `avmon run --config cfg`, once its API on `api` answers; with a client and the API's base URL.
-fn start_service(cfg: &std::path::Path, api: u16) -> (Killed, reqwest::blocking::Client, String) {
+/// `avmon run` on a config of `streams` (its `[[streams]]` and `[[notifiers]]`), with its API on
+/// a free port and its store in `dir`, once the API answers; with a client and the API's URL.
+fn start_service(
+    dir: &std::path::Path,
+    streams: &str,
+) -> (Killed, reqwest::blocking::Client, String) {
+    let api = free_tcp_port();
+    let cfg = dir.join("avmon.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{api}\"\n[store]\nurl = \"sqlite://{}\"\n\
+             metrics_interval_s = 2\n{streams}",
+            dir.join("avmon.db").display()
+        ),
+    )
+    .unwrap();
     let service = Killed(
         avmon()
             .args(["run", "--config", cfg.to_str().unwrap()])
@@ -86,19 +101,11 @@ fn udp_stream_into_service_mode_notifies_freeze_and_source_down() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (hook, got) = receiver(&rt);
     let udp = free_udp_port();
-    let api = free_tcp_port();
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("live.db");
-    let cfg = dir.path().join("avmon.toml");
-    std::fs::write(
-        &cfg,
-        format!(
+    let (service, http, base) = start_service(
+        dir.path(),
+        &format!(
             r#"
-[server]
-listen = "127.0.0.1:{api}"
-[store]
-url = "sqlite://{}"
-metrics_interval_s = 2
 [[streams]]
 id = "live"
 url = "udp://127.0.0.1:{udp}"
@@ -106,12 +113,9 @@ io_timeout_s = 2
 [[notifiers]]
 kind = "webhook"
 url = "{hook}"
-"#,
-            db.display()
+"#
         ),
-    )
-    .unwrap();
-    let (service, http, base) = start_service(&cfg, api);
+    );
 
     // 26 s of live stream: a freeze at 5–10 s, then 6 s with no packets at all.
     let mut synth = avmon()
@@ -349,20 +353,15 @@ fn lossy_relay(
 fn multicast_and_srt_into_service_mode_with_transport_alerts() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (hook, got) = receiver(&rt);
-    let (mc_port, srt_port, api) = (free_udp_port(), free_udp_port(), free_tcp_port());
+    let (mc_port, srt_port) = (free_udp_port(), free_udp_port());
     let dir = tempfile::tempdir().unwrap();
     // 10 s with black at 3–6 s; the multicast path loses a run of video packets at about 7 s.
     let file = synth(dir.path(), "in.ts", 10.0, &["black@3-6"]);
     let group = "239.255.77.1";
-    let cfg = dir.path().join("avmon.toml");
-    std::fs::write(
-        &cfg,
-        format!(
+    let (_service, _, _) = start_service(
+        dir.path(),
+        &format!(
             r#"
-[server]
-listen = "127.0.0.1:{api}"
-[store]
-url = "sqlite://{}"
 [[streams]]
 id = "mc"
 url = "udp://@{group}:{mc_port}?localaddr=127.0.0.1"
@@ -374,12 +373,9 @@ io_timeout_s = 3
 [[notifiers]]
 kind = "webhook"
 url = "{hook}"
-"#,
-            dir.path().join("db.sqlite").display()
+"#
         ),
-    )
-    .unwrap();
-    let (_service, _, _) = start_service(&cfg, api);
+    );
     std::thread::sleep(Duration::from_millis(500));
     let relay_in = UdpSocket::bind("127.0.0.1:0").unwrap();
     let relay_port = relay_in.local_addr().unwrap().port();
@@ -426,4 +422,184 @@ url = "{hook}"
         .filter(|k| *k != "source.down")
         .collect();
     assert_eq!(srt_kinds, ["video.black"].into_iter().collect(), "{got:#?}");
+}
+
+/// The HLS origin of avmon-hls's tests: nginx, and FFmpeg's HLS muxer writing into it.
+#[path = "../../avmon-hls/tests/common/mod.rs"]
+mod origin;
+
+fn get_json(http: &reqwest::blocking::Client, url: &str) -> Option<Value> {
+    http.get(url).send().ok()?.json().ok()
+}
+
+#[test]
+fn hls_into_service_mode_recovers_from_a_404_a_stall_and_an_outage() {
+    // nginx serving a live playlist FFmpeg writes in real time (1 s segments, 5 listed); its
+    // segment 8 answers 404.
+    let mut nginx = origin::Nginx::start("location = /seg00008.ts { return 404; }");
+    let writer = origin::Writer::start(&nginx.root, "");
+    let playlist = nginx.root.join("live.m3u8");
+    wait_for("FFmpeg's first playlist", Duration::from_secs(10), || {
+        playlist.exists().then_some(())
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let (_service, http, base) = start_service(
+        dir.path(),
+        &format!(
+            r#"
+[[streams]]
+id = "hls"
+url = "{}"
+io_timeout_s = 2
+[streams.hls]
+stale_factor = 3
+segment_timeout_s = 2
+"#,
+            nginx.url("live.m3u8"),
+        ),
+    );
+    let stream = || get_json(&http, &format!("{base}/api/streams/hls")).unwrap_or_default();
+    let alerts = |kind: &str| -> Vec<Value> {
+        get_json(&http, &format!("{base}/api/alerts?stream=hls"))
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|a| a["kind"] == kind)
+            .collect()
+    };
+    let cleared = |a: &Value| a["state"] == "cleared" && a["cleared_at"].is_string();
+    let frames = |s: &Value| s["frames_video"].as_u64().unwrap_or(0);
+
+    // The decoded variant's pictures reach the detectors.
+    let s = wait_for("decoded frames", Duration::from_secs(20), || {
+        let s = stream();
+        (s["status"] == "ok" && frames(&s) > 0).then_some(s)
+    });
+    assert_eq!(s["info"]["video"]["width"], 320, "{s:#}");
+    assert_eq!(s["info"]["audio"]["sample_rate"], 48000, "{s:#}");
+
+    // Segment 8 is missing: an hls.segment_error over its media, cleared by segment 9.
+    let err = wait_for(
+        "hls.segment_error raised and cleared",
+        Duration::from_secs(20),
+        || alerts("hls.segment_error").into_iter().find(cleared),
+    );
+    assert_eq!(err["details"]["status"], 404, "{err:#}");
+    assert_eq!(err["details"]["sequence"], 8, "{err:#}");
+    assert_eq!(err["details"]["variant"], "live.m3u8", "{err:#}");
+    let span = err["end_s"].as_f64().unwrap() - err["start_s"].as_f64().unwrap();
+    assert_near("the missing segment's media", span, 1.0, 0.05);
+
+    // The packager stalls: the playlist goes stale, and the decoder, without segments, reports
+    // the source down.
+    let before = frames(&stream());
+    writer.kill();
+    wait_for(
+        "hls.stale and the stream down",
+        Duration::from_secs(15),
+        || {
+            let stale = alerts("hls.stale");
+            (stale.iter().any(|a| a["state"] == "raised") && stream()["status"] == "down")
+                .then_some(())
+        },
+    );
+    // It comes back, appending to the same playlist: everything clears, frames flow again.
+    let _writer = origin::Writer::start(&nginx.root, "+append_list");
+    let recovered = |phase: &str, stale_alerts: usize, before: u64| {
+        wait_for(phase, Duration::from_secs(25), || {
+            let stale = alerts("hls.stale");
+            let down = alerts("source.down");
+            let s = stream();
+            let done = stale.len() == stale_alerts
+                && stale.iter().all(cleared)
+                && !down.is_empty()
+                && down.iter().all(cleared)
+                && s["status"] == "ok"
+                && frames(&s) > before;
+            done.then_some(s)
+        })
+    };
+    let s = recovered("recovery from the stall", 1, before);
+    assert!(s["reconnects"].as_u64() >= Some(1), "{s:#}");
+
+    // The origin goes away (connections refused) and comes back.
+    let before = frames(&s);
+    nginx.stop();
+    wait_for("hls.stale again, and down", Duration::from_secs(15), || {
+        let stale = alerts("hls.stale");
+        (stale.len() == 2 && stream()["status"] == "down").then_some(())
+    });
+    nginx.restart();
+    recovered("recovery from the outage", 2, before);
+    let stale = alerts("hls.stale");
+    assert!(
+        stale.iter().any(|a| a["details"]["last_error"].is_string()),
+        "the outage's reload errors are in the details: {stale:#?}"
+    );
+
+    // The stall and the outage raise nothing but hls.* and source.down (reconnections are no
+    // loss or freeze); the missing segment's media may also show as damaged pictures there.
+    let all = get_json(&http, &format!("{base}/api/alerts?stream=hls")).unwrap();
+    let missing_at = err["start_s"].as_f64().unwrap();
+    for a in all.as_array().unwrap() {
+        let kind = a["kind"].as_str().unwrap();
+        let at_missing = (a["start_s"].as_f64().unwrap() - missing_at).abs() < 0.5;
+        assert!(
+            kind.starts_with("hls.") || kind == "source.down" || at_missing,
+            "{kind} away from the missing segment: {all:#}"
+        );
+    }
+
+    // Nothing is left raised; per-variant delivery metrics are on /metrics.
+    let active = get_json(&http, &format!("{base}/api/alerts?stream=hls&active=true")).unwrap();
+    assert_eq!(active, json!([]), "{active:#}");
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    let value = |name: &str| -> f64 {
+        let prefix = format!("{name}{{stream=\"hls\",variant=\"0\",name=\"live.m3u8\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix)?.parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix:?} in {metrics}"))
+    };
+    assert!(value("avmon_hls_segments_total") >= 10.0, "{metrics}");
+    assert_eq!(value("avmon_hls_segment_errors_total"), 1.0, "{metrics}");
+    assert!(value("avmon_hls_reload_errors_total") >= 1.0, "{metrics}");
+    let bitrate = value("avmon_hls_bitrate_bps");
+    assert!((50e3..5e6).contains(&bitrate), "{metrics}");
+    assert!(value("avmon_hls_download_seconds") < 1.0, "{metrics}");
+    assert!(
+        metrics.contains("avmon_video_frames_total{stream=\"hls\"}"),
+        "{metrics}"
+    );
+
+    // The store has the variant's metrics per period, next to the decoder's.
+    let store = avmon_store::open(&format!(
+        "sqlite://{}",
+        dir.path().join("avmon.db").display()
+    ))
+    .unwrap();
+    let samples = store
+        .metrics(&avmon_core::StreamId("hls".into()), None)
+        .unwrap();
+    let sum = |key: &str| -> f64 { samples.iter().filter_map(|m| m.values.get(key)).sum() };
+    assert_eq!(sum("hls.0.segment_errors"), 1.0, "{samples:#?}");
+    assert!(sum("hls.0.segments") >= 8.0, "{samples:#?}");
+    assert!(sum("frames_video") > 0.0, "{samples:#?}");
+    let bitrates: Vec<f64> = samples
+        .iter()
+        .filter_map(|m| m.values.get("hls.0.bitrate_bps").copied())
+        .collect();
+    assert!(
+        !bitrates.is_empty() && bitrates.iter().all(|b| (50e3..5e6).contains(b)),
+        "{bitrates:?}"
+    );
+    assert!(samples
+        .iter()
+        .filter_map(|m| m.values.get("hls.0.download_s_max"))
+        .all(|&d| (0.0..1.0).contains(&d)));
 }

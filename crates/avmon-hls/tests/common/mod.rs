@@ -1,6 +1,7 @@
 //! Real peers for the HLS tests: nginx (Debian's package) serving a temp directory on a free
 //! loopback port, FFmpeg's HLS muxer writing a live playlist into it in real time, and a sink
-//! that records what a variant's monitor reports, with wall-clock stamps.
+//! that records what a variant's monitor reports, with wall-clock stamps. The binary's service
+//! test (`crates/avmon/tests/live.rs`) uses the same origin.
 
 #![allow(dead_code)]
 
@@ -16,10 +17,12 @@ use avmon_hls::{HlsSink, Segment};
 /// An nginx serving `root` on 127.0.0.1:`port`, as the current user, with its own config, pid
 /// and temp paths: nothing of the system's nginx is used.
 pub struct Nginx {
-    child: Child,
+    /// `None` while [`stop`](Nginx::stop)ped.
+    child: Option<Child>,
     pub port: u16,
     pub root: PathBuf,
-    _dir: tempfile::TempDir,
+    conf: PathBuf,
+    dir: tempfile::TempDir,
 }
 
 fn nginx_binary() -> PathBuf {
@@ -65,36 +68,36 @@ impl Nginx {
             );
             let conf_path = dir.path().join("nginx.conf");
             std::fs::write(&conf_path, conf).unwrap();
-            let mut child = Command::new(nginx_binary())
-                .arg("-p")
-                .arg(dir.path())
-                .arg("-e")
-                .arg("stderr")
-                .arg("-c")
-                .arg(&conf_path)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .spawn()
-                .expect("start nginx");
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline {
-                if child.try_wait().unwrap().is_some() {
-                    break; // exited: the port was taken, or a config error (printed above)
-                }
-                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return Nginx {
-                        child,
-                        port,
-                        root,
-                        _dir: dir,
-                    };
-                }
-                std::thread::sleep(Duration::from_millis(20));
+            if let Some(child) = launch(dir.path(), &conf_path, port) {
+                return Nginx {
+                    child: Some(child),
+                    port,
+                    root,
+                    conf: conf_path,
+                    dir,
+                };
             }
+        }
+        panic!("nginx did not start (see its messages above)");
+    }
+
+    /// Go away, as an origin that crashed: connections are refused until [`restart`].
+    ///
+    /// [`restart`]: Nginx::restart
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
-        panic!("nginx did not start (see its messages above)");
+    }
+
+    /// Come back on the same port, with the same config and files.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.child = Some(
+            launch(self.dir.path(), &self.conf, self.port)
+                .expect("nginx did not start again on its port"),
+        );
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -102,10 +105,38 @@ impl Nginx {
     }
 }
 
+/// Run nginx with `conf` (which listens on `port`) until it accepts connections; `None` if it
+/// exited first (the port was taken, or a config error, printed) or did not start in time.
+fn launch(prefix: &Path, conf: &Path, port: u16) -> Option<Child> {
+    let mut child = Command::new(nginx_binary())
+        .arg("-p")
+        .arg(prefix)
+        .arg("-e")
+        .arg("stderr")
+        .arg("-c")
+        .arg(conf)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start nginx");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if child.try_wait().unwrap().is_some() {
+            return None;
+        }
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Some(child);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
 impl Drop for Nginx {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
 }
 
@@ -217,6 +248,8 @@ pub struct Seen {
 pub struct Log {
     pub findings: Vec<(Instant, Finding)>,
     pub segments: Vec<(Instant, Seen)>,
+    /// The media times at which monitors of the variant ended.
+    pub ends: Vec<f64>,
 }
 
 impl Log {
@@ -273,5 +306,9 @@ impl HlsSink for Recorder {
             bitrate_bps: s.bitrate_bps(),
         };
         self.log().segments.push((Instant::now(), seen));
+    }
+
+    fn on_end(&mut self, media_t: f64) {
+        self.log().ends.push(media_t);
     }
 }
