@@ -121,7 +121,24 @@ struct Visibility {
     min_psnr: Option<f64>,
     /// Frames below [`VISIBLE_PSNR_DB`].
     visible_frames: usize,
+    /// Lowest luma PSNR in the span with both pictures scaled to a quarter of their size (area
+    /// average): the damage as it shows at a normal viewing distance, where grain displaced by a
+    /// pixel or two (concealment copying a slowly moving fine texture) no longer counts.
+    min_psnr_viewing: Option<f64>,
 }
+
+/// One row of the transcoded-damage table.
+struct VisibleRow {
+    item: String,
+    start: f64,
+    psnr: Option<f64>,
+    frames: usize,
+    viewing: Option<f64>,
+    found: bool,
+}
+
+/// Both pictures are scaled down by this (width and height) for [`Visibility::min_psnr_viewing`].
+const VIEWING_SCALE: u32 = 4;
 
 /// Below this luma PSNR against the clean source, a frame's damage is plainly visible.
 const VISIBLE_PSNR_DB: f64 = 30.0;
@@ -135,13 +152,22 @@ fn psnr_per_frame(
     clean: &Path,
     damaged: &Path,
     fps: f64,
+    scale: u32,
 ) -> Result<Vec<(f64, f64)>> {
+    let graph = if scale > 1 {
+        format!(
+            "[0:v]scale=iw/{scale}:ih/{scale}:flags=area[a];\
+             [1:v]scale=iw/{scale}:ih/{scale}:flags=area[b];[a][b]psnr=stats_file=-"
+        )
+    } else {
+        "[0:v][1:v]psnr=stats_file=-".to_string()
+    };
     let out = run(Command::new(&tools.ffmpeg)
         .args(["-hide_banner", "-nostdin", "-loglevel", "error", "-i"])
         .arg(damaged)
         .arg("-i")
         .arg(clean)
-        .args(["-lavfi", "[0:v][1:v]psnr=stats_file=-", "-f", "null", "-"]))?;
+        .args(["-lavfi", &graph, "-f", "null", "-"]))?;
     let text = String::from_utf8_lossy(&out.stdout);
     Ok(text
         .lines()
@@ -166,29 +192,29 @@ fn visibility(tools: &Tools, dir: &Path, item: &Item, truths: &[Span]) -> Result
         .iter()
         .find(|c| c.name == item.content)
         .map_or(25.0, |c| f64::from(c.fps));
-    let psnr = psnr_per_frame(
-        tools,
-        &dir.join(format!("{}.src.ts", item.name)),
-        &dir.join(format!("{}.damaged.ts", item.name)),
-        fps,
-    )?;
+    let (clean, damaged) = (
+        dir.join(format!("{}.src.ts", item.name)),
+        dir.join(format!("{}.damaged.ts", item.name)),
+    );
+    let full = psnr_per_frame(tools, &clean, &damaged, fps, 1)?;
+    let viewing = psnr_per_frame(tools, &clean, &damaged, fps, VIEWING_SCALE)?;
     Ok(truths
         .iter()
         .filter(|t| t.kind == CORRUPTION)
         .map(|t| {
-            let span: Vec<f64> = psnr
-                .iter()
-                .filter(|(at, _)| *at >= t.start - 0.5 / fps && *at < t.end)
-                .map(|&(_, p)| p)
-                .collect();
+            let span = |psnr: &[(f64, f64)]| -> Vec<f64> {
+                psnr.iter()
+                    .filter(|(at, _)| *at >= t.start - 0.5 / fps && *at < t.end)
+                    .map(|&(_, p)| p)
+                    .collect()
+            };
+            let lowest = |v: &[f64]| v.iter().copied().reduce(f64::min).filter(|p| p.is_finite());
+            let (span, span_viewing) = (span(&full), span(&viewing));
             Visibility {
                 start: t.start,
-                min_psnr: span
-                    .iter()
-                    .copied()
-                    .reduce(f64::min)
-                    .filter(|p| p.is_finite()),
+                min_psnr: lowest(&span),
                 visible_frames: span.iter().filter(|&&p| p < VISIBLE_PSNR_DB).count(),
+                min_psnr_viewing: lowest(&span_viewing),
             }
         })
         .collect())
@@ -507,13 +533,14 @@ fn report(
                         .find(|t| t.kind == CORRUPTION && t.start == v.start)
                         .is_some_and(|t| t.matches(d, slack))
             });
-            visible_rows.push((
-                item.name.clone(),
-                v.start,
-                v.min_psnr,
-                v.visible_frames,
+            visible_rows.push(VisibleRow {
+                item: item.name.clone(),
+                start: v.start,
+                psnr: v.min_psnr,
+                frames: v.visible_frames,
+                viewing: v.min_psnr_viewing,
                 found,
-            ));
+            });
         }
         blockiness.push((
             item.name.clone(),
@@ -570,35 +597,46 @@ fn report(
         );
         let _ = writeln!(
             t,
-            "| item | label at (s) | lowest luma PSNR (dB) | frames below {VISIBLE_PSNR_DB:.0} dB | avmon |"
+            "| item | label at (s) | lowest luma PSNR (dB) | frames below {VISIBLE_PSNR_DB:.0} dB | \
+             lowest luma PSNR at 1/{VIEWING_SCALE} size (dB) | avmon |"
         );
-        let _ = writeln!(t, "|---|---|---|---|---|");
-        for (name, start, psnr, frames, found) in &visible_rows {
+        let _ = writeln!(t, "|---|---|---|---|---|---|");
+        let db = |p: &Option<f64>| p.map_or("identical".into(), |p| format!("{p:.1}"));
+        for r in &visible_rows {
             let _ = writeln!(
                 t,
-                "| {name} | {start:.2} | {} | {frames} | {} |",
-                psnr.map_or("identical".into(), |p| format!("{p:.1}")),
-                if *found { "found" } else { "missed" }
+                "| {} | {:.2} | {} | {} | {} | {} |",
+                r.item,
+                r.start,
+                db(&r.psnr),
+                r.frames,
+                db(&r.viewing),
+                if r.found { "found" } else { "missed" }
             );
         }
-        let found = visible_rows.iter().filter(|r| r.4).count();
-        let visible: Vec<_> = visible_rows
-            .iter()
-            .filter(|r| r.2.is_some_and(|p| p < VISIBLE_PSNR_DB))
-            .collect();
-        let found_visible = visible.iter().filter(|r| r.4).count();
+        let recall = |rows: &[&VisibleRow]| {
+            let found = rows.iter().filter(|r| r.found).count();
+            format!(
+                "{found} of {} ({})",
+                rows.len(),
+                fmt(
+                    (!rows.is_empty()).then(|| found as f64 / rows.len() as f64),
+                    3
+                )
+            )
+        };
+        let below = |p: &Option<f64>| p.is_some_and(|p| p < VISIBLE_PSNR_DB);
+        let all: Vec<_> = visible_rows.iter().collect();
+        let visible: Vec<_> = all.iter().copied().filter(|r| below(&r.psnr)).collect();
+        let viewing: Vec<_> = all.iter().copied().filter(|r| below(&r.viewing)).collect();
         let _ = writeln!(
             t,
-            "\nTranscoded corruption recall: {found} of {} labels ({}); {found_visible} of {} \
-             labels whose damage is visible (luma PSNR below {VISIBLE_PSNR_DB:.0} dB on some \
-             frame) ({}).",
-            visible_rows.len(),
-            fmt(Some(found as f64 / visible_rows.len() as f64), 3),
-            visible.len(),
-            fmt(
-                (!visible.is_empty()).then(|| found_visible as f64 / visible.len() as f64),
-                3
-            ),
+            "\nTranscoded corruption recall: {} labels; {} whose damage is visible at full size \
+             (luma PSNR below {VISIBLE_PSNR_DB:.0} dB on some frame); {} visible at viewing \
+             scale (the same at 1/{VIEWING_SCALE} size).",
+            recall(&all),
+            recall(&visible),
+            recall(&viewing),
         );
     }
     if !sync_rows.is_empty() {

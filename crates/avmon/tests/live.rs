@@ -603,3 +603,96 @@ segment_timeout_s = 2
         .filter_map(|m| m.values.get("hls.0.download_s_max"))
         .all(|&d| (0.0..1.0).contains(&d)));
 }
+
+/// Sends `parts` to `udp` as 7-packet datagrams, each part paced at its own average rate so it
+/// lasts about `secs` seconds.
+fn send_paced(udp: u16, parts: &[(Vec<u8>, f64)]) {
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    for (bytes, secs) in parts {
+        let chunks = bytes.len().div_ceil(1316).max(1);
+        let gap = Duration::from_secs_f64(secs / chunks as f64);
+        let start = std::time::Instant::now();
+        for (i, c) in bytes.chunks(1316).enumerate() {
+            sock.send_to(c, ("127.0.0.1", udp)).unwrap();
+            if let Some(wait) =
+                (start + gap * (i as u32 + 1)).checked_duration_since(std::time::Instant::now())
+            {
+                std::thread::sleep(wait);
+            }
+        }
+    }
+}
+
+#[test]
+fn udp_source_sending_garbage_then_new_pids_is_followed_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = ["--width", "320", "--height", "180", "--preset", "ultrafast"];
+    let make = |name: &str, defects: &[&str]| {
+        let out = dir.path().join(name);
+        let mut cmd = avmon();
+        cmd.args(["synth", out.to_str().unwrap(), "--duration", "6"])
+            .args(small);
+        for d in defects {
+            cmd.args(["--defect", d]);
+        }
+        assert!(cmd.status().unwrap().success());
+        out
+    };
+    let first = make("first.ts", &[]);
+    let second_src = make("second-src.ts", &["black@2-4"]);
+    let second = dir.path().join("second.ts");
+    with_new_pids(&second_src, &second);
+    let udp = free_udp_port();
+    let (_service, http, base) = start_service(
+        dir.path(),
+        &format!(
+            "[[streams]]\nid = \"moved\"\nurl = \"udp://127.0.0.1:{udp}\"\nio_timeout_s = 3\n"
+        ),
+    );
+    // One encoder for 6 s, a second of garbage, then another encoder on other PIDs for 6 s.
+    let garbage: Vec<u8> = (0..200_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    send_paced(
+        udp,
+        &[
+            (std::fs::read(&first).unwrap(), 6.0),
+            (garbage, 1.0),
+            (std::fs::read(&second).unwrap(), 6.0),
+        ],
+    );
+    // The second encoder's black is raised and cleared on the stream's continuing time line
+    // (after the first part and the garbage), without restarting anything.
+    let black = wait_for(
+        "video.black raised and cleared",
+        Duration::from_secs(15),
+        || {
+            get_json(&http, &format!("{base}/api/alerts?stream=moved"))?
+                .as_array()?
+                .iter()
+                .find(|a| a["kind"] == "video.black" && a["state"] == "cleared")
+                .cloned()
+        },
+    );
+    let start = black["start_s"].as_f64().unwrap();
+    let length = black["end_s"].as_f64().unwrap() - start;
+    assert!(
+        (7.0..10.5).contains(&start),
+        "black after the switch: {black:#}"
+    );
+    assert_near("black length", length, 2.0, 0.2);
+    let s = get_json(&http, &format!("{base}/api/streams/moved")).unwrap();
+    let frames = s["frames_video"].as_u64().unwrap_or(0);
+    assert!(frames >= 290, "both encoders' pictures decoded: {s:#}");
+    // No alert about the pictures or the sound besides the black: the junction is no freeze,
+    // no loss and no A/V drift.
+    let alerts = get_json(&http, &format!("{base}/api/alerts?stream=moved")).unwrap();
+    let kinds: Vec<&str> = alerts
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a["kind"].as_str())
+        .filter(|k| !k.starts_with("transport."))
+        .collect();
+    assert_eq!(kinds, ["video.black"], "{alerts:#}");
+}

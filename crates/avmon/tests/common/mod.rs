@@ -105,3 +105,23 @@ impl Drop for Killed {
         let _ = self.0.wait();
     }
 }
+
+/// `input` remuxed (stream copy) with other PIDs, programme number and PMT PID, and a PCR on
+/// every picture.
+pub fn with_new_pids(input: &std::path::Path, out: &std::path::Path) {
+    let o = Command::new("ffmpeg")
+        .args(["-nostdin", "-v", "error", "-y", "-i"])
+        .arg(input)
+        .args(["-c", "copy", "-f", "mpegts", "-pcr_period", "20"])
+        .args([
+            "-mpegts_start_pid",
+            "0x300",
+            "-mpegts_pmt_start_pid",
+            "0x1200",
+        ])
+        .args(["-mpegts_service_id", "7"])
+        .arg(out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr_of(&o));
+}
