@@ -6,7 +6,7 @@
 //! reached) or ended. Detectors never decide what a finding means for alerting: hysteresis across
 //! findings, ids, wall times and delivery belong to the alert engine.
 
-use crate::{AudioBuffer, Details, Severity, VideoFrame};
+use crate::{AudioBuffer, Details, Severity, Tier, VideoFrame};
 
 /// Whether a finding opens or closes a defect.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,6 +79,13 @@ pub trait Detector: Send {
     /// report's `summary` object the value goes into. Called once at the end of the input; a
     /// detector with nothing measured yet puts nothing.
     fn summarize(&self, _put: &mut dyn FnMut(&'static str, f64)) {}
+
+    /// The stream's fidelity [`Tier`] is `tier` from now on (called once when a connection
+    /// starts, and at each change). Below [`Tier::Full`] video frames come sparser (with gaps of
+    /// several frames, or a keyframe interval, between them; each frame keeps its nominal
+    /// `duration`) or not at all: a detector whose logic assumes every frame adapts here, or
+    /// stands aside.
+    fn on_tier(&mut self, _tier: Tier) {}
 
     /// The stream restarted (a reconnect): forget state tied to the previous connection's frames.
     fn reset(&mut self) {}

@@ -76,7 +76,7 @@
 //! construction: flashes, beeps and the period's pairs live in fixed rings, and the whole-input
 //! median comes from a preallocated 0.1 ms histogram.
 
-use avmon_core::{kinds, AudioBuffer, Detector, FindingEdge, Findings, Severity, VideoFrame};
+use avmon_core::{kinds, AudioBuffer, Detector, FindingEdge, Findings, Severity, Tier, VideoFrame};
 use serde::{Deserialize, Serialize};
 
 use crate::check;
@@ -509,6 +509,8 @@ impl Skew {
 
 /// The A/V sync detector's state.
 pub struct AvSyncDetector {
+    /// The stream's fidelity tier: a change forgets what was measured at the old one.
+    tier: Tier,
     cfg: AvSyncConfig,
     content: Episode,
     stamps: Episode,
@@ -541,6 +543,7 @@ impl AvSyncDetector {
         let bins =
             (2.0 * cfg.pair_window_ms.clamp(1.0, MAX_PAIR_WINDOW_MS) / BIN_MS).ceil() as usize + 1;
         AvSyncDetector {
+            tier: Tier::Full,
             cfg: cfg.clone(),
             content: Episode::new(kinds::AV_SYNC, cfg.severity, 0.0),
             stamps: Episode::new(kinds::AV_SYNC, cfg.severity, cfg.min_duration),
@@ -789,8 +792,19 @@ impl Detector for AvSyncDetector {
         kinds::AV_SYNC
     }
 
+    fn on_tier(&mut self, tier: Tier) {
+        if crate::tier_changed(&mut self.tier, tier) {
+            self.reset();
+        }
+    }
+
     fn on_video(&mut self, frame: &VideoFrame<'_>, out: &mut Findings) {
         self.flush(out);
+        if self.tier != Tier::Full {
+            // Sparse frames: a flash may be among the frames not decoded, and the video clock
+            // moves in keyframe steps. Both methods need every frame.
+            return;
+        }
         let ratio = white_ratio(frame, self.cfg.flash_luma);
         let white = ratio >= self.cfg.flash_ratio;
         let fl = &mut self.flash;
@@ -822,6 +836,9 @@ impl Detector for AvSyncDetector {
 
     fn on_audio(&mut self, buf: &AudioBuffer<'_>, out: &mut Findings) {
         self.flush(out);
+        if self.tier != Tier::Full {
+            return;
+        }
         self.beep.feed(buf, &mut self.beeps);
         if let Some(m) = self.model.as_mut() {
             m.on_audio(buf);

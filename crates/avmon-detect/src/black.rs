@@ -14,7 +14,7 @@
 //! lasted `min_duration`) and `luma_mean` (mean luma of every 8th frame: the others are read only
 //! until they are known not to be black, a few rows for ordinary content; see `luma`).
 
-use avmon_core::{kinds, Details, Detector, Findings, Severity, VideoFrame};
+use avmon_core::{kinds, Details, Detector, Findings, Severity, Tier, VideoFrame};
 use serde::{Deserialize, Serialize};
 
 use crate::episode::{put, Episode};
@@ -103,6 +103,8 @@ struct Period {
 
 /// The black-picture detector's state.
 pub struct BlackDetector {
+    /// The stream's fidelity tier: a change forgets what was measured at the old one.
+    tier: Tier,
     gate: BlackGate,
     episode: Episode,
     run: Run,
@@ -112,6 +114,7 @@ pub struct BlackDetector {
 impl BlackDetector {
     pub fn new(cfg: &BlackConfig) -> Self {
         BlackDetector {
+            tier: Tier::Full,
             gate: BlackGate::new(cfg.level()),
             episode: Episode::new(kinds::VIDEO_BLACK, cfg.severity, cfg.min_duration),
             run: Run::default(),
@@ -123,6 +126,12 @@ impl BlackDetector {
 impl Detector for BlackDetector {
     fn kind(&self) -> &'static str {
         kinds::VIDEO_BLACK
+    }
+
+    fn on_tier(&mut self, tier: Tier) {
+        if crate::tier_changed(&mut self.tier, tier) {
+            self.reset();
+        }
     }
 
     fn on_video(&mut self, frame: &VideoFrame<'_>, out: &mut Findings) {

@@ -104,7 +104,7 @@
 //! `min_duration` (0: one damaged frame counts), `picture` (true: use the picture score for
 //! events; false: decoder evidence only, the score is still measured).
 
-use avmon_core::{kinds, Details, Detector, Findings, Plane, Severity, VideoFrame};
+use avmon_core::{kinds, Details, Detector, Findings, Plane, Severity, Tier, VideoFrame};
 use serde::{Deserialize, Serialize};
 
 use crate::episode::{put, Episode, TIME_EPS};
@@ -493,6 +493,8 @@ impl Run {
 
 /// The corruption detector's state.
 pub struct CorruptionDetector {
+    /// The stream's fidelity tier: a change forgets what was measured at the old one.
+    tier: Tier,
     cfg: CorruptionConfig,
     episode: Episode,
     run: Run,
@@ -540,6 +542,7 @@ pub struct CorruptionDetector {
 impl CorruptionDetector {
     pub fn new(cfg: &CorruptionConfig) -> Self {
         CorruptionDetector {
+            tier: Tier::Full,
             cfg: cfg.clone(),
             episode: Episode::new(kinds::VIDEO_CORRUPTION, cfg.severity, cfg.min_duration),
             run: Run::default(),
@@ -707,6 +710,12 @@ impl CorruptionDetector {
 impl Detector for CorruptionDetector {
     fn kind(&self) -> &'static str {
         kinds::VIDEO_CORRUPTION
+    }
+
+    fn on_tier(&mut self, tier: Tier) {
+        if crate::tier_changed(&mut self.tier, tier) {
+            self.reset();
+        }
     }
 
     fn on_video(&mut self, frame: &VideoFrame<'_>, out: &mut Findings) {

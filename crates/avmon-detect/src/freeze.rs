@@ -72,7 +72,7 @@
 //! were still against their reference, reported or not) and `mad_mean` (mean `mafd` of every 8th
 //! compared frame: the others stop comparing as soon as they are known to have changed).
 
-use avmon_core::{kinds, Details, Detector, Findings, Plane, Severity, VideoFrame};
+use avmon_core::{kinds, Details, Detector, Findings, Plane, Severity, Tier, VideoFrame};
 use serde::{Deserialize, Serialize};
 
 use crate::black::BlackConfig;
@@ -160,6 +160,8 @@ struct Period {
 
 /// The frozen-picture detector's state.
 pub struct FreezeDetector {
+    /// The stream's fidelity tier: a change forgets what was measured at the old one.
+    tier: Tier,
     mad_threshold: f64,
     block_threshold: f64,
     noise_floor: u8,
@@ -192,6 +194,7 @@ impl FreezeDetector {
     /// detector's settings, even when that detector is disabled.
     pub fn new(cfg: &FreezeConfig, black: &BlackConfig) -> Self {
         FreezeDetector {
+            tier: Tier::Full,
             mad_threshold: cfg.mad_threshold,
             block_threshold: cfg.block_threshold,
             noise_floor: cfg.noise_floor,
@@ -371,6 +374,12 @@ fn diff_sums(a: &[u8], b: &[u8], floor: u8) -> (u32, u32) {
 impl Detector for FreezeDetector {
     fn kind(&self) -> &'static str {
         kinds::VIDEO_FREEZE
+    }
+
+    fn on_tier(&mut self, tier: Tier) {
+        if crate::tier_changed(&mut self.tier, tier) {
+            self.reset();
+        }
     }
 
     fn on_video(&mut self, frame: &VideoFrame<'_>, out: &mut Findings) {

@@ -200,6 +200,13 @@ pub fn build(cfg: &DetectorsConfig, has_video: bool, has_audio: bool) -> Vec<Box
         .collect()
 }
 
+/// Record a tier change of a video detector; true when `new` differs from `cur`. Detectors that
+/// compare frames with earlier ones (freeze, black, corruption baselines, A/V skew) start afresh
+/// at a change: the frames before it were decoded at another spacing, or before a gap with none.
+pub(crate) fn tier_changed(cur: &mut avmon_core::Tier, new: avmon_core::Tier) -> bool {
+    std::mem::replace(cur, new) != new
+}
+
 /// A frame's nominal duration, 0 when unknown.
 pub(crate) fn frame_duration(frame: &VideoFrame<'_>) -> f64 {
     if frame.duration.is_finite() && frame.duration > 0.0 {

@@ -17,10 +17,17 @@
 //! `expect(false)` is ended at the next tick, at the last clock value seen before it, with
 //! `"reset": true`, so that its alert is cleared.
 //!
+//! **Fidelity tiers.** Below [`Tier::Full`] video frames come sparse by design: `video.loss`
+//! then waits `timeout` *plus* the spacing of the decoded frames (the largest gap seen between
+//! two of them since the tier was set, which did not itself raise a loss; before two have been
+//! seen, a guess: 1 s in `reference`, [`KEYFRAME_GUESS_S`] in `keyframes`), so the gaps between
+//! keyframes are no loss. In `transport` no video is decoded and `video.loss` stands aside; a
+//! tier change starts counting afresh, as a reset does.
+//!
 //! Details: `timeout_s` on `Begin`, `duration_s` on `End`.
 
 use avmon_core::{
-    kinds, round_ms, AudioBuffer, Details, Detector, Finding, Findings, Severity, VideoFrame,
+    kinds, round_ms, AudioBuffer, Details, Detector, Finding, Findings, Severity, Tier, VideoFrame,
 };
 use serde::{Deserialize, Serialize};
 
@@ -56,6 +63,11 @@ impl LossConfig {
     }
 }
 
+/// The keyframe interval assumed in the `keyframes` tier until two keyframes have been seen.
+pub const KEYFRAME_GUESS_S: f64 = 10.0;
+/// The largest frame spacing a sparse tier is allowed (a longer gap is a loss).
+const MAX_SPACING_S: f64 = 10.0;
+
 /// Which kind of frame a loss detector watches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Watch {
@@ -80,6 +92,12 @@ pub struct LossDetector {
     open: Option<f64>,
     /// A loss was open when the detector was reset or disabled: End owed at this time.
     orphan: Option<f64>,
+    /// The stream's fidelity tier (video only; audio is decoded in every tier).
+    tier: Tier,
+    /// Largest gap between decoded frames seen in this tier (sparse tiers only).
+    spacing: Option<f64>,
+    /// `t` of the latest frame of our kind.
+    last_t: Option<f64>,
 }
 
 impl LossDetector {
@@ -105,6 +123,18 @@ impl LossDetector {
             last_now: 0.0,
             open: None,
             orphan: None,
+            tier: Tier::Full,
+            spacing: None,
+            last_t: None,
+        }
+    }
+
+    /// Seconds without a frame before a loss, in the current tier.
+    fn allowance(&self) -> f64 {
+        match self.tier {
+            Tier::Full | Tier::Transport => self.timeout,
+            Tier::Reference => self.timeout + self.spacing.unwrap_or(1.0),
+            Tier::Keyframes => self.timeout + self.spacing.unwrap_or(KEYFRAME_GUESS_S),
         }
     }
 
@@ -129,6 +159,7 @@ impl LossDetector {
         }
         self.first_clock = None;
         self.last_end = None;
+        self.last_t = None;
     }
 
     fn flush(&mut self, out: &mut Findings) {
@@ -141,6 +172,13 @@ impl LossDetector {
 
     fn arrived(&mut self, t: f64, end: f64, out: &mut Findings) {
         self.flush(out);
+        if matches!(self.tier, Tier::Reference | Tier::Keyframes) && self.open.is_none() {
+            if let Some(gap) = self.last_t.map(|p| t - p).filter(|g| *g > 0.0) {
+                let gap = gap.min(MAX_SPACING_S);
+                self.spacing = Some(self.spacing.map_or(gap, |s| s.max(gap)));
+            }
+        }
+        self.last_t = Some(t);
         self.last_end = Some(self.last_end.map_or(end, |e| e.max(end)));
         if let Some(onset) = self.open.take() {
             let mut d = Details::new();
@@ -173,15 +211,27 @@ impl Detector for LossDetector {
         if !self.expected || self.open.is_some() {
             return;
         }
+        if self.watch == Watch::Video && !self.tier.decodes_video() {
+            return;
+        }
         let since = match self.last_end {
             Some(end) => end,
             None => *self.first_clock.get_or_insert(now),
         };
-        if now - since > self.timeout {
+        let allowance = self.allowance();
+        if now - since > allowance {
             self.open = Some(since);
             let mut d = Details::new();
-            put(&mut d, "timeout_s", self.timeout);
+            put(&mut d, "timeout_s", allowance);
             out.push(Finding::begin(self.kind, self.severity, since, d));
+        }
+    }
+
+    fn on_tier(&mut self, tier: Tier) {
+        if self.watch == Watch::Video && tier != self.tier {
+            self.tier = tier;
+            self.spacing = None;
+            self.forget();
         }
     }
 

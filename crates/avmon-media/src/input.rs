@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use avmon_core::decode_error::CORRUPT_PACKET;
 use avmon_core::{
-    AudioBuffer, AudioInfo, MediaInfo, Plane, VideoFrame, VideoInfo, MAX_AUDIO_CHANNELS,
+    AudioBuffer, AudioInfo, MediaInfo, Plane, Tier, TierControl, VideoFrame, VideoInfo,
+    MAX_AUDIO_CHANNELS,
 };
 use ff::ffi;
 use ff::format::{Pixel, Sample};
@@ -34,6 +35,9 @@ pub struct OpenOptions {
     /// Sees every byte of inputs that avmon reads itself (transport streams: see
     /// [`crate::ingest`]), on their way to the demuxer.
     pub tap: Option<crate::Tap>,
+    /// The stream's fidelity tier, read once per packet: set it from another thread to change
+    /// how much video is decoded without reconnecting (see [`Tier`]).
+    pub tier: TierControl,
 }
 
 impl Default for OpenOptions {
@@ -44,6 +48,7 @@ impl Default for OpenOptions {
             decoder_threads: 1,
             format_options: Vec::new(),
             tap: None,
+            tier: TierControl::default(),
         }
     }
 }
@@ -60,6 +65,9 @@ pub trait FrameSink {
     /// PIDs (a new PMT, a reconfigured encoder) and the decoders followed. `info` is what it
     /// carries now.
     fn on_streams_changed(&mut self, _info: &MediaInfo) {}
+    /// The input decodes at `tier` from now on: called before the first packet is handled,
+    /// and at each change of [`OpenOptions::tier`].
+    fn on_tier(&mut self, _tier: Tier) {}
 }
 
 /// Packets another stream of the same type must bring in a row, while the decoded one brings
@@ -128,6 +136,9 @@ struct VideoDec {
     to_gray: Option<(ff::software::scaling::Context, ff::frame::Video)>,
     /// Packets the demuxer flagged corrupt whose frame has not come out yet.
     damaged: DamagedPackets,
+    /// After a tier that kept packets from the decoder (`keyframes`, `transport`), the decoder
+    /// has no references for the next inter frames: send only keyframes until one arrives.
+    await_key: bool,
 }
 
 /// The demuxer's corrupt-packet flags (continuity errors: lost transport packets), carried over
@@ -209,6 +220,10 @@ pub struct Input {
     follow_audio: Follow,
     /// Counts the packets of streams that are not decoded (orders the held ones).
     seq: u64,
+    tier: TierControl,
+    /// The tier the video decoder is set up for; `None` until the first packet (and after the
+    /// decoder was replaced), so that it is applied and announced then.
+    applied: Option<Tier>,
 }
 
 fn threading(decoder_threads: usize) -> ff::codec::threading::Config {
@@ -262,6 +277,7 @@ fn open_video(
                     frame: ff::frame::Video::empty(),
                     to_gray: None,
                     damaged: DamagedPackets::default(),
+                    await_key: false,
                 },
                 info,
             )))
@@ -482,6 +498,8 @@ impl Input {
             follow_video: Follow::default(),
             follow_audio: Follow::default(),
             seq: 0,
+            tier: opts.tier.clone(),
+            applied: None,
         })
     }
 
@@ -546,6 +564,10 @@ impl Input {
     /// note it as a stream the decoders may have to follow.
     fn packet(&mut self, packet: &ff::Packet, clock: &mut MediaClock, sink: &mut dyn FrameSink) {
         let index = packet.stream();
+        let tier = self.tier.get();
+        if self.applied != Some(tier) {
+            self.apply_tier(tier, sink);
+        }
         let tb = if self.video.as_ref().is_some_and(|v| v.index == index) {
             self.follow_video.reset();
             self.video.as_ref().map(|v| v.time_base)
@@ -570,6 +592,20 @@ impl Input {
             sink.on_packet(t, packet.size());
         }
         if let Some(v) = self.video.as_mut().filter(|v| v.index == index) {
+            // Below `full`, packets the tier does not decode never reach the decoder (cheaper
+            // than letting it parse and discard them); `reference` is left to the decoder,
+            // which alone knows which frames are referenced.
+            let send = match tier {
+                Tier::Transport => false,
+                Tier::Keyframes => packet.is_key(),
+                Tier::Full | Tier::Reference => !v.await_key || packet.is_key(),
+            };
+            if !send {
+                return;
+            }
+            if packet.is_key() {
+                v.await_key = false;
+            }
             if packet.is_corrupt() {
                 let pts = packet.pts().unwrap_or(ffi::AV_NOPTS_VALUE);
                 v.damaged.push(packet.position() as i64, pts);
@@ -578,12 +614,46 @@ impl Input {
                 sink.on_decode_error(clock.latest(), true);
             }
             receive_video(v, clock, sink);
+            if tier == Tier::Keyframes {
+                // A decoder that reorders holds each picture until later ones arrive: with
+                // keyframes only, seconds late. Each keyframe stands alone, so drain it out
+                // now and start the decoder afresh for the next one.
+                let _ = v.dec.send_eof();
+                receive_video(v, clock, sink);
+                v.dec.flush();
+            }
         } else if let Some(a) = self.audio.as_mut().filter(|a| a.index == index) {
             if a.dec.send_packet(packet).is_err() {
                 sink.on_decode_error(clock.latest(), false);
             }
             receive_audio(a, clock, sink);
         }
+    }
+
+    /// Set the video decoder up for `tier` and tell the sink.
+    fn apply_tier(&mut self, tier: Tier, sink: &mut dyn FrameSink) {
+        let prev = self.applied.replace(tier);
+        if let Some(v) = self.video.as_mut() {
+            let discard = match tier {
+                Tier::Full => ffi::AVDiscard::AVDISCARD_DEFAULT,
+                Tier::Reference => ffi::AVDiscard::AVDISCARD_NONREF,
+                Tier::Keyframes => ffi::AVDiscard::AVDISCARD_NONKEY,
+                Tier::Transport => ffi::AVDiscard::AVDISCARD_ALL,
+            };
+            // SAFETY: `skip_frame` is a plain field the decoder reads per frame; it may be
+            // changed between packets of an opened decoder (FFmpeg's own `-skip_frame` does).
+            unsafe { (*v.dec.as_mut_ptr()).skip_frame = discard };
+            let starved = |t: Option<Tier>| matches!(t, Some(Tier::Keyframes | Tier::Transport));
+            if tier == Tier::Transport || prev == Some(Tier::Transport) {
+                // Frames held for reordering belong to the time before the gap: drop them.
+                v.dec.flush();
+            }
+            if starved(prev) {
+                v.await_key = true;
+            }
+        }
+        tracing::debug!(url = %self.url, ?prev, %tier, "fidelity tier applied");
+        sink.on_tier(tier);
     }
 
     /// A packet of a stream that is not decoded arrived. When it is video or audio and its
@@ -663,6 +733,10 @@ impl Input {
         tracing::info!(url = %self.url, what, ?from, to = index, "the source moved its {what} to another stream; following it");
         if let Some(from) = from {
             clock.follow(from, index);
+        }
+        if video {
+            // The new decoder starts at the defaults: set it up for the tier at the next packet.
+            self.applied = None;
         }
         true
     }

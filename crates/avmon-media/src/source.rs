@@ -76,6 +76,9 @@ impl FrameSink for Watch<'_> {
     fn on_streams_changed(&mut self, info: &MediaInfo) {
         self.inner.on_streams_changed(info);
     }
+    fn on_tier(&mut self, tier: avmon_core::Tier) {
+        self.inner.on_tier(tier);
+    }
 }
 
 /// Sleep up to `d`, waking early when `stop` is set.

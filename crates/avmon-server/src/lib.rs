@@ -10,6 +10,7 @@
 //! | `GET /api/streams`          | `200` `[StreamStatus, ...]`                                 |
 //! | `POST /api/streams`         | body: a stream's config as JSON; `201` `StreamStatus` + `Location`; `400` invalid, `409` duplicate id |
 //! | `GET /api/streams/{id}`     | `200` `StreamStatus`, `404`                                 |
+//! | `PATCH /api/streams/{id}`   | body `{"tier": "full\|reference\|keyframes\|transport"}`: `200` `StreamStatus`; `400`, `404`; takes effect at the stream's next packet, without reconnecting |
 //! | `DELETE /api/streams/{id}`  | `204`, `404`                                                |
 //! | `GET /api/alerts`           | `?stream=ID&since=TIME&active=BOOL&limit=N`: `200` `[Alert, ...]`, newest first |
 //! | `GET /metrics`              | Prometheus text format 0.0.4                                |
@@ -26,7 +27,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use avmon_core::{Alert, MediaInfo, StreamId, WallTime};
+use avmon_core::{Alert, MediaInfo, StreamId, Tier, WallTime};
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
@@ -57,6 +58,10 @@ pub trait Monitor: Send + Sync + 'static {
     /// of a TOML `[[streams]]` table (`id`, `url`, ...). Invalid → [`ApiError::BadRequest`] with
     /// every problem; id in use → [`ApiError::Conflict`].
     fn add_stream(&self, spec: serde_json::Value) -> Result<StreamStatus, ApiError>;
+
+    /// Change a running stream's fidelity tier, for `PATCH /api/streams/{id}`, without
+    /// reconnecting. Unknown → [`ApiError::NotFound`].
+    fn set_tier(&self, id: &str, tier: Tier) -> Result<StreamStatus, ApiError>;
 
     /// Stop monitoring a stream, for `DELETE /api/streams/{id}`. Unknown → [`ApiError::NotFound`].
     fn remove_stream(&self, id: &str) -> Result<(), ApiError>;
@@ -103,6 +108,8 @@ pub struct StreamStatus {
     pub frames_audio: u64,
     pub decode_errors: u64,
     pub reconnects: u64,
+    /// The fidelity tier the stream is monitored at (as last set).
+    pub tier: Tier,
 }
 
 /// The parsed query of `GET /api/alerts`.
@@ -196,7 +203,10 @@ type AppState = Arc<dyn Monitor>;
 pub fn app(monitor: Arc<dyn Monitor>) -> Router {
     Router::new()
         .route("/api/streams", get(list_streams).post(add_stream))
-        .route("/api/streams/{id}", get(get_stream).delete(remove_stream))
+        .route(
+            "/api/streams/{id}",
+            get(get_stream).patch(patch_stream).delete(remove_stream),
+        )
         .route("/api/alerts", get(list_alerts))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
@@ -255,6 +265,48 @@ async fn add_stream(State(m): State<AppState>, body: Bytes) -> Result<Response, 
     let status = blocking(m, move |m| m.add_stream(spec)).await?;
     let location = format!("/api/streams/{}", status.id);
     Ok((StatusCode::CREATED, [(LOCATION, location)], Json(status)).into_response())
+}
+
+/// `PATCH /api/streams/{id}`: the settings that can change while a stream runs (its tier).
+async fn patch_stream(
+    State(m): State<AppState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Json<StreamStatus>, ApiError> {
+    let spec: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
+    let Some(obj) = spec.as_object() else {
+        return Err(ApiError::bad_request(
+            "the body must be a JSON object, e.g. {\"tier\": \"keyframes\"}",
+        ));
+    };
+    let mut errors = Vec::new();
+    for key in obj.keys().filter(|k| *k != "tier") {
+        errors.push(format!(
+            "{key}: cannot be changed while the stream runs (only tier)"
+        ));
+    }
+    let tier = match obj.get("tier") {
+        Some(serde_json::Value::String(s)) => match s.parse::<Tier>() {
+            Ok(t) => Some(t),
+            Err(e) => {
+                errors.push(format!("tier: {e}"));
+                None
+            }
+        },
+        Some(other) => {
+            errors.push(format!("tier: must be a string (got {other})"));
+            None
+        }
+        None => {
+            errors.push("tier: missing (the only setting PATCH changes)".into());
+            None
+        }
+    };
+    match tier {
+        Some(tier) if errors.is_empty() => Ok(Json(m.set_tier(&id, tier)?)),
+        _ => Err(ApiError::BadRequest(errors)),
+    }
 }
 
 async fn remove_stream(

@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use avmon_core::{Alert, AlertState, Severity, StreamId};
+use avmon_core::{Alert, AlertState, Severity, StreamId, Tier};
 use avmon_server::{app, serve, AlertsQuery, ApiError, Monitor, StreamState, StreamStatus};
 use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
@@ -27,6 +27,7 @@ fn status(id: &str, url: &str) -> StreamStatus {
         frames_audio: 0,
         decode_errors: 0,
         reconnects: 0,
+        tier: Tier::Full,
     }
 }
 
@@ -77,6 +78,16 @@ impl Monitor for Fake {
         let s = status(id, url);
         streams.push(s.clone());
         Ok(s)
+    }
+
+    fn set_tier(&self, id: &str, tier: Tier) -> Result<StreamStatus, ApiError> {
+        let mut streams = self.streams.lock().unwrap();
+        let s = streams
+            .iter_mut()
+            .find(|s| s.id == id)
+            .ok_or_else(|| ApiError::NotFound(format!("no stream {id:?}")))?;
+        s.tier = tier;
+        Ok(s.clone())
     }
 
     fn remove_stream(&self, id: &str) -> Result<(), ApiError> {
@@ -155,7 +166,8 @@ async fn lists_and_gets_streams() {
         body,
         json!([{"id": "news", "url": "srt://10.0.0.1:9000", "status": "starting",
                 "active_alerts": [], "media_t": 0.0, "last_data_at": null, "info": null,
-                "frames_video": 0, "frames_audio": 0, "decode_errors": 0, "reconnects": 0}])
+                "frames_video": 0, "frames_audio": 0, "decode_errors": 0, "reconnects": 0,
+                "tier": "full"}])
     );
     let (st, _, body) = call(&router, Method::GET, "/api/streams/news", None).await;
     assert_eq!(st, StatusCode::OK);
@@ -218,6 +230,52 @@ async fn bad_bodies_are_client_errors() {
     let (st, _, body) = call(&router, Method::POST, "/api/streams", Some("[1, 2]")).await;
     assert_eq!(st, StatusCode::BAD_REQUEST);
     assert!(body["error"].as_str().unwrap().contains("JSON object"));
+}
+
+#[tokio::test]
+async fn patches_a_streams_tier_and_refuses_anything_else() {
+    let (fake, router) = setup();
+    let uri = "/api/streams/news";
+    let (st, _, body) = call(
+        &router,
+        Method::PATCH,
+        uri,
+        Some(r#"{"tier": "keyframes"}"#),
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    assert_eq!(body["tier"], "keyframes");
+    assert_eq!(fake.streams()[0].tier, Tier::Keyframes);
+    let (_, _, body) = call(&router, Method::GET, uri, None).await;
+    assert_eq!(body["tier"], "keyframes");
+
+    let (st, _, body) = call(&router, Method::PATCH, uri, Some(r#"{"tier": "half"}"#)).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    assert!(
+        body["errors"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("tier: unknown tier \"half\""),
+        "{body}"
+    );
+    let (st, _, body) = call(&router, Method::PATCH, uri, Some(r#"{"url": "udp://x:1"}"#)).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    assert_eq!(body["errors"].as_array().unwrap().len(), 2, "{body}");
+    let (st, _, _) = call(&router, Method::PATCH, uri, Some("[1]")).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    let (st, _, _) = call(
+        &router,
+        Method::PATCH,
+        "/api/streams/nope",
+        Some(r#"{"tier": "full"}"#),
+    )
+    .await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    assert_eq!(
+        fake.streams()[0].tier,
+        Tier::Keyframes,
+        "a refused PATCH changes nothing"
+    );
 }
 
 #[tokio::test]

@@ -10,7 +10,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use avmon_alert::AlertConfig;
 use avmon_core::{
-    round_ms, Alert, AudioBuffer, MediaInfo, Severity, StreamId, Transition, VideoFrame,
+    round_ms, Alert, AudioBuffer, MediaInfo, Severity, StreamId, Tier, TierControl, Transition,
+    VideoFrame,
 };
 use avmon_detect::DetectorsConfig;
 use avmon_hls::{HlsConfig, VariantSelector};
@@ -35,6 +36,8 @@ pub struct CheckOptions {
     pub gap_s: f64,
     /// The variants of an HLS input that `avmon-hls` monitors (empty: all).
     pub hls_variants: Vec<VariantSelector>,
+    /// How much video to decode.
+    pub tier: Tier,
 }
 
 #[derive(Debug, Serialize)]
@@ -194,6 +197,10 @@ impl FrameSink for Sink {
     fn on_streams_changed(&mut self, info: &MediaInfo) {
         self.pipe.streams_changed(info);
     }
+    fn on_tier(&mut self, tier: Tier) {
+        self.pipe.set_tier(tier);
+        self.collect();
+    }
 }
 
 pub fn check(opts: CheckOptions) -> Result<Report> {
@@ -236,6 +243,7 @@ pub fn check(opts: CheckOptions) -> Result<Report> {
         format_options: opts.format_options.clone(),
         open_timeout: opts.io_timeout.max(Duration::from_secs(10)),
         tap: Some(Tap(tap.clone())),
+        tier: TierControl::new(opts.tier),
     };
     let mut input = match segments {
         Some(source) => {

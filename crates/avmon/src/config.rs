@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use avmon_alert::AlertConfig;
-use avmon_core::StreamId;
+use avmon_core::{StreamId, Tier};
 use avmon_detect::DetectorsConfig;
 use avmon_hls::HlsConfig;
 use avmon_notify::WebhookConfig;
@@ -58,6 +58,10 @@ fn default_threads() -> usize {
     1
 }
 
+fn default_tier() -> String {
+    Tier::Full.as_str().into()
+}
+
 /// `[[streams]]`: one monitored stream. The API's `POST /api/streams` takes the same keys as JSON.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -75,6 +79,11 @@ pub struct StreamConfig {
     /// Decoder threads; 1 turns the decoder's own threading off (parallelism comes from streams).
     #[serde(default = "default_threads")]
     pub decoder_threads: usize,
+    /// Fidelity tier: `full` (every frame, the default), `reference` (reference frames only),
+    /// `keyframes` (keyframes only), `transport` (no video decode). Changeable at run time with
+    /// `PATCH /api/streams/{id}`.
+    #[serde(default = "default_tier")]
+    pub tier: String,
     /// Extra FFmpeg demuxer/protocol options, e.g. `{ rtsp_transport = "tcp" }`.
     #[serde(default)]
     pub options: BTreeMap<String, String>,
@@ -167,6 +176,11 @@ pub fn url_problem(url: &str, protocols: &[String]) -> Option<String> {
 }
 
 impl StreamConfig {
+    /// The configured tier (`full` when invalid: validation reports that).
+    pub fn tier(&self) -> Tier {
+        self.tier.parse().unwrap_or_default()
+    }
+
     /// Check one stream; `path` is where it sits (`streams[0]`).
     pub fn validate(&self, path: &str, protocols: &[String], errors: &mut Vec<String>) {
         if let Some(p) = StreamId::problem(&self.id) {
@@ -186,6 +200,9 @@ impl StreamConfig {
                 "{path}.decoder_threads: must be at most 64 (got {})",
                 self.decoder_threads
             ));
+        }
+        if let Err(e) = self.tier.parse::<Tier>() {
+            errors.push(format!("{path}.tier: {e}"));
         }
         self.detectors
             .validate(&format!("{path}.detectors"), errors);

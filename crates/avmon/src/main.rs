@@ -76,6 +76,10 @@ enum Command {
         /// closest, or `name:NAME`); repeatable. Default: every variant.
         #[arg(long = "variant", value_name = "SELECTOR")]
         variants: Vec<avmon_hls::VariantSelector>,
+        /// Fidelity tier: full (every frame), reference (reference frames only), keyframes
+        /// (keyframes only), transport (no video decode; transport and audio checks only).
+        #[arg(long, default_value = "full", value_name = "TIER")]
+        tier: avmon_core::Tier,
     },
     /// Monitor the streams of a config file, with the HTTP API, store and notifiers.
     Run {
@@ -202,6 +206,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             threads,
             options,
             variants,
+            tier,
         } => {
             let options = options
                 .iter()
@@ -227,6 +232,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 format_options: options,
                 gap_s: 3.0,
                 hls_variants: variants,
+                tier,
             })?;
             match format {
                 Format::Json => println!("{}", serde_json::to_string_pretty(&report.to_json())?),

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use avmon_alert::{AlertConfig, AlertEngine};
 use avmon_core::{
     kinds, AlertEvent, AudioBuffer, Details, Detector, Finding, Findings, MediaInfo, Severity,
-    StreamId, VideoFrame,
+    StreamId, Tier, VideoFrame,
 };
 use avmon_detect::DetectorsConfig;
 use chrono::Utc;
@@ -47,6 +47,8 @@ pub struct Pipeline {
     resuming: Option<(f64, f64, std::time::Instant)>,
     /// The transport analyser fed by the input's bytes, when avmon reads them itself.
     transport: Option<std::sync::Arc<crate::transport::TransportTap>>,
+    /// The fidelity tier the input decodes at (as it last said).
+    pub tier: Tier,
 }
 
 /// A forward jump of the packet clock larger than this (an outage, or a source resuming with
@@ -75,6 +77,7 @@ impl Pipeline {
             down_at: None,
             resuming: None,
             transport: None,
+            tier: Tier::Full,
         }
     }
 
@@ -97,7 +100,19 @@ impl Pipeline {
                     tap.clone(),
                 )));
         }
+        for d in &mut self.detectors {
+            d.on_tier(self.tier);
+        }
         self.last_packet_t = None;
+    }
+
+    /// The input decodes at `tier` from now on: detectors that assume every frame adapt.
+    pub fn set_tier(&mut self, tier: Tier) {
+        self.tier = tier;
+        for d in &mut self.detectors {
+            d.on_tier(tier);
+        }
+        self.flush();
     }
 
     /// The input moved its video or audio to other streams while it ran (new PIDs): the

@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use avmon_core::{
-    round_ms, Alert, AlertEvent, AudioBuffer, MediaInfo, StreamId, Transition, VideoFrame, WallTime,
+    round_ms, Alert, AlertEvent, AudioBuffer, MediaInfo, StreamId, Tier, TierControl, Transition,
+    VideoFrame, WallTime,
 };
 use avmon_hls::VariantStats;
 use avmon_media::{
@@ -71,6 +72,8 @@ struct VariantFigures {
 
 struct StreamShared {
     cfg: StreamConfig,
+    /// The tier the decode thread reads per packet; the API changes it.
+    tier: TierControl,
     live: Mutex<Live>,
 }
 
@@ -163,6 +166,10 @@ impl FrameSink for StreamSink {
         if let Ok(mut live) = self.shared.live.lock() {
             live.info = Some(info.clone());
         }
+    }
+    fn on_tier(&mut self, tier: Tier) {
+        self.pipe.set_tier(tier);
+        self.forward();
     }
 }
 
@@ -319,6 +326,7 @@ fn stream_thread(
         decoder_threads: cfg.decoder_threads,
         format_options: cfg.options.clone().into_iter().collect(),
         tap: Some(Tap(tap.clone())),
+        tier: shared.tier.clone(),
     };
     let mut sink = StreamSink {
         pipe: Pipeline::new(
@@ -463,6 +471,7 @@ fn hub_thread(
 impl Service {
     fn start_stream(&self, cfg: StreamConfig) -> Arc<StreamShared> {
         let shared = Arc::new(StreamShared {
+            tier: TierControl::new(cfg.tier()),
             cfg: cfg.clone(),
             live: Mutex::new(Live::default()),
         });
@@ -517,6 +526,7 @@ impl Service {
             frames_audio: live.counters.frames_audio,
             decode_errors: live.counters.decode_errors,
             reconnects: live.reconnects,
+            tier: shared.tier.get(),
         }
     }
 
@@ -567,6 +577,19 @@ impl Monitor for Service {
         }
         tracing::info!(stream = %cfg.id, url = %cfg.url, "stream added");
         let shared = self.start_stream(cfg);
+        Ok(Service::status_of(&shared))
+    }
+
+    fn set_tier(&self, id: &str, tier: Tier) -> Result<StreamStatus, ApiError> {
+        let shared = self
+            .streams
+            .lock()
+            .ok()
+            .and_then(|s| s.get(id).map(|h| h.shared.clone()))
+            .ok_or_else(|| ApiError::NotFound(format!("no stream {id:?}")))?;
+        // The decode thread reads it at its next packet: no reconnect.
+        shared.tier.set(tier);
+        tracing::info!(stream = %id, %tier, "tier set");
         Ok(Service::status_of(&shared))
     }
 
