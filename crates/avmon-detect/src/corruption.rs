@@ -99,6 +99,10 @@
 //! Diagnostics: with `AVMON_CORRUPTION_TRACE` set in the environment, every frame's scores are
 //! printed on stderr (`corruption t=… key=… flags=… global=… band=… base=… score=… pic=…`).
 //!
+//! **Fidelity tiers.** Below `full` (reference frames or keyframes only) the picture score, torn
+//! rows and softened streaks are not judged: their baselines assume every picture. The
+//! decoder's evidence and smear still are. A tier change forgets everything learnt.
+//!
 //! Settings (`[detectors.corruption]`): `enabled`, `severity` (default `major`), `threshold`
 //! (1.5), `min_excess` (0.3), `baseline_frames` (50), `hold_s` (0.5), `max_hold_s` (10),
 //! `min_duration` (0: one damaged frame counts), `picture` (true: use the picture score for
@@ -806,6 +810,11 @@ impl Detector for CorruptionDetector {
         let smeared = self.cfg.picture && !flat && smear;
         let picture = smeared
             || (self.cfg.picture
+                // The baselines and the short window are learnt over consecutive pictures of
+                // every type: from reference frames or keyframes alone they measure another
+                // mix (P pictures are blockier than the B pictures skipped), so below `full`
+                // only the decoder's evidence and smear (judged on the picture alone) count.
+                && self.tier == Tier::Full
                 && !flat
                 && n == SHORT
                 && changed

@@ -287,6 +287,34 @@ mod tests {
     }
 
     #[test]
+    fn sparse_tiers_allow_for_the_gaps_between_decoded_frames() {
+        let mut d = LossDetector::video(&LossConfig::default());
+        d.on_tier(Tier::Keyframes);
+        // One frame every 2 s (a keyframe per GOP): no loss.
+        let key = |t: f64| (t * FPS).round() as usize % 50 == 0;
+        assert_eq!(times_of(&drive(&mut d, 0.0, 20.0, key)), vec![]);
+        // Then none after the keyframe at 20 s: a loss once `timeout` + the 2 s spacing has passed.
+        let seen = drive(&mut d, 20.0, 30.0, |_| false);
+        let got = times_of(&seen);
+        assert_eq!(got, vec![(Begin, 20.04)], "onset: the last keyframe's end");
+        assert!(
+            seen[0].0 > 24.04 && seen[0].0 < 24.1,
+            "reported at {}",
+            seen[0].0
+        );
+
+        // In `transport` no video is decoded: no loss, and the open one is ended.
+        d.on_tier(Tier::Transport);
+        let got = times_of(&drive(&mut d, 30.0, 40.0, |_| false));
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(got[0].0, End);
+        // Back to full: counting starts afresh, with the plain timeout.
+        d.on_tier(Tier::Full);
+        let got = times_of(&drive(&mut d, 40.0, 45.0, |_| false));
+        assert_eq!(got, vec![(Begin, 40.0)]);
+    }
+
+    #[test]
     fn video_stops_while_the_clock_runs_then_resumes() {
         let mut d = LossDetector::video(&LossConfig::default());
         // Frames until t = 3.96 (its end: 4.0), none from 4.0 to 10.0, frames again from 10.0.

@@ -65,6 +65,8 @@ pub struct Report {
     pub transport: Option<avmon_transport::Counters>,
     /// `summary.hls`, for HLS inputs.
     pub hls: Option<Value>,
+    /// The fidelity tier the video was decoded at (`summary.video.tier`).
+    pub tier: Tier,
 }
 
 impl Report {
@@ -74,7 +76,8 @@ impl Report {
             summary.insert(
                 "video".into(),
                 json!({"codec": v.codec, "width": v.width, "height": v.height, "fps": v.fps,
-                       "frames": self.frames_video, "decode_errors": self.decode_errors}),
+                       "frames": self.frames_video, "decode_errors": self.decode_errors,
+                       "tier": self.tier}),
             );
         }
         if let Some(a) = &self.info.audio {
@@ -331,6 +334,7 @@ pub fn check(opts: CheckOptions) -> Result<Report> {
         measured,
         transport,
         hls: hls_summary,
+        tier: opts.tier,
     })
 }
 
