@@ -60,6 +60,10 @@ enum Cmd {
         /// Seconds of tolerance when matching a detection to a label.
         #[arg(long, default_value_t = 0.5)]
         slack: f64,
+        /// The fidelity tier avmon checks at (`check --tier`): full, reference, keyframes or
+        /// transport. Below full, give `--slack` the keyframe interval (2 s here) for keyframes.
+        #[arg(long, default_value = "full")]
+        tier: String,
     },
 }
 
@@ -75,9 +79,14 @@ fn main() -> Result<()> {
             jobs,
             json,
             slack,
+            tier,
         } => {
             std::fs::create_dir_all(&dir)?;
-            let tools = Tools { avmon, ffmpeg };
+            let tools = Tools {
+                avmon,
+                ffmpeg,
+                tier,
+            };
             let mut items = corpus::items(duration, quick);
             if let Some(o) = &only {
                 items.retain(|i| i.name.contains(o.as_str()));
@@ -89,7 +98,7 @@ fn main() -> Result<()> {
                 Vec::new()
             };
             let (text, raw) = report(&items, &results, &loudness, slack);
-            println!("{text}");
+            println!("avmon checked at tier {}\n\n{text}", tools.tier);
             if let Some(path) = json {
                 std::fs::write(&path, serde_json::to_string_pretty(&raw)?)?;
             }
@@ -101,6 +110,8 @@ fn main() -> Result<()> {
 struct Tools {
     avmon: String,
     ffmpeg: String,
+    /// `check --tier`.
+    tier: String,
 }
 
 /// What both monitors said about one item.
@@ -321,7 +332,7 @@ fn check(tools: &Tools, path: &Path) -> Result<Value> {
     let out = run(Command::new(&tools.avmon)
         .arg("check")
         .arg(path)
-        .args(["--format", "json"]))?;
+        .args(["--format", "json", "--tier", &tools.tier]))?;
     Ok(serde_json::from_slice(&out.stdout)?)
 }
 

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# CPU cost of each fidelity tier: whole-process CPU seconds per stream-hour of
+# `avmon check --tier T` for full, reference, keyframes and transport, against FFmpeg's bare
+# decode (`ffmpeg -threads 1 -i FILE -f null -`), on the same 720p25 H.264 + AAC file, side by side
+# and interleaved in one run. Absolute times drift on a shared machine: the ratios are the figures,
+# medians over RUNS.
+#
+#   bench/tiers.sh [SECONDS=60] [RUNS=5] [WIDTHxHEIGHT=1280x720]
+#   AVMON=path/to/avmon bench/tiers.sh   # measure another build
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs="${1:-60}"; runs="${2:-5}"; size="${3:-1280x720}"
+w="${size%x*}"; h="${size#*x}"
+avmon="${AVMON:-./target/release/avmon}"
+[ -n "${AVMON:-}" ] || cargo build --release -q -p avmon
+dir="$(mktemp -d)"; trap 'rm -rf "$dir"' EXIT
+in="$dir/in.ts"
+"$avmon" synth "$in" --duration "$secs" --width "$w" --height "$h" \
+  --defect black@10-14 --defect freeze@20-25 --defect silence@30-34 2>/dev/null
+
+# CPU seconds (user + system) of one command, children included.
+cpu() {
+  local TIMEFORMAT='%U %S'
+  { time "$@" >/dev/null 2>&1; } 2>&1 | awk '{ printf "%.3f", $1 + $2 }'
+}
+
+tiers=(full reference keyframes transport)
+echo "input: ${secs} s of ${w}x${h}p25 H.264 + AAC (avmon synth, GOP 2 s), $runs runs, interleaved"
+echo "CPU seconds per run (user + system):"
+printf "%-4s %9s" run ffmpeg
+for t in "${tiers[@]}"; do printf " %10s" "$t"; done; echo
+declare -A cost
+for i in $(seq "$runs"); do
+  f=$(cpu ffmpeg -nostdin -threads 1 -i "$in" -f null -)
+  cost[ffmpeg]+="$f "
+  printf "%-4s %9s" "$i" "$f"
+  for t in "${tiers[@]}"; do
+    a=$(cpu "$avmon" check "$in" --tier "$t" --format json)
+    cost[$t]+="$a "
+    printf " %10s" "$a"
+  done
+  echo
+done
+
+median() { tr ' ' '\n' | grep . | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+f=$(echo "${cost[ffmpeg]}" | median)
+echo
+printf "%-26s %16s %12s %16s\n" what "CPU s/stream-h" "vs ffmpeg" "streams/core"
+row() {
+  awk -v n="$1" -v c="$2" -v f="$f" -v s="$secs" 'BEGIN {
+    printf "%-26s %16.1f %12.3f %16.1f\n", n, c * 3600 / s, c / f, s / c }'
+}
+row "ffmpeg -threads 1 -f null" "$f"
+for t in "${tiers[@]}"; do
+  row "avmon check --tier $t" "$(echo "${cost[$t]}" | median)"
+done
+echo "(medians of $runs runs; streams/core = real-time streams one core holds at that cost)"
