@@ -329,10 +329,12 @@ fn group_hits(times: &[f64], gop_s: f64) -> Vec<Span> {
 }
 
 fn check(tools: &Tools, path: &Path) -> Result<Value> {
-    let out = run(Command::new(&tools.avmon)
-        .arg("check")
-        .arg(path)
-        .args(["--format", "json", "--tier", &tools.tier]))?;
+    let out = run(Command::new(&tools.avmon).arg("check").arg(path).args([
+        "--format",
+        "json",
+        "--tier",
+        &tools.tier,
+    ]))?;
     Ok(serde_json::from_slice(&out.stdout)?)
 }
 

@@ -36,25 +36,6 @@ fn receiver(rt: &tokio::runtime::Runtime) -> (String, Received) {
     (url, got)
 }
 
-fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let until = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < until, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 /// `avmon run` on a config of `streams` (its `[[streams]]` and `[[notifiers]]`), with its API on
 /// a free port and its store in `dir`, once the API answers; with a client and the API's URL.
 fn start_service(

@@ -7,7 +7,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
@@ -152,17 +152,6 @@ fn a_bad_tier_is_refused_with_its_path() {
     assert!(stderr_of(&o).contains("unknown tier"), "{}", stderr_of(&o));
 }
 
-fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let until = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < until, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 /// Frames decoded over `secs` of wall time, per second: (video, audio).
 fn rates(stream: &dyn Fn() -> Value, secs: f64) -> (f64, f64) {
     let a = stream();
@@ -175,11 +164,7 @@ fn rates(stream: &dyn Fn() -> Value, secs: f64) -> (f64, f64) {
 #[test]
 fn tier_changes_at_run_time_through_the_api_without_reconnecting() {
     let dir = tempfile::tempdir().unwrap();
-    let udp = std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let udp = free_udp_port();
     let api = free_tcp_port();
     let cfg = dir.path().join("avmon.toml");
     std::fs::write(
