@@ -1,0 +1,130 @@
+//! Fidelity tiers at the decoder: which frames come out at each tier, and a tier changed while
+//! the input runs (from the sink, as another thread would) taking effect at the next packet.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use avmon_core::{AudioBuffer, Tier, TierControl, VideoFrame};
+use avmon_media::synth::{generate, SynthSpec};
+use avmon_media::{FrameSink, Input, MediaClock, OpenOptions};
+
+/// Collects (t, key, corrupt) of each frame, the tiers announced, and the audio buffers; sets
+/// `switch.1` on `control` once the clock passes `switch.0`.
+struct Frames {
+    video: Vec<(f64, bool, bool)>,
+    audio: usize,
+    tiers: Vec<(usize, Tier)>,
+    control: TierControl,
+    switch: Option<(f64, Tier)>,
+}
+
+impl FrameSink for Frames {
+    fn on_packet(&mut self, t: f64, _bytes: usize) {
+        if let Some((_, tier)) = self.switch.filter(|(at, _)| t >= *at) {
+            self.control.set(tier);
+            self.switch = None;
+        }
+    }
+    fn on_video(&mut self, f: &VideoFrame<'_>) {
+        self.video.push((f.t, f.key, f.corrupt));
+    }
+    fn on_audio(&mut self, _a: &AudioBuffer<'_>) {
+        self.audio += 1;
+    }
+    fn on_tier(&mut self, tier: Tier) {
+        self.tiers.push((self.video.len(), tier));
+    }
+}
+
+fn decode(path: &str, tier: Tier, switch: Option<(f64, Tier)>) -> Frames {
+    let control = TierControl::new(tier);
+    let opts = OpenOptions {
+        tier: control.clone(),
+        ..OpenOptions::default()
+    };
+    let mut input = Input::open(path, &opts, Arc::new(AtomicBool::new(false))).unwrap();
+    let mut sink = Frames {
+        video: Vec::new(),
+        audio: 0,
+        tiers: Vec::new(),
+        control,
+        switch,
+    };
+    input.run(&mut MediaClock::new(), &mut sink).unwrap();
+    sink
+}
+
+#[test]
+fn each_tier_decodes_what_it_says_and_changes_while_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.ts");
+    let spec = SynthSpec {
+        width: 320,
+        height: 180,
+        duration: Some(10.0),
+        ..SynthSpec::default()
+    };
+    generate(
+        path.to_str().unwrap(),
+        &spec,
+        Arc::new(AtomicBool::new(false)),
+    )
+    .unwrap();
+    let path = path.to_str().unwrap();
+
+    let full = decode(path, Tier::Full, None);
+    assert_eq!(full.video.len(), 250);
+    assert_eq!(full.tiers, vec![(0, Tier::Full)]);
+    let keys = full.video.iter().filter(|f| f.1).count();
+    assert!(
+        (5..=8).contains(&keys),
+        "a keyframe every 2 s or so: {keys}"
+    );
+
+    let reference = decode(path, Tier::Reference, None);
+    assert!(
+        reference.video.len() > keys && reference.video.len() < 200,
+        "reference frames only: {} of 250",
+        reference.video.len()
+    );
+
+    let kf = decode(path, Tier::Keyframes, None);
+    assert_eq!(kf.video.len(), keys, "keyframes only");
+    assert!(kf.video.iter().all(|f| f.1 && !f.2), "{:?}", kf.video);
+    // Each keyframe comes out when its packet is read, not keyframes later.
+    let t_full: Vec<f64> = full.video.iter().filter(|f| f.1).map(|f| f.0).collect();
+    let t_kf: Vec<f64> = kf.video.iter().map(|f| f.0).collect();
+    assert_eq!(t_kf, t_full);
+
+    let transport = decode(path, Tier::Transport, None);
+    assert!(transport.video.is_empty());
+    assert_eq!(
+        transport.audio, full.audio,
+        "audio is decoded in every tier"
+    );
+
+    // keyframes → full at 4 s: every frame from the next keyframe on, none flagged corrupt
+    // (inter frames wait for a keyframe, whose references the decoder then has).
+    let up = decode(path, Tier::Keyframes, Some((4.0, Tier::Full)));
+    assert_eq!(up.tiers.len(), 2, "{:?}", up.tiers);
+    assert_eq!(up.tiers[1].1, Tier::Full);
+    assert!(
+        up.video.iter().all(|f| !f.2),
+        "nothing corrupt: {:?}",
+        up.video
+    );
+    let after: Vec<f64> = up.video.iter().map(|f| f.0).filter(|t| *t > 6.5).collect();
+    let want: Vec<f64> = full
+        .video
+        .iter()
+        .map(|f| f.0)
+        .filter(|t| *t > 6.5)
+        .collect();
+    assert_eq!(after, want, "every frame after the next keyframe");
+
+    // full → transport at 5 s: no frame presented after about then.
+    let down = decode(path, Tier::Full, Some((5.0, Tier::Transport)));
+    let last = down.video.last().unwrap().0;
+    assert!((4.5..5.5).contains(&last), "last frame at {last}");
+    assert_eq!(down.audio, full.audio);
+}
