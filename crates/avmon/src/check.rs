@@ -123,6 +123,9 @@ impl Report {
                 "\n  video: {} {}x{} @ {} fps, {} frames, {} decode errors",
                 v.codec, v.width, v.height, v.fps, self.frames_video, self.decode_errors
             );
+            if self.tier != Tier::Full {
+                s += &format!(" (tier {}: not every frame decoded)", self.tier);
+            }
         }
         if let Some(a) = &self.info.audio {
             s += &format!(
