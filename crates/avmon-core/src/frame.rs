@@ -56,6 +56,12 @@ pub struct VideoFrame<'a> {
     /// The decoder's own error flags for this frame (FFmpeg's `decode_error_flags`, see
     /// [`decode_error`]); 0 when it decoded cleanly.
     pub decode_errors: u32,
+    /// Below [`crate::Tier::Full`], when the input knows: whether the picture may have changed
+    /// between the previous decoded frame and this one, judged from the sizes of the packets
+    /// not decoded in between (in the `keyframes` tier: their largest is more than twice their
+    /// mean, as a flash or a cut between two alike keyframes shows, where a still picture codes
+    /// to packets all alike). `None` when every frame is decoded, or it is not known.
+    pub changed_between: Option<bool>,
 }
 
 /// Bits of [`VideoFrame::decode_errors`], as FFmpeg's decoders set them.

@@ -983,6 +983,7 @@ mod tests {
             key: false,
             corrupt: false,
             decode_errors: 0,
+            changed_between: None,
         }
     }
 

@@ -144,6 +144,11 @@ impl Detector for BlackDetector {
             self.period.measured += 1;
             self.period.luma_sum += stats.mean();
         }
+        if black && frame.changed_between == Some(true) && self.episode.in_run() {
+            // The picture may have left black between the previous decoded frame and this
+            // one (frames not decoded between them): the run so far ends; this one starts anew.
+            self.episode.good(frame.t, out, |d| self.run.details(d));
+        }
         if black {
             self.period.black_frames += 1;
             if !self.episode.in_run() {

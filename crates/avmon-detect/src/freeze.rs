@@ -401,7 +401,10 @@ impl Detector for FreezeDetector {
             self.episode.good(frame.t, out, |d| self.run.details(d));
             return;
         }
-        if !self.has_ref {
+        if !self.has_ref || frame.changed_between == Some(true) {
+            // Also when the picture may have changed since the previous decoded frame (frames
+            // not decoded between two alike keyframes: a flash, a cut and back): two alike
+            // samples with a change between them are no freeze.
             self.change(plane, frame.t, out);
             return;
         }
@@ -1071,6 +1074,7 @@ mod tests {
                 key: false,
                 corrupt: false,
                 decode_errors: 0,
+                changed_between: None,
             };
             // The largest (mafd, block_mad) of frames j+1 ..= j+n against frame j.
             let drift = |j: usize, n: usize| {

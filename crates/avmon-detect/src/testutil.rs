@@ -94,6 +94,7 @@ impl Picture {
             key: false,
             corrupt: false,
             decode_errors: 0,
+            changed_between: None,
         }
     }
 }

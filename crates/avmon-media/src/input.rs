@@ -136,6 +136,11 @@ struct VideoDec {
     to_gray: Option<(ff::software::scaling::Context, ff::frame::Video)>,
     /// Packets the demuxer flagged corrupt whose frame has not come out yet.
     damaged: DamagedPackets,
+    /// In the `keyframes` tier, the video packets not decoded since the last keyframe: how
+    /// many, their total and their largest size (see [`VideoFrame::changed_between`]).
+    skipped: (usize, usize, usize),
+    /// What the next frame out is told about the time since the previous one.
+    changed_between: Option<bool>,
     /// After a tier that kept packets from the decoder (`keyframes`, `transport`), the decoder
     /// has no references for the next inter frames: send only keyframes until one arrives.
     await_key: bool,
@@ -278,6 +283,8 @@ fn open_video(
                     to_gray: None,
                     damaged: DamagedPackets::default(),
                     await_key: false,
+                    skipped: (0, 0, 0),
+                    changed_between: None,
                 },
                 info,
             )))
@@ -601,7 +608,17 @@ impl Input {
                 Tier::Full | Tier::Reference => !v.await_key || packet.is_key(),
             };
             if !send {
+                if tier == Tier::Keyframes {
+                    let (n, sum, max) = &mut v.skipped;
+                    *n += 1;
+                    *sum += packet.size();
+                    *max = (*max).max(packet.size());
+                }
                 return;
+            }
+            if tier == Tier::Keyframes {
+                let (n, sum, max) = std::mem::take(&mut v.skipped);
+                v.changed_between = Some(n > 0 && max * n > 2 * sum);
             }
             if packet.is_key() {
                 v.await_key = false;
@@ -651,6 +668,8 @@ impl Input {
             if starved(prev) {
                 v.await_key = true;
             }
+            v.skipped = (0, 0, 0);
+            v.changed_between = None;
         }
         tracing::debug!(url = %self.url, ?prev, %tier, "fidelity tier applied");
         sink.on_tier(tier);
@@ -834,6 +853,7 @@ fn receive_video(v: &mut VideoDec, clock: &mut MediaClock, sink: &mut dyn FrameS
                 key,
                 corrupt,
                 decode_errors: error_flags,
+                changed_between: v.changed_between.take(),
             });
         }
     }

@@ -125,6 +125,35 @@ fn each_tier_finds_what_it_can_and_nothing_false() {
     }
 }
 
+/// A still picture that flashes between keyframes (the sync test signal: grey, a white flash
+/// each second, keyframes every 2 s on grey) looks frozen from its keyframes alone; the sizes of
+/// the packets not decoded in between show the change.
+#[test]
+fn keyframes_do_not_call_a_picture_frozen_that_changed_between_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("sync.ts");
+    let o = avmon()
+        .args([
+            "synth",
+            f.to_str().unwrap(),
+            "--content",
+            "sync",
+            "--duration",
+            "12",
+        ])
+        .args(["--width", "640", "--height", "360"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "synth: {}", stderr_of(&o));
+    let r = check_tier(&f, "keyframes");
+    assert_eq!(
+        events(&r),
+        vec![],
+        "nothing: the picture changes every second"
+    );
+    assert!(frames(&r, "video") <= 8, "{}", frames(&r, "video"));
+}
+
 #[test]
 fn a_bad_tier_is_refused_with_its_path() {
     let dir = tempfile::tempdir().unwrap();
