@@ -108,6 +108,14 @@ pub fn run(o: &Options) -> Result<()> {
     }
     if want("profile") {
         println!("{}", profile(o, &i720, &scratch)?);
+        // Callgrind runs ~50× slower: a 10 s clip with the same kinds of defect.
+        let clip = synth(
+            o,
+            "720p-10s",
+            "--size 1280x720 --duration 10 --defect black@1.7-4 --defect freeze@4.3-6.6 \
+             --defect silence@7-9.3",
+        )?;
+        println!("{}", inclusive(o, &clip, &scratch)?);
     }
     Ok(())
 }
@@ -568,18 +576,24 @@ struct Stage {
     rss_mib: f64,
     /// The largest growth of any stream's lag behind wall time over the window, seconds.
     lag_s: f64,
+    /// The largest lag at the window's end: wall time since its sender started, less its media
+    /// time (an upper bound: it includes FFmpeg's start-up).
+    lag_end_s: f64,
     drops: u64,
     holds: bool,
 }
 
 /// K streams for `window` seconds. A stream is **behind** when its media time (`GET
 /// /api/streams`, published every 200 ms) advanced more than [`BEHIND_S`] less than wall time
-/// over the window, or the kernel dropped datagrams on its socket (its receive buffer, up to
-/// `net.core.rmem_max`, filled because avmon did not read in time). The window starts 5 s after
-/// every stream decodes, so start-up is not counted.
+/// over the window, or lags wall time by more than that at the window's end (wall time since
+/// its sender started, less its media time: avmon is listening before the senders start, so
+/// media time 0 is the sender's first packet), or the kernel dropped datagrams on its socket
+/// (its receive buffer, up to `net.core.rmem_max`, filled because avmon did not read in time).
+/// The window starts 5 s after every stream decodes, so start-up is not counted.
 fn stage(o: &Options, file: &Path, k: usize, scratch: &Path, tck: f64) -> Result<Stage> {
     let ports = free_udp_ports(k)?;
     let svc = Service::start(o, scratch, &stream_sections(&ports))?;
+    let started = Instant::now();
     let send = senders(o, file, &ports, true)?;
     svc.wait_decoding(k, Duration::from_secs(60))?;
     std::thread::sleep(Duration::from_secs(5));
@@ -604,6 +618,11 @@ fn stage(o: &Options, file: &Path, k: usize, scratch: &Path, tck: f64) -> Result
                 wall - (t1 - t0)
             })
             .fold(f64::NEG_INFINITY, f64::max);
+    let since_start = b.0.duration_since(started).as_secs_f64();
+    let lag_end_s =
+        b.1.iter()
+            .map(|x| since_start - x.1)
+            .fold(f64::NEG_INFINITY, f64::max);
     let drops = b.5 - a.5;
     let host = (b.4 .0 - a.4 .0) / (b.4 .1 - a.4 .1) * 100.0 * num_cpus() as f64;
     Ok(Stage {
@@ -613,8 +632,9 @@ fn stage(o: &Options, file: &Path, k: usize, scratch: &Path, tck: f64) -> Result
         host_pct: host,
         rss_mib: proc_rss_mib(svc.pid()),
         lag_s,
+        lag_end_s,
         drops,
-        holds: lag_s <= BEHIND_S && drops == 0,
+        holds: lag_s <= BEHIND_S && lag_end_s <= BEHIND_S && drops == 0,
     })
 }
 
@@ -653,11 +673,12 @@ fn streams(o: &Options, file: &Path, scratch: &Path) -> Result<String> {
         "## Streams per host\n\nK real-time 720p25 streams (`ffmpeg -re -stream_loop -1 -c copy` \
          of the 720p input to UDP on loopback) into one `avmon run`, every detector on, each K \
          watched for {:.0} s after every stream decodes. Behind: a stream's media time \
-         (`/api/streams`) fell > {BEHIND_S} s further behind wall time over the window, or the \
-         kernel dropped datagrams on its socket. CPU in % of one core; the host has {} cores \
+         (`/api/streams`) fell > {BEHIND_S} s further behind wall time over the window, or lags \
+         it by > {BEHIND_S} s at the window's end (from its sender's start, so FFmpeg's \
+         start-up counts against avmon), or the kernel dropped datagrams on its socket. CPU in % of one core; the host has {} cores \
          ({}%). One sender alone takes {alone:.1} % of a core.\n\n\
-         | K | avmon CPU | senders CPU | host busy (all processes) | avmon RSS | max lag growth | UDP drops | holds |\n\
-         |---:|---:|---:|---:|---:|---:|---:|---|\n",
+         | K | avmon CPU | senders CPU | host busy (all processes) | avmon RSS | max lag growth | max lag at end | UDP drops | holds |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
         o.window,
         num_cpus(),
         100 * num_cpus()
@@ -665,13 +686,14 @@ fn streams(o: &Options, file: &Path, scratch: &Path) -> Result<String> {
     for s in &rows {
         let _ = writeln!(
             t,
-            "| {} | {:.0} % | {:.0} % | {:.0} % | {:.0} MiB | {:.2} s | {} | {} |",
+            "| {} | {:.0} % | {:.0} % | {:.0} % | {:.0} MiB | {:.2} s | {:.2} s | {} | {} |",
             s.k,
             s.avmon_pct,
             s.senders_pct,
             s.host_pct,
             s.rss_mib,
             s.lag_s,
+            s.lag_end_s,
             s.drops,
             if s.holds { "yes" } else { "**no**" }
         );
@@ -913,10 +935,26 @@ fn profile(o: &Options, file: &Path, scratch: &Path) -> Result<String> {
                 .trim()
                 .trim_start_matches("[.]")
                 .trim_start_matches("[k]")
-                .trim();
+                .trim()
+                // perf's empty trailing columns.
+                .trim_end_matches([' ', '-']);
             Some((pct, dso.to_string(), sym.to_string()))
         })
         .collect();
+    // FFmpeg's unnamed internal functions (addresses) as one row per library.
+    let mut top: Vec<(f64, String, String)> = Vec::new();
+    for (pct, dso, sym) in &rows {
+        let sym = if sym.starts_with("0x") {
+            "(internal functions, no symbols)".to_string()
+        } else {
+            sym.clone()
+        };
+        match top.iter_mut().find(|x| x.1 == *dso && x.2 == sym) {
+            Some(x) => x.0 += pct,
+            None => top.push((*pct, dso.clone(), sym)),
+        }
+    }
+    top.sort_by(|a, b| b.0.total_cmp(&a.0));
     let who = |dso: &str, sym: &str| -> &'static str {
         if dso.starts_with("libav") || dso.starts_with("libsw") {
             "FFmpeg (libav*, libsw*)"
@@ -943,16 +981,124 @@ fn profile(o: &Options, file: &Path, scratch: &Path) -> Result<String> {
         "## Profile of `avmon check` (720p25)\n\n`perf record -F 999` samples, self time. \
          Debian's FFmpeg has no frame pointers and no symbols for its internal functions, so \
          call graphs do not unwind through it: the split is by who runs the sampled \
-         instruction, and FFmpeg's functions show as addresses in libavcodec.\n\n\
+         instruction, and FFmpeg's internal functions are one row per library.\n\n\
          | who | share of samples |\n|---|---:|\n",
     );
     for (g, pct) in &groups {
         let _ = writeln!(t, "| {g} | {pct:.1} % |");
     }
     t.push_str("\n| # | self | library | function |\n|---:|---:|---|---|\n");
-    for (i, (pct, dso, sym)) in rows.iter().take(10).enumerate() {
-        let sym = if sym.len() > 90 { &sym[..90] } else { sym };
+    for (i, (pct, dso, sym)) in top.iter().take(10).enumerate() {
+        let sym: String = sym.chars().take(100).collect();
         let _ = writeln!(t, "| {} | {pct:.2} % | {dso} | `{sym}` |", i + 1);
+    }
+    Ok(t)
+}
+
+/// One function of a callgrind profile: inclusive instructions, and its name.
+struct Inclusive {
+    ir: f64,
+    name: String,
+}
+
+/// `check` under callgrind on `clip`: the inclusive instruction count of each function, so
+/// FFmpeg's decode (`avcodec_send_packet` and `avcodec_receive_frame`, exported and so named)
+/// stands against each detector and avmon's own code.
+fn inclusive(o: &Options, clip: &Path, scratch: &Path) -> Result<String> {
+    eprintln!("cost: callgrind");
+    let out = scratch.join("callgrind.out");
+    let status = Command::new("valgrind")
+        .arg("--tool=callgrind")
+        .arg(format!("--callgrind-out-file={}", out.display()))
+        .args([&o.avmon, "check"])
+        .arg(clip)
+        .args(["--format", "json"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    if !status.is_ok_and(|s| s.success()) {
+        return Ok("valgrind (callgrind) is not available here.\n".to_string());
+    }
+    let text = Command::new("callgrind_annotate")
+        .args(["--inclusive=yes", "--threshold=100", "--auto=no"])
+        .arg(&out)
+        .output()?;
+    let text = String::from_utf8_lossy(&text.stdout);
+    // "12,345,678 (97.20%)  ???:main [/path/avmon]" or "12,345,678  PROGRAM TOTALS".
+    let mut total = 0.0;
+    let mut fns: Vec<Inclusive> = Vec::new();
+    for line in text.lines() {
+        let line = line.trim();
+        let Some((n, rest)) = line.split_once(' ') else {
+            continue;
+        };
+        let Ok(ir) = n.replace(',', "").parse::<f64>() else {
+            continue;
+        };
+        let rest = rest.trim();
+        let rest = match rest.strip_prefix('(') {
+            Some(r) => r.split_once(')').map_or("", |x| x.1).trim(),
+            None => rest,
+        };
+        if rest.starts_with("PROGRAM TOTALS") {
+            total = ir;
+            continue;
+        }
+        // "file:function [object]": the function, without the file and the object.
+        let name = rest.rsplit_once(" [").map_or(rest, |x| x.0);
+        let name = name.split_once(':').map_or(name, |x| x.1).to_string();
+        // callgrind lists a function once per source file its inlined code came from.
+        match fns.iter_mut().find(|f| f.name == name) {
+            Some(f) => f.ir = f.ir.max(ir),
+            None => fns.push(Inclusive { ir, name }),
+        }
+    }
+    if total <= 0.0 {
+        bail!("no totals in callgrind_annotate's output");
+    }
+    fns.sort_by(|a, b| b.ir.total_cmp(&a.ir));
+    let share = |pred: &dyn Fn(&str) -> bool| -> f64 {
+        fns.iter()
+            .filter(|f| pred(&f.name))
+            .map(|f| f.ir)
+            .sum::<f64>()
+            / total
+            * 100.0
+    };
+    let detector = |n: &str| {
+        n.starts_with("<avmon_detect::")
+            && n.contains("as avmon_core::detector::Detector>::")
+            && !n.ends_with("::name")
+    };
+    let mut t = format!(
+        "### Inclusive instructions (callgrind, 10 s of 720p25)\n\n`valgrind --tool=callgrind` \
+         of `avmon check` on a 10 s clip of the same kind ({:.2} G instructions in all). \
+         Inclusive: a function with everything it calls. Instructions are a proxy for time \
+         (libavcodec's SIMD does more per instruction than the detectors' loops).\n\n\
+         | part | inclusive share |\n|---|---:|\n\
+         | FFmpeg decode (`avcodec_send_packet` + `avcodec_receive_frame`) | {:.1} % |\n\
+         | FFmpeg demux (`av_read_frame`) | {:.1} % |\n\
+         | avmon detectors (every `Detector::on_*`) | {:.1} % |\n\n\
+         The top 10 named functions below the call chain from `main` to the decode loop \
+         (those under 90 % inclusive; libavcodec's internal functions have no symbols):\n\n| # | inclusive | function |\n|---:|---:|---|\n",
+        total / 1e9,
+        share(&|n| n == "avcodec_send_packet" || n == "avcodec_receive_frame"),
+        share(&|n| n == "av_read_frame"),
+        share(&detector),
+    );
+    for (i, f) in fns
+        .iter()
+        .filter(|f| f.ir / total < 0.9 && !f.name.starts_with("0x"))
+        .take(10)
+        .enumerate()
+    {
+        let name: String = f.name.chars().take(100).collect();
+        let _ = writeln!(
+            t,
+            "| {} | {:.1} % | `{name}` |",
+            i + 1,
+            f.ir / total * 100.0
+        );
     }
     Ok(t)
 }
