@@ -491,20 +491,30 @@ fn host_jiffies() -> (f64, f64) {
     (total - idle, total)
 }
 
-/// Datagrams the kernel dropped on these local UDP ports (socket buffer full), summed.
-fn udp_drops(ports: &[u16]) -> u64 {
+/// The kernel's view of these local UDP ports: datagrams dropped (socket buffer full), summed,
+/// and the largest receive queue (bytes the kernel holds for avmon to read, with its per-datagram
+/// overhead), i.e. how far avmon's reading is behind its senders.
+fn udp_sockets(ports: &[u16]) -> (u64, u64) {
     let text = std::fs::read_to_string("/proc/net/udp").unwrap_or_default();
-    text.lines()
-        .skip(1)
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            let port = u16::from_str_radix(f.get(1)?.rsplit(':').next()?, 16).ok()?;
-            ports
-                .contains(&port)
-                .then(|| f.last()?.parse::<u64>().ok())
-                .flatten()
-        })
-        .sum()
+    let (mut drops, mut queue) = (0, 0);
+    for l in text.lines().skip(1) {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let port = f
+            .get(1)
+            .and_then(|a| a.rsplit(':').next())
+            .and_then(|p| u16::from_str_radix(p, 16).ok());
+        if !port.is_some_and(|p| ports.contains(&p)) {
+            continue;
+        }
+        drops += f.last().and_then(|d| d.parse::<u64>().ok()).unwrap_or(0);
+        let rx = f
+            .get(4)
+            .and_then(|q| q.split(':').nth(1))
+            .and_then(|q| u64::from_str_radix(q, 16).ok())
+            .unwrap_or(0);
+        queue = queue.max(rx);
+    }
+    (drops, queue)
 }
 
 fn num_cpus() -> usize {
@@ -581,6 +591,8 @@ struct Stage {
     /// time (an upper bound: it includes FFmpeg's and avmon's start-up, probing included).
     lag_end_s: f64,
     drops: u64,
+    /// The largest receive queue of any stream's socket seen in the window, bytes.
+    backlog: u64,
     holds: bool,
 }
 
@@ -606,7 +618,7 @@ fn stage(o: &Options, file: &Path, k: usize, scratch: &Path, tck: f64) -> Result
             proc_cpu_s(svc.pid(), tck),
             send.pids().iter().map(|&p| proc_cpu_s(p, tck)).sum::<f64>(),
             host_jiffies(),
-            udp_drops(&ports),
+            udp_sockets(&ports).0,
         ))
     };
     let a = snap(&svc)?;
@@ -615,6 +627,7 @@ fn stage(o: &Options, file: &Path, k: usize, scratch: &Path, tck: f64) -> Result
     let mut lowest: Vec<(String, f64)> = Vec::new();
     let mut lag_s: f64 = 0.0;
     let mut lag_end_s = f64::NEG_INFINITY;
+    let mut backlog = 0;
     let end = a.0 + Duration::from_secs_f64(o.window);
     let b = loop {
         let now = Instant::now();
@@ -631,6 +644,7 @@ fn stage(o: &Options, file: &Path, k: usize, scratch: &Path, tck: f64) -> Result
             break b;
         }
         let wall = now.duration_since(started).as_secs_f64();
+        backlog = backlog.max(udp_sockets(&ports).1);
         for (id, media_t, _) in &svc.streams()? {
             let lag = wall - media_t;
             match lowest.iter_mut().find(|x| &x.0 == id) {
@@ -655,6 +669,7 @@ fn stage(o: &Options, file: &Path, k: usize, scratch: &Path, tck: f64) -> Result
         lag_s,
         lag_end_s,
         drops,
+        backlog,
         holds: lag_s <= BEHIND_S && drops == 0,
     })
 }
@@ -680,13 +695,23 @@ fn streams(o: &Options, file: &Path, scratch: &Path) -> Result<String> {
     ks.extend((8..=o.max_streams).step_by(4));
     ks.retain(|&k| k <= o.max_streams);
     let mut rows = Vec::new();
+    // A stage that could not be measured (a stream that never decoded) ends the test: the K
+    // before it is the answer, and the reason is printed with the table.
+    let mut failed = None;
     for k in ks {
         eprintln!("cost: streams K={k}");
-        let s = stage(o, file, k, scratch, tck)?;
-        let holds = s.holds;
-        rows.push(s);
-        if !holds {
-            break;
+        match stage(o, file, k, scratch, tck) {
+            Ok(s) => {
+                let holds = s.holds;
+                rows.push(s);
+                if !holds {
+                    break;
+                }
+            }
+            Err(e) => {
+                failed = Some(format!("K = {k} could not be measured: {e:#}"));
+                break;
+            }
         }
     }
     let best = rows.iter().filter(|s| s.holds).map(|s| s.k).max();
@@ -697,10 +722,12 @@ fn streams(o: &Options, file: &Path, scratch: &Path) -> Result<String> {
          time (wall time since the senders started, less its media time in `/api/streams`, read \
          every second) rose > {BEHIND_S} s above its lowest point in the window, or the kernel \
          dropped datagrams on its socket. Lag at end: the largest lag when the window closed, \
-         FFmpeg's and avmon's start-up included. CPU in % of one core; the host has {} cores \
+         FFmpeg's and avmon's start-up included. The slip includes the senders' own delays on \
+         a busy host; socket backlog (the largest receive queue of a stream's socket, read \
+         every second, with the kernel's per-datagram overhead) is what waits for avmon alone. CPU in % of one core; the host has {} cores \
          ({}%). One sender alone takes {alone:.1} % of a core.\n\n\
-         | K | avmon CPU | senders CPU | host busy (all processes) | avmon RSS | max slip | max lag at end | UDP drops | holds |\n\
-         |---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
+         | K | avmon CPU | senders CPU | host busy (all processes) | avmon RSS | max slip | max lag at end | socket backlog | UDP drops | holds |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
         o.window,
         num_cpus(),
         100 * num_cpus()
@@ -708,7 +735,7 @@ fn streams(o: &Options, file: &Path, scratch: &Path) -> Result<String> {
     for s in &rows {
         let _ = writeln!(
             t,
-            "| {} | {:.0} % | {:.0} % | {:.0} % | {:.0} MiB | {:.2} s | {:.2} s | {} | {} |",
+            "| {} | {:.0} % | {:.0} % | {:.0} % | {:.0} MiB | {:.2} s | {:.2} s | {:.0} KiB | {} | {} |",
             s.k,
             s.avmon_pct,
             s.senders_pct,
@@ -716,9 +743,13 @@ fn streams(o: &Options, file: &Path, scratch: &Path) -> Result<String> {
             s.rss_mib,
             s.lag_s,
             s.lag_end_s,
+            s.backlog as f64 / 1024.0,
             s.drops,
             if s.holds { "yes" } else { "**no**" }
         );
+    }
+    if let Some(why) = failed {
+        let _ = writeln!(t, "\n{why}");
     }
     let _ = writeln!(
         t,
