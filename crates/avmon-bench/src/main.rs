@@ -3,8 +3,12 @@
 //! signals. Prints Markdown tables (the docs keep a copy) and writes the raw figures as JSON.
 //!
 //! `bench/accuracy.sh` builds avmon and runs this.
+//!
+//! `avmon-bench cost` (`bench/cost.sh`): CPU, memory, streams per host and alert latency of
+//! avmon against FFmpeg on the same inputs (see [`cost`]).
 
 mod corpus;
+mod cost;
 mod ffmpeg;
 mod score;
 mod wav;
@@ -65,10 +69,80 @@ enum Cmd {
         #[arg(long, default_value = "full")]
         tier: String,
     },
+    /// What a monitored stream costs: CPU per stream-hour against FFmpeg's decode and detection
+    /// chain, memory, streams per host, alert latency, and a profile.
+    Cost {
+        /// The avmon binary to measure.
+        #[arg(long, default_value = "target/release/avmon")]
+        avmon: String,
+        #[arg(long, default_value = "ffmpeg")]
+        ffmpeg: String,
+        /// Where the inputs are generated (reused when their recipes did not change).
+        #[arg(long, default_value = "target/cost")]
+        dir: PathBuf,
+        /// Seconds of each input (720p25 and 1080p25).
+        #[arg(long, default_value_t = 60.0)]
+        duration: f64,
+        /// Interleaved runs of each command; the CPU figures are their medians.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Parts to run (repeatable): cpu, memory, latency, profile, streams. Default: all but
+        /// streams, which --streams adds.
+        #[arg(long = "only", value_name = "PART")]
+        only: Vec<String>,
+        /// Also measure streams per host (takes minutes).
+        #[arg(long)]
+        streams: bool,
+        /// Most streams tried for streams per host.
+        #[arg(long, default_value_t = 32)]
+        max_streams: usize,
+        /// Seconds each streams-per-host stage is watched for.
+        #[arg(long, default_value_t = 30.0)]
+        window: f64,
+        /// Black defects in the latency stream (one every 12 s).
+        #[arg(long, default_value_t = 10)]
+        defects: usize,
+    },
 }
 
 fn main() -> Result<()> {
     match Cli::parse().command {
+        Cmd::Cost {
+            avmon,
+            ffmpeg,
+            dir,
+            duration,
+            runs,
+            only,
+            streams,
+            max_streams,
+            window,
+            defects,
+        } => {
+            const PARTS: [&str; 5] = ["cpu", "memory", "latency", "profile", "streams"];
+            if let Some(bad) = only.iter().find(|p| !PARTS.contains(&p.as_str())) {
+                bail!("--only {bad:?}: not one of {}", PARTS.join(", "));
+            }
+            let mut parts = if only.is_empty() {
+                PARTS[..4].iter().map(|p| p.to_string()).collect()
+            } else {
+                only
+            };
+            if streams && !parts.iter().any(|p| p == "streams") {
+                parts.push("streams".into());
+            }
+            cost::run(&cost::Options {
+                avmon,
+                ffmpeg,
+                dir,
+                duration,
+                runs: runs.max(1),
+                parts,
+                max_streams,
+                window,
+                defects,
+            })
+        }
         Cmd::Accuracy {
             avmon,
             ffmpeg,
