@@ -8,21 +8,9 @@
 #   bench/check-vs-ffmpeg.sh [SECONDS=60] [RUNS=11] [WIDTHxHEIGHT=1280x720]
 #   AVMON=path/to/avmon bench/check-vs-ffmpeg.sh   # measure another build (e.g. before a change)
 set -euo pipefail
-cd "$(dirname "$0")/.."
-secs="${1:-60}"; runs="${2:-11}"; size="${3:-1280x720}"
-w="${size%x*}"; h="${size#*x}"
-avmon="${AVMON:-./target/release/avmon}"
-[ -n "${AVMON:-}" ] || cargo build --release -q -p avmon
-dir="$(mktemp -d)"; trap 'rm -rf "$dir"' EXIT
-in="$dir/in.ts"
-"$avmon" synth "$in" --duration "$secs" --width "$w" --height "$h" \
-  --defect black@10-14 --defect freeze@20-25 --defect silence@30-34 2>/dev/null
-
-# CPU seconds (user + system) of one command, children included.
-cpu() {
-  local TIMEFORMAT='%U %S'
-  { time "$@" >/dev/null 2>&1; } 2>&1 | awk '{ printf "%.2f", $1 + $2 }'
-}
+default_runs=11
+# shellcheck source=bench/common.sh
+source "$(dirname "$0")/common.sh"
 
 echo "input: ${secs} s of ${w}x${h}p25 H.264 + AAC (avmon synth), $runs runs each, interleaved"
 printf "%-4s %10s %10s %8s\n" run avmon_s ffmpeg_s ratio

@@ -36,42 +36,6 @@ fn receiver(rt: &tokio::runtime::Runtime) -> (String, Received) {
     (url, got)
 }
 
-/// `avmon run` on a config of `streams` (its `[[streams]]` and `[[notifiers]]`), with its API on
-/// a free port and its store in `dir`, once the API answers; with a client and the API's URL.
-fn start_service(
-    dir: &std::path::Path,
-    streams: &str,
-) -> (Killed, reqwest::blocking::Client, String) {
-    let api = free_tcp_port();
-    let cfg = dir.join("avmon.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:{api}\"\n[store]\nurl = \"sqlite://{}\"\n\
-             metrics_interval_s = 2\n{streams}",
-            dir.join("avmon.db").display()
-        ),
-    )
-    .unwrap();
-    let service = Killed(
-        avmon()
-            .args(["run", "--config", cfg.to_str().unwrap()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let http = reqwest::blocking::Client::new();
-    let base = format!("http://127.0.0.1:{api}");
-    wait_for("the API", Duration::from_secs(20), || {
-        http.get(format!("{base}/healthz"))
-            .send()
-            .ok()
-            .filter(|r| r.status().is_success())
-    });
-    (service, http, base)
-}
-
 fn find<'a>(got: &'a [Value], kind: &str, state: &str) -> Option<&'a Value> {
     got.iter()
         .find(|v| v["kind"] == kind && v["state"] == state)

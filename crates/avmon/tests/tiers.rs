@@ -196,31 +196,13 @@ fn rates(stream: &dyn Fn() -> Value, secs: f64) -> (f64, f64) {
 fn tier_changes_at_run_time_through_the_api_without_reconnecting() {
     let dir = tempfile::tempdir().unwrap();
     let udp = free_udp_port();
-    let api = free_tcp_port();
-    let cfg = dir.path().join("avmon.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:{api}\"\n[store]\nurl = \"sqlite://{}\"\n\
-             [[streams]]\nid = \"s\"\nurl = \"udp://127.0.0.1:{udp}\"\ntier = \"keyframes\"\n",
-            dir.path().join("avmon.db").display()
+    let (_service, http, base) = start_service(
+        dir.path(),
+        &format!(
+            "[[streams]]\nid = \"s\"\nurl = \"udp://127.0.0.1:{udp}\"\ntier = \"keyframes\"\n"
         ),
-    )
-    .unwrap();
-    let _service = Killed(
-        avmon()
-            .args(["run", "--config", cfg.to_str().unwrap()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
     );
-    let http = reqwest::blocking::Client::new();
-    let base = format!("http://127.0.0.1:{api}");
     let get = |url: &str| -> Option<Value> { http.get(url).send().ok()?.json().ok() };
-    wait_for("the API", Duration::from_secs(20), || {
-        get(&format!("{base}/healthz"))
-    });
     // 34 s of live stream, black at 12–17 s (while the tier is full).
     let _synth = Killed(
         avmon()

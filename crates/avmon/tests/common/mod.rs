@@ -4,7 +4,7 @@
 
 use std::net::{TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -146,4 +146,40 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
         assert!(Instant::now() < until, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// `avmon run` on a config of `streams` (its `[[streams]]` and `[[notifiers]]`), with its API on
+/// a free port and its store in `dir`, once the API answers; with a client and the API's URL.
+pub fn start_service(
+    dir: &std::path::Path,
+    streams: &str,
+) -> (Killed, reqwest::blocking::Client, String) {
+    let api = free_tcp_port();
+    let cfg = dir.join("avmon.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{api}\"\n[store]\nurl = \"sqlite://{}\"\n\
+             metrics_interval_s = 2\n{streams}",
+            dir.join("avmon.db").display()
+        ),
+    )
+    .unwrap();
+    let service = Killed(
+        avmon()
+            .args(["run", "--config", cfg.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let http = reqwest::blocking::Client::new();
+    let base = format!("http://127.0.0.1:{api}");
+    wait_for("the API", Duration::from_secs(20), || {
+        http.get(format!("{base}/healthz"))
+            .send()
+            .ok()
+            .filter(|r| r.status().is_success())
+    });
+    (service, http, base)
 }
