@@ -20,6 +20,15 @@
 //! Stray findings (an `End` with nothing open, a second `End`) are ignored. After
 //! [`clear_all`](AlertEngine::clear_all) (input ended, stream removed) nothing is active.
 //!
+//! # Flapping
+//!
+//! With `flap_max = N` (> 0), a kind raised N times within `flap_window_s` of media time is
+//! *flapping*: at its next end the alert is not cleared but held raised, with
+//! `details.flapping = true` (one `Updated` event). While held, the defect coming and going makes
+//! no events at all; the alert clears once the defect has stayed away for `flap_window_s`, with
+//! `details.flaps` = the raises and returns counted in the window. So a defect that comes and goes
+//! every few seconds makes at most N raises, N − 1 clears, one update and one final clear.
+//!
 //! # Clocks
 //!
 //! Hysteresis runs on media time, so it is deterministic and replayable; wall time is only stamped
@@ -27,6 +36,7 @@
 //! [`CLOCK_RESTART_S`] behind a pending end (a reconnect restarted media time at 0), that clear is
 //! due at once rather than never.
 
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
 
 use avmon_core::{
@@ -34,6 +44,10 @@ use avmon_core::{
 };
 use serde::{Deserialize, Serialize};
 use uuid::{ContextV7, Timestamp, Uuid};
+
+pub mod suppress;
+
+pub use suppress::Suppression;
 
 /// A media clock this far behind a pending end has restarted: the clear is due.
 pub const CLOCK_RESTART_S: f64 = 10.0;
@@ -45,11 +59,21 @@ pub struct AlertConfig {
     /// Seconds of media time a defect must stay ended before its alert is cleared. A defect that
     /// comes back within the hold continues the same alert.
     pub clear_hold_s: f64,
+    /// Flap suppression: a kind raised this many times within `flap_window_s` is held raised as
+    /// flapping instead of clearing and raising again. `0` (the default) turns it off.
+    pub flap_max: u32,
+    /// The flap window, seconds of media time; also how long a flapping defect must stay away
+    /// before its alert clears.
+    pub flap_window_s: f64,
 }
 
 impl Default for AlertConfig {
     fn default() -> Self {
-        AlertConfig { clear_hold_s: 1.0 }
+        AlertConfig {
+            clear_hold_s: 1.0,
+            flap_max: 0,
+            flap_window_s: 300.0,
+        }
     }
 }
 
@@ -64,6 +88,14 @@ impl AlertConfig {
             };
             errors.push(format!("{field}: must be >= 0 (got {})", self.clear_hold_s));
         }
+        if !(self.flap_window_s.is_finite() && self.flap_window_s > 0.0) {
+            let field = if path.is_empty() {
+                "flap_window_s".to_owned()
+            } else {
+                format!("{path}.flap_window_s")
+            };
+            errors.push(format!("{field}: must be > 0 (got {})", self.flap_window_s));
+        }
     }
 }
 
@@ -72,6 +104,8 @@ impl AlertConfig {
 struct Active {
     alert: Alert,
     pending: Option<Pending>,
+    /// Held raised as flapping (see the crate documentation).
+    flapping: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -87,12 +121,15 @@ pub struct AlertEngine {
     cfg: AlertConfig,
     /// Active alerts, at most one per kind, in the order they were raised.
     active: Vec<Active>,
+    /// Media times each kind was raised (or came back while flapping), within the flap window.
+    raises: BTreeMap<String, VecDeque<f64>>,
 }
 
 /// Ids are ordered by creation across the whole process, even within one millisecond.
 static IDS: Mutex<ContextV7> = Mutex::new(ContextV7::new());
 
-fn new_id(wall: WallTime) -> String {
+/// A new UUIDv7 for `wall` (alert and maintenance window ids).
+pub fn new_id(wall: WallTime) -> String {
     let secs = u64::try_from(wall.timestamp()).unwrap_or(0);
     let ts = Timestamp::from_unix(&IDS, secs, wall.timestamp_subsec_nanos());
     Uuid::new_v7(ts).to_string()
@@ -110,6 +147,7 @@ impl AlertEngine {
             stream_id,
             cfg,
             active: Vec::new(),
+            raises: BTreeMap::new(),
         }
     }
 
@@ -124,12 +162,25 @@ impl AlertEngine {
             (FindingEdge::Begin, Some(i)) => {
                 // Came back after its hold, with no tick in between to clear it: that was the end
                 // of the old alert, and this is a new one.
-                if let Some(p) = &self.active[i].pending {
-                    if p.end_s + self.cfg.clear_hold_s <= f.t {
+                // (Unless its kind is flapping: then it is held, and this return absorbed below.)
+                if let Some(end_s) = self.active[i].pending.as_ref().map(|p| p.end_s) {
+                    if end_s + self.hold(&self.active[i]) <= f.t
+                        && !self.start_flapping(i, end_s, out)
+                    {
                         self.clear(i, wall_now, out);
                         self.raise(f, wall_now, out);
                         return;
                     }
+                }
+                if self.active[i].flapping {
+                    let a = &mut self.active[i];
+                    if a.pending.take().is_some() {
+                        self.note_raise(f.kind, f.t);
+                    }
+                    let a = &mut self.active[i];
+                    a.alert.severity = a.alert.severity.max(f.severity);
+                    merge(&mut a.alert.details, &f.details);
+                    return;
                 }
                 let a = &mut self.active[i];
                 let resumed = a.pending.take().is_some();
@@ -163,18 +214,71 @@ impl AlertEngine {
 
     /// The media clock reached `media_now`: clear the alerts whose hold has run out.
     pub fn on_tick(&mut self, media_now: f64, wall_now: WallTime, out: &mut Vec<AlertEvent>) {
-        let hold = self.cfg.clear_hold_s;
         let mut i = 0;
         while i < self.active.len() {
-            let due = self.active[i].pending.as_ref().is_some_and(|p| {
-                p.end_s + hold <= media_now || media_now < p.end_s - CLOCK_RESTART_S
-            });
-            if due {
+            let hold = self.hold(&self.active[i]);
+            let (due, restarted, end_s) = match &self.active[i].pending {
+                Some(p) => (
+                    p.end_s + hold <= media_now,
+                    media_now < p.end_s - CLOCK_RESTART_S,
+                    p.end_s,
+                ),
+                None => (false, false, 0.0),
+            };
+            if (due && !self.start_flapping(i, end_s, out)) || restarted {
                 self.clear(i, wall_now, out);
             } else {
                 i += 1;
             }
         }
+    }
+
+    /// How long an ended alert waits before it clears.
+    fn hold(&self, a: &Active) -> f64 {
+        if a.flapping {
+            self.cfg.flap_window_s
+        } else {
+            self.cfg.clear_hold_s
+        }
+    }
+
+    /// Record a raise (or a return while flapping) of `kind` at media time `t`.
+    fn note_raise(&mut self, kind: &str, t: f64) {
+        if self.cfg.flap_max == 0 {
+            return;
+        }
+        let window = self.cfg.flap_window_s;
+        let times = self.raises.entry(kind.to_owned()).or_default();
+        times.push_back(t);
+        while times.front().is_some_and(|&t0| t0 < t - window) {
+            times.pop_front();
+        }
+    }
+
+    /// The alert at `i`, ended at `end_s`, is due to clear: hold it as flapping instead when its
+    /// kind was raised `flap_max` times within the window. Returns whether it is (now) held.
+    fn start_flapping(&mut self, i: usize, end_s: f64, out: &mut Vec<AlertEvent>) -> bool {
+        let a = &self.active[i];
+        if a.flapping {
+            return false; // a held alert's own hold ran out: it clears
+        }
+        let max = self.cfg.flap_max as usize;
+        let window = self.cfg.flap_window_s;
+        let n = self.raises.get(&a.alert.kind).map_or(0, |times| {
+            times.iter().filter(|&&t| t >= end_s - window).count()
+        });
+        if max == 0 || n < max {
+            return false;
+        }
+        let a = &mut self.active[i];
+        a.flapping = true;
+        a.alert.details.insert("flapping".into(), true.into());
+        a.alert.details.insert("flaps".into(), n.into());
+        out.push(AlertEvent {
+            transition: Transition::Updated,
+            alert: a.alert.clone(),
+        });
+        true
     }
 
     /// The input ended or the stream is being removed: clear every active alert. Pending ones
@@ -222,15 +326,29 @@ impl AlertEngine {
             transition: Transition::Raised,
             alert: alert.clone(),
         });
+        self.note_raise(f.kind, f.t);
         self.active.push(Active {
             alert,
             pending: None,
+            flapping: false,
         });
     }
 
     /// Clear the active alert at `i` (pending clear, so it has its end).
     fn clear(&mut self, i: usize, wall_now: WallTime, out: &mut Vec<AlertEvent>) {
-        let Active { mut alert, pending } = self.active.remove(i);
+        let Active {
+            mut alert,
+            pending,
+            flapping,
+        } = self.active.remove(i);
+        if flapping {
+            let window = self.cfg.flap_window_s;
+            let end = pending.as_ref().map_or(alert.start_s, |p| p.end_s);
+            let n = self.raises.get(&alert.kind).map_or(0, |times| {
+                times.iter().filter(|&&t| t >= end - window).count()
+            });
+            alert.details.insert("flaps".into(), n.into());
+        }
         alert.state = AlertState::Cleared;
         alert.end_s = Some(pending.as_ref().map_or(alert.start_s, |p| p.end_s));
         alert.cleared_at = Some(wall_now);
@@ -663,6 +781,60 @@ mod tests {
     }
 
     #[test]
+    fn a_flapping_defect_is_held_raised_instead_of_raising_and_clearing() {
+        let cfg = AlertConfig {
+            clear_hold_s: 1.0,
+            flap_max: 3,
+            flap_window_s: 60.0,
+        };
+        let mut e = AlertEngine::new(StreamId("news-hd".into()), cfg);
+        // Black for 2 s every 10 s, ten times: without flap suppression, 10 raises and 10 clears.
+        let mut ops = Vec::new();
+        for k in 0..10 {
+            let t0 = 10.0 * k as f64;
+            ops.extend([
+                Begin(BLACK, t0, MAJ),
+                End(BLACK, t0 + 2.0),
+                Tick(t0 + 5.0),
+            ]);
+        }
+        // Then it stays away: the held alert clears a window after the last end (92 s).
+        ops.extend([Tick(150.0), Tick(152.5), Begin(BLACK, 200.0, MAJ)]);
+        let events = run(&mut e, &ops);
+        let got = summarise(&events);
+        assert_eq!(
+            got,
+            vec![
+                (Raised, BLACK, 0.0, None, 0),
+                (Cleared, BLACK, 0.0, Some(2.0), 0),
+                (Raised, BLACK, 10.0, None, 1),
+                (Cleared, BLACK, 10.0, Some(12.0), 1),
+                (Raised, BLACK, 20.0, None, 2),
+                (Updated, BLACK, 20.0, None, 2),
+                (Cleared, BLACK, 20.0, Some(92.0), 2),
+                (Raised, BLACK, 200.0, None, 3),
+            ],
+            "{events:#?}"
+        );
+        let flapping = &events[5].alert;
+        assert_eq!(flapping.details["flapping"], true);
+        assert_eq!(flapping.state, AlertState::Raised);
+        let cleared = &events[6].alert;
+        assert_eq!(cleared.details["flapping"], true);
+        // Back at 30, 40, …, 90; those within the window before the end at 92 s: 40..=90.
+        assert_eq!(cleared.details["flaps"], 6);
+        assert!(events[7].alert.details.get("flapping").is_none());
+
+        // Off by default: the same defect raises and clears every time.
+        let mut plain = engine();
+        let n = run(&mut plain, &ops[..30])
+            .iter()
+            .filter(|ev| ev.transition == Raised)
+            .count();
+        assert_eq!(n, 10);
+    }
+
+    #[test]
     fn config() {
         let cfg: AlertConfig = serde_json::from_str(r#"{"clear_hold_s": 2.5}"#).unwrap();
         assert_eq!(cfg.clear_hold_s, 2.5);
@@ -675,18 +847,29 @@ mod tests {
 
         let mut errors = Vec::new();
         AlertConfig::default().validate("alerts", &mut errors);
-        AlertConfig { clear_hold_s: 0.0 }.validate("alerts", &mut errors);
+        AlertConfig {
+            clear_hold_s: 0.0,
+            ..AlertConfig::default()
+        }
+        .validate("alerts", &mut errors);
         assert!(errors.is_empty());
-        AlertConfig { clear_hold_s: -1.0 }.validate("alerts", &mut errors);
+        AlertConfig {
+            clear_hold_s: -1.0,
+            ..AlertConfig::default()
+        }
+        .validate("alerts", &mut errors);
         AlertConfig {
             clear_hold_s: f64::NAN,
+            flap_window_s: 0.0,
+            ..AlertConfig::default()
         }
         .validate("", &mut errors);
         assert_eq!(
             errors,
             [
                 "alerts.clear_hold_s: must be >= 0 (got -1)",
-                "clear_hold_s: must be >= 0 (got NaN)"
+                "clear_hold_s: must be >= 0 (got NaN)",
+                "flap_window_s: must be > 0 (got 0)"
             ]
         );
     }
