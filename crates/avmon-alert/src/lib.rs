@@ -792,11 +792,7 @@ mod tests {
         let mut ops = Vec::new();
         for k in 0..10 {
             let t0 = 10.0 * k as f64;
-            ops.extend([
-                Begin(BLACK, t0, MAJ),
-                End(BLACK, t0 + 2.0),
-                Tick(t0 + 5.0),
-            ]);
+            ops.extend([Begin(BLACK, t0, MAJ), End(BLACK, t0 + 2.0), Tick(t0 + 5.0)]);
         }
         // Then it stays away: the held alert clears a window after the last end (92 s).
         ops.extend([Tick(150.0), Tick(152.5), Begin(BLACK, 200.0, MAJ)]);

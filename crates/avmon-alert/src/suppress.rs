@@ -39,7 +39,10 @@ impl Suppression {
     pub fn new(mutes: Vec<Mute>, windows: Vec<MaintenanceWindow>) -> Self {
         Suppression {
             inner: Mutex::new(Inner {
-                mutes: mutes.into_iter().map(|m| (m.stream_id.clone(), m)).collect(),
+                mutes: mutes
+                    .into_iter()
+                    .map(|m| (m.stream_id.clone(), m))
+                    .collect(),
                 windows,
                 decided: HashMap::new(),
             }),
@@ -172,7 +175,10 @@ mod tests {
         // Raised before the mute: notified through its clear.
         assert_eq!(s.on_event(&ev("a", "news", Transition::Raised), t(1)), None);
         s.set_mute(mute("news", None));
-        assert_eq!(s.on_event(&ev("a", "news", Transition::Updated), t(2)), None);
+        assert_eq!(
+            s.on_event(&ev("a", "news", Transition::Updated), t(2)),
+            None
+        );
         assert!(s.should_notify(&ev("a", "news", Transition::Updated), t(2)));
         // Raised while muted: suppressed through its clear, even once unmuted.
         let b = ev("b", "news", Transition::Raised);
@@ -183,10 +189,16 @@ mod tests {
             s.on_event(&ev("b", "news", Transition::Cleared), t(4)),
             Some(Suppressed::Muted)
         );
-        assert_eq!(s.on_event(&ev("a", "news", Transition::Cleared), t(4)), None);
+        assert_eq!(
+            s.on_event(&ev("a", "news", Transition::Cleared), t(4)),
+            None
+        );
         // Other streams are not affected by a mute.
         s.set_mute(mute("news", None));
-        assert_eq!(s.on_event(&ev("c", "sport", Transition::Raised), t(5)), None);
+        assert_eq!(
+            s.on_event(&ev("c", "sport", Transition::Raised), t(5)),
+            None
+        );
     }
 
     #[test]

@@ -26,7 +26,10 @@
 
 use std::collections::BTreeMap;
 
-use avmon_core::{Alert, AlertEvent, StreamId, WallTime};
+use avmon_core::{
+    Ack, Alert, AlertEvent, AlertRecord, AlertState, MaintenanceWindow, Mute, Severity, StreamId,
+    Suppressed, WallTime,
+};
 
 pub mod sqlite;
 
@@ -49,10 +52,31 @@ pub struct AlertQuery {
     pub stream: Option<StreamId>,
     /// Only alerts raised *or* cleared at or after this time.
     pub since: Option<WallTime>,
+    /// Only alerts raised or cleared at or before this time.
+    pub until: Option<WallTime>,
     /// Only alerts still raised.
     pub active_only: bool,
+    /// Only alerts of these kinds (any of them); empty: every kind.
+    pub kinds: Vec<String>,
+    /// Only alerts of these severities; empty: every severity.
+    pub severities: Vec<Severity>,
+    /// Only alerts in this state.
+    pub state: Option<AlertState>,
+    /// `Some(true)`: only acknowledged alerts; `Some(false)`: only unacknowledged ones.
+    pub acked: Option<bool>,
     /// At most this many alerts; `0` means no limit.
     pub limit: usize,
+}
+
+/// What [`Store::ack_alert`] did.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AckOutcome {
+    /// Acknowledged now.
+    Acked(AlertRecord),
+    /// It was already acknowledged: this is the first acknowledgement, kept.
+    AlreadyAcked(Ack),
+    /// No alert has that id.
+    NotFound,
 }
 
 /// One period's metrics of one stream (`frames_decoded`, `decode_errors`, `black_ratio`, ...).
@@ -64,6 +88,19 @@ pub struct MetricsSample {
     /// Media time at the end of the period.
     pub media_t: f64,
     pub values: BTreeMap<String, f64>,
+}
+
+/// Which metrics [`Store::metrics_range`] returns.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct MetricsQuery {
+    /// Samples at or after this time.
+    pub since: Option<WallTime>,
+    /// Samples at or before this time.
+    pub until: Option<WallTime>,
+    /// Only these values of each sample; empty: all of them.
+    pub names: Vec<String>,
+    /// At most this many samples, the latest; `0`: no limit.
+    pub limit: usize,
 }
 
 /// What went wrong in the store. Messages name what to fix and include their cause, so printing
@@ -113,7 +150,43 @@ pub trait Store: Send + Sync {
     fn record_alert(&self, ev: &AlertEvent) -> Result<(), StoreError>;
 
     /// Alerts matching `q`, newest raise first.
-    fn alerts(&self, q: &AlertQuery) -> Result<Vec<Alert>, StoreError>;
+    fn alerts(&self, q: &AlertQuery) -> Result<Vec<Alert>, StoreError> {
+        Ok(self
+            .alert_records(q)?
+            .into_iter()
+            .map(|r| r.alert)
+            .collect())
+    }
+
+    /// Alerts matching `q` with their acknowledgement and suppression, newest raise first.
+    fn alert_records(&self, q: &AlertQuery) -> Result<Vec<AlertRecord>, StoreError>;
+
+    /// One alert by id.
+    fn alert(&self, id: &str) -> Result<Option<AlertRecord>, StoreError>;
+
+    /// Record why an alert was not notified (called once, at its raise).
+    fn mark_alert(&self, id: &str, why: Suppressed) -> Result<(), StoreError>;
+
+    /// Acknowledge an alert (the first acknowledgement is kept).
+    fn ack_alert(&self, id: &str, ack: &Ack) -> Result<AckOutcome, StoreError>;
+
+    /// Every stored mute (expired ones included until removed), by stream id.
+    fn mutes(&self) -> Result<Vec<Mute>, StoreError>;
+
+    /// Mute a stream, replacing its mute if it had one.
+    fn set_mute(&self, m: &Mute) -> Result<(), StoreError>;
+
+    /// Unmute a stream. Returns whether it had a mute.
+    fn remove_mute(&self, stream: &StreamId) -> Result<bool, StoreError>;
+
+    /// Maintenance windows added over the API (the config file's are not stored), by start.
+    fn windows(&self) -> Result<Vec<MaintenanceWindow>, StoreError>;
+
+    /// Store a maintenance window.
+    fn add_window(&self, w: &MaintenanceWindow) -> Result<(), StoreError>;
+
+    /// Delete a maintenance window. Returns whether it existed.
+    fn remove_window(&self, id: &str) -> Result<bool, StoreError>;
 
     /// Persist one metrics sample (one row per value, in one transaction). A sample without values
     /// stores nothing; two samples of a stream with the same `at` and `media_t` read back as one.
@@ -124,6 +197,21 @@ pub trait Store: Send + Sync {
         &self,
         stream: &StreamId,
         since: Option<WallTime>,
+    ) -> Result<Vec<MetricsSample>, StoreError> {
+        self.metrics_range(
+            stream,
+            &MetricsQuery {
+                since,
+                ..MetricsQuery::default()
+            },
+        )
+    }
+
+    /// A stream's metrics samples matching `q`, oldest first.
+    fn metrics_range(
+        &self,
+        stream: &StreamId,
+        q: &MetricsQuery,
     ) -> Result<Vec<MetricsSample>, StoreError>;
 
     /// Delete metrics samples older than `before` (retention). Returns the number of rows deleted.

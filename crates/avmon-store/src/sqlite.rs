@@ -40,6 +40,33 @@
 //! CREATE INDEX metrics_stream_at ON metrics (stream_id, at_ms);
 //! ```
 //!
+//! # Schema (version 2): alert management
+//!
+//! ```sql
+//! ALTER TABLE alerts ADD COLUMN suppressed TEXT;   -- NULL (notified) | muted | maintenance
+//! CREATE TABLE acks (
+//!     alert_id TEXT PRIMARY KEY,        -- alerts.id
+//!     by       TEXT NOT NULL,           -- the API token's name
+//!     comment  TEXT NOT NULL,
+//!     at_ms    INTEGER NOT NULL
+//! );
+//! CREATE TABLE mutes (
+//!     stream_id TEXT PRIMARY KEY,
+//!     until_ms  INTEGER,                -- NULL: until unmuted
+//!     by        TEXT NOT NULL,
+//!     comment   TEXT NOT NULL,
+//!     at_ms     INTEGER NOT NULL
+//! );
+//! CREATE TABLE maintenance (            -- windows added over the API
+//!     id       TEXT PRIMARY KEY,
+//!     streams  TEXT NOT NULL,           -- JSON array of stream id globs
+//!     start_ms INTEGER NOT NULL,
+//!     end_ms   INTEGER NOT NULL,
+//!     comment  TEXT NOT NULL,
+//!     by       TEXT NOT NULL
+//! );
+//! ```
+//!
 //! **Wall times are integer milliseconds since the Unix epoch, UTC** (`*_ms` columns): exact,
 //! compact for the metrics table, sortable and indexable; in a shell,
 //! `strftime('%Y-%m-%dT%H:%M:%fZ', raised_at_ms / 1000.0, 'unixepoch')` shows them.
@@ -58,12 +85,13 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use avmon_core::{
-    Alert, AlertEvent, AlertState, Details, Severity, StreamId, Transition, WallTime,
+    Ack, Alert, AlertEvent, AlertRecord, AlertState, Details, MaintenanceWindow, Mute, Severity,
+    StreamId, Suppressed, Transition, WallTime,
 };
 use rusqlite::types::Value;
-use rusqlite::{params, Connection, OpenFlags, TransactionBehavior};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 
-use crate::{AlertQuery, MetricsSample, Store, StoreError, StreamRecord};
+use crate::{AckOutcome, AlertQuery, MetricsQuery, MetricsSample, Store, StoreError, StreamRecord};
 
 /// How long a statement waits for a lock held by another connection before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -102,6 +130,29 @@ pub const MIGRATIONS: &[&str] = &[
         value     REAL NOT NULL
     );
     CREATE INDEX metrics_stream_at ON metrics (stream_id, at_ms);",
+    // 2: alert management: suppression marks, acknowledgements, mutes, maintenance windows.
+    "ALTER TABLE alerts ADD COLUMN suppressed TEXT;
+    CREATE TABLE acks (
+        alert_id TEXT PRIMARY KEY,
+        by       TEXT NOT NULL,
+        comment  TEXT NOT NULL,
+        at_ms    INTEGER NOT NULL
+    );
+    CREATE TABLE mutes (
+        stream_id TEXT PRIMARY KEY,
+        until_ms  INTEGER,
+        by        TEXT NOT NULL,
+        comment   TEXT NOT NULL,
+        at_ms     INTEGER NOT NULL
+    );
+    CREATE TABLE maintenance (
+        id       TEXT PRIMARY KEY,
+        streams  TEXT NOT NULL,
+        start_ms INTEGER NOT NULL,
+        end_ms   INTEGER NOT NULL,
+        comment  TEXT NOT NULL,
+        by       TEXT NOT NULL
+    );",
 ];
 
 /// A [`Store`] in one SQLite database (a file, or memory).
@@ -276,9 +327,61 @@ struct AlertRow {
     raised_at_ms: i64,
     cleared_at_ms: Option<i64>,
     details: String,
+    suppressed: Option<String>,
+    ack_by: Option<String>,
+    ack_comment: Option<String>,
+    ack_at_ms: Option<i64>,
 }
 
+/// The columns [`AlertRow::read`] reads, in order (`a` is alerts, `k` acks).
+const ALERT_COLUMNS: &str = "a.id, a.stream_id, a.kind, a.severity, a.state, a.start_s, a.end_s,
+     a.raised_at_ms, a.cleared_at_ms, a.details, a.suppressed, k.by, k.comment, k.at_ms
+     FROM alerts a LEFT JOIN acks k ON k.alert_id = a.id";
+
 impl AlertRow {
+    fn read(r: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        Ok(AlertRow {
+            id: r.get(0)?,
+            stream_id: r.get(1)?,
+            kind: r.get(2)?,
+            severity: r.get(3)?,
+            state: r.get(4)?,
+            start_s: r.get(5)?,
+            end_s: r.get(6)?,
+            raised_at_ms: r.get(7)?,
+            cleared_at_ms: r.get(8)?,
+            details: r.get(9)?,
+            suppressed: r.get(10)?,
+            ack_by: r.get(11)?,
+            ack_comment: r.get(12)?,
+            ack_at_ms: r.get(13)?,
+        })
+    }
+
+    fn decode_record(mut self) -> Result<AlertRecord, StoreError> {
+        const T: &str = "alerts";
+        let suppressed = match self.suppressed.take() {
+            None => None,
+            Some(s) => Some(
+                Suppressed::parse(&s)
+                    .ok_or_else(|| corrupt(T, format_args!("unknown suppressed {s:?}")))?,
+            ),
+        };
+        let ack = match (self.ack_by.take(), self.ack_comment.take(), self.ack_at_ms) {
+            (Some(by), Some(comment), Some(ms)) => Some(Ack {
+                by,
+                comment,
+                at: from_ms("acks", ms)?,
+            }),
+            _ => None,
+        };
+        Ok(AlertRecord {
+            alert: self.decode()?,
+            ack,
+            suppressed,
+        })
+    }
+
     fn decode(self) -> Result<Alert, StoreError> {
         const T: &str = "alerts";
         let state = match self.state.as_str() {
@@ -399,59 +502,227 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    fn alerts(&self, q: &AlertQuery) -> Result<Vec<Alert>, StoreError> {
-        let mut sql = String::from(
-            "SELECT id, stream_id, kind, severity, state, start_s, end_s,
-                    raised_at_ms, cleared_at_ms, details
-             FROM alerts WHERE 1 = 1",
-        );
+    fn alert_records(&self, q: &AlertQuery) -> Result<Vec<AlertRecord>, StoreError> {
+        let mut sql = format!("SELECT {ALERT_COLUMNS} WHERE 1 = 1");
         let mut args: Vec<Value> = Vec::new();
+        let arg = |v: Value, args: &mut Vec<Value>| {
+            args.push(v);
+            args.len()
+        };
         if let Some(stream) = &q.stream {
-            args.push(Value::Text(stream.0.clone()));
-            sql.push_str(&format!(" AND stream_id = ?{}", args.len()));
+            let n = arg(Value::Text(stream.0.clone()), &mut args);
+            sql.push_str(&format!(" AND a.stream_id = ?{n}"));
         }
         if let Some(since) = q.since {
-            args.push(Value::Integer(to_ms(since)));
-            let n = args.len();
+            let n = arg(Value::Integer(to_ms(since)), &mut args);
             sql.push_str(&format!(
-                " AND (raised_at_ms >= ?{n} OR cleared_at_ms >= ?{n})"
+                " AND (a.raised_at_ms >= ?{n} OR a.cleared_at_ms >= ?{n})"
             ));
         }
+        if let Some(until) = q.until {
+            let n = arg(Value::Integer(to_ms(until)), &mut args);
+            sql.push_str(&format!(" AND a.raised_at_ms <= ?{n}"));
+        }
         if q.active_only {
-            sql.push_str(" AND state = 'raised'");
+            sql.push_str(" AND a.state = 'raised'");
+        }
+        if let Some(state) = q.state {
+            sql.push_str(&format!(" AND a.state = '{}'", state_str(state)));
+        }
+        for (column, values) in [
+            ("a.kind", q.kinds.clone()),
+            (
+                "a.severity",
+                q.severities.iter().map(|s| s.as_str().to_owned()).collect(),
+            ),
+        ] {
+            if !values.is_empty() {
+                let marks: Vec<String> = values
+                    .into_iter()
+                    .map(|v| format!("?{}", arg(Value::Text(v), &mut args)))
+                    .collect();
+                sql.push_str(&format!(" AND {column} IN ({})", marks.join(", ")));
+            }
+        }
+        match q.acked {
+            Some(true) => sql.push_str(" AND k.alert_id IS NOT NULL"),
+            Some(false) => sql.push_str(" AND k.alert_id IS NULL"),
+            None => {}
         }
         // LIMIT -1 is SQLite for "no limit".
-        args.push(Value::Integer(if q.limit == 0 {
+        let limit = if q.limit == 0 {
             -1
         } else {
             i64::try_from(q.limit).unwrap_or(i64::MAX)
-        }));
+        };
+        let n = arg(Value::Integer(limit), &mut args);
         sql.push_str(&format!(
-            " ORDER BY raised_at_ms DESC, id DESC LIMIT ?{}",
-            args.len()
+            " ORDER BY a.raised_at_ms DESC, a.id DESC LIMIT ?{n}"
         ));
 
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(&sql)?;
-        let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| {
-            Ok(AlertRow {
-                id: r.get(0)?,
-                stream_id: r.get(1)?,
-                kind: r.get(2)?,
-                severity: r.get(3)?,
-                state: r.get(4)?,
-                start_s: r.get(5)?,
-                end_s: r.get(6)?,
-                raised_at_ms: r.get(7)?,
-                cleared_at_ms: r.get(8)?,
-                details: r.get(9)?,
-            })
+        let rows = stmt.query_map(rusqlite::params_from_iter(args), AlertRow::read)?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(row?.decode_record()?);
+        }
+        Ok(out)
+    }
+
+    fn alert(&self, id: &str) -> Result<Option<AlertRecord>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(&format!("SELECT {ALERT_COLUMNS} WHERE a.id = ?1"))?;
+        let row = stmt.query_row([id], AlertRow::read).optional()?;
+        row.map(AlertRow::decode_record).transpose()
+    }
+
+    fn mark_alert(&self, id: &str, why: Suppressed) -> Result<(), StoreError> {
+        self.conn().execute(
+            "UPDATE alerts SET suppressed = ?2 WHERE id = ?1",
+            params![id, why.as_str()],
+        )?;
+        Ok(())
+    }
+
+    fn ack_alert(&self, id: &str, ack: &Ack) -> Result<AckOutcome, StoreError> {
+        {
+            let conn = self.conn();
+            let exists: Option<i64> = conn
+                .query_row("SELECT 1 FROM alerts WHERE id = ?1", [id], |r| r.get(0))
+                .optional()?;
+            if exists.is_none() {
+                return Ok(AckOutcome::NotFound);
+            }
+            let n = conn.execute(
+                "INSERT INTO acks (alert_id, by, comment, at_ms) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (alert_id) DO NOTHING",
+                params![id, ack.by, ack.comment, to_ms(ack.at)],
+            )?;
+            if n == 0 {
+                let first = conn.query_row(
+                    "SELECT by, comment, at_ms FROM acks WHERE alert_id = ?1",
+                    [id],
+                    |r| {
+                        Ok((
+                            r.get::<_, String>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, i64>(2)?,
+                        ))
+                    },
+                )?;
+                return Ok(AckOutcome::AlreadyAcked(Ack {
+                    by: first.0,
+                    comment: first.1,
+                    at: from_ms("acks", first.2)?,
+                }));
+            }
+        }
+        match self.alert(id)? {
+            Some(r) => Ok(AckOutcome::Acked(r)),
+            None => Ok(AckOutcome::NotFound),
+        }
+    }
+
+    fn mutes(&self) -> Result<Vec<Mute>, StoreError> {
+        const T: &str = "mutes";
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT stream_id, until_ms, by, comment, at_ms FROM mutes ORDER BY stream_id",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, Option<i64>>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, i64>(4)?,
+            ))
         })?;
         let mut out = Vec::new();
         for row in rows {
-            out.push(row?.decode()?);
+            let (stream_id, until, by, comment, at) = row?;
+            out.push(Mute {
+                stream_id,
+                until: until.map(|ms| from_ms(T, ms)).transpose()?,
+                by,
+                comment,
+                at: from_ms(T, at)?,
+            });
         }
         Ok(out)
+    }
+
+    fn set_mute(&self, m: &Mute) -> Result<(), StoreError> {
+        self.conn().execute(
+            "INSERT OR REPLACE INTO mutes (stream_id, until_ms, by, comment, at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                m.stream_id,
+                m.until.map(to_ms),
+                m.by,
+                m.comment,
+                to_ms(m.at)
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn remove_mute(&self, stream: &StreamId) -> Result<bool, StoreError> {
+        let n = self
+            .conn()
+            .execute("DELETE FROM mutes WHERE stream_id = ?1", [stream.as_str()])?;
+        Ok(n > 0)
+    }
+
+    fn windows(&self) -> Result<Vec<MaintenanceWindow>, StoreError> {
+        const T: &str = "maintenance";
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, streams, start_ms, end_ms, comment, by FROM maintenance
+             ORDER BY start_ms, id",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, String>(4)?,
+                r.get::<_, String>(5)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, streams, start, end, comment, by) = row?;
+            out.push(MaintenanceWindow {
+                streams: serde_json::from_str(&streams)
+                    .map_err(|e| corrupt(T, format_args!("streams of {id}: {e}")))?,
+                id,
+                start: from_ms(T, start)?,
+                end: from_ms(T, end)?,
+                comment,
+                by,
+            });
+        }
+        Ok(out)
+    }
+
+    fn add_window(&self, w: &MaintenanceWindow) -> Result<(), StoreError> {
+        let streams = serde_json::Value::from(w.streams.clone()).to_string();
+        self.conn().execute(
+            "INSERT OR REPLACE INTO maintenance (id, streams, start_ms, end_ms, comment, by)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![w.id, streams, to_ms(w.start), to_ms(w.end), w.comment, w.by],
+        )?;
+        Ok(())
+    }
+
+    fn remove_window(&self, id: &str) -> Result<bool, StoreError> {
+        let n = self
+            .conn()
+            .execute("DELETE FROM maintenance WHERE id = ?1", [id])?;
+        Ok(n > 0)
     }
 
     fn record_metrics(&self, m: &MetricsSample) -> Result<(), StoreError> {
@@ -471,27 +742,39 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    fn metrics(
+    fn metrics_range(
         &self,
         stream: &StreamId,
-        since: Option<WallTime>,
+        q: &MetricsQuery,
     ) -> Result<Vec<MetricsSample>, StoreError> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare_cached(
+        let mut sql = String::from(
             "SELECT at_ms, media_t, name, value FROM metrics
-             WHERE stream_id = ?1 AND at_ms >= ?2 ORDER BY at_ms, rowid",
-        )?;
-        let rows = stmt.query_map(
-            params![stream.as_str(), since.map_or(i64::MIN, to_ms)],
-            |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, f64>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, f64>(3)?,
-                ))
-            },
-        )?;
+             WHERE stream_id = ?1 AND at_ms >= ?2 AND at_ms <= ?3",
+        );
+        let mut args: Vec<Value> = vec![
+            Value::Text(stream.0.clone()),
+            Value::Integer(q.since.map_or(i64::MIN, to_ms)),
+            Value::Integer(q.until.map_or(i64::MAX, to_ms)),
+        ];
+        if !q.names.is_empty() {
+            let mut marks = Vec::new();
+            for name in &q.names {
+                args.push(Value::Text(name.clone()));
+                marks.push(format!("?{}", args.len()));
+            }
+            sql.push_str(&format!(" AND name IN ({})", marks.join(", ")));
+        }
+        sql.push_str(" ORDER BY at_ms, rowid");
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(&sql)?;
+        let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, f64>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, f64>(3)?,
+            ))
+        })?;
         // A sample is stored as consecutive rows sharing (at_ms, media_t); regroup them.
         let mut out: Vec<MetricsSample> = Vec::new();
         let mut last_key: Option<(i64, u64)> = None;
@@ -511,6 +794,9 @@ impl Store for SqliteStore {
                 sample.values.insert(name, value);
             }
         }
+        if q.limit > 0 && out.len() > q.limit {
+            out.drain(..out.len() - q.limit);
+        }
         Ok(out)
     }
 
@@ -525,13 +811,17 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rusqlite::OptionalExtension;
 
     #[test]
     fn later_migrations_apply_on_top_of_earlier_ones() {
         let mut conn = Connection::open_in_memory().unwrap();
         assert_eq!(migrate(&mut conn, &MIGRATIONS[..1]).unwrap(), 1);
         assert_eq!(migrate(&mut conn, &MIGRATIONS[..1]).unwrap(), 0);
+        // A version 1 database (before alert management) takes the later ones.
+        assert_eq!(
+            migrate(&mut conn, MIGRATIONS).unwrap(),
+            MIGRATIONS.len() - 1
+        );
         let mut v2: Vec<&str> = MIGRATIONS.to_vec();
         v2.push("ALTER TABLE streams ADD COLUMN note TEXT");
         assert_eq!(migrate(&mut conn, &v2).unwrap(), 1, "only the new one runs");

@@ -5,9 +5,13 @@
 use std::collections::BTreeMap;
 
 use avmon_core::{
-    Alert, AlertEvent, AlertState, Details, Severity, StreamId, Transition, WallTime,
+    Ack, Alert, AlertEvent, AlertState, Details, MaintenanceWindow, Mute, Severity, StreamId,
+    Suppressed, Transition, WallTime,
 };
-use avmon_store::{open, AlertQuery, MetricsSample, SqliteStore, Store, StoreError, StreamRecord};
+use avmon_store::{
+    open, AckOutcome, AlertQuery, MetricsQuery, MetricsSample, SqliteStore, Store, StoreError,
+    StreamRecord,
+};
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use serde_json::json;
 
@@ -61,6 +65,194 @@ fn suite(store: &dyn Store) {
     streams(store);
     alerts(store);
     metrics(store);
+    management(store);
+    metrics_ranges(store);
+}
+
+/// Acknowledgements, suppression marks, filters, mutes and maintenance windows.
+fn management(store: &dyn Store) {
+    let mut a = raised("m-1", "mgmt", "video.freeze", 10_000);
+    a.severity = Severity::Critical;
+    let b = raised("m-2", "mgmt", "audio.silence", 11_000);
+    store.record_alert(&ev(Transition::Raised, &a)).unwrap();
+    store.record_alert(&ev(Transition::Raised, &b)).unwrap();
+    store.mark_alert("m-2", Suppressed::Muted).unwrap();
+
+    let r = store.alert("m-2").unwrap().unwrap();
+    assert_eq!(r.alert, b);
+    assert_eq!(r.suppressed, Some(Suppressed::Muted));
+    assert_eq!(r.ack, None);
+    assert!(store.alert("nope").unwrap().is_none());
+
+    let ack = Ack {
+        by: "ops".into(),
+        comment: "switching to backup".into(),
+        at: at(12_000),
+    };
+    match store.ack_alert("m-1", &ack).unwrap() {
+        AckOutcome::Acked(r) => {
+            assert_eq!(r.ack.as_ref(), Some(&ack));
+            assert_eq!(r.alert, a);
+        }
+        other => panic!("{other:?}"),
+    }
+    let later = Ack {
+        by: "someone".into(),
+        comment: "again".into(),
+        at: at(13_000),
+    };
+    assert_eq!(
+        store.ack_alert("m-1", &later).unwrap(),
+        AckOutcome::AlreadyAcked(ack.clone()),
+        "the first acknowledgement is kept"
+    );
+    assert_eq!(
+        store.ack_alert("nope", &later).unwrap(),
+        AckOutcome::NotFound
+    );
+    // A clear keeps the acknowledgement and the mark.
+    let mut cleared = b.clone();
+    cleared.state = AlertState::Cleared;
+    cleared.end_s = Some(20.0);
+    cleared.cleared_at = Some(at(14_000));
+    store
+        .record_alert(&ev(Transition::Cleared, &cleared))
+        .unwrap();
+    assert_eq!(
+        store.alert("m-2").unwrap().unwrap().suppressed,
+        Some(Suppressed::Muted)
+    );
+
+    let ids = |q: AlertQuery| -> Vec<String> {
+        let q = AlertQuery {
+            stream: Some(sid("mgmt")),
+            ..q
+        };
+        let records = store.alert_records(&q).unwrap();
+        // `alerts` agrees with `alert_records`.
+        let plain: Vec<Alert> = store.alerts(&q).unwrap();
+        assert_eq!(
+            plain,
+            records.iter().map(|r| r.alert.clone()).collect::<Vec<_>>()
+        );
+        records.into_iter().map(|r| r.alert.id).collect()
+    };
+    assert_eq!(ids(all()), ["m-2", "m-1"]);
+    assert_eq!(
+        ids(AlertQuery {
+            acked: Some(true),
+            ..all()
+        }),
+        ["m-1"]
+    );
+    assert_eq!(
+        ids(AlertQuery {
+            acked: Some(false),
+            ..all()
+        }),
+        ["m-2"]
+    );
+    let kinds = vec!["video.freeze".to_string(), "video.black".to_string()];
+    assert_eq!(ids(AlertQuery { kinds, ..all() }), ["m-1"]);
+    let severities = vec![Severity::Warning, Severity::Info];
+    assert_eq!(
+        ids(AlertQuery {
+            severities,
+            ..all()
+        }),
+        ["m-2"]
+    );
+    let state = Some(AlertState::Cleared);
+    assert_eq!(ids(AlertQuery { state, ..all() }), ["m-2"]);
+    let state = Some(AlertState::Raised);
+    assert_eq!(ids(AlertQuery { state, ..all() }), ["m-1"]);
+    let until = Some(at(10_500));
+    assert_eq!(ids(AlertQuery { until, ..all() }), ["m-1"]);
+
+    // Mutes: set, replace, list, remove.
+    assert!(store.mutes().unwrap().is_empty());
+    let mute = Mute {
+        stream_id: "mgmt".into(),
+        until: Some(at(60_000)),
+        by: "ops".into(),
+        comment: "rehearsal".into(),
+        at: at(1),
+    };
+    store.set_mute(&mute).unwrap();
+    let forever = Mute {
+        until: None,
+        ..mute.clone()
+    };
+    store.set_mute(&forever).unwrap();
+    assert_eq!(store.mutes().unwrap(), [forever]);
+    assert!(store.remove_mute(&sid("mgmt")).unwrap());
+    assert!(!store.remove_mute(&sid("mgmt")).unwrap());
+    assert!(store.mutes().unwrap().is_empty());
+
+    // Windows: add, list by start, remove.
+    let w = |id: &str, start: i64| MaintenanceWindow {
+        id: id.into(),
+        streams: vec!["news-*".into(), "sport".into()],
+        start: at(start),
+        end: at(start + 3_600_000),
+        comment: "encoder upgrade".into(),
+        by: "admin".into(),
+    };
+    store.add_window(&w("w-late", 5_000)).unwrap();
+    store.add_window(&w("w-early", 1_000)).unwrap();
+    assert_eq!(
+        store.windows().unwrap(),
+        [w("w-early", 1_000), w("w-late", 5_000)]
+    );
+    assert!(store.remove_window("w-early").unwrap());
+    assert!(!store.remove_window("w-early").unwrap());
+    assert_eq!(store.windows().unwrap(), [w("w-late", 5_000)]);
+}
+
+fn metrics_ranges(store: &dyn Store) {
+    let s = sid("ranged");
+    for i in 0..5 {
+        let v = i as f64;
+        store
+            .record_metrics(&sample(
+                "ranged",
+                i * 10_000,
+                v * 10.0,
+                &[
+                    ("bytes", 1000.0 * v),
+                    ("blockiness_mean", v),
+                    ("frames_video", 250.0),
+                ],
+            ))
+            .unwrap();
+    }
+    let q = MetricsQuery {
+        since: Some(at(10_000)),
+        until: Some(at(30_000)),
+        names: vec!["bytes".into(), "blockiness_mean".into()],
+        limit: 0,
+    };
+    let got = store.metrics_range(&s, &q).unwrap();
+    assert_eq!(got.len(), 3);
+    assert_eq!(got[0].at, at(10_000));
+    assert_eq!(got[2].at, at(30_000));
+    assert!(got.iter().all(|m| m.values.len() == 2), "{got:?}");
+    assert_eq!(got[1].values["bytes"], 2000.0);
+    let latest = store
+        .metrics_range(
+            &s,
+            &MetricsQuery {
+                limit: 2,
+                ..MetricsQuery::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(
+        latest.iter().map(|m| m.at).collect::<Vec<_>>(),
+        [at(30_000), at(40_000)],
+        "the limit keeps the latest"
+    );
+    assert_eq!(latest[0].values.len(), 3);
 }
 
 fn streams(store: &dyn Store) {
