@@ -12,9 +12,22 @@
 //! | `GET /api/streams/{id}`     | `200` `StreamStatus`, `404`                                 |
 //! | `PATCH /api/streams/{id}`   | body `{"tier": "full\|reference\|keyframes\|transport"}`: `200` `StreamStatus`; `400`, `404`; takes effect at the stream's next packet, without reconnecting |
 //! | `DELETE /api/streams/{id}`  | `204`, `404`                                                |
-//! | `GET /api/alerts`           | `?stream=ID&since=TIME&active=BOOL&limit=N`: `200` `[Alert, ...]`, newest first |
+//! | `POST /api/streams/{id}/mute` | body (optional) `{"until": TIME, "comment": "..."}`: `200` `Mute`; `400`, `404` |
+//! | `DELETE /api/streams/{id}/mute` | `204` (muted or not), `404` unknown stream              |
+//! | `GET /api/streams/{id}/metrics` | `?since=TIME&until=TIME&names=a,b&limit=N`: `200` `MetricsSeries` |
+//! | `GET /api/alerts`           | `?stream=ID&kind=K,K&severity=S,S&state=raised\|cleared&since=TIME&until=TIME&active=BOOL&acked=BOOL&limit=N`: `200` `[Alert, ...]`, newest first |
+//! | `GET /api/alerts/{id}`      | `200` `Alert`, `404`                                        |
+//! | `POST /api/alerts/{id}/ack` | body (optional) `{"comment": "..."}`: `200` `Alert`; `404`; `409` already acknowledged |
+//! | `GET /api/maintenance`      | `200` `[MaintenanceWindow, ...]`                            |
+//! | `POST /api/maintenance`     | body `{"streams": [GLOB, ...], "start": TIME, "end": TIME, "comment": "..."}`: `201` `MaintenanceWindow` + `Location`; `400` |
+//! | `DELETE /api/maintenance/{id}` | `204`; `404`; `409` for a window of the config file      |
+//! | `GET /api/openapi.json`     | the OpenAPI 3.1 document of all this                        |
 //! | `GET /metrics`              | Prometheus text format 0.0.4                                |
 //! | `GET /healthz`              | `200 {"status":"ok"}` or `503 {"status":"unhealthy"}`       |
+//!
+//! An `Alert` here is the stored alert with `ack` (`{by, comment, at}` or `null`) and
+//! `suppressed` (`muted`, `maintenance` or `null`: why it was not notified). Access is by bearer
+//! token (see [`auth`]): every `GET` needs a read or admin token, everything else an admin token.
 //!
 //! Every error, unknown routes included, is JSON `{"error": "...", "errors": [...]}` (see
 //! [`ApiError`]); internal details are logged, never sent.
@@ -27,22 +40,46 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use avmon_core::{Alert, MediaInfo, StreamId, Tier, WallTime};
+use avmon_core::{Alert, AlertState, MediaInfo, Severity, StreamId, Tier, WallTime};
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::header::{CONTENT_TYPE, LOCATION};
 use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{delete, get, post};
+use axum::Extension;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+pub mod auth;
 mod error;
 
+pub use auth::{Auth, Caller, Role, Secret, Token};
+pub use avmon_core::{Ack, AlertRecord, MaintenanceWindow, Mute, Suppressed};
 pub use error::ApiError;
+
+/// The OpenAPI 3.1 document served at `/api/openapi.json`.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// Every route and its methods: what [`app`] serves and the OpenAPI document describes (a test
+/// holds all three to the same set).
+pub const ROUTES: &[(&str, &[&str])] = &[
+    ("/api/streams", &["GET", "POST"]),
+    ("/api/streams/{id}", &["GET", "PATCH", "DELETE"]),
+    ("/api/streams/{id}/mute", &["POST", "DELETE"]),
+    ("/api/streams/{id}/metrics", &["GET"]),
+    ("/api/alerts", &["GET"]),
+    ("/api/alerts/{id}", &["GET"]),
+    ("/api/alerts/{id}/ack", &["POST"]),
+    ("/api/maintenance", &["GET", "POST"]),
+    ("/api/maintenance/{id}", &["DELETE"]),
+    ("/api/openapi.json", &["GET"]),
+    ("/metrics", &["GET"]),
+    ("/healthz", &["GET"]),
+];
 
 /// `limit` of `GET /api/alerts` when none is given.
 pub const DEFAULT_ALERTS_LIMIT: usize = 1000;
@@ -68,7 +105,42 @@ pub trait Monitor: Send + Sync + 'static {
 
     /// Alerts matching `q`, newest first, for `GET /api/alerts`. `q.limit` is already checked;
     /// use [`AlertsQuery::limit_or_default`].
-    fn alerts(&self, q: &AlertsQuery) -> Result<Vec<Alert>, ApiError>;
+    fn alerts(&self, q: &AlertsQuery) -> Result<Vec<AlertRecord>, ApiError>;
+
+    /// One alert, for `GET /api/alerts/{id}`. Unknown → [`ApiError::NotFound`].
+    fn alert(&self, id: &str) -> Result<AlertRecord, ApiError>;
+
+    /// Acknowledge an alert as `by` (a token's name). Unknown → [`ApiError::NotFound`]; already
+    /// acknowledged → [`ApiError::Conflict`] (the first acknowledgement is kept).
+    fn ack_alert(&self, id: &str, by: &str, comment: String) -> Result<AlertRecord, ApiError>;
+
+    /// Mute a stream until `until` (or until unmuted): its alerts are stored, marked `muted`, and
+    /// not notified. Unknown stream → [`ApiError::NotFound`].
+    fn mute_stream(
+        &self,
+        id: &str,
+        until: Option<WallTime>,
+        by: &str,
+        comment: String,
+    ) -> Result<Mute, ApiError>;
+
+    /// Unmute a stream (muted or not). Unknown stream → [`ApiError::NotFound`].
+    fn unmute_stream(&self, id: &str) -> Result<(), ApiError>;
+
+    /// Every maintenance window (the config file's and the API's), by start.
+    fn maintenance_windows(&self) -> Result<Vec<MaintenanceWindow>, ApiError>;
+
+    /// Add a maintenance window (already checked: globs, `start < end`); the monitor gives it its
+    /// id. Returns it as stored.
+    fn add_maintenance_window(&self, w: MaintenanceWindow) -> Result<MaintenanceWindow, ApiError>;
+
+    /// Delete a window. Unknown → [`ApiError::NotFound`]; one of the config file →
+    /// [`ApiError::Conflict`].
+    fn remove_maintenance_window(&self, id: &str) -> Result<(), ApiError>;
+
+    /// A stream's stored metrics samples, oldest first, for `GET /api/streams/{id}/metrics`.
+    /// Unknown stream → [`ApiError::NotFound`].
+    fn stream_metrics(&self, id: &str, q: &MetricsQuery) -> Result<Vec<MetricsPoint>, ApiError>;
 
     /// The Prometheus exposition (text format 0.0.4), for `GET /metrics`.
     fn prometheus(&self) -> String;
@@ -110,6 +182,100 @@ pub struct StreamStatus {
     pub reconnects: u64,
     /// The fidelity tier the stream is monitored at (as last set).
     pub tier: Tier,
+    /// The stream's mute, while one is in force.
+    #[serde(default)]
+    pub muted: Option<Mute>,
+}
+
+/// One stored metrics sample of a stream (a metrics period).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MetricsPoint {
+    /// Wall time at the end of the period.
+    pub at: WallTime,
+    /// Media time at the end of the period.
+    pub media_t: f64,
+    /// `name → value` (`loudness_short_term_lufs`, `blockiness_mean`, `decode_errors`, `bytes`,
+    /// `frames_video`, ...).
+    pub values: std::collections::BTreeMap<String, f64>,
+}
+
+/// The answer of `GET /api/streams/{id}/metrics`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MetricsSeries {
+    pub stream_id: String,
+    pub since: WallTime,
+    pub until: Option<WallTime>,
+    pub samples: Vec<MetricsPoint>,
+}
+
+/// `limit` of `GET /api/streams/{id}/metrics` when none is given.
+pub const DEFAULT_METRICS_LIMIT: usize = 1000;
+/// The largest `limit` it accepts.
+pub const MAX_METRICS_LIMIT: usize = 100_000;
+/// How far back it looks when no `since` is given.
+pub const DEFAULT_METRICS_SPAN: chrono::Duration = chrono::Duration::hours(1);
+
+/// The parsed query of `GET /api/streams/{id}/metrics`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MetricsQuery {
+    pub since: WallTime,
+    pub until: Option<WallTime>,
+    /// Only these values (empty: all). `bitrate_bps` is derived from `bytes` (see [`app`]).
+    pub names: Vec<String>,
+    /// At most this many samples, the latest.
+    pub limit: usize,
+}
+
+impl MetricsQuery {
+    fn from_pairs(pairs: &[(String, String)], now: WallTime) -> Result<Self, Vec<String>> {
+        let mut q = MetricsQuery {
+            since: now - DEFAULT_METRICS_SPAN,
+            until: None,
+            names: Vec::new(),
+            limit: DEFAULT_METRICS_LIMIT,
+        };
+        let mut errors = Vec::new();
+        for (key, value) in pairs {
+            match key.as_str() {
+                "since" => match parse_time(value) {
+                    Ok(t) => q.since = t,
+                    Err(e) => errors.push(format!("since: {e}")),
+                },
+                "until" => match parse_time(value) {
+                    Ok(t) => q.until = Some(t),
+                    Err(e) => errors.push(format!("until: {e}")),
+                },
+                "names" => q.names.extend(list(value)),
+                "limit" => match value.parse::<usize>() {
+                    Ok(n) if (1..=MAX_METRICS_LIMIT).contains(&n) => q.limit = n,
+                    _ => errors.push(format!(
+                        "limit: expected a number from 1 to {MAX_METRICS_LIMIT}, got {value:?}"
+                    )),
+                },
+                "access_token" => {}
+                other => errors.push(format!(
+                    "unknown query parameter {other:?} (expected since, until, names, limit)"
+                )),
+            }
+        }
+        if q.until.is_some_and(|u| u < q.since) {
+            errors.push("until: must not be before since".into());
+        }
+        if errors.is_empty() {
+            Ok(q)
+        } else {
+            Err(errors)
+        }
+    }
+}
+
+/// A comma-separated list, without empty items.
+fn list(value: &str) -> impl Iterator<Item = String> + '_ {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
 }
 
 /// The parsed query of `GET /api/alerts`.
@@ -124,6 +290,16 @@ pub struct AlertsQuery {
     pub active: Option<bool>,
     /// At most this many (1..=[`MAX_ALERTS_LIMIT`]).
     pub limit: Option<usize>,
+    /// Only alerts raised at or before this time.
+    pub until: Option<WallTime>,
+    /// Only these kinds (`kind=video.black,video.freeze`); empty: all.
+    pub kinds: Vec<String>,
+    /// Only these severities (`severity=major,critical`); empty: all.
+    pub severities: Vec<Severity>,
+    /// Only alerts in this state (`state=raised|cleared`).
+    pub state: Option<AlertState>,
+    /// `Some(true)`: only acknowledged alerts; `Some(false)`: only unacknowledged ones.
+    pub acked: Option<bool>,
 }
 
 impl AlertsQuery {
@@ -146,11 +322,34 @@ impl AlertsQuery {
                     Ok(t) => q.since = Some(t),
                     Err(e) => errors.push(format!("since: {e}")),
                 },
-                "active" => match value.to_ascii_lowercase().as_str() {
-                    "" | "true" | "1" | "yes" => q.active = Some(true),
-                    "false" | "0" | "no" => q.active = Some(false),
-                    _ => errors.push(format!("active: expected true or false, got {value:?}")),
+                "active" => match parse_bool(value) {
+                    Some(b) => q.active = Some(b),
+                    None => errors.push(format!("active: expected true or false, got {value:?}")),
                 },
+                "acked" => match parse_bool(value) {
+                    Some(b) => q.acked = Some(b),
+                    None => errors.push(format!("acked: expected true or false, got {value:?}")),
+                },
+                "until" => match parse_time(value) {
+                    Ok(t) => q.until = Some(t),
+                    Err(e) => errors.push(format!("until: {e}")),
+                },
+                "kind" => q.kinds.extend(list(value)),
+                "severity" => {
+                    for s in list(value) {
+                        match s.parse::<Severity>() {
+                            Ok(sev) => q.severities.push(sev),
+                            Err(e) => errors.push(format!("severity: {e}")),
+                        }
+                    }
+                }
+                "state" => match value.as_str() {
+                    "raised" => q.state = Some(AlertState::Raised),
+                    "cleared" => q.state = Some(AlertState::Cleared),
+                    _ => errors.push(format!("state: expected raised or cleared, got {value:?}")),
+                },
+                // Taken by the token check (for clients that cannot set headers).
+                "access_token" => {}
                 "limit" => match value.parse::<usize>() {
                     Ok(n) if (1..=MAX_ALERTS_LIMIT).contains(&n) => q.limit = Some(n),
                     _ => errors.push(format!(
@@ -158,7 +357,8 @@ impl AlertsQuery {
                     )),
                 },
                 other => errors.push(format!(
-                    "unknown query parameter {other:?} (expected stream, since, active, limit)"
+                    "unknown query parameter {other:?} (expected stream, kind, severity, state, \
+                     since, until, active, acked, limit)"
                 )),
             }
         }
@@ -167,6 +367,14 @@ impl AlertsQuery {
         } else {
             Err(errors)
         }
+    }
+}
+
+fn parse_bool(value: &str) -> Option<bool> {
+    match value.to_ascii_lowercase().as_str() {
+        "" | "true" | "1" | "yes" => Some(true),
+        "false" | "0" | "no" => Some(false),
+        _ => None,
     }
 }
 
@@ -199,32 +407,52 @@ fn parse_time(s: &str) -> Result<WallTime, String> {
 
 type AppState = Arc<dyn Monitor>;
 
-/// The API router over `monitor`. Binds nothing.
+/// The API router over `monitor`, open to anyone (no tokens). Binds nothing.
 pub fn app(monitor: Arc<dyn Monitor>) -> Router {
+    app_with_auth(monitor, Auth::open())
+}
+
+/// The API router over `monitor`, with `auth`'s tokens checked on every request. Binds nothing.
+pub fn app_with_auth(monitor: Arc<dyn Monitor>, auth: Auth) -> Router {
     Router::new()
         .route("/api/streams", get(list_streams).post(add_stream))
         .route(
             "/api/streams/{id}",
             get(get_stream).patch(patch_stream).delete(remove_stream),
         )
+        .route(
+            "/api/streams/{id}/mute",
+            post(mute_stream).delete(unmute_stream),
+        )
+        .route("/api/streams/{id}/metrics", get(stream_metrics))
         .route("/api/alerts", get(list_alerts))
+        .route("/api/alerts/{id}", get(get_alert))
+        .route("/api/alerts/{id}/ack", post(ack_alert))
+        .route("/api/maintenance", get(list_windows).post(add_window))
+        .route("/api/maintenance/{id}", delete(remove_window))
+        .route("/api/openapi.json", get(openapi))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(monitor)
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(auth),
+            auth::check,
+        ))
 }
 
 /// Serve the API on `listener` until `shutdown` resolves, then finish in-flight requests.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     monitor: Arc<dyn Monitor>,
+    auth: Auth,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, "HTTP API listening");
+        tracing::info!(%addr, tokens = auth.tokens.len(), "HTTP API listening");
     }
-    axum::serve(listener, app(monitor))
+    axum::serve(listener, app_with_auth(monitor, auth))
         .with_graceful_shutdown(shutdown)
         .await
 }
@@ -320,10 +548,274 @@ async fn remove_stream(
 async fn list_alerts(
     State(m): State<AppState>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
-) -> Result<Json<Vec<Alert>>, ApiError> {
+) -> Result<Json<Vec<AlertRecord>>, ApiError> {
     let Query(pairs) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let q = AlertsQuery::from_pairs(&pairs).map_err(ApiError::BadRequest)?;
     Ok(Json(blocking(m, move |m| m.alerts(&q)).await?))
+}
+
+async fn get_alert(
+    State(m): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<AlertRecord>, ApiError> {
+    Ok(Json(blocking(m, move |m| m.alert(&id)).await?))
+}
+
+/// A JSON object body; an empty body is an empty object. Keys other than `allowed` are refused.
+fn object_body(
+    body: &Bytes,
+    allowed: &[&str],
+    example: &str,
+) -> Result<serde_json::Map<String, serde_json::Value>, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(serde_json::Map::new());
+    }
+    let value: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
+    let serde_json::Value::Object(obj) = value else {
+        return Err(ApiError::bad_request(format!(
+            "the body must be a JSON object, e.g. {example}"
+        )));
+    };
+    let unknown: Vec<String> = obj
+        .keys()
+        .filter(|k| !allowed.contains(&k.as_str()))
+        .map(|k| format!("{k}: unknown field (expected {})", allowed.join(", ")))
+        .collect();
+    if unknown.is_empty() {
+        Ok(obj)
+    } else {
+        Err(ApiError::BadRequest(unknown))
+    }
+}
+
+/// The longest comment accepted, in characters.
+pub const MAX_COMMENT_CHARS: usize = 2000;
+
+fn comment_field(
+    obj: &serde_json::Map<String, serde_json::Value>,
+    errors: &mut Vec<String>,
+) -> String {
+    match obj.get("comment") {
+        None | Some(serde_json::Value::Null) => String::new(),
+        Some(serde_json::Value::String(c)) if c.chars().count() <= MAX_COMMENT_CHARS => c.clone(),
+        Some(serde_json::Value::String(_)) => {
+            errors.push(format!(
+                "comment: must be at most {MAX_COMMENT_CHARS} characters"
+            ));
+            String::new()
+        }
+        Some(other) => {
+            errors.push(format!("comment: must be a string (got {other})"));
+            String::new()
+        }
+    }
+}
+
+/// A time field: an RFC 3339 string, or unix seconds as a number or string.
+fn time_field(
+    obj: &serde_json::Map<String, serde_json::Value>,
+    key: &str,
+    errors: &mut Vec<String>,
+) -> Option<WallTime> {
+    let parsed = match obj.get(key)? {
+        serde_json::Value::Null => return None,
+        serde_json::Value::String(s) => parse_time(s),
+        serde_json::Value::Number(n) => parse_time(&n.to_string()),
+        other => Err(format!(
+            "expected an RFC 3339 time or unix seconds, got {other}"
+        )),
+    };
+    match parsed {
+        Ok(t) => Some(t),
+        Err(e) => {
+            errors.push(format!("{key}: {e}"));
+            None
+        }
+    }
+}
+
+async fn ack_alert(
+    State(m): State<AppState>,
+    Path(id): Path<String>,
+    Extension(caller): Extension<Caller>,
+    body: Bytes,
+) -> Result<Json<AlertRecord>, ApiError> {
+    let obj = object_body(&body, &["comment"], r#"{"comment": "switched to backup"}"#)?;
+    let mut errors = Vec::new();
+    let comment = comment_field(&obj, &mut errors);
+    if !errors.is_empty() {
+        return Err(ApiError::BadRequest(errors));
+    }
+    let record = blocking(m, move |m| m.ack_alert(&id, &caller.name, comment)).await?;
+    Ok(Json(record))
+}
+
+async fn mute_stream(
+    State(m): State<AppState>,
+    Path(id): Path<String>,
+    Extension(caller): Extension<Caller>,
+    body: Bytes,
+) -> Result<Json<Mute>, ApiError> {
+    let obj = object_body(
+        &body,
+        &["until", "comment"],
+        r#"{"until": "2026-01-01T06:00:00Z", "comment": "rehearsal"}"#,
+    )?;
+    let mut errors = Vec::new();
+    let comment = comment_field(&obj, &mut errors);
+    let until = time_field(&obj, "until", &mut errors);
+    if until.is_some_and(|u| u <= Utc::now()) {
+        errors.push("until: must be in the future".into());
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::BadRequest(errors));
+    }
+    let mute = blocking(m, move |m| m.mute_stream(&id, until, &caller.name, comment)).await?;
+    Ok(Json(mute))
+}
+
+async fn unmute_stream(
+    State(m): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    blocking(m, move |m| m.unmute_stream(&id)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn list_windows(State(m): State<AppState>) -> Result<Json<Vec<MaintenanceWindow>>, ApiError> {
+    Ok(Json(blocking(m, |m| m.maintenance_windows()).await?))
+}
+
+/// Why `glob` cannot match a stream id, if it cannot.
+fn glob_problem(glob: &str) -> Option<String> {
+    let plain: String = glob.chars().filter(|c| !matches!(c, '*' | '?')).collect();
+    if glob.is_empty() {
+        Some("must not be empty".into())
+    } else if !plain.is_empty() && StreamId::problem(&plain).is_some() {
+        Some(format!(
+            "{glob:?}: a stream id glob may contain only letters, digits, '-', '_', '.', '*' and '?'"
+        ))
+    } else {
+        None
+    }
+}
+
+async fn add_window(
+    State(m): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let example = r#"{"streams": ["news-*"], "start": "2026-01-01T02:00:00Z", "end": "2026-01-01T04:00:00Z"}"#;
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::bad_request(format!(
+            "the body must be a JSON object, e.g. {example}"
+        )));
+    }
+    let obj = object_body(&body, &["streams", "start", "end", "comment"], example)?;
+    let mut errors = Vec::new();
+    let comment = comment_field(&obj, &mut errors);
+    let mut streams = Vec::new();
+    match obj.get("streams") {
+        Some(serde_json::Value::Array(items)) if !items.is_empty() => {
+            for (i, item) in items.iter().enumerate() {
+                match item.as_str() {
+                    Some(g) => match glob_problem(g) {
+                        None => streams.push(g.to_string()),
+                        Some(p) => errors.push(format!("streams[{i}]: {p}")),
+                    },
+                    None => errors.push(format!("streams[{i}]: must be a string (got {item})")),
+                }
+            }
+        }
+        Some(serde_json::Value::Array(_)) => errors.push("streams: must not be empty".into()),
+        Some(other) => errors.push(format!(
+            "streams: must be an array of stream id globs (got {other})"
+        )),
+        None => {
+            errors.push("streams: missing (an array of stream id globs, e.g. [\"news-*\"])".into())
+        }
+    }
+    let start = time_field(&obj, "start", &mut errors).unwrap_or_else(Utc::now);
+    let end = time_field(&obj, "end", &mut errors);
+    match end {
+        None if !obj.contains_key("end") => errors.push("end: missing".into()),
+        Some(end) if end <= start => errors.push("end: must be after start".into()),
+        _ => {}
+    }
+    let (Some(end), true) = (end, errors.is_empty()) else {
+        return Err(ApiError::BadRequest(errors));
+    };
+    let w = MaintenanceWindow {
+        id: String::new(),
+        streams,
+        start,
+        end,
+        comment,
+        by: caller.name,
+    };
+    let w = blocking(m, move |m| m.add_maintenance_window(w)).await?;
+    let location = format!("/api/maintenance/{}", w.id);
+    Ok((StatusCode::CREATED, [(LOCATION, location)], Json(w)).into_response())
+}
+
+async fn remove_window(
+    State(m): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    blocking(m, move |m| m.remove_maintenance_window(&id)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /api/streams/{id}/metrics`. `bitrate_bps` is derived: a sample's `bytes` × 8 over the
+/// wall seconds since the sample before it (so the first sample returned has none).
+async fn stream_metrics(
+    State(m): State<AppState>,
+    Path(id): Path<String>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Json<MetricsSeries>, ApiError> {
+    let Query(pairs) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let q = MetricsQuery::from_pairs(&pairs, Utc::now()).map_err(ApiError::BadRequest)?;
+    let wanted = q.names.clone();
+    let mut store_q = q.clone();
+    let bitrate = wanted.is_empty() || wanted.iter().any(|n| n == "bitrate_bps");
+    if bitrate && !wanted.is_empty() && !wanted.iter().any(|n| n == "bytes") {
+        store_q.names.push("bytes".into());
+    }
+    store_q.names.retain(|n| n != "bitrate_bps");
+    if !wanted.is_empty() && store_q.names.is_empty() {
+        store_q.names.push("bytes".into());
+    }
+    let stream = id.clone();
+    let mut samples = blocking(m, move |m| m.stream_metrics(&stream, &store_q)).await?;
+    if bitrate {
+        let mut prev: Option<WallTime> = None;
+        for s in &mut samples {
+            if let (Some(p), Some(bytes)) = (prev, s.values.get("bytes").copied()) {
+                let secs = (s.at - p).num_milliseconds() as f64 / 1000.0;
+                if secs > 0.0 {
+                    s.values
+                        .insert("bitrate_bps".into(), (bytes * 8.0 / secs).round());
+                }
+            }
+            prev = Some(s.at);
+        }
+    }
+    if !wanted.is_empty() {
+        for s in &mut samples {
+            s.values.retain(|k, _| wanted.contains(k));
+        }
+    }
+    Ok(Json(MetricsSeries {
+        stream_id: id,
+        since: q.since,
+        until: q.until,
+        samples,
+    }))
+}
+
+async fn openapi() -> impl IntoResponse {
+    ([(CONTENT_TYPE, "application/json")], OPENAPI)
 }
 
 async fn metrics(State(m): State<AppState>) -> impl IntoResponse {

@@ -1,160 +1,18 @@
 //! Every endpoint against a fake Monitor: through `oneshot` (no server), and once over a real
 //! socket.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+mod common;
 
-use avmon_core::{Alert, AlertState, Severity, StreamId, Tier};
-use avmon_server::{app, serve, AlertsQuery, ApiError, Monitor, StreamState, StreamStatus};
+use std::sync::atomic::Ordering;
+
+use avmon_core::Tier;
+use avmon_server::{serve, AlertsQuery, Monitor, StreamState, StreamStatus};
 use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
-use axum::Router;
 use chrono::{TimeZone, Utc};
-use http_body_util::BodyExt;
+use common::*;
 use serde_json::{json, Value};
 use tower::ServiceExt;
-
-fn status(id: &str, url: &str) -> StreamStatus {
-    StreamStatus {
-        id: id.into(),
-        url: url.into(),
-        status: StreamState::Starting,
-        active_alerts: vec![],
-        media_t: 0.0,
-        last_data_at: None,
-        info: None,
-        frames_video: 0,
-        frames_audio: 0,
-        decode_errors: 0,
-        reconnects: 0,
-        tier: Tier::Full,
-    }
-}
-
-fn alert(id: &str, stream: &str) -> Alert {
-    Alert {
-        id: id.into(),
-        stream_id: StreamId(stream.into()),
-        kind: "video.black".into(),
-        severity: Severity::Major,
-        state: AlertState::Raised,
-        start_s: 8.04,
-        end_s: None,
-        raised_at: Utc.with_ymd_and_hms(2025, 3, 1, 12, 0, 0).unwrap(),
-        cleared_at: None,
-        details: json!({"black_ratio": 0.99}).as_object().unwrap().clone(),
-    }
-}
-
-#[derive(Default)]
-struct Fake {
-    streams: Mutex<Vec<StreamStatus>>,
-    last_query: Mutex<Option<AlertsQuery>>,
-    unhealthy: AtomicBool,
-}
-
-impl Monitor for Fake {
-    fn streams(&self) -> Vec<StreamStatus> {
-        self.streams.lock().unwrap().clone()
-    }
-
-    fn add_stream(&self, spec: Value) -> Result<StreamStatus, ApiError> {
-        let mut errors = Vec::new();
-        let id = spec["id"].as_str().unwrap_or_default();
-        let url = spec["url"].as_str().unwrap_or_default();
-        if let Some(p) = StreamId::problem(id) {
-            errors.push(format!("id: {p}"));
-        }
-        if !url.starts_with("srt://") && !url.starts_with("udp://") {
-            errors.push(format!("url: unsupported scheme in {url:?}"));
-        }
-        if !errors.is_empty() {
-            return Err(ApiError::BadRequest(errors));
-        }
-        let mut streams = self.streams.lock().unwrap();
-        if streams.iter().any(|s| s.id == id) {
-            return Err(ApiError::Conflict(format!("stream {id:?} already exists")));
-        }
-        let s = status(id, url);
-        streams.push(s.clone());
-        Ok(s)
-    }
-
-    fn set_tier(&self, id: &str, tier: Tier) -> Result<StreamStatus, ApiError> {
-        let mut streams = self.streams.lock().unwrap();
-        let s = streams
-            .iter_mut()
-            .find(|s| s.id == id)
-            .ok_or_else(|| ApiError::NotFound(format!("no stream {id:?}")))?;
-        s.tier = tier;
-        Ok(s.clone())
-    }
-
-    fn remove_stream(&self, id: &str) -> Result<(), ApiError> {
-        let mut streams = self.streams.lock().unwrap();
-        let before = streams.len();
-        streams.retain(|s| s.id != id);
-        if streams.len() == before {
-            return Err(ApiError::NotFound(format!("no stream {id:?}")));
-        }
-        Ok(())
-    }
-
-    fn alerts(&self, q: &AlertsQuery) -> Result<Vec<Alert>, ApiError> {
-        *self.last_query.lock().unwrap() = Some(q.clone());
-        if q.stream.as_deref() == Some("boom") {
-            return Err(ApiError::Internal(
-                "SELECT failed on /var/lib/avmon/secret.db".into(),
-            ));
-        }
-        Ok(vec![alert("a2", "news"), alert("a1", "news")])
-    }
-
-    fn prometheus(&self) -> String {
-        "# TYPE avmon_streams gauge\navmon_streams 1\n".into()
-    }
-
-    fn healthy(&self) -> bool {
-        !self.unhealthy.load(Ordering::SeqCst)
-    }
-}
-
-fn setup() -> (Arc<Fake>, Router) {
-    let fake = Arc::new(Fake::default());
-    fake.streams
-        .lock()
-        .unwrap()
-        .push(status("news", "srt://10.0.0.1:9000"));
-    let router = app(fake.clone());
-    (fake, router)
-}
-
-/// Send one request; returns status, content type and body (JSON when it parses, else a string).
-async fn call(
-    router: &Router,
-    method: Method,
-    uri: &str,
-    body: Option<&str>,
-) -> (StatusCode, String, Value) {
-    let mut req = Request::builder().method(method).uri(uri);
-    if body.is_some() {
-        req = req.header(header::CONTENT_TYPE, "application/json");
-    }
-    let req = req
-        .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
-        .unwrap();
-    let resp = router.clone().oneshot(req).await.unwrap();
-    let status = resp.status();
-    let ctype = resp
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .map(|v| v.to_str().unwrap().to_string())
-        .unwrap_or_default();
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    let text = String::from_utf8(bytes.to_vec()).unwrap();
-    let json = serde_json::from_str(&text).unwrap_or(Value::String(text));
-    (status, ctype, json)
-}
 
 #[tokio::test]
 async fn lists_and_gets_streams() {
@@ -167,7 +25,7 @@ async fn lists_and_gets_streams() {
         json!([{"id": "news", "url": "srt://10.0.0.1:9000", "status": "starting",
                 "active_alerts": [], "media_t": 0.0, "last_data_at": null, "info": null,
                 "frames_video": 0, "frames_audio": 0, "decode_errors": 0, "reconnects": 0,
-                "tier": "full"}])
+                "tier": "full", "muted": null}])
     );
     let (st, _, body) = call(&router, Method::GET, "/api/streams/news", None).await;
     assert_eq!(st, StatusCode::OK);
@@ -312,6 +170,7 @@ async fn lists_alerts_with_a_parsed_query() {
             since: Some(Utc.with_ymd_and_hms(2025, 3, 1, 12, 0, 0).unwrap()),
             active: Some(true),
             limit: Some(5),
+            ..AlertsQuery::default()
         }
     );
     let (st, _, _) = call(&router, Method::GET, "/api/alerts?since=1740830400", None).await;
@@ -396,9 +255,14 @@ async fn serves_over_a_real_socket_and_shuts_down() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve(listener, fake.clone(), async {
-        stopped.await.ok();
-    }));
+    let server = tokio::spawn(serve(
+        listener,
+        fake.clone(),
+        avmon_server::Auth::open(),
+        async {
+            stopped.await.ok();
+        },
+    ));
 
     let client = reqwest::Client::new();
     let health: Value = client
