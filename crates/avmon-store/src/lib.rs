@@ -72,7 +72,7 @@ pub struct AlertQuery {
 #[derive(Clone, Debug, PartialEq)]
 pub enum AckOutcome {
     /// Acknowledged now.
-    Acked(AlertRecord),
+    Acked(Box<AlertRecord>),
     /// It was already acknowledged: this is the first acknowledgement, kept.
     AlreadyAcked(Ack),
     /// No alert has that id.

@@ -619,7 +619,7 @@ impl Store for SqliteStore {
             }
         }
         match self.alert(id)? {
-            Some(r) => Ok(AckOutcome::Acked(r)),
+            Some(r) => Ok(AckOutcome::Acked(Box::new(r))),
             None => Ok(AckOutcome::NotFound),
         }
     }
