@@ -26,7 +26,7 @@ mod tier;
 pub use alert::{Alert, AlertEvent, AlertState, Transition};
 pub use detector::{Detector, Finding, FindingEdge, Findings};
 pub use frame::{decode_error, speaker, AudioBuffer, Plane, VideoFrame, MAX_AUDIO_CHANNELS};
-pub use manage::{glob_match, Ack, AlertRecord, MaintenanceWindow, Mute, Suppressed};
+pub use manage::{glob_match, glob_problem, Ack, AlertRecord, MaintenanceWindow, Mute, Suppressed};
 pub use stream::{AudioInfo, MediaInfo, Severity, SeverityParseError, StreamId, VideoInfo};
 pub use tier::{Tier, TierControl, TierParseError};
 

@@ -96,6 +96,20 @@ pub struct AlertRecord {
     pub suppressed: Option<Suppressed>,
 }
 
+/// Why `glob` is not a stream id glob (letters, digits, `-`, `_`, `.`, `*`, `?`), if it is not.
+pub fn glob_problem(glob: &str) -> Option<String> {
+    let plain: String = glob.chars().filter(|c| !matches!(c, '*' | '?')).collect();
+    if glob.is_empty() {
+        Some("must not be empty".into())
+    } else if !plain.is_empty() && crate::StreamId::problem(&plain).is_some() {
+        Some(format!(
+            "{glob:?}: a stream id glob may contain only letters, digits, '-', '_', '.', '*' and '?'"
+        ))
+    } else {
+        None
+    }
+}
+
 /// `*` matches any run of characters (none included), `?` exactly one; everything else itself.
 pub fn glob_match(pattern: &str, s: &str) -> bool {
     let (p, s): (Vec<char>, Vec<char>) = (pattern.chars().collect(), s.chars().collect());

@@ -687,20 +687,6 @@ async fn list_windows(State(m): State<AppState>) -> Result<Json<Vec<MaintenanceW
     Ok(Json(blocking(m, |m| m.maintenance_windows()).await?))
 }
 
-/// Why `glob` cannot match a stream id, if it cannot.
-fn glob_problem(glob: &str) -> Option<String> {
-    let plain: String = glob.chars().filter(|c| !matches!(c, '*' | '?')).collect();
-    if glob.is_empty() {
-        Some("must not be empty".into())
-    } else if !plain.is_empty() && StreamId::problem(&plain).is_some() {
-        Some(format!(
-            "{glob:?}: a stream id glob may contain only letters, digits, '-', '_', '.', '*' and '?'"
-        ))
-    } else {
-        None
-    }
-}
-
 async fn add_window(
     State(m): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -720,7 +706,7 @@ async fn add_window(
         Some(serde_json::Value::Array(items)) if !items.is_empty() => {
             for (i, item) in items.iter().enumerate() {
                 match item.as_str() {
-                    Some(g) => match glob_problem(g) {
+                    Some(g) => match avmon_core::glob_problem(g) {
                         None => streams.push(g.to_string()),
                         Some(p) => errors.push(format!("streams[{i}]: {p}")),
                     },

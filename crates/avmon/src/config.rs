@@ -9,10 +9,11 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use avmon_alert::AlertConfig;
-use avmon_core::{StreamId, Tier};
+use avmon_core::{MaintenanceWindow, StreamId, Tier};
 use avmon_detect::DetectorsConfig;
 use avmon_hls::HlsConfig;
 use avmon_notify::WebhookConfig;
+use avmon_server::{Auth, Role, Secret, Token};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -106,6 +107,41 @@ pub enum NotifierConfig {
     Webhook(WebhookConfig),
 }
 
+/// `[api]`: who may use the HTTP API.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApiSection {
+    #[serde(default)]
+    tokens: Vec<TokenSection>,
+    /// Whether `GET /metrics` needs a read token (default false: open, as Prometheus expects).
+    #[serde(default)]
+    metrics_need_token: bool,
+}
+
+/// `[api] tokens = [{ name, role, token | token_env }]`. No `Debug`: it holds the secret.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenSection {
+    name: String,
+    role: String,
+    token: Option<String>,
+    token_env: Option<String>,
+}
+
+/// The shortest token accepted: a guessable token is no protection.
+pub const MIN_TOKEN_CHARS: usize = 16;
+
+/// `[[maintenance]]`: a maintenance window in the config file.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WindowSection {
+    streams: Vec<String>,
+    start: toml::Value,
+    end: toml::Value,
+    #[serde(default)]
+    comment: String,
+}
+
 /// A validated configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -113,6 +149,152 @@ pub struct Config {
     pub store: StoreConfig,
     pub streams: Vec<StreamConfig>,
     pub notifiers: Vec<NotifierConfig>,
+    /// API tokens (none: the API is open, and `listen` must be a loopback address).
+    pub api: Auth,
+    /// The config file's maintenance windows (ids `config-0`, `config-1`, ...).
+    pub maintenance: Vec<MaintenanceWindow>,
+}
+
+/// `[api]`, checked; `env` reads an environment variable (`std::env::var` outside tests).
+fn api_auth(
+    value: toml::Value,
+    env: &dyn Fn(&str) -> Option<String>,
+    errors: &mut Vec<String>,
+) -> Auth {
+    let Some(api) = section::<ApiSection>(value, "api", errors) else {
+        return Auth::open();
+    };
+    let mut tokens: Vec<Token> = Vec::new();
+    let mut names: Vec<String> = Vec::new();
+    for (i, t) in api.tokens.into_iter().enumerate() {
+        let path = format!("api.tokens[{i}]");
+        let before = errors.len();
+        names.push(t.name.clone());
+        if t.name.trim().is_empty() {
+            errors.push(format!("{path}.name: must not be empty"));
+        } else if names[..i].contains(&t.name) {
+            errors.push(format!("{path}.name: duplicate name {:?}", t.name));
+        }
+        let role = match t.role.as_str() {
+            "read" => Role::Read,
+            "admin" => Role::Admin,
+            other => {
+                errors.push(format!(
+                    "{path}.role: expected \"read\" or \"admin\" (got {other:?})"
+                ));
+                Role::Read
+            }
+        };
+        let secret = match (t.token, t.token_env) {
+            (Some(tok), None) => Some(tok),
+            (None, Some(var)) => match env(&var) {
+                Some(v) => Some(v),
+                None => {
+                    errors.push(format!(
+                        "{path}.token_env: the environment variable {var:?} is not set"
+                    ));
+                    None
+                }
+            },
+            (Some(_), Some(_)) => {
+                errors.push(format!("{path}: give token or token_env, not both"));
+                None
+            }
+            (None, None) => {
+                errors.push(format!(
+                    "{path}: missing token (give token = \"...\" or token_env = \"VAR\")"
+                ));
+                None
+            }
+        };
+        if let Some(secret) = &secret {
+            // Never echo the token itself.
+            if secret.chars().count() < MIN_TOKEN_CHARS || secret.trim() != secret {
+                errors.push(format!(
+                    "{path}: the token must be at least {MIN_TOKEN_CHARS} characters, without \
+                     surrounding spaces"
+                ));
+            } else if tokens.iter().any(|o| o.secret.expose() == secret) {
+                errors.push(format!("{path}: the same token as another entry"));
+            }
+        }
+        if let (Some(secret), true) = (secret, errors.len() == before) {
+            tokens.push(Token {
+                name: t.name,
+                role,
+                secret: Secret::new(secret),
+            });
+        }
+    }
+    Auth {
+        tokens,
+        metrics_need_token: api.metrics_need_token,
+    }
+}
+
+/// A config file time: an RFC 3339 string, or a TOML offset date-time.
+fn config_time(v: &toml::Value, path: &str, errors: &mut Vec<String>) -> Option<avmon_core::WallTime> {
+    let text = match v {
+        toml::Value::String(s) => s.clone(),
+        toml::Value::Datetime(d) => d.to_string(),
+        other => {
+            errors.push(format!(
+                "{path}: expected an RFC 3339 time such as 2026-11-24T02:00:00Z (got {other})"
+            ));
+            return None;
+        }
+    };
+    match chrono::DateTime::parse_from_rfc3339(&text) {
+        Ok(t) => Some(t.with_timezone(&chrono::Utc)),
+        Err(_) => {
+            errors.push(format!(
+                "{path}: expected an RFC 3339 time with its offset, such as \
+                 2026-11-24T02:00:00Z (got {text:?})"
+            ));
+            None
+        }
+    }
+}
+
+/// `[[maintenance]]`, checked.
+fn maintenance(value: toml::Value, errors: &mut Vec<String>) -> Vec<MaintenanceWindow> {
+    let toml::Value::Array(items) = value else {
+        errors.push("maintenance: must be an array of tables ([[maintenance]])".into());
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (i, item) in items.into_iter().enumerate() {
+        let path = format!("maintenance[{i}]");
+        let Some(w) = section::<WindowSection>(item, &path, errors) else {
+            continue;
+        };
+        let before = errors.len();
+        if w.streams.is_empty() {
+            errors.push(format!("{path}.streams: must not be empty"));
+        }
+        for (j, g) in w.streams.iter().enumerate() {
+            if let Some(p) = avmon_core::glob_problem(g) {
+                errors.push(format!("{path}.streams[{j}]: {p}"));
+            }
+        }
+        let start = config_time(&w.start, &format!("{path}.start"), errors);
+        let end = config_time(&w.end, &format!("{path}.end"), errors);
+        if let (Some(start), Some(end)) = (start, end) {
+            if end <= start {
+                errors.push(format!("{path}.end: must be after start"));
+            } else if errors.len() == before {
+                out.push(MaintenanceWindow {
+                    id: format!("config-{i}"),
+                    streams: w.streams,
+                    start,
+                    end,
+                    comment: w.comment,
+                    by: "config".into(),
+                });
+            }
+        }
+    }
+    out
 }
 
 /// Every problem found in a config.
@@ -247,6 +429,17 @@ impl StreamConfig {
 
 /// Parse and validate a config's text. `source_name` names it in messages.
 pub fn parse(text: &str, source_name: &str) -> Result<Config, ConfigError> {
+    parse_with_env(text, source_name, &|var| {
+        std::env::var(var).ok().filter(|v| !v.is_empty())
+    })
+}
+
+/// [`parse`], reading `token_env` variables with `env`.
+pub fn parse_with_env(
+    text: &str,
+    source_name: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
     let fail = |errors: Vec<String>| ConfigError {
         source_name: source_name.to_string(),
         errors,
@@ -270,6 +463,8 @@ pub fn parse(text: &str, source_name: &str) -> Result<Config, ConfigError> {
     let mut store = StoreConfig::default();
     let mut streams = Vec::new();
     let mut notifiers = Vec::new();
+    let mut api = Auth::open();
+    let mut windows = Vec::new();
     for (key, value) in table {
         match key.as_str() {
             "server" => {
@@ -305,8 +500,11 @@ pub fn parse(text: &str, source_name: &str) -> Result<Config, ConfigError> {
                 }
                 _ => errors.push("notifiers: must be an array of tables ([[notifiers]])".into()),
             },
+            "api" => api = api_auth(value, env, &mut errors),
+            "maintenance" => windows = maintenance(value, &mut errors),
             other => errors.push(format!(
-                "{other}: unknown section (expected server, store, streams, notifiers)"
+                "{other}: unknown section (expected server, store, api, streams, notifiers, \
+                 maintenance)"
             )),
         }
     }
@@ -317,6 +515,14 @@ pub fn parse(text: &str, source_name: &str) -> Result<Config, ConfigError> {
         }
     }
     let listen = match server.listen.parse::<SocketAddr>() {
+        Ok(a) if !a.ip().is_loopback() && !api.enabled() => {
+            errors.push(format!(
+                "server.listen: {a} is not a loopback address, and [api] has no tokens: anyone \
+                 who reaches it could add and remove streams; add [api] tokens, or listen on \
+                 127.0.0.1"
+            ));
+            None
+        }
         Ok(a) => Some(a),
         Err(_) => {
             errors.push(format!(
@@ -341,6 +547,8 @@ pub fn parse(text: &str, source_name: &str) -> Result<Config, ConfigError> {
             store,
             streams,
             notifiers,
+            api,
+            maintenance: windows,
         }),
         _ => Err(fail(errors)),
     }
@@ -639,5 +847,124 @@ hls = { stale_factor = "three" }
             bad.unwrap_err(),
             ["stream.hls.stale_factor: must be between 1 and 100 (got 200)"]
         );
+    }
+
+    const SECRET_A: &str = "adm-0123456789abcdefXYZ";
+    const SECRET_B: &str = "read-0123456789abcdefXYZ";
+
+    fn env(var: &str) -> Option<String> {
+        (var == "AVMON_TEST_ADMIN").then(|| SECRET_A.to_string())
+    }
+
+    #[test]
+    fn api_tokens_are_read_from_the_file_or_the_environment_and_never_shown() {
+        let text = format!(
+            r#"
+[server]
+listen = "0.0.0.0:8080"
+[api]
+tokens = [{{ name = "ops", role = "admin", token_env = "AVMON_TEST_ADMIN" }},
+          {{ name = "wall", role = "read", token = "{SECRET_B}" }}]
+metrics_need_token = true
+"#
+        );
+        let c = parse_with_env(&text, "avmon.toml", &env).unwrap();
+        assert_eq!(c.api.tokens.len(), 2);
+        assert_eq!(c.api.tokens[0].name, "ops");
+        assert_eq!(c.api.tokens[0].role, Role::Admin);
+        assert_eq!(c.api.tokens[0].secret.expose(), SECRET_A);
+        assert_eq!(c.api.tokens[1].role, Role::Read);
+        assert!(c.api.metrics_need_token);
+        assert!(!c.listen.ip().is_loopback(), "tokens allow any address");
+        let shown = format!("{c:?}");
+        assert!(!shown.contains(SECRET_A) && !shown.contains(SECRET_B), "{shown}");
+    }
+
+    #[test]
+    fn bad_tokens_are_listed_by_path_without_their_value() {
+        let text = r#"
+[api]
+tokens = [{ name = "ops", role = "root", token = "short" },
+          { name = "ops", role = "read", token_env = "AVMON_TEST_UNSET" },
+          { name = "", role = "read" },
+          { name = "x", role = "read", token = "adm-0123456789abcdefXYZ", token_env = "A" },
+          { name = "y", role = "admin", token = "adm-0123456789abcdefXYZ" },
+          { name = "z", role = "admin", token = "adm-0123456789abcdefXYZ" }]
+"#;
+        let err = parse_with_env(text, "avmon.toml", &env).unwrap_err();
+        assert_eq!(
+            err.errors,
+            [
+                "api.tokens[0].role: expected \"read\" or \"admin\" (got \"root\")",
+                "api.tokens[0]: the token must be at least 16 characters, without surrounding spaces",
+                "api.tokens[1].name: duplicate name \"ops\"",
+                "api.tokens[1].token_env: the environment variable \"AVMON_TEST_UNSET\" is not set",
+                "api.tokens[2].name: must not be empty",
+                "api.tokens[2]: missing token (give token = \"...\" or token_env = \"VAR\")",
+                "api.tokens[3]: give token or token_env, not both",
+                "api.tokens[5]: the same token as another entry",
+            ]
+        );
+        assert!(!err.to_string().contains("short") && !err.to_string().contains("abcdefXYZ"));
+    }
+
+    #[test]
+    fn without_tokens_only_loopback_is_accepted() {
+        for listen in ["0.0.0.0:8080", "[::]:8080", "192.0.2.1:80"] {
+            let text = format!("[server]\nlisten = \"{listen}\"\n");
+            let err = parse_with_env(&text, "avmon.toml", &env).unwrap_err();
+            assert_eq!(err.errors.len(), 1, "{listen}");
+            assert!(
+                err.errors[0].starts_with(&format!("server.listen: {}", listen.replace("[::]", "[::]")))
+                    && err.errors[0].contains("[api] has no tokens"),
+                "{err}"
+            );
+        }
+        for listen in ["127.0.0.1:8080", "[::1]:8080", "127.0.0.2:1"] {
+            let text = format!("[server]\nlisten = \"{listen}\"\n");
+            let c = parse_with_env(&text, "avmon.toml", &env).unwrap();
+            assert!(!c.api.enabled());
+        }
+    }
+
+    #[test]
+    fn maintenance_windows_from_the_config() {
+        let text = r#"
+[[maintenance]]
+streams = ["news-*", "sport"]
+start = "2026-11-24T02:00:00Z"
+end = 2026-11-24T04:00:00+01:00
+comment = "encoder upgrade"
+[[maintenance]]
+streams = []
+start = "yesterday"
+end = 5
+[[maintenance]]
+streams = ["a b"]
+start = "2026-11-24T02:00:00Z"
+end = "2026-11-24T01:00:00Z"
+[[maintenance]]
+streams = ["x"]
+start = "2026-11-24T02:00:00Z"
+end = "2026-11-24T03:00:00Z"
+until = "never"
+"#;
+        let err = parse_with_env(text, "avmon.toml", &env).unwrap_err();
+        assert_eq!(err.errors.len(), 6, "{err}");
+        assert_eq!(err.errors[0], "maintenance[1].streams: must not be empty");
+        assert!(err.errors[1].starts_with("maintenance[1].start: expected an RFC 3339 time"));
+        assert!(err.errors[2].starts_with("maintenance[1].end: expected an RFC 3339 time"));
+        assert!(err.errors[3].starts_with("maintenance[2].streams[0]: \"a b\""));
+        assert_eq!(err.errors[4], "maintenance[2].end: must be after start");
+        assert!(err.errors[5].starts_with("maintenance[3].until: unknown field `until`"), "{err}");
+
+        let ok = text.split("[[maintenance]]\nstreams = []").next().unwrap();
+        let c = parse_with_env(ok, "avmon.toml", &env).unwrap();
+        assert_eq!(c.maintenance.len(), 1);
+        let w = &c.maintenance[0];
+        assert_eq!(w.id, "config-0");
+        assert_eq!(w.by, "config");
+        assert_eq!(w.streams, ["news-*", "sport"]);
+        assert_eq!(w.end - w.start, chrono::Duration::hours(1), "the offset counts");
     }
 }

@@ -26,8 +26,12 @@ use avmon_media::{
     run_input, run_source, Backoff, FrameSink, Input, MediaClock, OpenOptions, SourceEvents, Tap,
 };
 use avmon_notify::{Notifier, Webhook};
-use avmon_server::{AlertsQuery, ApiError, Monitor, StreamState, StreamStatus};
-use avmon_store::{AlertQuery, MetricsSample, Store, StreamRecord};
+use avmon_alert::Suppression;
+use avmon_core::{AlertRecord, MaintenanceWindow, Mute};
+use avmon_server::{
+    AlertsQuery, ApiError, MetricsPoint, MetricsQuery, Monitor, StreamState, StreamStatus,
+};
+use avmon_store::{AckOutcome, AlertQuery, MetricsSample, Store, StreamRecord};
 use chrono::Utc;
 use crossbeam_channel::{Receiver, Sender};
 
@@ -98,6 +102,8 @@ struct Service {
     notifiers: Vec<Arc<dyn Notifier>>,
     protocols: Vec<String>,
     metrics_interval: Duration,
+    /// Mutes and maintenance windows: which alerts are not notified.
+    suppression: Arc<Suppression>,
 }
 
 /// The decode thread's sink: pipeline in, events and status out.
@@ -425,6 +431,7 @@ fn hub_thread(
     store: Arc<dyn Store>,
     notifiers: Vec<Arc<dyn Notifier>>,
     print: bool,
+    suppression: Arc<Suppression>,
 ) {
     for msg in rx {
         match msg {
@@ -442,11 +449,20 @@ fn hub_thread(
                         }
                     }
                 }
+                // Muted or in maintenance when raised: stored, marked, not notified.
+                let suppressed = suppression.on_event(&ev, Utc::now());
                 if let Err(e) = store.record_alert(&ev) {
                     tracing::error!("storing alert {}: {e}", ev.alert.id);
                 }
-                for n in &notifiers {
-                    n.notify(&ev);
+                if let (Some(why), Transition::Raised) = (suppressed, ev.transition) {
+                    if let Err(e) = store.mark_alert(&ev.alert.id, why) {
+                        tracing::error!("marking alert {}: {e}", ev.alert.id);
+                    }
+                }
+                if suppressed.is_none() {
+                    for n in &notifiers {
+                        n.notify(&ev);
+                    }
                 }
             }
             HubMsg::Metrics(m) => {
@@ -503,7 +519,7 @@ impl Service {
         shared
     }
 
-    fn status_of(shared: &StreamShared) -> StreamStatus {
+    fn status_of(&self, shared: &StreamShared) -> StreamStatus {
         let live = shared.live.lock().unwrap_or_else(|e| e.into_inner());
         let status = if live.down {
             StreamState::Down
@@ -527,6 +543,15 @@ impl Service {
             decode_errors: live.counters.decode_errors,
             reconnects: live.reconnects,
             tier: shared.tier.get(),
+            muted: self.suppression.mute(&shared.cfg.id, Utc::now()),
+        }
+    }
+
+    /// `Ok` when `id` is a stream being monitored.
+    fn known(&self, id: &str) -> Result<(), ApiError> {
+        match self.streams.lock() {
+            Ok(s) if s.contains_key(id) => Ok(()),
+            _ => Err(ApiError::NotFound(format!("no stream {id:?}"))),
         }
     }
 
@@ -558,7 +583,7 @@ impl Monitor for Service {
     fn streams(&self) -> Vec<StreamStatus> {
         self.shared_streams()
             .iter()
-            .map(|s| Service::status_of(s))
+            .map(|s| self.status_of(s))
             .collect()
     }
 
@@ -577,7 +602,7 @@ impl Monitor for Service {
         }
         tracing::info!(stream = %cfg.id, url = %cfg.url, "stream added");
         let shared = self.start_stream(cfg);
-        Ok(Service::status_of(&shared))
+        Ok(self.status_of(&shared))
     }
 
     fn set_tier(&self, id: &str, tier: Tier) -> Result<StreamStatus, ApiError> {
@@ -590,7 +615,7 @@ impl Monitor for Service {
         // The decode thread reads it at its next packet: no reconnect.
         shared.tier.set(tier);
         tracing::info!(stream = %id, %tier, "tier set");
-        Ok(Service::status_of(&shared))
+        Ok(self.status_of(&shared))
     }
 
     fn remove_stream(&self, id: &str) -> Result<(), ApiError> {
@@ -612,20 +637,139 @@ impl Monitor for Service {
         Ok(())
     }
 
-    fn alerts(&self, q: &AlertsQuery) -> Result<Vec<Alert>, ApiError> {
+    fn alerts(&self, q: &AlertsQuery) -> Result<Vec<AlertRecord>, ApiError> {
         self.store
-            .alerts(&AlertQuery {
+            .alert_records(&AlertQuery {
                 stream: q.stream.clone().map(StreamId),
                 since: q.since,
+                until: q.until,
                 active_only: q.active == Some(true),
+                kinds: q.kinds.clone(),
+                severities: q.severities.clone(),
+                state: q.state,
+                acked: q.acked,
                 limit: q.limit_or_default(),
             })
-            .map_err(|e| ApiError::Internal(e.to_string()))
+            .map_err(internal)
+    }
+
+    fn alert(&self, id: &str) -> Result<AlertRecord, ApiError> {
+        self.store
+            .alert(id)
+            .map_err(internal)?
+            .ok_or_else(|| ApiError::NotFound(format!("no alert {id:?}")))
+    }
+
+    fn ack_alert(&self, id: &str, by: &str, comment: String) -> Result<AlertRecord, ApiError> {
+        let ack = avmon_core::Ack {
+            by: by.to_string(),
+            comment,
+            at: Utc::now(),
+        };
+        match self.store.ack_alert(id, &ack).map_err(internal)? {
+            AckOutcome::Acked(r) => {
+                tracing::info!(alert = %id, by, "alert acknowledged");
+                Ok(*r)
+            }
+            AckOutcome::AlreadyAcked(first) => Err(ApiError::Conflict(format!(
+                "alert {id:?} was already acknowledged by {:?} at {}",
+                first.by,
+                first.at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+            ))),
+            AckOutcome::NotFound => Err(ApiError::NotFound(format!("no alert {id:?}"))),
+        }
+    }
+
+    fn mute_stream(
+        &self,
+        id: &str,
+        until: Option<WallTime>,
+        by: &str,
+        comment: String,
+    ) -> Result<Mute, ApiError> {
+        self.known(id)?;
+        let mute = Mute {
+            stream_id: id.to_string(),
+            until,
+            by: by.to_string(),
+            comment,
+            at: Utc::now(),
+        };
+        self.store.set_mute(&mute).map_err(internal)?;
+        self.suppression.set_mute(mute.clone());
+        tracing::info!(stream = %id, by, until = ?until, "stream muted");
+        Ok(mute)
+    }
+
+    fn unmute_stream(&self, id: &str) -> Result<(), ApiError> {
+        self.known(id)?;
+        self.store
+            .remove_mute(&StreamId(id.to_string()))
+            .map_err(internal)?;
+        if self.suppression.remove_mute(id).is_some() {
+            tracing::info!(stream = %id, "stream unmuted");
+        }
+        Ok(())
+    }
+
+    fn maintenance_windows(&self) -> Result<Vec<MaintenanceWindow>, ApiError> {
+        Ok(self.suppression.windows())
+    }
+
+    fn add_maintenance_window(
+        &self,
+        mut w: MaintenanceWindow,
+    ) -> Result<MaintenanceWindow, ApiError> {
+        w.id = avmon_alert::new_id(Utc::now());
+        self.store.add_window(&w).map_err(internal)?;
+        self.suppression.add_window(w.clone());
+        tracing::info!(window = %w.id, streams = ?w.streams, start = %w.start, end = %w.end, by = %w.by, "maintenance window added");
+        Ok(w)
+    }
+
+    fn remove_maintenance_window(&self, id: &str) -> Result<(), ApiError> {
+        let exists = self.suppression.windows().iter().any(|w| w.id == id);
+        if !exists {
+            return Err(ApiError::NotFound(format!("no maintenance window {id:?}")));
+        }
+        if id.starts_with("config-") {
+            return Err(ApiError::Conflict(format!(
+                "maintenance window {id:?} is defined in the config file; remove it there"
+            )));
+        }
+        self.store.remove_window(id).map_err(internal)?;
+        self.suppression.remove_window(id);
+        tracing::info!(window = %id, "maintenance window removed");
+        Ok(())
+    }
+
+    fn stream_metrics(&self, id: &str, q: &MetricsQuery) -> Result<Vec<MetricsPoint>, ApiError> {
+        self.known(id)?;
+        let samples = self
+            .store
+            .metrics_range(
+                &StreamId(id.to_string()),
+                &avmon_store::MetricsQuery {
+                    since: Some(q.since),
+                    until: q.until,
+                    names: q.names.clone(),
+                    limit: q.limit,
+                },
+            )
+            .map_err(internal)?;
+        Ok(samples
+            .into_iter()
+            .map(|m| MetricsPoint {
+                at: m.at,
+                media_t: m.media_t,
+                values: m.values,
+            })
+            .collect())
     }
 
     fn prometheus(&self) -> String {
         let shared = self.shared_streams();
-        let streams: Vec<StreamStatus> = shared.iter().map(|s| Service::status_of(s)).collect();
+        let streams: Vec<StreamStatus> = shared.iter().map(|s| self.status_of(s)).collect();
         let mut out = String::new();
         let _ = writeln!(out, "# HELP avmon_streams Streams being monitored.\n# TYPE avmon_streams gauge\navmon_streams {}", streams.len());
         let gauge = |out: &mut String,
@@ -724,6 +868,10 @@ impl Monitor for Service {
             })
             .unwrap_or(false)
     }
+}
+
+fn internal(e: avmon_store::StoreError) -> ApiError {
+    ApiError::Internal(e.to_string())
 }
 
 /// A Prometheus label value, escaped.
@@ -863,13 +1011,21 @@ pub fn run(cfg: Config, opts: Options) -> Result<()> {
         })
         .collect();
 
+    // Mutes and the API's maintenance windows survive restarts; the config file's are added.
+    let mut windows = store.windows().context("loading maintenance windows")?;
+    windows.extend(cfg.maintenance.iter().cloned());
+    let suppression = Arc::new(Suppression::new(
+        store.mutes().context("loading muted streams")?,
+        windows,
+    ));
     let (hub_tx, hub_rx) = crossbeam_channel::unbounded();
     let hub_handle = {
         let (store, notifiers) = (store.clone(), notifiers.clone());
         let print = opts.print_alerts;
+        let suppression = suppression.clone();
         std::thread::Builder::new()
             .name("hub".into())
-            .spawn(move || hub_thread(hub_rx, store, notifiers, print))
+            .spawn(move || hub_thread(hub_rx, store, notifiers, print, suppression))
             .context("starting the hub thread")?
     };
     let service = Arc::new(Service {
@@ -879,6 +1035,7 @@ pub fn run(cfg: Config, opts: Options) -> Result<()> {
         notifiers: notifiers.clone(),
         protocols: avmon_media::input_protocols(),
         metrics_interval: Duration::from_secs_f64(cfg.store.metrics_interval_s),
+        suppression,
     });
     for s in cfg.streams.clone() {
         service.start_stream(s);
@@ -888,10 +1045,34 @@ pub fn run(cfg: Config, opts: Options) -> Result<()> {
         cfg.streams.len(),
         cfg.store.url
     );
+    if cfg.api.enabled() {
+        let admins = cfg
+            .api
+            .tokens
+            .iter()
+            .filter(|t| t.role == avmon_server::Role::Admin)
+            .count();
+        eprintln!(
+            "avmon: API tokens: {admins} admin, {} read-only; /metrics {}",
+            cfg.api.tokens.len() - admins,
+            if cfg.api.metrics_need_token {
+                "needs a token"
+            } else {
+                "is open"
+            }
+        );
+    } else {
+        // Config validation refused a non-loopback address without tokens.
+        eprintln!(
+            "avmon: no API tokens configured: the API is open to anyone on this host, so it \
+             listens on loopback only ({addr})"
+        );
+    }
     let monitor: Arc<dyn Monitor> = service.clone();
     let served = rt.block_on(avmon_server::serve(
         listener,
         monitor,
+        cfg.api.clone(),
         shutdown_signal(opts.duration),
     ));
     eprintln!("avmon: shutting down");
