@@ -233,7 +233,11 @@ fn api_auth(
 }
 
 /// A config file time: an RFC 3339 string, or a TOML offset date-time.
-fn config_time(v: &toml::Value, path: &str, errors: &mut Vec<String>) -> Option<avmon_core::WallTime> {
+fn config_time(
+    v: &toml::Value,
+    path: &str,
+    errors: &mut Vec<String>,
+) -> Option<avmon_core::WallTime> {
     let text = match v {
         toml::Value::String(s) => s.clone(),
         toml::Value::Datetime(d) => d.to_string(),
@@ -877,7 +881,10 @@ metrics_need_token = true
         assert!(c.api.metrics_need_token);
         assert!(!c.listen.ip().is_loopback(), "tokens allow any address");
         let shown = format!("{c:?}");
-        assert!(!shown.contains(SECRET_A) && !shown.contains(SECRET_B), "{shown}");
+        assert!(
+            !shown.contains(SECRET_A) && !shown.contains(SECRET_B),
+            "{shown}"
+        );
     }
 
     #[test]
@@ -915,8 +922,10 @@ tokens = [{ name = "ops", role = "root", token = "short" },
             let err = parse_with_env(&text, "avmon.toml", &env).unwrap_err();
             assert_eq!(err.errors.len(), 1, "{listen}");
             assert!(
-                err.errors[0].starts_with(&format!("server.listen: {}", listen.replace("[::]", "[::]")))
-                    && err.errors[0].contains("[api] has no tokens"),
+                err.errors[0].starts_with(&format!(
+                    "server.listen: {}",
+                    listen.replace("[::]", "[::]")
+                )) && err.errors[0].contains("[api] has no tokens"),
                 "{err}"
             );
         }
@@ -956,7 +965,10 @@ until = "never"
         assert!(err.errors[2].starts_with("maintenance[1].end: expected an RFC 3339 time"));
         assert!(err.errors[3].starts_with("maintenance[2].streams[0]: \"a b\""));
         assert_eq!(err.errors[4], "maintenance[2].end: must be after start");
-        assert!(err.errors[5].starts_with("maintenance[3].until: unknown field `until`"), "{err}");
+        assert!(
+            err.errors[5].starts_with("maintenance[3].until: unknown field `until`"),
+            "{err}"
+        );
 
         let ok = text.split("[[maintenance]]\nstreams = []").next().unwrap();
         let c = parse_with_env(ok, "avmon.toml", &env).unwrap();
@@ -965,6 +977,10 @@ until = "never"
         assert_eq!(w.id, "config-0");
         assert_eq!(w.by, "config");
         assert_eq!(w.streams, ["news-*", "sport"]);
-        assert_eq!(w.end - w.start, chrono::Duration::hours(1), "the offset counts");
+        assert_eq!(
+            w.end - w.start,
+            chrono::Duration::hours(1),
+            "the offset counts"
+        );
     }
 }

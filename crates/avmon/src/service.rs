@@ -17,17 +17,17 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use avmon_alert::Suppression;
 use avmon_core::{
     round_ms, Alert, AlertEvent, AudioBuffer, MediaInfo, StreamId, Tier, TierControl, Transition,
     VideoFrame, WallTime,
 };
+use avmon_core::{AlertRecord, MaintenanceWindow, Mute};
 use avmon_hls::VariantStats;
 use avmon_media::{
     run_input, run_source, Backoff, FrameSink, Input, MediaClock, OpenOptions, SourceEvents, Tap,
 };
 use avmon_notify::{Notifier, Webhook};
-use avmon_alert::Suppression;
-use avmon_core::{AlertRecord, MaintenanceWindow, Mute};
 use avmon_server::{
     AlertsQuery, ApiError, MetricsPoint, MetricsQuery, Monitor, StreamState, StreamStatus,
 };
@@ -664,7 +664,7 @@ impl Monitor for Service {
         let ack = avmon_core::Ack {
             by: by.to_string(),
             comment,
-            at: Utc::now(),
+            at: ms(Utc::now()),
         };
         match self.store.ack_alert(id, &ack).map_err(internal)? {
             AckOutcome::Acked(r) => {
@@ -674,7 +674,9 @@ impl Monitor for Service {
             AckOutcome::AlreadyAcked(first) => Err(ApiError::Conflict(format!(
                 "alert {id:?} was already acknowledged by {:?} at {}",
                 first.by,
-                first.at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+                first
+                    .at
+                    .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
             ))),
             AckOutcome::NotFound => Err(ApiError::NotFound(format!("no alert {id:?}"))),
         }
@@ -690,10 +692,10 @@ impl Monitor for Service {
         self.known(id)?;
         let mute = Mute {
             stream_id: id.to_string(),
-            until,
+            until: until.map(ms),
             by: by.to_string(),
             comment,
-            at: Utc::now(),
+            at: ms(Utc::now()),
         };
         self.store.set_mute(&mute).map_err(internal)?;
         self.suppression.set_mute(mute.clone());
@@ -721,6 +723,7 @@ impl Monitor for Service {
         mut w: MaintenanceWindow,
     ) -> Result<MaintenanceWindow, ApiError> {
         w.id = avmon_alert::new_id(Utc::now());
+        (w.start, w.end) = (ms(w.start), ms(w.end));
         self.store.add_window(&w).map_err(internal)?;
         self.suppression.add_window(w.clone());
         tracing::info!(window = %w.id, streams = ?w.streams, start = %w.start, end = %w.end, by = %w.by, "maintenance window added");
@@ -868,6 +871,12 @@ impl Monitor for Service {
             })
             .unwrap_or(false)
     }
+}
+
+/// `t` to the store's precision (milliseconds), so that an answer and a later read agree.
+fn ms(t: WallTime) -> WallTime {
+    use chrono::SubsecRound;
+    t.trunc_subsecs(3)
 }
 
 fn internal(e: avmon_store::StoreError) -> ApiError {

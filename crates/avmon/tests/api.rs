@@ -1,0 +1,330 @@
+//! The API of the real service, on loopback: tokens, acknowledgements, a muted stream whose
+//! alerts are stored but not notified, stored metrics, maintenance windows, answers valid
+//! against the OpenAPI document, what survives a restart, and no token in the logs.
+
+mod common;
+
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::{extract::State, routing::post, Json, Router};
+use common::*;
+use reqwest::blocking::{Client, RequestBuilder};
+use serde_json::{json, Value};
+
+const ADMIN: &str = "admin-secret-7f3a9c1e5b";
+const READER: &str = "reader-secret-2d8e4f6a0c";
+
+type Received = Arc<Mutex<Vec<Value>>>;
+
+fn receiver(rt: &tokio::runtime::Runtime) -> (String, Received) {
+    let got: Received = Arc::default();
+    let app = Router::new()
+        .route(
+            "/hook",
+            post(
+                |State(got): State<Received>, Json(body): Json<Value>| async move {
+                    got.lock().unwrap().push(body);
+                    "ok"
+                },
+            ),
+        )
+        .with_state(got.clone());
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    rt.spawn(async move { axum::serve(listener, app).await });
+    (url, got)
+}
+
+/// `avmon run` on `cfg` (written to `dir`), the admin token in its environment; its stderr goes
+/// to `dir/stderr.log`. Returns once `/healthz` answers.
+fn start(dir: &Path, cfg: &str, base: &str) -> Killed {
+    let path = dir.join("avmon.toml");
+    std::fs::write(&path, cfg).unwrap();
+    let log = std::fs::File::create(dir.join("stderr.log")).unwrap();
+    let child = Killed(
+        avmon()
+            .args(["run", "--config", path.to_str().unwrap()])
+            .env("AVMON_TEST_ADMIN_TOKEN", ADMIN)
+            .env("AVMON_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let http = Client::new();
+    wait_for("the API", Duration::from_secs(20), || {
+        http.get(format!("{base}/healthz"))
+            .send()
+            .ok()
+            .filter(|r| r.status().is_success())
+    });
+    child
+}
+
+fn openapi() -> Value {
+    serde_json::from_str(avmon_server::OPENAPI).unwrap()
+}
+
+/// Assert `body` is valid against the document's schema for `method route` → 200/201.
+fn assert_documented(doc: &Value, route: &str, method: &str, status: u16, body: &Value) {
+    let schema = &doc["paths"][route][method]["responses"][status.to_string()]["content"]
+        ["application/json"]["schema"];
+    assert!(schema.is_object(), "{method} {route} {status} undocumented");
+    let root = json!({"components": doc["components"], "allOf": [schema]});
+    let v = jsonschema::draft202012::new(&root).unwrap();
+    let problems: Vec<String> = v
+        .iter_errors(body)
+        .map(|e| format!("{e} at {}", e.instance_path))
+        .collect();
+    assert!(
+        problems.is_empty(),
+        "{method} {route}: {problems:#?}\n{body:#}"
+    );
+}
+
+fn synth(udp: u16) -> std::process::Child {
+    avmon()
+        .args([
+            "synth",
+            &format!("udp://127.0.0.1:{udp}"),
+            "--duration",
+            "9",
+        ])
+        .args(["--width", "320", "--height", "180", "--preset", "ultrafast"])
+        .args(["--defect", "black@2-5"])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn the_real_api_with_tokens_mutes_acks_metrics_and_restarts() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (hook, got) = receiver(&rt);
+    let dir = tempfile::tempdir().unwrap();
+    let (udp_muted, udp_plain) = (free_udp_port(), free_udp_port());
+    let port = free_tcp_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let cfg = format!(
+        r#"
+[server]
+listen = "127.0.0.1:{port}"
+[store]
+url = "sqlite://{db}"
+metrics_interval_s = 1
+[api]
+tokens = [{{ name = "ops", role = "admin", token_env = "AVMON_TEST_ADMIN_TOKEN" }},
+          {{ name = "wall", role = "read", token = "{READER}" }}]
+[[streams]]
+id = "muted-one"
+url = "udp://127.0.0.1:{udp_muted}"
+[[streams]]
+id = "plain"
+url = "udp://127.0.0.1:{udp_plain}"
+[[notifiers]]
+kind = "webhook"
+url = "{hook}"
+"#,
+        db = dir.path().join("avmon.db").display()
+    );
+    let service = start(dir.path(), &cfg, &base);
+    let http = Client::new();
+    let doc = openapi();
+    let get = |path: &str| http.get(format!("{base}{path}"));
+    let send = |r: RequestBuilder| {
+        let r = r.send().unwrap();
+        let status = r.status().as_u16();
+        (status, r.json::<Value>().unwrap_or(Value::Null))
+    };
+
+    // Tokens: none → 401, read → reads, admin needed to change.
+    assert_eq!(send(get("/api/streams")).0, 401);
+    assert_eq!(send(get("/api/streams").bearer_auth("wrong")).0, 401);
+    let (st, streams) = send(get("/api/streams").bearer_auth(READER));
+    assert_eq!(st, 200);
+    assert_documented(&doc, "/api/streams", "get", 200, &streams);
+    assert_eq!(
+        send(get(&format!("/api/streams?access_token={READER}"))).0,
+        200
+    );
+    let mute = || http.post(format!("{base}/api/streams/muted-one/mute"));
+    assert_eq!(send(mute()).0, 401);
+    assert_eq!(send(mute().bearer_auth(READER)).0, 403);
+    let (st, m) = send(
+        mute()
+            .bearer_auth(ADMIN)
+            .json(&json!({"comment": "rehearsal"})),
+    );
+    assert_eq!(st, 200, "{m}");
+    assert_eq!(m["by"], "ops");
+    assert_documented(&doc, "/api/streams/{id}/mute", "post", 200, &m);
+    assert_eq!(send(get("/healthz")).0, 200);
+    assert_eq!(send(get("/metrics")).0, 200, "open by default");
+
+    // Both streams go black at 2–5 s; only the unmuted one's alert is notified.
+    let (mut a, mut b) = (synth(udp_muted), synth(udp_plain));
+    let alerts = |q: &str| -> Vec<Value> {
+        let (st, v) = send(get(&format!("/api/alerts?kind=video.black{q}")).bearer_auth(READER));
+        assert_eq!(st, 200, "{v}");
+        v.as_array().unwrap().clone()
+    };
+    let cleared = wait_for("both black alerts cleared", Duration::from_secs(40), || {
+        let v = alerts("&state=cleared");
+        (v.len() == 2).then_some(v)
+    });
+    assert!(a.wait().unwrap().success() && b.wait().unwrap().success());
+    let by_stream = |id: &str| {
+        cleared
+            .iter()
+            .find(|a| a["stream_id"] == id)
+            .unwrap()
+            .clone()
+    };
+    let (muted, plain) = (by_stream("muted-one"), by_stream("plain"));
+    assert_eq!(muted["suppressed"], "muted");
+    assert_eq!(plain["suppressed"], Value::Null);
+    assert_documented(
+        &doc,
+        "/api/alerts",
+        "get",
+        200,
+        &Value::Array(cleared.clone()),
+    );
+    let notified = wait_for(
+        "the plain stream's clear notified",
+        Duration::from_secs(10),
+        || {
+            let got = got.lock().unwrap().clone();
+            got.iter()
+                .any(|n| n["alert_id"] == plain["id"] && n["state"] == "cleared")
+                .then_some(got)
+        },
+    );
+    assert!(
+        !notified.iter().any(|n| n["stream_id"] == "muted-one"),
+        "the muted stream was notified: {notified:#?}"
+    );
+
+    // Acknowledge the plain one.
+    let ack_url = format!("{base}/api/alerts/{}/ack", plain["id"].as_str().unwrap());
+    assert_eq!(send(http.post(&ack_url).bearer_auth(READER)).0, 403);
+    let (st, acked) = send(
+        http.post(&ack_url)
+            .bearer_auth(ADMIN)
+            .json(&json!({"comment": "seen"})),
+    );
+    assert_eq!(st, 200, "{acked}");
+    assert_eq!(
+        (acked["ack"]["by"].clone(), acked["ack"]["comment"].clone()),
+        (json!("ops"), json!("seen"))
+    );
+    assert_documented(&doc, "/api/alerts/{id}/ack", "post", 200, &acked);
+    assert_eq!(send(http.post(&ack_url).bearer_auth(ADMIN)).0, 409);
+    let only = alerts("&acked=true");
+    assert_eq!(only.len(), 1);
+    assert_eq!(only[0]["id"], plain["id"]);
+
+    // Stored metrics over time: the derived bitrate, and the decoder's errors.
+    let (st, series) = send(
+        get("/api/streams/plain/metrics?names=bitrate_bps,decode_errors,blockiness_mean")
+            .bearer_auth(READER),
+    );
+    assert_eq!(st, 200, "{series}");
+    assert_documented(&doc, "/api/streams/{id}/metrics", "get", 200, &series);
+    let samples = series["samples"].as_array().unwrap();
+    assert!(samples.len() >= 3, "{series}");
+    assert!(
+        samples
+            .iter()
+            .any(|s| s["values"]["bitrate_bps"].as_f64().unwrap_or(0.0) > 10_000.0),
+        "{series}"
+    );
+    assert!(samples.iter().all(|s| s["values"].get("bytes").is_none()));
+
+    // A maintenance window, kept across the restart.
+    let (st, w) = send(
+        http.post(format!("{base}/api/maintenance"))
+            .bearer_auth(ADMIN)
+            .json(
+                &json!({"streams": ["pl*"], "end": "2099-01-01T00:00:00Z", "comment": "upgrade"}),
+            ),
+    );
+    assert_eq!(st, 201, "{w}");
+    assert_documented(&doc, "/api/maintenance", "post", 201, &w);
+
+    drop(service);
+    let log = std::fs::read_to_string(dir.path().join("stderr.log")).unwrap();
+    assert!(log.contains("API tokens: 1 admin, 1 read-only"), "{log}");
+    assert!(
+        !log.contains(ADMIN) && !log.contains(READER),
+        "a token in the log"
+    );
+
+    // Restarted on the same store: the mute, the window and the acknowledgement are still there.
+    let _service = start(dir.path(), &cfg, &base);
+    let (_, s) = send(get("/api/streams/muted-one").bearer_auth(READER));
+    assert_eq!(s["muted"]["comment"], "rehearsal", "{s}");
+    assert_documented(&doc, "/api/streams/{id}", "get", 200, &s);
+    let (_, windows) = send(get("/api/maintenance").bearer_auth(READER));
+    assert_eq!(windows, json!([w]));
+    assert_documented(&doc, "/api/maintenance", "get", 200, &windows);
+    let (_, detail) =
+        send(get(&format!("/api/alerts/{}", plain["id"].as_str().unwrap())).bearer_auth(READER));
+    assert_eq!(detail["ack"], acked["ack"]);
+    assert_documented(&doc, "/api/alerts/{id}", "get", 200, &detail);
+}
+
+#[test]
+fn without_tokens_it_refuses_to_listen_beyond_loopback_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_tcp_port();
+    let cfg = dir.path().join("avmon.toml");
+    let db = dir.path().join("avmon.db");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = \"0.0.0.0:{port}\"\n[store]\nurl = \"sqlite://{}\"\n",
+            db.display()
+        ),
+    )
+    .unwrap();
+    let o = avmon()
+        .args(["run", "--config", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = stderr_of(&o);
+    assert!(!o.status.success());
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(
+        err.contains(&format!(
+            "server.listen: 0.0.0.0:{port} is not a loopback address, and [api] has no tokens"
+        )),
+        "{err}"
+    );
+
+    // On loopback it runs, and says the API is open.
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n[store]\nurl = \"sqlite://{}\"\n",
+            db.display()
+        ),
+    )
+    .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let service = start(dir.path(), &std::fs::read_to_string(&cfg).unwrap(), &base);
+    let r = Client::new()
+        .get(format!("{base}/api/streams"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200, "no token needed");
+    drop(service);
+    let log = std::fs::read_to_string(dir.path().join("stderr.log")).unwrap();
+    assert!(log.contains("no API tokens configured"), "{log}");
+    assert!(log.contains("listens on loopback only"), "{log}");
+}
