@@ -922,10 +922,8 @@ tokens = [{ name = "ops", role = "root", token = "short" },
             let err = parse_with_env(&text, "avmon.toml", &env).unwrap_err();
             assert_eq!(err.errors.len(), 1, "{listen}");
             assert!(
-                err.errors[0].starts_with(&format!(
-                    "server.listen: {}",
-                    listen.replace("[::]", "[::]")
-                )) && err.errors[0].contains("[api] has no tokens"),
+                err.errors[0].starts_with(&format!("server.listen: {listen}"))
+                    && err.errors[0].contains("[api] has no tokens"),
                 "{err}"
             );
         }
