@@ -12,7 +12,7 @@ use avmon_alert::AlertConfig;
 use avmon_core::{StreamId, Tier};
 use avmon_detect::DetectorsConfig;
 use avmon_hls::HlsConfig;
-use avmon_notify::WebhookConfig;
+pub use avmon_notify::NotifierConfig;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -97,13 +97,6 @@ pub struct StreamConfig {
     /// (default: all) and the limits of its delivery checks. The playlist is `url`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hls: Option<HlsConfig>,
-}
-
-/// `[[notifiers]]`
-#[derive(Clone, Debug, Serialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-pub enum NotifierConfig {
-    Webhook(WebhookConfig),
 }
 
 /// A validated configuration.
@@ -298,7 +291,7 @@ pub fn parse(text: &str, source_name: &str) -> Result<Config, ConfigError> {
                 toml::Value::Array(items) => {
                     for (i, item) in items.into_iter().enumerate() {
                         let path = format!("notifiers[{i}]");
-                        if let Some(n) = notifier(item, &path, &mut errors) {
+                        if let Some(n) = notifier(item, &path, i, &mut errors) {
                             notifiers.push(n);
                         }
                     }
@@ -314,6 +307,15 @@ pub fn parse(text: &str, source_name: &str) -> Result<Config, ConfigError> {
     for (i, s) in streams.iter().enumerate() {
         if !seen.insert(s.id.clone()) {
             errors.push(format!("streams[{i}].id: duplicate id {:?}", s.id));
+        }
+    }
+    let mut seen = HashSet::new();
+    for (i, n) in notifiers.iter().enumerate() {
+        if !seen.insert(n.id().to_string()) {
+            errors.push(format!(
+                "notifiers[{i}].id: duplicate id {:?} (each notifier's outbox needs its own)",
+                n.id()
+            ));
         }
     }
     let listen = match server.listen.parse::<SocketAddr>() {
@@ -356,33 +358,17 @@ fn store_url_problem(url: &str) -> Result<(), String> {
     }
 }
 
-fn notifier(value: toml::Value, path: &str, errors: &mut Vec<String>) -> Option<NotifierConfig> {
-    let toml::Value::Table(mut t) = value else {
-        errors.push(format!("{path}: must be a table"));
-        return None;
-    };
-    let kind = match t.remove("kind") {
-        Some(toml::Value::String(k)) => k,
-        Some(_) => {
-            errors.push(format!("{path}.kind: must be a string"));
-            return None;
-        }
-        None => {
-            errors.push(format!("{path}.kind: missing (expected \"webhook\")"));
-            return None;
-        }
-    };
-    match kind.as_str() {
-        "webhook" => {
-            let w: WebhookConfig = section(toml::Value::Table(t), path, errors)?;
-            let before = errors.len();
-            w.validate(path, errors);
-            (errors.len() == before).then_some(NotifierConfig::Webhook(w))
-        }
-        other => {
-            errors.push(format!(
-                "{path}.kind: unknown notifier {other:?} (expected \"webhook\")"
-            ));
+fn notifier(
+    value: toml::Value,
+    path: &str,
+    index: usize,
+    errors: &mut Vec<String>,
+) -> Option<NotifierConfig> {
+    // The notifier crate reads its tables as JSON; TOML's values map onto it one to one here.
+    match serde_json::to_value(value) {
+        Ok(v) => NotifierConfig::parse(v, path, index, errors),
+        Err(e) => {
+            errors.push(format!("{path}: {e}"));
             None
         }
     }
