@@ -37,7 +37,7 @@ impl Filter {
         };
         any(&self.streams, a.stream_id.as_str())
             && any(&self.kinds, &a.kind)
-            && self.min_severity.map_or(true, |m| a.severity >= m)
+            && !matches!(self.min_severity, Some(m) if a.severity < m)
     }
 }
 

@@ -472,6 +472,72 @@ kind = "pager"
     }
 
     #[test]
+    fn every_notifier_kind_with_filters_and_secrets_from_the_environment() {
+        std::env::set_var("AVMON_TEST_PD_KEY", "pd-routing-key");
+        let text = r#"
+[[notifiers]]
+kind = "webhook"
+id = "ops"
+url = "https://hooks.example.com/avmon"
+secret = "hmac-secret"
+kinds = ["video.*", "source.down"]
+min_severity = "major"
+group_window_s = 10
+[[notifiers]]
+kind = "slack"
+url = "https://hooks.slack.com/services/T0/B0/XXXX"
+streams = ["news-*"]
+[[notifiers]]
+kind = "pagerduty"
+routing_key_env = "AVMON_TEST_PD_KEY"
+[[notifiers]]
+kind = "command"
+command = ["/usr/local/bin/switch-to-backup", "--encoder", "2"]
+timeout_s = 20
+"#;
+        let c = parse(text, "n.toml").unwrap();
+        let ids: Vec<&str> = c.notifiers.iter().map(|n| n.id()).collect();
+        assert_eq!(ids, ["ops", "slack-1", "pagerduty-2", "command-3"]);
+        match &c.notifiers[2].channel {
+            avmon_notify::ChannelConfig::PagerDuty(p) => {
+                assert_eq!(p.routing_key.as_ref().unwrap().expose(), "pd-routing-key")
+            }
+            other => panic!("{other:?}"),
+        }
+        let dbg = format!("{c:?}");
+        for secret in ["hmac-secret", "XXXX", "pd-routing-key"] {
+            assert!(!dbg.contains(secret), "{secret} in {dbg}");
+        }
+        let bad = r#"
+[[notifiers]]
+kind = "webhook"
+id = "same"
+url = "http://127.0.0.1:9/x"
+[[notifiers]]
+kind = "webhook"
+id = "same"
+url = "http://127.0.0.1:9/y"
+[[notifiers]]
+kind = "pagerduty"
+routing_key_env = "AVMON_TEST_UNSET_VAR"
+[[notifiers]]
+kind = "slack"
+[[notifiers]]
+kind = "command"
+command = []
+"#;
+        let all = parse(bad, "bad.toml").unwrap_err().errors.join("\n");
+        for needle in [
+            "notifiers[1].id: duplicate id \"same\"",
+            "notifiers[2].routing_key_env: environment variable \"AVMON_TEST_UNSET_VAR\" is not set",
+            "notifiers[3].url: is required",
+            "notifiers[4].command: is required",
+        ] {
+            assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+        }
+    }
+
+    #[test]
     fn duplicate_ids_and_syntax_errors() {
         let dup = "[[streams]]\nid='a'\nurl='x.ts'\n[[streams]]\nid='a'\nurl='y.ts'\n";
         let e = parse(dup, "d.toml").unwrap_err();
