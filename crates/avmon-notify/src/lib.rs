@@ -1,20 +1,32 @@
-//! Alert delivery: the [`Notifier`] trait and a [`Webhook`] notifier.
+//! Alert delivery: the [`Notifier`] trait and [`OutboxNotifier`], which delivers through one of
+//! four channels: a signed webhook, Slack, PagerDuty Events API v2, or a command action.
 //!
 //! # Contract
 //!
-//! - [`Notifier::notify`] **never blocks and never touches the network**. It is called on the
-//!   path from findings to alerts; a slow or dead receiver must not slow detection. Notifiers
-//!   queue the event (bounded) and deliver it from their own task. When the queue is full the
-//!   event is *dropped and counted*: losing a notification is better than stalling monitoring,
-//!   and the store keeps the alert anyway.
-//! - Delivery is **in order** per notifier (a clear never overtakes its raise), hence one
-//!   delivery task per notifier and head-of-line retries.
-//! - Delivery is **at least once** within `max_attempts`: every request carries an
-//!   `Idempotency-Key` so receivers can drop duplicates of a retried request.
-//! - [`Notifier::flush`] lets the caller wait, at exit, for what was queued to be delivered or
-//!   given up on.
-//!
-//! The payload ([`payload`]) is a stable contract, documented on that function.
+//! - [`Notifier::notify`] **never blocks on the network**. It is called on the service's hub
+//!   thread (never on a decode thread); it filters the event, writes it to the store's outbox (a
+//!   local SQLite write) and wakes the notifier's delivery task. A slow or dead receiver cannot
+//!   slow detection.
+//! - **At least once.** The outbox row is committed before delivery is attempted, so it survives
+//!   a crash or a restart: at start, a notifier delivers its pending rows. Transient failures
+//!   (transport errors, timeouts, `5xx`, `408`, `429`, a command's non-zero exit or timeout) are
+//!   retried with capped exponential backoff and jitter, without a limit on attempts (unless
+//!   `max_attempts` is set) until the row is older than `max_age_s` (24 h by default): a receiver
+//!   down for an hour gets everything once it is back. Permanent rejections (other `4xx`) are
+//!   logged and marked failed.
+//! - **In order** per notifier: one delivery task takes the oldest pending rows; a clear never
+//!   overtakes its raise.
+//! - **Idempotency:** every event has the key `{alert_id}:{raised|cleared}` (updates, when sent,
+//!   `{alert_id}:updated:{hash}`), stored with it (a replay of the same event is not queued
+//!   twice) and sent as the `Idempotency-Key` header and the `idempotency_key` field.
+//! - **Filters** (streams, kinds, with `*` globs; minimum severity) apply to raises and updates;
+//!   a clear is sent exactly when this notifier was told about the alert.
+//! - **Grouping:** with `group_window_s > 0` the first pending event opens a window; every event
+//!   queued for the notifier before it closes (up to `group_max`) is sent as one message (see
+//!   [`Batch`]). Batches are formed from the stored rows by their creation time, so a retry after
+//!   a restart sends the same batch under the same key.
+//! - Secrets (HMAC secret, routing keys, Slack URL paths) never appear in [`Notifier::name`],
+//!   logs or `Debug` output ([`Secret`]).
 
 use std::time::Duration;
 
@@ -22,20 +34,35 @@ use avmon_core::{round_ms, AlertEvent, AlertState, Transition};
 use chrono::SecondsFormat;
 use serde_json::json;
 
+mod command;
+mod delivery;
+mod filter;
+mod http;
+mod pagerduty;
+mod secret;
+mod slack;
 mod webhook;
 
-pub use webhook::{Webhook, WebhookConfig};
+pub use command::CommandConfig;
+pub use delivery::{
+    Batch, ChannelConfig, DeliveryConfig, NotifierConfig, OutboxNotifier, DELIVERY_KEYS,
+};
+pub use filter::glob_match;
+pub use pagerduty::PagerDutyConfig;
+pub use secret::Secret;
+pub use slack::SlackConfig;
+pub use webhook::{sign, WebhookConfig};
 
 /// Counters of one notifier, for `/metrics` and logs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NotifierStats {
     /// Events the receiver accepted.
     pub delivered: u64,
-    /// Events given up on: rejected by the receiver, or still failing after every attempt.
+    /// Events given up on: rejected by the receiver, or past their attempts or maximum age.
     pub failed: u64,
-    /// Events dropped because the queue was full.
+    /// Events that could not be stored in the outbox (a store error), so were not sent.
     pub dropped: u64,
-    /// Events queued or being delivered now.
+    /// Events in the outbox, not yet delivered.
     pub pending: u64,
 }
 
@@ -45,12 +72,16 @@ pub trait Notifier: Send + Sync {
     /// contains secrets (no URL path, query or credentials).
     fn name(&self) -> &str;
 
-    /// Hand over one event. Returns at once: never blocks, never waits on the network.
+    /// A stable identifier for metrics labels (by default the name).
+    fn id(&self) -> &str {
+        self.name()
+    }
+
+    /// Hand over one event. Never waits on the network.
     fn notify(&self, ev: &AlertEvent);
 
-    /// Wait, at most `timeout`, until nothing is queued or being delivered (each event delivered
-    /// or given up on). Returns whether that happened. Blocks the calling thread: call it from
-    /// plain threads (e.g. at exit), not from async tasks.
+    /// Wait, at most `timeout`, until nothing is pending. Returns whether that happened. Blocks
+    /// the calling thread: call it from plain threads (e.g. at exit), not from async tasks.
     fn flush(&self, _timeout: Duration) -> bool {
         true
     }
@@ -80,7 +111,7 @@ pub fn state_of(ev: &AlertEvent) -> &'static str {
 ///
 /// `state` is `raised` or `cleared` (an update reports `raised`). `end_s` and `cleared_at` are
 /// `null` while raised. Times are RFC 3339 UTC with milliseconds; media times are rounded to
-/// milliseconds.
+/// milliseconds. What is sent adds `idempotency_key` ([`idempotency_key`]).
 pub fn payload(ev: &AlertEvent) -> serde_json::Value {
     let a = &ev.alert;
     let cleared = ev.transition == Transition::Cleared || a.state == AlertState::Cleared;
@@ -97,6 +128,26 @@ pub fn payload(ev: &AlertEvent) -> serde_json::Value {
         "cleared_at": a.cleared_at.as_ref().filter(|_| cleared).map(time),
         "details": a.details,
     })
+}
+
+/// 64-bit FNV-1a: a stable content hash for idempotency keys (not for security).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// The idempotency key of an event: `{alert_id}:{state}` for raises and clears. Updates all
+/// report state `raised`, so they get a key of their own, derived from their payload, or a
+/// receiver honouring the key would discard every update as a repeat of the raise.
+pub fn idempotency_key(ev: &AlertEvent) -> String {
+    match ev.transition {
+        Transition::Updated => {
+            let body = payload(ev).to_string();
+            format!("{}:updated:{:016x}", ev.alert.id, fnv1a(body.as_bytes()))
+        }
+        Transition::Raised | Transition::Cleared => format!("{}:{}", ev.alert.id, state_of(ev)),
+    }
 }
 
 #[cfg(test)]
@@ -130,6 +181,13 @@ mod tests {
                    "raised_at": "2025-03-01T12:00:00.000Z", "cleared_at": null,
                    "details": {"black_ratio": 0.99}})
         );
+        assert_eq!(idempotency_key(&raised), "0195-a:raised");
+        let mut updated = raised.clone();
+        updated.transition = Transition::Updated;
+        let k1 = idempotency_key(&updated);
+        updated.alert.severity = Severity::Critical;
+        let k2 = idempotency_key(&updated);
+        assert!(k1.starts_with("0195-a:updated:") && k1 != k2, "{k1} {k2}");
         alert.state = AlertState::Cleared;
         alert.end_s = Some(12.5);
         alert.cleared_at = Some(Utc.with_ymd_and_hms(2025, 3, 1, 12, 0, 4).unwrap());
@@ -141,5 +199,6 @@ mod tests {
         assert_eq!(p["state"], "cleared");
         assert_eq!(p["end_s"], 12.5);
         assert_eq!(p["cleared_at"], "2025-03-01T12:00:04.000Z");
+        assert_eq!(idempotency_key(&cleared), "0195-a:cleared");
     }
 }

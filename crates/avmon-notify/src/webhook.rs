@@ -1,493 +1,153 @@
-//! The webhook notifier: POST each event as JSON to a URL, in order, with retries.
+//! The webhook channel: POST each event (or group) as JSON, signed with HMAC-SHA256.
 //!
-//! `notify` clones the event onto a bounded tokio channel with `try_send`; one task per webhook
-//! takes events off it one at a time and POSTs them. Transport errors, timeouts, `5xx` and `429`
-//! are retried with capped exponential backoff (honouring a `Retry-After` in seconds, within the
-//! cap); any other status is a permanent rejection, logged and not retried. Redirects are not
-//! followed: a webhook that moved is a configuration error to fix, not something to chase with a
-//! POST turned GET.
+//! Headers: `Content-Type: application/json`, `Idempotency-Key` (the event's
+//! `{alert_id}:{state}`, or the group's key), `X-Avmon-Timestamp` (Unix seconds when this attempt
+//! was sent) and, with a secret, `X-Avmon-Signature: sha256=<hex>`: the lower-case hex
+//! HMAC-SHA256 of the exact body bytes under the secret. The body is the same on every attempt,
+//! so the signature is too; replays are dropped by the idempotency key.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use avmon_core::{AlertEvent, Transition};
-use reqwest::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
-use reqwest::{StatusCode, Url};
+use hmac::{Hmac, Mac};
+use reqwest::header::{HeaderMap, HeaderValue};
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
+use serde_json::json;
+use sha2::Sha256;
 
-use crate::{payload, state_of, Notifier, NotifierStats};
+use crate::delivery::{Batch, Sent};
+use crate::http::{check_url, client, post, redact};
+use crate::secret::{resolve, Secret};
 
-/// A webhook receiving alert events (`[[notifiers.webhook]]`, say).
-#[derive(Clone, PartialEq, Serialize, Deserialize)]
+/// `kind = "webhook"`
+#[derive(Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WebhookConfig {
     /// Where to POST events: an `http://` or `https://` URL. May carry a token in its path or
     /// query; it is never logged.
     pub url: String,
-    /// Timeout of one request (connect, send, response), seconds.
-    pub timeout_s: f64,
-    /// Attempts per event, the first included, before giving up on it.
-    pub max_attempts: u32,
-    /// Wait before the first retry, seconds; doubles on each further retry.
-    pub backoff_initial_s: f64,
-    /// Longest wait between retries, seconds.
-    pub backoff_max_s: f64,
-    /// Events waiting for delivery beyond which new ones are dropped (and counted).
-    pub queue_capacity: usize,
-    /// Also send `updated` transitions (severity or details changed while raised), with state
-    /// `raised`. Off by default: receivers usually want one message per raise and per clear.
-    pub send_updates: bool,
-}
-
-impl Default for WebhookConfig {
-    fn default() -> Self {
-        WebhookConfig {
-            url: String::new(),
-            timeout_s: 5.0,
-            max_attempts: 6,
-            backoff_initial_s: 0.5,
-            backoff_max_s: 30.0,
-            queue_capacity: 10_000,
-            send_updates: false,
-        }
-    }
+    /// The HMAC-SHA256 key for `X-Avmon-Signature`. Optional: no signature without one.
+    pub secret: Option<Secret>,
+    /// Read the key from this environment variable instead.
+    pub secret_env: Option<String>,
 }
 
 impl fmt::Debug for WebhookConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("WebhookConfig")
             .field("url", &redact(&self.url))
-            .field("timeout_s", &self.timeout_s)
-            .field("max_attempts", &self.max_attempts)
-            .field("backoff_initial_s", &self.backoff_initial_s)
-            .field("backoff_max_s", &self.backoff_max_s)
-            .field("queue_capacity", &self.queue_capacity)
-            .field("send_updates", &self.send_updates)
+            .field("secret", &self.secret)
+            .field("secret_env", &self.secret_env)
             .finish()
-    }
-}
-
-/// `scheme://host[:port]` of `url`, without path, query or credentials (which may be secrets).
-fn redact(url: &str) -> String {
-    match Url::parse(url) {
-        Ok(u) => {
-            let host = u.host_str().unwrap_or("");
-            match u.port() {
-                Some(p) => format!("{}://{host}:{p}", u.scheme()),
-                None => format!("{}://{host}", u.scheme()),
-            }
-        }
-        Err(_) => "(invalid url)".to_string(),
     }
 }
 
 impl WebhookConfig {
-    /// Push one message per problem onto `errors`, each prefixed with `path` (the config location
-    /// of this webhook, e.g. `notifiers.webhook[0]`).
-    pub fn validate(&self, path: &str, errors: &mut Vec<String>) {
-        match Url::parse(&self.url) {
-            _ if self.url.is_empty() => errors.push(format!("{path}.url: is required")),
-            Err(e) => errors.push(format!("{path}.url: not a valid URL ({e})")),
-            Ok(u) if !matches!(u.scheme(), "http" | "https") => errors.push(format!(
-                "{path}.url: unsupported scheme {:?}; use http:// or https://",
-                u.scheme()
-            )),
-            Ok(u) if !matches!(u.host_str(), Some(h) if !h.is_empty()) => {
-                errors.push(format!("{path}.url: has no host"))
-            }
-            Ok(_) => {}
-        }
-        let positive = |name: &str, v: f64, errors: &mut Vec<String>| {
-            if !(v.is_finite() && v > 0.0) {
-                errors.push(format!(
-                    "{path}.{name}: must be a positive number of seconds, got {v}"
-                ));
-            }
-        };
-        positive("timeout_s", self.timeout_s, errors);
-        positive("backoff_initial_s", self.backoff_initial_s, errors);
-        positive("backoff_max_s", self.backoff_max_s, errors);
-        if self.max_attempts == 0 {
-            errors.push(format!("{path}.max_attempts: must be at least 1"));
-        }
-        if self.queue_capacity == 0 {
-            errors.push(format!("{path}.queue_capacity: must be at least 1"));
-        }
-    }
-
-    /// The wait after failed attempt number `attempt` (1-based).
-    fn backoff(&self, attempt: u32) -> Duration {
-        let initial = self.backoff_initial_s.max(0.0);
-        let s =
-            (initial * 2f64.powi(attempt.saturating_sub(1).min(62) as i32)).min(self.backoff_max_s);
-        secs(s, 0.5)
+    /// Check it and read `secret_env`; problems go onto `errors` under `path`.
+    pub fn prepare(&mut self, path: &str, errors: &mut Vec<String>) {
+        check_url(&self.url, &format!("{path}.url"), errors);
+        let env = self.secret_env.clone();
+        resolve(
+            &mut self.secret,
+            env.as_deref(),
+            path,
+            "secret",
+            false,
+            errors,
+        );
     }
 }
 
-/// `s` seconds as a Duration, or `fallback` where `s` is not a usable duration.
-fn secs(s: f64, fallback: f64) -> Duration {
-    Duration::try_from_secs_f64(s).unwrap_or_else(|_| Duration::from_secs_f64(fallback))
-}
-
-/// Counters and drain signalling shared by a webhook handle and its delivery task.
-#[derive(Default)]
-struct Shared {
-    delivered: AtomicU64,
-    failed: AtomicU64,
-    dropped: AtomicU64,
-    pending: AtomicU64,
-    /// Wakes async flushers when `pending` reaches zero.
-    idle: tokio::sync::Notify,
-    /// Wakes blocking flushers when `pending` reaches zero.
-    idle_lock: Mutex<()>,
-    idle_cv: Condvar,
-}
-
-impl Shared {
-    /// One event left the pipeline (delivered, failed or dropped); counters are already updated.
-    fn finish_one(&self) {
-        if self.pending.fetch_sub(1, Ordering::SeqCst) == 1 {
-            self.idle.notify_waiters();
-            let _guard = self.idle_lock.lock().unwrap_or_else(|p| p.into_inner());
-            self.idle_cv.notify_all();
-        }
+/// `sha256=<hex HMAC-SHA256 of body under secret>`, the `X-Avmon-Signature` value.
+pub fn sign(secret: &[u8], body: &[u8]) -> String {
+    // HMAC takes keys of any length.
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC accepts any key length");
+    mac.update(body);
+    let digest = mac.finalize().into_bytes();
+    let mut hex = String::with_capacity(7 + 64);
+    hex.push_str("sha256=");
+    for b in digest {
+        hex.push_str(&format!("{b:02x}"));
     }
+    hex
 }
 
-/// A running webhook notifier. Dropping it lets the delivery task finish what is queued and end.
-pub struct Webhook {
-    name: String,
-    tx: mpsc::Sender<AlertEvent>,
-    send_updates: bool,
-    shared: Arc<Shared>,
-}
-
-impl fmt::Debug for Webhook {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Webhook")
-            .field("name", &self.name)
-            .field("stats", &self.stats())
-            .finish()
-    }
+pub(crate) struct Webhook {
+    cfg: WebhookConfig,
+    client: reqwest::Client,
 }
 
 impl Webhook {
-    /// Start the delivery task on `rt` and return the handle to notify through. Call
-    /// [`WebhookConfig::validate`] first: an invalid config is not refused here, its events fail.
-    pub fn spawn(cfg: WebhookConfig, rt: &tokio::runtime::Handle) -> Webhook {
-        let name = format!("webhook {}", redact(&cfg.url));
-        let client = reqwest::Client::builder()
-            .timeout(secs(cfg.timeout_s, 5.0))
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("avmon/", env!("CARGO_PKG_VERSION")))
-            .build()
-            // Only TLS backend initialisation can fail, and rustls with bundled roots does not.
-            .expect("an HTTP client with static settings builds");
-        let (tx, rx) = mpsc::channel(cfg.queue_capacity.max(1));
-        let shared = Arc::new(Shared::default());
-        let webhook = Webhook {
-            name: name.clone(),
-            tx,
-            send_updates: cfg.send_updates,
-            shared: shared.clone(),
-        };
-        rt.spawn(deliver_all(rx, client, cfg, name, shared));
-        webhook
-    }
-
-    /// Events the receiver accepted.
-    pub fn delivered(&self) -> u64 {
-        self.shared.delivered.load(Ordering::SeqCst)
-    }
-
-    /// Events given up on (rejected, or failing after every attempt).
-    pub fn failed(&self) -> u64 {
-        self.shared.failed.load(Ordering::SeqCst)
-    }
-
-    /// Events dropped because the queue was full.
-    pub fn dropped(&self) -> u64 {
-        self.shared.dropped.load(Ordering::SeqCst)
-    }
-
-    /// Events queued or being delivered.
-    pub fn pending(&self) -> u64 {
-        self.shared.pending.load(Ordering::SeqCst)
-    }
-
-    /// Wait, at most `timeout`, until nothing is queued or being delivered. Returns whether that
-    /// happened. The async twin of [`Notifier::flush`].
-    pub async fn flush_async(&self, timeout: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let idle = self.shared.idle.notified();
-            tokio::pin!(idle);
-            // Register for the wake-up before looking, so one between the two is not lost.
-            idle.as_mut().enable();
-            if self.pending() == 0 {
-                return true;
-            }
-            if tokio::time::timeout_at(deadline, idle).await.is_err() {
-                return self.pending() == 0;
-            }
-        }
-    }
-}
-
-impl Notifier for Webhook {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn notify(&self, ev: &AlertEvent) {
-        if ev.transition == Transition::Updated && !self.send_updates {
-            return;
-        }
-        self.shared.pending.fetch_add(1, Ordering::SeqCst);
-        if let Err(e) = self.tx.try_send(ev.clone()) {
-            let dropped = self.shared.dropped.fetch_add(1, Ordering::SeqCst) + 1;
-            self.shared.finish_one();
-            // A flood of drops would flood the log too: say it on the 1st, 2nd, 4th, 8th, ...
-            if dropped.is_power_of_two() {
-                let why = match e {
-                    mpsc::error::TrySendError::Full(_) => "queue full",
-                    mpsc::error::TrySendError::Closed(_) => "delivery task stopped",
-                };
-                tracing::warn!(
-                    notifier = %self.name, alert_id = %ev.alert.id, dropped,
-                    "dropping alert notification: {why}"
-                );
-            }
+    pub fn new(cfg: WebhookConfig, timeout: Duration) -> Self {
+        Webhook {
+            cfg,
+            client: client(timeout),
         }
     }
 
-    fn flush(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        let mut guard = self
-            .shared
-            .idle_lock
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        while self.pending() > 0 {
-            let now = Instant::now();
-            if now >= deadline {
-                return false;
-            }
-            guard = match self.shared.idle_cv.wait_timeout(guard, deadline - now) {
-                Ok((g, _)) => g,
-                Err(p) => p.into_inner().0,
-            };
-        }
-        true
+    pub fn target(&self) -> String {
+        format!("webhook {}", redact(&self.cfg.url))
     }
 
-    fn stats(&self) -> NotifierStats {
-        NotifierStats {
-            delivered: self.delivered(),
-            failed: self.failed(),
-            dropped: self.dropped(),
-            pending: self.pending(),
-        }
-    }
-}
-
-async fn deliver_all(
-    mut rx: mpsc::Receiver<AlertEvent>,
-    client: reqwest::Client,
-    cfg: WebhookConfig,
-    name: String,
-    shared: Arc<Shared>,
-) {
-    while let Some(ev) = rx.recv().await {
-        let counter = if deliver(&client, &cfg, &name, &ev).await {
-            &shared.delivered
+    /// One event: its payload. A group:
+    /// `{"idempotency_key": "group:…", "count": N, "events": [payload, …]}`.
+    pub fn body(batch: &Batch<'_>) -> Vec<u8> {
+        let value = if batch.is_group() {
+            json!({
+                "idempotency_key": batch.key,
+                "count": batch.rows.len(),
+                "events": batch.payloads().collect::<Vec<_>>(),
+            })
         } else {
-            &shared.failed
+            batch.payloads().next().cloned().unwrap_or_default()
         };
-        counter.fetch_add(1, Ordering::SeqCst);
-        shared.finish_one();
+        serde_json::to_vec(&value).unwrap_or_default()
     }
-}
 
-/// 64-bit FNV-1a: a stable content hash for idempotency keys (not for security).
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
-}
-
-/// The `Idempotency-Key` of an event: `{alert_id}:{state}` for raises and clears. Updates all
-/// report state `raised`, so they get a key of their own, derived from their content, or a
-/// receiver honouring the key would discard every update as a repeat of the raise.
-fn idempotency_key(ev: &AlertEvent, body: &[u8]) -> String {
-    match ev.transition {
-        Transition::Updated => format!("{}:updated:{:016x}", ev.alert.id, fnv1a(body)),
-        Transition::Raised | Transition::Cleared => format!("{}:{}", ev.alert.id, state_of(ev)),
-    }
-}
-
-/// `e` and its causes on one line, without the URL (which may hold a token).
-fn describe(e: reqwest::Error) -> String {
-    let e = e.without_url();
-    let mut s = e.to_string();
-    let mut source = std::error::Error::source(&e);
-    while let Some(cause) = source {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    s
-}
-
-/// Deliver one event, retrying as configured. Returns whether the receiver accepted it.
-async fn deliver(
-    client: &reqwest::Client,
-    cfg: &WebhookConfig,
-    name: &str,
-    ev: &AlertEvent,
-) -> bool {
-    let body = serde_json::to_vec(&payload(ev)).unwrap_or_default();
-    let key = idempotency_key(ev, &body);
-    let alert_id = &ev.alert.id;
-    let attempts = cfg.max_attempts.max(1);
-    for attempt in 1..=attempts {
-        let sent = client
-            .post(&cfg.url)
-            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
-            .header("Idempotency-Key", &key)
-            .body(body.clone())
-            .send()
-            .await;
-        let mut wait = cfg.backoff(attempt);
-        let why = match sent {
-            Ok(resp) if resp.status().is_success() => {
-                tracing::debug!(notifier = %name, %alert_id, attempt, "webhook delivered");
-                return true;
-            }
-            Ok(resp)
-                if resp.status().is_server_error()
-                    || resp.status() == StatusCode::TOO_MANY_REQUESTS =>
-            {
-                if let Some(after) = retry_after(&resp) {
-                    wait = wait.max(after).min(secs(cfg.backoff_max_s, 30.0));
-                }
-                format!("HTTP {}", resp.status())
-            }
-            Ok(resp) => {
-                tracing::warn!(
-                    notifier = %name, %alert_id, status = %resp.status(),
-                    "webhook rejected the alert notification; not retrying"
-                );
-                return false;
-            }
-            Err(e) if e.is_builder() => {
-                tracing::warn!(
-                    notifier = %name, %alert_id,
-                    "cannot build the webhook request (check the url): {}", describe(e)
-                );
-                return false;
-            }
-            Err(e) => describe(e),
-        };
-        if attempt == attempts {
-            tracing::warn!(
-                notifier = %name, %alert_id, attempts,
-                "giving up on alert notification: {why}"
-            );
-            return false;
+    pub async fn send(&self, batch: &Batch<'_>) -> Sent {
+        let body = Self::body(batch);
+        let mut headers = HeaderMap::new();
+        if let Ok(v) = HeaderValue::from_str(&batch.key) {
+            headers.insert("idempotency-key", v);
         }
-        tracing::debug!(
-            notifier = %name, %alert_id, attempt, wait_s = wait.as_secs_f64(),
-            "webhook attempt failed, retrying: {why}"
+        headers.insert(
+            "x-avmon-timestamp",
+            HeaderValue::from(chrono::Utc::now().timestamp()),
         );
-        tokio::time::sleep(wait).await;
+        if let Some(secret) = &self.cfg.secret {
+            if let Ok(v) = HeaderValue::from_str(&sign(secret.expose().as_bytes(), &body)) {
+                headers.insert("x-avmon-signature", v);
+            }
+        }
+        post(&self.client, &self.cfg.url, headers, body).await
     }
-    false
-}
-
-/// A `Retry-After` given in seconds (the HTTP-date form is ignored).
-fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
-    let s = resp.headers().get(RETRY_AFTER)?.to_str().ok()?;
-    s.trim().parse::<u64>().ok().map(Duration::from_secs)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn errors(cfg: &WebhookConfig) -> Vec<String> {
-        let mut e = Vec::new();
-        cfg.validate("notifiers.webhook[0]", &mut e);
-        e
+    #[test]
+    fn signature_matches_rfc_4231_case_2() {
+        // RFC 4231 test case 2: key "Jefe", data "what do ya want for nothing?".
+        assert_eq!(
+            sign(b"Jefe", b"what do ya want for nothing?"),
+            "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
     }
 
     #[test]
-    fn defaults_and_unknown_fields() {
-        let cfg: WebhookConfig =
-            serde_json::from_value(serde_json::json!({"url": "https://h.example/x"})).unwrap();
-        assert_eq!(cfg.timeout_s, 5.0);
-        assert_eq!(cfg.max_attempts, 6);
-        assert_eq!(cfg.backoff_initial_s, 0.5);
-        assert_eq!(cfg.backoff_max_s, 30.0);
-        assert_eq!(cfg.queue_capacity, 10_000);
-        assert!(!cfg.send_updates);
-        assert!(errors(&cfg).is_empty());
-        let bad = serde_json::from_value::<WebhookConfig>(serde_json::json!({"uri": "x"}));
-        assert!(bad.unwrap_err().to_string().contains("unknown field `uri`"));
-    }
-
-    #[test]
-    fn validation_gathers_every_problem_with_its_path() {
-        let cfg = WebhookConfig {
-            url: "ftp://h.example/x".into(),
-            timeout_s: 0.0,
-            max_attempts: 0,
-            backoff_initial_s: -1.0,
-            backoff_max_s: f64::NAN,
-            queue_capacity: 0,
-            send_updates: false,
-        };
-        let e = errors(&cfg);
-        assert_eq!(e.len(), 6, "{e:#?}");
-        assert!(e[0].starts_with("notifiers.webhook[0].url: unsupported scheme \"ftp\""));
-        assert!(e
-            .iter()
-            .any(|m| m.starts_with("notifiers.webhook[0].timeout_s:")));
-        assert!(e
-            .iter()
-            .any(|m| m.starts_with("notifiers.webhook[0].queue_capacity:")));
-        let missing = errors(&WebhookConfig::default());
-        assert_eq!(missing, vec!["notifiers.webhook[0].url: is required"]);
-        let garbage = errors(&WebhookConfig {
-            url: "not a url".into(),
-            ..Default::default()
-        });
-        assert!(garbage[0].contains("not a valid URL"), "{garbage:?}");
-    }
-
-    #[test]
-    fn secrets_stay_out_of_names_and_debug() {
+    fn secrets_stay_out_of_debug() {
         let cfg = WebhookConfig {
             url: "https://user:pw@hooks.example.com:8443/T0/SECRET?token=SECRET".into(),
-            ..Default::default()
+            secret: Some(Secret::new("HMACKEY")),
+            secret_env: None,
         };
         let dbg = format!("{cfg:?}");
-        assert!(!dbg.contains("SECRET") && !dbg.contains("pw"), "{dbg}");
+        assert!(
+            !dbg.contains("SECRET") && !dbg.contains("pw") && !dbg.contains("HMACKEY"),
+            "{dbg}"
+        );
         assert_eq!(redact(&cfg.url), "https://hooks.example.com:8443");
-    }
-
-    #[test]
-    fn backoff_doubles_up_to_the_cap() {
-        let cfg = WebhookConfig {
-            backoff_initial_s: 0.5,
-            backoff_max_s: 3.0,
-            ..Default::default()
-        };
-        let waits: Vec<f64> = (1..=5).map(|a| cfg.backoff(a).as_secs_f64()).collect();
-        assert_eq!(waits, vec![0.5, 1.0, 2.0, 3.0, 3.0]);
-        assert_eq!(cfg.backoff(u32::MAX).as_secs_f64(), 3.0);
     }
 }

@@ -20,6 +20,11 @@
 //! - Removing a stream only marks it removed; its alerts and metrics stay for analytics.
 //! - Wall times are truncated to **milliseconds** on the way in (see [`sqlite`] for the column
 //!   encoding).
+//! - The **notification outbox** holds one row per (notifier, idempotency key): a notification
+//!   is stored before delivery is attempted, so it survives a crash, and is marked delivered or
+//!   failed after. Adding a key twice for the same notifier keeps the first row (replays are
+//!   harmless). Every attempt is logged with its outcome and detail (HTTP status, a command's
+//!   exit status and output).
 //!
 //! Every backend must pass the same behavioural suite (`tests/suite.rs`), so adding PostgreSQL is
 //! one module, one match arm in [`open`] and one line in that test file.
@@ -101,6 +106,89 @@ pub struct MetricsQuery {
     pub names: Vec<String>,
     /// At most this many samples, the latest; `0`: no limit.
     pub limit: usize,
+/// A notification to put in the outbox (see [`Store::outbox_add`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct OutboxEntry {
+    /// The notifier's id (stable across restarts: `notifiers[i].id`).
+    pub notifier: String,
+    pub alert_id: String,
+    /// `raised`, `updated` or `cleared`.
+    pub state: String,
+    /// The idempotency key, unique per notifier (`{alert_id}:{state}`).
+    pub key: String,
+    /// What the notifier sends for this event (its JSON payload).
+    pub payload: serde_json::Value,
+    pub created_at: WallTime,
+}
+
+/// Where an outbox row stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutboxStatus {
+    /// Not delivered yet: delivery is (still) being attempted.
+    Pending,
+    /// The receiver accepted it.
+    Delivered,
+    /// Given up on: rejected by the receiver, too many attempts, or older than the notifier's
+    /// maximum age.
+    Failed,
+}
+
+impl OutboxStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutboxStatus::Pending => "pending",
+            OutboxStatus::Delivered => "delivered",
+            OutboxStatus::Failed => "failed",
+        }
+    }
+}
+
+/// One row of the outbox.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OutboxRow {
+    /// Increasing with insertion: the delivery order within a notifier.
+    pub id: i64,
+    pub entry: OutboxEntry,
+    pub status: OutboxStatus,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// The last failed attempt's reason.
+    pub last_error: Option<String>,
+    /// The group (e.g. PagerDuty dedup key) it was delivered under.
+    pub group_key: Option<String>,
+}
+
+/// The outcome of one delivery attempt of a batch of outbox rows.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AttemptOutcome {
+    /// Accepted: the rows are delivered, under `group_key` where the channel groups.
+    Delivered { group_key: Option<String> },
+    /// Failed for now: the rows stay pending.
+    Retry,
+    /// Given up: the rows are failed.
+    Failed,
+}
+
+/// One delivery attempt, as logged.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AttemptRecord {
+    /// The first outbox row of the batch attempted.
+    pub outbox_id: i64,
+    pub notifier: String,
+    pub at: WallTime,
+    /// `delivered`, `retry` or `failed`.
+    pub outcome: String,
+    /// What happened: `{"status": 503}`, `{"error": "…"}`, or a command's
+    /// `{"exit_code": 0, "stdout": "…", "stderr": "…", "timed_out": false}`.
+    pub detail: serde_json::Value,
+}
+
+/// A notifier's outbox rows by status.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OutboxCounts {
+    pub pending: u64,
+    pub delivered: u64,
+    pub failed: u64,
 }
 
 /// What went wrong in the store. Messages name what to fix and include their cause, so printing
@@ -216,6 +304,41 @@ pub trait Store: Send + Sync {
 
     /// Delete metrics samples older than `before` (retention). Returns the number of rows deleted.
     fn prune_metrics(&self, before: WallTime) -> Result<u64, StoreError>;
+
+    /// Put a notification in the outbox. Returns its row id, or `None` when the notifier already
+    /// has a row with that key (a replay; the first row is kept).
+    fn outbox_add(&self, e: &OutboxEntry) -> Result<Option<i64>, StoreError>;
+
+    /// Whether `notifier` has any outbox row (any status) for `alert_id`.
+    fn outbox_has_alert(&self, notifier: &str, alert_id: &str) -> Result<bool, StoreError>;
+
+    /// A notifier's pending rows, oldest first, at most `limit`.
+    fn outbox_pending(&self, notifier: &str, limit: usize) -> Result<Vec<OutboxRow>, StoreError>;
+
+    /// Record one attempt at delivering the rows `ids` (a batch; `ids[0]` names it in the log):
+    /// counts the attempt on each row, sets their status from `outcome` and logs `detail`, in one
+    /// transaction.
+    fn outbox_attempt(
+        &self,
+        ids: &[i64],
+        notifier: &str,
+        outcome: &AttemptOutcome,
+        detail: &serde_json::Value,
+        at: WallTime,
+    ) -> Result<(), StoreError>;
+
+    /// A notifier's rows by status.
+    fn outbox_counts(&self, notifier: &str) -> Result<OutboxCounts, StoreError>;
+
+    /// A notifier's rows in insertion order, any status (for inspection and tests).
+    fn outbox_rows(&self, notifier: &str) -> Result<Vec<OutboxRow>, StoreError>;
+
+    /// A notifier's logged attempts, oldest first.
+    fn outbox_attempts(&self, notifier: &str) -> Result<Vec<AttemptRecord>, StoreError>;
+
+    /// The groups still open for `notifier`: `(alert_id, group_key)` of each delivered raise
+    /// whose clear has not been delivered or given up on.
+    fn outbox_open_groups(&self, notifier: &str) -> Result<Vec<(String, String)>, StoreError>;
 }
 
 /// Open the store `url` names, creating and migrating it as needed.

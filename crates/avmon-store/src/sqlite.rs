@@ -65,6 +65,34 @@
 //!     comment  TEXT NOT NULL,
 //!     by       TEXT NOT NULL
 //! );
+//! # Schema (version 3): the notification outbox
+//!
+//! ```sql
+//! CREATE TABLE outbox (
+//!     id            INTEGER PRIMARY KEY AUTOINCREMENT,  -- delivery order per notifier
+//!     notifier      TEXT NOT NULL,
+//!     alert_id      TEXT NOT NULL,
+//!     state         TEXT NOT NULL,      -- raised|updated|cleared
+//!     idem_key      TEXT NOT NULL,      -- {alert_id}:{state}
+//!     payload       TEXT NOT NULL,      -- JSON
+//!     created_at_ms INTEGER NOT NULL,
+//!     status        TEXT NOT NULL DEFAULT 'pending',   -- pending|delivered|failed
+//!     attempts      INTEGER NOT NULL DEFAULT 0,
+//!     last_error    TEXT,
+//!     done_at_ms    INTEGER,
+//!     group_key     TEXT,               -- e.g. the PagerDuty dedup key it went under
+//!     UNIQUE (notifier, idem_key)
+//! );
+//! CREATE INDEX outbox_pending ON outbox (notifier, id) WHERE status = 'pending';
+//! CREATE INDEX outbox_alert ON outbox (notifier, alert_id);
+//! CREATE TABLE outbox_attempts (
+//!     outbox_id INTEGER NOT NULL,       -- the first row of the batch attempted
+//!     notifier  TEXT NOT NULL,
+//!     at_ms     INTEGER NOT NULL,
+//!     outcome   TEXT NOT NULL,          -- delivered|retry|failed
+//!     detail    TEXT NOT NULL           -- JSON: HTTP status, error, command exit and output
+//! );
+//! CREATE INDEX outbox_attempts_notifier ON outbox_attempts (notifier, at_ms);
 //! ```
 //!
 //! **Wall times are integer milliseconds since the Unix epoch, UTC** (`*_ms` columns): exact,
@@ -91,7 +119,10 @@ use avmon_core::{
 use rusqlite::types::Value;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 
-use crate::{AckOutcome, AlertQuery, MetricsQuery, MetricsSample, Store, StoreError, StreamRecord};
+use crate::{
+    AckOutcome, AlertQuery, AttemptOutcome, AttemptRecord, MetricsQuery, MetricsSample,
+    OutboxCounts, OutboxEntry, OutboxRow, OutboxStatus, Store, StoreError, StreamRecord,
+};
 
 /// How long a statement waits for a lock held by another connection before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -153,6 +184,32 @@ pub const MIGRATIONS: &[&str] = &[
         comment  TEXT NOT NULL,
         by       TEXT NOT NULL
     );",
+    // 3: the notification outbox and its attempt log.
+    "CREATE TABLE outbox (
+        id            INTEGER PRIMARY KEY AUTOINCREMENT,
+        notifier      TEXT NOT NULL,
+        alert_id      TEXT NOT NULL,
+        state         TEXT NOT NULL,
+        idem_key      TEXT NOT NULL,
+        payload       TEXT NOT NULL,
+        created_at_ms INTEGER NOT NULL,
+        status        TEXT NOT NULL DEFAULT 'pending',
+        attempts      INTEGER NOT NULL DEFAULT 0,
+        last_error    TEXT,
+        done_at_ms    INTEGER,
+        group_key     TEXT,
+        UNIQUE (notifier, idem_key)
+    );
+    CREATE INDEX outbox_pending ON outbox (notifier, id) WHERE status = 'pending';
+    CREATE INDEX outbox_alert ON outbox (notifier, alert_id);
+    CREATE TABLE outbox_attempts (
+        outbox_id INTEGER NOT NULL,
+        notifier  TEXT NOT NULL,
+        at_ms     INTEGER NOT NULL,
+        outcome   TEXT NOT NULL,
+        detail    TEXT NOT NULL
+    );
+    CREATE INDEX outbox_attempts_notifier ON outbox_attempts (notifier, at_ms);",
 ];
 
 /// A [`Store`] in one SQLite database (a file, or memory).
@@ -806,6 +863,236 @@ impl Store for SqliteStore {
             .execute("DELETE FROM metrics WHERE at_ms < ?1", [to_ms(before)])?;
         Ok(n as u64)
     }
+
+    fn outbox_add(&self, e: &OutboxEntry) -> Result<Option<i64>, StoreError> {
+        let conn = self.conn();
+        let n = conn.execute(
+            "INSERT INTO outbox (notifier, alert_id, state, idem_key, payload, created_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (notifier, idem_key) DO NOTHING",
+            params![
+                e.notifier,
+                e.alert_id,
+                e.state,
+                e.key,
+                e.payload.to_string(),
+                to_ms(e.created_at)
+            ],
+        )?;
+        Ok((n > 0).then(|| conn.last_insert_rowid()))
+    }
+
+    fn outbox_has_alert(&self, notifier: &str, alert_id: &str) -> Result<bool, StoreError> {
+        Ok(self.conn().query_row(
+            "SELECT EXISTS (SELECT 1 FROM outbox WHERE notifier = ?1 AND alert_id = ?2)",
+            params![notifier, alert_id],
+            |r| r.get(0),
+        )?)
+    }
+
+    fn outbox_pending(&self, notifier: &str, limit: usize) -> Result<Vec<OutboxRow>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        outbox_query(
+            &self.conn(),
+            "WHERE notifier = ?1 AND status = 'pending' ORDER BY id LIMIT ?2",
+            params![notifier, limit],
+        )
+    }
+
+    fn outbox_attempt(
+        &self,
+        ids: &[i64],
+        notifier: &str,
+        outcome: &AttemptOutcome,
+        detail: &serde_json::Value,
+        at: WallTime,
+    ) -> Result<(), StoreError> {
+        let Some(&first) = ids.first() else {
+            return Ok(());
+        };
+        let (name, status, group_key, error) = match outcome {
+            AttemptOutcome::Delivered { group_key } => (
+                "delivered",
+                OutboxStatus::Delivered,
+                group_key.as_deref(),
+                None,
+            ),
+            AttemptOutcome::Retry => (
+                "retry",
+                OutboxStatus::Pending,
+                None,
+                Some(detail.to_string()),
+            ),
+            AttemptOutcome::Failed => (
+                "failed",
+                OutboxStatus::Failed,
+                None,
+                Some(detail.to_string()),
+            ),
+        };
+        let done = (status != OutboxStatus::Pending).then(|| to_ms(at));
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached(
+                "UPDATE outbox SET attempts = attempts + 1, status = ?2,
+                     last_error = COALESCE(?3, last_error), done_at_ms = ?4,
+                     group_key = COALESCE(?5, group_key)
+                 WHERE id = ?1 AND status = 'pending'",
+            )?;
+            for id in ids {
+                stmt.execute(params![id, status.as_str(), error, done, group_key])?;
+            }
+        }
+        tx.execute(
+            "INSERT INTO outbox_attempts (outbox_id, notifier, at_ms, outcome, detail)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![first, notifier, to_ms(at), name, detail.to_string()],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn outbox_counts(&self, notifier: &str) -> Result<OutboxCounts, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT status, COUNT(*) FROM outbox WHERE notifier = ?1 GROUP BY status",
+        )?;
+        let rows = stmt.query_map([notifier], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+        })?;
+        let mut c = OutboxCounts::default();
+        for row in rows {
+            let (status, n) = row?;
+            let n = n.max(0) as u64;
+            match status.as_str() {
+                "pending" => c.pending = n,
+                "delivered" => c.delivered = n,
+                "failed" => c.failed = n,
+                other => return Err(corrupt("outbox", format_args!("unknown status {other:?}"))),
+            }
+        }
+        Ok(c)
+    }
+
+    fn outbox_rows(&self, notifier: &str) -> Result<Vec<OutboxRow>, StoreError> {
+        outbox_query(
+            &self.conn(),
+            "WHERE notifier = ?1 ORDER BY id",
+            params![notifier],
+        )
+    }
+
+    fn outbox_attempts(&self, notifier: &str) -> Result<Vec<AttemptRecord>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT outbox_id, at_ms, outcome, detail FROM outbox_attempts
+             WHERE notifier = ?1 ORDER BY at_ms, rowid",
+        )?;
+        let rows = stmt.query_map([notifier], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (outbox_id, at_ms, outcome, detail) = row?;
+            out.push(AttemptRecord {
+                outbox_id,
+                notifier: notifier.to_string(),
+                at: from_ms("outbox_attempts", at_ms)?,
+                outcome,
+                detail: serde_json::from_str(&detail).map_err(|e| corrupt("outbox_attempts", e))?,
+            });
+        }
+        Ok(out)
+    }
+
+    fn outbox_open_groups(&self, notifier: &str) -> Result<Vec<(String, String)>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT r.alert_id, r.group_key FROM outbox r
+             WHERE r.notifier = ?1 AND r.state IN ('raised', 'updated')
+               AND r.status = 'delivered' AND r.group_key IS NOT NULL
+               AND NOT EXISTS (SELECT 1 FROM outbox c
+                               WHERE c.notifier = r.notifier AND c.alert_id = r.alert_id
+                                 AND c.state = 'cleared' AND c.status != 'pending')
+             ORDER BY r.id",
+        )?;
+        let rows = stmt.query_map([notifier], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+/// Outbox rows matching `tail` (a `WHERE … ORDER BY …` clause on `params`).
+fn outbox_query(
+    conn: &Connection,
+    tail: &str,
+    params: impl rusqlite::Params,
+) -> Result<Vec<OutboxRow>, StoreError> {
+    const T: &str = "outbox";
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT id, notifier, alert_id, state, idem_key, payload, created_at_ms, status,
+                attempts, last_error, group_key
+         FROM outbox {tail}"
+    ))?;
+    #[allow(clippy::type_complexity)]
+    let rows = stmt.query_map(params, |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            (
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+            ),
+            (
+                r.get::<_, String>(4)?,
+                r.get::<_, String>(5)?,
+                r.get::<_, i64>(6)?,
+            ),
+            (r.get::<_, String>(7)?, r.get::<_, i64>(8)?),
+            (
+                r.get::<_, Option<String>>(9)?,
+                r.get::<_, Option<String>>(10)?,
+            ),
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (
+            id,
+            (notifier, alert_id, state),
+            (key, payload, created),
+            (status, attempts),
+            (last_error, group_key),
+        ) = row?;
+        let status = match status.as_str() {
+            "pending" => OutboxStatus::Pending,
+            "delivered" => OutboxStatus::Delivered,
+            "failed" => OutboxStatus::Failed,
+            other => return Err(corrupt(T, format_args!("unknown status {other:?}"))),
+        };
+        out.push(OutboxRow {
+            id,
+            entry: OutboxEntry {
+                notifier,
+                alert_id,
+                state,
+                key,
+                payload: serde_json::from_str(&payload)
+                    .map_err(|e| corrupt(T, format_args!("payload of row {id}: {e}")))?,
+                created_at: from_ms(T, created)?,
+            },
+            status,
+            attempts: u32::try_from(attempts).unwrap_or(0),
+            last_error,
+            group_key,
+        });
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -817,7 +1104,7 @@ mod tests {
         let mut conn = Connection::open_in_memory().unwrap();
         assert_eq!(migrate(&mut conn, &MIGRATIONS[..1]).unwrap(), 1);
         assert_eq!(migrate(&mut conn, &MIGRATIONS[..1]).unwrap(), 0);
-        // A version 1 database (before alert management) takes the later ones.
+        // A version 1 database (before alert management and the outbox) takes the later ones.
         assert_eq!(
             migrate(&mut conn, MIGRATIONS).unwrap(),
             MIGRATIONS.len() - 1

@@ -9,8 +9,8 @@ use avmon_core::{
     Suppressed, Transition, WallTime,
 };
 use avmon_store::{
-    open, AckOutcome, AlertQuery, MetricsQuery, MetricsSample, SqliteStore, Store, StoreError,
-    StreamRecord,
+    open, AckOutcome, AlertQuery, AttemptOutcome, MetricsQuery, MetricsSample, OutboxCounts,
+    OutboxEntry, OutboxStatus, SqliteStore, Store, StoreError, StreamRecord,
 };
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use serde_json::json;
@@ -67,6 +67,7 @@ fn suite(store: &dyn Store) {
     metrics(store);
     management(store);
     metrics_ranges(store);
+    outbox(store);
 }
 
 /// Acknowledgements, suppression marks, filters, mutes and maintenance windows.
@@ -253,6 +254,128 @@ fn metrics_ranges(store: &dyn Store) {
         "the limit keeps the latest"
     );
     assert_eq!(latest[0].values.len(), 3);
+}
+
+fn entry(notifier: &str, alert: &str, state: &str, ms: i64) -> OutboxEntry {
+    OutboxEntry {
+        notifier: notifier.into(),
+        alert_id: alert.into(),
+        state: state.into(),
+        key: format!("{alert}:{state}"),
+        payload: json!({"alert_id": alert, "state": state}),
+        created_at: at(ms),
+    }
+}
+
+fn outbox(store: &dyn Store) {
+    let a = store.outbox_add(&entry("hook", "a1", "raised", 0)).unwrap();
+    let b = store.outbox_add(&entry("hook", "a2", "raised", 5)).unwrap();
+    let c = store
+        .outbox_add(&entry("hook", "a1", "cleared", 9))
+        .unwrap();
+    let other = store
+        .outbox_add(&entry("pager", "a1", "raised", 1))
+        .unwrap();
+    let (a, b, c) = (a.unwrap(), b.unwrap(), c.unwrap());
+    assert!(
+        a < b && b < c && other.is_some(),
+        "ids increase with insertion"
+    );
+    // A replayed key is ignored: the first row stays.
+    let mut replay = entry("hook", "a1", "raised", 99);
+    replay.payload = json!({"changed": true});
+    assert_eq!(store.outbox_add(&replay).unwrap(), None);
+    assert!(store.outbox_has_alert("hook", "a1").unwrap());
+    assert!(!store.outbox_has_alert("hook", "zz").unwrap());
+    assert!(!store.outbox_has_alert("other", "a1").unwrap());
+
+    let pending = store.outbox_pending("hook", 10).unwrap();
+    let ids: Vec<i64> = pending.iter().map(|r| r.id).collect();
+    assert_eq!(ids, [a, b, c], "oldest first, this notifier's only");
+    assert_eq!(pending[0].entry, entry("hook", "a1", "raised", 0));
+    assert_eq!(pending[0].status, OutboxStatus::Pending);
+    assert_eq!(store.outbox_pending("hook", 2).unwrap().len(), 2);
+
+    // A failed attempt keeps the rows pending, counts it, and logs it.
+    let why = json!({"status": 503});
+    store
+        .outbox_attempt(&[a, b], "hook", &AttemptOutcome::Retry, &why, at(100))
+        .unwrap();
+    let pending = store.outbox_pending("hook", 10).unwrap();
+    assert_eq!(pending.len(), 3);
+    assert_eq!((pending[0].attempts, pending[2].attempts), (1, 0));
+    assert_eq!(
+        pending[1].last_error.as_deref(),
+        Some(why.to_string().as_str())
+    );
+    // Then a delivery, under a group key.
+    let ok = AttemptOutcome::Delivered {
+        group_key: Some("g1".into()),
+    };
+    store
+        .outbox_attempt(&[a, b], "hook", &ok, &json!({"status": 200}), at(200))
+        .unwrap();
+    assert_eq!(
+        store.outbox_open_groups("hook").unwrap(),
+        [
+            ("a1".to_string(), "g1".to_string()),
+            ("a2".to_string(), "g1".to_string())
+        ]
+    );
+    store
+        .outbox_attempt(
+            &[c],
+            "hook",
+            &AttemptOutcome::Failed,
+            &json!({"status": 400}),
+            at(300),
+        )
+        .unwrap();
+    assert_eq!(
+        store.outbox_open_groups("hook").unwrap(),
+        [("a2".to_string(), "g1".to_string())],
+        "a given-up clear closes its alert too"
+    );
+    assert!(store.outbox_pending("hook", 10).unwrap().is_empty());
+    // A finished row is final: a late attempt does not change it.
+    store
+        .outbox_attempt(&[a], "hook", &AttemptOutcome::Failed, &json!({}), at(400))
+        .unwrap();
+    let rows = store.outbox_rows("hook").unwrap();
+    let status: Vec<OutboxStatus> = rows.iter().map(|r| r.status).collect();
+    assert_eq!(
+        status,
+        [
+            OutboxStatus::Delivered,
+            OutboxStatus::Delivered,
+            OutboxStatus::Failed
+        ]
+    );
+    assert_eq!(rows[0].attempts, 2);
+    assert_eq!(
+        store.outbox_counts("hook").unwrap(),
+        OutboxCounts {
+            pending: 0,
+            delivered: 2,
+            failed: 1
+        }
+    );
+    assert_eq!(store.outbox_counts("pager").unwrap().pending, 1);
+    assert_eq!(
+        store.outbox_counts("nobody").unwrap(),
+        OutboxCounts::default()
+    );
+    let log = store.outbox_attempts("hook").unwrap();
+    let outcomes: Vec<(&str, i64)> = log
+        .iter()
+        .map(|r| (r.outcome.as_str(), r.outbox_id))
+        .collect();
+    assert_eq!(
+        outcomes,
+        [("retry", a), ("delivered", a), ("failed", c), ("failed", a)]
+    );
+    assert_eq!(log[2].detail, json!({"status": 400}));
+    assert_eq!(log[0].at, at(100));
 }
 
 fn streams(store: &dyn Store) {

@@ -12,7 +12,7 @@ use avmon_alert::AlertConfig;
 use avmon_core::{MaintenanceWindow, StreamId, Tier};
 use avmon_detect::DetectorsConfig;
 use avmon_hls::HlsConfig;
-use avmon_notify::WebhookConfig;
+pub use avmon_notify::NotifierConfig;
 use avmon_server::{Auth, Role, Secret, Token};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -98,13 +98,6 @@ pub struct StreamConfig {
     /// (default: all) and the limits of its delivery checks. The playlist is `url`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hls: Option<HlsConfig>,
-}
-
-/// `[[notifiers]]`
-#[derive(Clone, Debug, Serialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-pub enum NotifierConfig {
-    Webhook(WebhookConfig),
 }
 
 /// `[api]`: who may use the HTTP API.
@@ -497,7 +490,7 @@ pub fn parse_with_env(
                 toml::Value::Array(items) => {
                     for (i, item) in items.into_iter().enumerate() {
                         let path = format!("notifiers[{i}]");
-                        if let Some(n) = notifier(item, &path, &mut errors) {
+                        if let Some(n) = notifier(item, &path, i, &mut errors) {
                             notifiers.push(n);
                         }
                     }
@@ -516,6 +509,15 @@ pub fn parse_with_env(
     for (i, s) in streams.iter().enumerate() {
         if !seen.insert(s.id.clone()) {
             errors.push(format!("streams[{i}].id: duplicate id {:?}", s.id));
+        }
+    }
+    let mut seen = HashSet::new();
+    for (i, n) in notifiers.iter().enumerate() {
+        if !seen.insert(n.id().to_string()) {
+            errors.push(format!(
+                "notifiers[{i}].id: duplicate id {:?} (each notifier's outbox needs its own)",
+                n.id()
+            ));
         }
     }
     let listen = match server.listen.parse::<SocketAddr>() {
@@ -568,33 +570,17 @@ fn store_url_problem(url: &str) -> Result<(), String> {
     }
 }
 
-fn notifier(value: toml::Value, path: &str, errors: &mut Vec<String>) -> Option<NotifierConfig> {
-    let toml::Value::Table(mut t) = value else {
-        errors.push(format!("{path}: must be a table"));
-        return None;
-    };
-    let kind = match t.remove("kind") {
-        Some(toml::Value::String(k)) => k,
-        Some(_) => {
-            errors.push(format!("{path}.kind: must be a string"));
-            return None;
-        }
-        None => {
-            errors.push(format!("{path}.kind: missing (expected \"webhook\")"));
-            return None;
-        }
-    };
-    match kind.as_str() {
-        "webhook" => {
-            let w: WebhookConfig = section(toml::Value::Table(t), path, errors)?;
-            let before = errors.len();
-            w.validate(path, errors);
-            (errors.len() == before).then_some(NotifierConfig::Webhook(w))
-        }
-        other => {
-            errors.push(format!(
-                "{path}.kind: unknown notifier {other:?} (expected \"webhook\")"
-            ));
+fn notifier(
+    value: toml::Value,
+    path: &str,
+    index: usize,
+    errors: &mut Vec<String>,
+) -> Option<NotifierConfig> {
+    // The notifier crate reads its tables as JSON; TOML's values map onto it one to one here.
+    match serde_json::to_value(value) {
+        Ok(v) => NotifierConfig::parse(v, path, index, errors),
+        Err(e) => {
+            errors.push(format!("{path}: {e}"));
             None
         }
     }
@@ -692,6 +678,72 @@ kind = "pager"
             "colour",
             "notifiers[0].kind:",
             "bogus: unknown section",
+        ] {
+            assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+        }
+    }
+
+    #[test]
+    fn every_notifier_kind_with_filters_and_secrets_from_the_environment() {
+        std::env::set_var("AVMON_TEST_PD_KEY", "pd-routing-key");
+        let text = r#"
+[[notifiers]]
+kind = "webhook"
+id = "ops"
+url = "https://hooks.example.com/avmon"
+secret = "hmac-secret"
+kinds = ["video.*", "source.down"]
+min_severity = "major"
+group_window_s = 10
+[[notifiers]]
+kind = "slack"
+url = "https://hooks.slack.com/services/T0/B0/XXXX"
+streams = ["news-*"]
+[[notifiers]]
+kind = "pagerduty"
+routing_key_env = "AVMON_TEST_PD_KEY"
+[[notifiers]]
+kind = "command"
+command = ["/usr/local/bin/switch-to-backup", "--encoder", "2"]
+timeout_s = 20
+"#;
+        let c = parse(text, "n.toml").unwrap();
+        let ids: Vec<&str> = c.notifiers.iter().map(|n| n.id()).collect();
+        assert_eq!(ids, ["ops", "slack-1", "pagerduty-2", "command-3"]);
+        match &c.notifiers[2].channel {
+            avmon_notify::ChannelConfig::PagerDuty(p) => {
+                assert_eq!(p.routing_key.as_ref().unwrap().expose(), "pd-routing-key")
+            }
+            other => panic!("{other:?}"),
+        }
+        let dbg = format!("{c:?}");
+        for secret in ["hmac-secret", "XXXX", "pd-routing-key"] {
+            assert!(!dbg.contains(secret), "{secret} in {dbg}");
+        }
+        let bad = r#"
+[[notifiers]]
+kind = "webhook"
+id = "same"
+url = "http://127.0.0.1:9/x"
+[[notifiers]]
+kind = "webhook"
+id = "same"
+url = "http://127.0.0.1:9/y"
+[[notifiers]]
+kind = "pagerduty"
+routing_key_env = "AVMON_TEST_UNSET_VAR"
+[[notifiers]]
+kind = "slack"
+[[notifiers]]
+kind = "command"
+command = []
+"#;
+        let all = parse(bad, "bad.toml").unwrap_err().errors.join("\n");
+        for needle in [
+            "notifiers[1].id: duplicate id \"same\"",
+            "notifiers[2].routing_key_env: environment variable \"AVMON_TEST_UNSET_VAR\" is not set",
+            "notifiers[3].url: is required",
+            "notifiers[4].command: is required",
         ] {
             assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
         }

@@ -27,7 +27,7 @@ use avmon_hls::VariantStats;
 use avmon_media::{
     run_input, run_source, Backoff, FrameSink, Input, MediaClock, OpenOptions, SourceEvents, Tap,
 };
-use avmon_notify::{Notifier, Webhook};
+use avmon_notify::{Notifier, OutboxNotifier};
 use avmon_server::{
     AlertsQuery, ApiError, MetricsPoint, MetricsQuery, Monitor, StreamState, StreamStatus,
 };
@@ -35,7 +35,7 @@ use avmon_store::{AckOutcome, AlertQuery, MetricsSample, Store, StreamRecord};
 use chrono::Utc;
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::config::{Config, NotifierConfig, StreamConfig};
+use crate::config::{Config, StreamConfig};
 use crate::hls::{HlsInput, HlsOptions, VariantOut};
 use crate::pipeline::{Counters, Pipeline};
 use crate::transport::TransportTap;
@@ -843,9 +843,9 @@ impl Monitor for Service {
             }
         }
         hls_metrics(&mut out, &shared);
-        let _ = writeln!(out, "# HELP avmon_notifications_total Notifications by outcome.\n# TYPE avmon_notifications_total counter");
-        for n in &self.notifiers {
-            let st = n.stats();
+        let _ = writeln!(out, "# HELP avmon_notifications_total Notifications by outcome since start.\n# TYPE avmon_notifications_total counter");
+        let stats: Vec<_> = self.notifiers.iter().map(|n| (n.id(), n.stats())).collect();
+        for (id, st) in &stats {
             for (outcome, v) in [
                 ("delivered", st.delivered),
                 ("failed", st.failed),
@@ -854,8 +854,27 @@ impl Monitor for Service {
                 let _ = writeln!(
                     out,
                     "avmon_notifications_total{{notifier=\"{}\",outcome=\"{outcome}\"}} {v}",
-                    esc(n.name())
+                    esc(id)
                 );
+            }
+        }
+        let _ = writeln!(out, "# HELP avmon_outbox_notifications Notifications in the outbox by status (pending: not yet delivered).\n# TYPE avmon_outbox_notifications gauge");
+        for n in &self.notifiers {
+            match self.store.outbox_counts(n.id()) {
+                Ok(c) => {
+                    for (status, v) in [
+                        ("pending", c.pending),
+                        ("delivered", c.delivered),
+                        ("failed", c.failed),
+                    ] {
+                        let _ = writeln!(
+                            out,
+                            "avmon_outbox_notifications{{notifier=\"{}\",status=\"{status}\"}} {v}",
+                            esc(n.id())
+                        );
+                    }
+                }
+                Err(e) => tracing::warn!(notifier = n.name(), "reading outbox counts: {e}"),
             }
         }
         out
@@ -1010,15 +1029,13 @@ pub fn run(cfg: Config, opts: Options) -> Result<()> {
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
     let addr: SocketAddr = listener.local_addr().unwrap_or(cfg.listen);
 
-    let notifiers: Vec<Arc<dyn Notifier>> = cfg
-        .notifiers
-        .iter()
-        .map(|n| match n {
-            NotifierConfig::Webhook(w) => {
-                Arc::new(Webhook::spawn(w.clone(), rt.handle())) as Arc<dyn Notifier>
-            }
-        })
-        .collect();
+    // Each notifier starts with what an earlier run left pending in the outbox.
+    let mut notifiers: Vec<Arc<dyn Notifier>> = Vec::new();
+    for (i, n) in cfg.notifiers.iter().enumerate() {
+        let notifier = OutboxNotifier::spawn(n.clone(), store.clone(), rt.handle())
+            .with_context(|| format!("starting notifiers[{i}] ({})", n.id()))?;
+        notifiers.push(Arc::new(notifier));
+    }
 
     // Mutes and the API's maintenance windows survive restarts; the config file's are added.
     let mut windows = store.windows().context("loading maintenance windows")?;
