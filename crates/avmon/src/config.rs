@@ -809,6 +809,8 @@ url = "udp://127.0.0.1:5000"
         let block = block.split("```").next().unwrap();
         let c = parse(block, "README.md").unwrap();
         assert_eq!(c.streams.len(), 2);
+        assert_eq!(c.streams[0].alerts.flap_max, 5);
+        assert_eq!(c.maintenance.len(), 1);
         let h = c.streams[1].hls_config().unwrap();
         assert_eq!(h.variants.len(), 2);
         // It writes out the defaults, but for the variants.

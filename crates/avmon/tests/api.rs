@@ -107,7 +107,7 @@ fn the_real_api_with_tokens_mutes_acks_metrics_and_restarts() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (hook, got) = receiver(&rt);
     let dir = tempfile::tempdir().unwrap();
-    let (udp_muted, udp_plain) = (free_udp_port(), free_udp_port());
+    let (udp_muted, udp_plain, udp_maint) = (free_udp_port(), free_udp_port(), free_udp_port());
     let port = free_tcp_port();
     let base = format!("http://127.0.0.1:{port}");
     let cfg = format!(
@@ -126,6 +126,14 @@ url = "udp://127.0.0.1:{udp_muted}"
 [[streams]]
 id = "plain"
 url = "udp://127.0.0.1:{udp_plain}"
+[[streams]]
+id = "maint-one"
+url = "udp://127.0.0.1:{udp_maint}"
+[[maintenance]]
+streams = ["maint-*"]
+start = "2020-01-01T00:00:00Z"
+end = "2099-01-01T00:00:00Z"
+comment = "all century"
 [[notifiers]]
 kind = "webhook"
 url = "{hook}"
@@ -166,18 +174,21 @@ url = "{hook}"
     assert_eq!(send(get("/healthz")).0, 200);
     assert_eq!(send(get("/metrics")).0, 200, "open by default");
 
-    // Both streams go black at 2–5 s; only the unmuted one's alert is notified.
-    let (mut a, mut b) = (synth(udp_muted), synth(udp_plain));
+    // The three streams go black at 2–5 s; only the one neither muted nor in maintenance is
+    // notified.
+    let (mut a, mut b, mut c) = (synth(udp_muted), synth(udp_plain), synth(udp_maint));
     let alerts = |q: &str| -> Vec<Value> {
         let (st, v) = send(get(&format!("/api/alerts?kind=video.black{q}")).bearer_auth(READER));
         assert_eq!(st, 200, "{v}");
         v.as_array().unwrap().clone()
     };
-    let cleared = wait_for("both black alerts cleared", Duration::from_secs(40), || {
+    let cleared = wait_for("the black alerts cleared", Duration::from_secs(40), || {
         let v = alerts("&state=cleared");
-        (v.len() == 2).then_some(v)
+        (v.len() == 3).then_some(v)
     });
-    assert!(a.wait().unwrap().success() && b.wait().unwrap().success());
+    for s in [&mut a, &mut b, &mut c] {
+        assert!(s.wait().unwrap().success());
+    }
     let by_stream = |id: &str| {
         cleared
             .iter()
@@ -187,6 +198,7 @@ url = "{hook}"
     };
     let (muted, plain) = (by_stream("muted-one"), by_stream("plain"));
     assert_eq!(muted["suppressed"], "muted");
+    assert_eq!(by_stream("maint-one")["suppressed"], "maintenance");
     assert_eq!(plain["suppressed"], Value::Null);
     assert_documented(
         &doc,
@@ -206,8 +218,8 @@ url = "{hook}"
         },
     );
     assert!(
-        !notified.iter().any(|n| n["stream_id"] == "muted-one"),
-        "the muted stream was notified: {notified:#?}"
+        notified.iter().all(|n| n["stream_id"] == "plain"),
+        "a muted or maintenance stream was notified: {notified:#?}"
     );
 
     // Acknowledge the plain one.
@@ -271,7 +283,9 @@ url = "{hook}"
     assert_eq!(s["muted"]["comment"], "rehearsal", "{s}");
     assert_documented(&doc, "/api/streams/{id}", "get", 200, &s);
     let (_, windows) = send(get("/api/maintenance").bearer_auth(READER));
-    assert_eq!(windows, json!([w]));
+    assert_eq!(windows.as_array().unwrap().len(), 2, "{windows}");
+    assert_eq!(windows[0]["id"], "config-0");
+    assert_eq!(windows[1], w);
     assert_documented(&doc, "/api/maintenance", "get", 200, &windows);
     let (_, detail) =
         send(get(&format!("/api/alerts/{}", plain["id"].as_str().unwrap())).bearer_auth(READER));
