@@ -106,6 +106,8 @@ pub struct MetricsQuery {
     pub names: Vec<String>,
     /// At most this many samples, the latest; `0`: no limit.
     pub limit: usize,
+}
+
 /// A notification to put in the outbox (see [`Store::outbox_add`]).
 #[derive(Clone, Debug, PartialEq)]
 pub struct OutboxEntry {
