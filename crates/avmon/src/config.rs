@@ -111,6 +111,7 @@ pub enum NotifierConfig {
 pub struct Config {
     pub listen: SocketAddr,
     pub store: StoreConfig,
+    pub evidence: crate::evidence::EvidenceConfig,
     pub streams: Vec<StreamConfig>,
     pub notifiers: Vec<NotifierConfig>,
 }
@@ -268,6 +269,7 @@ pub fn parse(text: &str, source_name: &str) -> Result<Config, ConfigError> {
     let mut errors = Vec::new();
     let mut server = ServerConfig::default();
     let mut store = StoreConfig::default();
+    let mut evidence = crate::evidence::EvidenceConfig::default();
     let mut streams = Vec::new();
     let mut notifiers = Vec::new();
     for (key, value) in table {
@@ -280,6 +282,16 @@ pub fn parse(text: &str, source_name: &str) -> Result<Config, ConfigError> {
             "store" => {
                 if let Some(s) = section(value, "store", &mut errors) {
                     store = s;
+                }
+            }
+            "evidence" => {
+                if let Some(e) = section::<crate::evidence::EvidenceConfig>(
+                    value,
+                    "evidence",
+                    &mut errors,
+                ) {
+                    e.validate(&mut errors);
+                    evidence = e;
                 }
             }
             "streams" => match value {
@@ -306,7 +318,7 @@ pub fn parse(text: &str, source_name: &str) -> Result<Config, ConfigError> {
                 _ => errors.push("notifiers: must be an array of tables ([[notifiers]])".into()),
             },
             other => errors.push(format!(
-                "{other}: unknown section (expected server, store, streams, notifiers)"
+                "{other}: unknown section (expected server, store, evidence, streams, notifiers)"
             )),
         }
     }
@@ -339,6 +351,7 @@ pub fn parse(text: &str, source_name: &str) -> Result<Config, ConfigError> {
         (true, Some(listen)) => Ok(Config {
             listen,
             store,
+            evidence,
             streams,
             notifiers,
         }),
