@@ -12,8 +12,8 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
-use ffmpeg_next as ff;
 use ff::format::Pixel;
+use ffmpeg_next as ff;
 
 use crate::MediaError;
 
@@ -75,7 +75,9 @@ impl Pictures {
     /// made in the steady state.
     fn take_buffer(&self) -> Vec<u8> {
         match self.ring.lock() {
-            Ok(mut r) if r.len() >= self.capacity => r.pop_front().map(|p| p.data).unwrap_or_default(),
+            Ok(mut r) if r.len() >= self.capacity => {
+                r.pop_front().map(|p| p.data).unwrap_or_default()
+            }
             _ => Vec::new(),
         }
     }
@@ -101,7 +103,11 @@ impl Pictures {
 pub(crate) struct Capture {
     pictures: Arc<Pictures>,
     /// Scaler and its output, for the source's format and size.
-    sws: Option<(ff::software::scaling::Context, ff::frame::Video, (Pixel, u32, u32))>,
+    sws: Option<(
+        ff::software::scaling::Context,
+        ff::frame::Video,
+        (Pixel, u32, u32),
+    )>,
     next_t: f64,
 }
 
@@ -153,7 +159,11 @@ impl Capture {
         let mut data = self.pictures.take_buffer();
         data.clear();
         let (ow, oh) = (out.width() as usize, out.height() as usize);
-        let dims = [(ow, oh), (ow.div_ceil(2), oh.div_ceil(2)), (ow.div_ceil(2), oh.div_ceil(2))];
+        let dims = [
+            (ow, oh),
+            (ow.div_ceil(2), oh.div_ceil(2)),
+            (ow.div_ceil(2), oh.div_ceil(2)),
+        ];
         for (plane, (pw, ph)) in dims.into_iter().enumerate() {
             let stride = out.stride(plane);
             let src = out.data(plane);
@@ -201,7 +211,11 @@ pub fn encode_jpeg(p: &Picture) -> Result<Vec<u8>, MediaError> {
         .open_as_with(codec, opts)
         .map_err(|e| err("open encoder", e))?;
     let mut frame = ff::frame::Video::new(Pixel::YUVJ420P, p.width, p.height);
-    let planes = [(0, w, h, 0), (1, cw, ch, w * h), (2, cw, ch, w * h + cw * ch)];
+    let planes = [
+        (0, w, h, 0),
+        (1, cw, ch, w * h),
+        (2, cw, ch, w * h + cw * ch),
+    ];
     for (plane, pw, ph, offset) in planes {
         let stride = frame.stride(plane);
         let dst = frame.data_mut(plane);
@@ -245,8 +259,16 @@ mod tests {
         }
         assert_eq!(pics.latest_t(), Some(3.0));
         assert_eq!(pics.at(1.5).map(|p| p.t), Some(2.0), "first at or after");
-        assert_eq!(pics.at(0.0).map(|p| p.t), Some(1.0), "0.0 fell out of the ring");
-        assert_eq!(pics.at(9.0).map(|p| p.t), Some(3.0), "the newest when none is later");
+        assert_eq!(
+            pics.at(0.0).map(|p| p.t),
+            Some(1.0),
+            "0.0 fell out of the ring"
+        );
+        assert_eq!(
+            pics.at(9.0).map(|p| p.t),
+            Some(3.0),
+            "the newest when none is later"
+        );
     }
 
     #[test]

@@ -38,8 +38,8 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::header::{CONTENT_TYPE, LOCATION};
 use axum::http::{Method, StatusCode, Uri};
-use axum::response::{IntoResponse, Response};
 use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
@@ -86,14 +86,18 @@ pub trait Monitor: Send + Sync + 'static {
     /// A stream's latest picture as JPEG, for `GET /api/streams/{id}/thumbnail.jpg`. Unknown
     /// stream, or no picture yet → [`ApiError::NotFound`]. May encode: runs on the blocking pool.
     fn thumbnail(&self, id: &str) -> Result<Vec<u8>, ApiError> {
-        Err(ApiError::NotFound(format!("no thumbnail for stream {id:?}")))
+        Err(ApiError::NotFound(format!(
+            "no thumbnail for stream {id:?}"
+        )))
     }
 
     /// An alert's evidence, for `GET /api/alerts/{id}/snapshot.jpg` and `.../clip.ts`. None kept
     /// (or not yet written) → [`ApiError::NotFound`]. Reads files: runs on the blocking pool.
     fn evidence(&self, alert_id: &str, kind: EvidenceKind) -> Result<Vec<u8>, ApiError> {
         let _ = kind;
-        Err(ApiError::NotFound(format!("no evidence for alert {alert_id:?}")))
+        Err(ApiError::NotFound(format!(
+            "no evidence for alert {alert_id:?}"
+        )))
     }
 
     /// A new subscription to live events, for `GET /api/events`; `None` when the service
@@ -171,6 +175,10 @@ pub struct StreamStatus {
     pub reconnects: u64,
     /// The fidelity tier the stream is monitored at (as last set).
     pub tier: Tier,
+    /// The stream's configuration as JSON (the keys of its `[[streams]]` table), secrets
+    /// masked; for the console's stream detail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<serde_json::Value>,
 }
 
 /// The parsed query of `GET /api/alerts`.

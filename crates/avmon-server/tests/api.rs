@@ -28,6 +28,7 @@ fn status(id: &str, url: &str) -> StreamStatus {
         decode_errors: 0,
         reconnects: 0,
         tier: Tier::Full,
+        config: None,
     }
 }
 

@@ -285,11 +285,9 @@ pub fn parse(text: &str, source_name: &str) -> Result<Config, ConfigError> {
                 }
             }
             "evidence" => {
-                if let Some(e) = section::<crate::evidence::EvidenceConfig>(
-                    value,
-                    "evidence",
-                    &mut errors,
-                ) {
+                if let Some(e) =
+                    section::<crate::evidence::EvidenceConfig>(value, "evidence", &mut errors)
+                {
                     e.validate(&mut errors);
                     evidence = e;
                 }
@@ -346,6 +344,9 @@ pub fn parse(text: &str, source_name: &str) -> Result<Config, ConfigError> {
             "store.metrics_interval_s: must be between 1 and 86400 (got {})",
             store.metrics_interval_s
         ));
+    }
+    if evidence.dir.as_os_str().is_empty() {
+        evidence.dir = crate::evidence::EvidenceConfig::default_dir(&store.url);
     }
     match (errors.is_empty(), listen) {
         (true, Some(listen)) => Ok(Config {

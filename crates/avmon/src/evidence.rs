@@ -32,7 +32,8 @@ use crate::transport::TransportTap;
 pub struct EvidenceConfig {
     /// Whether snapshots and clips are kept at all.
     pub enabled: bool,
-    /// Where snapshots and clips are written (created at start).
+    /// Where snapshots and clips are written (created at start). Default: `evidence/` beside
+    /// the store's database file (`avmon.db` → `avmon.evidence/`).
     pub dir: PathBuf,
     /// Seconds of the stream kept before an alert's onset in its clip.
     pub pre_s: f64,
@@ -74,7 +75,10 @@ impl Amount {
                     .map(|(_, f)| *f)
                     .ok_or_else(|| {
                         let known: Vec<&str> = units.iter().map(|(u, _)| *u).collect();
-                        format!("unknown unit {unit:?} (expected one of {})", known.join(", "))
+                        format!(
+                            "unknown unit {unit:?} (expected one of {})",
+                            known.join(", ")
+                        )
                     })?;
                 n * factor
             }
@@ -118,7 +122,7 @@ impl Default for EvidenceConfig {
     fn default() -> Self {
         EvidenceConfig {
             enabled: true,
-            dir: PathBuf::from("avmon-evidence"),
+            dir: PathBuf::new(),
             pre_s: 5.0,
             post_s: 5.0,
             max_age: Amount::Text("7d".into()),
@@ -133,7 +137,9 @@ impl EvidenceConfig {
     pub fn validate(&self, errors: &mut Vec<String>) {
         for (name, v) in [("pre_s", self.pre_s), ("post_s", self.post_s)] {
             if !(0.0..=60.0).contains(&v) {
-                errors.push(format!("evidence.{name}: must be between 0 and 60 (got {v})"));
+                errors.push(format!(
+                    "evidence.{name}: must be between 0 and 60 (got {v})"
+                ));
             }
         }
         if let Err(e) = self.max_age.seconds() {
@@ -147,8 +153,19 @@ impl EvidenceConfig {
                 errors.push(format!("evidence.{name}: {e}"));
             }
         }
-        if self.enabled && self.dir.as_os_str().is_empty() {
-            errors.push("evidence.dir: must not be empty".into());
+    }
+
+    /// The default `dir` for a store at `store_url`: `PATH.evidence` beside `sqlite://PATH`'s
+    /// file (its extension replaced), `avmon.evidence` for an in-memory store.
+    pub fn default_dir(store_url: &str) -> PathBuf {
+        let path = store_url
+            .strip_prefix("sqlite://")
+            .or_else(|| store_url.strip_prefix("sqlite:"))
+            .map(|p| p.split('?').next().unwrap_or(p))
+            .filter(|p| !p.is_empty() && !p.starts_with(':'));
+        match path {
+            Some(p) => Path::new(p).with_extension("evidence"),
+            None => PathBuf::from("avmon.evidence"),
         }
     }
 
@@ -481,6 +498,20 @@ mod tests {
     }
 
     #[test]
+    fn evidence_goes_beside_the_store_by_default() {
+        let d = EvidenceConfig::default_dir;
+        assert_eq!(
+            d("sqlite:///var/lib/avmon/avmon.db"),
+            Path::new("/var/lib/avmon/avmon.evidence")
+        );
+        assert_eq!(
+            d("sqlite://avmon-demo.db"),
+            Path::new("avmon-demo.evidence")
+        );
+        assert_eq!(d("sqlite::memory:"), Path::new("avmon.evidence"));
+    }
+
+    #[test]
     fn ids_cannot_name_other_files() {
         assert!(safe_id("0193a0b1-7c2e-7d3f-9a4b-123456789abc").is_some());
         for bad in ["", "../etc/passwd", "a/b", "a.b", "x\0"] {
@@ -501,7 +532,10 @@ mod tests {
         let ring = ClipRing::new(Duration::from_secs(2), 1 << 20);
         let t0 = Instant::now();
         for i in 0..50u32 {
-            ring.append(&packets(7, i as u8), t0 + Duration::from_millis(200 * u64::from(i)));
+            ring.append(
+                &packets(7, i as u8),
+                t0 + Duration::from_millis(200 * u64::from(i)),
+            );
         }
         let end = t0 + Duration::from_millis(200 * 49);
         // Only the last ~2 s is held.
@@ -514,7 +548,10 @@ mod tests {
         // A size bound holds too.
         let small = ClipRing::new(Duration::from_secs(60), 0);
         for i in 0..200u32 {
-            small.append(&packets(7, 1), t0 + Duration::from_millis(200 * u64::from(i)));
+            small.append(
+                &packets(7, 1),
+                t0 + Duration::from_millis(200 * u64::from(i)),
+            );
         }
         assert!(small.range(t0, t0 + Duration::from_secs(60)).len() <= 2 * BLOCK_BYTES);
         // Bytes that begin mid-packet start at the next packet.

@@ -85,6 +85,8 @@ struct StreamShared {
     pictures: Arc<Pictures>,
     /// The stream's last seconds of bytes, for clips (when evidence is kept).
     ring: Option<Arc<ClipRing>>,
+    /// `cfg` as JSON with secrets masked, for the API.
+    config_json: serde_json::Value,
     /// The thumbnail last encoded, and the picture's media time it was encoded from.
     thumb: Mutex<Option<(f64, Arc<Vec<u8>>)>>,
 }
@@ -618,6 +620,7 @@ impl Service {
                 )
             }),
             thumb: Mutex::new(None),
+            config_json: masked(serde_json::to_value(&cfg).unwrap_or_default()),
         });
         let stop = Arc::new(AtomicBool::new(false));
         let _ = self.hub.send(HubMsg::Upsert(StreamRecord {
@@ -671,6 +674,7 @@ impl Service {
             decode_errors: live.counters.decode_errors,
             reconnects: live.reconnects,
             tier: shared.tier.get(),
+            config: Some(shared.config_json.clone()),
         }
     }
 
@@ -894,7 +898,9 @@ impl Monitor for Service {
         match std::fs::read(self.evidence.dir.join(format!("{id}.{ext}"))) {
             Ok(data) => Ok(data),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(none()),
-            Err(e) => Err(ApiError::Internal(format!("reading the {what} of {id}: {e}"))),
+            Err(e) => Err(ApiError::Internal(format!(
+                "reading the {what} of {id}: {e}"
+            ))),
         }
     }
 
@@ -912,6 +918,48 @@ impl Monitor for Service {
             })
             .unwrap_or(false)
     }
+}
+
+/// A stream's config for the API: the values of keys that name secrets (an SRT `passphrase`, a
+/// `password`, a `token`, a `secret`, a `key`) and a URL's user info are masked.
+fn masked(mut v: serde_json::Value) -> serde_json::Value {
+    fn walk(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, x) in m.iter_mut() {
+                    let k = k.to_ascii_lowercase();
+                    let secret = ["passphrase", "password", "secret", "token", "key"]
+                        .iter()
+                        .any(|s| k.contains(s));
+                    if secret && !x.is_object() {
+                        *x = "***".into();
+                    } else {
+                        walk(x);
+                    }
+                }
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(walk),
+            serde_json::Value::String(s) => {
+                // `scheme://user:pass@host` → `scheme://***@host`; query values named like secrets.
+                if let Some(at) = s.find('@').filter(|&at| s[..at].contains("://")) {
+                    let scheme_end = s.find("://").map_or(0, |i| i + 3);
+                    if scheme_end < at {
+                        *s = format!("{}***{}", &s[..scheme_end], &s[at..]);
+                    }
+                }
+                for name in ["passphrase=", "password=", "token=", "secret="] {
+                    if let Some(i) = s.find(name) {
+                        let start = i + name.len();
+                        let end = s[start..].find('&').map_or(s.len(), |j| start + j);
+                        s.replace_range(start..end, "***");
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    walk(&mut v);
+    v
 }
 
 /// A Prometheus label value, escaped.
