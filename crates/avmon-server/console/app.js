@@ -212,6 +212,9 @@ function connectEvents() {
       s.active_alerts = transition === 'cleared' ? rest : [...rest, alert];
       updateTile(s);
       refilter();
+      // Show the picture that goes with the news at once.
+      const tile = state.tiles.get(alert.stream_id);
+      if (tile && !tile.hidden) refreshThumb(tile, true);
     }
     if (state.view === 'alerts') upsertAlertRow(alert);
     if (state.view === 'stream' && state.detailId === alert.stream_id) { renderDetailStatus(); loadTimeline(); }
