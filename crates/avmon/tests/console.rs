@@ -43,7 +43,12 @@ impl Browser {
             .unwrap();
         let base = format!("http://127.0.0.1:{port}");
         wait_for("chromedriver", Duration::from_secs(20), || {
-            let v: Value = http.get(format!("{base}/status")).send().ok()?.json().ok()?;
+            let v: Value = http
+                .get(format!("{base}/status"))
+                .send()
+                .ok()?
+                .json()
+                .ok()?;
             (v["value"]["ready"] == true).then_some(())
         });
         let binary = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
@@ -271,7 +276,8 @@ fn the_wall_shows_streams_and_a_live_alert_that_can_be_acknowledged() {
         "const i = document.querySelector('#alerts tr[data-kind=\"video.black\"] a.snapshot img'); return i && i.complete && i.naturalWidth === 320;",
     );
     assert_eq!(
-        browser.js("return !!document.querySelector('#alerts tr[data-kind=\"video.black\"] a.clip');"),
+        browser
+            .js("return !!document.querySelector('#alerts tr[data-kind=\"video.black\"] a.clip');"),
         true
     );
     browser.click("#alerts tr[data-kind=\"video.black\"] button.ack");
@@ -296,7 +302,9 @@ fn the_wall_shows_streams_and_a_live_alert_that_can_be_acknowledged() {
         .is_some_and(|e| e.starts_with("no route"));
     if no_route {
         assert!(msg.contains("no route for POST"), "{msg}");
-        eprintln!("note: this server has no POST /api/alerts/{{id}}/ack; the console reported: {msg}");
+        eprintln!(
+            "note: this server has no POST /api/alerts/{{id}}/ack; the console reported: {msg}"
+        );
     } else {
         assert!(msg.starts_with("acknowledged"), "{msg}");
         browser.wait(
@@ -318,7 +326,10 @@ fn the_wall_shows_streams_and_a_live_alert_that_can_be_acknowledged() {
     let info = browser.js("return document.querySelector('#d-info').textContent;");
     assert!(info.as_str().unwrap().contains("video.black"), "{info}");
     let config = browser.js("return document.querySelector('#d-config').textContent;");
-    assert!(config.as_str().unwrap().contains("\"io_timeout_s\": 3"), "{config}");
+    assert!(
+        config.as_str().unwrap().contains("\"io_timeout_s\": 3"),
+        "{config}"
+    );
     let detail = browser.screenshot("detail.png");
     eprintln!(
         "screenshots: {} {} {}",
