@@ -678,6 +678,15 @@ impl Service {
         }
     }
 
+    /// A running stream's shared state; unknown → 404.
+    fn shared(&self, id: &str) -> Result<Arc<StreamShared>, ApiError> {
+        self.streams
+            .lock()
+            .ok()
+            .and_then(|s| s.get(id).map(|h| h.shared.clone()))
+            .ok_or_else(|| ApiError::NotFound(format!("no stream {id:?}")))
+    }
+
     fn shared_streams(&self) -> Vec<Arc<StreamShared>> {
         match self.streams.lock() {
             Ok(s) => s.values().map(|h| h.shared.clone()).collect(),
@@ -729,12 +738,7 @@ impl Monitor for Service {
     }
 
     fn set_tier(&self, id: &str, tier: Tier) -> Result<StreamStatus, ApiError> {
-        let shared = self
-            .streams
-            .lock()
-            .ok()
-            .and_then(|s| s.get(id).map(|h| h.shared.clone()))
-            .ok_or_else(|| ApiError::NotFound(format!("no stream {id:?}")))?;
+        let shared = self.shared(id)?;
         // The decode thread reads it at its next packet: no reconnect.
         shared.tier.set(tier);
         tracing::info!(stream = %id, %tier, "tier set");
@@ -863,12 +867,7 @@ impl Monitor for Service {
     }
 
     fn thumbnail(&self, id: &str) -> Result<Vec<u8>, ApiError> {
-        let shared = self
-            .streams
-            .lock()
-            .ok()
-            .and_then(|s| s.get(id).map(|h| h.shared.clone()))
-            .ok_or_else(|| ApiError::NotFound(format!("no stream {id:?}")))?;
+        let shared = self.shared(id)?;
         let none = || ApiError::NotFound(format!("no picture of stream {id:?} yet"));
         let t = shared.pictures.latest_t().ok_or_else(none)?;
         // Encoded once per picture, however many clients ask.

@@ -13,22 +13,21 @@ use std::time::Duration;
 use common::*;
 use serde_json::Value;
 
-/// Width, height and mean luma (0–255) of a JPEG, decoded by FFmpeg.
-fn jpeg_luma(path: &Path) -> (u32, u32, f64) {
+/// What ffprobe says of `path` with `args`, as JSON; it must read it.
+fn ffprobe(path: &Path, args: &[&str]) -> Value {
     let probe = Command::new("ffprobe")
-        .args([
-            "-v",
-            "error",
-            "-of",
-            "json",
-            "-show_entries",
-            "stream=codec_name,width,height",
-        ])
+        .args(["-v", "error", "-of", "json"])
+        .args(args)
         .arg(path)
         .output()
         .unwrap();
     assert!(probe.status.success(), "ffprobe: {}", stderr_of(&probe));
-    let v: Value = serde_json::from_slice(&probe.stdout).unwrap();
+    serde_json::from_slice(&probe.stdout).unwrap()
+}
+
+/// Width, height and mean luma (0–255) of a JPEG, decoded by FFmpeg.
+fn jpeg_luma(path: &Path) -> (u32, u32, f64) {
+    let v = ffprobe(path, &["-show_entries", "stream=codec_name,width,height"]);
     let s = &v["streams"][0];
     assert_eq!(s["codec_name"], "mjpeg");
     let (w, h) = (
@@ -121,13 +120,16 @@ io_timeout_s = 3
 
     // Before the black: the thumbnail is the live picture, scaled to 320 wide.
     let thumb = dir.path().join("thumb.jpg");
-    wait_for("a thumbnail", Duration::from_secs(15), || {
-        let (status, ct, body) = get(&http, &format!("{base}/api/streams/cam/thumbnail.jpg"));
-        (status == 200).then(|| {
-            assert_eq!(ct, "image/jpeg");
-            std::fs::write(&thumb, body).unwrap();
+    let fetch = |url: &str, ctype: &str, to: &Path, wait: u64| {
+        wait_for(url, Duration::from_secs(wait), || {
+            let (status, ct, body) = get(&http, &format!("{base}{url}"));
+            (status == 200).then(|| {
+                assert_eq!(ct, ctype, "{url}");
+                std::fs::write(to, body).unwrap();
+            })
         })
-    });
+    };
+    fetch("/api/streams/cam/thumbnail.jpg", "image/jpeg", &thumb, 15);
     let (w, h, lit) = jpeg_luma(&thumb);
     assert_eq!((w, h), (320, 180), "640x360 scaled to 320 wide");
     assert!(
@@ -158,13 +160,12 @@ io_timeout_s = 3
 
     // The snapshot: a JPEG of the black picture at the onset, at thumbnail size.
     let snap = dir.path().join("snap.jpg");
-    wait_for("the snapshot", Duration::from_secs(5), || {
-        let (status, ct, body) = get(&http, &format!("{base}/api/alerts/{id}/snapshot.jpg"));
-        (status == 200).then(|| {
-            assert_eq!(ct, "image/jpeg");
-            std::fs::write(&snap, body).unwrap();
-        })
-    });
+    fetch(
+        &format!("/api/alerts/{id}/snapshot.jpg"),
+        "image/jpeg",
+        &snap,
+        5,
+    );
     let (w, h, dark) = jpeg_luma(&snap);
     assert_eq!((w, h), (320, 180));
     assert!(
@@ -175,27 +176,13 @@ io_timeout_s = 3
     // The clip: written post_s after the onset; its bytes are TS that FFmpeg reads, and the
     // black starts in it about pre_s in (it spans the onset).
     let clip = dir.path().join("clip.ts");
-    wait_for("the clip", Duration::from_secs(15), || {
-        let (status, ct, body) = get(&http, &format!("{base}/api/alerts/{id}/clip.ts"));
-        (status == 200).then(|| {
-            assert_eq!(ct, "video/mp2t");
-            std::fs::write(&clip, body).unwrap();
-        })
-    });
-    let probe = Command::new("ffprobe")
-        .args([
-            "-v",
-            "error",
-            "-of",
-            "json",
-            "-show_format",
-            "-show_streams",
-        ])
-        .arg(&clip)
-        .output()
-        .unwrap();
-    assert!(probe.status.success(), "ffprobe: {}", stderr_of(&probe));
-    let p: Value = serde_json::from_slice(&probe.stdout).unwrap();
+    fetch(
+        &format!("/api/alerts/{id}/clip.ts"),
+        "video/mp2t",
+        &clip,
+        15,
+    );
+    let p = ffprobe(&clip, &["-show_format", "-show_streams"]);
     assert_eq!(p["format"]["format_name"], "mpegts");
     let codecs: Vec<&str> = p["streams"]
         .as_array()
