@@ -30,7 +30,7 @@ use crate::transport::TransportTap;
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EvidenceConfig {
-    /// Whether snapshots and clips are kept at all.
+    /// Whether snapshots and clips are kept, and pictures for thumbnails taken, at all.
     pub enabled: bool,
     /// Where snapshots and clips are written (created at start). Default: `evidence/` beside
     /// the store's database file (`avmon.db` → `avmon.evidence/`).
@@ -314,7 +314,7 @@ impl ByteTap for Taps {
 /// A stream's evidence sources, for the evidence thread.
 #[derive(Clone)]
 pub struct Sources {
-    pub pictures: Arc<Pictures>,
+    pub pictures: Option<Arc<Pictures>>,
     pub ring: Option<Arc<ClipRing>>,
 }
 
@@ -425,7 +425,12 @@ fn snapshot(dir: &Path, job: &Job) {
     let Some(id) = safe_id(&job.alert.id) else {
         return;
     };
-    let Some(picture) = job.sources.pictures.at(job.alert.start_s) else {
+    let Some(picture) = job
+        .sources
+        .pictures
+        .as_ref()
+        .and_then(|p| p.at(job.alert.start_s))
+    else {
         return; // No video decoded (audio only, or the transport tier).
     };
     match avmon_media::encode_jpeg(&picture) {

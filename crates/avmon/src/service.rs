@@ -81,8 +81,8 @@ struct StreamShared {
     /// The tier the decode thread reads per packet; the API changes it.
     tier: TierControl,
     live: Mutex<Live>,
-    /// Scaled copies of the picture (thumbnail, snapshots).
-    pictures: Arc<Pictures>,
+    /// Scaled copies of the picture (thumbnail, snapshots); none with `[evidence] enabled = false`.
+    pictures: Option<Arc<Pictures>>,
     /// The stream's last seconds of bytes, for clips (when evidence is kept).
     ring: Option<Arc<ClipRing>>,
     /// `cfg` as JSON with secrets masked, for the API.
@@ -382,7 +382,7 @@ fn stream_thread(
         format_options: cfg.options.clone().into_iter().collect(),
         tap: Some(Tap(taps)),
         tier: shared.tier.clone(),
-        pictures: Some(shared.pictures.clone()),
+        pictures: shared.pictures.clone(),
     };
     let mut sink = StreamSink {
         pipe: Pipeline::new(
@@ -612,7 +612,10 @@ impl Service {
             tier: TierControl::new(cfg.tier()),
             cfg: cfg.clone(),
             live: Mutex::new(Live::default()),
-            pictures: Pictures::new(PICTURE_WIDTH, PICTURE_INTERVAL_S, PICTURES_KEPT),
+            pictures: self
+                .evidence
+                .enabled
+                .then(|| Pictures::new(PICTURE_WIDTH, PICTURE_INTERVAL_S, PICTURES_KEPT)),
             ring: self.evidence.enabled.then(|| {
                 ClipRing::new(
                     self.evidence.ring_keep(),
@@ -868,8 +871,13 @@ impl Monitor for Service {
 
     fn thumbnail(&self, id: &str) -> Result<Vec<u8>, ApiError> {
         let shared = self.shared(id)?;
+        let pictures = shared.pictures.as_ref().ok_or_else(|| {
+            ApiError::NotFound(
+                "no thumbnails: pictures are off ([evidence] enabled = false)".into(),
+            )
+        })?;
         let none = || ApiError::NotFound(format!("no picture of stream {id:?} yet"));
-        let t = shared.pictures.latest_t().ok_or_else(none)?;
+        let t = pictures.latest_t().ok_or_else(none)?;
         // Encoded once per picture, however many clients ask.
         let mut cache = shared.thumb.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((ct, jpeg)) = cache.as_ref() {
@@ -877,7 +885,7 @@ impl Monitor for Service {
                 return Ok(jpeg.as_ref().clone());
             }
         }
-        let picture = shared.pictures.latest().ok_or_else(none)?;
+        let picture = pictures.latest().ok_or_else(none)?;
         let jpeg = avmon_media::encode_jpeg(&picture)
             .map_err(|e| ApiError::Internal(format!("thumbnail of {id}: {e}")))?;
         *cache = Some((picture.t, Arc::new(jpeg.clone())));
