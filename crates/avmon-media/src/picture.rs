@@ -90,13 +90,6 @@ impl Pictures {
             r.push_back(p);
         }
     }
-
-    /// Forget every picture (the input went away).
-    pub fn clear(&self) {
-        if let Ok(mut r) = self.ring.lock() {
-            r.clear();
-        }
-    }
 }
 
 /// The decode thread's side: decides when a copy is due and makes it.

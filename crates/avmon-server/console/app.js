@@ -160,13 +160,18 @@ function applyFilter(tile, s) {
   tile.hidden = !(statusOk && (!q || text.includes(q)));
 }
 
-function refilter() {
+/// The count of tiles shown: O(tiles) but no layout work.
+function updateCount() {
   let shown = 0;
+  for (const tile of state.tiles.values()) if (!tile.hidden) shown++;
+  $('#wall-count').textContent = `${shown} of ${state.tiles.size} streams`;
+}
+
+function refilter() {
   for (const [id, tile] of state.tiles) {
     applyFilter(tile, state.streams.get(id) || { id });
-    if (!tile.hidden) shown++;
   }
-  $('#wall-count').textContent = `${shown} of ${state.tiles.size} streams`;
+  updateCount();
 }
 
 async function loadStreams() {
@@ -199,9 +204,10 @@ function connectEvents() {
   es.addEventListener('stream', e => {
     const s = JSON.parse(e.data);
     if (s.removed) { removeTile(s.id); refilter(); return; }
+    const isNew = !state.tiles.has(s.id);
     state.streams.set(s.id, s);
     updateTile(s);
-    refilter();
+    if (isNew) { refilter(); fillStreamSelect(); } else updateCount();
     if (state.view === 'stream' && state.detailId === s.id) renderDetailStatus();
   });
   es.addEventListener('alert', e => {
@@ -211,7 +217,7 @@ function connectEvents() {
       const rest = (s.active_alerts || []).filter(a => a.id !== alert.id);
       s.active_alerts = transition === 'cleared' ? rest : [...rest, alert];
       updateTile(s);
-      refilter();
+      updateCount();
       // Show the picture that goes with the news at once.
       const tile = state.tiles.get(alert.stream_id);
       if (tile && !tile.hidden) refreshThumb(tile, true);

@@ -500,6 +500,36 @@ kind = "pager"
     }
 
     #[test]
+    fn evidence_settings_are_checked_and_its_dir_defaults_beside_the_store() {
+        let c = parse("[store]\nurl = \"sqlite:///srv/avmon/a.db\"\n", "e.toml").unwrap();
+        assert_eq!(c.evidence.dir, Path::new("/srv/avmon/a.evidence"));
+        assert!(c.evidence.enabled);
+        let text = "[evidence]\npre_s = -1\npost_s = 90\nmax_age = \"3 fortnights\"\nmax_bytes = 0\nspeed = 1\n";
+        let e = parse(text, "e.toml").unwrap_err();
+        assert_eq!(e.errors.len(), 1, "{:?}", e.errors);
+        assert!(e.errors[0].contains("evidence") && e.errors[0].contains("speed"));
+        let text =
+            "[evidence]\npre_s = -1\npost_s = 90\nmax_age = \"3 fortnights\"\nmax_bytes = 0\n";
+        let e = parse(text, "e.toml").unwrap_err();
+        let starts: Vec<&str> = e
+            .errors
+            .iter()
+            .map(|e| e.split(':').next().unwrap())
+            .collect();
+        assert_eq!(
+            starts,
+            [
+                "evidence.pre_s",
+                "evidence.post_s",
+                "evidence.max_age",
+                "evidence.max_bytes"
+            ],
+            "{:?}",
+            e.errors
+        );
+    }
+
+    #[test]
     fn duplicate_ids_and_syntax_errors() {
         let dup = "[[streams]]\nid='a'\nurl='x.ts'\n[[streams]]\nid='a'\nurl='y.ts'\n";
         let e = parse(dup, "d.toml").unwrap_err();

@@ -169,10 +169,13 @@ impl EvidenceConfig {
         }
     }
 
-    /// How long a stream's ring keeps bytes: the clip's span, and the time a detector may take
-    /// to raise an alert after its onset (a freeze or black 2 s by default; 10 s is ample).
+    /// How long a stream's ring keeps bytes: the clip's span and 2 s of slack. The clip is
+    /// written `post_s` after the onset, so an alert raised within `post_s` of its onset (black
+    /// and freeze are raised 2 s after it by default, corruption and transport at once) finds
+    /// all of it; one raised later gets a clip that starts less than `pre_s` before the onset.
+    /// The ring is most of what evidence costs in memory (bitrate × this), so it holds no more.
     pub fn ring_keep(&self) -> Duration {
-        Duration::from_secs_f64(self.pre_s + self.post_s + 10.0)
+        Duration::from_secs_f64(self.pre_s + self.post_s + 2.0)
     }
 }
 

@@ -1175,3 +1175,38 @@ pub fn run(cfg: Config, opts: Options) -> Result<()> {
     rt.shutdown_timeout(Duration::from_secs(1));
     served.map_err(|e| anyhow::anyhow!("HTTP server: {e}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn secrets_in_a_streams_config_are_masked() {
+        let v = masked(json!({
+            "id": "a",
+            "url": "srt://user:hunter2@origin:9000?mode=caller&passphrase=s3cret&latency=200",
+            "options": {"passphrase": "s3cret", "rtsp_transport": "tcp"},
+            "tier": "keyframes",
+        }));
+        let text = v.to_string();
+        assert!(
+            !text.contains("s3cret") && !text.contains("hunter2"),
+            "{text}"
+        );
+        assert_eq!(
+            v["url"],
+            "srt://***@origin:9000?mode=caller&passphrase=***&latency=200"
+        );
+        assert_eq!(v["options"]["rtsp_transport"], "tcp");
+        assert_eq!(v["tier"], "keyframes");
+    }
+
+    #[test]
+    fn levels_are_rms_and_peak_in_dbfs() {
+        let [rms, peak] = level(&[0.5, -0.5, 0.5, -0.5]);
+        assert!((rms - -6.02).abs() < 0.01 && (peak - -6.02).abs() < 0.01);
+        let [rms, peak] = level(&[0.0; 8]);
+        assert_eq!((rms, peak), (-100.0, -100.0));
+    }
+}
