@@ -38,6 +38,9 @@ pub struct OpenOptions {
     /// The stream's fidelity tier, read once per packet: set it from another thread to change
     /// how much video is decoded without reconnecting (see [`Tier`]).
     pub tier: TierControl,
+    /// Where to keep a small scaled copy of the picture every so often (thumbnails, alert
+    /// snapshots: see [`crate::picture`]); `None` copies nothing.
+    pub pictures: Option<Arc<crate::Pictures>>,
 }
 
 impl Default for OpenOptions {
@@ -49,6 +52,7 @@ impl Default for OpenOptions {
             format_options: Vec::new(),
             tap: None,
             tier: TierControl::default(),
+            pictures: None,
         }
     }
 }
@@ -134,6 +138,8 @@ struct VideoDec {
     frame: ff::frame::Video,
     /// Converts pictures without an 8-bit luma plane (10-bit, RGB) to 8-bit grey; built lazily.
     to_gray: Option<(ff::software::scaling::Context, ff::frame::Video)>,
+    /// Scaled copies of the picture now and then, when asked for.
+    capture: Option<crate::picture::Capture>,
     /// Packets the demuxer flagged corrupt whose frame has not come out yet.
     damaged: DamagedPackets,
     /// In the `keyframes` tier, the video packets not decoded since the last keyframe: how
@@ -221,6 +227,7 @@ pub struct Input {
     io_timeout: Duration,
     start_us: Option<i64>,
     decoder_threads: usize,
+    pictures: Option<Arc<crate::Pictures>>,
     follow_video: Follow,
     follow_audio: Follow,
     /// Counts the packets of streams that are not decoded (orders the held ones).
@@ -247,6 +254,7 @@ fn threading(decoder_threads: usize) -> ff::codec::threading::Config {
 fn open_video(
     st: &ff::format::stream::Stream<'_>,
     decoder_threads: usize,
+    pictures: Option<Arc<crate::Pictures>>,
     url: &str,
 ) -> Result<Option<(VideoDec, VideoInfo)>, String> {
     let mut c = ff::codec::context::Context::from_parameters(st.parameters())
@@ -281,6 +289,7 @@ fn open_video(
                     frame_duration: 1.0 / fps,
                     frame: ff::frame::Video::empty(),
                     to_gray: None,
+                    capture: pictures.map(crate::picture::Capture::new),
                     damaged: DamagedPackets::default(),
                     await_key: false,
                     skipped: (0, 0, 0),
@@ -467,7 +476,8 @@ impl Input {
             ..MediaInfo::default()
         };
         let video = match ctx.streams().best(ff::media::Type::Video) {
-            Some(st) => open_video(&st, opts.decoder_threads, url).map_err(open_err)?,
+            Some(st) => open_video(&st, opts.decoder_threads, opts.pictures.clone(), url)
+                .map_err(open_err)?,
             None => None,
         }
         .map(|(dec, v)| {
@@ -502,6 +512,7 @@ impl Input {
             io_timeout: opts.io_timeout,
             start_us,
             decoder_threads: opts.decoder_threads,
+            pictures: opts.pictures.clone(),
             follow_video: Follow::default(),
             follow_audio: Follow::default(),
             seq: 0,
@@ -732,7 +743,7 @@ impl Input {
             self.audio.as_ref().map(|a| a.index)
         };
         let opened = if video {
-            open_video(&st, self.decoder_threads, &self.url).map(|o| {
+            open_video(&st, self.decoder_threads, self.pictures.clone(), &self.url).map(|o| {
                 o.map(|(dec, info)| {
                     self.video = Some(dec);
                     self.info.video = Some(info);
@@ -844,6 +855,9 @@ fn receive_video(v: &mut VideoDec, clock: &mut MediaClock, sink: &mut dyn FrameS
                 }
             }
         };
+        if let Some(c) = v.capture.as_mut() {
+            c.offer(f, t);
+        }
         if let Some((luma, full_range)) = plane {
             sink.on_video(&VideoFrame {
                 t,

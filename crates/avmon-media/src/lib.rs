@@ -13,6 +13,8 @@
 //!   reports the source going down (cannot open, or nothing delivered for `io_timeout`) and coming
 //!   back up, once each; [`run_input`] does the same for an input the caller opens (an HLS
 //!   monitor's segments through [`Input::open_source`]).
+//! - [`picture`]: a small scaled copy of the picture every second or so, kept for people to see
+//!   (thumbnails, alert snapshots), and JPEG encoding of one with FFmpeg's MJPEG encoder.
 //! - [`synth`] generates H.264 + AAC test streams in MPEG-TS through libavcodec, with defects
 //!   injected at given media times, to a file or to `udp://` in real time.
 //!
@@ -26,12 +28,14 @@
 mod clock;
 pub mod ingest;
 mod input;
+pub mod picture;
 mod source;
 pub mod synth;
 
 pub use clock::MediaClock;
 pub use ingest::{ByteSource, ByteTap, Tap};
 pub use input::{EndReason, FrameSink, Input, OpenOptions};
+pub use picture::{encode_jpeg, Picture, Pictures};
 pub use source::{run_input, run_source, Backoff, SourceEvents};
 
 /// Errors from opening or reading an input. Messages are meant for users: one line that names

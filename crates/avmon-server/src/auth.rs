@@ -7,7 +7,8 @@
 //! - No token, or one that matches none: `401` with `WWW-Authenticate: Bearer`. A read token on a
 //!   call that changes state: `403`. Both JSON like every error.
 //! - Tokens are compared in constant time, every configured token each time.
-//! - Open to all: `GET /healthz`, `GET /api/openapi.json`, and `GET /metrics` unless
+//! - Open to all: `GET /healthz`, `GET /api/openapi.json`, the console's page and assets (`GET /`,
+//!   `GET /console/*`: they hold no data), and `GET /metrics` unless
 //!   [`Auth::metrics_need_token`] (Prometheus scrapers usually have no token; a scrape config's
 //!   `authorization` section can send one when it is required).
 //! - With no tokens configured, everything is open (the service then listens on loopback only).
@@ -122,6 +123,9 @@ fn needs(auth: &Auth, method: &Method, path: &str) -> Option<Role> {
     let read_only = matches!(*method, Method::GET | Method::HEAD);
     match path {
         "/healthz" | "/api/openapi.json" if read_only => None,
+        // The console's page and assets hold no data; it signs in with a token for the API.
+        "/" if read_only => None,
+        _ if read_only && path.starts_with("/console/") => None,
         "/metrics" if read_only && !auth.metrics_need_token => None,
         _ if read_only => Some(Role::Read),
         _ => Some(Role::Admin),

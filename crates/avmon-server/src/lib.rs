@@ -22,6 +22,12 @@
 //! | `POST /api/maintenance`     | body `{"streams": [GLOB, ...], "start": TIME, "end": TIME, "comment": "..."}`: `201` `MaintenanceWindow` + `Location`; `400` |
 //! | `DELETE /api/maintenance/{id}` | `204`; `404`; `409` for a window of the config file      |
 //! | `GET /api/openapi.json`     | the OpenAPI 3.1 document of all this                        |
+//! | `GET /api/alerts`           | `?stream=ID&since=TIME&active=BOOL&limit=N`: `200` `[Alert, ...]`, newest first |
+//! | `GET /api/alerts/{id}/snapshot.jpg` | `200 image/jpeg`: the picture at the alert's onset; `404` when none was kept |
+//! | `GET /api/alerts/{id}/clip.ts` | `200 video/mp2t`: the stream's bytes around a video or transport alert's onset; `404` when none (yet) |
+//! | `GET /api/streams/{id}/thumbnail.jpg` | `200 image/jpeg`: the stream's latest picture (refreshed every second); `404` |
+//! | `GET /api/events`           | `text/event-stream`: `alert`, `stream`, `levels` events (see [`LiveEvent`]) |
+//! | `GET /`, `/console/*`       | the web console (assets embedded in the binary)             |
 //! | `GET /metrics`              | Prometheus text format 0.0.4                                |
 //! | `GET /healthz`              | `200 {"status":"ok"}` or `503 {"status":"unhealthy"}`       |
 //!
@@ -46,6 +52,7 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::header::{CONTENT_TYPE, LOCATION};
 use axum::http::{Method, StatusCode, Uri};
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::Extension;
@@ -55,6 +62,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 pub mod auth;
+mod console;
 mod error;
 
 pub use auth::{Auth, Caller, Role, Secret, Token};
@@ -71,9 +79,13 @@ pub const ROUTES: &[(&str, &[&str])] = &[
     ("/api/streams/{id}", &["GET", "PATCH", "DELETE"]),
     ("/api/streams/{id}/mute", &["POST", "DELETE"]),
     ("/api/streams/{id}/metrics", &["GET"]),
+    ("/api/streams/{id}/thumbnail.jpg", &["GET"]),
     ("/api/alerts", &["GET"]),
     ("/api/alerts/{id}", &["GET"]),
     ("/api/alerts/{id}/ack", &["POST"]),
+    ("/api/alerts/{id}/snapshot.jpg", &["GET"]),
+    ("/api/alerts/{id}/clip.ts", &["GET"]),
+    ("/api/events", &["GET"]),
     ("/api/maintenance", &["GET", "POST"]),
     ("/api/maintenance/{id}", &["DELETE"]),
     ("/api/openapi.json", &["GET"]),
@@ -147,6 +159,64 @@ pub trait Monitor: Send + Sync + 'static {
 
     /// Whether the service is healthy, for `GET /healthz`.
     fn healthy(&self) -> bool;
+
+    /// A stream's latest picture as JPEG, for `GET /api/streams/{id}/thumbnail.jpg`. Unknown
+    /// stream, or no picture yet → [`ApiError::NotFound`]. May encode: runs on the blocking pool.
+    fn thumbnail(&self, id: &str) -> Result<Vec<u8>, ApiError> {
+        Err(ApiError::NotFound(format!(
+            "no thumbnail for stream {id:?}"
+        )))
+    }
+
+    /// An alert's evidence, for `GET /api/alerts/{id}/snapshot.jpg` and `.../clip.ts`. None kept
+    /// (or not yet written) → [`ApiError::NotFound`]. Reads files: runs on the blocking pool.
+    fn evidence(&self, alert_id: &str, kind: EvidenceKind) -> Result<Vec<u8>, ApiError> {
+        let _ = kind;
+        Err(ApiError::NotFound(format!(
+            "no evidence for alert {alert_id:?}"
+        )))
+    }
+
+    /// A new subscription to live events, for `GET /api/events`; `None` when the service
+    /// publishes none (the route answers 404).
+    fn subscribe(&self) -> Option<tokio::sync::broadcast::Receiver<LiveEvent>> {
+        None
+    }
+}
+
+/// Which piece of an alert's evidence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EvidenceKind {
+    /// JPEG of the picture at the onset.
+    Snapshot,
+    /// MPEG-TS bytes around the onset.
+    Clip,
+}
+
+/// One Server-Sent Event of `GET /api/events`: `event: {name}` and `data: {data}` (JSON).
+///
+/// | name     | data |
+/// |----------|------|
+/// | `alert`  | `{"transition": "raised"\|"updated"\|"cleared"\|"acked", "alert": Alert}` |
+/// | `stream` | a [`StreamStatus`], when a stream's status, tier or active alerts change, or it is added (`{"id": ..., "removed": true}` when removed) |
+/// | `levels` | `{"STREAM_ID": [[rms_dbfs, peak_dbfs], ...per channel], ...}` about 4 times a second |
+/// | `resync` | `{}`: this client fell behind and missed events; fetch the state again |
+#[derive(Clone, Debug)]
+pub struct LiveEvent {
+    pub name: &'static str,
+    /// The event's data, JSON, serialized once for every subscriber.
+    pub data: Arc<str>,
+}
+
+impl LiveEvent {
+    pub fn new(name: &'static str, data: &impl Serialize) -> Self {
+        LiveEvent {
+            name,
+            data: serde_json::to_string(data)
+                .unwrap_or_else(|_| "null".into())
+                .into(),
+        }
+    }
 }
 
 /// A stream's condition as a whole.
@@ -185,6 +255,10 @@ pub struct StreamStatus {
     /// The stream's mute, while one is in force.
     #[serde(default)]
     pub muted: Option<Mute>,
+    /// The stream's configuration as JSON (the keys of its `[[streams]]` table), secrets
+    /// masked; for the console's stream detail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<serde_json::Value>,
 }
 
 /// One stored metrics sample of a stream (a metrics period).
@@ -431,6 +505,12 @@ pub fn app_with_auth(monitor: Arc<dyn Monitor>, auth: Auth) -> Router {
         .route("/api/maintenance", get(list_windows).post(add_window))
         .route("/api/maintenance/{id}", delete(remove_window))
         .route("/api/openapi.json", get(openapi))
+        .route("/api/alerts/{id}/snapshot.jpg", get(alert_snapshot))
+        .route("/api/alerts/{id}/clip.ts", get(alert_clip))
+        .route("/api/streams/{id}/thumbnail.jpg", get(thumbnail))
+        .route("/api/events", get(events))
+        .route("/", get(console::index))
+        .route("/console/{file}", get(console::asset))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .fallback(not_found)
@@ -802,6 +882,71 @@ async fn stream_metrics(
 
 async fn openapi() -> impl IntoResponse {
     ([(CONTENT_TYPE, "application/json")], OPENAPI)
+}
+
+fn binary(content_type: &'static str, data: Vec<u8>) -> Response {
+    (
+        [
+            (CONTENT_TYPE, content_type),
+            (axum::http::header::CACHE_CONTROL, "no-cache"),
+        ],
+        data,
+    )
+        .into_response()
+}
+
+async fn alert_snapshot(
+    State(m): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let data = blocking(m, move |m| m.evidence(&id, EvidenceKind::Snapshot)).await?;
+    Ok(binary("image/jpeg", data))
+}
+
+async fn alert_clip(
+    State(m): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let name = format!("attachment; filename=\"{}.ts\"", id.replace('"', ""));
+    let data = blocking(m, move |m| m.evidence(&id, EvidenceKind::Clip)).await?;
+    let mut r = binary("video/mp2t", data);
+    if let Ok(v) = axum::http::HeaderValue::from_str(&name) {
+        r.headers_mut()
+            .insert(axum::http::header::CONTENT_DISPOSITION, v);
+    }
+    Ok(r)
+}
+
+async fn thumbnail(
+    State(m): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let data = blocking(m, move |m| m.thumbnail(&id)).await?;
+    Ok(binary("image/jpeg", data))
+}
+
+/// `GET /api/events`: live events as Server-Sent Events. A client that falls behind (the
+/// channel is bounded) gets a `resync` event and carries on from the newest.
+async fn events(State(m): State<AppState>) -> Result<Response, ApiError> {
+    use tokio::sync::broadcast::error::RecvError;
+    let rx = m
+        .subscribe()
+        .ok_or_else(|| ApiError::NotFound("this service publishes no live events".into()))?;
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        let ev = match rx.recv().await {
+            Ok(ev) => Event::default().event(ev.name).data(&*ev.data),
+            Err(RecvError::Lagged(_)) => Event::default().event("resync").data("{}"),
+            Err(RecvError::Closed) => return None,
+        };
+        Some((Ok::<_, std::convert::Infallible>(ev), rx))
+    });
+    let hello = futures_util::stream::once(async {
+        Ok::<_, std::convert::Infallible>(Event::default().event("hello").data("{}"))
+    });
+    use futures_util::StreamExt;
+    Ok(Sse::new(hello.chain(stream))
+        .keep_alive(KeepAlive::default())
+        .into_response())
 }
 
 async fn metrics(State(m): State<AppState>) -> impl IntoResponse {

@@ -140,6 +140,7 @@ struct WindowSection {
 pub struct Config {
     pub listen: SocketAddr,
     pub store: StoreConfig,
+    pub evidence: crate::evidence::EvidenceConfig,
     pub streams: Vec<StreamConfig>,
     pub notifiers: Vec<NotifierConfig>,
     /// API tokens (none: the API is open, and `listen` must be a loopback address).
@@ -458,6 +459,7 @@ pub fn parse_with_env(
     let mut errors = Vec::new();
     let mut server = ServerConfig::default();
     let mut store = StoreConfig::default();
+    let mut evidence = crate::evidence::EvidenceConfig::default();
     let mut streams = Vec::new();
     let mut notifiers = Vec::new();
     let mut api = Auth::open();
@@ -472,6 +474,14 @@ pub fn parse_with_env(
             "store" => {
                 if let Some(s) = section(value, "store", &mut errors) {
                     store = s;
+                }
+            }
+            "evidence" => {
+                if let Some(e) =
+                    section::<crate::evidence::EvidenceConfig>(value, "evidence", &mut errors)
+                {
+                    e.validate(&mut errors);
+                    evidence = e;
                 }
             }
             "streams" => match value {
@@ -500,8 +510,8 @@ pub fn parse_with_env(
             "api" => api = api_auth(value, env, &mut errors),
             "maintenance" => windows = maintenance(value, &mut errors),
             other => errors.push(format!(
-                "{other}: unknown section (expected server, store, api, streams, notifiers, \
-                 maintenance)"
+                "{other}: unknown section (expected server, store, evidence, api, streams, \
+                 notifiers, maintenance)"
             )),
         }
     }
@@ -547,10 +557,14 @@ pub fn parse_with_env(
             store.metrics_interval_s
         ));
     }
+    if evidence.dir.as_os_str().is_empty() {
+        evidence.dir = crate::evidence::EvidenceConfig::default_dir(&store.url);
+    }
     match (errors.is_empty(), listen) {
         (true, Some(listen)) => Ok(Config {
             listen,
             store,
+            evidence,
             streams,
             notifiers,
             api,
@@ -747,6 +761,36 @@ command = []
         ] {
             assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
         }
+    }
+
+    #[test]
+    fn evidence_settings_are_checked_and_its_dir_defaults_beside_the_store() {
+        let c = parse("[store]\nurl = \"sqlite:///srv/avmon/a.db\"\n", "e.toml").unwrap();
+        assert_eq!(c.evidence.dir, Path::new("/srv/avmon/a.evidence"));
+        assert!(c.evidence.enabled);
+        let text = "[evidence]\npre_s = -1\npost_s = 90\nmax_age = \"3 fortnights\"\nmax_bytes = 0\nspeed = 1\n";
+        let e = parse(text, "e.toml").unwrap_err();
+        assert_eq!(e.errors.len(), 1, "{:?}", e.errors);
+        assert!(e.errors[0].contains("evidence") && e.errors[0].contains("speed"));
+        let text =
+            "[evidence]\npre_s = -1\npost_s = 90\nmax_age = \"3 fortnights\"\nmax_bytes = 0\n";
+        let e = parse(text, "e.toml").unwrap_err();
+        let starts: Vec<&str> = e
+            .errors
+            .iter()
+            .map(|e| e.split(':').next().unwrap())
+            .collect();
+        assert_eq!(
+            starts,
+            [
+                "evidence.pre_s",
+                "evidence.post_s",
+                "evidence.max_age",
+                "evidence.max_bytes"
+            ],
+            "{:?}",
+            e.errors
+        );
     }
 
     #[test]

@@ -113,8 +113,9 @@ pub fn run(listen: &str, duration: Option<f64>, db: &str) -> Result<()> {
         };
         println!("  {:<8} {:<26} {what}", d.id, s.url);
     }
+    println!("Console: http://{listen}/  (open it in a browser: the wall of streams, live)");
     println!(
-        "API: http://{listen}/api/streams  http://{listen}/api/alerts  http://{listen}/metrics"
+        "API: http://{listen}/api/streams  http://{listen}/api/alerts  http://{listen}/api/events  http://{listen}/metrics"
     );
     println!("Alerts appear below as they are raised and cleared. Ctrl-C stops.\n");
     let result = service::run(

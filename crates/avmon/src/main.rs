@@ -7,6 +7,7 @@ mod check;
 mod config;
 mod damage;
 mod demo;
+mod evidence;
 mod hls;
 mod pipeline;
 mod service;

@@ -25,17 +25,20 @@ use avmon_core::{
 use avmon_core::{AlertRecord, MaintenanceWindow, Mute};
 use avmon_hls::VariantStats;
 use avmon_media::{
-    run_input, run_source, Backoff, FrameSink, Input, MediaClock, OpenOptions, SourceEvents, Tap,
+    run_input, run_source, Backoff, FrameSink, Input, MediaClock, OpenOptions, Pictures,
+    SourceEvents, Tap,
 };
 use avmon_notify::{Notifier, OutboxNotifier};
 use avmon_server::{
-    AlertsQuery, ApiError, MetricsPoint, MetricsQuery, Monitor, StreamState, StreamStatus,
+    AlertsQuery, ApiError, EvidenceKind, LiveEvent, MetricsPoint, MetricsQuery, Monitor,
+    StreamState, StreamStatus,
 };
 use avmon_store::{AckOutcome, AlertQuery, MetricsSample, Store, StreamRecord};
 use chrono::Utc;
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::config::{Config, StreamConfig};
+use crate::evidence::{self, ClipRing, Evidence, EvidenceConfig, Taps};
 use crate::hls::{HlsInput, HlsOptions, VariantOut};
 use crate::pipeline::{Counters, Pipeline};
 use crate::transport::TransportTap;
@@ -62,6 +65,8 @@ struct Live {
     active: BTreeMap<String, Alert>,
     /// An HLS stream's variants, by index.
     hls: BTreeMap<usize, VariantFigures>,
+    /// Audio levels per channel, `[rms, peak]` dBFS, the loudest since the last publish.
+    levels: Vec<[f32; 2]>,
 }
 
 /// One HLS variant's delivery, for `/metrics`.
@@ -79,6 +84,14 @@ struct StreamShared {
     /// The tier the decode thread reads per packet; the API changes it.
     tier: TierControl,
     live: Mutex<Live>,
+    /// Scaled copies of the picture (thumbnail, snapshots); none with `[evidence] enabled = false`.
+    pictures: Option<Arc<Pictures>>,
+    /// The stream's last seconds of bytes, for clips (when evidence is kept).
+    ring: Option<Arc<ClipRing>>,
+    /// `cfg` as JSON with secrets masked, for the API.
+    config_json: serde_json::Value,
+    /// The thumbnail last encoded, and the picture's media time it was encoded from.
+    thumb: Mutex<Option<(f64, Arc<Vec<u8>>)>>,
 }
 
 struct StreamHandle {
@@ -104,7 +117,18 @@ struct Service {
     metrics_interval: Duration,
     /// Mutes and maintenance windows: which alerts are not notified.
     suppression: Arc<Suppression>,
+    /// Live events for `/api/events`.
+    events: tokio::sync::broadcast::Sender<LiveEvent>,
+    evidence: EvidenceConfig,
 }
+
+/// Scaled copies of the picture: every second, 320 pixels wide, the last 12 (so an alert raised
+/// up to ~12 s after its onset, as loudness ones are, still has the picture at the onset).
+const PICTURE_WIDTH: u32 = 320;
+const PICTURE_INTERVAL_S: f64 = 1.0;
+const PICTURES_KEPT: usize = 12;
+/// Audio levels are measured on one buffer in this many seconds of media.
+const LEVELS_EVERY_S: f64 = 0.1;
 
 /// The decode thread's sink: pipeline in, events and status out.
 struct StreamSink {
@@ -115,6 +139,21 @@ struct StreamSink {
     last_metrics: Instant,
     metrics_interval: Duration,
     media_t: f64,
+    /// Media time of the next audio level measurement, and the loudest levels since publishing.
+    next_level_t: f64,
+    levels: Vec<[f32; 2]>,
+}
+
+/// `[rms, peak]` of one channel's samples, in dBFS (floored at -100).
+fn level(samples: &[f32]) -> [f32; 2] {
+    let (mut sum, mut peak) = (0.0f64, 0.0f32);
+    for &x in samples {
+        sum += f64::from(x) * f64::from(x);
+        peak = peak.max(x.abs());
+    }
+    let rms = (sum / samples.len().max(1) as f64).sqrt();
+    let db = |v: f64| (20.0 * v.max(1e-5).log10()) as f32;
+    [db(rms), db(f64::from(peak))]
 }
 
 impl StreamSink {
@@ -133,6 +172,7 @@ impl StreamSink {
                 live.media_t = self.media_t;
                 live.counters = self.pipe.counters;
                 live.last_data_at = Some(Utc::now());
+                live.levels = std::mem::take(&mut self.levels);
             }
         }
         if now.duration_since(self.last_metrics) >= self.metrics_interval {
@@ -160,6 +200,16 @@ impl FrameSink for StreamSink {
         self.forward();
     }
     fn on_audio(&mut self, buf: &AudioBuffer<'_>) {
+        // Levels for the console from one buffer every LEVELS_EVERY_S: a meter, not a measurement.
+        if buf.t >= self.next_level_t || buf.t + 1.0 < self.next_level_t {
+            self.next_level_t = buf.t + LEVELS_EVERY_S;
+            let n = buf.channels();
+            self.levels.resize(n, [-100.0, -100.0]);
+            for (l, plane) in self.levels.iter_mut().zip(buf.planes) {
+                let [rms, peak] = level(plane);
+                *l = [l[0].max(rms), l[1].max(peak)];
+            }
+        }
         self.pipe.audio(buf);
         self.forward();
     }
@@ -326,13 +376,18 @@ fn stream_thread(
     } else {
         TransportTap::new(crate::check::is_live(&cfg.url))
     };
+    let taps = Arc::new(Taps {
+        transport: tap.clone(),
+        ring: shared.ring.clone(),
+    });
     let opts = OpenOptions {
         io_timeout,
         open_timeout: io_timeout.max(Duration::from_secs(5)),
         decoder_threads: cfg.decoder_threads,
         format_options: cfg.options.clone().into_iter().collect(),
-        tap: Some(Tap(tap.clone())),
+        tap: Some(Tap(taps)),
         tier: shared.tier.clone(),
+        pictures: shared.pictures.clone(),
     };
     let mut sink = StreamSink {
         pipe: Pipeline::new(
@@ -348,6 +403,8 @@ fn stream_thread(
         last_metrics: Instant::now(),
         metrics_interval,
         media_t: 0.0,
+        next_level_t: 0.0,
+        levels: Vec::new(),
     };
     let mut clock = MediaClock::new();
     match hls {
@@ -426,18 +483,43 @@ fn print_alert(ev: &AlertEvent) {
     }
 }
 
+/// What the hub hands alerts to besides the store and notifiers.
+struct HubOutputs {
+    print: bool,
+    events: tokio::sync::broadcast::Sender<LiveEvent>,
+    evidence: Option<Evidence>,
+}
+
 fn hub_thread(
     rx: Receiver<HubMsg>,
     store: Arc<dyn Store>,
     notifiers: Vec<Arc<dyn Notifier>>,
-    print: bool,
+    out: HubOutputs,
     suppression: Arc<Suppression>,
 ) {
     for msg in rx {
         match msg {
             HubMsg::Alert(shared, ev) => {
-                if print {
+                if out.print {
                     print_alert(&ev);
+                }
+                let transition = match ev.transition {
+                    Transition::Raised => "raised",
+                    Transition::Updated => "updated",
+                    Transition::Cleared => "cleared",
+                };
+                let _ = out.events.send(LiveEvent::new(
+                    "alert",
+                    &serde_json::json!({"transition": transition, "alert": ev.alert}),
+                ));
+                if let (Transition::Raised, Some(evidence)) = (ev.transition, &out.evidence) {
+                    // How far behind the stream's latest media the onset is, in seconds.
+                    let media_t = shared.live.lock().map(|l| l.media_t).unwrap_or(0.0);
+                    let sources = evidence::Sources {
+                        pictures: shared.pictures.clone(),
+                        ring: shared.ring.clone(),
+                    };
+                    evidence.raised(&ev.alert, sources, media_t - ev.alert.start_s);
                 }
                 if let Ok(mut live) = shared.live.lock() {
                     match ev.transition {
@@ -482,6 +564,62 @@ fn hub_thread(
             }
         }
     }
+    if let Some(e) = out.evidence {
+        e.finish();
+    }
+}
+
+/// Publishes `stream` events when a stream's status, tier or active alerts change (or it
+/// appears), and everyone's audio `levels`, four times a second.
+async fn live_events(service: std::sync::Weak<Service>) {
+    let mut last: BTreeMap<String, String> = BTreeMap::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tick.tick().await;
+        let Some(service) = service.upgrade() else {
+            return;
+        };
+        if service.events.receiver_count() == 0 {
+            last.clear();
+            continue;
+        }
+        let mut levels = serde_json::Map::new();
+        let mut seen = BTreeMap::new();
+        for shared in service.shared_streams() {
+            let status = service.status_of(&shared);
+            let key = format!(
+                "{:?}/{}/{}/{}",
+                status.status,
+                status.tier,
+                status.muted.is_some(),
+                status
+                    .active_alerts
+                    .iter()
+                    .map(|a| a.id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            );
+            if last.get(&status.id) != Some(&key) {
+                let _ = service.events.send(LiveEvent::new("stream", &status));
+            }
+            if let Ok(live) = shared.live.lock() {
+                if !live.levels.is_empty() && !live.down {
+                    levels.insert(status.id.clone(), serde_json::json!(live.levels));
+                }
+            }
+            seen.insert(status.id, key);
+        }
+        for gone in last.keys().filter(|id| !seen.contains_key(*id)) {
+            let _ = service.events.send(LiveEvent::new(
+                "stream",
+                &serde_json::json!({"id": gone, "removed": true}),
+            ));
+        }
+        last = seen;
+        if !levels.is_empty() {
+            let _ = service.events.send(LiveEvent::new("levels", &levels));
+        }
+    }
 }
 
 impl Service {
@@ -490,6 +628,18 @@ impl Service {
             tier: TierControl::new(cfg.tier()),
             cfg: cfg.clone(),
             live: Mutex::new(Live::default()),
+            pictures: self
+                .evidence
+                .enabled
+                .then(|| Pictures::new(PICTURE_WIDTH, PICTURE_INTERVAL_S, PICTURES_KEPT)),
+            ring: self.evidence.enabled.then(|| {
+                ClipRing::new(
+                    self.evidence.ring_keep(),
+                    self.evidence.ring_max_bytes.bytes().unwrap_or(16 << 20) as usize,
+                )
+            }),
+            thumb: Mutex::new(None),
+            config_json: masked(serde_json::to_value(&cfg).unwrap_or_default()),
         });
         let stop = Arc::new(AtomicBool::new(false));
         let _ = self.hub.send(HubMsg::Upsert(StreamRecord {
@@ -544,6 +694,7 @@ impl Service {
             reconnects: live.reconnects,
             tier: shared.tier.get(),
             muted: self.suppression.mute(&shared.cfg.id, Utc::now()),
+            config: Some(shared.config_json.clone()),
         }
     }
 
@@ -553,6 +704,15 @@ impl Service {
             Ok(s) if s.contains_key(id) => Ok(()),
             _ => Err(ApiError::NotFound(format!("no stream {id:?}"))),
         }
+    }
+
+    /// A running stream's shared state; unknown → 404.
+    fn shared(&self, id: &str) -> Result<Arc<StreamShared>, ApiError> {
+        self.streams
+            .lock()
+            .ok()
+            .and_then(|s| s.get(id).map(|h| h.shared.clone()))
+            .ok_or_else(|| ApiError::NotFound(format!("no stream {id:?}")))
     }
 
     fn shared_streams(&self) -> Vec<Arc<StreamShared>> {
@@ -606,12 +766,7 @@ impl Monitor for Service {
     }
 
     fn set_tier(&self, id: &str, tier: Tier) -> Result<StreamStatus, ApiError> {
-        let shared = self
-            .streams
-            .lock()
-            .ok()
-            .and_then(|s| s.get(id).map(|h| h.shared.clone()))
-            .ok_or_else(|| ApiError::NotFound(format!("no stream {id:?}")))?;
+        let shared = self.shared(id)?;
         // The decode thread reads it at its next packet: no reconnect.
         shared.tier.set(tier);
         tracing::info!(stream = %id, %tier, "tier set");
@@ -669,6 +824,10 @@ impl Monitor for Service {
         match self.store.ack_alert(id, &ack).map_err(internal)? {
             AckOutcome::Acked(r) => {
                 tracing::info!(alert = %id, by, "alert acknowledged");
+                let _ = self.events.send(LiveEvent::new(
+                    "alert",
+                    &serde_json::json!({"transition": "acked", "alert": r.alert, "ack": r.ack}),
+                ));
                 Ok(*r)
             }
             AckOutcome::AlreadyAcked(first) => Err(ApiError::Conflict(format!(
@@ -880,6 +1039,52 @@ impl Monitor for Service {
         out
     }
 
+    fn thumbnail(&self, id: &str) -> Result<Vec<u8>, ApiError> {
+        let shared = self.shared(id)?;
+        let pictures = shared.pictures.as_ref().ok_or_else(|| {
+            ApiError::NotFound(
+                "no thumbnails: pictures are off ([evidence] enabled = false)".into(),
+            )
+        })?;
+        let none = || ApiError::NotFound(format!("no picture of stream {id:?} yet"));
+        let t = pictures.latest_t().ok_or_else(none)?;
+        // Encoded once per picture, however many clients ask.
+        let mut cache = shared.thumb.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((ct, jpeg)) = cache.as_ref() {
+            if *ct == t {
+                return Ok(jpeg.as_ref().clone());
+            }
+        }
+        let picture = pictures.latest().ok_or_else(none)?;
+        let jpeg = avmon_media::encode_jpeg(&picture)
+            .map_err(|e| ApiError::Internal(format!("thumbnail of {id}: {e}")))?;
+        *cache = Some((picture.t, Arc::new(jpeg.clone())));
+        Ok(jpeg)
+    }
+
+    fn evidence(&self, alert_id: &str, kind: EvidenceKind) -> Result<Vec<u8>, ApiError> {
+        let (ext, what) = match kind {
+            EvidenceKind::Snapshot => ("jpg", "snapshot"),
+            EvidenceKind::Clip => ("ts", "clip"),
+        };
+        let none = || ApiError::NotFound(format!("no {what} for alert {alert_id:?}"));
+        let id = evidence::safe_id(alert_id).ok_or_else(none)?;
+        if !self.evidence.enabled {
+            return Err(none());
+        }
+        match std::fs::read(self.evidence.dir.join(format!("{id}.{ext}"))) {
+            Ok(data) => Ok(data),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(none()),
+            Err(e) => Err(ApiError::Internal(format!(
+                "reading the {what} of {id}: {e}"
+            ))),
+        }
+    }
+
+    fn subscribe(&self) -> Option<tokio::sync::broadcast::Receiver<LiveEvent>> {
+        Some(self.events.subscribe())
+    }
+
     fn healthy(&self) -> bool {
         // The process answers and its stream threads are alive.
         self.streams
@@ -900,6 +1105,48 @@ fn ms(t: WallTime) -> WallTime {
 
 fn internal(e: avmon_store::StoreError) -> ApiError {
     ApiError::Internal(e.to_string())
+}
+
+/// A stream's config for the API: the values of keys that name secrets (an SRT `passphrase`, a
+/// `password`, a `token`, a `secret`, a `key`) and a URL's user info are masked.
+fn masked(mut v: serde_json::Value) -> serde_json::Value {
+    fn walk(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, x) in m.iter_mut() {
+                    let k = k.to_ascii_lowercase();
+                    let secret = ["passphrase", "password", "secret", "token", "key"]
+                        .iter()
+                        .any(|s| k.contains(s));
+                    if secret && !x.is_object() {
+                        *x = "***".into();
+                    } else {
+                        walk(x);
+                    }
+                }
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(walk),
+            serde_json::Value::String(s) => {
+                // `scheme://user:pass@host` → `scheme://***@host`; query values named like secrets.
+                if let Some(at) = s.find('@').filter(|&at| s[..at].contains("://")) {
+                    let scheme_end = s.find("://").map_or(0, |i| i + 3);
+                    if scheme_end < at {
+                        *s = format!("{}***{}", &s[..scheme_end], &s[at..]);
+                    }
+                }
+                for name in ["passphrase=", "password=", "token=", "secret="] {
+                    if let Some(i) = s.find(name) {
+                        let start = i + name.len();
+                        let end = s[start..].find('&').map_or(s.len(), |j| start + j);
+                        s.replace_range(start..end, "***");
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    walk(&mut v);
+    v
 }
 
 /// A Prometheus label value, escaped.
@@ -1044,14 +1291,24 @@ pub fn run(cfg: Config, opts: Options) -> Result<()> {
         store.mutes().context("loading muted streams")?,
         windows,
     ));
+    let evidence = match cfg.evidence.enabled {
+        true => Some(Evidence::start(cfg.evidence.clone())?),
+        false => None,
+    };
+    // Bounded: a client too slow for it gets `resync`, never holds the hub up.
+    let (events, _) = tokio::sync::broadcast::channel(1024);
     let (hub_tx, hub_rx) = crossbeam_channel::unbounded();
     let hub_handle = {
         let (store, notifiers) = (store.clone(), notifiers.clone());
-        let print = opts.print_alerts;
         let suppression = suppression.clone();
+        let out = HubOutputs {
+            print: opts.print_alerts,
+            events: events.clone(),
+            evidence,
+        };
         std::thread::Builder::new()
             .name("hub".into())
-            .spawn(move || hub_thread(hub_rx, store, notifiers, print, suppression))
+            .spawn(move || hub_thread(hub_rx, store, notifiers, out, suppression))
             .context("starting the hub thread")?
     };
     let service = Arc::new(Service {
@@ -1062,12 +1319,15 @@ pub fn run(cfg: Config, opts: Options) -> Result<()> {
         protocols: avmon_media::input_protocols(),
         metrics_interval: Duration::from_secs_f64(cfg.store.metrics_interval_s),
         suppression,
+        events,
+        evidence: cfg.evidence.clone(),
     });
+    rt.spawn(live_events(Arc::downgrade(&service)));
     for s in cfg.streams.clone() {
         service.start_stream(s);
     }
     eprintln!(
-        "avmon: monitoring {} stream(s); API on http://{addr} (store {})",
+        "avmon: monitoring {} stream(s); console and API on http://{addr}/ (store {})",
         cfg.streams.len(),
         cfg.store.url
     );
@@ -1103,6 +1363,11 @@ pub fn run(cfg: Config, opts: Options) -> Result<()> {
     ));
     eprintln!("avmon: shutting down");
     service.stop_all();
+    // The live-events task holds the service only for a moment at a time.
+    let until = Instant::now() + Duration::from_secs(2);
+    while Arc::strong_count(&service) > 1 && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     // Dropping the last sender ends the hub once it has handled everything queued.
     let Service { hub, .. } = match Arc::try_unwrap(service) {
         Ok(s) => s,
@@ -1120,4 +1385,39 @@ pub fn run(cfg: Config, opts: Options) -> Result<()> {
     }
     rt.shutdown_timeout(Duration::from_secs(1));
     served.map_err(|e| anyhow::anyhow!("HTTP server: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn secrets_in_a_streams_config_are_masked() {
+        let v = masked(json!({
+            "id": "a",
+            "url": "srt://user:hunter2@origin:9000?mode=caller&passphrase=s3cret&latency=200",
+            "options": {"passphrase": "s3cret", "rtsp_transport": "tcp"},
+            "tier": "keyframes",
+        }));
+        let text = v.to_string();
+        assert!(
+            !text.contains("s3cret") && !text.contains("hunter2"),
+            "{text}"
+        );
+        assert_eq!(
+            v["url"],
+            "srt://***@origin:9000?mode=caller&passphrase=***&latency=200"
+        );
+        assert_eq!(v["options"]["rtsp_transport"], "tcp");
+        assert_eq!(v["tier"], "keyframes");
+    }
+
+    #[test]
+    fn levels_are_rms_and_peak_in_dbfs() {
+        let [rms, peak] = level(&[0.5, -0.5, 0.5, -0.5]);
+        assert!((rms - -6.02).abs() < 0.01 && (peak - -6.02).abs() < 0.01);
+        let [rms, peak] = level(&[0.0; 8]);
+        assert_eq!((rms, peak), (-100.0, -100.0));
+    }
 }

@@ -11,6 +11,7 @@ use avmon_core::{
     WallTime,
 };
 use avmon_server::{
+    EvidenceKind, LiveEvent,
     app_with_auth, AlertsQuery, ApiError, Auth, MetricsPoint, MetricsQuery, Monitor, Role, Secret,
     StreamState, StreamStatus, Token,
 };
@@ -89,7 +90,12 @@ pub struct Fake {
     pub records: Mutex<Vec<AlertRecord>>,
     pub mutes: Mutex<BTreeMap<String, Mute>>,
     pub windows: Mutex<Vec<MaintenanceWindow>>,
+    pub events: Mutex<Option<tokio::sync::broadcast::Sender<LiveEvent>>>,
 }
+
+/// What the fake keeps as evidence and pictures.
+pub const JPEG: &[u8] = b"\xFF\xD8 a JPEG \xFF\xD9";
+pub const CLIP: &[u8] = b"\x47 a TS";
 
 impl Default for Fake {
     fn default() -> Self {
@@ -113,6 +119,7 @@ impl Default for Fake {
                 comment: "from the config file".into(),
                 by: "config".into(),
             }]),
+            events: Mutex::default(),
         }
     }
 }
@@ -306,6 +313,29 @@ impl Monitor for Fake {
     fn healthy(&self) -> bool {
         !self.unhealthy.load(Ordering::SeqCst)
     }
+
+    fn thumbnail(&self, id: &str) -> Result<Vec<u8>, ApiError> {
+        match id {
+            "news" => Ok(JPEG.to_vec()),
+            _ => Err(ApiError::NotFound(format!("no stream {id:?}"))),
+        }
+    }
+
+    fn evidence(&self, alert_id: &str, kind: EvidenceKind) -> Result<Vec<u8>, ApiError> {
+        match (alert_id, kind) {
+            ("a1", EvidenceKind::Snapshot) => Ok(JPEG.to_vec()),
+            ("a1", EvidenceKind::Clip) => Ok(CLIP.to_vec()),
+            _ => Err(ApiError::NotFound(format!("no evidence for {alert_id:?}"))),
+        }
+    }
+
+    fn subscribe(&self) -> Option<tokio::sync::broadcast::Receiver<LiveEvent>> {
+        self.events
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map(|tx| tx.subscribe())
+    }
 }
 
 /// A fake with one stream, `news`, and the router over it with `auth`.
@@ -371,7 +401,7 @@ pub async fn call_full(
     let status = resp.status();
     let headers = resp.headers().clone();
     let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    let text = String::from_utf8(bytes.to_vec()).unwrap();
+    let text = String::from_utf8_lossy(&bytes).into_owned();
     let json = serde_json::from_str(&text).unwrap_or(Value::String(text));
     (status, headers, json)
 }

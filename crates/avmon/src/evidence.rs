@@ -1,0 +1,573 @@
+//! Evidence kept with alerts: a snapshot (JPEG of the picture at the onset) for every alert, and
+//! a clip (the stream's own transport-stream bytes from `pre_s` before the onset to `post_s`
+//! after) for every video or transport alert.
+//!
+//! - Pictures: the decode thread keeps a scaled copy of its picture every second
+//!   ([`avmon_media::Pictures`]); the snapshot is encoded from the copy at the onset, on the
+//!   evidence thread, only when an alert is raised.
+//! - Bytes: a [`ClipRing`] sees every byte avmon reads itself (it is a [`ByteTap`], beside the
+//!   transport analyser) and keeps the last few seconds, bounded in time and size. When a video
+//!   or transport alert is raised, the evidence thread waits until `post_s` after the onset and
+//!   writes the ring's bytes around it out, from a packet boundary.
+//! - Files are `{dir}/{alert_id}.jpg` and `{dir}/{alert_id}.ts`; the oldest go when they are
+//!   older than `max_age` or take more than `max_bytes` together.
+//!
+//! Nothing here runs on a decode thread but the ring's append (a copy of bytes already read).
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use avmon_core::Alert;
+use avmon_media::{ByteTap, Pictures};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use serde::{Deserialize, Serialize};
+
+use crate::transport::TransportTap;
+
+/// `[evidence]`
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EvidenceConfig {
+    /// Whether snapshots and clips are kept, and pictures for thumbnails taken, at all.
+    pub enabled: bool,
+    /// Where snapshots and clips are written (created at start). Default: `evidence/` beside
+    /// the store's database file (`avmon.db` → `avmon.evidence/`).
+    pub dir: PathBuf,
+    /// Seconds of the stream kept before an alert's onset in its clip.
+    pub pre_s: f64,
+    /// Seconds after the onset in the clip; the clip is written this long after the onset.
+    pub post_s: f64,
+    /// Evidence older than this is deleted: seconds, or a string with a unit (`"7d"`, `"12h"`).
+    pub max_age: Amount,
+    /// The most all evidence together may take, oldest deleted first: bytes, or a string with
+    /// a unit (`"2GiB"`, `"500MB"`).
+    pub max_bytes: Amount,
+    /// The most one stream's byte ring holds (the clip's own bound on a high-bitrate stream).
+    pub ring_max_bytes: Amount,
+}
+
+/// A number, or a string with a unit, as a user writes a duration or a size.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(untagged)]
+pub enum Amount {
+    Number(f64),
+    Text(String),
+}
+
+impl Amount {
+    fn value(&self, units: &[(&str, f64)]) -> Result<f64, String> {
+        let v = match self {
+            Amount::Number(v) => *v,
+            Amount::Text(s) => {
+                let s = s.trim();
+                let split = s
+                    .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+                    .unwrap_or(s.len());
+                let (num, unit) = (s[..split].trim(), s[split..].trim());
+                let n: f64 = num
+                    .parse()
+                    .map_err(|_| format!("{s:?} is not a number with a unit"))?;
+                let factor = units
+                    .iter()
+                    .find(|(u, _)| u.eq_ignore_ascii_case(unit))
+                    .map(|(_, f)| *f)
+                    .ok_or_else(|| {
+                        let known: Vec<&str> = units.iter().map(|(u, _)| *u).collect();
+                        format!(
+                            "unknown unit {unit:?} (expected one of {})",
+                            known.join(", ")
+                        )
+                    })?;
+                n * factor
+            }
+        };
+        if v.is_finite() && v > 0.0 {
+            Ok(v)
+        } else {
+            Err(format!("must be > 0 (got {v})"))
+        }
+    }
+
+    /// As seconds (`s`, `m`, `h`, `d`, `w`; a bare number is seconds).
+    pub fn seconds(&self) -> Result<f64, String> {
+        self.value(&[
+            ("", 1.0),
+            ("s", 1.0),
+            ("m", 60.0),
+            ("h", 3600.0),
+            ("d", 86_400.0),
+            ("w", 604_800.0),
+        ])
+    }
+
+    /// As bytes (`B`, `KB`, `MB`, `GB`, `KiB`, `MiB`, `GiB`; a bare number is bytes).
+    pub fn bytes(&self) -> Result<u64, String> {
+        self.value(&[
+            ("", 1.0),
+            ("B", 1.0),
+            ("KB", 1e3),
+            ("MB", 1e6),
+            ("GB", 1e9),
+            ("KiB", 1024.0),
+            ("MiB", 1024.0 * 1024.0),
+            ("GiB", 1024.0 * 1024.0 * 1024.0),
+        ])
+        .map(|v| v as u64)
+    }
+}
+
+impl Default for EvidenceConfig {
+    fn default() -> Self {
+        EvidenceConfig {
+            enabled: true,
+            dir: PathBuf::new(),
+            pre_s: 5.0,
+            post_s: 5.0,
+            max_age: Amount::Text("7d".into()),
+            max_bytes: Amount::Text("1GiB".into()),
+            ring_max_bytes: Amount::Text("16MiB".into()),
+        }
+    }
+}
+
+impl EvidenceConfig {
+    /// Every problem, with its path (`evidence.pre_s: ...`).
+    pub fn validate(&self, errors: &mut Vec<String>) {
+        for (name, v) in [("pre_s", self.pre_s), ("post_s", self.post_s)] {
+            if !(0.0..=60.0).contains(&v) {
+                errors.push(format!(
+                    "evidence.{name}: must be between 0 and 60 (got {v})"
+                ));
+            }
+        }
+        if let Err(e) = self.max_age.seconds() {
+            errors.push(format!("evidence.max_age: {e}"));
+        }
+        for (name, a) in [
+            ("max_bytes", &self.max_bytes),
+            ("ring_max_bytes", &self.ring_max_bytes),
+        ] {
+            if let Err(e) = a.bytes() {
+                errors.push(format!("evidence.{name}: {e}"));
+            }
+        }
+    }
+
+    /// The default `dir` for a store at `store_url`: `PATH.evidence` beside `sqlite://PATH`'s
+    /// file (its extension replaced), `avmon.evidence` for an in-memory store.
+    pub fn default_dir(store_url: &str) -> PathBuf {
+        let path = store_url
+            .strip_prefix("sqlite://")
+            .or_else(|| store_url.strip_prefix("sqlite:"))
+            .map(|p| p.split('?').next().unwrap_or(p))
+            .filter(|p| !p.is_empty() && !p.starts_with(':'));
+        match path {
+            Some(p) => Path::new(p).with_extension("evidence"),
+            None => PathBuf::from("avmon.evidence"),
+        }
+    }
+
+    /// How long a stream's ring keeps bytes: the clip's span and 2 s of slack. The clip is
+    /// written `post_s` after the onset, so an alert raised within `post_s` of its onset (black
+    /// and freeze are raised 2 s after it by default, corruption and transport at once) finds
+    /// all of it; one raised later gets a clip that starts less than `pre_s` before the onset.
+    /// The ring is most of what evidence costs in memory (bitrate × this), so it holds no more.
+    pub fn ring_keep(&self) -> Duration {
+        Duration::from_secs_f64(self.pre_s + self.post_s + 2.0)
+    }
+}
+
+/// Whether an alert of `kind` gets a clip: its evidence is in the pictures or the bytes.
+pub fn wants_clip(kind: &str) -> bool {
+    kind.starts_with("video.") || kind.starts_with("transport.")
+}
+
+/// An alert id as a file name: only what ids are made of, so no path can be smuggled in.
+pub fn safe_id(id: &str) -> Option<&str> {
+    (!id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+    .then_some(id)
+}
+
+/// Block of bytes that arrived together (within [`BLOCK_SPAN`]).
+struct Block {
+    first: Instant,
+    last: Instant,
+    data: Vec<u8>,
+}
+
+const BLOCK_BYTES: usize = 64 * 1024;
+const BLOCK_SPAN: Duration = Duration::from_millis(100);
+
+/// The last seconds of a stream's bytes, by arrival time.
+pub struct ClipRing {
+    keep: Duration,
+    max_bytes: usize,
+    inner: Mutex<RingInner>,
+}
+
+#[derive(Default)]
+struct RingInner {
+    blocks: VecDeque<Block>,
+    bytes: usize,
+    /// Emptied blocks' buffers, reused.
+    spare: Vec<Vec<u8>>,
+}
+
+impl ClipRing {
+    pub fn new(keep: Duration, max_bytes: usize) -> Arc<Self> {
+        Arc::new(ClipRing {
+            keep,
+            max_bytes: max_bytes.max(BLOCK_BYTES),
+            inner: Mutex::new(RingInner::default()),
+        })
+    }
+
+    fn append(&self, bytes: &[u8], now: Instant) {
+        let mut r = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let fits = r.blocks.back().is_some_and(|b| {
+            b.data.len() + bytes.len() <= BLOCK_BYTES && now.duration_since(b.first) < BLOCK_SPAN
+        });
+        if !fits {
+            let mut data = r.spare.pop().unwrap_or_default();
+            data.clear();
+            data.reserve(bytes.len().max(BLOCK_BYTES));
+            r.blocks.push_back(Block {
+                first: now,
+                last: now,
+                data,
+            });
+        }
+        if let Some(b) = r.blocks.back_mut() {
+            b.data.extend_from_slice(bytes);
+            b.last = now;
+        }
+        r.bytes += bytes.len();
+        // Older than `keep`, or over the size bound: dropped, their buffers kept for reuse.
+        while r.blocks.len() > 1
+            && (r.bytes > self.max_bytes
+                || r.blocks
+                    .front()
+                    .is_some_and(|b| now.duration_since(b.last) > self.keep))
+        {
+            if let Some(b) = r.blocks.pop_front() {
+                r.bytes -= b.data.len();
+                if r.spare.len() < 4 {
+                    r.spare.push(b.data);
+                }
+            }
+        }
+    }
+
+    /// The bytes that arrived between `from` and `to`, starting at a transport packet.
+    pub fn range(&self, from: Instant, to: Instant) -> Vec<u8> {
+        let r = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = Vec::new();
+        for b in &r.blocks {
+            if b.last >= from && b.first <= to {
+                out.extend_from_slice(&b.data);
+            }
+        }
+        drop(r);
+        match ts_start(&out) {
+            Some(0) => out,
+            Some(i) => out.split_off(i),
+            None => Vec::new(),
+        }
+    }
+}
+
+/// The first offset where three transport packets' sync bytes line up.
+fn ts_start(b: &[u8]) -> Option<usize> {
+    (0..188.min(b.len())).find(|&i| (0..3).all(|k| b.get(i + k * 188) == Some(&0x47)))
+}
+
+impl ByteTap for ClipRing {
+    fn on_bytes(&self, bytes: &[u8]) {
+        self.append(bytes, Instant::now());
+    }
+}
+
+/// The stream's byte tap: the transport analyser and the clip ring, each sees every byte.
+pub struct Taps {
+    pub transport: Arc<TransportTap>,
+    pub ring: Option<Arc<ClipRing>>,
+}
+
+impl ByteTap for Taps {
+    fn on_start(&self) {
+        self.transport.on_start();
+    }
+    fn on_bytes(&self, bytes: &[u8]) {
+        self.transport.on_bytes(bytes);
+        if let Some(r) = &self.ring {
+            r.on_bytes(bytes);
+        }
+    }
+    fn on_rtp_loss(&self, lost: u64) {
+        self.transport.on_rtp_loss(lost);
+    }
+}
+
+/// A stream's evidence sources, for the evidence thread.
+#[derive(Clone)]
+pub struct Sources {
+    pub pictures: Option<Arc<Pictures>>,
+    pub ring: Option<Arc<ClipRing>>,
+}
+
+struct Job {
+    alert: Alert,
+    sources: Sources,
+    /// When the onset's bytes arrived.
+    onset: Instant,
+}
+
+/// The evidence thread's handle. Dropping it ends the thread once queued clips are written.
+pub struct Evidence {
+    tx: Sender<Job>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Evidence {
+    /// Create `cfg.dir` and start the evidence thread.
+    pub fn start(cfg: EvidenceConfig) -> anyhow::Result<Evidence> {
+        std::fs::create_dir_all(&cfg.dir).map_err(|e| {
+            anyhow::anyhow!("evidence.dir: cannot create {}: {e}", cfg.dir.display())
+        })?;
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let thread = std::thread::Builder::new()
+            .name("evidence".into())
+            .spawn(move || worker(rx, cfg))?;
+        Ok(Evidence {
+            tx,
+            thread: Some(thread),
+        })
+    }
+
+    /// An alert was raised whose onset is `behind` seconds of media before now: keep its evidence.
+    pub fn raised(&self, alert: &Alert, sources: Sources, behind: f64) {
+        let onset = Instant::now()
+            .checked_sub(Duration::from_secs_f64(behind.clamp(0.0, 3600.0)))
+            .unwrap_or_else(Instant::now);
+        let _ = self.tx.send(Job {
+            alert: alert.clone(),
+            sources,
+            onset,
+        });
+    }
+
+    /// Finish: write the clips still waiting (at once, with what the rings hold).
+    pub fn finish(mut self) {
+        let (tx, _) = crossbeam_channel::bounded(0);
+        drop(std::mem::replace(&mut self.tx, tx));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn worker(rx: Receiver<Job>, cfg: EvidenceConfig) {
+    let pre = Duration::from_secs_f64(cfg.pre_s);
+    let post = Duration::from_secs_f64(cfg.post_s);
+    let mut pending: Vec<(Instant, Job)> = Vec::new();
+    let mut last_prune = Instant::now();
+    loop {
+        let next_due = pending.iter().map(|(due, _)| *due).min();
+        let wait = next_due
+            .map(|d| d.saturating_duration_since(Instant::now()))
+            .unwrap_or(Duration::from_secs(60))
+            .min(Duration::from_secs(60));
+        let closed = match rx.recv_timeout(wait) {
+            Ok(job) => {
+                snapshot(&cfg.dir, &job);
+                if wants_clip(&job.alert.kind) && job.sources.ring.is_some() {
+                    pending.push((job.onset + post, job));
+                }
+                false
+            }
+            Err(RecvTimeoutError::Timeout) => false,
+            Err(RecvTimeoutError::Disconnected) => true,
+        };
+        let now = Instant::now();
+        let mut wrote = false;
+        pending.retain(|(due, job)| {
+            if closed || *due <= now {
+                clip(&cfg.dir, job, pre, post);
+                wrote = true;
+                false
+            } else {
+                true
+            }
+        });
+        if wrote || last_prune.elapsed() >= Duration::from_secs(60) {
+            last_prune = Instant::now();
+            prune(&cfg);
+        }
+        if closed {
+            return;
+        }
+    }
+}
+
+fn write_file(path: &Path, data: &[u8]) {
+    // Written aside and renamed: a reader never sees half a file.
+    let tmp = path.with_extension("part");
+    let res = std::fs::write(&tmp, data).and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = res {
+        tracing::error!("writing evidence {}: {e}", path.display());
+    }
+}
+
+fn snapshot(dir: &Path, job: &Job) {
+    let Some(id) = safe_id(&job.alert.id) else {
+        return;
+    };
+    let Some(picture) = job
+        .sources
+        .pictures
+        .as_ref()
+        .and_then(|p| p.at(job.alert.start_s))
+    else {
+        return; // No video decoded (audio only, or the transport tier).
+    };
+    match avmon_media::encode_jpeg(&picture) {
+        Ok(jpeg) => write_file(&dir.join(format!("{id}.jpg")), &jpeg),
+        Err(e) => tracing::warn!(alert = %job.alert.id, "snapshot: {e}"),
+    }
+}
+
+fn clip(dir: &Path, job: &Job, pre: Duration, post: Duration) {
+    let (Some(id), Some(ring)) = (safe_id(&job.alert.id), job.sources.ring.as_ref()) else {
+        return;
+    };
+    let from = job.onset.checked_sub(pre).unwrap_or(job.onset);
+    let bytes = ring.range(from, job.onset + post);
+    if bytes.is_empty() {
+        tracing::warn!(alert = %job.alert.id, "clip: no transport-stream bytes around the onset");
+        return;
+    }
+    write_file(&dir.join(format!("{id}.ts")), &bytes);
+}
+
+/// Delete evidence older than `max_age`, then the oldest while all of it is over `max_bytes`.
+fn prune(cfg: &EvidenceConfig) {
+    let max_age = Duration::from_secs_f64(cfg.max_age.seconds().unwrap_or(7.0 * 86_400.0));
+    let max_bytes = cfg.max_bytes.bytes().unwrap_or(u64::MAX);
+    let Ok(entries) = std::fs::read_dir(&cfg.dir) else {
+        return;
+    };
+    let now = SystemTime::now();
+    let mut files: Vec<(SystemTime, u64, PathBuf)> = entries
+        .flatten()
+        .filter_map(|e| {
+            let path = e.path();
+            let ext = path.extension()?.to_str()?;
+            if !matches!(ext, "jpg" | "ts") {
+                return None;
+            }
+            let meta = e.metadata().ok()?;
+            Some((meta.modified().ok()?, meta.len(), path))
+        })
+        .collect();
+    files.sort();
+    let mut total: u64 = files.iter().map(|f| f.1).sum();
+    for (modified, len, path) in files {
+        let old = now.duration_since(modified).unwrap_or_default() > max_age;
+        if !old && total <= max_bytes {
+            break;
+        }
+        if std::fs::remove_file(&path).is_ok() {
+            total -= len;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn amounts_take_units() {
+        assert_eq!(Amount::Text("7d".into()).seconds(), Ok(604_800.0));
+        assert_eq!(Amount::Number(90.0).seconds(), Ok(90.0));
+        assert_eq!(Amount::Text("2GiB".into()).bytes(), Ok(2 << 30));
+        assert_eq!(Amount::Text("500 MB".into()).bytes(), Ok(500_000_000));
+        assert!(Amount::Text("5 parsecs".into())
+            .seconds()
+            .unwrap_err()
+            .contains("unknown unit"));
+        assert!(Amount::Number(-1.0).bytes().is_err());
+    }
+
+    #[test]
+    fn evidence_goes_beside_the_store_by_default() {
+        let d = EvidenceConfig::default_dir;
+        assert_eq!(
+            d("sqlite:///var/lib/avmon/avmon.db"),
+            Path::new("/var/lib/avmon/avmon.evidence")
+        );
+        assert_eq!(
+            d("sqlite://avmon-demo.db"),
+            Path::new("avmon-demo.evidence")
+        );
+        assert_eq!(d("sqlite::memory:"), Path::new("avmon.evidence"));
+    }
+
+    #[test]
+    fn ids_cannot_name_other_files() {
+        assert!(safe_id("0193a0b1-7c2e-7d3f-9a4b-123456789abc").is_some());
+        for bad in ["", "../etc/passwd", "a/b", "a.b", "x\0"] {
+            assert!(safe_id(bad).is_none(), "{bad:?}");
+        }
+    }
+
+    fn packets(n: usize, tag: u8) -> Vec<u8> {
+        let mut v = vec![tag; 188 * n];
+        for p in 0..n {
+            v[p * 188] = 0x47;
+        }
+        v
+    }
+
+    #[test]
+    fn the_ring_keeps_its_bounds_and_cuts_at_a_packet() {
+        let ring = ClipRing::new(Duration::from_secs(2), 1 << 20);
+        let t0 = Instant::now();
+        for i in 0..50u32 {
+            ring.append(
+                &packets(7, i as u8),
+                t0 + Duration::from_millis(200 * u64::from(i)),
+            );
+        }
+        let end = t0 + Duration::from_millis(200 * 49);
+        // Only the last ~2 s is held.
+        let all = ring.range(t0, end);
+        assert!(all.len() <= 188 * 7 * 12, "{}", all.len());
+        assert!(all.len() >= 188 * 7 * 10, "{}", all.len());
+        let some = ring.range(end - Duration::from_millis(500), end);
+        assert_eq!(some.len(), 188 * 7 * 3);
+        assert_eq!(some[0], 0x47);
+        // A size bound holds too.
+        let small = ClipRing::new(Duration::from_secs(60), 0);
+        for i in 0..200u32 {
+            small.append(
+                &packets(7, 1),
+                t0 + Duration::from_millis(200 * u64::from(i)),
+            );
+        }
+        assert!(small.range(t0, t0 + Duration::from_secs(60)).len() <= 2 * BLOCK_BYTES);
+        // Bytes that begin mid-packet start at the next packet.
+        let mid = ClipRing::new(Duration::from_secs(60), 1 << 20);
+        let p = packets(5, 9);
+        mid.append(&p[100..], t0);
+        let got = mid.range(t0, t0);
+        assert_eq!(got.len(), 188 * 4);
+        assert_eq!(got[0], 0x47);
+    }
+}
