@@ -377,6 +377,7 @@ fn worker(rx: Receiver<Job>, cfg: EvidenceConfig) {
     let post = Duration::from_secs_f64(cfg.post_s);
     let mut pending: Vec<(Instant, Job)> = Vec::new();
     let mut last_prune = Instant::now();
+    let mut last_clip: LastClip = None;
     loop {
         let next_due = pending.iter().map(|(due, _)| *due).min();
         let wait = next_due
@@ -398,7 +399,7 @@ fn worker(rx: Receiver<Job>, cfg: EvidenceConfig) {
         let mut wrote = false;
         pending.retain(|(due, job)| {
             if closed || *due <= now {
-                clip(&cfg.dir, job, pre, post);
+                clip(&cfg.dir, job, pre, post, &mut last_clip);
                 wrote = true;
                 false
             } else {
@@ -442,17 +443,35 @@ fn snapshot(dir: &Path, job: &Job) {
     }
 }
 
-fn clip(dir: &Path, job: &Job, pre: Duration, post: Duration) {
+/// The last clip written: its stream, onset and file.
+type LastClip = Option<(String, Instant, PathBuf)>;
+
+/// Onsets of one stream closer than this share one clip (linked, not written again): a burst of
+/// damage raises `video.corruption` and several `transport.*` alerts at once.
+const SAME_CLIP: Duration = Duration::from_secs(1);
+
+fn clip(dir: &Path, job: &Job, pre: Duration, post: Duration, last: &mut LastClip) {
     let (Some(id), Some(ring)) = (safe_id(&job.alert.id), job.sources.ring.as_ref()) else {
         return;
     };
+    let path = dir.join(format!("{id}.ts"));
+    if let Some((stream, onset, file)) = last.as_ref() {
+        let apart = onset.max(&job.onset).duration_since(*onset.min(&job.onset));
+        if *stream == job.alert.stream_id.as_str()
+            && apart < SAME_CLIP
+            && std::fs::hard_link(file, &path).is_ok()
+        {
+            return;
+        }
+    }
     let from = job.onset.checked_sub(pre).unwrap_or(job.onset);
     let bytes = ring.range(from, job.onset + post);
     if bytes.is_empty() {
         tracing::warn!(alert = %job.alert.id, "clip: no transport-stream bytes around the onset");
         return;
     }
-    write_file(&dir.join(format!("{id}.ts")), &bytes);
+    write_file(&path, &bytes);
+    *last = Some((job.alert.stream_id.as_str().to_string(), job.onset, path));
 }
 
 /// Delete evidence older than `max_age`, then the oldest while all of it is over `max_bytes`.
@@ -533,6 +552,62 @@ mod tests {
             v[p * 188] = 0x47;
         }
         v
+    }
+
+    #[test]
+    fn alerts_of_one_burst_share_one_clip() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let ring = ClipRing::new(Duration::from_secs(60), 1 << 20);
+        let t0 = Instant::now();
+        ring.append(&packets(70, 1), t0);
+        let job = |id: &str, stream: &str, onset: Instant| Job {
+            alert: Alert {
+                id: id.into(),
+                stream_id: avmon_core::StreamId(stream.into()),
+                kind: "transport.cc_error".into(),
+                severity: avmon_core::Severity::Major,
+                state: avmon_core::AlertState::Raised,
+                start_s: 0.0,
+                end_s: None,
+                raised_at: chrono::Utc::now(),
+                cleared_at: None,
+                details: Default::default(),
+            },
+            sources: Sources {
+                pictures: None,
+                ring: Some(ring.clone()),
+            },
+            onset,
+        };
+        let (pre, post) = (Duration::from_secs(1), Duration::from_secs(1));
+        let mut last = None;
+        let ino = |id: &str| {
+            std::fs::metadata(dir.path().join(format!("{id}.ts")))
+                .unwrap()
+                .ino()
+        };
+        clip(dir.path(), &job("a", "s1", t0), pre, post, &mut last);
+        clip(
+            dir.path(),
+            &job("b", "s1", t0 + Duration::from_millis(300)),
+            pre,
+            post,
+            &mut last,
+        );
+        clip(
+            dir.path(),
+            &job("c", "s2", t0 + Duration::from_millis(300)),
+            pre,
+            post,
+            &mut last,
+        );
+        assert_eq!(ino("a"), ino("b"), "one burst, one file");
+        assert_ne!(ino("a"), ino("c"), "another stream's clip is its own");
+        assert_eq!(
+            std::fs::read(dir.path().join("c.ts")).unwrap().len(),
+            70 * 188
+        );
     }
 
     #[test]
