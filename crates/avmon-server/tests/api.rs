@@ -9,6 +9,7 @@ use avmon_core::Tier;
 use avmon_server::{serve, AlertsQuery, LiveEvent, Monitor, StreamState, StreamStatus};
 use http_body_util::BodyExt;
 use axum::body::Body;
+use axum::Router;
 use axum::http::{header, Method, Request, StatusCode};
 use chrono::{TimeZone, Utc};
 use common::*;
@@ -299,124 +300,6 @@ async fn serves_over_a_real_socket_and_shuts_down() {
         .expect("graceful shutdown")
         .unwrap()
         .unwrap();
-}
-
-/// Status, headers and raw body of a GET.
-async fn get_raw(router: &Router, uri: &str) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
-    let req = Request::builder().uri(uri).body(Body::empty()).unwrap();
-    let resp = router.clone().oneshot(req).await.unwrap();
-    let (parts, body) = resp.into_parts();
-    let bytes = body.collect().await.unwrap().to_bytes().to_vec();
-    (parts.status, parts.headers, bytes)
-}
-
-#[tokio::test]
-async fn serves_the_console() {
-    let (_, router) = setup();
-    for (uri, ctype, needle) in [
-        ("/", "text/html; charset=utf-8", "<title>avmon</title>"),
-        (
-            "/console/app.js",
-            "text/javascript; charset=utf-8",
-            "EventSource",
-        ),
-        ("/console/app.css", "text/css; charset=utf-8", ".tile"),
-    ] {
-        let (st, headers, body) = get_raw(&router, uri).await;
-        assert_eq!(st, StatusCode::OK, "{uri}");
-        assert_eq!(headers[header::CONTENT_TYPE], ctype, "{uri}");
-        assert!(String::from_utf8(body).unwrap().contains(needle), "{uri}");
-    }
-    // Every asset the page names is served: nothing is fetched from elsewhere.
-    let (_, _, page) = get_raw(&router, "/").await;
-    let page = String::from_utf8(page).unwrap();
-    for part in page.split(['"', '\'']) {
-        if part.starts_with("http://") || part.starts_with("https://") || part.starts_with("//") {
-            panic!("the console loads {part} from the network");
-        }
-        if part.starts_with("/console/") {
-            assert_eq!(get_raw(&router, part).await.0, StatusCode::OK, "{part}");
-        }
-    }
-    let (st, _, body) = call(&router, Method::GET, "/console/../Cargo.toml", None).await;
-    assert_eq!(st, StatusCode::NOT_FOUND, "{body}");
-    let (st, _, body) = call(&router, Method::GET, "/console/nope.js", None).await;
-    assert_eq!(st, StatusCode::NOT_FOUND);
-    assert_eq!(body["error"], "no console file \"nope.js\"");
-}
-
-#[tokio::test]
-async fn serves_evidence_and_thumbnails() {
-    let (_, router) = setup();
-    let (st, h, body) = get_raw(&router, "/api/alerts/a1/snapshot.jpg").await;
-    assert_eq!((st, body.as_slice()), (StatusCode::OK, JPEG));
-    assert_eq!(h[header::CONTENT_TYPE], "image/jpeg");
-    let (st, h, body) = get_raw(&router, "/api/alerts/a1/clip.ts").await;
-    assert_eq!((st, body.as_slice()), (StatusCode::OK, CLIP));
-    assert_eq!(h[header::CONTENT_TYPE], "video/mp2t");
-    assert_eq!(
-        h[header::CONTENT_DISPOSITION],
-        "attachment; filename=\"a1.ts\""
-    );
-    let (st, h, body) = get_raw(&router, "/api/streams/news/thumbnail.jpg").await;
-    assert_eq!((st, body.as_slice()), (StatusCode::OK, JPEG));
-    assert_eq!(h[header::CACHE_CONTROL], "no-cache");
-    for uri in [
-        "/api/alerts/a2/snapshot.jpg",
-        "/api/alerts/a2/clip.ts",
-        "/api/streams/sport/thumbnail.jpg",
-    ] {
-        let (st, ctype, body) = call(&router, Method::GET, uri, None).await;
-        assert_eq!(st, StatusCode::NOT_FOUND, "{uri}");
-        assert_eq!(ctype, "application/json");
-        assert!(body["error"].as_str().unwrap().starts_with("no "), "{body}");
-    }
-}
-
-#[tokio::test]
-async fn live_events_are_server_sent_events() {
-    let (fake, router) = setup();
-    // A service that publishes none answers 404.
-    let (st, _, _) = call(&router, Method::GET, "/api/events", None).await;
-    assert_eq!(st, StatusCode::NOT_FOUND);
-
-    let (tx, _) = tokio::sync::broadcast::channel(4);
-    *fake.events.lock().unwrap() = Some(tx.clone());
-    let req = Request::builder()
-        .uri("/api/events")
-        .body(Body::empty())
-        .unwrap();
-    let resp = router.clone().oneshot(req).await.unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
-    assert_eq!(resp.headers()[header::CONTENT_TYPE], "text/event-stream");
-    let mut body = resp.into_body();
-    assert_eq!(next_event(&mut body).await, "event: hello\ndata: {}\n\n");
-    tx.send(LiveEvent::new(
-        "alert",
-        &json!({"transition": "raised", "alert": alert("a1", "news")}),
-    ))
-    .unwrap();
-    let ev = next_event(&mut body).await;
-    assert!(
-        ev.starts_with("event: alert\ndata: {\"transition\":\"raised\""),
-        "{ev}"
-    );
-    // A subscriber that falls behind the bounded channel is told to fetch the state again.
-    for i in 0..10 {
-        tx.send(LiveEvent::new("levels", &json!({ "n": i })))
-            .unwrap();
-    }
-    assert_eq!(next_event(&mut body).await, "event: resync\ndata: {}\n\n");
-}
-
-/// The next Server-Sent Event's text from a response body.
-async fn next_event(body: &mut Body) -> String {
-    let frame = tokio::time::timeout(std::time::Duration::from_secs(5), body.frame())
-        .await
-        .expect("an event in time")
-        .unwrap()
-        .unwrap();
-    String::from_utf8(frame.into_data().unwrap().to_vec()).unwrap()
 }
 
 /// Status, headers and raw body of a GET.

@@ -60,6 +60,7 @@ pub fn status(id: &str, url: &str) -> StreamStatus {
         reconnects: 0,
         tier: Tier::Full,
         muted: None,
+        config: None,
     }
 }
 
