@@ -28,6 +28,10 @@ fn status(id: &str, url: &str) -> StreamStatus {
         decode_errors: 0,
         reconnects: 0,
         tier: Tier::Full,
+        configured_tier: Tier::Full,
+        degraded: false,
+        priority: 100,
+        lag_s: 0.0,
     }
 }
 
@@ -167,7 +171,8 @@ async fn lists_and_gets_streams() {
         json!([{"id": "news", "url": "srt://10.0.0.1:9000", "status": "starting",
                 "active_alerts": [], "media_t": 0.0, "last_data_at": null, "info": null,
                 "frames_video": 0, "frames_audio": 0, "decode_errors": 0, "reconnects": 0,
-                "tier": "full"}])
+                "tier": "full", "configured_tier": "full", "degraded": false, "priority": 100,
+                "lag_s": 0.0}])
     );
     let (st, _, body) = call(&router, Method::GET, "/api/streams/news", None).await;
     assert_eq!(st, StatusCode::OK);

@@ -250,6 +250,7 @@ pub fn check(opts: CheckOptions) -> Result<Report> {
         open_timeout: opts.io_timeout.max(Duration::from_secs(10)),
         tap: Some(Tap(tap.clone())),
         tier: TierControl::new(opts.tier),
+        cpu: None,
     };
     let mut input = match segments {
         Some(source) => {

@@ -147,6 +147,18 @@ impl SegmentSource {
 }
 
 impl ByteSource for SegmentSource {
+    fn ready(&mut self) -> bool {
+        if self.pos < self.bytes.len() {
+            return true;
+        }
+        match self.rx.try_recv() {
+            Ok(c) => {
+                self.take(c);
+                self.pos < self.bytes.len()
+            }
+            Err(_) => false,
+        }
+    }
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         while self.pos >= self.bytes.len() {
             if self.stop.load(Ordering::Relaxed) {
