@@ -9,6 +9,9 @@
 //!   and 4 UDP streams on loopback once every stream decodes: the growth per added stream.
 //! - **Streams per host** (`--streams`, minutes): K real-time 720p25 streams into `avmon run`,
 //!   K raised until one falls behind (see [`stage`] for how "behind" is decided).
+//! - **Degradation** (`--only degrade`, minutes): more 1080p25 streams than `--workers` CPU
+//!   permits hold at full, into `avmon run` with `auto_degrade` off, then on: how far streams
+//!   fall behind, datagrams lost, and the tiers they end at.
 //! - **Latency**: a live stream with a black picture every 12 s into `avmon run` with a webhook
 //!   to a receiver in this process: threshold crossed → `raised_at` → webhook received.
 //! - **Profile**: `perf` samples of `check` on the 720p input, self time grouped by who spends
@@ -48,6 +51,10 @@ pub struct Options {
     pub window: f64,
     /// Defects in the latency stream (one every 12 s).
     pub defects: usize,
+    /// Streams of the degradation part.
+    pub degrade_streams: usize,
+    /// `[service] workers` of the degradation part.
+    pub workers: usize,
 }
 
 /// The latency stream's defect: black from `LAT_ONSET` for 4 s, every `LAT_EVERY` s.
@@ -92,6 +99,9 @@ pub fn run(o: &Options) -> Result<()> {
     }
     if want("streams") {
         println!("{}", streams(o, &i720, &scratch)?);
+    }
+    if want("degrade") {
+        println!("{}", degrade(o, &i1080, &scratch)?);
     }
     if want("latency") {
         let n = o.defects.max(1);
@@ -756,6 +766,168 @@ fn streams(o: &Options, file: &Path, scratch: &Path) -> Result<String> {
         "\nLargest K that holds: {} (target ≥ 16).",
         best.map_or("none".to_string(), |k| k.to_string())
     );
+    Ok(t)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Automatic degradation
+
+/// One run of the degradation part.
+struct DegradeRun {
+    auto: bool,
+    avmon_pct: f64,
+    /// The largest slip of any stream in the window (as in [`stage`]).
+    slip_s: f64,
+    /// The largest lag avmon itself reported (`lag_s`, smoothed) in the window.
+    reported_lag_s: f64,
+    drops: u64,
+    behind: usize,
+    /// Streams at each tier at the window's end: full, reference, keyframes, transport.
+    tiers: [usize; 4],
+    degraded_alerts: usize,
+    steps: usize,
+}
+
+/// `n` 1080p25 streams (priorities 10, 20, …) into `avmon run` with `workers` permits, with
+/// auto_degrade off and then on; each watched for `window` s after a settling time of as long
+/// (degradation takes a step every 2 s). Behind: a stream slipped > [`BEHIND_S`] in the window,
+/// or lost datagrams.
+fn degrade(o: &Options, file: &Path, scratch: &Path) -> Result<String> {
+    let tck = clock_ticks();
+    let n = o.degrade_streams.max(1);
+    let mut runs = Vec::new();
+    for auto in [false, true] {
+        eprintln!("cost: degrade, auto_degrade = {auto}");
+        let ports = free_udp_ports(n)?;
+        let mut sections = format!(
+            "[service]\nworkers = {}\nauto_degrade = {auto}\n",
+            o.workers
+        );
+        for (i, p) in ports.iter().enumerate() {
+            let _ = write!(
+                sections,
+                "[[streams]]\nid = \"s{i}\"\nurl = \"udp://127.0.0.1:{p}\"\npriority = {}\n",
+                10 * (i + 1)
+            );
+        }
+        let svc = Service::start(o, scratch, &sections)?;
+        let started = Instant::now();
+        let _send = senders(o, file, &ports, true)?;
+        svc.wait_decoding(n, Duration::from_secs(60))?;
+        std::thread::sleep(Duration::from_secs_f64(o.window));
+        let list = |svc: &Service| -> Result<Vec<Value>> {
+            let v: Value = serde_json::from_str(&http_get(&svc.api, "/api/streams")?)?;
+            Ok(v.as_array().cloned().unwrap_or_default())
+        };
+        let (t0, c0, d0) = (
+            Instant::now(),
+            proc_cpu_s(svc.pid(), tck),
+            udp_sockets(&ports).0,
+        );
+        let drops0: Vec<u64> = ports.iter().map(|p| udp_sockets(&[*p]).0).collect();
+        let mut lowest: Vec<(String, f64)> = Vec::new();
+        let mut slip: Vec<(String, f64)> = Vec::new();
+        let mut reported: f64 = 0.0;
+        let end = t0 + Duration::from_secs_f64(o.window);
+        let last = loop {
+            let now = Instant::now();
+            let wall = now.duration_since(started).as_secs_f64();
+            let l = list(&svc)?;
+            for s in &l {
+                let id = s["id"].as_str().unwrap_or("").to_string();
+                let lag = wall - s["media_t"].as_f64().unwrap_or(0.0);
+                reported = reported.max(s["lag_s"].as_f64().unwrap_or(0.0));
+                match lowest.iter_mut().find(|x| x.0 == id) {
+                    Some(x) => {
+                        x.1 = x.1.min(lag);
+                        let up = lag - x.1;
+                        match slip.iter_mut().find(|x| x.0 == id) {
+                            Some(y) => y.1 = y.1.max(up),
+                            None => slip.push((id, up)),
+                        }
+                    }
+                    None => lowest.push((id, lag)),
+                }
+            }
+            if now >= end {
+                break l;
+            }
+            std::thread::sleep(Duration::from_secs(1).min(end.saturating_duration_since(now)));
+        };
+        let wall = t0.elapsed().as_secs_f64();
+        let drops_by_port: Vec<u64> = ports.iter().map(|p| udp_sockets(&[*p]).0).collect();
+        let drops = udp_sockets(&ports).0 - d0;
+        let mut tiers = [0; 4];
+        let mut degraded_alerts = 0;
+        for s in &last {
+            let t = match s["tier"].as_str() {
+                Some("reference") => 1,
+                Some("keyframes") => 2,
+                Some("transport") => 3,
+                _ => 0,
+            };
+            tiers[t] += 1;
+            degraded_alerts += s["active_alerts"].as_array().map_or(0, |a| {
+                a.iter().filter(|a| a["kind"] == "monitor.degraded").count()
+            });
+        }
+        // Behind: slipped, or lost datagrams in the window (ports in the streams' order).
+        let behind = (0..n)
+            .filter(|&i| {
+                let id = format!("s{i}");
+                slip.iter().any(|x| x.0 == id && x.1 > BEHIND_S) || drops_by_port[i] > drops0[i]
+            })
+            .count();
+        let steps = {
+            let alerts: Value =
+                serde_json::from_str(&http_get(&svc.api, "/api/alerts?limit=10000")?)?;
+            alerts.as_array().map_or(0, |a| {
+                a.iter().filter(|a| a["kind"] == "monitor.degraded").count()
+            })
+        };
+        runs.push(DegradeRun {
+            auto,
+            avmon_pct: (proc_cpu_s(svc.pid(), tck) - c0) / wall * 100.0,
+            slip_s: slip.iter().map(|x| x.1).fold(0.0, f64::max),
+            reported_lag_s: reported,
+            drops,
+            behind,
+            tiers,
+            degraded_alerts,
+            steps,
+        });
+    }
+    let mut t = format!(
+        "## Automatic degradation\n\n{n} real-time 1080p25 streams (`ffmpeg -re -stream_loop -1 \
+         -c copy` to UDP on loopback, priorities 10, 20, …) into one `avmon run` with \
+         `[service] workers = {}`, every detector on, first with `auto_degrade = false`, then \
+         `true`; each run settles {:.0} s after every stream decodes, then is watched for {:.0} s. \
+         Max slip: how far a stream's lag behind wall time rose above its lowest point in the \
+         window (read every second); reported lag: the largest `lag_s` avmon showed; behind: \
+         streams that slipped > {BEHIND_S} s or whose socket dropped datagrams in the window. \
+         Tiers at the window's end.\n\n\
+         | auto_degrade | avmon CPU | max slip | max reported lag | UDP drops | streams behind | full | reference | keyframes | transport | monitor.degraded active | monitor.degraded alerts in all |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        o.workers, o.window, o.window
+    );
+    for r in &runs {
+        let _ = writeln!(
+            t,
+            "| {} | {:.0} % | {:.2} s | {:.2} s | {} | {} of {n} | {} | {} | {} | {} | {} | {} |",
+            if r.auto { "on" } else { "off" },
+            r.avmon_pct,
+            r.slip_s,
+            r.reported_lag_s,
+            r.drops,
+            r.behind,
+            r.tiers[0],
+            r.tiers[1],
+            r.tiers[2],
+            r.tiers[3],
+            r.degraded_alerts,
+            r.steps
+        );
+    }
     Ok(t)
 }
 

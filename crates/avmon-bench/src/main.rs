@@ -102,6 +102,13 @@ enum Cmd {
         /// Black defects in the latency stream (one every 12 s).
         #[arg(long, default_value_t = 10)]
         defects: usize,
+        /// Streams of the degradation part (`--only degrade`): 1080p25, more than the workers
+        /// hold at full.
+        #[arg(long, default_value_t = 16)]
+        degrade_streams: usize,
+        /// `[service] workers` of the degradation part: the host's size for it.
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
     },
 }
 
@@ -118,8 +125,10 @@ fn main() -> Result<()> {
             max_streams,
             window,
             defects,
+            degrade_streams,
+            workers,
         } => {
-            const PARTS: [&str; 5] = ["cpu", "memory", "latency", "profile", "streams"];
+            const PARTS: [&str; 6] = ["cpu", "memory", "latency", "profile", "streams", "degrade"];
             if let Some(bad) = only.iter().find(|p| !PARTS.contains(&p.as_str())) {
                 bail!("--only {bad:?}: not one of {}", PARTS.join(", "));
             }
@@ -141,6 +150,8 @@ fn main() -> Result<()> {
                 max_streams,
                 window,
                 defects,
+                degrade_streams,
+                workers,
             })
         }
         Cmd::Accuracy {

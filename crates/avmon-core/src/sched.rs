@@ -295,7 +295,7 @@ mod tests {
             t.join().unwrap();
         }
         let most = most.load(Ordering::SeqCst);
-        assert!(most <= 2 && most >= 1, "at most 2 at once: {most}");
+        assert!((1..=2).contains(&most), "at most 2 at once: {most}");
         assert_eq!(sched.waiting(), 0);
         assert_eq!(sched.lock().free, 2, "every permit came back");
     }

@@ -510,13 +510,15 @@ fn enable_arrival_info(socket: &Socket) {
     }
 }
 
-/// `recvmsg` one datagram into `buf`, with its kernel receive time and the socket's drop count
-/// when the kernel gave them.
+/// A datagram's kernel receive time, and its socket's drop count when the kernel gave it.
+type Arrival = (libc::timespec, Option<u64>);
+
+/// `recvmsg` one datagram into `buf`, with its [`Arrival`] when the kernel gave it.
 fn recv_with_arrival(
     socket: &Socket,
     buf: &mut [u8],
     wait: bool,
-) -> io::Result<(usize, Option<(libc::timespec, Option<u64>)>)> {
+) -> io::Result<(usize, Option<Arrival>)> {
     use std::os::fd::AsRawFd;
     let mut iov = libc::iovec {
         iov_base: buf.as_mut_ptr() as *mut c_void,
