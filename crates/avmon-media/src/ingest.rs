@@ -467,7 +467,16 @@ impl ByteSource for UdpReader {
         if self.pos < self.end {
             return true;
         }
-        // A datagram already waiting is taken now, without blocking.
+        // Nobody waits for the permit: letting go of it and blocking in one `recv` costs less
+        // than asking the socket first (an uncontended hand-back and re-take are cheap).
+        if self
+            .cpu
+            .as_ref()
+            .is_none_or(|c| c.scheduler().waiting() == 0)
+        {
+            return false;
+        }
+        // A datagram already waiting is taken now, without blocking: the permit is kept for it.
         loop {
             match self.recv_one(false) {
                 Ok(n) if self.accept(n) => return true,

@@ -27,7 +27,7 @@ use avmon_core::Tier;
 /// Over this window the lag must have risen to count as growing, seconds.
 pub const GROWTH_WINDOW_S: f64 = 2.0;
 /// How much it must have risen over the window to count as growing, seconds.
-const GROWTH_MIN_S: f64 = 0.1;
+const GROWTH_MIN_S: f64 = 0.2;
 /// Smoothing of the lag samples (exponential, weight of the newest).
 const SMOOTHING: f64 = 0.5;
 /// The restore hold grows to at most this multiple of `restore_after_s`.
