@@ -109,6 +109,9 @@ enum Cmd {
         /// `[service] workers` of the degradation part: the host's size for it.
         #[arg(long, default_value_t = 1)]
         workers: usize,
+        /// Streams of the scheduling part (`--only sched`): 720p25.
+        #[arg(long, default_value_t = 24)]
+        sched_streams: usize,
     },
 }
 
@@ -127,8 +130,11 @@ fn main() -> Result<()> {
             defects,
             degrade_streams,
             workers,
+            sched_streams,
         } => {
-            const PARTS: [&str; 6] = ["cpu", "memory", "latency", "profile", "streams", "degrade"];
+            const PARTS: [&str; 7] = [
+                "cpu", "memory", "latency", "profile", "streams", "degrade", "sched",
+            ];
             if let Some(bad) = only.iter().find(|p| !PARTS.contains(&p.as_str())) {
                 bail!("--only {bad:?}: not one of {}", PARTS.join(", "));
             }
@@ -152,6 +158,7 @@ fn main() -> Result<()> {
                 defects,
                 degrade_streams,
                 workers,
+                sched_streams,
             })
         }
         Cmd::Accuracy {
