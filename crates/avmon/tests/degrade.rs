@@ -1,6 +1,7 @@
 //! Automatic degradation on a host overloaded on purpose: `avmon run` with one CPU worker, two
-//! light streams (a low- and a high-priority one) and three 2160p streams, all real time over UDP
-//! on loopback. The lowest-priority stream is lowered first and says so (`monitor.degraded`),
+//! light streams (a low- and a high-priority one) and four 2160p streams (each ~half a core at
+//! `full` here: twice what one worker holds, so a faster machine is overloaded too), all real
+//! time over UDP on loopback. The lowest-priority stream is lowered first and says so (`monitor.degraded`),
 //! the high-priority one keeps `full`, no stream stays behind real time, and once the load is
 //! removed through the API the tier comes back and the alert clears.
 
@@ -58,8 +59,8 @@ fn an_overloaded_host_lowers_the_lowest_priority_first_and_restores_it() {
     let dir = tempfile::tempdir().unwrap();
     let light = synth_sized(dir.path(), "light.ts", "640x360");
     let heavy = synth_sized(dir.path(), "heavy.ts", "3840x2160");
-    let ports: Vec<u16> = (0..5).map(|_| free_udp_port()).collect();
-    let ids = ["lo", "hi", "load1", "load2", "load3"];
+    let ids = ["lo", "hi", "load1", "load2", "load3", "load4"];
+    let ports: Vec<u16> = ids.iter().map(|_| free_udp_port()).collect();
     let mut cfg = String::from("[service]\nworkers = 1\nrestore_after_s = 3\n");
     for (i, id) in ids.iter().enumerate() {
         let priority = match *id {
@@ -165,7 +166,7 @@ fn an_overloaded_host_lowers_the_lowest_priority_first_and_restores_it() {
     );
 
     // The load goes: lo comes back to full, one step at a time, and the alert clears.
-    for id in ["load1", "load2", "load3"] {
+    for id in ["load1", "load2", "load3", "load4"] {
         let r = http
             .delete(format!("{base}/api/streams/{id}"))
             .send()
@@ -206,6 +207,29 @@ fn an_overloaded_host_lowers_the_lowest_priority_first_and_restores_it() {
     assert!(
         metrics.contains("avmon_stream_degraded{stream=\"lo\"} 0"),
         "{metrics}"
+    );
+
+    // The priority can be changed while the stream runs; a bad one is refused.
+    let patch = |body: &str| {
+        http.patch(format!("{base}/api/streams/hi"))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .unwrap()
+    };
+    let r = patch(r#"{"priority": 5}"#);
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().unwrap();
+    assert_eq!(
+        (v["priority"].clone(), v["tier"].clone()),
+        (5.into(), "full".into())
+    );
+    let r = patch(r#"{"priority": -1}"#);
+    assert_eq!(r.status(), 400);
+    let v: Value = r.json().unwrap();
+    assert!(
+        v["errors"][0].as_str().unwrap().starts_with("priority:"),
+        "{v}"
     );
 }
 
