@@ -125,6 +125,10 @@ struct Service {
     sched: Arc<Scheduler>,
 }
 
+/// How fast a constant slip of media time behind wall time is forgiven (seconds per second): a
+/// stream that falls behind faster than this shows a growing lag.
+const SLIP_FORGIVE: f64 = 0.05;
+
 /// The decode thread's sink: pipeline in, events and status out.
 struct StreamSink {
     pipe: Pipeline,
@@ -134,9 +138,15 @@ struct StreamSink {
     last_metrics: Instant,
     metrics_interval: Duration,
     media_t: f64,
-    /// Wall clock less media time at its lowest since the (re)connection: the lag is how far
-    /// above that it is now (a constant start-up delay is not falling behind).
+    /// Wall clock less media time at its lowest since the (re)connection (creeping up by
+    /// [`SLIP_FORGIVE`] of the wall time): the slip is how far above that it is now (a
+    /// constant start-up delay is not falling behind).
     slip_base: Option<f64>,
+    /// Wall seconds since `started` at the last measure.
+    slip_wall: f64,
+    /// Whether the input tells how long its data waited (UDP datagrams, HLS segments): then
+    /// that is the lag, and the slip (which a sender's own pauses and bursts move) is unused.
+    arrival_timed: bool,
     started: Instant,
     lag_s: f64,
     /// The tier the open `monitor.degraded` alert describes.
@@ -144,17 +154,25 @@ struct StreamSink {
 }
 
 impl StreamSink {
-    /// How far behind real time the analysis is: the slip of media time against wall time
-    /// since the (re)connection, or how long the data just read waited in the socket when the
-    /// input can tell (UDP), whichever is larger.
+    /// How far behind real time the analysis is: how long the data just read waited for it
+    /// when the input can tell (the kernel's receive time of a UDP datagram, the fetch of an
+    /// HLS segment); otherwise the slip of media time against wall time since the
+    /// (re)connection.
     fn measure_lag(&mut self) {
-        let d = self.started.elapsed().as_secs_f64() - self.media_t;
-        let base = self.slip_base.get_or_insert(d);
-        if d < *base {
-            *base = d;
+        if self.arrival_timed {
+            self.lag_s = self.shared.cpu.input_age_s();
+            return;
         }
-        let slip = d - *base;
-        self.lag_s = slip.max(self.shared.cpu.input_age_s());
+        let wall = self.started.elapsed().as_secs_f64();
+        let d = wall - self.media_t;
+        let dt = (wall - std::mem::replace(&mut self.slip_wall, wall)).max(0.0);
+        let base = match self.slip_base {
+            // A sender's pause leaves a constant offset that is no lag: forgiven slowly.
+            Some(b) => d.min(b + SLIP_FORGIVE * dt),
+            None => d,
+        };
+        self.slip_base = Some(base);
+        self.lag_s = d - base;
     }
 
     /// Raise, update or clear `monitor.degraded` when the tier the input applied and the
@@ -427,6 +445,14 @@ fn stream_thread(
         metrics_interval,
         media_t: 0.0,
         slip_base: None,
+        slip_wall: 0.0,
+        arrival_timed: hls.is_some() || {
+            let scheme = cfg
+                .url
+                .split_once("://")
+                .map(|(s, _)| s.to_ascii_lowercase());
+            matches!(scheme.as_deref(), Some("udp" | "rtp"))
+        },
         started: Instant::now(),
         lag_s: 0.0,
         degraded_at: None,
@@ -457,7 +483,7 @@ fn stream_thread(
             match HlsInput::spawn(h, hls_opts, stop.clone(), make_out) {
                 Ok(input) => {
                     let mut open = || {
-                        let source = Box::new(input.source(stop.clone()));
+                        let source = Box::new(input.source(stop.clone(), Some(shared.cpu.clone())));
                         Input::open_source(&cfg.url, source, None, &opts, stop.clone())
                     };
                     run_input(
