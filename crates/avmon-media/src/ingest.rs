@@ -125,11 +125,11 @@ pub(crate) fn route(
             })
         }
         Some("srt" | "tcp") => Ok(Route::Bytes {
-            reader: Box::new(ProtocolReader::open(url, waits, &opts.format_options)?),
+            reader: protocol_reader(url, waits, opts)?,
             format: None,
         }),
         Some("http" | "https") if !is_playlist(url) => Ok(Route::Bytes {
-            reader: Box::new(ProtocolReader::open(url, waits, &opts.format_options)?),
+            reader: protocol_reader(url, waits, opts)?,
             format: None,
         }),
         Some("file") | None => {
@@ -146,6 +146,139 @@ pub(crate) fn route(
             }
         }
         _ => Ok(Route::Ffmpeg),
+    }
+}
+
+/// FFmpeg's protocol layer for `url`. Under the CPU scheduler ([`OpenOptions::cpu`]) it is read
+/// on a thread of its own ([`Prefetch`]): FFmpeg's reads cannot say whether they would block, and
+/// letting go of the permit around each one would cost a turn of the queue per packet.
+fn protocol_reader(
+    url: &str,
+    waits: Waits,
+    opts: &OpenOptions,
+) -> Result<Box<dyn ByteSource>, MediaError> {
+    if opts.cpu.is_none() {
+        return Ok(Box::new(ProtocolReader::open(
+            url,
+            waits,
+            &opts.format_options,
+        )?));
+    }
+    let own_stop = Arc::new(AtomicBool::new(false));
+    let reader = ProtocolReader::open(
+        url,
+        Waits {
+            stop: own_stop.clone(),
+            first: waits.first,
+            io: waits.io,
+        },
+        &opts.format_options,
+    )?;
+    Ok(Box::new(Prefetch::spawn(reader, waits.stop, own_stop)))
+}
+
+/// Reads a [`ProtocolReader`] on its own thread (I/O only: it waits, the stream's thread
+/// decodes), so that [`ByteSource::ready`] can tell whether bytes are waiting.
+struct Prefetch {
+    rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    chunk: Vec<u8>,
+    pos: usize,
+    /// The stream's stop flag.
+    stop: Arc<AtomicBool>,
+    /// The reader thread's own stop flag: set when this is dropped or the stream stops.
+    own_stop: Arc<AtomicBool>,
+    /// The reader ended: `None` at the end of the input, else its error (kind and words); what
+    /// every later read returns.
+    ended: Option<Option<(io::ErrorKind, String)>>,
+}
+
+/// Chunks read ahead at most (each one protocol read: an SRT packet, a TCP read).
+const PREFETCH_CHUNKS: usize = 1024;
+
+impl Prefetch {
+    fn spawn(mut reader: ProtocolReader, stop: Arc<AtomicBool>, own_stop: Arc<AtomicBool>) -> Self {
+        let (tx, rx) = std::sync::mpsc::sync_channel(PREFETCH_CHUNKS);
+        let spawned = std::thread::Builder::new()
+            .name("avmon-read".into())
+            .spawn(move || {
+                let mut buf = vec![0u8; IO_BUFFER];
+                loop {
+                    let r = reader.read(&mut buf).map(|n| buf[..n].to_vec());
+                    let end = !matches!(&r, Ok(b) if !b.is_empty());
+                    if tx.send(r).is_err() || end {
+                        break;
+                    }
+                }
+            });
+        let ended = spawned.err().map(|e| {
+            Some((
+                io::ErrorKind::Other,
+                format!("starting a reader thread: {e}"),
+            ))
+        });
+        Prefetch {
+            rx,
+            chunk: Vec::new(),
+            pos: 0,
+            stop,
+            own_stop,
+            ended,
+        }
+    }
+
+    fn take(&mut self, r: io::Result<Vec<u8>>) {
+        match r {
+            Ok(b) if !b.is_empty() => {
+                self.chunk = b;
+                self.pos = 0;
+            }
+            Ok(_) => self.ended = Some(None),
+            Err(e) => self.ended = Some(Some((e.kind(), e.to_string()))),
+        }
+    }
+}
+
+impl Drop for Prefetch {
+    fn drop(&mut self) {
+        self.own_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+impl ByteSource for Prefetch {
+    fn ready(&mut self) -> bool {
+        if self.pos < self.chunk.len() || self.ended.is_some() {
+            return true;
+        }
+        match self.rx.try_recv() {
+            Ok(r) => {
+                self.take(r);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pos >= self.chunk.len() {
+            match &self.ended {
+                Some(None) => return Ok(0),
+                Some(Some((kind, why))) => return Err(io::Error::new(*kind, why.clone())),
+                None => {}
+            }
+            if self.stop.load(Ordering::Relaxed) {
+                self.own_stop.store(true, Ordering::Relaxed);
+                return Err(io::ErrorKind::Interrupted.into());
+            }
+            match self.rx.recv_timeout(POLL) {
+                Ok(r) => self.take(r),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => self.ended = Some(None),
+            }
+        }
+        let n = buf.len().min(self.chunk.len() - self.pos);
+        buf[..n].copy_from_slice(&self.chunk[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
     }
 }
 
@@ -588,6 +721,11 @@ struct ProtocolReader {
     waits: Waits,
     got_data: bool,
 }
+
+// SAFETY: a ProtocolReader owns its AVIOContext and interrupt state outright; moved to the
+// thread that reads it ([`Prefetch`]), it is used there alone (FFmpeg's I/O contexts may be
+// used from any one thread at a time).
+unsafe impl Send for ProtocolReader {}
 
 impl ProtocolReader {
     fn open(url: &str, waits: Waits, options: &[(String, String)]) -> Result<Self, MediaError> {
