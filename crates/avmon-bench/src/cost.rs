@@ -9,6 +9,11 @@
 //!   and 4 UDP streams on loopback once every stream decodes: the growth per added stream.
 //! - **Streams per host** (`--streams`, minutes): K real-time 720p25 streams into `avmon run`,
 //!   K raised until one falls behind (see [`stage`] for how "behind" is decided).
+//! - **Degradation** (`--only degrade`, minutes): more 1080p25 streams than `--workers` CPU
+//!   permits hold at full, into `avmon run` with `auto_degrade` off, then on: how far streams
+//!   fall behind, datagrams lost, and the tiers they end at.
+//! - **Scheduling** (`--only sched`, minutes): 720p25 streams with one CPU permit per core
+//!   against a thread per stream left to the kernel (`workers = 1024`).
 //! - **Latency**: a live stream with a black picture every 12 s into `avmon run` with a webhook
 //!   to a receiver in this process: threshold crossed → `raised_at` → webhook received.
 //! - **Profile**: `perf` samples of `check` on the 720p input, self time grouped by who spends
@@ -48,6 +53,12 @@ pub struct Options {
     pub window: f64,
     /// Defects in the latency stream (one every 12 s).
     pub defects: usize,
+    /// Streams of the degradation part.
+    pub degrade_streams: usize,
+    /// `[service] workers` of the degradation part.
+    pub workers: usize,
+    /// Streams of the scheduling part.
+    pub sched_streams: usize,
 }
 
 /// The latency stream's defect: black from `LAT_ONSET` for 4 s, every `LAT_EVERY` s.
@@ -92,6 +103,12 @@ pub fn run(o: &Options) -> Result<()> {
     }
     if want("streams") {
         println!("{}", streams(o, &i720, &scratch)?);
+    }
+    if want("degrade") {
+        println!("{}", degrade(o, &i1080, &scratch)?);
+    }
+    if want("sched") {
+        println!("{}", sched(o, &i720, &scratch)?);
     }
     if want("latency") {
         let n = o.defects.max(1);
@@ -757,6 +774,235 @@ fn streams(o: &Options, file: &Path, scratch: &Path) -> Result<String> {
         best.map_or("none".to_string(), |k| k.to_string())
     );
     Ok(t)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Automatic degradation
+
+/// One watched run of `avmon run` for the degradation and scheduling parts.
+struct DegradeRun {
+    auto: bool,
+    workers: usize,
+    avmon_pct: f64,
+    /// Involuntary context switches of all avmon's threads per second (preempted: more
+    /// runnable threads than cores).
+    preempted_per_s: f64,
+    /// The largest slip of any stream in the window (as in [`stage`]).
+    slip_s: f64,
+    /// The largest lag avmon itself reported (`lag_s`, smoothed) in the window.
+    reported_lag_s: f64,
+    drops: u64,
+    behind: usize,
+    /// Streams at each tier at the window's end: full, reference, keyframes, transport.
+    tiers: [usize; 4],
+    degraded_alerts: usize,
+    steps: usize,
+}
+
+/// Involuntary context switches of every thread of `pid`.
+fn preemptions(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+        .filter_map(|st| {
+            st.lines()
+                .find_map(|l| l.strip_prefix("nonvoluntary_ctxt_switches:"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        })
+        .sum()
+}
+
+/// `n` real-time copies of `file` (priorities 10, 20, …) into `avmon run` with `workers`
+/// permits and `auto_degrade = auto`; watched for `o.window` s after `settle` s from the moment
+/// every stream decodes. Behind: a stream slipped > [`BEHIND_S`] in the window, or lost
+/// datagrams in it.
+fn watch_service(
+    o: &Options,
+    file: &Path,
+    n: usize,
+    workers: usize,
+    auto: bool,
+    settle: f64,
+    scratch: &Path,
+) -> Result<DegradeRun> {
+    let tck = clock_ticks();
+    let ports = free_udp_ports(n)?;
+    let mut sections = format!("[service]\nworkers = {workers}\nauto_degrade = {auto}\n");
+    for (i, p) in ports.iter().enumerate() {
+        let _ = write!(
+            sections,
+            "[[streams]]\nid = \"s{i}\"\nurl = \"udp://127.0.0.1:{p}\"\npriority = {}\n",
+            10 * (i + 1)
+        );
+    }
+    let svc = Service::start(o, scratch, &sections)?;
+    let started = Instant::now();
+    let _send = senders(o, file, &ports, true)?;
+    svc.wait_decoding(n, Duration::from_secs(60))?;
+    std::thread::sleep(Duration::from_secs_f64(settle));
+    let list = |svc: &Service| -> Result<Vec<Value>> {
+        let v: Value = serde_json::from_str(&http_get(&svc.api, "/api/streams")?)?;
+        Ok(v.as_array().cloned().unwrap_or_default())
+    };
+    let (t0, c0, p0) = (
+        Instant::now(),
+        proc_cpu_s(svc.pid(), tck),
+        preemptions(svc.pid()),
+    );
+    let drops0: Vec<u64> = ports.iter().map(|p| udp_sockets(&[*p]).0).collect();
+    let mut lowest: Vec<(String, f64)> = Vec::new();
+    let mut slip: Vec<(String, f64)> = Vec::new();
+    let mut reported: f64 = 0.0;
+    let end = t0 + Duration::from_secs_f64(o.window);
+    let last = loop {
+        let now = Instant::now();
+        let wall = now.duration_since(started).as_secs_f64();
+        let l = list(&svc)?;
+        for s in &l {
+            let id = s["id"].as_str().unwrap_or("").to_string();
+            let lag = wall - s["media_t"].as_f64().unwrap_or(0.0);
+            reported = reported.max(s["lag_s"].as_f64().unwrap_or(0.0));
+            match lowest.iter_mut().find(|x| x.0 == id) {
+                Some(x) => {
+                    x.1 = x.1.min(lag);
+                    let up = lag - x.1;
+                    match slip.iter_mut().find(|x| x.0 == id) {
+                        Some(y) => y.1 = y.1.max(up),
+                        None => slip.push((id, up)),
+                    }
+                }
+                None => lowest.push((id, lag)),
+            }
+        }
+        if now >= end {
+            break l;
+        }
+        std::thread::sleep(Duration::from_secs(1).min(end.saturating_duration_since(now)));
+    };
+    let wall = t0.elapsed().as_secs_f64();
+    let (cpu, preempted) = (proc_cpu_s(svc.pid(), tck), preemptions(svc.pid()));
+    let drops_now: Vec<u64> = ports.iter().map(|p| udp_sockets(&[*p]).0).collect();
+    let mut tiers = [0; 4];
+    let mut degraded_alerts = 0;
+    for s in &last {
+        let t = match s["tier"].as_str() {
+            Some("reference") => 1,
+            Some("keyframes") => 2,
+            Some("transport") => 3,
+            _ => 0,
+        };
+        tiers[t] += 1;
+        degraded_alerts += s["active_alerts"].as_array().map_or(0, |a| {
+            a.iter().filter(|a| a["kind"] == "monitor.degraded").count()
+        });
+    }
+    // Ports are in the streams' order.
+    let behind = (0..n)
+        .filter(|&i| {
+            let id = format!("s{i}");
+            slip.iter().any(|x| x.0 == id && x.1 > BEHIND_S) || drops_now[i] > drops0[i]
+        })
+        .count();
+    let alerts: Value = serde_json::from_str(&http_get(&svc.api, "/api/alerts?limit=10000")?)?;
+    let steps = alerts.as_array().map_or(0, |a| {
+        a.iter().filter(|a| a["kind"] == "monitor.degraded").count()
+    });
+    Ok(DegradeRun {
+        auto,
+        workers,
+        avmon_pct: (cpu - c0) / wall * 100.0,
+        preempted_per_s: (preempted - p0) as f64 / wall,
+        slip_s: slip.iter().map(|x| x.1).fold(0.0, f64::max),
+        reported_lag_s: reported,
+        drops: drops_now.iter().sum::<u64>() - drops0.iter().sum::<u64>(),
+        behind,
+        tiers,
+        degraded_alerts,
+        steps,
+    })
+}
+
+fn degrade_table(runs: &[DegradeRun], n: usize) -> String {
+    let mut t = String::from(
+        "| workers | auto_degrade | avmon CPU | preempted / s | max slip | max reported lag | UDP drops | streams behind | full | reference | keyframes | transport | monitor.degraded active | monitor.degraded alerts in all |\n\
+         |---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for r in runs {
+        let _ = writeln!(
+            t,
+            "| {} | {} | {:.0} % | {:.0} | {:.2} s | {:.2} s | {} | {} of {n} | {} | {} | {} | {} | {} | {} |",
+            r.workers,
+            if r.auto { "on" } else { "off" },
+            r.avmon_pct,
+            r.preempted_per_s,
+            r.slip_s,
+            r.reported_lag_s,
+            r.drops,
+            r.behind,
+            r.tiers[0],
+            r.tiers[1],
+            r.tiers[2],
+            r.tiers[3],
+            r.degraded_alerts,
+            r.steps
+        );
+    }
+    t
+}
+
+/// `--degrade-streams` 1080p25 streams on `--workers` permits, `auto_degrade` off then on; each
+/// settles as long as it is watched (degradation takes a step every 2 s at most).
+fn degrade(o: &Options, file: &Path, scratch: &Path) -> Result<String> {
+    let n = o.degrade_streams.max(1);
+    let mut runs = Vec::new();
+    for auto in [false, true] {
+        eprintln!("cost: degrade, auto_degrade = {auto}");
+        runs.push(watch_service(
+            o, file, n, o.workers, auto, o.window, scratch,
+        )?);
+    }
+    Ok(format!(
+        "## Automatic degradation\n\n{n} real-time 1080p25 streams (`ffmpeg -re -stream_loop -1 \
+         -c copy` to UDP on loopback, priorities 10, 20, …) into one `avmon run` with \
+         `[service] workers = {}`, every detector on, first with `auto_degrade = false`, then \
+         `true`; each run settles {:.0} s after every stream decodes, then is watched for {:.0} s. \
+         Max slip: how far a stream's lag behind wall time rose above its lowest point in the \
+         window (read every second); reported lag: the largest `lag_s` avmon showed; behind: \
+         streams that slipped > {BEHIND_S} s or whose socket dropped datagrams in the window; \
+         preempted: involuntary context switches of avmon's threads. Tiers at the window's \
+         end.\n\n{}",
+        o.workers,
+        o.window,
+        o.window,
+        degrade_table(&runs, n)
+    ))
+}
+
+/// The scheduling model against a thread per stream left to the kernel: `--sched-streams`
+/// 720p25 streams with one permit per core, and with 1024 (no limit), auto_degrade off, twice
+/// each, interleaved.
+fn sched(o: &Options, file: &Path, scratch: &Path) -> Result<String> {
+    let n = o.sched_streams.max(1);
+    let mut runs = Vec::new();
+    for _ in 0..2 {
+        for workers in [num_cpus(), 1024] {
+            eprintln!("cost: sched, workers = {workers}");
+            runs.push(watch_service(o, file, n, workers, false, 10.0, scratch)?);
+        }
+    }
+    Ok(format!(
+        "## Scheduling model\n\n{n} real-time 720p25 streams into one `avmon run` (`auto_degrade = \
+         false`) with one CPU permit per core (`workers = {}`), and with `workers = 1024` (every \
+         stream's thread runs when it likes: the kernel alone shares the cores), twice each, \
+         interleaved; each watched for {:.0} s, 10 s after every stream decodes. Columns as in \
+         the degradation table.\n\n{}",
+        num_cpus(),
+        o.window,
+        degrade_table(&runs, n)
+    ))
 }
 
 // ---------------------------------------------------------------------------------------------

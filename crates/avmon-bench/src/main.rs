@@ -102,6 +102,16 @@ enum Cmd {
         /// Black defects in the latency stream (one every 12 s).
         #[arg(long, default_value_t = 10)]
         defects: usize,
+        /// Streams of the degradation part (`--only degrade`): 1080p25, more than the workers
+        /// hold at full.
+        #[arg(long, default_value_t = 16)]
+        degrade_streams: usize,
+        /// `[service] workers` of the degradation part: the host's size for it.
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+        /// Streams of the scheduling part (`--only sched`): 720p25.
+        #[arg(long, default_value_t = 24)]
+        sched_streams: usize,
     },
 }
 
@@ -118,8 +128,13 @@ fn main() -> Result<()> {
             max_streams,
             window,
             defects,
+            degrade_streams,
+            workers,
+            sched_streams,
         } => {
-            const PARTS: [&str; 5] = ["cpu", "memory", "latency", "profile", "streams"];
+            const PARTS: [&str; 7] = [
+                "cpu", "memory", "latency", "profile", "streams", "degrade", "sched",
+            ];
             if let Some(bad) = only.iter().find(|p| !PARTS.contains(&p.as_str())) {
                 bail!("--only {bad:?}: not one of {}", PARTS.join(", "));
             }
@@ -141,6 +156,9 @@ fn main() -> Result<()> {
                 max_streams,
                 window,
                 defects,
+                degrade_streams,
+                workers,
+                sched_streams,
             })
         }
         Cmd::Accuracy {

@@ -20,6 +20,7 @@ mod alert;
 mod detector;
 mod frame;
 mod manage;
+pub mod sched;
 mod stream;
 mod tier;
 
@@ -51,6 +52,9 @@ pub mod kinds {
     pub const AUDIO_CHANNEL_SILENCE: &str = "audio.channel_silence";
     pub const AUDIO_DROPOUT: &str = "audio.dropout";
     pub const AV_SYNC: &str = "av.sync";
+    /// The service lowered the stream's fidelity tier below the configured one because the host
+    /// fell behind real time (automatic degradation); cleared when the tier is restored.
+    pub const MONITOR_DEGRADED: &str = "monitor.degraded";
     /// HLS delivery (`avmon-hls`): the media playlist stopped updating.
     pub const HLS_STALE: &str = "hls.stale";
     /// HLS delivery: a segment failed (HTTP error, timeout, empty or undecodable).

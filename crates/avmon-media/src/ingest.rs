@@ -90,6 +90,12 @@ pub trait ByteSource {
     fn restarted(&mut self) -> bool {
         false
     }
+    /// Whether the next read returns at once, without waiting for the source. A reader that
+    /// cannot tell says `false`: the stream's CPU permit ([`avmon_core::sched::Slot`]) is then
+    /// let go during each read.
+    fn ready(&mut self) -> bool {
+        false
+    }
 }
 
 /// Decide how to read `url` (see the module docs), and open it if avmon reads it.
@@ -110,19 +116,20 @@ pub(crate) fn route(
     };
     match scheme.as_deref() {
         Some(s @ ("udp" | "rtp")) => {
-            let reader = UdpReader::open(url, s == "rtp", waits, opts.tap.clone())
-                .map_err(|e| open_err(e.to_string()))?;
+            let reader =
+                UdpReader::open(url, s == "rtp", waits, opts.tap.clone(), opts.cpu.clone())
+                    .map_err(|e| open_err(e.to_string()))?;
             Ok(Route::Bytes {
                 reader: Box::new(reader),
                 format: Some("mpegts"),
             })
         }
         Some("srt" | "tcp") => Ok(Route::Bytes {
-            reader: Box::new(ProtocolReader::open(url, waits, &opts.format_options)?),
+            reader: protocol_reader(url, waits, opts)?,
             format: None,
         }),
         Some("http" | "https") if !is_playlist(url) => Ok(Route::Bytes {
-            reader: Box::new(ProtocolReader::open(url, waits, &opts.format_options)?),
+            reader: protocol_reader(url, waits, opts)?,
             format: None,
         }),
         Some("file") | None => {
@@ -139,6 +146,139 @@ pub(crate) fn route(
             }
         }
         _ => Ok(Route::Ffmpeg),
+    }
+}
+
+/// FFmpeg's protocol layer for `url`. Under the CPU scheduler ([`OpenOptions::cpu`]) it is read
+/// on a thread of its own ([`Prefetch`]): FFmpeg's reads cannot say whether they would block, and
+/// letting go of the permit around each one would cost a turn of the queue per packet.
+fn protocol_reader(
+    url: &str,
+    waits: Waits,
+    opts: &OpenOptions,
+) -> Result<Box<dyn ByteSource>, MediaError> {
+    if opts.cpu.is_none() {
+        return Ok(Box::new(ProtocolReader::open(
+            url,
+            waits,
+            &opts.format_options,
+        )?));
+    }
+    let own_stop = Arc::new(AtomicBool::new(false));
+    let reader = ProtocolReader::open(
+        url,
+        Waits {
+            stop: own_stop.clone(),
+            first: waits.first,
+            io: waits.io,
+        },
+        &opts.format_options,
+    )?;
+    Ok(Box::new(Prefetch::spawn(reader, waits.stop, own_stop)))
+}
+
+/// Reads a [`ProtocolReader`] on its own thread (I/O only: it waits, the stream's thread
+/// decodes), so that [`ByteSource::ready`] can tell whether bytes are waiting.
+struct Prefetch {
+    rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    chunk: Vec<u8>,
+    pos: usize,
+    /// The stream's stop flag.
+    stop: Arc<AtomicBool>,
+    /// The reader thread's own stop flag: set when this is dropped or the stream stops.
+    own_stop: Arc<AtomicBool>,
+    /// The reader ended: `None` at the end of the input, else its error (kind and words); what
+    /// every later read returns.
+    ended: Option<Option<(io::ErrorKind, String)>>,
+}
+
+/// Chunks read ahead at most (each one protocol read: an SRT packet, a TCP read).
+const PREFETCH_CHUNKS: usize = 1024;
+
+impl Prefetch {
+    fn spawn(mut reader: ProtocolReader, stop: Arc<AtomicBool>, own_stop: Arc<AtomicBool>) -> Self {
+        let (tx, rx) = std::sync::mpsc::sync_channel(PREFETCH_CHUNKS);
+        let spawned = std::thread::Builder::new()
+            .name("avmon-read".into())
+            .spawn(move || {
+                let mut buf = vec![0u8; IO_BUFFER];
+                loop {
+                    let r = reader.read(&mut buf).map(|n| buf[..n].to_vec());
+                    let end = !matches!(&r, Ok(b) if !b.is_empty());
+                    if tx.send(r).is_err() || end {
+                        break;
+                    }
+                }
+            });
+        let ended = spawned.err().map(|e| {
+            Some((
+                io::ErrorKind::Other,
+                format!("starting a reader thread: {e}"),
+            ))
+        });
+        Prefetch {
+            rx,
+            chunk: Vec::new(),
+            pos: 0,
+            stop,
+            own_stop,
+            ended,
+        }
+    }
+
+    fn take(&mut self, r: io::Result<Vec<u8>>) {
+        match r {
+            Ok(b) if !b.is_empty() => {
+                self.chunk = b;
+                self.pos = 0;
+            }
+            Ok(_) => self.ended = Some(None),
+            Err(e) => self.ended = Some(Some((e.kind(), e.to_string()))),
+        }
+    }
+}
+
+impl Drop for Prefetch {
+    fn drop(&mut self) {
+        self.own_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+impl ByteSource for Prefetch {
+    fn ready(&mut self) -> bool {
+        if self.pos < self.chunk.len() || self.ended.is_some() {
+            return true;
+        }
+        match self.rx.try_recv() {
+            Ok(r) => {
+                self.take(r);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pos >= self.chunk.len() {
+            match &self.ended {
+                Some(None) => return Ok(0),
+                Some(Some((kind, why))) => return Err(io::Error::new(*kind, why.clone())),
+                None => {}
+            }
+            if self.stop.load(Ordering::Relaxed) {
+                self.own_stop.store(true, Ordering::Relaxed);
+                return Err(io::ErrorKind::Interrupted.into());
+            }
+            match self.rx.recv_timeout(POLL) {
+                Ok(r) => self.take(r),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => self.ended = Some(None),
+            }
+        }
+        let n = buf.len().min(self.chunk.len() - self.pos);
+        buf[..n].copy_from_slice(&self.chunk[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
     }
 }
 
@@ -176,6 +316,9 @@ struct FileReader {
 }
 
 impl ByteSource for FileReader {
+    fn ready(&mut self) -> bool {
+        true
+    }
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.stop.load(Ordering::Relaxed) {
             return Err(io::ErrorKind::Interrupted.into());
@@ -261,10 +404,18 @@ struct UdpReader {
     last_seq: Option<u16>,
     last_data: Instant,
     got_data: bool,
+    /// Told how long each datagram waited in the socket and how many the kernel dropped.
+    cpu: Option<avmon_core::sched::Slot>,
 }
 
 impl UdpReader {
-    fn open(url: &str, rtp: bool, waits: Waits, tap: Option<crate::Tap>) -> Result<Self, String> {
+    fn open(
+        url: &str,
+        rtp: bool,
+        waits: Waits,
+        tap: Option<crate::Tap>,
+        cpu: Option<avmon_core::sched::Slot>,
+    ) -> Result<Self, String> {
         let u = parse_udp_url(url)?;
         let domain = Domain::for_address(u.addr);
         let socket = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))
@@ -316,6 +467,11 @@ impl UdpReader {
         socket
             .set_read_timeout(Some(POLL))
             .map_err(|e| format!("SO_RCVTIMEO: {e}"))?;
+        if cpu.is_some() {
+            // Each datagram's kernel arrival time and the socket's drop count come with it
+            // (ancillary data): how far behind the reader is, measured where it matters.
+            enable_arrival_info(&socket);
+        }
         Ok(UdpReader {
             socket,
             rtp,
@@ -327,7 +483,49 @@ impl UdpReader {
             last_seq: None,
             last_data: Instant::now(),
             got_data: false,
+            cpu,
         })
+    }
+
+    /// One `recvmsg` into `datagram` (`MSG_DONTWAIT` when `wait` is false), noting the
+    /// datagram's age and the socket's drops for the scheduler when asked for them.
+    fn recv_one(&mut self, wait: bool) -> io::Result<usize> {
+        let Some(cpu) = &self.cpu else {
+            // SAFETY: `recv` only writes initialised bytes into the buffer; viewing our
+            // initialised Vec<u8> as MaybeUninit<u8> is sound.
+            let buf = unsafe {
+                &mut *(self.datagram.as_mut_slice() as *mut [u8]
+                    as *mut [std::mem::MaybeUninit<u8>])
+            };
+            let flags = if wait { 0 } else { libc::MSG_DONTWAIT };
+            return self.socket.recv_with_flags(buf, flags);
+        };
+        let (n, arrival) = recv_with_arrival(&self.socket, &mut self.datagram, wait)?;
+        if let Some((at, drops)) = arrival {
+            cpu.note_arrival(age_of(at), drops);
+        }
+        Ok(n)
+    }
+
+    /// Take a received datagram of `n` bytes; false when it carries no payload.
+    fn accept(&mut self, n: usize) -> bool {
+        self.last_data = Instant::now();
+        self.got_data = true;
+        let (start, end) = if self.rtp {
+            match rtp_payload(&self.datagram[..n]) {
+                Some((seq, start, end)) => {
+                    self.count_seq(seq);
+                    (start, end)
+                }
+                // Not RTP (raw TS sent to an rtp:// port): take it whole.
+                None => (0, n),
+            }
+        } else {
+            (0, n)
+        };
+        self.pos = start;
+        self.end = end;
+        start < end
     }
 
     /// Receive the next datagram into `datagram[pos..end]` (its payload, for RTP).
@@ -344,31 +542,9 @@ impl UdpReader {
             if self.last_data.elapsed() >= limit {
                 return Err(io::ErrorKind::TimedOut.into());
             }
-            // SAFETY: `recv` only writes initialised bytes into the buffer; viewing our
-            // initialised Vec<u8> as MaybeUninit<u8> is sound.
-            let buf = unsafe {
-                &mut *(self.datagram.as_mut_slice() as *mut [u8]
-                    as *mut [std::mem::MaybeUninit<u8>])
-            };
-            match self.socket.recv(buf) {
+            match self.recv_one(true) {
                 Ok(n) => {
-                    self.last_data = Instant::now();
-                    self.got_data = true;
-                    let (start, end) = if self.rtp {
-                        match rtp_payload(&self.datagram[..n]) {
-                            Some((seq, start, end)) => {
-                                self.count_seq(seq);
-                                (start, end)
-                            }
-                            // Not RTP (raw TS sent to an rtp:// port): take it whole.
-                            None => (0, n),
-                        }
-                    } else {
-                        (0, n)
-                    };
-                    if start < end {
-                        self.pos = start;
-                        self.end = end;
+                    if self.accept(n) {
                         return Ok(());
                     }
                 }
@@ -420,6 +596,28 @@ fn rtp_payload(d: &[u8]) -> Option<(u16, usize, usize)> {
 }
 
 impl ByteSource for UdpReader {
+    fn ready(&mut self) -> bool {
+        if self.pos < self.end {
+            return true;
+        }
+        // Nobody waits for the permit: letting go of it and blocking in one `recv` costs less
+        // than asking the socket first (an uncontended hand-back and re-take are cheap).
+        if self
+            .cpu
+            .as_ref()
+            .is_none_or(|c| c.scheduler().waiting() == 0)
+        {
+            return false;
+        }
+        // A datagram already waiting is taken now, without blocking: the permit is kept for it.
+        loop {
+            match self.recv_one(false) {
+                Ok(n) if self.accept(n) => return true,
+                Ok(_) => continue,
+                Err(_) => return false,
+            }
+        }
+    }
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.pos >= self.end {
             self.receive()?;
@@ -431,6 +629,91 @@ impl ByteSource for UdpReader {
     }
 }
 
+/// Ask the kernel for each datagram's receive time (`SO_TIMESTAMPNS`) and the socket's count of
+/// dropped datagrams (`SO_RXQ_OVFL`) with every `recvmsg`. Best effort: without them the
+/// reader works the same, only unmeasured.
+fn enable_arrival_info(socket: &Socket) {
+    use std::os::fd::AsRawFd;
+    let one: c_int = 1;
+    for opt in [libc::SO_TIMESTAMPNS, libc::SO_RXQ_OVFL] {
+        // SAFETY: setting an int socket option on our own open socket.
+        let r = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                &one as *const c_int as *const c_void,
+                std::mem::size_of::<c_int>() as libc::socklen_t,
+            )
+        };
+        if r != 0 {
+            tracing::debug!(opt, "socket option refused: {}", io::Error::last_os_error());
+        }
+    }
+}
+
+/// A datagram's kernel receive time, and its socket's drop count when the kernel gave it.
+type Arrival = (libc::timespec, Option<u64>);
+
+/// `recvmsg` one datagram into `buf`, with its [`Arrival`] when the kernel gave it.
+fn recv_with_arrival(
+    socket: &Socket,
+    buf: &mut [u8],
+    wait: bool,
+) -> io::Result<(usize, Option<Arrival>)> {
+    use std::os::fd::AsRawFd;
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr() as *mut c_void,
+        iov_len: buf.len(),
+    };
+    // Room for a timespec and a u32, with headers and alignment (u64 aligns the buffer).
+    let mut control = [0u64; 16];
+    // SAFETY: a zeroed msghdr is valid; the pointers set below outlive the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr() as *mut c_void;
+    msg.msg_controllen = std::mem::size_of_val(&control) as _;
+    let flags = if wait { 0 } else { libc::MSG_DONTWAIT };
+    // SAFETY: `msg` points to our buffers, of the sizes given.
+    let n = unsafe { libc::recvmsg(socket.as_raw_fd(), &mut msg, flags) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let (mut at, mut drops) = (None, None);
+    // SAFETY: walking the control messages the kernel wrote, with libc's CMSG macros, inside
+    // `msg_controllen`; each payload is read unaligned.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            let h = &*c;
+            if h.cmsg_level == libc::SOL_SOCKET && h.cmsg_type == libc::SCM_TIMESTAMPNS {
+                at = Some(std::ptr::read_unaligned(
+                    libc::CMSG_DATA(c) as *const libc::timespec
+                ));
+            } else if h.cmsg_level == libc::SOL_SOCKET && h.cmsg_type == libc::SO_RXQ_OVFL {
+                drops = Some(u64::from(std::ptr::read_unaligned(
+                    libc::CMSG_DATA(c) as *const u32
+                )));
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    Ok((n as usize, at.map(|t| (t, drops))))
+}
+
+/// How long ago the kernel received a datagram stamped `at` (`CLOCK_REALTIME`).
+fn age_of(at: libc::timespec) -> Duration {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let at = Duration::new(
+        at.tv_sec.max(0) as u64,
+        at.tv_nsec.clamp(0, 999_999_999) as u32,
+    );
+    now.saturating_sub(at)
+}
+
 /// An input opened with FFmpeg's protocol layer (`avio_open2`), read by avmon.
 struct ProtocolReader {
     pb: *mut ffi::AVIOContext,
@@ -438,6 +721,11 @@ struct ProtocolReader {
     waits: Waits,
     got_data: bool,
 }
+
+// SAFETY: a ProtocolReader owns its AVIOContext and interrupt state outright; moved to the
+// thread that reads it ([`Prefetch`]), it is used there alone (FFmpeg's I/O contexts may be
+// used from any one thread at a time).
+unsafe impl Send for ProtocolReader {}
 
 impl ProtocolReader {
     fn open(url: &str, waits: Waits, options: &[(String, String)]) -> Result<Self, MediaError> {
@@ -529,15 +817,22 @@ impl Drop for ProtocolReader {
 pub(crate) struct IoState {
     reader: Box<dyn ByteSource>,
     tap: Option<crate::Tap>,
+    /// The stream's CPU permit, let go while a read waits for the source.
+    cpu: Option<avmon_core::sched::Slot>,
     /// Why the last read failed, for the user.
     pub(crate) error: Option<io::Error>,
 }
 
 impl IoState {
-    pub(crate) fn new(reader: Box<dyn ByteSource>, tap: Option<crate::Tap>) -> Box<Self> {
+    pub(crate) fn new(
+        reader: Box<dyn ByteSource>,
+        tap: Option<crate::Tap>,
+        cpu: Option<avmon_core::sched::Slot>,
+    ) -> Box<Self> {
         Box::new(IoState {
             reader,
             tap,
+            cpu,
             error: None,
         })
     }
@@ -598,7 +893,13 @@ extern "C" fn read_packet(opaque: *mut c_void, buf: *mut u8, size: c_int) -> c_i
         // FFmpeg's buffer of `size` bytes.
         let state = unsafe { &mut *(opaque as *mut IoState) };
         let buf = unsafe { std::slice::from_raw_parts_mut(buf, size.max(0) as usize) };
-        match state.reader.read(buf) {
+        let read = match &state.cpu {
+            Some(cpu) if cpu.held() && !state.reader.ready() => {
+                cpu.blocking(|| state.reader.read(buf))
+            }
+            _ => state.reader.read(buf),
+        };
+        match read {
             Ok(0) => ffi::AVERROR_EOF,
             Ok(n) => {
                 let restarted = state.reader.restarted();

@@ -41,6 +41,10 @@ pub struct OpenOptions {
     /// Where to keep a small scaled copy of the picture every so often (thumbnails, alert
     /// snapshots: see [`crate::picture`]); `None` copies nothing.
     pub pictures: Option<Arc<crate::Pictures>>,
+    /// The stream's CPU permit (`avmon run`): held while the input demuxes, decodes and hands
+    /// frames on, let go while it waits for the source (see [`avmon_core::sched`]). `None`: no
+    /// scheduling (`check`).
+    pub cpu: Option<avmon_core::sched::Slot>,
 }
 
 impl Default for OpenOptions {
@@ -53,6 +57,7 @@ impl Default for OpenOptions {
             tap: None,
             tier: TierControl::default(),
             pictures: None,
+            cpu: None,
         }
     }
 }
@@ -236,6 +241,8 @@ pub struct Input {
     /// The tier the video decoder is set up for; `None` until the first packet (and after the
     /// decoder was replaced), so that it is applied and announced then.
     applied: Option<Tier>,
+    /// The stream's CPU permit, held while [`Input::run`] works (see [`OpenOptions::cpu`]).
+    cpu: Option<avmon_core::sched::Slot>,
 }
 
 fn threading(decoder_threads: usize) -> ff::codec::threading::Config {
@@ -410,7 +417,10 @@ impl Input {
                 if let Some(tap) = &opts.tap {
                     tap.0.on_start();
                 }
-                (Some(IoState::new(reader, opts.tap.clone())), format)
+                (
+                    Some(IoState::new(reader, opts.tap.clone(), opts.cpu.clone())),
+                    format,
+                )
             }
             Route::Ffmpeg => {
                 for (k, v) in &opts.format_options {
@@ -518,6 +528,7 @@ impl Input {
             seq: 0,
             tier: opts.tier.clone(),
             applied: None,
+            cpu: opts.cpu.clone(),
         })
     }
 
@@ -537,12 +548,25 @@ impl Input {
         }
         let mut packet = ff::Packet::empty();
         let mut consecutive_errors = 0u32;
+        // The CPU permit is held while this loop works and let go while it waits for input:
+        // avmon's own readers let go inside their reads, only when there is nothing to read yet;
+        // FFmpeg's protocols are opaque, so the permit is let go around each of their reads.
+        let cpu = self.cpu.clone();
+        let _held = cpu.as_ref().map(|c| c.hold());
+        let opaque_io = self.io_state.is_none();
         loop {
             if self.irq.stop.load(Ordering::Relaxed) {
                 return Ok(EndReason::Stopped);
             }
+            if let Some(c) = &cpu {
+                c.checkpoint();
+            }
             self.irq.deadline.set(Instant::now() + self.io_timeout);
-            match packet.read(&mut self.ctx) {
+            let read = match &cpu {
+                Some(c) if opaque_io => c.blocking(|| packet.read(&mut self.ctx)),
+                _ => packet.read(&mut self.ctx),
+            };
+            match read {
                 Ok(()) => consecutive_errors = 0,
                 Err(ff::Error::Eof) => {
                     self.drain(clock, sink);

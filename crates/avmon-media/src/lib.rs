@@ -21,6 +21,9 @@
 //! Decoding runs on the caller's thread, one loop per stream, with the decoder's own threading off
 //! by default: avmon's parallelism comes from many streams. [`OpenOptions::decoder_threads`] turns
 //! it on for the few-big-streams case.
+//! With [`OpenOptions::cpu`] (the service), the loop holds a permit of a host-wide CPU scheduler
+//! while it works and lets go of it while it waits for input ([`avmon_core::sched`]); avmon's
+//! UDP reader also reports how long each datagram waited in the socket and the socket's drops.
 //!
 //! Media time is seconds from the input's first timestamp ([`MediaClock`]); it keeps running
 //! across reconnects so events from one live stream stay on one time line.

@@ -10,7 +10,7 @@
 //! | `GET /api/streams`          | `200` `[StreamStatus, ...]`                                 |
 //! | `POST /api/streams`         | body: a stream's config as JSON; `201` `StreamStatus` + `Location`; `400` invalid, `409` duplicate id |
 //! | `GET /api/streams/{id}`     | `200` `StreamStatus`, `404`                                 |
-//! | `PATCH /api/streams/{id}`   | body `{"tier": "full\|reference\|keyframes\|transport"}`: `200` `StreamStatus`; `400`, `404`; takes effect at the stream's next packet, without reconnecting |
+//! | `PATCH /api/streams/{id}`   | body `{"tier": "full\|reference\|keyframes\|transport", "priority": N}` (either or both): `200` `StreamStatus`; `400`, `404`; the tier is the stream's configured tier (the ceiling automatic degradation restores to), applied at its next packet without reconnecting |
 //! | `DELETE /api/streams/{id}`  | `204`, `404`                                                |
 //! | `POST /api/streams/{id}/mute` | body (optional) `{"until": TIME, "comment": "..."}`: `200` `Mute`; `400`, `404` |
 //! | `DELETE /api/streams/{id}/mute` | `204` (muted or not), `404` unknown stream              |
@@ -111,6 +111,15 @@ pub trait Monitor: Send + Sync + 'static {
     /// Change a running stream's fidelity tier, for `PATCH /api/streams/{id}`, without
     /// reconnecting. Unknown → [`ApiError::NotFound`].
     fn set_tier(&self, id: &str, tier: Tier) -> Result<StreamStatus, ApiError>;
+
+    /// Change a running stream's priority (higher: degraded later, restored first), for
+    /// `PATCH /api/streams/{id}`. Unknown → [`ApiError::NotFound`].
+    fn set_priority(&self, id: &str, priority: u32) -> Result<StreamStatus, ApiError> {
+        let _ = (id, priority);
+        Err(ApiError::bad_request(
+            "priority: cannot be changed on this monitor",
+        ))
+    }
 
     /// Stop monitoring a stream, for `DELETE /api/streams/{id}`. Unknown → [`ApiError::NotFound`].
     fn remove_stream(&self, id: &str) -> Result<(), ApiError>;
@@ -250,7 +259,7 @@ pub struct StreamStatus {
     pub frames_audio: u64,
     pub decode_errors: u64,
     pub reconnects: u64,
-    /// The fidelity tier the stream is monitored at (as last set).
+    /// The fidelity tier the stream is monitored at now.
     pub tier: Tier,
     /// The stream's mute, while one is in force.
     #[serde(default)]
@@ -259,6 +268,19 @@ pub struct StreamStatus {
     /// masked; for the console's stream detail.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config: Option<serde_json::Value>,
+    /// The tier set in its config or by `PATCH`: the ceiling automatic degradation restores to.
+    #[serde(default)]
+    pub configured_tier: Tier,
+    /// Whether the service lowered `tier` below `configured_tier` because the host fell behind
+    /// real time (a `monitor.degraded` alert is raised while it is).
+    #[serde(default)]
+    pub degraded: bool,
+    /// Higher is more important: degraded last, restored first.
+    #[serde(default)]
+    pub priority: u32,
+    /// How far the stream's analysis is behind real time, seconds (smoothed; 0 when keeping up).
+    #[serde(default)]
+    pub lag_s: f64,
 }
 
 /// One stored metrics sample of a stream (a metrics period).
@@ -589,9 +611,12 @@ async fn patch_stream(
         ));
     };
     let mut errors = Vec::new();
-    for key in obj.keys().filter(|k| *k != "tier") {
+    for key in obj
+        .keys()
+        .filter(|k| !matches!(k.as_str(), "tier" | "priority"))
+    {
         errors.push(format!(
-            "{key}: cannot be changed while the stream runs (only tier)"
+            "{key}: cannot be changed while the stream runs (only tier and priority)"
         ));
     }
     let tier = match obj.get("tier") {
@@ -606,14 +631,36 @@ async fn patch_stream(
             errors.push(format!("tier: must be a string (got {other})"));
             None
         }
-        None => {
-            errors.push("tier: missing (the only setting PATCH changes)".into());
-            None
-        }
+        None => None,
     };
-    match tier {
-        Some(tier) if errors.is_empty() => Ok(Json(m.set_tier(&id, tier)?)),
-        _ => Err(ApiError::BadRequest(errors)),
+    let priority = match obj.get("priority") {
+        Some(v) => match v.as_u64().and_then(|p| u32::try_from(p).ok()) {
+            Some(p) => Some(p),
+            None => {
+                errors.push(format!(
+                    "priority: must be a whole number from 0 to 4294967295 (got {v})"
+                ));
+                None
+            }
+        },
+        None => None,
+    };
+    if obj.get("tier").is_none() && obj.get("priority").is_none() {
+        errors.push("tier or priority: missing (the settings PATCH changes)".into());
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::BadRequest(errors));
+    }
+    let mut status = None;
+    if let Some(p) = priority {
+        status = Some(m.set_priority(&id, p)?);
+    }
+    if let Some(t) = tier {
+        status = Some(m.set_tier(&id, t)?);
+    }
+    match status {
+        Some(s) => Ok(Json(s)),
+        None => Err(ApiError::bad_request("nothing to change")),
     }
 }
 

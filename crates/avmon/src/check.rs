@@ -230,7 +230,7 @@ pub fn check(opts: CheckOptions) -> Result<Report> {
             },
             |_| Cleared::default(),
         )?;
-        let source = h.source(stop.clone());
+        let source = h.source(stop.clone(), None);
         (Some(h), Some(source))
     } else if !opts.hls_variants.is_empty() {
         anyhow::bail!("--variant applies only to HLS inputs (http(s)://….m3u8)");
@@ -251,6 +251,7 @@ pub fn check(opts: CheckOptions) -> Result<Report> {
         tap: Some(Tap(tap.clone())),
         tier: TierControl::new(opts.tier),
         pictures: None,
+        cpu: None,
     };
     let mut input = match segments {
         Some(source) => {

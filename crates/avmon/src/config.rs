@@ -52,6 +52,67 @@ impl Default for StoreConfig {
     }
 }
 
+/// `[service]`: how the streams share the host.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// Streams that may decode at once (CPU permits); 0, the default: one per core.
+    pub workers: usize,
+    /// Lower the tier of the lowest-priority streams when the host falls behind real time, and
+    /// restore it when capacity returns (`monitor.degraded` while lowered).
+    pub auto_degrade: bool,
+    /// A stream is behind when its lag is over this many seconds and growing.
+    pub behind_s: f64,
+    /// Seconds of sustained headroom before a lowered tier is raised one step.
+    pub restore_after_s: f64,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        ServiceConfig {
+            workers: 0,
+            auto_degrade: true,
+            behind_s: 2.0,
+            restore_after_s: 30.0,
+        }
+    }
+}
+
+impl ServiceConfig {
+    /// The CPU permits: `workers`, or the cores available.
+    pub fn permits(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
+
+    fn validate(&self, errors: &mut Vec<String>) {
+        if self.workers > 1024 {
+            errors.push(format!(
+                "service.workers: must be at most 1024 (got {})",
+                self.workers
+            ));
+        }
+        if !(self.behind_s > 0.0 && self.behind_s <= 600.0) {
+            errors.push(format!(
+                "service.behind_s: must be in (0, 600] (got {})",
+                self.behind_s
+            ));
+        }
+        if !(self.restore_after_s >= 1.0 && self.restore_after_s <= 86_400.0) {
+            errors.push(format!(
+                "service.restore_after_s: must be between 1 and 86400 (got {})",
+                self.restore_after_s
+            ));
+        }
+    }
+}
+
+fn default_priority() -> u32 {
+    100
+}
+
 fn default_io_timeout() -> f64 {
     5.0
 }
@@ -85,6 +146,10 @@ pub struct StreamConfig {
     /// `PATCH /api/streams/{id}`.
     #[serde(default = "default_tier")]
     pub tier: String,
+    /// Higher is more important: when the host falls behind, the lowest-priority streams are
+    /// lowered first and restored last (`[service] auto_degrade`). Default 100.
+    #[serde(default = "default_priority")]
+    pub priority: u32,
     /// Extra FFmpeg demuxer/protocol options, e.g. `{ rtsp_transport = "tcp" }`.
     #[serde(default)]
     pub options: BTreeMap<String, String>,
@@ -141,6 +206,7 @@ pub struct Config {
     pub listen: SocketAddr,
     pub store: StoreConfig,
     pub evidence: crate::evidence::EvidenceConfig,
+    pub service: ServiceConfig,
     pub streams: Vec<StreamConfig>,
     pub notifiers: Vec<NotifierConfig>,
     /// API tokens (none: the API is open, and `listen` must be a loopback address).
@@ -460,6 +526,7 @@ pub fn parse_with_env(
     let mut server = ServerConfig::default();
     let mut store = StoreConfig::default();
     let mut evidence = crate::evidence::EvidenceConfig::default();
+    let mut service = ServiceConfig::default();
     let mut streams = Vec::new();
     let mut notifiers = Vec::new();
     let mut api = Auth::open();
@@ -482,6 +549,12 @@ pub fn parse_with_env(
                 {
                     e.validate(&mut errors);
                     evidence = e;
+                }
+            }
+            "service" => {
+                if let Some(s) = section::<ServiceConfig>(value, "service", &mut errors) {
+                    s.validate(&mut errors);
+                    service = s;
                 }
             }
             "streams" => match value {
@@ -510,8 +583,8 @@ pub fn parse_with_env(
             "api" => api = api_auth(value, env, &mut errors),
             "maintenance" => windows = maintenance(value, &mut errors),
             other => errors.push(format!(
-                "{other}: unknown section (expected server, store, evidence, api, streams, \
-                 notifiers, maintenance)"
+                "{other}: unknown section (expected server, store, service, evidence, api, \
+                 streams, notifiers, maintenance)"
             )),
         }
     }
@@ -565,6 +638,7 @@ pub fn parse_with_env(
             listen,
             store,
             evidence,
+            service,
             streams,
             notifiers,
             api,

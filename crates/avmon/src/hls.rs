@@ -56,6 +56,8 @@ pub struct Chunk {
     fresh: bool,
     /// `EXTINF`, in seconds: the next segment is due about this long after this one.
     duration: f64,
+    /// When it was fetched and queued for the decoder.
+    at: Instant,
 }
 
 /// The sending end of the decoded variant's segments.
@@ -80,6 +82,7 @@ impl Feed {
             init: self.init.clone(),
             fresh: s.discontinuity || s.after_gap || std::mem::take(&mut self.gap),
             duration: s.duration,
+            at: Instant::now(),
         };
         if self.lossy {
             return match self.tx.try_send(chunk) {
@@ -119,11 +122,16 @@ pub struct SegmentSource {
     /// How long after the last segment the next one is due.
     due: Duration,
     last: Instant,
+    /// Told how long each segment waited for the decoder (the service's lag).
+    cpu: Option<avmon_core::sched::Slot>,
 }
 
 impl SegmentSource {
     fn take(&mut self, c: Chunk) {
         self.last = Instant::now();
+        if let Some(cpu) = &self.cpu {
+            cpu.note_arrival(c.at.elapsed(), None);
+        }
         self.due = Duration::try_from_secs_f64(c.duration)
             .unwrap_or_default()
             .min(Duration::from_secs(3600));
@@ -147,6 +155,18 @@ impl SegmentSource {
 }
 
 impl ByteSource for SegmentSource {
+    fn ready(&mut self) -> bool {
+        if self.pos < self.bytes.len() {
+            return true;
+        }
+        match self.rx.try_recv() {
+            Ok(c) => {
+                self.take(c);
+                self.pos < self.bytes.len()
+            }
+            Err(_) => false,
+        }
+    }
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         while self.pos >= self.bytes.len() {
             if self.stop.load(Ordering::Relaxed) {
@@ -369,7 +389,12 @@ impl<O: VariantOut + 'static> HlsInput<O> {
     }
 
     /// The decoded variant's segments from here on, for one opening of the input.
-    pub fn source(&self, stop: Arc<AtomicBool>) -> SegmentSource {
+    /// `cpu`: the service's CPU permit slot, told how long each segment waited.
+    pub fn source(
+        &self,
+        stop: Arc<AtomicBool>,
+        cpu: Option<avmon_core::sched::Slot>,
+    ) -> SegmentSource {
         SegmentSource {
             rx: self.segments.clone(),
             bytes: Vec::new(),
@@ -380,6 +405,7 @@ impl<O: VariantOut + 'static> HlsInput<O> {
             grace: self.grace,
             due: Duration::ZERO,
             last: Instant::now(),
+            cpu,
         }
     }
 

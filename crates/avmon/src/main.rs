@@ -6,6 +6,7 @@
 mod check;
 mod config;
 mod damage;
+mod degrade;
 mod demo;
 mod evidence;
 mod hls;

@@ -49,6 +49,8 @@ pub struct Pipeline {
     transport: Option<std::sync::Arc<crate::transport::TransportTap>>,
     /// The fidelity tier the input decodes at (as it last said).
     pub tier: Tier,
+    /// Whether a `monitor.degraded` finding is open.
+    degraded: bool,
 }
 
 /// A forward jump of the packet clock larger than this (an outage, or a source resuming with
@@ -78,6 +80,7 @@ impl Pipeline {
             resuming: None,
             transport: None,
             tier: Tier::Full,
+            degraded: false,
         }
     }
 
@@ -111,6 +114,33 @@ impl Pipeline {
         self.tier = tier;
         for d in &mut self.detectors {
             d.on_tier(tier);
+        }
+        self.flush();
+    }
+
+    /// The service lowered the stream's tier below its configured one (`Some(details)`: begin,
+    /// or update the details), or restored it (`None`: end), at media time `t`.
+    pub fn set_degraded(&mut self, t: f64, details: Option<Details>) {
+        match details {
+            Some(d) => {
+                self.degraded = true;
+                self.findings.push(Finding::begin(
+                    kinds::MONITOR_DEGRADED,
+                    Severity::Major,
+                    t,
+                    d,
+                ));
+            }
+            None if self.degraded => {
+                self.degraded = false;
+                self.findings.push(Finding::end(
+                    kinds::MONITOR_DEGRADED,
+                    Severity::Major,
+                    t,
+                    Details::new(),
+                ));
+            }
+            None => {}
         }
         self.flush();
     }

@@ -3,7 +3,12 @@
 //! Threads:
 //! - one decode thread per stream: FFmpeg demux + decode, detectors on borrowed frames, the
 //!   stream's alert engine. It never does I/O beyond its input: alert events and metrics leave it
-//!   on an unbounded channel, so nothing downstream can slow detection;
+//!   on an unbounded channel (a send never blocks), so nothing downstream can slow detection.
+//!   It holds one of the host's CPU permits ([`avmon_core::sched`], `[service] workers`, one per
+//!   core by default) while it demuxes, decodes and detects, and lets go of it while it waits
+//!   for input: however many streams, at most that many decode at once, FIFO-fair;
+//! - one degradation thread: every 0.5 s it reads each stream's lag (how far its analysis is
+//!   behind real time) and lowers or restores tiers ([`crate::degrade`]);
 //! - one hub thread: keeps each stream's active alerts for the API, writes the store, hands
 //!   events to notifiers (whose `notify` never blocks; delivery runs on the async runtime);
 //! - the async runtime: the HTTP API and notifier deliveries.
@@ -11,16 +16,17 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use avmon_alert::Suppression;
+use avmon_core::sched::{Scheduler, Slot, DEFAULT_QUANTUM};
 use avmon_core::{
-    round_ms, Alert, AlertEvent, AudioBuffer, MediaInfo, StreamId, Tier, TierControl, Transition,
-    VideoFrame, WallTime,
+    round_ms, Alert, AlertEvent, AudioBuffer, Details, MediaInfo, StreamId, Tier, TierControl,
+    Transition, VideoFrame, WallTime,
 };
 use avmon_core::{AlertRecord, MaintenanceWindow, Mute};
 use avmon_hls::VariantStats;
@@ -39,6 +45,8 @@ use crossbeam_channel::{Receiver, Sender};
 
 use crate::config::{Config, StreamConfig};
 use crate::evidence::{self, ClipRing, Evidence, EvidenceConfig, Taps};
+use crate::config::ServiceConfig;
+use crate::degrade::{Policy, PolicyConfig, Sample};
 use crate::hls::{HlsInput, HlsOptions, VariantOut};
 use crate::pipeline::{Counters, Pipeline};
 use crate::transport::TransportTap;
@@ -67,6 +75,10 @@ struct Live {
     hls: BTreeMap<usize, VariantFigures>,
     /// Audio levels per channel, `[rms, peak]` dBFS, the loudest since the last publish.
     levels: Vec<[f32; 2]>,
+    /// Seconds the analysis is behind real time, as the decode thread last measured it.
+    lag_s: f64,
+    /// The same, smoothed by the degradation policy (what the API shows).
+    lag_smooth_s: f64,
 }
 
 /// One HLS variant's delivery, for `/metrics`.
@@ -81,8 +93,15 @@ struct VariantFigures {
 
 struct StreamShared {
     cfg: StreamConfig,
-    /// The tier the decode thread reads per packet; the API changes it.
+    /// The tier the decode thread reads per packet; the API and automatic degradation change it.
     tier: TierControl,
+    /// The tier set by the config or `PATCH`: the ceiling automatic degradation restores to.
+    ceiling: TierControl,
+    priority: AtomicU32,
+    /// The stream's CPU permit and its input's figures (datagram age, drops).
+    cpu: Slot,
+    /// Why the tier was last lowered (the `monitor.degraded` alert's reason).
+    degrade_reason: Mutex<String>,
     live: Mutex<Live>,
     /// Scaled copies of the picture (thumbnail, snapshots); none with `[evidence] enabled = false`.
     pictures: Option<Arc<Pictures>>,
@@ -92,6 +111,12 @@ struct StreamShared {
     config_json: serde_json::Value,
     /// The thumbnail last encoded, and the picture's media time it was encoded from.
     thumb: Mutex<Option<(f64, Arc<Vec<u8>>)>>,
+}
+
+impl StreamShared {
+    fn degraded(&self) -> bool {
+        self.tier.get() > self.ceiling.get()
+    }
 }
 
 struct StreamHandle {
@@ -120,6 +145,7 @@ struct Service {
     /// Live events for `/api/events`.
     events: tokio::sync::broadcast::Sender<LiveEvent>,
     evidence: EvidenceConfig,
+    sched: Arc<Scheduler>,
 }
 
 /// Scaled copies of the picture: every second, 320 pixels wide, the last 12 (so an alert raised
@@ -129,6 +155,10 @@ const PICTURE_INTERVAL_S: f64 = 1.0;
 const PICTURES_KEPT: usize = 12;
 /// Audio levels are measured on one buffer in this many seconds of media.
 const LEVELS_EVERY_S: f64 = 0.1;
+
+/// How fast a constant slip of media time behind wall time is forgiven (seconds per second): a
+/// stream that falls behind faster than this shows a growing lag.
+const SLIP_FORGIVE: f64 = 0.05;
 
 /// The decode thread's sink: pipeline in, events and status out.
 struct StreamSink {
@@ -142,6 +172,19 @@ struct StreamSink {
     /// Media time of the next audio level measurement, and the loudest levels since publishing.
     next_level_t: f64,
     levels: Vec<[f32; 2]>,
+    /// Wall clock less media time at its lowest since the (re)connection (creeping up by
+    /// [`SLIP_FORGIVE`] of the wall time): the slip is how far above that it is now (a
+    /// constant start-up delay is not falling behind).
+    slip_base: Option<f64>,
+    /// Wall seconds since `started` at the last measure.
+    slip_wall: f64,
+    /// Whether the input tells how long its data waited (UDP datagrams, HLS segments): then
+    /// that is the lag, and the slip (which a sender's own pauses and bursts move) is unused.
+    arrival_timed: bool,
+    started: Instant,
+    lag_s: f64,
+    /// The tier the open `monitor.degraded` alert describes.
+    degraded_at: Option<Tier>,
 }
 
 /// `[rms, peak]` of one channel's samples, in dBFS (floored at -100).
@@ -157,6 +200,60 @@ fn level(samples: &[f32]) -> [f32; 2] {
 }
 
 impl StreamSink {
+    /// How far behind real time the analysis is: how long the data just read waited for it
+    /// when the input can tell (the kernel's receive time of a UDP datagram, the fetch of an
+    /// HLS segment); otherwise the slip of media time against wall time since the
+    /// (re)connection.
+    fn measure_lag(&mut self) {
+        if self.arrival_timed {
+            self.lag_s = self.shared.cpu.input_age_s();
+            return;
+        }
+        let wall = self.started.elapsed().as_secs_f64();
+        let d = wall - self.media_t;
+        let dt = (wall - std::mem::replace(&mut self.slip_wall, wall)).max(0.0);
+        let base = match self.slip_base {
+            // A sender's pause leaves a constant offset that is no lag: forgiven slowly.
+            Some(b) => d.min(b + SLIP_FORGIVE * dt),
+            None => d,
+        };
+        self.slip_base = Some(base);
+        self.lag_s = d - base;
+    }
+
+    /// Raise, update or clear `monitor.degraded` when the tier the input applied and the
+    /// configured tier say so.
+    fn check_degraded(&mut self) {
+        let tier = self.pipe.tier;
+        let ceiling = self.shared.ceiling.get();
+        let want = (tier > ceiling).then_some(tier);
+        if want == self.degraded_at {
+            return;
+        }
+        self.degraded_at = want;
+        let t = self.pipe.end_t.max(self.media_t);
+        let details = want.map(|tier| {
+            let mut d = Details::new();
+            d.insert("configured_tier".into(), ceiling.as_str().into());
+            d.insert("tier".into(), tier.as_str().into());
+            d.insert(
+                "priority".into(),
+                self.shared.priority.load(Ordering::Relaxed).into(),
+            );
+            d.insert("lag_s".into(), round_ms(self.lag_s).into());
+            let reason = self
+                .shared
+                .degrade_reason
+                .lock()
+                .map(|r| r.clone())
+                .unwrap_or_default();
+            d.insert("reason".into(), reason.into());
+            d
+        });
+        self.pipe.set_degraded(t, details);
+        self.forward();
+    }
+
     fn forward(&mut self) {
         for ev in self.pipe.events.drain(..) {
             let _ = self.hub.send(HubMsg::Alert(self.shared.clone(), ev));
@@ -170,6 +267,7 @@ impl StreamSink {
             self.last_publish = now;
             if let Ok(mut live) = self.shared.live.lock() {
                 live.media_t = self.media_t;
+                live.lag_s = self.lag_s;
                 live.counters = self.pipe.counters;
                 live.last_data_at = Some(Utc::now());
                 live.levels = std::mem::take(&mut self.levels);
@@ -191,8 +289,10 @@ impl StreamSink {
 impl FrameSink for StreamSink {
     fn on_packet(&mut self, t: f64, bytes: usize) {
         self.media_t = self.media_t.max(t);
+        self.measure_lag();
         self.pipe.packet(t, bytes);
         self.forward();
+        self.check_degraded();
         self.publish(false);
     }
     fn on_video(&mut self, frame: &VideoFrame<'_>) {
@@ -232,6 +332,7 @@ impl FrameSink for StreamSink {
 impl SourceEvents for StreamSink {
     fn on_connected(&mut self, info: &MediaInfo, reconnect: bool) {
         self.pipe.connected(info);
+        self.slip_base = None;
         if let Ok(mut live) = self.shared.live.lock() {
             live.info = Some(info.clone());
             live.connected = true;
@@ -252,6 +353,7 @@ impl SourceEvents for StreamSink {
     fn on_up(&mut self, t: f64, outage: Duration) {
         tracing::info!(stream = %self.shared.cfg.id, outage_s = outage.as_secs_f64(), "source up");
         self.pipe.source_up(t, outage.as_secs_f64());
+        self.slip_base = None;
         self.forward();
         if let Ok(mut live) = self.shared.live.lock() {
             live.down = false;
@@ -388,6 +490,7 @@ fn stream_thread(
         tap: Some(Tap(taps)),
         tier: shared.tier.clone(),
         pictures: shared.pictures.clone(),
+        cpu: Some(shared.cpu.clone()),
     };
     let mut sink = StreamSink {
         pipe: Pipeline::new(
@@ -405,6 +508,18 @@ fn stream_thread(
         media_t: 0.0,
         next_level_t: 0.0,
         levels: Vec::new(),
+        slip_base: None,
+        slip_wall: 0.0,
+        arrival_timed: hls.is_some() || {
+            let scheme = cfg
+                .url
+                .split_once("://")
+                .map(|(s, _)| s.to_ascii_lowercase());
+            matches!(scheme.as_deref(), Some("udp" | "rtp"))
+        },
+        started: Instant::now(),
+        lag_s: 0.0,
+        degraded_at: None,
     };
     let mut clock = MediaClock::new();
     match hls {
@@ -432,7 +547,7 @@ fn stream_thread(
             match HlsInput::spawn(h, hls_opts, stop.clone(), make_out) {
                 Ok(input) => {
                     let mut open = || {
-                        let source = Box::new(input.source(stop.clone()));
+                        let source = Box::new(input.source(stop.clone(), Some(shared.cpu.clone())));
                         Input::open_source(&cfg.url, source, None, &opts, stop.clone())
                     };
                     run_input(
@@ -626,6 +741,10 @@ impl Service {
     fn start_stream(&self, cfg: StreamConfig) -> Arc<StreamShared> {
         let shared = Arc::new(StreamShared {
             tier: TierControl::new(cfg.tier()),
+            ceiling: TierControl::new(cfg.tier()),
+            priority: AtomicU32::new(cfg.priority),
+            cpu: self.sched.slot(),
+            degrade_reason: Mutex::new(String::new()),
             cfg: cfg.clone(),
             live: Mutex::new(Live::default()),
             pictures: self
@@ -695,6 +814,10 @@ impl Service {
             tier: shared.tier.get(),
             muted: self.suppression.mute(&shared.cfg.id, Utc::now()),
             config: Some(shared.config_json.clone()),
+            configured_tier: shared.ceiling.get(),
+            degraded: shared.degraded(),
+            priority: shared.priority.load(Ordering::Relaxed),
+            lag_s: round_ms(live.lag_smooth_s),
         }
     }
 
@@ -767,10 +890,24 @@ impl Monitor for Service {
 
     fn set_tier(&self, id: &str, tier: Tier) -> Result<StreamStatus, ApiError> {
         let shared = self.shared(id)?;
-        // The decode thread reads it at its next packet: no reconnect.
+        // The operator's tier is the ceiling, and applies now (the decode thread reads it at
+        // its next packet: no reconnect); automatic degradation may lower it again.
+        shared.ceiling.set(tier);
         shared.tier.set(tier);
         tracing::info!(stream = %id, %tier, "tier set");
         Ok(self.status_of(&shared))
+    }
+
+    fn set_priority(&self, id: &str, priority: u32) -> Result<StreamStatus, ApiError> {
+        let shared = self
+            .streams
+            .lock()
+            .ok()
+            .and_then(|s| s.get(id).map(|h| h.shared.clone()))
+            .ok_or_else(|| ApiError::NotFound(format!("no stream {id:?}")))?;
+        shared.priority.store(priority, Ordering::Relaxed);
+        tracing::info!(stream = %id, priority, "priority set");
+        Ok(Service::status_of(&shared))
     }
 
     fn remove_stream(&self, id: &str) -> Result<(), ApiError> {
@@ -985,6 +1122,52 @@ impl Monitor for Service {
             "Reconnections to the source.",
             "counter",
             &|s| s.reconnects.to_string(),
+        );
+        gauge(
+            &mut out,
+            "avmon_stream_tier",
+            "Fidelity tier monitored at now: 0 full, 1 reference, 2 keyframes, 3 transport.",
+            "gauge",
+            &|s| (s.tier as u8).to_string(),
+        );
+        gauge(
+            &mut out,
+            "avmon_stream_configured_tier",
+            "Fidelity tier configured (the ceiling of automatic degradation), as avmon_stream_tier.",
+            "gauge",
+            &|s| (s.configured_tier as u8).to_string(),
+        );
+        gauge(
+            &mut out,
+            "avmon_stream_degraded",
+            "1 while the stream's tier is lowered below the configured one (monitor.degraded).",
+            "gauge",
+            &|s| u8::from(s.degraded).to_string(),
+        );
+        gauge(
+            &mut out,
+            "avmon_stream_lag_seconds",
+            "How far the stream's analysis is behind real time (smoothed).",
+            "gauge",
+            &|s| s.lag_s.to_string(),
+        );
+        let _ = writeln!(out, "# HELP avmon_stream_input_drops_total Datagrams the kernel dropped on the stream's socket (read too late).\n# TYPE avmon_stream_input_drops_total counter");
+        for s in &shared {
+            let _ = writeln!(
+                out,
+                "avmon_stream_input_drops_total{{stream=\"{}\"}} {}",
+                esc(&s.cfg.id),
+                s.cpu.input_drops()
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP avmon_cpu_workers Streams that may decode at once (CPU permits).\n# TYPE avmon_cpu_workers gauge\navmon_cpu_workers {}\n\
+             # HELP avmon_cpu_waiting Streams waiting for a CPU permit now.\n# TYPE avmon_cpu_waiting gauge\navmon_cpu_waiting {}\n\
+             # HELP avmon_cpu_wait_seconds_total Time streams spent waiting for a CPU permit.\n# TYPE avmon_cpu_wait_seconds_total counter\navmon_cpu_wait_seconds_total {}",
+            self.sched.permits(),
+            self.sched.waiting(),
+            self.sched.waited_s()
         );
         let _ = writeln!(
             out,
@@ -1232,6 +1415,68 @@ fn hls_metrics(out: &mut String, streams: &[Arc<StreamShared>]) {
     }
 }
 
+/// Every 0.5 s: each stream's lag into the policy ([`crate::degrade`]), its step applied when
+/// `auto_degrade` is on; otherwise falling behind is only measured and logged.
+fn degrade_thread(service: &Service, cfg: &ServiceConfig, stop: &AtomicBool) {
+    let mut policy = Policy::new(PolicyConfig {
+        behind_s: cfg.behind_s,
+        restore_after_s: cfg.restore_after_s,
+        ..PolicyConfig::default()
+    });
+    let start = Instant::now();
+    let mut last_warning: Option<Instant> = None;
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(500));
+        let streams = service.shared_streams();
+        let samples: Vec<Sample> = streams
+            .iter()
+            .map(|s| {
+                let live = s.live.lock().unwrap_or_else(|e| e.into_inner());
+                Sample {
+                    id: s.cfg.id.clone(),
+                    priority: s.priority.load(Ordering::Relaxed),
+                    ceiling: s.ceiling.get(),
+                    tier: s.tier.get(),
+                    lag_s: live.lag_s,
+                    drops: s.cpu.input_drops(),
+                    active: live.connected && !live.down && live.counters.packets > 0,
+                }
+            })
+            .collect();
+        let step = policy.tick(start.elapsed().as_secs_f64(), &samples);
+        for s in &streams {
+            if let (Some(lag), Ok(mut live)) = (policy.lag_s(&s.cfg.id), s.live.lock()) {
+                live.lag_smooth_s = lag;
+            }
+        }
+        let Some(step) = step else { continue };
+        if !cfg.auto_degrade {
+            if step.to > step.from && last_warning.is_none_or(|t| t.elapsed().as_secs() >= 10) {
+                last_warning = Some(Instant::now());
+                tracing::warn!(reason = %step.reason, "the host is behind real time (auto_degrade is off)");
+            }
+            continue;
+        }
+        let Some(shared) = streams.iter().find(|s| s.cfg.id == step.id) else {
+            continue;
+        };
+        if shared.tier.get() != step.from {
+            continue; // changed meanwhile (PATCH): the next tick sees it
+        }
+        if let Ok(mut r) = shared.degrade_reason.lock() {
+            r.clone_from(&step.reason);
+        }
+        if step.to > step.from {
+            tracing::warn!(stream = %step.id, from = %step.from, to = %step.to, reason = %step.reason, "tier lowered");
+        } else {
+            tracing::info!(stream = %step.id, from = %step.from, to = %step.to, reason = %step.reason, "tier restored");
+        }
+        // The decode thread applies it at its next packet, and raises, updates or clears
+        // monitor.degraded.
+        shared.tier.set(step.to);
+    }
+}
+
 async fn shutdown_signal(duration: Option<Duration>) {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
@@ -1321,14 +1566,16 @@ pub fn run(cfg: Config, opts: Options) -> Result<()> {
         suppression,
         events,
         evidence: cfg.evidence.clone(),
+        sched: Scheduler::new(cfg.service.permits(), DEFAULT_QUANTUM),
     });
     rt.spawn(live_events(Arc::downgrade(&service)));
     for s in cfg.streams.clone() {
         service.start_stream(s);
     }
     eprintln!(
-        "avmon: monitoring {} stream(s); console and API on http://{addr}/ (store {})",
+        "avmon: monitoring {} stream(s) on {} worker(s); console and API on http://{addr}/ (store {})",
         cfg.streams.len(),
+        service.sched.permits(),
         cfg.store.url
     );
     if cfg.api.enabled() {
@@ -1354,6 +1601,14 @@ pub fn run(cfg: Config, opts: Options) -> Result<()> {
              listens on loopback only ({addr})"
         );
     }
+    let degrade_stop = Arc::new(AtomicBool::new(false));
+    let degrade_handle = {
+        let (service, stop, scfg) = (service.clone(), degrade_stop.clone(), cfg.service.clone());
+        std::thread::Builder::new()
+            .name("degrade".into())
+            .spawn(move || degrade_thread(&service, &scfg, &stop))
+            .context("starting the degradation thread")?
+    };
     let monitor: Arc<dyn Monitor> = service.clone();
     let served = rt.block_on(avmon_server::serve(
         listener,
@@ -1362,6 +1617,8 @@ pub fn run(cfg: Config, opts: Options) -> Result<()> {
         shutdown_signal(opts.duration),
     ));
     eprintln!("avmon: shutting down");
+    degrade_stop.store(true, Ordering::Relaxed);
+    let _ = degrade_handle.join();
     service.stop_all();
     // The live-events task holds the service only for a moment at a time.
     let until = Instant::now() + Duration::from_secs(2);

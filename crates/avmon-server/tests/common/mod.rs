@@ -59,6 +59,10 @@ pub fn status(id: &str, url: &str) -> StreamStatus {
         decode_errors: 0,
         reconnects: 0,
         tier: Tier::Full,
+        configured_tier: Tier::Full,
+        degraded: false,
+        priority: 100,
+        lag_s: 0.0,
         muted: None,
         config: None,
     }
