@@ -96,8 +96,9 @@ impl Scheduler {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Wait for a permit (FIFO behind every earlier waiter).
-    fn acquire(&self) {
+    /// Wait for a permit: FIFO behind every earlier waiter, or ahead of them (`front`: a thread
+    /// back from waiting for input in the middle of its turn).
+    fn acquire(&self, front: bool) {
         let waiter = {
             let mut inner = self.lock();
             if inner.free > 0 && inner.queue.is_empty() {
@@ -108,7 +109,11 @@ impl Scheduler {
                 granted: AtomicBool::new(false),
                 thread: std::thread::current(),
             });
-            inner.queue.push_back(w.clone());
+            if front {
+                inner.queue.push_front(w.clone());
+            } else {
+                inner.queue.push_back(w.clone());
+            }
             self.waiting.fetch_add(1, Ordering::Relaxed);
             w
         };
@@ -181,8 +186,12 @@ impl Slot {
 
     /// Take a permit, waiting for one, unless held already.
     pub fn enter(&self) {
+        self.take(false);
+    }
+
+    fn take(&self, front: bool) {
         if !self.held() {
-            self.sched.acquire();
+            self.sched.acquire(front);
             self.state.since_us.store(now_us(), Ordering::Relaxed);
             self.state.held.store(true, Ordering::Relaxed);
         }
@@ -220,6 +229,25 @@ impl Slot {
             self.enter();
         }
         r
+    }
+
+    /// [`Slot::blocking`] for a read that cannot say beforehand whether it will wait (FFmpeg's
+    /// own demuxers): the permit is let go around it, and taken back ahead of the queue, since
+    /// most such reads find their data at once and the stream's turn goes on (its quantum still
+    /// sends it to the back at the next [`Slot::checkpoint`]).
+    pub fn blocking_in_turn<R>(&self, wait: impl FnOnce() -> R) -> R {
+        let held = self.held();
+        if held {
+            let since = self.state.since_us.load(Ordering::Relaxed);
+            self.leave();
+            let r = wait();
+            self.take(true);
+            // The same turn: its quantum counts from when it began.
+            self.state.since_us.store(since, Ordering::Relaxed);
+            r
+        } else {
+            wait()
+        }
     }
 
     /// Hold the permit until the guard drops (the stream's work loop).
@@ -326,6 +354,48 @@ mod tests {
         for t in threads {
             t.join().unwrap();
         }
+    }
+
+    #[test]
+    fn a_read_in_turn_comes_back_ahead_of_the_queue_and_keeps_its_quantum() {
+        let sched = Scheduler::new(1, Duration::from_millis(50));
+        let a = sched.slot();
+        let _held = a.hold();
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let b = {
+            let (slot, order) = (sched.slot(), order.clone());
+            std::thread::spawn(move || {
+                slot.enter();
+                order.lock().unwrap().push("b");
+                std::thread::sleep(Duration::from_millis(5));
+                slot.leave();
+            })
+        };
+        while sched.waiting() < 1 {
+            std::thread::yield_now();
+        }
+        // b has the permit while a reads; a comes back before c, who queued earlier.
+        let c = a.blocking_in_turn(|| {
+            while !order.lock().unwrap().contains(&"b") {
+                std::thread::yield_now();
+            }
+            let (slot, order) = (sched.slot(), order.clone());
+            let c = std::thread::spawn(move || {
+                slot.enter();
+                order.lock().unwrap().push("c");
+                slot.leave();
+            });
+            while sched.waiting() < 1 {
+                std::thread::yield_now();
+            }
+            c
+        });
+        order.lock().unwrap().push("a");
+        std::thread::sleep(Duration::from_millis(60));
+        a.checkpoint(); // its quantum is spent: c gets a turn
+        b.join().unwrap();
+        c.join().unwrap();
+        assert_eq!(*order.lock().unwrap(), vec!["b", "a", "c"]);
     }
 
     #[test]

@@ -550,7 +550,8 @@ impl Input {
         let mut consecutive_errors = 0u32;
         // The CPU permit is held while this loop works and let go while it waits for input:
         // avmon's own readers let go inside their reads, only when there is nothing to read yet;
-        // FFmpeg's protocols are opaque, so the permit is let go around each of their reads.
+        // FFmpeg's own demuxers (RTSP, RTMP) are opaque, so the permit is let go around each of
+        // their reads and taken back ahead of the queue (most find their data at once).
         let cpu = self.cpu.clone();
         let _held = cpu.as_ref().map(|c| c.hold());
         let opaque_io = self.io_state.is_none();
@@ -563,7 +564,7 @@ impl Input {
             }
             self.irq.deadline.set(Instant::now() + self.io_timeout);
             let read = match &cpu {
-                Some(c) if opaque_io => c.blocking(|| packet.read(&mut self.ctx)),
+                Some(c) if opaque_io => c.blocking_in_turn(|| packet.read(&mut self.ctx)),
                 _ => packet.read(&mut self.ctx),
             };
             match read {
