@@ -907,7 +907,7 @@ impl Monitor for Service {
             .ok_or_else(|| ApiError::NotFound(format!("no stream {id:?}")))?;
         shared.priority.store(priority, Ordering::Relaxed);
         tracing::info!(stream = %id, priority, "priority set");
-        Ok(Service::status_of(&shared))
+        Ok(self.status_of(&shared))
     }
 
     fn remove_stream(&self, id: &str) -> Result<(), ApiError> {
