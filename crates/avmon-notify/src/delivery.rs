@@ -593,6 +593,9 @@ struct Task {
 /// How often the task looks at the outbox with nothing waking it (a safety net only).
 const POLL: Duration = Duration::from_secs(5);
 
+/// How long past a group window's close the batch is formed (see `Task::run`).
+const COMMIT_MARGIN: chrono::TimeDelta = chrono::TimeDelta::milliseconds(100);
+
 impl Task {
     /// Run `f` on the store off the async workers (SQLite calls block).
     async fn db<T: Send + 'static>(
@@ -625,9 +628,13 @@ impl Task {
                 let _ = tokio::time::timeout(POLL, self.wake.notified()).await;
                 continue;
             };
-            // The group window closes `window` after the first event was queued.
+            // The group window closes `window` after the first event was queued. Wait a little
+            // past it, so that a row stamped just before the close but committed just after is
+            // in the batch: the batch must be what a retry after a restart would form again.
             let close = first.entry.created_at + window;
-            let open_for = (close - Utc::now()).to_std().unwrap_or_default();
+            let open_for = (close + COMMIT_MARGIN - Utc::now())
+                .to_std()
+                .unwrap_or_default();
             if !window.is_zero() && !open_for.is_zero() {
                 tokio::time::sleep(open_for).await;
                 continue;
