@@ -43,8 +43,8 @@ pub struct DeliveryConfig {
     pub group_window_s: f64,
     /// At most this many events in one grouped message.
     pub group_max: usize,
-    /// At most this many messages a minute (a token bucket; bursts up to the rate). Events over
-    /// the rate wait in the outbox; none is dropped. `0` (default): no limit.
+    /// At most this many messages a minute, evenly spaced (`60 / rate` seconds apart). Events
+    /// over the rate wait in the outbox; none is dropped. `0` (default): no limit.
     pub rate_limit_per_min: u32,
     /// Timeout of one attempt (HTTP request, or the command's run), seconds.
     pub timeout_s: f64,
@@ -551,41 +551,31 @@ impl Notifier for OutboxNotifier {
     }
 }
 
-/// A token bucket: up to `rate` messages a minute, bursts up to `rate`.
+/// At most `per_min` messages a minute, evenly spaced: each message waits until `60 / per_min`
+/// seconds after the previous one. No bursts: a receiver's limit (Slack: about one a second) is
+/// usually a spacing.
 struct RateLimit {
-    per_s: f64,
-    cap: f64,
-    tokens: f64,
-    at: tokio::time::Instant,
+    spacing: Option<Duration>,
+    last: Option<tokio::time::Instant>,
 }
 
 impl RateLimit {
     fn new(per_min: u32) -> Self {
-        let cap = f64::from(per_min);
         RateLimit {
-            per_s: cap / 60.0,
-            cap,
-            tokens: cap,
-            at: tokio::time::Instant::now(),
+            spacing: (per_min > 0).then(|| Duration::from_secs_f64(60.0 / f64::from(per_min))),
+            last: None,
         }
     }
 
-    /// Wait for a token (at once when unlimited).
+    /// Wait for the next slot (at once when unlimited).
     async fn take(&mut self) {
-        if self.cap == 0.0 {
+        let Some(spacing) = self.spacing else {
             return;
+        };
+        if let Some(last) = self.last {
+            tokio::time::sleep_until(last + spacing).await;
         }
-        let now = tokio::time::Instant::now();
-        self.tokens =
-            (self.tokens + now.duration_since(self.at).as_secs_f64() * self.per_s).min(self.cap);
-        self.at = now;
-        if self.tokens < 1.0 {
-            let wait = Duration::from_secs_f64((1.0 - self.tokens) / self.per_s);
-            tokio::time::sleep(wait).await;
-            self.at = tokio::time::Instant::now();
-            self.tokens = 1.0;
-        }
-        self.tokens -= 1.0;
+        self.last = Some(tokio::time::Instant::now());
     }
 }
 
@@ -602,6 +592,9 @@ struct Task {
 
 /// How often the task looks at the outbox with nothing waking it (a safety net only).
 const POLL: Duration = Duration::from_secs(5);
+
+/// How long past a group window's close the batch is formed (see `Task::run`).
+const COMMIT_MARGIN: chrono::TimeDelta = chrono::TimeDelta::milliseconds(100);
 
 impl Task {
     /// Run `f` on the store off the async workers (SQLite calls block).
@@ -635,9 +628,13 @@ impl Task {
                 let _ = tokio::time::timeout(POLL, self.wake.notified()).await;
                 continue;
             };
-            // The group window closes `window` after the first event was queued.
+            // The group window closes `window` after the first event was queued. Wait a little
+            // past it, so that a row stamped just before the close but committed just after is
+            // in the batch: the batch must be what a retry after a restart would form again.
             let close = first.entry.created_at + window;
-            let open_for = (close - Utc::now()).to_std().unwrap_or_default();
+            let open_for = (close + COMMIT_MARGIN - Utc::now())
+                .to_std()
+                .unwrap_or_default();
             if !window.is_zero() && !open_for.is_zero() {
                 tokio::time::sleep(open_for).await;
                 continue;

@@ -810,3 +810,30 @@ async fn a_failing_command_is_retried_and_a_hung_one_killed() {
     }
     assert!(!marker.exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limit_spaces_messages_and_drops_none() {
+    let r = Receiver::answering(&[]);
+    let url = serve(r.clone()).await;
+    let store = store();
+    let delivery = DeliveryConfig {
+        rate_limit_per_min: 300, // one every 0.2 s
+        ..fast()
+    };
+    let n = spawn(delivery, webhook(&url), &store);
+    for i in 0..5 {
+        n.notify(&raise(&alert(400 + i, "s", "video.black", Severity::Major)));
+    }
+    until("all five", 5.0, || r.accepted().len() == 5).await;
+    let got = r.accepted();
+    let gaps: Vec<f64> = got
+        .windows(2)
+        .map(|w| w[1].at.duration_since(w[0].at).as_secs_f64())
+        .collect();
+    assert!(
+        gaps.iter().all(|g| *g >= 0.19),
+        "spaced 0.2 s apart: {gaps:?}"
+    );
+    let span = got[4].at.duration_since(got[0].at).as_secs_f64();
+    assert!(span < 1.5, "not slower than the rate: {span} s");
+}

@@ -329,6 +329,9 @@ pub trait Store: Send + Sync {
         at: WallTime,
     ) -> Result<(), StoreError>;
 
+    /// Every notifier with pending rows, and how many, by id.
+    fn outbox_pending_by_notifier(&self) -> Result<Vec<(String, u64)>, StoreError>;
+
     /// A notifier's rows by status.
     fn outbox_counts(&self, notifier: &str) -> Result<OutboxCounts, StoreError>;
 

@@ -953,6 +953,18 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    fn outbox_pending_by_notifier(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT notifier, COUNT(*) FROM outbox WHERE status = 'pending'
+             GROUP BY notifier ORDER BY notifier",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?.max(0) as u64))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     fn outbox_counts(&self, notifier: &str) -> Result<OutboxCounts, StoreError> {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(

@@ -289,6 +289,10 @@ fn outbox(store: &dyn Store) {
     assert!(!store.outbox_has_alert("hook", "zz").unwrap());
     assert!(!store.outbox_has_alert("other", "a1").unwrap());
 
+    assert_eq!(
+        store.outbox_pending_by_notifier().unwrap(),
+        [("hook".to_string(), 3), ("pager".to_string(), 1)]
+    );
     let pending = store.outbox_pending("hook", 10).unwrap();
     let ids: Vec<i64> = pending.iter().map(|r| r.id).collect();
     assert_eq!(ids, [a, b, c], "oldest first, this notifier's only");

@@ -1528,6 +1528,22 @@ pub fn run(cfg: Config, opts: Options) -> Result<()> {
             .with_context(|| format!("starting notifiers[{i}] ({})", n.id()))?;
         notifiers.push(Arc::new(notifier));
     }
+    // Rows of a notifier no longer configured (renamed, removed, or its default id moved with
+    // its position) would wait forever: say so, and how to deliver them.
+    match store.outbox_pending_by_notifier() {
+        Ok(pending) => {
+            for (id, n) in pending {
+                if !cfg.notifiers.iter().any(|c| c.id() == id) {
+                    tracing::warn!(
+                        notifier = %id, pending = n,
+                        "notifications pending for a notifier that is not configured; give a \
+                         notifier this id to deliver them"
+                    );
+                }
+            }
+        }
+        Err(e) => tracing::warn!("reading the outbox: {e}"),
+    }
 
     // Mutes and the API's maintenance windows survive restarts; the config file's are added.
     let mut windows = store.windows().context("loading maintenance windows")?;

@@ -5,7 +5,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -37,20 +36,7 @@ backoff_max_s = 0.5
 "#
     );
     let (mut service, _http, _base) = start_service(dir.path(), &streams);
-    let _synth = Killed(
-        avmon()
-            .args([
-                "synth",
-                &format!("udp://127.0.0.1:{udp}"),
-                "--duration",
-                "30",
-            ])
-            .args(["--width", "320", "--height", "180", "--preset", "ultrafast"])
-            .args(["--defect", "black@1-30"])
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let synth = synth_live(udp, 30, &["black@1-30"]);
     // The black alert is queued in the outbox and attempted (and failing) while the receiver
     // is down.
     let db = format!("sqlite://{}", dir.path().join("avmon.db").display());
@@ -68,7 +54,7 @@ backoff_max_s = 0.5
     );
     service.0.kill().unwrap(); // SIGKILL
     service.0.wait().unwrap();
-    drop(_synth);
+    drop(synth);
     {
         let store = avmon_store::open(&db).unwrap();
         let row = store.outbox_rows("hook").unwrap();

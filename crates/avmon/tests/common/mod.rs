@@ -183,3 +183,16 @@ pub fn start_service(
     });
     (service, http, base)
 }
+
+/// `avmon synth` sending a 320×180 live stream to `udp://127.0.0.1:{udp}` in real time for
+/// `duration` seconds with `defects`; killed when dropped.
+pub fn synth_live(udp: u16, duration: u32, defects: &[&str]) -> Killed {
+    let mut cmd = avmon();
+    cmd.args(["synth", &format!("udp://127.0.0.1:{udp}")])
+        .args(["--duration", &duration.to_string()])
+        .args(["--width", "320", "--height", "180", "--preset", "ultrafast"]);
+    for d in defects {
+        cmd.args(["--defect", d]);
+    }
+    Killed(cmd.stderr(Stdio::null()).spawn().unwrap())
+}
