@@ -7,12 +7,12 @@ use std::sync::atomic::Ordering;
 
 use avmon_core::Tier;
 use avmon_server::{serve, AlertsQuery, LiveEvent, Monitor, StreamState, StreamStatus};
-use http_body_util::BodyExt;
 use axum::body::Body;
-use axum::Router;
 use axum::http::{header, Method, Request, StatusCode};
+use axum::Router;
 use chrono::{TimeZone, Utc};
 use common::*;
+use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use tower::ServiceExt;
 

@@ -93,8 +93,8 @@ async fn every_endpoint_checks_its_token() {
             } else {
                 // The fake publishes no live events (an endless stream here would never end the
                 // call): reaching the handler, which says so, is what the token allows.
-                let reached = st.is_success()
-                    || (*route == "/api/events" && st == StatusCode::NOT_FOUND);
+                let reached =
+                    st.is_success() || (*route == "/api/events" && st == StatusCode::NOT_FOUND);
                 assert!(reached, "{what} with a read token: {st} {json}");
             }
             seen.push(json);

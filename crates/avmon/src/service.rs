@@ -43,10 +43,10 @@ use avmon_store::{AckOutcome, AlertQuery, MetricsSample, Store, StreamRecord};
 use chrono::Utc;
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::config::{Config, StreamConfig};
-use crate::evidence::{self, ClipRing, Evidence, EvidenceConfig, Taps};
 use crate::config::ServiceConfig;
+use crate::config::{Config, StreamConfig};
 use crate::degrade::{Policy, PolicyConfig, Sample};
+use crate::evidence::{self, ClipRing, Evidence, EvidenceConfig, Taps};
 use crate::hls::{HlsInput, HlsOptions, VariantOut};
 use crate::pipeline::{Counters, Pipeline};
 use crate::transport::TransportTap;

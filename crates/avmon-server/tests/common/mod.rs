@@ -11,9 +11,8 @@ use avmon_core::{
     WallTime,
 };
 use avmon_server::{
-    EvidenceKind, LiveEvent,
-    app_with_auth, AlertsQuery, ApiError, Auth, MetricsPoint, MetricsQuery, Monitor, Role, Secret,
-    StreamState, StreamStatus, Token,
+    app_with_auth, AlertsQuery, ApiError, Auth, EvidenceKind, LiveEvent, MetricsPoint,
+    MetricsQuery, Monitor, Role, Secret, StreamState, StreamStatus, Token,
 };
 use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
