@@ -6,39 +6,14 @@ mod common;
 
 use std::path::Path;
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::{extract::State, routing::post, Json, Router};
 use common::*;
 use reqwest::blocking::{Client, RequestBuilder};
 use serde_json::{json, Value};
 
 const ADMIN: &str = "admin-secret-7f3a9c1e5b";
 const READER: &str = "reader-secret-2d8e4f6a0c";
-
-type Received = Arc<Mutex<Vec<Value>>>;
-
-fn receiver(rt: &tokio::runtime::Runtime) -> (String, Received) {
-    let got: Received = Arc::default();
-    let app = Router::new()
-        .route(
-            "/hook",
-            post(
-                |State(got): State<Received>, Json(body): Json<Value>| async move {
-                    got.lock().unwrap().push(body);
-                    "ok"
-                },
-            ),
-        )
-        .with_state(got.clone());
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    rt.spawn(async move { axum::serve(listener, app).await });
-    (url, got)
-}
 
 /// `avmon run` on `cfg` (written to `dir`), the admin token in its environment; its stderr goes
 /// to `dir/stderr.log`. Returns once `/healthz` answers.

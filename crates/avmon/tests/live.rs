@@ -5,36 +5,10 @@ mod common;
 
 use std::net::UdpSocket;
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::{extract::State, routing::post, Json, Router};
 use common::*;
 use serde_json::{json, Value};
-
-type Received = Arc<Mutex<Vec<Value>>>;
-
-/// A webhook receiver on 127.0.0.1:0; returns its URL and what it received.
-fn receiver(rt: &tokio::runtime::Runtime) -> (String, Received) {
-    let got: Received = Arc::default();
-    let app = Router::new()
-        .route(
-            "/hook",
-            post(
-                |State(got): State<Received>, Json(body): Json<Value>| async move {
-                    got.lock().unwrap().push(body);
-                    "ok"
-                },
-            ),
-        )
-        .with_state(got.clone());
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    rt.spawn(async move { axum::serve(listener, app).await });
-    (url, got)
-}
 
 fn find<'a>(got: &'a [Value], kind: &str, state: &str) -> Option<&'a Value> {
     got.iter()

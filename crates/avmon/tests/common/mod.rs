@@ -196,3 +196,29 @@ pub fn synth_live(udp: u16, duration: u32, defects: &[&str]) -> Killed {
     }
     Killed(cmd.stderr(Stdio::null()).spawn().unwrap())
 }
+
+/// What a test webhook receiver got: each JSON body, in arrival order.
+pub type Received = std::sync::Arc<std::sync::Mutex<Vec<Value>>>;
+
+/// A webhook receiver on 127.0.0.1:0; returns its URL and what it received.
+pub fn receiver(rt: &tokio::runtime::Runtime) -> (String, Received) {
+    use axum::{extract::State, routing::post, Json, Router};
+    let got: Received = Default::default();
+    let app = Router::new()
+        .route(
+            "/hook",
+            post(
+                |State(got): State<Received>, Json(body): Json<Value>| async move {
+                    got.lock().unwrap().push(body);
+                    "ok"
+                },
+            ),
+        )
+        .with_state(got.clone());
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    rt.spawn(async move { axum::serve(listener, app).await });
+    (url, got)
+}
