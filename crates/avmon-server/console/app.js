@@ -105,7 +105,9 @@ function makeTile(id) {
     el('div', { class: 'meta' },
       el('div', { class: 'name', text: id }),
       el('div', { class: 'alerts' })));
-  $('img', tile).addEventListener('error', e => { e.target.removeAttribute('src'); });
+  // No picture (yet): an empty black thumbnail, not a broken-image icon.
+  $('img', tile).addEventListener('error', e => { e.target.style.visibility = 'hidden'; e.target.removeAttribute('src'); });
+  $('img', tile).addEventListener('load', e => { e.target.style.visibility = ''; });
   tile.addEventListener('click', () => { location.hash = '#/stream/' + encodeURIComponent(id); });
   if (thumbObserver) thumbObserver.observe(tile); else refreshThumb(tile, true);
   return tile;
@@ -249,9 +251,18 @@ function showDetail(id) {
   $('#d-name').textContent = id;
   $('#d-picture').src = authUrl('/api/streams/' + encodeURIComponent(id) + '/thumbnail.jpg?t=' + Date.now());
   clearInterval(pictureTimer);
-  pictureTimer = setInterval(() => {
-    if (state.view !== 'stream') return clearInterval(pictureTimer);
+  let ticks = 0;
+  pictureTimer = setInterval(async () => {
+    if (state.view !== 'stream' || state.detailId !== id) return clearInterval(pictureTimer);
     $('#d-picture').src = authUrl('/api/streams/' + encodeURIComponent(id) + '/thumbnail.jpg?t=' + Date.now());
+    // Live events carry status changes, not the running counters: fetch those with the picture,
+    // and the plots now and then.
+    try {
+      const s = await api('/api/streams/' + encodeURIComponent(id));
+      state.streams.set(s.id, s);
+      renderDetailStatus();
+    } catch (e) { /* the next tick tries again */ }
+    if (++ticks % 5 === 0) loadPlots();
   }, PICTURE_REFRESH_MS);
   renderDetailStatus();
   loadTimeline();

@@ -2,7 +2,7 @@
 //! `chromium-driver`, which `./dev` installs) with plain HTTP JSON: `avmon run` monitors three
 //! live UDP streams from `avmon synth`, one of which goes black. The wall shows the three, the
 //! alert appears on its tile without a reload, the alerts view acknowledges it, and the stream
-//! detail shows its picture and timeline. Screenshots go to `target/test-artifacts/console/`.
+//! detail shows its picture and timeline. A second run signs in with a token, holds a wall of\n//! 151 streams and plots a stream's stored metrics. Screenshots go to\n//! `target/test-artifacts/console/`.
 
 mod common;
 
@@ -289,29 +289,22 @@ fn the_wall_shows_streams_and_a_live_alert_that_can_be_acknowledged() {
     );
     let msg = msg.as_str().unwrap().to_string();
     let alerts = browser.screenshot("alerts.png");
-    // Without the ack endpoint on this server (it comes with API auth), the console shows the
-    // server's answer; with it, the alert is acknowledged.
-    let probe = http
-        .post(format!("{base}/api/alerts/probe/ack"))
-        .json(&json!({"comment": "probe"}))
+    assert!(msg.starts_with("acknowledged"), "{msg}");
+    browser.wait(
+        "the row shows the ack",
+        "const r = document.querySelector('#alerts tr[data-kind=\"video.black\"]'); return r && !r.querySelector('button.ack');",
+    );
+    // And the store has it, with the comment.
+    let stored: Value = http
+        .get(format!("{base}/api/alerts?stream=cam-2&kind=video.black"))
         .send()
+        .unwrap()
+        .json()
         .unwrap();
-    let probe_body: Value = probe.json().unwrap_or(Value::Null);
-    let no_route = probe_body["error"]
-        .as_str()
-        .is_some_and(|e| e.starts_with("no route"));
-    if no_route {
-        assert!(msg.contains("no route for POST"), "{msg}");
-        eprintln!(
-            "note: this server has no POST /api/alerts/{{id}}/ack; the console reported: {msg}"
-        );
-    } else {
-        assert!(msg.starts_with("acknowledged"), "{msg}");
-        browser.wait(
-            "the row shows the ack",
-            "const r = document.querySelector('#alerts tr[data-kind=\"video.black\"]'); return r && !r.querySelector('button.ack');",
-        );
-    }
+    assert_eq!(
+        stored[0]["ack"]["comment"], "switching to the backup encoder",
+        "{stored}"
+    );
 
     // The stream detail: its picture, its alert on the timeline, its configuration.
     browser.js("location.hash = '#/stream/cam-2'; return true;");
@@ -341,6 +334,95 @@ fn the_wall_shows_streams_and_a_live_alert_that_can_be_acknowledged() {
     for s in &mut senders {
         let _ = s.0.kill();
     }
+    drop(browser);
+    drop(service);
+}
+
+/// The admin token of the signed-in test.
+const ADMIN: &str = "console-admin-token-4b7e1d";
+
+#[test]
+fn a_signed_in_console_holds_a_wall_of_151_streams_and_plots_stored_metrics() {
+    let live = free_udp_port();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = format!(
+        "[api]\ntokens = [{{ name = \"ops\", role = \"admin\", token = \"{ADMIN}\" }}]\n\
+         [[streams]]\nid = \"cam\"\nurl = \"udp://127.0.0.1:{live}\"\n"
+    );
+    // 150 streams nobody sends to: a wall of hundreds of tiles, most of them waiting.
+    for i in 0..150 {
+        cfg += &format!(
+            "[[streams]]\nid = \"idle-{i:03}\"\nurl = \"udp://127.0.0.1:{}\"\n",
+            free_udp_port()
+        );
+    }
+    let (service, http, base) = start_service(dir.path(), &cfg);
+    let _sender = synth_live(live, 60, &[]);
+    let browser = Browser::start();
+    browser.goto(&format!("{base}/"));
+
+    // Without a token the API answers 401, and the console asks for one.
+    browser.wait(
+        "the sign-in dialog",
+        "return document.querySelector('#signin').open || null;",
+    );
+    assert_eq!(
+        browser.js("return document.querySelectorAll('#wall .tile').length;"),
+        0
+    );
+    browser.type_into("#signin-token", ADMIN);
+    browser.click("#signin-ok");
+
+    // Signed in: every stream is a tile, and the live one shows its picture (fetched with the
+    // token as `access_token`, since an <img> cannot send headers).
+    browser.wait(
+        "151 tiles",
+        "return document.querySelectorAll('#wall .tile').length === 151 || null;",
+    );
+    assert_eq!(
+        browser.js("return document.querySelector('#signin-open').textContent;"),
+        "Signed in"
+    );
+    browser.wait(
+        "the live tile ok with its thumbnail",
+        "const t = document.querySelector('.tile[data-id=\"cam\"]'); const i = t && t.querySelector('img');
+         return t.dataset.status === 'ok' && i && i.complete && i.naturalWidth === 320;",
+    );
+    browser.type_into("#search", "idle-14");
+    let visible = browser
+        .js("return [...document.querySelectorAll('#wall .tile')].filter(t => !t.hidden).length;");
+    assert_eq!(visible, 10, "idle-140 to idle-149");
+    browser.js("const s = document.querySelector('#search'); s.value = ''; s.dispatchEvent(new Event('input')); return true;");
+    let wall = browser.screenshot("wall-151.png");
+
+    // The live stream's detail plots what the store kept: loudness and bitrate, with points.
+    wait_for(
+        "three stored metrics periods",
+        Duration::from_secs(40),
+        || {
+            let v: Value = http
+                .get(format!("{base}/api/streams/cam/metrics"))
+                .bearer_auth(ADMIN)
+                .send()
+                .ok()?
+                .json()
+                .ok()?;
+            (v["samples"].as_array()?.len() >= 3).then_some(())
+        },
+    );
+    browser.js("location.hash = '#/stream/cam'; return true;");
+    let plotted = browser.wait(
+        "loudness and bitrate plotted",
+        "const f = [...document.querySelectorAll('#d-plots figure')];
+         const pts = t => { const x = f.find(x => x.querySelector('figcaption').textContent.startsWith(t)); const l = x && x.querySelector('polyline');
+                            return l ? l.getAttribute('points').split(' ').filter(Boolean).length : 0; };
+         const got = [pts('Short-term loudness'), pts('Bitrate')];
+         return got.every(n => n >= 2) ? got : null;",
+    );
+    eprintln!("points plotted (loudness, bitrate): {plotted}");
+    browser.js("document.querySelector('#d-plots').scrollIntoView(); return true;");
+    let detail = browser.screenshot("detail-plots.png");
+    eprintln!("screenshots: {} {}", wall.display(), detail.display());
     drop(browser);
     drop(service);
 }
