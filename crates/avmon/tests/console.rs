@@ -20,6 +20,8 @@ struct Browser {
     http: reqwest::blocking::Client,
     session: String,
     _driver: Killed,
+    _chrome: Killed,
+    _profile: tempfile::TempDir,
 }
 
 impl Browser {
@@ -55,13 +57,40 @@ impl Browser {
             .into_iter()
             .find(|p| std::path::Path::new(p).exists())
             .expect("chromium not found: install chromium (./dev does)");
+        // Chromium is started here, on a DevTools port at 127.0.0.1, and chromedriver attaches to
+        // it there: left to start it, chromedriver reaches it by the name `localhost`, which a
+        // bare system without /etc/hosts does not resolve.
+        let profile = tempfile::tempdir().unwrap();
+        let devtools = free_tcp_port();
+        let chrome = Killed(
+            Command::new(binary)
+                .args([
+                    "--headless=new",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-dev-shm-usage",
+                    "--window-size=1280,900",
+                    "--no-first-run",
+                    "--disable-extensions",
+                    "--remote-debugging-address=127.0.0.1",
+                ])
+                .arg(format!("--remote-debugging-port={devtools}"))
+                .arg(format!("--user-data-dir={}", profile.path().display()))
+                .arg("about:blank")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        wait_for("chromium's DevTools", Duration::from_secs(30), || {
+            http.get(format!("http://127.0.0.1:{devtools}/json/version"))
+                .send()
+                .ok()
+                .filter(|r| r.status().is_success())
+        });
         let caps = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
-            "goog:chromeOptions": {
-                "binary": binary,
-                "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                         "--window-size=1280,900", "--no-first-run", "--disable-extensions"]
-            }
+            "goog:chromeOptions": {"debuggerAddress": format!("127.0.0.1:{devtools}")}
         }}});
         let v: Value = http
             .post(format!("{base}/session"))
@@ -78,6 +107,8 @@ impl Browser {
             http,
             session: format!("{base}/session/{session}"),
             _driver: driver,
+            _chrome: chrome,
+            _profile: profile,
         }
     }
 
