@@ -823,10 +823,7 @@ impl Service {
 
     /// `Ok` when `id` is a stream being monitored.
     fn known(&self, id: &str) -> Result<(), ApiError> {
-        match self.streams.lock() {
-            Ok(s) if s.contains_key(id) => Ok(()),
-            _ => Err(ApiError::NotFound(format!("no stream {id:?}"))),
-        }
+        self.shared(id).map(|_| ())
     }
 
     /// A running stream's shared state; unknown → 404.
@@ -899,12 +896,7 @@ impl Monitor for Service {
     }
 
     fn set_priority(&self, id: &str, priority: u32) -> Result<StreamStatus, ApiError> {
-        let shared = self
-            .streams
-            .lock()
-            .ok()
-            .and_then(|s| s.get(id).map(|h| h.shared.clone()))
-            .ok_or_else(|| ApiError::NotFound(format!("no stream {id:?}")))?;
+        let shared = self.shared(id)?;
         shared.priority.store(priority, Ordering::Relaxed);
         tracing::info!(stream = %id, priority, "priority set");
         Ok(self.status_of(&shared))

@@ -236,35 +236,20 @@ fn an_overloaded_host_lowers_the_lowest_priority_first_and_restores_it() {
 #[test]
 fn bad_service_settings_are_refused_with_their_paths() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("avmon.toml");
-    std::fs::write(
-        &cfg,
+    let err = refused_run(
+        dir.path(),
         "[service]\nworkers = 5000\nbehind_s = 0\nrestore_after_s = -1\nturbo = true\n\
          [[streams]]\nid = \"a\"\nurl = \"udp://127.0.0.1:5000\"\npriority = -3\n",
-    )
-    .unwrap();
-    let o = avmon()
-        .args(["run", "--config", cfg.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(!o.status.success());
-    let err = stderr_of(&o);
+    );
     assert!(
         err.contains("service: unknown field `turbo`") || err.contains("turbo"),
         "{err}"
     );
     assert!(err.contains("streams[0].priority"), "{err}");
-    std::fs::write(
-        &cfg,
+    let err = refused_run(
+        dir.path(),
         "[service]\nworkers = 5000\nbehind_s = 0\nrestore_after_s = -1\n",
-    )
-    .unwrap();
-    let o = avmon()
-        .args(["run", "--config", cfg.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(!o.status.success());
-    let err = stderr_of(&o);
+    );
     for needle in [
         "service.workers: must be at most 1024",
         "service.behind_s: must be in (0, 600]",

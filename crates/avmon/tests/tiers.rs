@@ -157,18 +157,10 @@ fn keyframes_do_not_call_a_picture_frozen_that_changed_between_them() {
 #[test]
 fn a_bad_tier_is_refused_with_its_path() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("avmon.toml");
-    std::fs::write(
-        &cfg,
+    let err = refused_run(
+        dir.path(),
         "[[streams]]\nid = \"a\"\nurl = \"udp://127.0.0.1:5000\"\ntier = \"half\"\n",
-    )
-    .unwrap();
-    let o = avmon()
-        .args(["run", "--config", cfg.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(!o.status.success());
-    let err = stderr_of(&o);
+    );
     assert!(
         err.contains("streams[0].tier: unknown tier \"half\""),
         "{err}"

@@ -222,3 +222,16 @@ pub fn receiver(rt: &tokio::runtime::Runtime) -> (String, Received) {
     rt.spawn(async move { axum::serve(listener, app).await });
     (url, got)
 }
+
+/// `avmon run` on a config file of `text` (written as `avmon.toml` in `dir`), which must refuse
+/// it: returns its stderr.
+pub fn refused_run(dir: &Path, text: &str) -> String {
+    let cfg = dir.join("avmon.toml");
+    std::fs::write(&cfg, text).unwrap();
+    let o = avmon()
+        .args(["run", "--config", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "the config was accepted:\n{text}");
+    stderr_of(&o)
+}
