@@ -797,6 +797,13 @@ struct DegradeRun {
     tiers: [usize; 4],
     degraded_alerts: usize,
     steps: usize,
+    /// While settling (from when every stream decodes): the largest lag avmon reported, and
+    /// the last second any stream was late (reported lag ≥ 1 s, or datagrams dropped): how
+    /// long the host took to get back in time; `None` when never late.
+    settle_peak_lag_s: f64,
+    late_until_s: Option<f64>,
+    /// `monitor.behind` alerts raised in all.
+    behind_alerts: usize,
 }
 
 /// Involuntary context switches of every thread of `pid`.
@@ -842,11 +849,27 @@ fn watch_service(
     let started = Instant::now();
     let _send = senders(o, file, &ports, true)?;
     svc.wait_decoding(n, Duration::from_secs(60))?;
-    std::thread::sleep(Duration::from_secs_f64(settle));
     let list = |svc: &Service| -> Result<Vec<Value>> {
         let v: Value = serde_json::from_str(&http_get(&svc.api, "/api/streams")?)?;
         Ok(v.as_array().cloned().unwrap_or_default())
     };
+    // Settling: how high the lag goes and when the last late second is.
+    let decoding = Instant::now();
+    let (mut settle_peak_lag_s, mut late_until_s) = (0.0f64, None);
+    let mut drops_before: u64 = ports.iter().map(|p| udp_sockets(&[*p]).0).sum();
+    while decoding.elapsed().as_secs_f64() < settle {
+        std::thread::sleep(Duration::from_secs(1));
+        let lag = list(&svc)?
+            .iter()
+            .map(|s| s["lag_s"].as_f64().unwrap_or(0.0))
+            .fold(0.0, f64::max);
+        let drops: u64 = ports.iter().map(|p| udp_sockets(&[*p]).0).sum();
+        settle_peak_lag_s = settle_peak_lag_s.max(lag);
+        if lag >= 1.0 || drops > drops_before {
+            late_until_s = Some(decoding.elapsed().as_secs_f64());
+        }
+        drops_before = drops;
+    }
     let (t0, c0, p0) = (
         Instant::now(),
         proc_cpu_s(svc.pid(), tck),
@@ -907,9 +930,12 @@ fn watch_service(
         })
         .count();
     let alerts: Value = serde_json::from_str(&http_get(&svc.api, "/api/alerts?limit=10000")?)?;
-    let steps = alerts.as_array().map_or(0, |a| {
-        a.iter().filter(|a| a["kind"] == "monitor.degraded").count()
-    });
+    let count = |kind: &str| {
+        alerts
+            .as_array()
+            .map_or(0, |a| a.iter().filter(|a| a["kind"] == kind).count())
+    };
+    let (steps, behind_alerts) = (count("monitor.degraded"), count("monitor.behind"));
     Ok(DegradeRun {
         auto,
         workers,
@@ -922,20 +948,26 @@ fn watch_service(
         tiers,
         degraded_alerts,
         steps,
+        settle_peak_lag_s,
+        late_until_s,
+        behind_alerts,
     })
 }
 
 fn degrade_table(runs: &[DegradeRun], n: usize) -> String {
     let mut t = String::from(
-        "| workers | auto_degrade | avmon CPU | preempted / s | max slip | max reported lag | UDP drops | streams behind | full | reference | keyframes | transport | monitor.degraded active | monitor.degraded alerts in all |\n\
-         |---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| workers | auto_degrade | settling: peak lag | settling: late until | avmon CPU | preempted / s | max slip | max reported lag | UDP drops | streams behind | full | reference | keyframes | transport | monitor.degraded active | monitor.degraded alerts in all | monitor.behind alerts |\n\
+         |---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in runs {
         let _ = writeln!(
             t,
-            "| {} | {} | {:.0} % | {:.0} | {:.2} s | {:.2} s | {} | {} of {n} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {:.1} s | {} | {:.0} % | {:.0} | {:.2} s | {:.2} s | {} | {} of {n} | {} | {} | {} | {} | {} | {} | {} |",
             r.workers,
             if r.auto { "on" } else { "off" },
+            r.settle_peak_lag_s,
+            r.late_until_s
+                .map_or_else(|| "never late".to_string(), |t| format!("{t:.0} s")),
             r.avmon_pct,
             r.preempted_per_s,
             r.slip_s,
@@ -947,7 +979,8 @@ fn degrade_table(runs: &[DegradeRun], n: usize) -> String {
             r.tiers[2],
             r.tiers[3],
             r.degraded_alerts,
-            r.steps
+            r.steps,
+            r.behind_alerts
         );
     }
     t
@@ -973,7 +1006,9 @@ fn degrade(o: &Options, file: &Path, scratch: &Path) -> Result<String> {
          window (read every second); reported lag: the largest `lag_s` avmon showed; behind: \
          streams that slipped > {BEHIND_S} s or whose socket dropped datagrams in the window; \
          preempted: involuntary context switches of avmon's threads. Tiers at the window's \
-         end.\n\n{}",
+         end. Settling (from when every stream decodes, before the window): the largest \
+         `lag_s` shown, and the last second any stream was late (`lag_s` ≥ 1 s, or datagrams \
+         dropped), i.e. how long the host took to get back in time.\n\n{}",
         o.workers,
         o.window,
         o.window,

@@ -55,6 +55,10 @@ pub mod kinds {
     /// The service lowered the stream's fidelity tier below the configured one because the host
     /// fell behind real time (automatic degradation); cleared when the tier is restored.
     pub const MONITOR_DEGRADED: &str = "monitor.degraded";
+    /// The stream is behind real time and the service cannot help it: every stream is at its
+    /// lowest tier already, or automatic degradation is off. More capacity is needed; cleared
+    /// once the stream keeps up again.
+    pub const MONITOR_BEHIND: &str = "monitor.behind";
     /// HLS delivery (`avmon-hls`): the media playlist stopped updating.
     pub const HLS_STALE: &str = "hls.stale";
     /// HLS delivery: a segment failed (HTTP error, timeout, empty or undecodable).

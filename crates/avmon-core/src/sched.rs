@@ -157,6 +157,11 @@ struct SlotState {
     input_age_us: AtomicU64,
     /// Datagrams the kernel dropped on the input's socket since it opened (its buffer was full).
     input_drops: AtomicU64,
+    /// When the permit was last taken, µs since `EPOCH` (`since_us` is the turn's start, which
+    /// a read in turn keeps).
+    taken_us: AtomicU64,
+    /// Time the permit was held in all, µs, up to the last time it was given back.
+    busy_us: AtomicU64,
 }
 
 fn now_us() -> u64 {
@@ -192,7 +197,9 @@ impl Slot {
     fn take(&self, front: bool) {
         if !self.held() {
             self.sched.acquire(front);
-            self.state.since_us.store(now_us(), Ordering::Relaxed);
+            let now = now_us();
+            self.state.since_us.store(now, Ordering::Relaxed);
+            self.state.taken_us.store(now, Ordering::Relaxed);
             self.state.held.store(true, Ordering::Relaxed);
         }
     }
@@ -200,9 +207,23 @@ impl Slot {
     /// Give the permit back, if held.
     pub fn leave(&self) {
         if self.held() {
+            let since = self.state.taken_us.load(Ordering::Relaxed);
+            self.state
+                .busy_us
+                .fetch_add(now_us().saturating_sub(since), Ordering::Relaxed);
             self.state.held.store(false, Ordering::Relaxed);
             self.sched.release();
         }
+    }
+
+    /// Seconds this stream has held a permit in all, the turn in progress included: its CPU
+    /// use, as far as the scheduler can tell (what automatic degradation weighs streams by).
+    pub fn busy_s(&self) -> f64 {
+        let mut us = self.state.busy_us.load(Ordering::Relaxed);
+        if self.held() {
+            us += now_us().saturating_sub(self.state.taken_us.load(Ordering::Relaxed));
+        }
+        us as f64 / 1e6
     }
 
     /// Between two units of work: when the permit was held a quantum and others wait, hand it
@@ -295,6 +316,27 @@ impl Drop for Held {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn busy_time_counts_the_permit_held_not_the_waits_for_input() {
+        let sched = Scheduler::new(1, Duration::from_millis(10));
+        let slot = sched.slot();
+        assert_eq!(slot.busy_s(), 0.0);
+        let held = slot.hold();
+        std::thread::sleep(Duration::from_millis(30));
+        // A read that waits without the permit, in turn and not.
+        slot.blocking_in_turn(|| std::thread::sleep(Duration::from_millis(60)));
+        slot.blocking(|| std::thread::sleep(Duration::from_millis(60)));
+        std::thread::sleep(Duration::from_millis(30));
+        let during = slot.busy_s();
+        drop(held);
+        let after = slot.busy_s();
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(slot.busy_s(), after, "nothing counts while not held");
+        assert!(during <= after);
+        // 60 ms held; the 120 ms of reads are not (sleeps only overshoot).
+        assert!((0.06..0.12).contains(&after), "{after}");
+    }
 
     #[test]
     fn never_more_than_n_hold_a_permit() {

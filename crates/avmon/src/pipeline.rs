@@ -49,8 +49,9 @@ pub struct Pipeline {
     transport: Option<std::sync::Arc<crate::transport::TransportTap>>,
     /// The fidelity tier the input decodes at (as it last said).
     pub tier: Tier,
-    /// Whether a `monitor.degraded` finding is open.
-    degraded: bool,
+    /// The service's own findings about the stream that are open (`monitor.degraded`,
+    /// `monitor.behind`).
+    monitor_open: Vec<&'static str>,
 }
 
 /// A forward jump of the packet clock larger than this (an outage, or a source resuming with
@@ -80,7 +81,7 @@ impl Pipeline {
             resuming: None,
             transport: None,
             tier: Tier::Full,
-            degraded: false,
+            monitor_open: Vec::new(),
         }
     }
 
@@ -118,27 +119,22 @@ impl Pipeline {
         self.flush();
     }
 
-    /// The service lowered the stream's tier below its configured one (`Some(details)`: begin,
-    /// or update the details), or restored it (`None`: end), at media time `t`.
-    pub fn set_degraded(&mut self, t: f64, details: Option<Details>) {
+    /// Open (`Some`: begin, or update while open) or close (`None`) one of the service's own
+    /// findings about the stream, `kind` being `monitor.degraded` or `monitor.behind`.
+    pub fn set_monitor(&mut self, kind: &'static str, t: f64, details: Option<Details>) {
+        let open = self.monitor_open.contains(&kind);
         match details {
             Some(d) => {
-                self.degraded = true;
-                self.findings.push(Finding::begin(
-                    kinds::MONITOR_DEGRADED,
-                    Severity::Major,
-                    t,
-                    d,
-                ));
+                if !open {
+                    self.monitor_open.push(kind);
+                }
+                self.findings
+                    .push(Finding::begin(kind, Severity::Major, t, d));
             }
-            None if self.degraded => {
-                self.degraded = false;
-                self.findings.push(Finding::end(
-                    kinds::MONITOR_DEGRADED,
-                    Severity::Major,
-                    t,
-                    Details::new(),
-                ));
+            None if open => {
+                self.monitor_open.retain(|k| *k != kind);
+                self.findings
+                    .push(Finding::end(kind, Severity::Major, t, Details::new()));
             }
             None => {}
         }

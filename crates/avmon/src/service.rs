@@ -25,8 +25,8 @@ use anyhow::{Context, Result};
 use avmon_alert::Suppression;
 use avmon_core::sched::{Scheduler, Slot, DEFAULT_QUANTUM};
 use avmon_core::{
-    round_ms, Alert, AlertEvent, AudioBuffer, Details, MediaInfo, StreamId, Tier, TierControl,
-    Transition, VideoFrame, WallTime,
+    kinds, round_ms, Alert, AlertEvent, AudioBuffer, Details, MediaInfo, StreamId, Tier,
+    TierControl, Transition, VideoFrame, WallTime,
 };
 use avmon_core::{AlertRecord, MaintenanceWindow, Mute};
 use avmon_hls::VariantStats;
@@ -102,6 +102,9 @@ struct StreamShared {
     cpu: Slot,
     /// Why the tier was last lowered (the `monitor.degraded` alert's reason).
     degrade_reason: Mutex<String>,
+    /// Why the stream is behind real time with nothing left to lower (or automatic degradation
+    /// off): `monitor.behind` is open while set.
+    behind: Mutex<Option<String>>,
     live: Mutex<Live>,
     /// Scaled copies of the picture (thumbnail, snapshots); none with `[evidence] enabled = false`.
     pictures: Option<Arc<Pictures>>,
@@ -185,6 +188,8 @@ struct StreamSink {
     lag_s: f64,
     /// The tier the open `monitor.degraded` alert describes.
     degraded_at: Option<Tier>,
+    /// Whether `monitor.behind` is open.
+    behind_open: bool,
 }
 
 /// `[rms, peak]` of one channel's samples, in dBFS (floored at -100).
@@ -250,7 +255,35 @@ impl StreamSink {
             d.insert("reason".into(), reason.into());
             d
         });
-        self.pipe.set_degraded(t, details);
+        self.pipe.set_monitor(kinds::MONITOR_DEGRADED, t, details);
+        self.forward();
+    }
+
+    /// Raise or clear `monitor.behind` as the degradation thread says.
+    fn check_behind(&mut self) {
+        let reason = self
+            .shared
+            .behind
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or_default();
+        if reason.is_some() == self.behind_open {
+            return;
+        }
+        self.behind_open = reason.is_some();
+        let t = self.pipe.end_t.max(self.media_t);
+        let details = reason.map(|reason| {
+            let mut d = Details::new();
+            d.insert("reason".into(), reason.into());
+            d.insert("tier".into(), self.pipe.tier.as_str().into());
+            d.insert("lag_s".into(), round_ms(self.lag_s).into());
+            d.insert(
+                "workers".into(),
+                self.shared.cpu.scheduler().permits().into(),
+            );
+            d
+        });
+        self.pipe.set_monitor(kinds::MONITOR_BEHIND, t, details);
         self.forward();
     }
 
@@ -293,6 +326,7 @@ impl FrameSink for StreamSink {
         self.pipe.packet(t, bytes);
         self.forward();
         self.check_degraded();
+        self.check_behind();
         self.publish(false);
     }
     fn on_video(&mut self, frame: &VideoFrame<'_>) {
@@ -520,6 +554,7 @@ fn stream_thread(
         started: Instant::now(),
         lag_s: 0.0,
         degraded_at: None,
+        behind_open: false,
     };
     let mut clock = MediaClock::new();
     match hls {
@@ -745,6 +780,7 @@ impl Service {
             priority: AtomicU32::new(cfg.priority),
             cpu: self.sched.slot(),
             degrade_reason: Mutex::new(String::new()),
+            behind: Mutex::new(None),
             cfg: cfg.clone(),
             live: Mutex::new(Live::default()),
             pictures: self
@@ -1407,16 +1443,24 @@ fn hls_metrics(out: &mut String, streams: &[Arc<StreamShared>]) {
     }
 }
 
-/// Every 0.5 s: each stream's lag into the policy ([`crate::degrade`]), its step applied when
-/// `auto_degrade` is on; otherwise falling behind is only measured and logged.
+/// A stream's `monitor.behind` is cleared after this long without being behind, seconds.
+const BEHIND_CLEAR_S: u64 = 10;
+
+/// Every 0.5 s: each stream's lag and CPU use into the policy ([`crate::degrade`]), its steps
+/// applied when `auto_degrade` is on. Streams behind real time that the policy cannot help
+/// (nothing left to lower, or `auto_degrade` off) get `monitor.behind`: the host never falls
+/// behind silently.
 fn degrade_thread(service: &Service, cfg: &ServiceConfig, stop: &AtomicBool) {
     let mut policy = Policy::new(PolicyConfig {
         behind_s: cfg.behind_s,
         restore_after_s: cfg.restore_after_s,
+        capacity: service.sched.permits() as f64,
         ..PolicyConfig::default()
     });
     let start = Instant::now();
     let mut last_warning: Option<Instant> = None;
+    // Streams with `monitor.behind` open, and when they were last behind.
+    let mut stranded: BTreeMap<String, Instant> = BTreeMap::new();
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(500));
         let streams = service.shared_streams();
@@ -1431,41 +1475,76 @@ fn degrade_thread(service: &Service, cfg: &ServiceConfig, stop: &AtomicBool) {
                     tier: s.tier.get(),
                     lag_s: live.lag_s,
                     drops: s.cpu.input_drops(),
+                    packets: live.counters.packets,
+                    busy_s: s.cpu.busy_s(),
                     active: live.connected && !live.down && live.counters.packets > 0,
                 }
             })
             .collect();
-        let step = policy.tick(start.elapsed().as_secs_f64(), &samples);
+        let decision = policy.tick(start.elapsed().as_secs_f64(), &samples);
         for s in &streams {
             if let (Some(lag), Ok(mut live)) = (policy.lag_s(&s.cfg.id), s.live.lock()) {
                 live.lag_smooth_s = lag;
             }
         }
-        let Some(step) = step else { continue };
-        if !cfg.auto_degrade {
-            if step.to > step.from && last_warning.is_none_or(|t| t.elapsed().as_secs() >= 10) {
-                last_warning = Some(Instant::now());
-                tracing::warn!(reason = %step.reason, "the host is behind real time (auto_degrade is off)");
+        // monitor.behind: raised on the streams behind while nothing can be done for them.
+        let helpless = decision.exhausted || !cfg.auto_degrade;
+        let now = Instant::now();
+        for (id, reason) in &decision.behind {
+            if let Some(at) = stranded.get_mut(id) {
+                *at = now;
+            } else if helpless {
+                let Some(shared) = streams.iter().find(|s| &s.cfg.id == id) else {
+                    continue;
+                };
+                let why = if cfg.auto_degrade {
+                    format!("{reason}; every stream is at its lowest tier: the host needs more CPU")
+                } else {
+                    format!("{reason}; auto_degrade is off")
+                };
+                tracing::warn!(stream = %id, reason = %why, "behind real time");
+                if let Ok(mut b) = shared.behind.lock() {
+                    *b = Some(why);
+                }
+                stranded.insert(id.clone(), now);
             }
-            continue;
         }
-        let Some(shared) = streams.iter().find(|s| s.cfg.id == step.id) else {
-            continue;
-        };
-        if shared.tier.get() != step.from {
-            continue; // changed meanwhile (PATCH): the next tick sees it
+        stranded.retain(|id, at| {
+            let shared = streams.iter().find(|s| &s.cfg.id == id);
+            let keep = shared.is_some() && now.duration_since(*at).as_secs() < BEHIND_CLEAR_S;
+            if !keep {
+                if let Some(Ok(mut b)) = shared.map(|s| s.behind.lock()) {
+                    *b = None;
+                }
+            }
+            keep
+        });
+        for step in decision.steps {
+            if !cfg.auto_degrade {
+                if step.to > step.from && last_warning.is_none_or(|t| t.elapsed().as_secs() >= 10) {
+                    last_warning = Some(Instant::now());
+                    tracing::warn!(reason = %step.reason, "the host is behind real time (auto_degrade is off)");
+                }
+                continue;
+            }
+            let Some(shared) = streams.iter().find(|s| s.cfg.id == step.id) else {
+                continue;
+            };
+            if shared.tier.get() != step.from {
+                continue; // changed meanwhile (PATCH): the next tick sees it
+            }
+            if let Ok(mut r) = shared.degrade_reason.lock() {
+                r.clone_from(&step.reason);
+            }
+            if step.to > step.from {
+                tracing::warn!(stream = %step.id, from = %step.from, to = %step.to, reason = %step.reason, "tier lowered");
+            } else {
+                tracing::info!(stream = %step.id, from = %step.from, to = %step.to, reason = %step.reason, "tier restored");
+            }
+            // The decode thread applies it at its next packet, and raises, updates or clears
+            // monitor.degraded.
+            shared.tier.set(step.to);
         }
-        if let Ok(mut r) = shared.degrade_reason.lock() {
-            r.clone_from(&step.reason);
-        }
-        if step.to > step.from {
-            tracing::warn!(stream = %step.id, from = %step.from, to = %step.to, reason = %step.reason, "tier lowered");
-        } else {
-            tracing::info!(stream = %step.id, from = %step.from, to = %step.to, reason = %step.reason, "tier restored");
-        }
-        // The decode thread applies it at its next packet, and raises, updates or clears
-        // monitor.degraded.
-        shared.tier.set(step.to);
     }
 }
 
