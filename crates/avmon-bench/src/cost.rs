@@ -59,6 +59,8 @@ pub struct Options {
     pub workers: usize,
     /// Streams of the scheduling part.
     pub sched_streams: usize,
+    /// Streams of the transport-tier part.
+    pub transport_streams: usize,
 }
 
 /// The latency stream's defect: black from `LAT_ONSET` for 4 s, every `LAT_EVERY` s.
@@ -109,6 +111,9 @@ pub fn run(o: &Options) -> Result<()> {
     }
     if want("sched") {
         println!("{}", sched(o, &i720, &scratch)?);
+    }
+    if want("transport") {
+        println!("{}", transport_streams(o, &scratch)?);
     }
     if want("latency") {
         let n = o.defects.max(1);
@@ -388,16 +393,17 @@ impl Service {
             .unwrap_or_default())
     }
 
-    /// Waits until every one of `n` streams has decoded a picture.
-    fn wait_decoding(&self, n: usize, limit: Duration) -> Result<()> {
+    /// Waits until every one of `n` streams has decoded a picture (`pictures`), or else has
+    /// media time (the `transport` tier decodes none).
+    fn wait_flowing(&self, n: usize, pictures: bool, limit: Duration) -> Result<()> {
         let t0 = Instant::now();
         loop {
             let s = self.streams()?;
-            if s.len() == n && s.iter().all(|x| x.2 > 0) {
+            if s.len() == n && s.iter().all(|x| if pictures { x.2 > 0 } else { x.1 > 0.0 }) {
                 return Ok(());
             }
             if t0.elapsed() > limit {
-                bail!("not every stream decoded within {limit:?}");
+                bail!("not every stream flowed within {limit:?}");
             }
             std::thread::sleep(Duration::from_millis(250));
         }
@@ -483,6 +489,89 @@ fn proc_cpu_s(pid: u32, tck: f64) -> f64 {
     (f.get(11).unwrap_or(&0.0) + f.get(12).unwrap_or(&0.0)) / tck
 }
 
+/// This process's CPU seconds (user + system).
+fn self_cpu_s(tck: f64) -> f64 {
+    proc_cpu_s(std::process::id(), tck)
+}
+
+/// The tiers a watched run sets on its streams.
+#[derive(Clone, Copy, PartialEq)]
+enum Tier {
+    Full,
+    Transport,
+}
+
+impl Tier {
+    fn name(self) -> &'static str {
+        match self {
+            Tier::Full => "full",
+            Tier::Transport => "transport",
+        }
+    }
+}
+
+/// A thread of this process sending a TS file's bytes to many UDP ports at once, in 1316-byte
+/// datagrams at `bps` each (a constant-rate file sent at its own rate is real time), each port
+/// from its own place in the first tenth of the file (so keyframes and PCRs do not all land
+/// together). One sender for a hundred streams costs far less than a hundred `ffmpeg -re`.
+/// It stops when dropped; a file is never wrapped around within a run (a run must be shorter
+/// than nine tenths of the file).
+struct Blaster {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Blaster {
+    fn start(file: &Path, ports: &[u16], bps: f64) -> Result<Blaster> {
+        const DGRAM: usize = 1316;
+        let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+        let total = bytes.len() / DGRAM;
+        if total < 10 {
+            bail!("{} is too short to send", file.display());
+        }
+        let sock = UdpSocket::bind("127.0.0.1:0")?;
+        let n = ports.len();
+        let targets: Vec<std::net::SocketAddr> = ports
+            .iter()
+            .map(|&p| std::net::SocketAddr::from(([127, 0, 0, 1], p)))
+            .collect();
+        let stop = Arc::new(AtomicBool::new(false));
+        let halt = stop.clone();
+        let per_s = bps / 8.0 / DGRAM as f64;
+        let thread = std::thread::spawn(move || {
+            let t0 = Instant::now();
+            let mut sent = vec![0usize; n];
+            while !halt.load(Ordering::Relaxed) {
+                let due = (t0.elapsed().as_secs_f64() * per_s) as usize;
+                for (i, to) in targets.iter().enumerate() {
+                    let start = i * (total / 10) / n.max(1);
+                    while sent[i] < due {
+                        let k = (start + sent[i]) % total;
+                        // Loopback: an error is a full socket buffer, i.e. a loss avmon's
+                        // drop counters see anyway.
+                        let _ = sock.send_to(&bytes[k * DGRAM..(k + 1) * DGRAM], to);
+                        sent[i] += 1;
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        });
+        Ok(Blaster {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Blaster {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 fn proc_rss_mib(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
@@ -565,7 +654,7 @@ fn memory(o: &Options, inputs: &[(&str, &PathBuf)], scratch: &Path) -> Result<St
             let ports = free_udp_ports(n)?;
             let svc = Service::start(o, scratch, &stream_sections(&ports))?;
             let _send = senders(o, file, &ports, true)?;
-            svc.wait_decoding(n, Duration::from_secs(30))?;
+            svc.wait_flowing(n, true, Duration::from_secs(30))?;
             std::thread::sleep(Duration::from_secs(5));
             rss.push(proc_rss_mib(svc.pid()));
         }
@@ -626,7 +715,7 @@ fn stage(o: &Options, file: &Path, k: usize, scratch: &Path, tck: f64) -> Result
     let svc = Service::start(o, scratch, &stream_sections(&ports))?;
     let started = Instant::now();
     let send = senders(o, file, &ports, true)?;
-    svc.wait_decoding(k, Duration::from_secs(60))?;
+    svc.wait_flowing(k, true, Duration::from_secs(60))?;
     std::thread::sleep(Duration::from_secs(5));
     let snap = |svc: &Service| -> Result<_> {
         Ok((
@@ -804,6 +893,8 @@ struct DegradeRun {
     late_until_s: Option<f64>,
     /// `monitor.behind` alerts raised in all.
     behind_alerts: usize,
+    /// CPU of this process (the [`Blaster`], when it feeds the streams), % of a core.
+    own_pct: f64,
 }
 
 /// Involuntary context switches of every thread of `pid`.
@@ -826,29 +917,53 @@ fn preemptions(pid: u32) -> u64 {
 /// permits and `auto_degrade = auto`; watched for `o.window` s after `settle` s from the moment
 /// every stream decodes. Behind: a stream slipped > [`BEHIND_S`] in the window, or lost
 /// datagrams in it.
-fn watch_service(
-    o: &Options,
-    file: &Path,
+/// How the streams of a watched run are fed.
+enum Feed<'a> {
+    /// One `ffmpeg -re -stream_loop -1 -c copy` per stream.
+    Ffmpeg(&'a Path),
+    /// [`Blaster`]: this process sends the file's bytes to every stream at `bps`.
+    Blast(&'a Path, f64),
+}
+
+/// What a watched run starts: `n` streams at `tier` fed by `feed` into a service with
+/// `workers` permits and `auto_degrade = auto`, settling `settle` s before the window.
+struct Setup<'a> {
+    feed: Feed<'a>,
     n: usize,
     workers: usize,
     auto: bool,
+    tier: Tier,
     settle: f64,
-    scratch: &Path,
-) -> Result<DegradeRun> {
+}
+
+fn watch_service(o: &Options, setup: &Setup<'_>, scratch: &Path) -> Result<DegradeRun> {
+    let Setup {
+        ref feed,
+        n,
+        workers,
+        auto,
+        tier,
+        settle,
+    } = *setup;
     let tck = clock_ticks();
     let ports = free_udp_ports(n)?;
     let mut sections = format!("[service]\nworkers = {workers}\nauto_degrade = {auto}\n");
     for (i, p) in ports.iter().enumerate() {
         let _ = write!(
             sections,
-            "[[streams]]\nid = \"s{i}\"\nurl = \"udp://127.0.0.1:{p}\"\npriority = {}\n",
-            10 * (i + 1)
+            "[[streams]]\nid = \"s{i}\"\nurl = \"udp://127.0.0.1:{p}\"\npriority = {}\ntier = \"{}\"\n",
+            10 * (i + 1),
+            tier.name()
         );
     }
     let svc = Service::start(o, scratch, &sections)?;
     let started = Instant::now();
-    let _send = senders(o, file, &ports, true)?;
-    svc.wait_decoding(n, Duration::from_secs(60))?;
+    let (_procs, _blaster) = match feed {
+        Feed::Ffmpeg(file) => (Some(senders(o, file, &ports, true)?), None),
+        Feed::Blast(file, bps) => (None, Some(Blaster::start(file, &ports, *bps)?)),
+    };
+    svc.wait_flowing(n, tier != Tier::Transport, Duration::from_secs(60))?;
+    let own_cpu0 = self_cpu_s(tck);
     let list = |svc: &Service| -> Result<Vec<Value>> {
         let v: Value = serde_json::from_str(&http_get(&svc.api, "/api/streams")?)?;
         Ok(v.as_array().cloned().unwrap_or_default())
@@ -907,6 +1022,7 @@ fn watch_service(
     };
     let wall = t0.elapsed().as_secs_f64();
     let (cpu, preempted) = (proc_cpu_s(svc.pid(), tck), preemptions(svc.pid()));
+    let own_pct = (self_cpu_s(tck) - own_cpu0) / started.elapsed().as_secs_f64() * 100.0;
     let drops_now: Vec<u64> = ports.iter().map(|p| udp_sockets(&[*p]).0).collect();
     let mut tiers = [0; 4];
     let mut degraded_alerts = 0;
@@ -951,6 +1067,7 @@ fn watch_service(
         settle_peak_lag_s,
         late_until_s,
         behind_alerts,
+        own_pct,
     })
 }
 
@@ -994,7 +1111,16 @@ fn degrade(o: &Options, file: &Path, scratch: &Path) -> Result<String> {
     for auto in [false, true] {
         eprintln!("cost: degrade, auto_degrade = {auto}");
         runs.push(watch_service(
-            o, file, n, o.workers, auto, o.window, scratch,
+            o,
+            &Setup {
+                feed: Feed::Ffmpeg(file),
+                n,
+                workers: o.workers,
+                auto,
+                tier: Tier::Full,
+                settle: o.window,
+            },
+            scratch,
         )?);
     }
     Ok(format!(
@@ -1016,6 +1142,74 @@ fn degrade(o: &Options, file: &Path, scratch: &Path) -> Result<String> {
     ))
 }
 
+/// The `transport` tier at scale (the issue's ≥ 100 streams of 5 Mbit/s per core):
+/// `--transport-streams` streams of a constant 5 Mbit/s TS (720p25 H.264 + AAC, made by
+/// FFmpeg), all at `tier = "transport"`, on one CPU permit (`workers = 1`: one core's worth of
+/// decoding and analysis), fed by one [`Blaster`]; `auto_degrade = false`, so nothing hides a
+/// host that cannot keep up.
+fn transport_streams(o: &Options, scratch: &Path) -> Result<String> {
+    const BPS: f64 = 5_000_000.0;
+    let n = o.transport_streams.max(1);
+    let file = o.dir.join("cbr5m.ts");
+    let recipe = "720p25 testsrc2 H.264 4.7M + AAC 128k, muxrate 5M, 120 s";
+    let recipe_path = o.dir.join("cbr5m.recipe");
+    if !file.exists() || std::fs::read_to_string(&recipe_path).ok().as_deref() != Some(recipe) {
+        eprintln!("cost: generating {}", file.display());
+        let out = Command::new(&o.ffmpeg)
+            .args(["-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i"])
+            .arg("testsrc2=size=1280x720:rate=25")
+            .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
+            .args([
+                "-t",
+                "120",
+                "-c:v",
+                "libx264",
+                "-preset",
+                "ultrafast",
+                "-g",
+                "50",
+            ])
+            .args(["-b:v", "4.7M", "-maxrate", "4.7M", "-bufsize", "2M"])
+            .args(["-c:a", "aac", "-b:a", "128k", "-muxrate", "5000000"])
+            .args(["-f", "mpegts"])
+            .arg(&file)
+            .output()
+            .with_context(|| format!("running {}", o.ffmpeg))?;
+        if !out.status.success() {
+            bail!(
+                "making the 5 Mbit/s input failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        std::fs::write(&recipe_path, recipe)?;
+    }
+    eprintln!("cost: transport tier, {n} streams");
+    let run = watch_service(
+        o,
+        &Setup {
+            feed: Feed::Blast(&file, BPS),
+            n,
+            workers: 1,
+            auto: false,
+            tier: Tier::Transport,
+            settle: 20.0,
+        },
+        scratch,
+    )?;
+    Ok(format!(
+        "## The `transport` tier at scale\n\n{n} real-time streams of a constant 5 Mbit/s TS \
+         (720p25 H.264 + AAC, {recipe}), each sent to its own UDP port on loopback by one \
+         sending thread of the benchmark (in 1316-byte datagrams at 5 Mbit/s), into one \
+         `avmon run` with every stream at `tier = \"transport\"`, `[service] workers = 1` (one \
+         core's worth of permits) and `auto_degrade = false`; settled 20 s after every stream \
+         flows, then watched for {:.0} s. Columns as in the degradation table; the sender's CPU \
+         was {:.0} % of a core.\n\n{}",
+        o.window,
+        run.own_pct,
+        degrade_table(std::slice::from_ref(&run), n)
+    ))
+}
+
 /// The scheduling model against a thread per stream left to the kernel: `--sched-streams`
 /// 720p25 streams with one permit per core, and with 1024 (no limit), auto_degrade off, twice
 /// each, interleaved.
@@ -1025,7 +1219,18 @@ fn sched(o: &Options, file: &Path, scratch: &Path) -> Result<String> {
     for _ in 0..2 {
         for workers in [num_cpus(), 1024] {
             eprintln!("cost: sched, workers = {workers}");
-            runs.push(watch_service(o, file, n, workers, false, 10.0, scratch)?);
+            runs.push(watch_service(
+                o,
+                &Setup {
+                    feed: Feed::Ffmpeg(file),
+                    n,
+                    workers,
+                    auto: false,
+                    tier: Tier::Full,
+                    settle: 10.0,
+                },
+                scratch,
+            )?);
         }
     }
     Ok(format!(

@@ -68,6 +68,10 @@ enum Cmd {
         /// transport. Below full, give `--slack` the keyframe interval (2 s here) for keyframes.
         #[arg(long, default_value = "full")]
         tier: String,
+        /// Score avmon alone: do not run FFmpeg's filters (their columns show `–`). For the
+        /// per-tier runs, where FFmpeg's side does not change.
+        #[arg(long)]
+        no_ffmpeg: bool,
     },
     /// What a monitored stream costs: CPU per stream-hour against FFmpeg's decode and detection
     /// chain, memory, streams per host, alert latency, and a profile.
@@ -112,6 +116,9 @@ enum Cmd {
         /// Streams of the scheduling part (`--only sched`): 720p25.
         #[arg(long, default_value_t = 24)]
         sched_streams: usize,
+        /// Streams of the transport-tier part (`--only transport`): 5 Mbit/s each.
+        #[arg(long, default_value_t = 100)]
+        transport_streams: usize,
     },
 }
 
@@ -131,9 +138,17 @@ fn main() -> Result<()> {
             degrade_streams,
             workers,
             sched_streams,
+            transport_streams,
         } => {
-            const PARTS: [&str; 7] = [
-                "cpu", "memory", "latency", "profile", "streams", "degrade", "sched",
+            const PARTS: [&str; 8] = [
+                "cpu",
+                "memory",
+                "latency",
+                "profile",
+                "streams",
+                "degrade",
+                "sched",
+                "transport",
             ];
             if let Some(bad) = only.iter().find(|p| !PARTS.contains(&p.as_str())) {
                 bail!("--only {bad:?}: not one of {}", PARTS.join(", "));
@@ -159,6 +174,7 @@ fn main() -> Result<()> {
                 degrade_streams,
                 workers,
                 sched_streams,
+                transport_streams,
             })
         }
         Cmd::Accuracy {
@@ -172,12 +188,14 @@ fn main() -> Result<()> {
             json,
             slack,
             tier,
+            no_ffmpeg,
         } => {
             std::fs::create_dir_all(&dir)?;
             let tools = Tools {
                 avmon,
                 ffmpeg,
                 tier,
+                ffmpeg_filters: !no_ffmpeg,
             };
             let mut items = corpus::items(duration, quick);
             if let Some(o) = &only {
@@ -204,6 +222,8 @@ struct Tools {
     ffmpeg: String,
     /// `check --tier`.
     tier: String,
+    /// Whether FFmpeg's own filters are run and scored too.
+    ffmpeg_filters: bool,
 }
 
 /// What both monitors said about one item.
@@ -211,7 +231,8 @@ struct Outcome {
     truths: Vec<Span>,
     avmon: Vec<Span>,
     avmon_summary: Value,
-    ffmpeg: ffmpeg::FfmpegReport,
+    /// FFmpeg's filters on the same file; `None` when not run (`--no-ffmpeg`).
+    ffmpeg: Option<ffmpeg::FfmpegReport>,
     /// For damage transcoded again: per corruption label, how visible it is.
     visibility: Vec<Visibility>,
 }
@@ -458,7 +479,17 @@ fn events_of(report: &Value) -> Vec<Span> {
 fn analyse(tools: &Tools, dir: &Path, item: &Item) -> Result<Outcome> {
     let (path, truths) = make(tools, dir, item)?;
     let report = check(tools, &path)?;
-    let ffmpeg = ffmpeg::analyse(&tools.ffmpeg, &path, true, true, &dir.join(&item.name))?;
+    let ffmpeg = if tools.ffmpeg_filters {
+        Some(ffmpeg::analyse(
+            &tools.ffmpeg,
+            &path,
+            true,
+            true,
+            &dir.join(&item.name),
+        )?)
+    } else {
+        None
+    };
     let visibility = match item.post {
         Post::DamageThenTranscode(_) => visibility(tools, dir, item, &truths)?,
         _ => Vec::new(),
@@ -571,8 +602,14 @@ fn report(
     // control of the same content, so it has no false alarm there by construction.
     let mut block_threshold: BTreeMap<&str, f64> = BTreeMap::new();
     for (item, r) in items.iter().zip(results) {
-        if let (true, Ok(o)) = (item.name.ends_with("-clean"), r) {
-            let max = o.ffmpeg.block.iter().map(|b| b.1).fold(0.0, f64::max);
+        if let (
+            true,
+            Ok(Outcome {
+                ffmpeg: Some(f), ..
+            }),
+        ) = (item.name.ends_with("-clean"), r)
+        {
+            let max = f.block.iter().map(|b| b.1).fold(0.0, f64::max);
             block_threshold.insert(item.content, max);
         }
     }
@@ -598,31 +635,33 @@ fn report(
             slack,
             &mut avmon_scores,
         );
-        let mut ff = o.ffmpeg.events.clone();
-        if let Some(th) = block_threshold.get(item.content) {
-            ff.extend(ffmpeg::block_events(&o.ffmpeg.block, *th, 0.5));
+        if let Some(f) = &o.ffmpeg {
+            let mut ff = f.events.clone();
+            if let Some(th) = block_threshold.get(item.content) {
+                ff.extend(ffmpeg::block_events(&f.block, *th, 0.5));
+            }
+            ff.extend(ffmpeg::loudness_events(
+                &f.short_term,
+                -23.0,
+                LOUDNESS_TOLERANCE_LU,
+                LOUDNESS_GATE_LUFS,
+                LOUDNESS_MIN_S,
+            ));
+            let truths: Vec<Span> = o
+                .truths
+                .iter()
+                .filter(|t| FFMPEG_KINDS.contains(&t.kind.as_str()))
+                .cloned()
+                .collect();
+            score_item(
+                &item.name,
+                &truths,
+                &item.incidental,
+                &ff,
+                slack,
+                &mut ffmpeg_scores,
+            );
         }
-        ff.extend(ffmpeg::loudness_events(
-            &o.ffmpeg.short_term,
-            -23.0,
-            LOUDNESS_TOLERANCE_LU,
-            LOUDNESS_GATE_LUFS,
-            LOUDNESS_MIN_S,
-        ));
-        let truths: Vec<Span> = o
-            .truths
-            .iter()
-            .filter(|t| FFMPEG_KINDS.contains(&t.kind.as_str()))
-            .cloned()
-            .collect();
-        score_item(
-            &item.name,
-            &truths,
-            &item.incidental,
-            &ff,
-            slack,
-            &mut ffmpeg_scores,
-        );
         if let Some(offset) = item.av_offset_ms {
             sync_rows.push((
                 item.name.clone(),
