@@ -114,6 +114,7 @@ use avmon_core::{kinds, Details, Detector, Findings, Plane, Severity, Tier, Vide
 use serde::{Deserialize, Serialize};
 
 use crate::episode::{put, Episode, TIME_EPS};
+use crate::luma::{quarter_lanes, QUARTER_CHUNK};
 use crate::{check, frame_duration};
 
 /// Settings of the corruption detector.
@@ -203,7 +204,7 @@ const CUT_SHARE: f64 = 0.5;
 /// freeze that the encoder keeps refining, or a still. What it shows is content, not damage
 /// arriving, and it is not judged by its picture.
 const STILL_DIFF: f64 = 1.5;
-const STILL_STEP: usize = 4;
+const STILL_STEP: usize = 4; // the step of `quarter_lanes`
 /// A band whose vertical/horizontal step ratio rose above this multiple of its running mean
 /// (plus [`ANISO_MARGIN`]) changed its texture's direction: content torn across rows (smeared,
 /// displaced stripes)…
@@ -501,25 +502,19 @@ fn flat_boundary(s: &[u8]) -> u32 {
 }
 
 /// Sum of |kept[i] − row[STILL_STEP · i]|, and `kept` becomes the row's every
-/// [`STILL_STEP`]th sample.
-///
-/// A chunk of 64 samples of the row gives 16: each is the low byte of a little-endian `u32` of
-/// the chunk, which the compiler reads as 4 vector loads and packs, where a gather of every 4th
-/// byte stays a loop of single bytes.
+/// [`STILL_STEP`]th sample (16 at a time, see [`quarter_lanes`]).
 fn still_diff(row: &[u8], kept: &mut [u8]) -> u32 {
-    const KEPT: usize = 16;
-    let n = (row.len() / (KEPT * STILL_STEP)).min(kept.len() / KEPT);
-    let (row_head, row_tail) = row.split_at(n * KEPT * STILL_STEP);
+    const KEPT: usize = QUARTER_CHUNK / STILL_STEP;
+    let n = (row.len() / QUARTER_CHUNK).min(kept.len() / KEPT);
+    let (row_head, row_tail) = row.split_at(n * QUARTER_CHUNK);
     let (kept_head, kept_tail) = kept.split_at_mut(n * KEPT);
     let mut diff = 0;
     for (r, k) in row_head
-        .chunks_exact(KEPT * STILL_STEP)
+        .chunks_exact(QUARTER_CHUNK)
         .zip(kept_head.chunks_exact_mut(KEPT))
     {
-        let v: [u8; KEPT] = std::array::from_fn(|i| {
-            let s = STILL_STEP * i;
-            (u32::from_le_bytes([r[s], r[s + 1], r[s + 2], r[s + 3]]) & 0xff) as u8
-        });
+        let lanes = quarter_lanes(r.try_into().expect("a chunk"));
+        let v: [u8; KEPT] = std::array::from_fn(|i| (lanes[i] & 0xff) as u8);
         diff += sad(k, &v);
         k.copy_from_slice(&v);
     }
