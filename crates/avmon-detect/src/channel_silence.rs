@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::check;
 use crate::episode::{put, Episode};
 use crate::silence::FLOOR_DB;
-use crate::windows::{AudioWindows, Change, Window};
+use crate::windows::{sum_squares, AudioWindows, Change, Window};
 
 /// Settings of the channel silence detector.
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
@@ -199,9 +199,7 @@ impl Detector for ChannelSilenceDetector {
         let mut pos = 0;
         while let Some(piece) = self.windows.next(&mut pos, start.samples) {
             for (plane, sum) in planes.iter().zip(&mut self.sum_sq) {
-                let sq = plane[piece.from..piece.to]
-                    .iter()
-                    .fold(0.0f32, |s, &x| s + x * x);
+                let sq = sum_squares(&plane[piece.from..piece.to]);
                 *sum += f64::from(sq);
             }
             if let Some(w) = piece.done {

@@ -17,8 +17,8 @@
 //!   a click; a lossy codec spreads a click over a few samples, so the 1 ms around it are left out
 //!   of the comparison. The event spans the millisecond of the jump.
 //!
-//! The audio is looked at in 1 ms blocks (largest magnitude and largest jump per channel: two
-//! vectorisable folds per sample), so click and zero-run times are exact to a millisecond; a click
+//! The audio is looked at in 1 ms blocks (largest magnitude and largest jump per channel, kept in
+//! vector lanes), so click and zero-run times are exact to a millisecond; a click
 //! is decided 4 ms after it.
 //!
 //! Occurrences less than `merge_ms` (500 ms) apart are merged into one event (a rectangular pulse
@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::check;
 use crate::episode::put;
+use crate::windows::power_peak;
 
 /// Settings of the dropout detector.
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
@@ -338,6 +339,33 @@ impl DropoutDetector {
     }
 }
 
+/// Largest jump between consecutive samples of `seg`, `prev` being the sample before it; in lanes,
+/// as [`power_peak`] (a maximum is exact in any order).
+fn max_step(seg: &[f32], prev: f32) -> f32 {
+    const LANES: usize = 8;
+    let Some(&first) = seg.first() else {
+        return 0.0;
+    };
+    let (after, before) = (&seg[1..], &seg[..seg.len() - 1]);
+    let (a, b) = (after.chunks_exact(LANES), before.chunks_exact(LANES));
+    let tail = a
+        .remainder()
+        .iter()
+        .zip(b.remainder())
+        .fold((first - prev).abs(), |m, (x, y)| m.max((x - y).abs()));
+    let mut lanes = [0.0f32; LANES];
+    for (x, y) in a.zip(b) {
+        let (x, y): (&[f32; LANES], &[f32; LANES]) = (
+            x.try_into().expect("a chunk"),
+            y.try_into().expect("a chunk"),
+        );
+        for i in 0..LANES {
+            lanes[i] = lanes[i].max((x[i] - y[i]).abs());
+        }
+    }
+    lanes.iter().fold(tail, |m, &v| m.max(v))
+}
+
 impl Detector for DropoutDetector {
     fn kind(&self) -> &'static str {
         kinds::AUDIO_DROPOUT
@@ -388,17 +416,8 @@ impl Detector for DropoutDetector {
             let take = (self.block_len - self.filled).min(samples - pos);
             for (c, plane) in planes.iter().enumerate() {
                 let seg = &plane[pos..pos + take];
-                let first = (seg[0] - self.last[c]).abs();
-                let (peak, jump, sq) = seg.windows(2).fold(
-                    (seg[0].abs(), first, seg[0] * seg[0]),
-                    |(pk, jm, sq), w| {
-                        (
-                            pk.max(w[1].abs()),
-                            jm.max((w[1] - w[0]).abs()),
-                            sq + w[1] * w[1],
-                        )
-                    },
-                );
+                let (sq, peak) = power_peak(seg);
+                let jump = max_step(seg, self.last[c]);
                 self.cur.peak[c] = self.cur.peak[c].max(peak);
                 self.cur.jump[c] = self.cur.jump[c].max(jump);
                 self.sum_sq[c] += f64::from(sq);
@@ -608,5 +627,19 @@ mod tests {
                 "dropout.click_ratio: must be between 2 and 1000 (got 1)",
             ]
         );
+    }
+
+    #[test]
+    fn max_step_is_the_largest_jump_from_the_sample_before() {
+        let mut rng = Rng::new(5);
+        for len in 0..40 {
+            let seg: Vec<f32> = (0..len).map(|_| rng.signed()).collect();
+            let prev = rng.signed();
+            let plain = (0..len).fold(0.0f32, |m, i| {
+                let before = if i == 0 { prev } else { seg[i - 1] };
+                m.max((seg[i] - before).abs())
+            });
+            assert_eq!(max_step(&seg, prev), plain, "{len} samples");
+        }
     }
 }

@@ -55,6 +55,23 @@ pub(crate) fn row_lanes(chunk: &[u8; CHUNK]) -> [u16; GRID_LANES] {
     std::array::from_fn(|i| u16::from_le_bytes([chunk[2 * i], chunk[2 * i + 1]]))
 }
 
+/// Bytes of a row read at a time by [`quarter_lanes`].
+pub(crate) const QUARTER_CHUNK: usize = 64;
+
+/// A [`QUARTER_CHUNK`] of a row as 16 little-endian `u32`s: every 4th sample of the row (its bytes
+/// 0, 4, 8, …) is the low byte of one, `lane & 0xff`.
+///
+/// Four vector loads, where a gather of every 4th byte is a loop of single bytes; as with
+/// [`row_lanes`], the caller applies the mask (applied here, the compiler turns each lane back
+/// into a byte load).
+#[inline]
+pub(crate) fn quarter_lanes(chunk: &[u8; QUARTER_CHUNK]) -> [u32; QUARTER_CHUNK / 4] {
+    std::array::from_fn(|i| {
+        let s = 4 * i;
+        u32::from_le_bytes([chunk[s], chunk[s + 1], chunk[s + 2], chunk[s + 3]])
+    })
+}
+
 /// Dark-sample count and luma sum over (part of) a subsampled picture.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub(crate) struct LumaStats {

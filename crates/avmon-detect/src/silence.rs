@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::check;
 use crate::episode::{put, Episode};
-use crate::windows::{AudioWindows, Change, Window};
+use crate::windows::{power_peak, AudioWindows, Change, Window};
 
 /// Levels are floored here, so that digital silence reads −120 dBFS rather than −∞.
 pub const FLOOR_DB: f64 = -120.0;
@@ -182,12 +182,9 @@ impl Detector for SilenceDetector {
         let mut pos = 0;
         while let Some(piece) = self.windows.next(&mut pos, start.samples) {
             for (plane, sum) in planes.iter().zip(&mut self.sum_sq) {
-                let seg = &plane[piece.from..piece.to];
-                // f32 partial sums vectorise; a window's worth of f32 squares is precise enough
-                // for a level in dB, and the window total is carried in f64.
-                let (sq, peak) = seg.iter().fold((0.0f32, 0.0f32), |(sq, pk), &x| {
-                    (sq + x * x, pk.max(x.abs()))
-                });
+                // f32 partial sums (in lanes, which vectorise) are precise enough for a level in
+                // dB; the window total is carried in f64.
+                let (sq, peak) = power_peak(&plane[piece.from..piece.to]);
                 *sum += f64::from(sq);
                 self.period.peak = self.period.peak.max(peak);
             }
