@@ -49,6 +49,10 @@ const TARGET_LOAD: f64 = 0.85;
 const RESTORE_LOAD: f64 = 0.7;
 /// TS packets in a datagram (1316-byte payloads), to weigh socket drops against packets read.
 const PACKETS_PER_DATAGRAM: f64 = 7.0;
+/// The most a step believes a stream falls short by: its demand is taken as at most twice its
+/// use. Early lags (start-up, a burst) overstate the shortfall; a host further over capacity is
+/// caught up with by the next steps, 2 s apart.
+const MAX_SLOWDOWN: f64 = 0.5;
 /// A stream's known CPU use needs this much history, seconds.
 const MIN_RATE_WINDOW_S: f64 = 1.0;
 
@@ -273,7 +277,7 @@ impl Policy {
             } else {
                 0.0
             };
-            let slowdown = growth.max(lost).min(0.95);
+            let slowdown = growth.max(lost).min(MAX_SLOWDOWN);
             rate = Some(r);
             demand = Some(if s.active && (behind.is_some() || slowdown > 0.0) {
                 r / (1.0 - slowdown)
