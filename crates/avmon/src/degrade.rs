@@ -146,7 +146,6 @@ struct Track {
     smooth: Option<f64>,
     /// The last growth window's samples.
     history: VecDeque<Point>,
-    drops: Option<u64>,
 }
 
 /// One stream's figures at a tick.
@@ -227,6 +226,11 @@ impl Policy {
             None => lag,
         };
         t.smooth = Some(smooth);
+        // Drops since the last tick (none counted on a stream's first).
+        let new_drops = t
+            .history
+            .back()
+            .map_or(0, |p| s.drops.saturating_sub(p.drops));
         while t
             .history
             .front()
@@ -242,10 +246,6 @@ impl Policy {
             packets: s.packets,
             drops: s.drops,
         });
-        let new_drops = match t.drops.replace(s.drops) {
-            Some(before) => s.drops.saturating_sub(before),
-            None => 0,
-        };
         let growing = oldest.is_some_and(|o| smooth > o.lag + GROWTH_MIN_S);
         let behind = if !s.active {
             None

@@ -102,9 +102,11 @@ struct StreamShared {
     cpu: Slot,
     /// Why the tier was last lowered (the `monitor.degraded` alert's reason).
     degrade_reason: Mutex<String>,
-    /// Why the stream is behind real time with nothing left to lower (or automatic degradation
-    /// off): `monitor.behind` is open while set.
-    behind: Mutex<Option<String>>,
+    /// Whether the stream is behind real time with nothing left to lower (or automatic
+    /// degradation off): `monitor.behind` is open while set. Read per packet, so an atomic;
+    /// the reason is read only when it changes.
+    behind: AtomicBool,
+    behind_reason: Mutex<String>,
     live: Mutex<Live>,
     /// Scaled copies of the picture (thumbnail, snapshots); none with `[evidence] enabled = false`.
     pictures: Option<Arc<Pictures>>,
@@ -261,18 +263,19 @@ impl StreamSink {
 
     /// Raise or clear `monitor.behind` as the degradation thread says.
     fn check_behind(&mut self) {
-        let reason = self
-            .shared
-            .behind
-            .lock()
-            .map(|r| r.clone())
-            .unwrap_or_default();
-        if reason.is_some() == self.behind_open {
+        let behind = self.shared.behind.load(Ordering::Relaxed);
+        if behind == self.behind_open {
             return;
         }
-        self.behind_open = reason.is_some();
+        self.behind_open = behind;
         let t = self.pipe.end_t.max(self.media_t);
-        let details = reason.map(|reason| {
+        let details = behind.then(|| {
+            let reason = self
+                .shared
+                .behind_reason
+                .lock()
+                .map(|r| r.clone())
+                .unwrap_or_default();
             let mut d = Details::new();
             d.insert("reason".into(), reason.into());
             d.insert("tier".into(), self.pipe.tier.as_str().into());
@@ -780,7 +783,8 @@ impl Service {
             priority: AtomicU32::new(cfg.priority),
             cpu: self.sched.slot(),
             degrade_reason: Mutex::new(String::new()),
-            behind: Mutex::new(None),
+            behind: AtomicBool::new(false),
+            behind_reason: Mutex::new(String::new()),
             cfg: cfg.clone(),
             live: Mutex::new(Live::default()),
             pictures: self
@@ -1503,9 +1507,10 @@ fn degrade_thread(service: &Service, cfg: &ServiceConfig, stop: &AtomicBool) {
                     format!("{reason}; auto_degrade is off")
                 };
                 tracing::warn!(stream = %id, reason = %why, "behind real time");
-                if let Ok(mut b) = shared.behind.lock() {
-                    *b = Some(why);
+                if let Ok(mut r) = shared.behind_reason.lock() {
+                    *r = why;
                 }
+                shared.behind.store(true, Ordering::Relaxed);
                 stranded.insert(id.clone(), now);
             }
         }
@@ -1513,8 +1518,8 @@ fn degrade_thread(service: &Service, cfg: &ServiceConfig, stop: &AtomicBool) {
             let shared = streams.iter().find(|s| &s.cfg.id == id);
             let keep = shared.is_some() && now.duration_since(*at).as_secs() < BEHIND_CLEAR_S;
             if !keep {
-                if let Some(Ok(mut b)) = shared.map(|s| s.behind.lock()) {
-                    *b = None;
+                if let Some(s) = shared {
+                    s.behind.store(false, Ordering::Relaxed);
                 }
             }
             keep
