@@ -7,13 +7,15 @@
 #
 #   bench/tiers.sh [SECONDS=60] [RUNS=5] [WIDTHxHEIGHT=1280x720]
 #   AVMON=path/to/avmon bench/tiers.sh   # measure another build
+#   GOP=6 bench/tiers.sh                 # keyframes every 6 s instead of 2 (the keyframes tier's
+#                                        # cost is the keyframes': it falls as the GOP grows)
 set -euo pipefail
 default_runs=5
 # shellcheck source=bench/common.sh
 source "$(dirname "$0")/common.sh"
 
 tiers=(full reference keyframes transport)
-echo "input: ${secs} s of ${w}x${h}p25 H.264 + AAC (avmon synth, GOP 2 s), $runs runs, interleaved"
+echo "input: ${secs} s of ${w}x${h}p25 H.264 + AAC (avmon synth, GOP ${GOP:-2} s), $runs runs, interleaved"
 echo "CPU seconds per run (user + system):"
 printf "%-4s %9s" run ffmpeg
 for t in "${tiers[@]}"; do printf " %10s" "$t"; done; echo

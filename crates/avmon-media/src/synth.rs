@@ -226,6 +226,8 @@ pub struct SynthSpec {
     pub realtime: bool,
     /// x264 preset.
     pub preset: String,
+    /// Seconds between keyframes (the GOP length); at least one frame.
+    pub gop_s: f64,
     /// What the picture and sound show.
     pub content: Content,
     /// Delay of the audio content relative to the video, milliseconds (positive: audio late).
@@ -245,6 +247,7 @@ impl Default for SynthSpec {
             repeat_every: None,
             realtime: false,
             preset: "veryfast".into(),
+            gop_s: 2.0,
             content: Content::Pan,
             av_offset_ms: 0.0,
         }
@@ -252,6 +255,16 @@ impl Default for SynthSpec {
 }
 
 impl SynthSpec {
+    /// Frames between keyframes: `gop_s` at `fps`, at least 1.
+    pub fn gop_frames(&self) -> u32 {
+        let frames = (self.gop_s * f64::from(self.fps)).round();
+        if frames.is_finite() && frames >= 1.0 {
+            frames.min(f64::from(u32::MAX)) as u32
+        } else {
+            1
+        }
+    }
+
     /// The defect of `kind` active at media time `t`, if any.
     fn active(&self, kind: DefectKind, t: f64) -> Option<&Defect> {
         self.defects_at(kind, t).next()
@@ -561,7 +574,7 @@ pub fn generate(
     venc.set_format(ff::format::Pixel::YUV420P);
     venc.set_time_base(ff::Rational(1, spec.fps as i32));
     venc.set_frame_rate(Some(ff::Rational(spec.fps as i32, 1)));
-    venc.set_gop(spec.fps * 2);
+    venc.set_gop(spec.gop_frames());
     let mut vopts = ff::Dictionary::new();
     vopts.set("preset", &spec.preset);
     vopts.set("threads", "1");

@@ -11,6 +11,7 @@ use avmon_media::{EndReason, FrameSink, Input, MediaClock, OpenOptions};
 #[derive(Default)]
 struct Collect {
     video: Vec<(f64, f64)>,               // (t, mean luma)
+    keys: Vec<f64>,                       // t of each keyframe
     audio: Vec<(f64, usize, usize, f32)>, // (t, channels, samples, peak)
     packets: usize,
 }
@@ -20,6 +21,9 @@ impl FrameSink for Collect {
         self.packets += 1;
     }
     fn on_video(&mut self, f: &VideoFrame<'_>) {
+        if f.key {
+            self.keys.push(f.t);
+        }
         let l = &f.luma;
         let sum: u64 = (0..l.height)
             .map(|y| l.row(y).iter().map(|&v| v as u64).sum::<u64>())
@@ -35,6 +39,28 @@ impl FrameSink for Collect {
             .fold(0f32, |m, s| m.max(s.abs()));
         self.audio.push((a.t, a.channels(), a.samples(), peak));
     }
+}
+
+/// Write `spec` to `path`, then decode it all back.
+fn synth_and_decode(path: &std::path::Path, spec: &SynthSpec) -> Collect {
+    generate(
+        path.to_str().unwrap(),
+        spec,
+        Arc::new(AtomicBool::new(false)),
+    )
+    .unwrap();
+    let mut input = Input::open(
+        path.to_str().unwrap(),
+        &OpenOptions::default(),
+        Arc::new(AtomicBool::new(false)),
+    )
+    .unwrap();
+    let mut sink = Collect::default();
+    assert_eq!(
+        input.run(&mut MediaClock::new(), &mut sink).unwrap(),
+        EndReason::Eof
+    );
+    sink
 }
 
 #[test]
@@ -110,6 +136,40 @@ fn synth_then_decode() {
 }
 
 #[test]
+fn the_gop_length_sets_the_keyframe_spacing() {
+    let dir = tempfile::tempdir().unwrap();
+    for gop_s in [0.4, 2.0, 3.0] {
+        let path = dir.path().join(format!("gop{gop_s}.ts"));
+        let spec = SynthSpec {
+            width: 160,
+            height: 96,
+            duration: Some(6.0),
+            gop_s,
+            ..SynthSpec::default()
+        };
+        let sink = synth_and_decode(&path, &spec);
+        assert_eq!(sink.video.len(), 150);
+        // The synthetic pictures have no scene cuts, so keyframes come exactly every GOP.
+        // Media time starts at the first timestamp of either stream, so the first picture may
+        // sit a little after 0.
+        let first = sink.video[0].0;
+        let want: Vec<f64> = (0..)
+            .map(|k| first + k as f64 * gop_s)
+            .take_while(|&t| t < first + 6.0 - 1e-9)
+            .collect();
+        assert_eq!(
+            sink.keys.len(),
+            want.len(),
+            "GOP {gop_s} s: {:?}",
+            sink.keys
+        );
+        for (got, want) in sink.keys.iter().zip(&want) {
+            assert!((got - want).abs() < 0.01, "GOP {gop_s} s: {:?}", sink.keys);
+        }
+    }
+}
+
+#[test]
 fn a_dropout_leaves_a_timestamp_gap() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("gap.ts");
@@ -120,20 +180,7 @@ fn a_dropout_leaves_a_timestamp_gap() {
         defects: vec!["dropout@2-4".parse().unwrap()],
         ..SynthSpec::default()
     };
-    generate(
-        path.to_str().unwrap(),
-        &spec,
-        Arc::new(AtomicBool::new(false)),
-    )
-    .unwrap();
-    let mut input = Input::open(
-        path.to_str().unwrap(),
-        &OpenOptions::default(),
-        Arc::new(AtomicBool::new(false)),
-    )
-    .unwrap();
-    let mut sink = Collect::default();
-    input.run(&mut MediaClock::new(), &mut sink).unwrap();
+    let sink = synth_and_decode(&path, &spec);
     assert_eq!(sink.video.len(), 75, "3 s of 5 are sent");
     let gap = sink
         .video

@@ -135,6 +135,14 @@ enum Command {
         /// x264 preset.
         #[arg(long, default_value = "veryfast")]
         preset: String,
+        /// Seconds between keyframes (the GOP length).
+        #[arg(
+            long,
+            value_name = "SECONDS",
+            default_value_t = 2.0,
+            allow_negative_numbers = true
+        )]
+        gop: f64,
     },
     /// Damage an MPEG-TS file: drop or bit-flip packets of its video PID at known media times.
     ///
@@ -266,7 +274,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             repeat_every,
             realtime,
             preset,
+            gop,
         } => {
+            if !(gop.is_finite() && gop > 0.0) {
+                anyhow::bail!("--gop must be a positive number of seconds, got {gop}");
+            }
             let (width, height) = match size {
                 Some(s) => parse_size(&s)?,
                 None => (width, height),
@@ -288,6 +300,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 repeat_every,
                 realtime,
                 preset,
+                gop_s: gop,
                 content,
                 av_offset_ms: av_offset,
                 ..Default::default()

@@ -138,3 +138,22 @@ fn a_bad_defect_spec_for_synth() {
         stderr_of(&o)
     );
 }
+
+#[test]
+fn a_gop_that_is_not_a_positive_length_for_synth() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("x.ts");
+    for gop in ["0", "-2", "NaN"] {
+        let o = avmon()
+            .args(["synth", out.to_str().unwrap(), "--gop", gop])
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(1), "--gop {gop}");
+        assert!(
+            stderr_of(&o).contains("--gop must be a positive number of seconds"),
+            "--gop {gop}: {}",
+            stderr_of(&o)
+        );
+        assert!(!out.exists(), "nothing written for --gop {gop}");
+    }
+}
