@@ -782,6 +782,34 @@ fn report(
             recall(&visible),
             recall(&viewing),
         );
+        let held: Vec<_> = all
+            .iter()
+            .copied()
+            .filter(|r| r.item.ends_with("-heldout"))
+            .collect();
+        if !held.is_empty() {
+            let shaped: Vec<_> = all
+                .iter()
+                .copied()
+                .filter(|r| !r.item.ends_with("-heldout"))
+                .collect();
+            let split = |rows: &[&VisibleRow]| {
+                let vis: Vec<_> = rows.iter().copied().filter(|r| below(&r.psnr)).collect();
+                let view: Vec<_> = rows.iter().copied().filter(|r| below(&r.viewing)).collect();
+                format!(
+                    "{} visible at full size, {} at viewing scale",
+                    recall(&vis),
+                    recall(&view)
+                )
+            };
+            let _ = writeln!(
+                t,
+                "Of these, on the items the picture evidence was shaped on: {}; on the held-out \
+                 items (`-heldout`, never used to tune it): {}.",
+                split(&shaped),
+                split(&held),
+            );
+        }
     }
     if !sync_rows.is_empty() {
         let _ = writeln!(t, "\n## A/V offset (flash and beep)\n");
