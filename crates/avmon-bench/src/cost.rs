@@ -644,15 +644,34 @@ fn memory(o: &Options, inputs: &[(&str, &PathBuf)], scratch: &Path) -> Result<St
     let mut t = String::from(
         "## Memory of the service\n\n`avmon run`'s VmRSS with N real-time UDP streams on \
          loopback (each an `ffmpeg -re` copy of the input), read 5 s after every stream decodes; \
-         the growth per stream is the least-squares slope over N.\n\n\
+         the growth per stream is the least-squares slope over N. The last row repeats the \
+         last input with `[evidence] enabled = false` (no byte ring for clips, no pictures for \
+         snapshots): the ring holds `pre_s + post_s + 2` s of the stream's bytes, so what it \
+         adds grows with the bitrate, up to `ring_max_bytes`.\n\n\
          | input | N = 1 | N = 2 | N = 4 | per added stream |\n|---|---:|---:|---:|---:|\n",
     );
-    for (name, file) in inputs {
+    // The last input again without the evidence ring and pictures (`[evidence] enabled =
+    // false`): what clips and snapshots add to each stream, which grows with its bitrate.
+    let last = inputs.last().map(|(name, file)| (*name, *file, false));
+    let runs = inputs
+        .iter()
+        .map(|(name, file)| (*name, *file, true))
+        .chain(last);
+    for (name, file, evidence) in runs {
+        let (label, extra) = if evidence {
+            (name.to_string(), "")
+        } else {
+            (
+                format!("{name}, `[evidence] enabled = false`"),
+                "[evidence]\nenabled = false\n",
+            )
+        };
         let mut rss = Vec::new();
         for &n in &ns {
-            eprintln!("cost: memory {name} N={n}");
+            eprintln!("cost: memory {label} N={n}");
             let ports = free_udp_ports(n)?;
-            let svc = Service::start(o, scratch, &stream_sections(&ports))?;
+            let sections = format!("{extra}{}", stream_sections(&ports));
+            let svc = Service::start(o, scratch, &sections)?;
             let _send = senders(o, file, &ports, true)?;
             svc.wait_flowing(n, true, Duration::from_secs(30))?;
             std::thread::sleep(Duration::from_secs(5));
@@ -661,7 +680,7 @@ fn memory(o: &Options, inputs: &[(&str, &PathBuf)], scratch: &Path) -> Result<St
         let xs: Vec<f64> = ns.iter().map(|&n| n as f64).collect();
         let _ = writeln!(
             t,
-            "| {name} | {:.0} MiB | {:.0} MiB | {:.0} MiB | {:.1} MiB |",
+            "| {label} | {:.0} MiB | {:.0} MiB | {:.0} MiB | {:.1} MiB |",
             rss[0],
             rss[1],
             rss[2],
