@@ -97,6 +97,8 @@
 //! x86-64, see `sad`), with the grid columns summed separately (1/16 of them) and the flat 8-grid
 //! boundaries judged in 16-bit arithmetic, which the compiler vectorises. About a third of the
 //! luma is read once. The sums are exact (integers), so how they are computed changes no figure.
+//! With `AVMON_CORRUPTION_ROWS=all` in the environment every row off the 4-row grid is read
+//! instead ([`Rows::All`]), to measure what the sampling costs in accuracy (docs/accuracy.md).
 //!
 //! Diagnostics: with `AVMON_CORRUPTION_TRACE` set in the environment, every frame's scores are
 //! printed on stderr (`corruption t=… key=… flags=… global=… band=… base=… score=… pic=…`).
@@ -405,8 +407,46 @@ impl Band {
     }
 }
 
+/// Which rows of each band of 16 the picture score reads: rows for the horizontal steps, and the
+/// first rows of pairs for the vertical steps inside blocks (neither on a 4-row grid line, nor a
+/// pair across one).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Rows {
+    /// Two rows and two pairs per band (rows 5 and 10; pairs 1–2 and 9–10): about a third of the
+    /// luma is read. The default.
+    Sampled,
+    /// Every row and every pair off the 4-row grid (12 rows, 8 pairs per band): the whole
+    /// luma. For measuring what the sampling costs in accuracy (`AVMON_CORRUPTION_ROWS=all`).
+    All,
+}
+
 /// [`measure`], also writing each band's [`Band`] figures into `bands`, as far as it reaches.
 pub fn measure_bands(luma: &Plane<'_>, bands: &mut [Band]) -> Blockiness {
+    measure_rows(luma, bands, Rows::Sampled)
+}
+
+/// [`measure_bands`] on the rows `rows` names.
+pub fn measure_rows(luma: &Plane<'_>, bands: &mut [Band], rows: Rows) -> Blockiness {
+    match rows {
+        Rows::Sampled => measure_with(luma, bands, [5, 10], [1, 9]),
+        Rows::All => measure_with(
+            luma,
+            bands,
+            [1, 2, 3, 5, 6, 7, 9, 10, 11, 13, 14, 15],
+            [1, 2, 5, 6, 9, 10, 13, 14],
+        ),
+    }
+}
+
+/// The picture score from `H` rows of each band (offsets in the band) for the horizontal steps,
+/// and the `V` pairs starting at `pairs` for the vertical ones.
+#[inline(always)]
+fn measure_with<const H: usize, const V: usize>(
+    luma: &Plane<'_>,
+    bands: &mut [Band],
+    h_rows: [usize; H],
+    pairs: [usize; V],
+) -> Blockiness {
     let (w, h) = (luma.width, luma.height);
     if w < 2 * BAND || h < 2 * BAND {
         bands.fill(Band::default());
@@ -424,11 +464,11 @@ pub fn measure_bands(luma: &Plane<'_>, bands: &mut [Band]) -> Blockiness {
     let mut detail = 0u64;
     for b in 0..h / BAND {
         let y0 = b * BAND;
-        // Horizontal steps, two rows per band (neither on a 4-row grid line).
+        // Horizontal steps on the band's sampled rows.
         let (mut h_edge, mut h_inner, mut h8_edge, mut h8_all) = (0u32, 0u32, 0u32, 0u32);
         let mut sum = 0u32;
-        for y in [y0 + 5, y0 + 10] {
-            let row = luma.row(y);
+        for dy in h_rows {
+            let row = luma.row(y0 + dy);
             let (all, e16) = row_steps(row, 16);
             h_edge += e16;
             h_inner += all - e16;
@@ -439,28 +479,31 @@ pub fn measure_bands(luma: &Plane<'_>, bands: &mut [Band]) -> Blockiness {
         detail += u64::from(h_inner);
         g_edge += u64::from(h8_edge);
         g_inner += u64::from(h8_all);
-        // Vertical steps: across the band's top edge, and two pairs inside.
+        // Vertical steps: across the band's top edge, and the pairs inside.
         let (v_edge, v_inner) = if b > 0 {
             (
                 sad(luma.row(y0 - 1), luma.row(y0)),
-                sad(luma.row(y0 + 1), luma.row(y0 + 2)) + sad(luma.row(y0 + 9), luma.row(y0 + 10)),
+                pairs
+                    .iter()
+                    .map(|&dy| sad(luma.row(y0 + dy), luma.row(y0 + dy + 1)))
+                    .sum::<u32>(),
             )
         } else {
             (0, 0)
         };
-        let edge_mean = (f64::from(h_edge) / (2 * edges16) as f64
+        let edge_mean = (f64::from(h_edge) / (H * edges16) as f64
             + f64::from(v_edge) / w as f64 * f64::from(u8::from(b > 0)))
             / (1.0 + f64::from(u8::from(b > 0)));
-        let inner_mean = (f64::from(h_inner) / (2.0 * inner16)
-            + f64::from(v_inner) / (2 * w) as f64 * f64::from(u8::from(b > 0)))
+        let inner_mean = (f64::from(h_inner) / (H as f64 * inner16)
+            + f64::from(v_inner) / (V * w) as f64 * f64::from(u8::from(b > 0)))
             / (1.0 + f64::from(u8::from(b > 0)));
         let ratio = (edge_mean + FLOOR) / (inner_mean + FLOOR);
         band_max = band_max.max(ratio);
         if let Some(m) = bands.get_mut(b) {
-            let h_mean = f64::from(h_inner) / (2.0 * inner16);
-            let v_mean = f64::from(v_inner) / (2 * w) as f64;
+            let h_mean = f64::from(h_inner) / (H as f64 * inner16);
+            let v_mean = f64::from(v_inner) / (V * w) as f64;
             *m = Band {
-                luma: sum as f32 / (2 * w) as f32,
+                luma: sum as f32 / (H * w) as f32,
                 detail: h_mean as f32,
                 vertical: v_mean as f32,
                 aniso: if b > 0 {
@@ -474,7 +517,7 @@ pub fn measure_bands(luma: &Plane<'_>, bands: &mut [Band]) -> Blockiness {
     Blockiness {
         global: 100.0 * g_edge as f64 / g_inner.max(1) as f64,
         band: band_max,
-        detail: detail as f64 / (2.0 * inner16 * (h / BAND) as f64),
+        detail: detail as f64 / (H as f64 * inner16 * (h / BAND) as f64),
     }
 }
 
@@ -608,6 +651,9 @@ pub struct CorruptionDetector {
     smearing: bool,
     prev_flat: bool,
     trace: bool,
+    /// The rows the picture score reads (`AVMON_CORRUPTION_ROWS=all`: every row, to measure
+    /// what the sampling costs in accuracy).
+    score_rows: Rows,
 }
 
 impl CorruptionDetector {
@@ -640,6 +686,10 @@ impl CorruptionDetector {
             smearing: false,
             prev_flat: false,
             trace: std::env::var_os("AVMON_CORRUPTION_TRACE").is_some(),
+            score_rows: match std::env::var("AVMON_CORRUPTION_ROWS").as_deref() {
+                Ok("all") => Rows::All,
+                _ => Rows::Sampled,
+            },
         }
     }
 
@@ -687,7 +737,7 @@ impl CorruptionDetector {
             self.have_prev = false;
             self.smearing = false;
         }
-        let m = measure_bands(luma, &mut self.means);
+        let m = measure_rows(luma, &mut self.means, self.score_rows);
         let flat = m.detail < FLAT_DETAIL;
         let cut = !self.have_prev || flat != self.prev_flat || {
             let moved = self
@@ -1101,6 +1151,36 @@ mod tests {
 
     fn detector() -> CorruptionDetector {
         CorruptionDetector::new(&CorruptionConfig::default())
+    }
+
+    #[test]
+    fn every_row_and_the_sampled_rows_tell_the_same_pictures_apart() {
+        // Reading every row must not change what the score means, only how much it sees: on
+        // clean content both row sets score near 1, and both see the displaced blocks.
+        fn plane(p: &Picture) -> Plane<'_> {
+            Plane::new(&p.data, p.stride, p.w, p.h).unwrap()
+        }
+        for (name, make) in contents() {
+            let p = make(3);
+            let (a, b) = (
+                measure_rows(&plane(&p), &mut [], Rows::Sampled),
+                measure_rows(&plane(&p), &mut [], Rows::All),
+            );
+            assert!(a.band < 1.6 && b.band < 1.6, "{name}: {a:?} {b:?}");
+            assert!((a.detail - b.detail).abs() <= 0.25 * a.detail.max(b.detail) + 0.1);
+        }
+        let hit = displaced(&pan(3), 3, 5..7);
+        for rows in [Rows::Sampled, Rows::All] {
+            let clean = measure_rows(&plane(&pan(3)), &mut [], rows);
+            let bad = measure_rows(&plane(&hit), &mut [], rows);
+            assert!(bad.band > 1.5 * clean.band, "{rows:?}: {clean:?} {bad:?}");
+        }
+        // The default is the sampled set.
+        let p = pan(5);
+        assert_eq!(
+            measure(&plane(&p)),
+            measure_rows(&plane(&p), &mut [], Rows::Sampled)
+        );
     }
 
     #[test]
