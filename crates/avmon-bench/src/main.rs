@@ -770,37 +770,29 @@ fn report(
             )
         };
         let below = |p: &Option<f64>| p.is_some_and(|p| p < VISIBLE_PSNR_DB);
+        // Recall over the labels visible at full size, and over those visible at viewing scale.
+        let visible = |rows: &[&VisibleRow]| {
+            let full: Vec<_> = rows.iter().copied().filter(|r| below(&r.psnr)).collect();
+            let view: Vec<_> = rows.iter().copied().filter(|r| below(&r.viewing)).collect();
+            (recall(&full), recall(&view))
+        };
         let all: Vec<_> = visible_rows.iter().collect();
-        let visible: Vec<_> = all.iter().copied().filter(|r| below(&r.psnr)).collect();
-        let viewing: Vec<_> = all.iter().copied().filter(|r| below(&r.viewing)).collect();
+        let (full, view) = visible(&all);
         let _ = writeln!(
             t,
-            "\nTranscoded corruption recall: {} labels; {} whose damage is visible at full size \
-             (luma PSNR below {VISIBLE_PSNR_DB:.0} dB on some frame); {} visible at viewing \
-             scale (the same at 1/{VIEWING_SCALE} size).",
+            "\nTranscoded corruption recall: {} labels; {full} whose damage is visible at full \
+             size (luma PSNR below {VISIBLE_PSNR_DB:.0} dB on some frame); {view} visible at \
+             viewing scale (the same at 1/{VIEWING_SCALE} size).",
             recall(&all),
-            recall(&visible),
-            recall(&viewing),
         );
-        let held: Vec<_> = all
+        let (held, shaped): (Vec<_>, Vec<_>) = all
             .iter()
             .copied()
-            .filter(|r| r.item.ends_with("-heldout"))
-            .collect();
+            .partition(|r| r.item.ends_with("-heldout"));
         if !held.is_empty() {
-            let shaped: Vec<_> = all
-                .iter()
-                .copied()
-                .filter(|r| !r.item.ends_with("-heldout"))
-                .collect();
             let split = |rows: &[&VisibleRow]| {
-                let vis: Vec<_> = rows.iter().copied().filter(|r| below(&r.psnr)).collect();
-                let view: Vec<_> = rows.iter().copied().filter(|r| below(&r.viewing)).collect();
-                format!(
-                    "{} visible at full size, {} at viewing scale",
-                    recall(&vis),
-                    recall(&view)
-                )
+                let (full, view) = visible(rows);
+                format!("{full} visible at full size, {view} at viewing scale")
             };
             let _ = writeln!(
                 t,
