@@ -1516,8 +1516,8 @@ fn profile(o: &Options, file: &Path, scratch: &Path) -> Result<String> {
     let who = |dso: &str, sym: &str| -> &'static str {
         if dso.starts_with("libav") || dso.starts_with("libsw") {
             "FFmpeg (libav*, libsw*)"
-        } else if sym.contains("avmon_detect::") || sym.starts_with("ebur128::") {
-            "avmon detectors (avmon-detect, ebur128)"
+        } else if sym.contains("avmon_detect::") {
+            "avmon detectors (avmon-detect)"
         } else if dso == "avmon" {
             "avmon, the rest (demux glue, transport analyser, pipeline)"
         } else if dso.starts_with("[kernel") {

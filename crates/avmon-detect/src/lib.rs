@@ -57,6 +57,7 @@ pub mod loss;
 pub mod loudness;
 pub mod silence;
 
+mod bs1770;
 mod episode;
 mod luma;
 #[cfg(test)]

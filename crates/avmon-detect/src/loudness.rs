@@ -1,8 +1,7 @@
 //! `audio.loudness`: programme loudness outside its target (ITU-R BS.1770-4 / EBU R128).
 //!
-//! Loudness is measured with the [`ebur128`] crate (K-weighting, gating, loudness range and true
-//! peak as BS.1770-4, EBU Tech 3341 and 3342 define them); the decoder's planar buffers are fed to
-//! it in place. The detector reports when the **short-term loudness** (S, 3 s window) stays outside
+//! Loudness is measured as BS.1770-4, EBU Tech 3341 and 3342 define it (K-weighting, gating,
+//! loudness range and true peak; [`crate::bs1770`]), on the decoder's planar buffers in place. The detector reports when the **short-term loudness** (S, 3 s window) stays outside
 //! `target ± tolerance_lu` for `min_duration` seconds, and measures, for the report, the
 //! programme's integrated loudness (I), loudness range (LRA) and true peak.
 //!
@@ -61,16 +60,16 @@
 //! whole input, each omitted when not defined (integrated loudness of pure silence). The gating
 //! history is a fixed 0.1 LU histogram, so memory stays bounded on a stream that runs for months.
 //!
-//! Cost: the K-weighting filters and the 100 ms energies are a few operations per sample; the
-//! true-peak interpolator is nearly all of the cost: on a 60 s 720p25 stereo file it added ~0.23 s
-//! CPU (~12 % of FFmpeg's own decode) measured on a busy machine, ~0.09 s (5 %) on a quiet one,
-//! against ~0.01 s without it. It is on by default, because R128 and A/85 compliance is judged on
-//! true peak; `true_peak = false` saves that CPU on streams where only the level matters.
+//! Cost: on a 60 s 720p25 file with stereo 48 kHz audio the detector takes ~0.014 s of CPU a
+//! minute (`avmon check --tier transport` with it and without it, 5 runs each, 2026-11-24),
+//! ~0.006 s of it the true-peak interpolator, against ~1.45 s for FFmpeg's decode of the file.
+//! True peak is on by default, because R128 and A/85 compliance is judged on it;
+//! `true_peak = false` measures the sample peak instead.
 
 use avmon_core::{kinds, speaker, AudioBuffer, Detector, Findings, Severity, MAX_AUDIO_CHANNELS};
-use ebur128::{Channel, EbuR128, Mode};
 use serde::{Deserialize, Serialize};
 
+use crate::bs1770::{lufs_of, Gating, Meter};
 use crate::check;
 use crate::episode::{put, Episode, TIME_EPS};
 use crate::windows::{AudioWindows, Change};
@@ -178,58 +177,31 @@ const MAX_GAP_S: f64 = 1.0;
 /// M and S are updated every 100 ms (BS.1770's and R128's rate for S).
 const STEP_MS: f64 = 100.0;
 
-/// Mean-square energy of a BS.1770 loudness, and back (−0.691 is the K-weighting's 1 kHz gain).
-fn energy_of(lufs: f64) -> f64 {
-    if lufs.is_finite() {
-        10f64.powf((lufs + 0.691) / 10.0)
-    } else {
-        0.0
-    }
-}
-
-fn lufs_of(energy: f64) -> f64 {
-    if energy > 0.0 {
-        -0.691 + 10.0 * energy.log10()
-    } else {
-        f64::NEG_INFINITY
-    }
-}
-
 /// Side of the target window: −1 too quiet, 0 inside (or gated), +1 too loud.
 type Side = i8;
 
-/// The BS.1770 role of each channel of a buffer.
-fn channel_map(layout: u64, channels: usize, dual_mono: bool, map: &mut [Channel]) {
+/// The BS.1770 weight of each channel of a buffer (0: not counted).
+fn channel_weights(layout: u64, channels: usize, dual_mono: bool, weights: &mut [f64]) {
     use speaker::*;
+    // Ls/Rs (±110°) weigh +1.5 dB: 1.41, as libebur128 rounds it.
+    const SURROUND: f64 = 1.41;
     let layout = crate::layout_or_default(layout, channels);
-    map.fill(Channel::Center);
+    weights.fill(1.0);
     if channels == 1 {
-        map[0] = if dual_mono {
-            Channel::DualMono
-        } else {
-            Channel::Center
-        };
+        weights[0] = if dual_mono { 2.0 } else { 1.0 };
         return;
     }
     let Some(speakers) = speaker::of_channels(layout, channels) else {
         return;
     };
     let has_sides = layout & (SIDE_LEFT | SIDE_RIGHT) != 0;
-    for (m, s) in map.iter_mut().zip(speakers) {
-        *m = match s {
-            FRONT_LEFT => Channel::Left,
-            FRONT_RIGHT => Channel::Right,
-            LOW_FREQUENCY | LOW_FREQUENCY_2 => Channel::Unused,
-            SIDE_LEFT => Channel::LeftSurround,
-            SIDE_RIGHT => Channel::RightSurround,
-            BACK_LEFT if !has_sides => Channel::LeftSurround,
-            BACK_RIGHT if !has_sides => Channel::RightSurround,
-            BACK_LEFT => Channel::Mp135,
-            BACK_RIGHT => Channel::Mm135,
-            BACK_CENTER => Channel::Mp180,
-            FRONT_LEFT_OF_CENTER => Channel::MpSC,
-            FRONT_RIGHT_OF_CENTER => Channel::MmSC,
-            _ => Channel::Center,
+    for (w, s) in weights.iter_mut().zip(speakers) {
+        *w = match s {
+            LOW_FREQUENCY | LOW_FREQUENCY_2 => 0.0,
+            SIDE_LEFT | SIDE_RIGHT => SURROUND,
+            BACK_LEFT | BACK_RIGHT if !has_sides => SURROUND,
+            // Front, centre, back surrounds of a 7.1 (±135–150°), back centre, and the rest.
+            _ => 1.0,
         };
     }
 }
@@ -260,9 +232,10 @@ pub struct LoudnessDetector {
     true_peak: bool,
     dual_mono: bool,
     episode: Episode,
-    /// The meter of the current format; meters of earlier formats are kept for the summary.
-    meter: Option<EbuR128>,
-    past: Vec<EbuR128>,
+    /// The meter of the current format (`None` before audio, or at a rate not measured).
+    meter: Option<Meter>,
+    /// Integrated loudness and loudness range, across every format.
+    gating: Gating,
     /// The 100 ms steps.
     steps: AudioWindows,
     /// Energies of the last steps (ring), and how many are valid (up to `S_STEPS`).
@@ -295,7 +268,7 @@ impl LoudnessDetector {
             dual_mono: cfg.dual_mono,
             episode: Episode::new(kinds::AUDIO_LOUDNESS, cfg.severity, cfg.min_duration),
             meter: None,
-            past: Vec::new(),
+            gating: Gating::default(),
             steps: AudioWindows::new(STEP_MS).with_max_gap(MAX_GAP_S),
             energies: [0.0; S_STEPS],
             starts: [0.0; S_STEPS],
@@ -312,37 +285,22 @@ impl LoudnessDetector {
         }
     }
 
-    fn mode(&self) -> Mode {
-        let peak = if self.true_peak {
-            Mode::TRUE_PEAK
-        } else {
-            Mode::SAMPLE_PEAK
-        };
-        Mode::M | Mode::I | Mode::LRA | Mode::HISTOGRAM | peak
-    }
-
-    /// A meter for a new format; the old one is kept for the summary when it measured anything.
+    /// A meter for a new format; the integrated figures run on.
     fn rebuild(&mut self, rate: u32, channels: usize, layout: u64) {
-        if let Some(old) = self.meter.take() {
-            if old
-                .gating_block_count_and_energy()
-                .is_some_and(|(n, _)| n > 0)
-            {
-                self.past.push(old);
-            }
-        }
         self.restart_windows();
-        let mut map = [Channel::Unused; MAX_AUDIO_CHANNELS];
-        channel_map(layout, channels, self.dual_mono, &mut map[..channels]);
-        // new() fails only for rates below 16 Hz or above 2.8 MHz: measure nothing then.
-        self.meter = EbuR128::new(channels as u32, rate, self.mode())
-            .ok()
-            .and_then(|mut m| m.set_channel_map(&map[..channels]).ok().map(|_| m));
+        self.gating.restart();
+        let mut weights = [0.0; MAX_AUDIO_CHANNELS];
+        channel_weights(layout, channels, self.dual_mono, &mut weights[..channels]);
+        // None for rates below 16 Hz or above 2.8 MHz: measure nothing then.
+        self.meter = Meter::new(rate, &weights[..channels], self.true_peak);
     }
 
     /// Forget the M and S windows (the integrated meter runs on).
     fn restart_windows(&mut self) {
         self.steps.restart();
+        if let Some(m) = &mut self.meter {
+            m.drop_step();
+        }
         self.valid = 0;
         self.next = 0;
         self.m_side = 0;
@@ -360,16 +318,9 @@ impl LoudnessDetector {
         }
     }
 
-    /// The step `[start, end)` is complete: update M and S and the episode.
-    fn finish_step(&mut self, start: f64, end: f64, out: &mut Findings) {
-        let Some(meter) = &self.meter else { return };
-        let window_ms =
-            (self.steps.len as u64 * 1000 / u64::from(self.steps.sample_rate.max(1))) as u32;
-        let energy = energy_of(
-            meter
-                .loudness_window(window_ms)
-                .unwrap_or(f64::NEG_INFINITY),
-        );
+    /// The step `[start, end)` with `energy` is complete: update M and S and the episode.
+    fn finish_step(&mut self, start: f64, end: f64, energy: f64, out: &mut Findings) {
+        self.gating.step(energy);
         self.energies[self.next] = energy;
         self.starts[self.next] = start;
         self.next = (self.next + 1) % S_STEPS;
@@ -452,11 +403,6 @@ impl LoudnessDetector {
             details(d, side, extreme, target, tolerance);
         });
     }
-
-    /// All meters, oldest first.
-    fn meters(&self) -> impl Iterator<Item = &EbuR128> {
-        self.past.iter().chain(self.meter.as_ref())
-    }
 }
 
 fn details(d: &mut avmon_core::Details, side: Side, s: f64, target: f64, tolerance: f64) {
@@ -503,19 +449,11 @@ impl Detector for LoudnessDetector {
             let Some(meter) = self.meter.as_mut() else {
                 return;
             };
-            if meter.add_frames_planar_f32(&parts[..channels]).is_err() {
-                return;
-            }
-            for c in 0..channels as u32 {
-                let p = if self.true_peak {
-                    meter.prev_true_peak(c)
-                } else {
-                    meter.prev_sample_peak(c)
-                };
-                self.period.peak = self.period.peak.max(p.unwrap_or(0.0));
-            }
+            let peak = f64::from(meter.add(&parts[..channels]));
+            self.period.peak = self.period.peak.max(peak);
             if let Some(w) = piece.done {
-                self.finish_step(w.start, w.end, out);
+                let energy = meter.take_step(w.samples);
+                self.finish_step(w.start, w.end, energy, out);
             }
         }
     }
@@ -544,20 +482,12 @@ impl Detector for LoudnessDetector {
     }
 
     fn summarize(&self, put: &mut dyn FnMut(&'static str, f64)) {
-        let meters: Vec<&EbuR128> = self.meters().collect();
-        if meters.is_empty() {
-            return;
-        }
         // Both are undefined (omitted) when no block passed the absolute gate (−70 LUFS).
-        let integrated = EbuR128::loudness_global_multiple(meters.iter().copied())
-            .ok()
-            .filter(|i| i.is_finite());
-        if let Some(i) = integrated {
+        if let Some(i) = self.gating.integrated().filter(|i| i.is_finite()) {
             put("audio.integrated_lufs", round2(i));
-            if let Ok(lra) = EbuR128::loudness_range_multiple(meters.iter().copied()) {
-                if lra.is_finite() {
-                    put("audio.loudness_range_lu", round2(lra));
-                }
+            let lra = self.gating.range();
+            if lra.is_finite() {
+                put("audio.loudness_range_lu", round2(lra));
             }
         }
         let peak = self.peak_max.max(self.period.peak);
@@ -586,6 +516,7 @@ fn round2(v: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bs1770::energy_of;
     use crate::testutil::*;
     use avmon_core::FindingEdge::{Begin, End};
 
@@ -660,21 +591,17 @@ mod tests {
                 &stereo(levels(&[(level, 20.0)])),
                 speaker::STEREO,
             );
-            let m = d.meter.as_ref().unwrap();
-            near("M", m.loudness_momentary().unwrap(), level, 0.1);
-            near("S", m.loudness_shortterm().unwrap(), level, 0.1);
-            // Our own M and S from the 100 ms steps agree.
             let mut metrics = Vec::new();
             let mut d = d;
             d.take_metrics(&mut |k, v| metrics.push((k, v)));
             near(
-                "own M",
+                "M",
                 get(&metrics, "loudness_momentary_lufs").unwrap(),
                 level,
                 0.1,
             );
             near(
-                "own S",
+                "S",
                 get(&metrics, "loudness_short_term_lufs").unwrap(),
                 level,
                 0.1,
@@ -823,6 +750,122 @@ mod tests {
                 "fs/{div} at {phase_deg}°: {tp} dBTP, want {want} +0.2/−0.4"
             );
         }
+    }
+
+    /// Programme-like audio: per channel, noise and a tone whose level jumps every 0.7 s between
+    /// −45 and −8 dBFS, with short silences, different on each channel.
+    fn programme(channels: usize, rate: u32, seconds: f64) -> Vec<Vec<f32>> {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut rand = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed >> 11) as f64 / (1u64 << 53) as f64
+        };
+        let n = (seconds * f64::from(rate)) as usize;
+        let segment = (0.7 * f64::from(rate)) as usize;
+        (0..channels)
+            .map(|c| {
+                let mut gain = 0.0;
+                (0..n)
+                    .map(|i| {
+                        if i % segment == 0 {
+                            gain = if rand() < 0.1 {
+                                0.0
+                            } else {
+                                10f64.powf((-45.0 + 37.0 * rand()) / 20.0)
+                            };
+                        }
+                        let t = i as f64 / f64::from(rate);
+                        let tone = (std::f64::consts::TAU * (300.0 + 150.0 * c as f64) * t).sin();
+                        (gain * (0.5 * tone + (rand() - 0.5))) as f32
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn agrees_with_the_ebur128_crate() {
+        use ebur128::{Channel, EbuR128, Mode};
+        for (rate, layout, map) in [
+            (
+                48_000,
+                speaker::STEREO,
+                &[Channel::Left, Channel::Right][..],
+            ),
+            (44_100, speaker::MONO, &[Channel::Center]),
+            (
+                48_000,
+                speaker::SURROUND_5_1_SIDE,
+                &[
+                    Channel::Left,
+                    Channel::Right,
+                    Channel::Center,
+                    Channel::Unused,
+                    Channel::LeftSurround,
+                    Channel::RightSurround,
+                ],
+            ),
+            (96_000, speaker::STEREO, &[Channel::Left, Channel::Right]),
+        ] {
+            let ch = programme(map.len(), rate, 40.0);
+            let mode = Mode::I | Mode::LRA | Mode::HISTOGRAM | Mode::TRUE_PEAK;
+            let mut crate_meter = EbuR128::new(map.len() as u32, rate, mode).unwrap();
+            crate_meter.set_channel_map(map).unwrap();
+            let planes: Vec<&[f32]> = ch.iter().map(|c| &c[..]).collect();
+            crate_meter.add_frames_planar_f32(&planes).unwrap();
+            let crate_tp = (0..map.len() as u32)
+                .map(|c| crate_meter.true_peak(c).unwrap())
+                .fold(0.0, f64::max);
+
+            let mut d = LoudnessDetector::new(&quiet_cfg());
+            run_audio_layout(&mut d, &ch, rate, &[1024, 1000, 17], layout);
+            let mut summary = Vec::new();
+            d.summarize(&mut |k, v| summary.push((k, v)));
+            let what = format!("{rate} Hz, layout {layout:#x}");
+            near(
+                &format!("I, {what}"),
+                get(&summary, "audio.integrated_lufs").unwrap(),
+                crate_meter.loudness_global().unwrap(),
+                0.02,
+            );
+            near(
+                &format!("LRA, {what}"),
+                get(&summary, "audio.loudness_range_lu").unwrap(),
+                crate_meter.loudness_range().unwrap(),
+                0.02,
+            );
+            near(
+                &format!("true peak, {what}"),
+                get(&summary, "audio.true_peak_dbtp").unwrap(),
+                db(crate_tp),
+                0.01,
+            );
+        }
+    }
+
+    #[test]
+    fn a_non_finite_sample_costs_a_step_not_the_rest_of_the_stream() {
+        let clean = stereo(levels(&[(-23.0, 20.0)]));
+        let mut bad = clean.clone();
+        bad[0][secs(5.0)] = f32::NAN;
+        bad[1][secs(6.0)] = f32::INFINITY;
+        let (_, _, want) = measure(&quiet_cfg(), &clean, speaker::STEREO);
+        let (mut d, seen, got) = measure(&quiet_cfg(), &bad, speaker::STEREO);
+        assert!(seen.is_empty(), "{seen:?}");
+        for key in ["audio.integrated_lufs", "audio.true_peak_dbtp"] {
+            near(key, get(&got, key).unwrap(), get(&want, key).unwrap(), 0.05);
+        }
+        // M and S are measured again at the end.
+        let mut metrics = Vec::new();
+        d.take_metrics(&mut |k, v| metrics.push((k, v)));
+        near(
+            "S",
+            get(&metrics, "loudness_short_term_lufs").unwrap(),
+            -23.0,
+            0.1,
+        );
     }
 
     #[test]

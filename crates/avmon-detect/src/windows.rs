@@ -205,6 +205,24 @@ pub(crate) fn power_peak(seg: &[f32]) -> (f32, f32) {
     (sq, peak)
 }
 
+/// Largest magnitude of a run of samples, in lanes (see [`power_peak`]); exact.
+#[inline]
+pub(crate) fn peak(seg: &[f32]) -> f32 {
+    let chunks = seg.chunks_exact(LANES);
+    let tail = chunks
+        .remainder()
+        .iter()
+        .fold(0.0f32, |m, &x| m.max(x.abs()));
+    let mut lanes = [0.0f32; LANES];
+    for c in chunks {
+        let c: &[f32; LANES] = c.try_into().expect("a chunk");
+        for i in 0..LANES {
+            lanes[i] = lanes[i].max(c[i].abs());
+        }
+    }
+    lanes.iter().fold(tail, |m, &v| m.max(v))
+}
+
 /// Sum of squares of a run of samples, in lanes (see [`power_peak`]).
 #[inline]
 pub(crate) fn sum_squares(seg: &[f32]) -> f32 {
