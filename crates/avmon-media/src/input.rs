@@ -38,6 +38,10 @@ pub struct OpenOptions {
     /// The stream's fidelity tier, read once per packet: set it from another thread to change
     /// how much video is decoded without reconnecting (see [`Tier`]).
     pub tier: TierControl,
+    /// In the `keyframes` tier, decode at most one keyframe per this many seconds of media (a
+    /// keyframe up to 5 % early counts as on time); 0, the default, decodes every keyframe.
+    /// Black and freeze are then judged at this spacing.
+    pub keyframe_interval: f64,
     /// Where to keep a small scaled copy of the picture every so often (thumbnails, alert
     /// snapshots: see [`crate::picture`]); `None` copies nothing.
     pub pictures: Option<Arc<crate::Pictures>>,
@@ -56,6 +60,7 @@ impl Default for OpenOptions {
             format_options: Vec::new(),
             tap: None,
             tier: TierControl::default(),
+            keyframe_interval: 0.0,
             pictures: None,
             cpu: None,
         }
@@ -147,9 +152,13 @@ struct VideoDec {
     capture: Option<crate::picture::Capture>,
     /// Packets the demuxer flagged corrupt whose frame has not come out yet.
     damaged: DamagedPackets,
-    /// In the `keyframes` tier, the video packets not decoded since the last keyframe: how
-    /// many, their total and their largest size (see [`VideoFrame::changed_between`]).
+    /// In the `keyframes` tier, the inter-coded video packets not decoded since the last
+    /// keyframe decoded: how many, their total and their largest size (see
+    /// [`VideoFrame::changed_between`]).
     skipped: (usize, usize, usize),
+    /// In the `keyframes` tier, the media time of the last keyframe decoded (see
+    /// [`OpenOptions::keyframe_interval`]).
+    last_key_t: Option<f64>,
     /// What the next frame out is told about the time since the previous one.
     changed_between: Option<bool>,
     /// After a tier that kept packets from the decoder (`keyframes`, `transport`), the decoder
@@ -238,11 +247,22 @@ pub struct Input {
     /// Counts the packets of streams that are not decoded (orders the held ones).
     seq: u64,
     tier: TierControl,
+    /// See [`OpenOptions::keyframe_interval`].
+    keyframe_interval: f64,
     /// The tier the video decoder is set up for; `None` until the first packet (and after the
     /// decoder was replaced), so that it is applied and announced then.
     applied: Option<Tier>,
     /// The stream's CPU permit, held while [`Input::run`] works (see [`OpenOptions::cpu`]).
     cpu: Option<avmon_core::sched::Slot>,
+}
+
+/// Whether a keyframe at `t` is due, the last one decoded having been at `last`: always with no
+/// interval, no last one or no time, and when the clock went back (a new timeline).
+fn key_due(last: Option<f64>, t: Option<f64>, interval: f64) -> bool {
+    match (last, t) {
+        (Some(last), Some(t)) if interval > 0.0 => t < last || t - last >= interval * 0.95,
+        _ => true,
+    }
 }
 
 fn threading(decoder_threads: usize) -> ff::codec::threading::Config {
@@ -300,6 +320,7 @@ fn open_video(
                     damaged: DamagedPackets::default(),
                     await_key: false,
                     skipped: (0, 0, 0),
+                    last_key_t: None,
                     changed_between: None,
                 },
                 info,
@@ -527,6 +548,7 @@ impl Input {
             follow_audio: Follow::default(),
             seq: 0,
             tier: opts.tier.clone(),
+            keyframe_interval: opts.keyframe_interval,
             applied: None,
             cpu: opts.cpu.clone(),
         })
@@ -630,8 +652,11 @@ impl Input {
             }
             return;
         };
-        if let Some(ts) = packet.dts().or(packet.pts()) {
-            let t = clock.map(index, to_us(ts, tb));
+        let t = packet
+            .dts()
+            .or(packet.pts())
+            .map(|ts| clock.map(index, to_us(ts, tb)));
+        if let Some(t) = t {
             sink.on_packet(t, packet.size());
         }
         if let Some(v) = self.video.as_mut().filter(|v| v.index == index) {
@@ -640,11 +665,15 @@ impl Input {
             // which alone knows which frames are referenced.
             let send = match tier {
                 Tier::Transport => false,
-                Tier::Keyframes => packet.is_key(),
+                Tier::Keyframes => {
+                    packet.is_key() && key_due(v.last_key_t, t, self.keyframe_interval)
+                }
                 Tier::Full | Tier::Reference => !v.await_key || packet.is_key(),
             };
             if !send {
-                if tier == Tier::Keyframes {
+                // Only inter-coded packets: a keyframe skipped for the interval is large by
+                // nature and would make every interval look changed.
+                if tier == Tier::Keyframes && !packet.is_key() {
                     let (n, sum, max) = &mut v.skipped;
                     *n += 1;
                     *sum += packet.size();
@@ -655,6 +684,7 @@ impl Input {
             if tier == Tier::Keyframes {
                 let (n, sum, max) = std::mem::take(&mut v.skipped);
                 v.changed_between = Some(n > 0 && max * n > 2 * sum);
+                v.last_key_t = t.or(v.last_key_t);
             }
             if packet.is_key() {
                 v.await_key = false;
@@ -705,6 +735,7 @@ impl Input {
                 v.await_key = true;
             }
             v.skipped = (0, 0, 0);
+            v.last_key_t = None;
             v.changed_between = None;
         }
         tracing::debug!(url = %self.url, ?prev, %tier, "fidelity tier applied");

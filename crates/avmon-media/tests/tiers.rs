@@ -37,9 +37,20 @@ impl FrameSink for Frames {
 }
 
 fn decode(path: &str, tier: Tier, switch: Option<(f64, Tier)>) -> Frames {
+    decode_sparse(path, tier, switch, 0.0)
+}
+
+/// [`decode`] with a keyframe interval.
+fn decode_sparse(
+    path: &str,
+    tier: Tier,
+    switch: Option<(f64, Tier)>,
+    keyframe_interval: f64,
+) -> Frames {
     let control = TierControl::new(tier);
     let opts = OpenOptions {
         tier: control.clone(),
+        keyframe_interval,
         ..OpenOptions::default()
     };
     let mut input = Input::open(path, &opts, Arc::new(AtomicBool::new(false))).unwrap();
@@ -54,23 +65,25 @@ fn decode(path: &str, tier: Tier, switch: Option<(f64, Tier)>) -> Frames {
     sink
 }
 
-#[test]
-fn each_tier_decodes_what_it_says_and_changes_while_running() {
-    let dir = tempfile::tempdir().unwrap();
+/// A 320x180 synth stream of `seconds` with a keyframe every `gop_s`, in `dir`.
+fn make(dir: &tempfile::TempDir, seconds: f64, gop_s: f64) -> String {
     let path = dir.path().join("t.ts");
     let spec = SynthSpec {
         width: 320,
         height: 180,
-        duration: Some(10.0),
+        duration: Some(seconds),
+        gop_s,
         ..SynthSpec::default()
     };
-    generate(
-        path.to_str().unwrap(),
-        &spec,
-        Arc::new(AtomicBool::new(false)),
-    )
-    .unwrap();
-    let path = path.to_str().unwrap();
+    let path = path.to_str().unwrap().to_string();
+    generate(&path, &spec, Arc::new(AtomicBool::new(false))).unwrap();
+    path
+}
+
+#[test]
+fn each_tier_decodes_what_it_says_and_changes_while_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = &make(&dir, 10.0, 2.0);
 
     let full = decode(path, Tier::Full, None);
     assert_eq!(full.video.len(), 250);
@@ -127,4 +140,29 @@ fn each_tier_decodes_what_it_says_and_changes_while_running() {
     let last = down.video.last().unwrap().0;
     assert!((4.5..5.5).contains(&last), "last frame at {last}");
     assert_eq!(down.audio, full.audio);
+}
+
+#[test]
+fn a_keyframe_interval_decodes_one_keyframe_per_interval_and_only_in_keyframes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = &make(&dir, 12.0, 1.0);
+    let with_interval = |tier: Tier, interval: f64| decode_sparse(path, tier, None, interval);
+    let every = with_interval(Tier::Keyframes, 0.0);
+    let keys: Vec<f64> = every.video.iter().map(|f| f.0).collect();
+    assert_eq!(keys.len(), 12, "a keyframe a second: {keys:?}");
+
+    let sparse = with_interval(Tier::Keyframes, 3.0);
+    let got: Vec<f64> = sparse.video.iter().map(|f| f.0).collect();
+    // The first keyframe, then the first one 3 s after the last decoded: every third.
+    let want: Vec<f64> = keys.iter().copied().step_by(3).collect();
+    assert_eq!(got, want);
+    assert!(
+        sparse.video.iter().all(|f| f.1 && !f.2),
+        "{:?}",
+        sparse.video
+    );
+    assert_eq!(sparse.audio, every.audio, "audio is whole");
+
+    // Other tiers ignore it.
+    assert_eq!(with_interval(Tier::Full, 3.0).video.len(), 300);
 }

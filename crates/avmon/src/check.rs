@@ -38,6 +38,8 @@ pub struct CheckOptions {
     pub hls_variants: Vec<VariantSelector>,
     /// How much video to decode.
     pub tier: Tier,
+    /// In the `keyframes` tier, seconds between the keyframes decoded (0: every one).
+    pub keyframe_interval: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -250,6 +252,7 @@ pub fn check(opts: CheckOptions) -> Result<Report> {
         open_timeout: opts.io_timeout.max(Duration::from_secs(10)),
         tap: Some(Tap(tap.clone())),
         tier: TierControl::new(opts.tier),
+        keyframe_interval: opts.keyframe_interval,
         pictures: None,
         cpu: None,
     };

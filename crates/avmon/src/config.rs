@@ -120,6 +120,10 @@ fn default_threads() -> usize {
     1
 }
 
+/// The longest `keyframe_interval_s`: `video.loss` tolerates gaps between decoded frames of up
+/// to 10 s.
+pub const MAX_KEYFRAME_INTERVAL_S: f64 = 10.0;
+
 fn default_tier() -> String {
     Tier::Full.as_str().into()
 }
@@ -146,6 +150,11 @@ pub struct StreamConfig {
     /// `PATCH /api/streams/{id}`.
     #[serde(default = "default_tier")]
     pub tier: String,
+    /// In the `keyframes` tier (set here, through the API or by degradation): decode at most one
+    /// keyframe per this many seconds, 0 to 10 (0, the default: every keyframe). Cheaper, and
+    /// black and freeze are judged at this spacing.
+    #[serde(default)]
+    pub keyframe_interval_s: f64,
     /// Higher is more important: when the host falls behind, the lowest-priority streams are
     /// lowered first and restored last (`[service] auto_degrade`). Default 100.
     #[serde(default = "default_priority")]
@@ -449,6 +458,12 @@ impl StreamConfig {
         }
         if let Err(e) = self.tier.parse::<Tier>() {
             errors.push(format!("{path}.tier: {e}"));
+        }
+        if !(0.0..=MAX_KEYFRAME_INTERVAL_S).contains(&self.keyframe_interval_s) {
+            errors.push(format!(
+                "{path}.keyframe_interval_s: must be between 0 and {MAX_KEYFRAME_INTERVAL_S} (got {})",
+                self.keyframe_interval_s
+            ));
         }
         self.detectors
             .validate(&format!("{path}.detectors"), errors);

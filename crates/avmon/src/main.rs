@@ -82,6 +82,11 @@ enum Command {
         /// (keyframes only), transport (no video decode; transport and audio checks only).
         #[arg(long, default_value = "full", value_name = "TIER")]
         tier: avmon_core::Tier,
+        /// With --tier keyframes: decode at most one keyframe per this many seconds (0 to 10;
+        /// 0, the default, decodes every keyframe). Cheaper, and black and freeze are judged at
+        /// this spacing.
+        #[arg(long, value_name = "SECONDS", default_value_t = 0.0)]
+        keyframe_interval: f64,
     },
     /// Monitor the streams of a config file, with the HTTP API, store and notifiers.
     Run {
@@ -217,7 +222,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             options,
             variants,
             tier,
+            keyframe_interval,
         } => {
+            if !(0.0..=config::MAX_KEYFRAME_INTERVAL_S).contains(&keyframe_interval) {
+                anyhow::bail!(
+                    "--keyframe-interval: must be between 0 and {} seconds (got {keyframe_interval})",
+                    config::MAX_KEYFRAME_INTERVAL_S
+                );
+            }
             let options = options
                 .iter()
                 .map(|o| match o.split_once('=') {
@@ -243,6 +255,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 gap_s: 3.0,
                 hls_variants: variants,
                 tier,
+                keyframe_interval,
             })?;
             match format {
                 Format::Json => println!("{}", serde_json::to_string_pretty(&report.to_json())?),

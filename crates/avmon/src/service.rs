@@ -526,6 +526,7 @@ fn stream_thread(
         format_options: cfg.options.clone().into_iter().collect(),
         tap: Some(Tap(taps)),
         tier: shared.tier.clone(),
+        keyframe_interval: cfg.keyframe_interval_s,
         pictures: shared.pictures.clone(),
         cpu: Some(shared.cpu.clone()),
     };

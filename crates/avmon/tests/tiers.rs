@@ -154,6 +154,48 @@ fn keyframes_do_not_call_a_picture_frozen_that_changed_between_them() {
     assert!(frames(&r, "video") <= 8, "{}", frames(&r, "video"));
 }
 
+/// `--keyframe-interval 6` on a 2 s GOP: one keyframe in three is decoded, and black and a
+/// freeze are still found, at that spacing (the keyframes skipped in a freeze do not count as
+/// change: they are large by nature, not because the picture moved).
+#[test]
+fn a_keyframe_interval_finds_black_and_freeze_at_its_spacing() {
+    const EVERY: f64 = 6.0;
+    let dir = tempfile::tempdir().unwrap();
+    let f = synth(dir.path(), "t.ts", 40.0, &["black@10-26", "freeze@28-39"]);
+    let o = avmon()
+        .args(["check", "--format", "json", "--tier", "keyframes"])
+        .args(["--keyframe-interval", &EVERY.to_string()])
+        .arg(&f)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr_of(&o));
+    let r: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let all = check_tier(&f, "keyframes");
+    let (n, every_key) = (frames(&r, "video"), frames(&all, "video"));
+    assert!(
+        n * 2 < every_key && n >= 40 / EVERY as u64,
+        "{n} keyframes decoded of {every_key}"
+    );
+    let ev = events(&r);
+    let black = one(&ev, "video.black", "keyframes every 6 s");
+    assert!((10.0..=10.0 + EVERY + 0.1).contains(&black.1), "{black:?}");
+    assert!(
+        (26.0 - EVERY..=26.0 + EVERY).contains(&black.2),
+        "{black:?}"
+    );
+    let freeze = one(&ev, "video.freeze", "keyframes every 6 s");
+    assert!(
+        (28.0..=28.0 + EVERY + 0.1).contains(&freeze.1),
+        "{freeze:?}"
+    );
+    assert!(
+        ev.iter()
+            .filter(|e| e.0.starts_with("video."))
+            .all(|e| e.0 == "video.black" || e.0 == "video.freeze"),
+        "{ev:?}"
+    );
+}
+
 #[test]
 fn a_bad_tier_is_refused_with_its_path() {
     let dir = tempfile::tempdir().unwrap();
@@ -171,6 +213,29 @@ fn a_bad_tier_is_refused_with_its_path() {
         .unwrap();
     assert!(!o.status.success());
     assert!(stderr_of(&o).contains("unknown tier"), "{}", stderr_of(&o));
+
+    let err = refused_run(
+        dir.path(),
+        "[[streams]]\nid = \"a\"\nurl = \"udp://127.0.0.1:5000\"\nkeyframe_interval_s = 11\n",
+    );
+    assert!(
+        err.contains("streams[0].keyframe_interval_s: must be between 0 and 10 (got 11)"),
+        "{err}"
+    );
+    let o = avmon()
+        .args([
+            "check",
+            "x.ts",
+            "--tier",
+            "keyframes",
+            "--keyframe-interval=-1",
+        ])
+        .output()
+        .unwrap();
+    assert_clean_failure(
+        &o,
+        "--keyframe-interval: must be between 0 and 10 seconds (got -1)",
+    );
 }
 
 /// Frames decoded over `secs` of wall time, per second: (video, audio). Status is published
