@@ -61,6 +61,8 @@ pub struct Options {
     pub sched_streams: usize,
     /// Streams of the transport-tier part.
     pub transport_streams: usize,
+    /// Streams of the tiers part at `full` and at `keyframes`.
+    pub tier_streams: (usize, usize),
 }
 
 /// The latency stream's defect: black from `LAT_ONSET` for 4 s, every `LAT_EVERY` s.
@@ -114,6 +116,9 @@ pub fn run(o: &Options) -> Result<()> {
     }
     if want("transport") {
         println!("{}", transport_streams(o, &scratch)?);
+    }
+    if want("tiers") {
+        println!("{}", tier_streams(o, &scratch)?);
     }
     if want("latency") {
         let n = o.defects.max(1);
@@ -498,6 +503,7 @@ fn self_cpu_s(tck: f64) -> f64 {
 #[derive(Clone, Copy, PartialEq)]
 enum Tier {
     Full,
+    Keyframes,
     Transport,
 }
 
@@ -505,6 +511,7 @@ impl Tier {
     fn name(self) -> &'static str {
         match self {
             Tier::Full => "full",
+            Tier::Keyframes => "keyframes",
             Tier::Transport => "transport",
         }
     }
@@ -952,6 +959,8 @@ struct Setup<'a> {
     workers: usize,
     auto: bool,
     tier: Tier,
+    /// `keyframe_interval_s` of every stream (0: every keyframe).
+    keyframe_interval: f64,
     settle: f64,
 }
 
@@ -962,6 +971,7 @@ fn watch_service(o: &Options, setup: &Setup<'_>, scratch: &Path) -> Result<Degra
         workers,
         auto,
         tier,
+        keyframe_interval,
         settle,
     } = *setup;
     let tck = clock_ticks();
@@ -970,7 +980,8 @@ fn watch_service(o: &Options, setup: &Setup<'_>, scratch: &Path) -> Result<Degra
     for (i, p) in ports.iter().enumerate() {
         let _ = write!(
             sections,
-            "[[streams]]\nid = \"s{i}\"\nurl = \"udp://127.0.0.1:{p}\"\npriority = {}\ntier = \"{}\"\n",
+            "[[streams]]\nid = \"s{i}\"\nurl = \"udp://127.0.0.1:{p}\"\npriority = {}\ntier = \"{}\"\n\
+             keyframe_interval_s = {keyframe_interval}\n",
             10 * (i + 1),
             tier.name()
         );
@@ -1137,6 +1148,7 @@ fn degrade(o: &Options, file: &Path, scratch: &Path) -> Result<String> {
                 workers: o.workers,
                 auto,
                 tier: Tier::Full,
+                keyframe_interval: 0.0,
                 settle: o.window,
             },
             scratch,
@@ -1161,14 +1173,11 @@ fn degrade(o: &Options, file: &Path, scratch: &Path) -> Result<String> {
     ))
 }
 
-/// The `transport` tier at scale (the issue's ≥ 100 streams of 5 Mbit/s per core):
-/// `--transport-streams` streams of a constant 5 Mbit/s TS (720p25 H.264 + AAC, made by
-/// FFmpeg), all at `tier = "transport"`, on one CPU permit (`workers = 1`: one core's worth of
-/// decoding and analysis), fed by one [`Blaster`]; `auto_degrade = false`, so nothing hides a
-/// host that cannot keep up.
-fn transport_streams(o: &Options, scratch: &Path) -> Result<String> {
-    const BPS: f64 = 5_000_000.0;
-    let n = o.transport_streams.max(1);
+/// Bits per second of [`cbr5m`]'s input.
+const BPS: f64 = 5_000_000.0;
+
+/// The constant 5 Mbit/s 720p25 TS of the service-mode tier parts (made once), and its recipe.
+fn cbr5m(o: &Options) -> Result<(PathBuf, &'static str)> {
     let file = o.dir.join("cbr5m.ts");
     let recipe = "720p25 testsrc2 H.264 4.7M + AAC 128k, muxrate 5M, 120 s";
     let recipe_path = o.dir.join("cbr5m.recipe");
@@ -1202,6 +1211,17 @@ fn transport_streams(o: &Options, scratch: &Path) -> Result<String> {
         }
         std::fs::write(&recipe_path, recipe)?;
     }
+    Ok((file, recipe))
+}
+
+/// The `transport` tier at scale (the issue's ≥ 100 streams of 5 Mbit/s per core):
+/// `--transport-streams` streams of a constant 5 Mbit/s TS (720p25 H.264 + AAC, made by
+/// FFmpeg), all at `tier = "transport"`, on one CPU permit (`workers = 1`: one core's worth of
+/// decoding and analysis), fed by one [`Blaster`]; `auto_degrade = false`, so nothing hides a
+/// host that cannot keep up.
+fn transport_streams(o: &Options, scratch: &Path) -> Result<String> {
+    let n = o.transport_streams.max(1);
+    let (file, recipe) = cbr5m(o)?;
     eprintln!("cost: transport tier, {n} streams");
     let run = watch_service(
         o,
@@ -1211,6 +1231,7 @@ fn transport_streams(o: &Options, scratch: &Path) -> Result<String> {
             workers: 1,
             auto: false,
             tier: Tier::Transport,
+            keyframe_interval: 0.0,
             settle: 20.0,
         },
         scratch,
@@ -1227,6 +1248,68 @@ fn transport_streams(o: &Options, scratch: &Path) -> Result<String> {
         run.own_pct,
         degrade_table(std::slice::from_ref(&run), n)
     ))
+}
+
+/// Streams per core at `full` against `keyframes`, in service mode: the same constant 5 Mbit/s
+/// input ([`cbr5m`]) blasted to `tier_streams.0` streams at `full`, then to `tier_streams.1` at
+/// `keyframes` (every keyframe), then at `keyframes` with `keyframe_interval_s = 6`, each in its
+/// own `avmon run` with one worker and `auto_degrade = false`; CPU per stream from avmon's own
+/// CPU over the window. Start-up is outside the window, as a service pays it.
+fn tier_streams(o: &Options, scratch: &Path) -> Result<String> {
+    let (file, recipe) = cbr5m(o)?;
+    let (n_full, n_kf) = (o.tier_streams.0.max(1), o.tier_streams.1.max(1));
+    let mut rows = Vec::new();
+    for (tier, n, interval) in [
+        (Tier::Full, n_full, 0.0),
+        (Tier::Keyframes, n_kf, 0.0),
+        (Tier::Keyframes, n_kf, 6.0),
+    ] {
+        eprintln!(
+            "cost: tiers, {n} streams at {}, interval {interval}",
+            tier.name()
+        );
+        let run = watch_service(
+            o,
+            &Setup {
+                feed: Feed::Blast(&file, BPS),
+                n,
+                workers: 1,
+                auto: false,
+                tier,
+                keyframe_interval: interval,
+                settle: 15.0,
+            },
+            scratch,
+        )?;
+        rows.push((tier, n, interval, run));
+    }
+    let per_stream = |r: &DegradeRun, n: usize| r.avmon_pct / n as f64;
+    let full = per_stream(&rows[0].3, rows[0].1);
+    let mut t = format!(
+        "## Streams per core by tier, in service mode\n\nThe constant 5 Mbit/s TS ({recipe}) \
+         blasted to N streams on loopback into one `avmon run` with `[service] workers = 1` and \
+         `auto_degrade = false`, one run per row; settled 15 s after every stream flows, then \
+         watched for {:.0} s. Streams per core = 100 % / (avmon CPU per stream).\n\n\
+         | tier | keyframe_interval_s | streams | avmon CPU | per stream | streams per core | against `full` | streams behind | UDP drops | sender CPU |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        o.window
+    );
+    for (tier, n, interval, r) in &rows {
+        let p = per_stream(r, *n);
+        let _ = writeln!(
+            t,
+            "| `{}` | {interval} | {n} | {:.1} % | {:.2} % | {:.0} | {:.1}× | {} of {n} | {} | {:.0} % |",
+            tier.name(),
+            r.avmon_pct,
+            p,
+            100.0 / p,
+            full / p,
+            r.behind,
+            r.drops,
+            r.own_pct
+        );
+    }
+    Ok(t)
 }
 
 /// The scheduling model against a thread per stream left to the kernel: `--sched-streams`
@@ -1246,6 +1329,7 @@ fn sched(o: &Options, file: &Path, scratch: &Path) -> Result<String> {
                     workers,
                     auto: false,
                     tier: Tier::Full,
+                    keyframe_interval: 0.0,
                     settle: 10.0,
                 },
                 scratch,

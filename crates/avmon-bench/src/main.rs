@@ -119,6 +119,10 @@ enum Cmd {
         /// Streams of the transport-tier part (`--only transport`): 5 Mbit/s each.
         #[arg(long, default_value_t = 100)]
         transport_streams: usize,
+        /// Streams of the tiers part (`--only tiers`) at `full`, and at `keyframes`: the same
+        /// 5 Mbit/s input on one worker.
+        #[arg(long, num_args = 2, value_names = ["FULL", "KEYFRAMES"], default_values_t = [16, 100])]
+        tier_streams: Vec<usize>,
     },
 }
 
@@ -139,8 +143,9 @@ fn main() -> Result<()> {
             workers,
             sched_streams,
             transport_streams,
+            tier_streams,
         } => {
-            const PARTS: [&str; 8] = [
+            const PARTS: [&str; 9] = [
                 "cpu",
                 "memory",
                 "latency",
@@ -149,6 +154,7 @@ fn main() -> Result<()> {
                 "degrade",
                 "sched",
                 "transport",
+                "tiers",
             ];
             if let Some(bad) = only.iter().find(|p| !PARTS.contains(&p.as_str())) {
                 bail!("--only {bad:?}: not one of {}", PARTS.join(", "));
@@ -175,6 +181,7 @@ fn main() -> Result<()> {
                 workers,
                 sched_streams,
                 transport_streams,
+                tier_streams: (tier_streams[0], tier_streams[1]),
             })
         }
         Cmd::Accuracy {
