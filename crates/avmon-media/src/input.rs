@@ -252,8 +252,28 @@ pub struct Input {
     /// The tier the video decoder is set up for; `None` until the first packet (and after the
     /// decoder was replaced), so that it is applied and announced then.
     applied: Option<Tier>,
+    /// The demuxer skips the video stream's packets altogether (`transport` with audio: see
+    /// [`Input::apply_tier`]).
+    video_demux_skipped: bool,
     /// The stream's CPU permit, held while [`Input::run`] works (see [`OpenOptions::cpu`]).
     cpu: Option<avmon_core::sched::Slot>,
+}
+
+/// Let the demuxer skip stream `index`'s packets altogether, or deliver them again.
+fn set_discard(ctx: &mut ff::format::context::Input, index: usize, skip: bool) {
+    let discard = if skip {
+        ffi::AVDiscard::AVDISCARD_ALL
+    } else {
+        ffi::AVDiscard::AVDISCARD_DEFAULT
+    };
+    // SAFETY: `index` is below `nb_streams` (checked) and `discard` is a plain field the
+    // demuxer reads per packet; applications set it between reads (FFmpeg's own `-map` does).
+    unsafe {
+        let ctx = ctx.as_mut_ptr();
+        if index < (*ctx).nb_streams as usize {
+            (**(*ctx).streams.add(index)).discard = discard;
+        }
+    }
 }
 
 /// Whether a keyframe at `t` is due, the last one decoded having been at `last`: always with no
@@ -550,6 +570,7 @@ impl Input {
             tier: opts.tier.clone(),
             keyframe_interval: opts.keyframe_interval,
             applied: None,
+            video_demux_skipped: false,
             cpu: opts.cpu.clone(),
         })
     }
@@ -738,6 +759,15 @@ impl Input {
             v.last_key_t = None;
             v.changed_between = None;
         }
+        // In `transport` the video need not even be demuxed: the demuxer then skips its PES
+        // packets (no H.264 parsing: in the service, the parser's per-frame buffers were ~40 %
+        // of the tier's CPU on 5 Mbit/s streams), while the audio's packets keep the packet
+        // clock going. Without decoded audio the video's packets still come, for the clock.
+        if let Some(index) = self.video.as_ref().map(|v| v.index) {
+            let skip = tier == Tier::Transport && self.audio.is_some();
+            set_discard(&mut self.ctx, index, skip);
+            self.video_demux_skipped = skip;
+        }
         tracing::debug!(url = %self.url, ?prev, %tier, "fidelity tier applied");
         sink.on_tier(tier);
     }
@@ -756,6 +786,8 @@ impl Input {
         let medium = self.ctx.stream(packet.stream())?.parameters().medium();
         self.seq += 1;
         let due = match medium {
+            // Our own video is not demuxed: its silence says nothing about the others.
+            ff::media::Type::Video if self.video_demux_skipped => return None,
             ff::media::Type::Video => self.follow_video.other(self.seq, packet),
             ff::media::Type::Audio => self.follow_audio.other(self.seq, packet),
             _ => return None,
