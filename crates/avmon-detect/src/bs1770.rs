@@ -426,12 +426,6 @@ impl Gating {
         self.ring[self.next] = energy;
         self.next = (self.next + 1) % self.ring.len();
         self.steps += 1;
-        let mean = |n: usize| {
-            (1..=n)
-                .map(|k| self.ring[(self.next + self.ring.len() - k) % self.ring.len()])
-                .sum::<f64>()
-                / n as f64
-        };
         let bins = bins();
         let add = |h: &mut Histogram, e: f64| {
             // Below the absolute gate (−70 LUFS), or NaN: not a block.
@@ -440,12 +434,24 @@ impl Gating {
             }
         };
         if self.steps >= 4 {
-            add(&mut self.blocks, mean(4));
+            let e = self.mean(4);
+            add(&mut self.blocks, e);
         }
         // The first 3 s block when 3 s are in, then one a second.
         if self.steps >= 30 && (self.steps - 30) % 10 == 0 {
-            add(&mut self.short, mean(30));
+            let e = self.mean(30);
+            add(&mut self.short, e);
         }
+    }
+
+    /// The mean energy of the last `n` steps (at most 30; the caller knows how many of them
+    /// belong to the audio it judges).
+    pub fn mean(&self, n: usize) -> f64 {
+        let len = self.ring.len();
+        (1..=n.min(len))
+            .map(|k| self.ring[(self.next + len - k) % len])
+            .sum::<f64>()
+            / n as f64
     }
 
     /// Integrated loudness (LUFS): the mean energy of the 400 ms blocks that pass the absolute

@@ -1,7 +1,8 @@
 //! `audio.loudness`: programme loudness outside its target (ITU-R BS.1770-4 / EBU R128).
 //!
 //! Loudness is measured as BS.1770-4, EBU Tech 3341 and 3342 define it (K-weighting, gating,
-//! loudness range and true peak; [`crate::bs1770`]), on the decoder's planar buffers in place. The detector reports when the **short-term loudness** (S, 3 s window) stays outside
+//! loudness range and true peak; [`crate::bs1770`]), on the decoder's planar buffers in place.
+//! The detector reports when the **short-term loudness** (S, 3 s window) stays outside
 //! `target ± tolerance_lu` for `min_duration` seconds, and measures, for the report, the
 //! programme's integrated loudness (I), loudness range (LRA) and true peak.
 //!
@@ -238,9 +239,8 @@ pub struct LoudnessDetector {
     gating: Gating,
     /// The 100 ms steps.
     steps: AudioWindows,
-    /// Energies of the last steps (ring), and how many are valid (up to `S_STEPS`).
-    energies: [f64; S_STEPS],
-    /// Start times of those steps.
+    /// Start times of the last steps (ring; their energies are `gating`'s), and how many of them
+    /// are valid since the windows (re)started (up to `S_STEPS`).
     starts: [f64; S_STEPS],
     next: usize,
     valid: usize,
@@ -270,7 +270,6 @@ impl LoudnessDetector {
             meter: None,
             gating: Gating::default(),
             steps: AudioWindows::new(STEP_MS).with_max_gap(MAX_GAP_S),
-            energies: [0.0; S_STEPS],
             starts: [0.0; S_STEPS],
             next: 0,
             valid: 0,
@@ -321,20 +320,13 @@ impl LoudnessDetector {
     /// The step `[start, end)` with `energy` is complete: update M and S and the episode.
     fn finish_step(&mut self, start: f64, end: f64, energy: f64, out: &mut Findings) {
         self.gating.step(energy);
-        self.energies[self.next] = energy;
         self.starts[self.next] = start;
         self.next = (self.next + 1) % S_STEPS;
         self.valid = (self.valid + 1).min(S_STEPS);
         if self.valid < M_STEPS {
             return;
         }
-        let recent = |n: usize| {
-            (1..=n)
-                .map(|k| self.energies[(self.next + S_STEPS - k) % S_STEPS])
-                .sum::<f64>()
-                / n as f64
-        };
-        let m = lufs_of(recent(M_STEPS));
+        let m = lufs_of(self.gating.mean(M_STEPS));
         self.period.momentary = self.period.momentary.max(m);
         let m_side = self.side(m);
         // The first M after a (re)start covers audio never judged before: it changed at the
@@ -353,7 +345,7 @@ impl LoudnessDetector {
         if self.valid < S_STEPS {
             return;
         }
-        let s = lufs_of(recent(S_STEPS));
+        let s = lufs_of(self.gating.mean(S_STEPS));
         self.period.short_term = self.period.short_term.max(s);
         let s_side = self.side(s);
         let window_start = first(S_STEPS);
