@@ -16,8 +16,14 @@ use serde_json::Value;
 const GOP_S: f64 = 2.0;
 
 fn check_tier(input: &Path, tier: &str) -> Value {
+    check_tier_with(input, tier, &[])
+}
+
+/// `check --tier` with more arguments.
+fn check_tier_with(input: &Path, tier: &str, more: &[&str]) -> Value {
     let o = avmon()
         .args(["check", "--format", "json", "--tier", tier])
+        .args(more)
         .arg(input)
         .output()
         .expect("run avmon check");
@@ -162,14 +168,11 @@ fn a_keyframe_interval_finds_black_and_freeze_at_its_spacing() {
     const EVERY: f64 = 6.0;
     let dir = tempfile::tempdir().unwrap();
     let f = synth(dir.path(), "t.ts", 40.0, &["black@10-26", "freeze@28-39"]);
-    let o = avmon()
-        .args(["check", "--format", "json", "--tier", "keyframes"])
-        .args(["--keyframe-interval", &EVERY.to_string()])
-        .arg(&f)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", stderr_of(&o));
-    let r: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let r = check_tier_with(
+        &f,
+        "keyframes",
+        &["--keyframe-interval", &EVERY.to_string()],
+    );
     let all = check_tier(&f, "keyframes");
     let (n, every_key) = (frames(&r, "video"), frames(&all, "video"));
     assert!(
@@ -199,14 +202,19 @@ fn a_keyframe_interval_finds_black_and_freeze_at_its_spacing() {
 #[test]
 fn a_bad_tier_is_refused_with_its_path() {
     let dir = tempfile::tempdir().unwrap();
-    let err = refused_run(
-        dir.path(),
-        "[[streams]]\nid = \"a\"\nurl = \"udp://127.0.0.1:5000\"\ntier = \"half\"\n",
-    );
-    assert!(
-        err.contains("streams[0].tier: unknown tier \"half\""),
-        "{err}"
-    );
+    for (setting, message) in [
+        ("tier = \"half\"", "streams[0].tier: unknown tier \"half\""),
+        (
+            "keyframe_interval_s = 11",
+            "streams[0].keyframe_interval_s: must be between 0 and 10 (got 11)",
+        ),
+    ] {
+        let err = refused_run(
+            dir.path(),
+            &format!("[[streams]]\nid = \"a\"\nurl = \"udp://127.0.0.1:5000\"\n{setting}\n"),
+        );
+        assert!(err.contains(message), "{err}");
+    }
     let o = avmon()
         .args(["check", "x.ts", "--tier", "half"])
         .output()
@@ -214,14 +222,6 @@ fn a_bad_tier_is_refused_with_its_path() {
     assert!(!o.status.success());
     assert!(stderr_of(&o).contains("unknown tier"), "{}", stderr_of(&o));
 
-    let err = refused_run(
-        dir.path(),
-        "[[streams]]\nid = \"a\"\nurl = \"udp://127.0.0.1:5000\"\nkeyframe_interval_s = 11\n",
-    );
-    assert!(
-        err.contains("streams[0].keyframe_interval_s: must be between 0 and 10 (got 11)"),
-        "{err}"
-    );
     let o = avmon()
         .args([
             "check",
