@@ -66,6 +66,13 @@ pub const POLL: Duration = Duration::from_millis(100);
 const DEFAULT_RCVBUF: usize = 16 << 20;
 /// The largest datagram.
 const MAX_DATAGRAM: usize = 65_536;
+/// What a datagram of TS costs in a socket's receive buffer, at most (the kernel counts its
+/// whole buffer; 2.3 KiB for 1316 bytes on loopback, a page with some network drivers).
+const DATAGRAM_TRUESIZE: usize = 4096;
+/// How long a UDP reader measures its datagram rate over.
+const RATE_WINDOW: Duration = Duration::from_millis(250);
+/// A UDP reader's linger before its rate is measured.
+const UNMEASURED_LINGER: Duration = Duration::from_millis(5);
 
 /// Where an input's bytes come from.
 pub(crate) enum Route {
@@ -95,6 +102,14 @@ pub trait ByteSource {
     /// let go during each read.
     fn ready(&mut self) -> bool {
         false
+    }
+    /// Under the CPU scheduler, how long to let input gather before reading again once
+    /// [`ByteSource::ready`] says everything waiting has been read: what comes meanwhile is
+    /// read in one turn ([`INPUT_LINGER`] suits most). A reader whose source drops what is not
+    /// read in time (a socket's buffer) says less; one that cannot tell whether it is ready,
+    /// nothing (the default).
+    fn linger(&self) -> Duration {
+        Duration::ZERO
     }
 }
 
@@ -245,6 +260,10 @@ impl Drop for Prefetch {
 }
 
 impl ByteSource for Prefetch {
+    fn linger(&self) -> Duration {
+        INPUT_LINGER
+    }
+
     fn ready(&mut self) -> bool {
         if self.pos < self.chunk.len() || self.ended.is_some() {
             return true;
@@ -275,10 +294,21 @@ impl ByteSource for Prefetch {
                 Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => self.ended = Some(None),
             }
         }
-        let n = buf.len().min(self.chunk.len() - self.pos);
-        buf[..n].copy_from_slice(&self.chunk[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
+        // Every chunk already read ahead goes in (one demuxer read per batch, as for UDP).
+        let mut filled = 0;
+        loop {
+            let n = (buf.len() - filled).min(self.chunk.len() - self.pos);
+            buf[filled..filled + n].copy_from_slice(&self.chunk[self.pos..self.pos + n]);
+            self.pos += n;
+            filled += n;
+            if filled == buf.len() || self.ended.is_some() {
+                return Ok(filled);
+            }
+            match self.rx.try_recv() {
+                Ok(r) => self.take(r),
+                Err(_) => return Ok(filled),
+            }
+        }
     }
 }
 
@@ -404,6 +434,12 @@ struct UdpReader {
     last_seq: Option<u16>,
     last_data: Instant,
     got_data: bool,
+    /// Receive buffer the kernel granted, bytes.
+    rcvbuf: usize,
+    /// Datagrams a second, measured over at least [`RATE_WINDOW`] (0: not yet).
+    rate: f64,
+    rate_count: u32,
+    rate_since: Instant,
     /// Told how long each datagram waited in the socket and how many the kernel dropped.
     cpu: Option<avmon_core::sched::Slot>,
 }
@@ -483,6 +519,10 @@ impl UdpReader {
             last_seq: None,
             last_data: Instant::now(),
             got_data: false,
+            rcvbuf: granted,
+            rate: 0.0,
+            rate_count: 0,
+            rate_since: Instant::now(),
             cpu,
         })
     }
@@ -511,6 +551,13 @@ impl UdpReader {
     fn accept(&mut self, n: usize) -> bool {
         self.last_data = Instant::now();
         self.got_data = true;
+        self.rate_count += 1;
+        let span = self.last_data.duration_since(self.rate_since);
+        if span >= RATE_WINDOW {
+            self.rate = f64::from(self.rate_count) / span.as_secs_f64();
+            self.rate_count = 0;
+            self.rate_since = self.last_data;
+        }
         let (start, end) = if self.rtp {
             match rtp_payload(&self.datagram[..n]) {
                 Some((seq, start, end)) => {
@@ -595,21 +642,10 @@ fn rtp_payload(d: &[u8]) -> Option<(u16, usize, usize)> {
     (start <= end).then_some((u16::from_be_bytes([d[2], d[3]]), start, end))
 }
 
-impl ByteSource for UdpReader {
-    fn ready(&mut self) -> bool {
-        if self.pos < self.end {
-            return true;
-        }
-        // Nobody waits for the permit: letting go of it and blocking in one `recv` costs less
-        // than asking the socket first (an uncontended hand-back and re-take are cheap).
-        if self
-            .cpu
-            .as_ref()
-            .is_none_or(|c| c.scheduler().waiting() == 0)
-        {
-            return false;
-        }
-        // A datagram already waiting is taken now, without blocking: the permit is kept for it.
+impl UdpReader {
+    /// Take the next datagram already waiting in the socket, without blocking; false when
+    /// there is none.
+    fn take_waiting(&mut self) -> bool {
         loop {
             match self.recv_one(false) {
                 Ok(n) if self.accept(n) => return true,
@@ -618,14 +654,38 @@ impl ByteSource for UdpReader {
             }
         }
     }
+}
+
+impl ByteSource for UdpReader {
+    fn ready(&mut self) -> bool {
+        self.pos < self.end || self.take_waiting()
+    }
+    /// [`INPUT_LINGER`], or less when the datagrams that come meanwhile would fill more than a
+    /// quarter of the socket's receive buffer (a fast stream on a host that left
+    /// `net.core.rmem_max` at its default); [`UNMEASURED_LINGER`] until the rate is known.
+    fn linger(&self) -> Duration {
+        if self.rate <= 0.0 {
+            return UNMEASURED_LINGER;
+        }
+        let fits = self.rcvbuf as f64 / DATAGRAM_TRUESIZE as f64;
+        INPUT_LINGER.min(Duration::from_secs_f64(fits / 4.0 / self.rate))
+    }
+    /// Waits for one datagram when none is pending, then fills `buf` with every datagram
+    /// already waiting: one demuxer read and one tap call per batch, not per datagram.
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.pos >= self.end {
             self.receive()?;
         }
-        let n = buf.len().min(self.end - self.pos);
-        buf[..n].copy_from_slice(&self.datagram[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
+        let mut filled = 0;
+        loop {
+            let n = (buf.len() - filled).min(self.end - self.pos);
+            buf[filled..filled + n].copy_from_slice(&self.datagram[self.pos..self.pos + n]);
+            self.pos += n;
+            filled += n;
+            if filled == buf.len() || !self.take_waiting() {
+                return Ok(filled);
+            }
+        }
     }
 }
 
@@ -841,9 +901,12 @@ impl IoState {
 /// Bytes in the custom I/O context's buffer.
 const IO_BUFFER: usize = 64 * 1024;
 
-/// How long a stream that woke for new input waits for more before it queues for a CPU permit,
-/// when other streams are queued already.
-const INPUT_LINGER: std::time::Duration = std::time::Duration::from_millis(20);
+/// How long a stream under the CPU scheduler that has read all its input waits before it reads
+/// again ([`ByteSource::linger`]): the input that gathers meanwhile is taken in one turn. Waking
+/// per datagram (a 5 Mbit/s stream sends 475 a second), a hundred light streams spent most of
+/// their CPU switching threads; this wakes each 20 times a second. The data waits at most this
+/// long more, which is little next to the seconds an alert needs.
+pub const INPUT_LINGER: Duration = Duration::from_millis(50);
 
 /// The custom I/O context: owns the AVIOContext and its buffer, frees them on drop (after the
 /// format context that uses it is closed: field order in `Input`).
@@ -897,19 +960,16 @@ extern "C" fn read_packet(opaque: *mut c_void, buf: *mut u8, size: c_int) -> c_i
         // FFmpeg's buffer of `size` bytes.
         let state = unsafe { &mut *(opaque as *mut IoState) };
         let buf = unsafe { std::slice::from_raw_parts_mut(buf, size.max(0) as usize) };
+        let into = &mut *buf;
         let read = match &state.cpu {
             Some(cpu) if cpu.held() && !state.reader.ready() => cpu.blocking(|| {
-                let r = state.reader.read(buf);
-                // Others wait for the CPU: let more input gather before queueing for a permit,
-                // so that one turn serves a batch of datagrams rather than each its own (with
-                // a hundred light streams, handing the permit over per datagram costs more
-                // than the work). The data waits at most this long more.
-                if cpu.scheduler().waiting() > 0 {
-                    std::thread::sleep(INPUT_LINGER);
+                let linger = state.reader.linger();
+                if !linger.is_zero() {
+                    std::thread::sleep(linger);
                 }
-                r
+                state.reader.read(into)
             }),
-            _ => state.reader.read(buf),
+            _ => state.reader.read(into),
         };
         match read {
             Ok(0) => ffi::AVERROR_EOF,

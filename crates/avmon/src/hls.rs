@@ -155,6 +155,10 @@ impl SegmentSource {
 }
 
 impl ByteSource for SegmentSource {
+    fn linger(&self) -> std::time::Duration {
+        avmon_media::ingest::INPUT_LINGER
+    }
+
     fn ready(&mut self) -> bool {
         if self.pos < self.bytes.len() {
             return true;

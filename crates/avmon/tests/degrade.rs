@@ -267,7 +267,8 @@ fn a_host_that_may_not_degrade_says_which_streams_are_behind() {
     let _alone = overload_alone();
     let dir = tempfile::tempdir().unwrap();
     let heavy = synth_sized(dir.path(), "heavy.ts", "3840x2160");
-    let ids = ["a", "b", "c"];
+    // Four: three of these need about 95 % of one worker, which is too close to call.
+    let ids = ["a", "b", "c", "d"];
     let ports: Vec<u16> = ids.iter().map(|_| free_udp_port()).collect();
     let mut cfg = String::from("[service]\nworkers = 1\nauto_degrade = false\n");
     for (id, port) in ids.iter().zip(&ports) {
@@ -301,9 +302,9 @@ fn a_host_that_may_not_degrade_says_which_streams_are_behind() {
     assert_eq!(alert["details"]["workers"], 1, "{alert}");
     assert_eq!(alert["details"]["tier"], "full", "{alert}");
 
-    // Two of the three loads go: the one left keeps up, and its alert clears.
+    // Three of the four loads go: the one left keeps up, and its alert clears.
     drop(senders);
-    for id in ["b", "c"] {
+    for id in ["b", "c", "d"] {
         let r = http
             .delete(format!("{base}/api/streams/{id}"))
             .send()
