@@ -36,6 +36,7 @@ use libc::{c_int, c_void};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::input::{interrupt_cb, Interrupt};
+use crate::keyfilter::{find_sync, Es, KeyFilter, TS};
 use crate::{describe, MediaError, OpenOptions};
 
 /// Sees the bytes of a byte-level input on their way to the demuxer (a transport analyser).
@@ -881,6 +882,15 @@ pub(crate) struct IoState {
     cpu: Option<avmon_core::sched::Slot>,
     /// Why the last read failed, for the user.
     pub(crate) error: Option<io::Error>,
+    /// Blanks the video's inter-coded pictures at the `keyframes` tier ([`KeyFilter`]).
+    filter: Option<KeyFilter>,
+    /// The filter knows where the TS packets start: at the start of each read.
+    synced: bool,
+    /// The start of a TS packet that the last read ended inside: held back until it is whole,
+    /// so that the filter judges whole packets. It goes out first on the next read.
+    held: Vec<u8>,
+    /// Bytes handed to the demuxer so far: the input position of the next read's first byte.
+    handed: i64,
 }
 
 impl IoState {
@@ -894,7 +904,84 @@ impl IoState {
             tap,
             cpu,
             error: None,
+            filter: None,
+            synced: false,
+            held: Vec::new(),
+            handed: 0,
         })
+    }
+
+    /// Blank the pictures of video PID `pid` from now on (`es` says how to tell its
+    /// keyframes), or stop blanking (`None`; what was blanked is still known).
+    pub(crate) fn filter_video(&mut self, video: Option<(u16, Es)>) {
+        match (video, self.filter.as_mut()) {
+            (Some((pid, _)), Some(f)) if f.pid() == pid => {
+                if !f.active {
+                    // Resumes after a gap: its first PES packet starts afresh.
+                    f.restart();
+                    f.active = true;
+                    self.synced = false;
+                }
+            }
+            (Some((pid, es)), _) => {
+                self.filter = Some(KeyFilter::new(pid, es));
+                self.synced = false;
+            }
+            (None, Some(f)) => f.active = false,
+            (None, None) => {}
+        }
+    }
+
+    pub(crate) fn filter(&self) -> Option<&KeyFilter> {
+        self.filter.as_ref()
+    }
+
+    /// Run the filter over `buf`, the bytes the demuxer is about to get, in place. Returns
+    /// how many to hand over now: up to the start of a packet the read ended inside, which is
+    /// held back for the next read (unless nothing would be left to hand over).
+    fn filter_bytes(&mut self, buf: &mut [u8]) -> usize {
+        let n = self.filter_in_place(buf);
+        self.handed += n as i64;
+        n
+    }
+
+    fn filter_in_place(&mut self, buf: &mut [u8]) -> usize {
+        let Some(f) = self.filter.as_mut().filter(|f| f.active) else {
+            return buf.len();
+        };
+        let mut at = if self.synced {
+            0
+        } else {
+            match find_sync(buf) {
+                Some(i) => i,
+                None => return buf.len(),
+            }
+        };
+        loop {
+            let whole = (buf.len() - at) / TS * TS;
+            let done = f.packets(&mut buf[at..at + whole], self.handed + at as i64);
+            at += done;
+            if done == whole {
+                break;
+            }
+            // The packets were lost at `at`: find them again, passing what lies between.
+            match find_sync(&buf[at..]) {
+                Some(i) if i > 0 => at += i,
+                _ => {
+                    self.synced = false;
+                    return buf.len();
+                }
+            }
+        }
+        if at == buf.len() || at == 0 {
+            // Ends on a packet's end; or not one whole packet came: all of it goes (its
+            // packets are found again next time).
+            self.synced = at > 0;
+            return buf.len();
+        }
+        self.held.extend_from_slice(&buf[at..]);
+        self.synced = true;
+        at
     }
 }
 
@@ -960,7 +1047,11 @@ extern "C" fn read_packet(opaque: *mut c_void, buf: *mut u8, size: c_int) -> c_i
         // FFmpeg's buffer of `size` bytes.
         let state = unsafe { &mut *(opaque as *mut IoState) };
         let buf = unsafe { std::slice::from_raw_parts_mut(buf, size.max(0) as usize) };
-        let into = &mut *buf;
+        // A packet held back by the last read goes first (it has been through the tap).
+        let held = state.held.len().min(buf.len());
+        buf[..held].copy_from_slice(&state.held[..held]);
+        state.held.drain(..held);
+        let into = &mut buf[held..];
         let read = match &state.cpu {
             Some(cpu) if cpu.held() && !state.reader.ready() => cpu.blocking(|| {
                 let linger = state.reader.linger();
@@ -972,6 +1063,11 @@ extern "C" fn read_packet(opaque: *mut c_void, buf: *mut u8, size: c_int) -> c_i
             _ => state.reader.read(into),
         };
         match read {
+            // The end, or a failure that the next read meets again: what was held goes first.
+            Ok(0) | Err(_) if held > 0 => {
+                state.handed += held as i64;
+                held as c_int
+            }
             Ok(0) => ffi::AVERROR_EOF,
             Ok(n) => {
                 let restarted = state.reader.restarted();
@@ -979,9 +1075,15 @@ extern "C" fn read_packet(opaque: *mut c_void, buf: *mut u8, size: c_int) -> c_i
                     if restarted {
                         tap.0.on_start();
                     }
-                    tap.0.on_bytes(&buf[..n]);
+                    tap.0.on_bytes(&buf[held..held + n]);
                 }
-                n as c_int
+                if restarted {
+                    if let Some(f) = state.filter.as_mut() {
+                        f.restart();
+                    }
+                    state.synced = false;
+                }
+                state.filter_bytes(&mut buf[..held + n]) as c_int
             }
             Err(e) => {
                 let code = match e.kind() {

@@ -18,6 +18,7 @@ use ffmpeg_next as ff;
 use libc::{c_int, c_void};
 
 use crate::ingest::{self, CustomIo, IoState, Route};
+use crate::keyfilter::Es;
 use crate::{describe, MediaClock, MediaError};
 
 /// How to open and decode an input.
@@ -257,6 +258,27 @@ pub struct Input {
     video_demux_skipped: bool,
     /// The stream's CPU permit, held while [`Input::run`] works (see [`OpenOptions::cpu`]).
     cpu: Option<avmon_core::sched::Slot>,
+}
+
+/// MPEG-TS timestamps are 33 bits; the demuxer's are unwrapped.
+const PTS_MASK: i64 = (1 << 33) - 1;
+
+/// The PID of TS stream `index` and its codec, when its keyframes can be told from its bytes
+/// (see [`crate::keyfilter`]).
+fn filtered_video(ctx: &ff::format::context::Input, index: usize) -> Option<(u16, Es)> {
+    let st = ctx.stream(index)?;
+    let es = match st.parameters().id() {
+        ff::codec::Id::H264 => Es::H264,
+        ff::codec::Id::HEVC => Es::Hevc,
+        ff::codec::Id::MPEG2VIDEO => Es::Mpeg2,
+        _ => return None,
+    };
+    // SAFETY: reading a plain field of an open stream; for MPEG-TS it is the PID.
+    let pid = unsafe { (*st.as_ptr()).id };
+    u16::try_from(pid)
+        .ok()
+        .filter(|&p| p < 0x1fff)
+        .map(|p| (p, es))
 }
 
 /// Let the demuxer skip stream `index`'s packets altogether, or deliver them again.
@@ -580,6 +602,16 @@ impl Input {
         &self.info
     }
 
+    /// How many video pictures the demuxer was handed whole and how many blanked (see
+    /// [`crate::keyfilter`]: a TS input at the `keyframes` tier); `None` when no picture was
+    /// filtered.
+    pub fn key_filter_counts(&self) -> Option<(u64, u64)> {
+        self.io_state
+            .as_ref()?
+            .filter()
+            .map(|f| (f.kept, f.blanked))
+    }
+
     /// Demux and decode until the input ends, stalls for `io_timeout`, or `stop` is set.
     pub fn run(
         &mut self,
@@ -681,14 +713,29 @@ impl Input {
             .dts()
             .or(packet.pts())
             .map(|ts| clock.map(index, to_us(ts, tb)));
+        // A picture the key filter blanked arrives as its first TS packet only: its size is
+        // the whole picture's, which the filter noted.
+        let blanked = match (&self.io_state, packet.pts()) {
+            (Some(io), Some(pts)) if self.video.as_ref().is_some_and(|v| v.index == index) => io
+                .filter()
+                .and_then(|f| f.blanked(packet.position() as i64, pts & PTS_MASK)),
+            _ => None,
+        };
+        let size = blanked.unwrap_or(packet.size());
         if let Some(t) = t {
-            sink.on_packet(t, packet.size());
+            sink.on_packet(t, size);
         }
         if let Some(v) = self.video.as_mut().filter(|v| v.index == index) {
             // Below `full`, packets the tier does not decode never reach the decoder (cheaper
             // than letting it parse and discard them); `reference` is left to the decoder,
             // which alone knows which frames are referenced.
             let send = match tier {
+                // Never decoded, whatever the tier is now (it may have gone up since the
+                // filter saw it), nor what refers to it.
+                _ if blanked.is_some() => {
+                    v.await_key = true;
+                    false
+                }
                 Tier::Transport => false,
                 Tier::Keyframes => {
                     packet.is_key() && key_due(v.last_key_t, t, self.keyframe_interval)
@@ -701,8 +748,8 @@ impl Input {
                 if tier == Tier::Keyframes && !packet.is_key() {
                     let (n, sum, max) = &mut v.skipped;
                     *n += 1;
-                    *sum += packet.size();
-                    *max = (*max).max(packet.size());
+                    *sum += size;
+                    *max = (*max).max(size);
                 }
                 return;
             }
@@ -767,6 +814,15 @@ impl Input {
         // packets (no H.264 parsing: in the service, the parser's per-frame buffers were ~40 %
         // of the tier's CPU on 5 Mbit/s streams), while the audio's packets keep the packet
         // clock going. Without decoded audio the video's packets still come, for the clock.
+        // In `keyframes`, a TS input's inter-coded pictures are blanked before the demuxer.
+        if let Some(io) = self.io_state.as_mut() {
+            io.filter_video(match &self.video {
+                Some(v) if tier == Tier::Keyframes && self.info.format == "mpegts" => {
+                    filtered_video(&self.ctx, v.index)
+                }
+                _ => None,
+            });
+        }
         if let Some(index) = self.video.as_ref().map(|v| v.index) {
             let skip = tier == Tier::Transport && self.audio.is_some();
             set_discard(&mut self.ctx, index, skip);

@@ -12,6 +12,10 @@ use avmon_media::{FrameSink, Input, MediaClock, OpenOptions};
 /// `switch.1` on `control` once the clock passes `switch.0`.
 struct Frames {
     video: Vec<(f64, bool, bool)>,
+    /// (t, bytes) of each packet.
+    packets: Vec<(f64, usize)>,
+    /// The key filter's counts at the end.
+    filtered: Option<(u64, u64)>,
     audio: usize,
     tiers: Vec<(usize, Tier)>,
     control: TierControl,
@@ -19,7 +23,8 @@ struct Frames {
 }
 
 impl FrameSink for Frames {
-    fn on_packet(&mut self, t: f64, _bytes: usize) {
+    fn on_packet(&mut self, t: f64, bytes: usize) {
+        self.packets.push((t, bytes));
         if let Some((_, tier)) = self.switch.filter(|(at, _)| t >= *at) {
             self.control.set(tier);
             self.switch = None;
@@ -56,12 +61,15 @@ fn decode_sparse(
     let mut input = Input::open(path, &opts, Arc::new(AtomicBool::new(false))).unwrap();
     let mut sink = Frames {
         video: Vec::new(),
+        packets: Vec::new(),
+        filtered: None,
         audio: 0,
         tiers: Vec::new(),
         control,
         switch,
     };
     input.run(&mut MediaClock::new(), &mut sink).unwrap();
+    sink.filtered = input.key_filter_counts();
     sink
 }
 
@@ -78,6 +86,45 @@ fn make(dir: &tempfile::TempDir, seconds: f64, gop_s: f64) -> String {
     let path = path.to_str().unwrap().to_string();
     generate(&path, &spec, Arc::new(AtomicBool::new(false))).unwrap();
     path
+}
+
+#[test]
+fn at_keyframes_the_demuxer_gets_inter_pictures_blanked_with_their_sizes_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = &make(&dir, 10.0, 1.0);
+    let full = decode(path, Tier::Full, None);
+    let keys = full.video.iter().filter(|f| f.1).count();
+    assert_eq!(full.filtered, None, "nothing filtered at full");
+    let kf = decode(path, Tier::Keyframes, None);
+    let (kept, blanked) = kf.filtered.expect("a TS input is filtered at keyframes");
+    // The filter starts with the first packet out of the demuxer, after the probe read the
+    // first pictures; from then on, keyframes go whole and the rest are blanked.
+    assert!(
+        kept as usize <= keys && kept >= 5,
+        "kept {kept} of {keys} keyframes"
+    );
+    assert!(
+        blanked as usize >= 250 - keys - 75 && (kept + blanked) <= 250,
+        "blanked {blanked}"
+    );
+    // Every picture still arrives as a packet (a blanked one as its first TS packet), with
+    // the whole picture's size: the parser's frame size plus its PES header (14 or 19 bytes).
+    assert_eq!(kf.packets.len(), full.packets.len());
+    let mut grown = 0;
+    for (a, b) in full.packets.iter().zip(&kf.packets) {
+        assert_eq!(a.0, b.0);
+        assert!(
+            b.1 == a.1 || (b.1 - a.1 == 14 || b.1 - a.1 == 19),
+            "{a:?} {b:?}"
+        );
+        grown += usize::from(b.1 != a.1);
+    }
+    assert_eq!(grown as u64, blanked, "sizes from the filter");
+    // And only the keyframes were decoded, each when its packet was read.
+    let t_full: Vec<f64> = full.video.iter().filter(|f| f.1).map(|f| f.0).collect();
+    let t_kf: Vec<f64> = kf.video.iter().map(|f| f.0).collect();
+    assert_eq!(t_kf, t_full);
+    assert!(kf.video.iter().all(|f| f.1 && !f.2));
 }
 
 #[test]
