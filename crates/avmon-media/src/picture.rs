@@ -236,34 +236,16 @@ const MAX_AREA_ROWS: usize = 257;
 
 /// Sample maps to full range (what the MJPEG encoder takes): identity, and from limited-range
 /// luma (16–235) and chroma (16–240), as swscale maps them.
-static IDENTITY: [u8; 256] = range_lut(0, 255, 255);
-static LUMA_TO_FULL: [u8; 256] = range_lut(16, 219, 255);
-static CHROMA_TO_FULL: [u8; 256] = chroma_lut();
+static IDENTITY: [u8; 256] = range_lut(0, 1, 1, 0);
+static LUMA_TO_FULL: [u8; 256] = range_lut(16, 255, 219, 0);
+static CHROMA_TO_FULL: [u8; 256] = range_lut(128, 255, 224, 128);
 
-/// `(v - low) * 255 / span`, rounded and clamped, as a table.
-const fn range_lut(low: i32, span: i32, full: i32) -> [u8; 256] {
+/// `(v - from) * num / den + to` for each sample value `v`, rounded and clamped, as a table.
+const fn range_lut(from: i32, num: i32, den: i32, to: i32) -> [u8; 256] {
     let mut t = [0u8; 256];
     let mut v: i32 = 0;
     while v < 256 {
-        let x = ((v - low) * full + span / 2).div_euclid(span);
-        t[v as usize] = if x < 0 {
-            0
-        } else if x > 255 {
-            255
-        } else {
-            x as u8
-        };
-        v += 1;
-    }
-    t
-}
-
-/// Limited-range chroma to full: `(v - 128) * 255 / 224 + 128`, rounded and clamped.
-const fn chroma_lut() -> [u8; 256] {
-    let mut t = [0u8; 256];
-    let mut v: i32 = 0;
-    while v < 256 {
-        let x = ((v - 128) * 255 * 2 + 224).div_euclid(448_i32) + 128;
+        let x = ((v - from) * num + den / 2).div_euclid(den) + to;
         t[v as usize] = if x < 0 {
             0
         } else if x > 255 {
