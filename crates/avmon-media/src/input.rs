@@ -810,11 +810,8 @@ impl Input {
             v.last_key_t = None;
             v.changed_between = None;
         }
-        // In `transport` the video need not even be demuxed: the demuxer then skips its PES
-        // packets (no H.264 parsing: in the service, the parser's per-frame buffers were ~40 %
-        // of the tier's CPU on 5 Mbit/s streams), while the audio's packets keep the packet
-        // clock going. Without decoded audio the video's packets still come, for the clock.
-        // In `keyframes`, a TS input's inter-coded pictures are blanked before the demuxer.
+        // In `keyframes`, a TS input's inter-coded pictures are blanked before the demuxer
+        // (see `keyfilter`): it gathers and parses only the keyframes.
         if let Some(io) = self.io_state.as_mut() {
             io.filter_video(match &self.video {
                 Some(v) if tier == Tier::Keyframes && self.info.format == "mpegts" => {
@@ -823,6 +820,10 @@ impl Input {
                 _ => None,
             });
         }
+        // In `transport` the video need not even be demuxed: the demuxer then skips its PES
+        // packets (no H.264 parsing: in the service, the parser's per-frame buffers were ~40 %
+        // of the tier's CPU on 5 Mbit/s streams), while the audio's packets keep the packet
+        // clock going. Without decoded audio the video's packets still come, for the clock.
         if let Some(index) = self.video.as_ref().map(|v| v.index) {
             let skip = tier == Tier::Transport && self.audio.is_some();
             set_discard(&mut self.ctx, index, skip);
