@@ -86,11 +86,14 @@ impl KeyFilter {
         self.pid
     }
 
-    /// A new byte stream starts (the source was reopened): nothing carries over.
+    /// What follows does not continue what came before (the source was reopened, or the
+    /// filter resumes): no PES packet, counter or gap carries over. The pictures blanked stay
+    /// known (their positions are not met again).
     pub(crate) fn restart(&mut self) {
-        let (pid, es, active) = (self.pid, self.es, self.active);
-        *self = KeyFilter::new(pid, es);
-        self.active = active;
+        self.dropping = false;
+        self.shift = 0;
+        self.last_cc = None;
+        self.counting = false;
     }
 
     /// The whole size of the picture whose PES packet starts at byte `pos` of the input with
@@ -428,6 +431,26 @@ mod tests {
         assert!(!mpeg2(&[0, 0, 1, 0x00, 0x00, 0x17, 0xff])); // P picture
                                                              // Not a PES start: kept.
         assert!(judge(Es::H264, &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]).0);
+    }
+
+    #[test]
+    fn a_restart_forgets_the_picture_in_progress_but_not_what_was_blanked() {
+        let mut f = KeyFilter::new(0x100, Es::H264);
+        let mut before = [
+            ts(0x100, 0, Some((P, 0)), false),
+            ts(0x100, 1, None, false),
+            ts(0x100, 2, None, false),
+        ]
+        .concat();
+        f.packets(&mut before, 0);
+        f.restart();
+        // A new stream's continuation packets: not blanked, counters untouched.
+        let mut after = [ts(0x100, 9, None, false), ts(0x100, 10, None, false)].concat();
+        let original = after.clone();
+        f.packets(&mut after, 3 * TS as i64);
+        assert_eq!(after, original);
+        assert_eq!(f.blanked(0, 0), Some(3 * (TS - 4)));
+        assert_eq!((f.kept, f.blanked), (0, 1));
     }
 
     #[test]
