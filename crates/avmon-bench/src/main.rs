@@ -68,6 +68,10 @@ enum Cmd {
         /// transport. Below full, give `--slack` the keyframe interval (2 s here) for keyframes.
         #[arg(long, default_value = "full")]
         tier: String,
+        /// `check --keyframe-interval`: at keyframes, one keyframe decoded per this many
+        /// seconds at most (0: every keyframe). Give `--slack` the interval.
+        #[arg(long, default_value_t = 0.0)]
+        keyframe_interval: f64,
         /// Score avmon alone: do not run FFmpeg's filters (their columns show `–`). For the
         /// per-tier runs, where FFmpeg's side does not change.
         #[arg(long)]
@@ -195,6 +199,7 @@ fn main() -> Result<()> {
             json,
             slack,
             tier,
+            keyframe_interval,
             no_ffmpeg,
         } => {
             std::fs::create_dir_all(&dir)?;
@@ -202,6 +207,7 @@ fn main() -> Result<()> {
                 avmon,
                 ffmpeg,
                 tier,
+                keyframe_interval,
                 ffmpeg_filters: !no_ffmpeg,
             };
             let mut items = corpus::items(duration, quick);
@@ -215,7 +221,12 @@ fn main() -> Result<()> {
                 Vec::new()
             };
             let (text, raw) = report(&items, &results, &loudness, slack);
-            println!("avmon checked at tier {}\n\n{text}", tools.tier);
+            let interval = if tools.keyframe_interval > 0.0 {
+                format!(", keyframe interval {} s", tools.keyframe_interval)
+            } else {
+                String::new()
+            };
+            println!("avmon checked at tier {}{interval}\n\n{text}", tools.tier);
             if let Some(path) = json {
                 std::fs::write(&path, serde_json::to_string_pretty(&raw)?)?;
             }
@@ -229,6 +240,8 @@ struct Tools {
     ffmpeg: String,
     /// `check --tier`.
     tier: String,
+    /// `check --keyframe-interval`.
+    keyframe_interval: f64,
     /// Whether FFmpeg's own filters are run and scored too.
     ffmpeg_filters: bool,
 }
@@ -454,6 +467,8 @@ fn check(tools: &Tools, path: &Path) -> Result<Value> {
         "json",
         "--tier",
         &tools.tier,
+        "--keyframe-interval",
+        &tools.keyframe_interval.to_string(),
     ]))?;
     Ok(serde_json::from_slice(&out.stdout)?)
 }
