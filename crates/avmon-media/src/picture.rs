@@ -134,45 +134,57 @@ impl Capture {
         }
         let ow = self.pictures.width.min(w.max(2) & !1);
         let oh = ((u64::from(h) * u64::from(ow) / u64::from(w)).max(2) as u32) & !1;
-        // 8-bit 4:2:0, what nearly every stream decodes to: averaged here, plane by plane (a
-        // third of what swscale's bilinear scaler cost, and as smooth).
-        if matches!(format, Pixel::YUV420P | Pixel::YUVJ420P) {
-            let full = format == Pixel::YUVJ420P || f.color_range() == ff::util::color::Range::JPEG;
-            let mut data = self.pictures.take_buffer();
-            data.clear();
-            let (w, h, ow, oh) = (w as usize, h as usize, ow as usize, oh as usize);
-            for plane in 0..3 {
-                let (pw, ph, pow, poh) = match plane {
-                    0 => (w, h, ow, oh),
-                    _ => (w.div_ceil(2), h.div_ceil(2), ow.div_ceil(2), oh.div_ceil(2)),
-                };
-                let lut = match (full, plane) {
-                    (true, _) => &IDENTITY,
-                    (false, 0) => &LUMA_TO_FULL,
-                    (false, _) => &CHROMA_TO_FULL,
-                };
-                let src = Plane {
-                    data: f.data(plane),
-                    stride: f.stride(plane),
-                    width: pw,
-                    height: ph,
-                };
-                area_scale(&src, pow, poh, lut, &mut self.scratch, &mut data);
-            }
+        let data = if matches!(format, Pixel::YUV420P | Pixel::YUVJ420P) {
+            Some(self.average(f, ow as usize, oh as usize))
+        } else {
+            self.swscale(f, ow, oh)
+        };
+        if let Some(data) = data {
             self.pictures.push(Picture {
                 t,
-                width: ow as u32,
-                height: oh as u32,
+                width: ow,
+                height: oh,
                 data,
             });
-            return;
         }
-        let key = (format, w, h);
+    }
+
+    /// 8-bit 4:2:0, what nearly every stream decodes to: averaged here, plane by plane (half
+    /// of what swscale's bilinear scaler costs, and as smooth), into packed planes.
+    fn average(&mut self, f: &ff::frame::Video, ow: usize, oh: usize) -> Vec<u8> {
+        let full = f.format() == Pixel::YUVJ420P || f.color_range() == ff::util::color::Range::JPEG;
+        let (w, h) = (f.width() as usize, f.height() as usize);
+        let mut data = self.pictures.take_buffer();
+        data.clear();
+        for plane in 0..3 {
+            let (pw, ph, pow, poh) = match plane {
+                0 => (w, h, ow, oh),
+                _ => (w.div_ceil(2), h.div_ceil(2), ow.div_ceil(2), oh.div_ceil(2)),
+            };
+            let lut = match (full, plane) {
+                (true, _) => &IDENTITY,
+                (false, 0) => &LUMA_TO_FULL,
+                (false, _) => &CHROMA_TO_FULL,
+            };
+            let src = Plane {
+                data: f.data(plane),
+                stride: f.stride(plane),
+                width: pw,
+                height: ph,
+            };
+            area_scale(&src, pow, poh, lut, &mut self.scratch, &mut data);
+        }
+        data
+    }
+
+    /// Any other format, through swscale, into packed planes; `None` when it cannot.
+    fn swscale(&mut self, f: &ff::frame::Video, ow: u32, oh: u32) -> Option<Vec<u8>> {
+        let key = (f.format(), f.width(), f.height());
         if self.sws.as_ref().map(|s| s.2) != Some(key) {
             self.sws = ff::software::scaling::Context::get(
-                format,
-                w,
-                h,
+                key.0,
+                key.1,
+                key.2,
                 Pixel::YUVJ420P,
                 ow,
                 oh,
@@ -181,15 +193,12 @@ impl Capture {
             .ok()
             .map(|s| (s, ff::frame::Video::empty(), key));
         }
-        let Some((sws, out, _)) = self.sws.as_mut() else {
-            return;
-        };
-        if sws.run(f, out).is_err() {
-            return;
-        }
+        let (sws, out, _) = self.sws.as_mut()?;
+        sws.run(f, out).ok()?;
+        // Taken only now: a buffer taken is the oldest picture let go.
         let mut data = self.pictures.take_buffer();
         data.clear();
-        let (ow, oh) = (out.width() as usize, out.height() as usize);
+        let (ow, oh) = (ow as usize, oh as usize);
         let dims = [
             (ow, oh),
             (ow.div_ceil(2), oh.div_ceil(2)),
@@ -202,12 +211,7 @@ impl Capture {
                 data.extend_from_slice(&src[y * stride..y * stride + pw]);
             }
         }
-        self.pictures.push(Picture {
-            t,
-            width: ow as u32,
-            height: oh as u32,
-            data,
-        });
+        Some(data)
     }
 }
 
