@@ -31,6 +31,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use avmon_core::Tier;
 use ffmpeg_next::ffi;
 use libc::{c_int, c_void};
 use socket2::{Domain, Protocol, Socket, Type};
@@ -106,10 +107,12 @@ pub trait ByteSource {
     }
     /// Under the CPU scheduler, how long to let input gather before reading again once
     /// [`ByteSource::ready`] says everything waiting has been read: what comes meanwhile is
-    /// read in one turn ([`INPUT_LINGER`] suits most). A reader whose source drops what is not
-    /// read in time (a socket's buffer) says less; one that cannot tell whether it is ready,
-    /// nothing (the default).
-    fn linger(&self) -> Duration {
+    /// read in one turn. `want` is the stream's choice for its tier ([`linger_for`]); a
+    /// reader whose source keeps what is not read yet says `want`. One whose source drops what
+    /// is not read in time (a socket's buffer) says less; one that cannot tell whether it is
+    /// ready, nothing (the default).
+    fn linger(&self, want: Duration) -> Duration {
+        let _ = want;
         Duration::ZERO
     }
 }
@@ -261,8 +264,10 @@ impl Drop for Prefetch {
 }
 
 impl ByteSource for Prefetch {
-    fn linger(&self) -> Duration {
-        INPUT_LINGER
+    /// The reader thread queues up to [`PREFETCH_CHUNKS`] chunks meanwhile, and its source
+    /// waits when the queue is full: nothing is lost by lingering.
+    fn linger(&self, want: Duration) -> Duration {
+        want
     }
 
     fn ready(&mut self) -> bool {
@@ -661,15 +666,15 @@ impl ByteSource for UdpReader {
     fn ready(&mut self) -> bool {
         self.pos < self.end || self.take_waiting()
     }
-    /// [`INPUT_LINGER`], or less when the datagrams that come meanwhile would fill more than a
-    /// quarter of the socket's receive buffer (a fast stream on a host that left
-    /// `net.core.rmem_max` at its default); [`UNMEASURED_LINGER`] until the rate is known.
-    fn linger(&self) -> Duration {
+    /// `want`, or less when the datagrams that come meanwhile would fill more than a quarter
+    /// of the socket's receive buffer (a fast stream on a host that left `net.core.rmem_max` at
+    /// its default); [`UNMEASURED_LINGER`] until the rate is known.
+    fn linger(&self, want: Duration) -> Duration {
         if self.rate <= 0.0 {
-            return UNMEASURED_LINGER;
+            return UNMEASURED_LINGER.min(want);
         }
         let fits = self.rcvbuf as f64 / DATAGRAM_TRUESIZE as f64;
-        INPUT_LINGER.min(Duration::from_secs_f64(fits / 4.0 / self.rate))
+        want.min(Duration::from_secs_f64(fits / 4.0 / self.rate))
     }
     /// Waits for one datagram when none is pending, then fills `buf` with every datagram
     /// already waiting: one demuxer read and one tap call per batch, not per datagram.
@@ -891,6 +896,8 @@ pub(crate) struct IoState {
     held: Vec<u8>,
     /// Bytes handed to the demuxer so far: the input position of the next read's first byte.
     handed: i64,
+    /// How long to let input gather between turns, for the tier ([`linger_for`]).
+    pub(crate) linger: Duration,
 }
 
 impl IoState {
@@ -908,6 +915,7 @@ impl IoState {
             synced: false,
             held: Vec::new(),
             handed: 0,
+            linger: INPUT_LINGER,
         })
     }
 
@@ -989,11 +997,25 @@ impl IoState {
 const IO_BUFFER: usize = 64 * 1024;
 
 /// How long a stream under the CPU scheduler that has read all its input waits before it reads
-/// again ([`ByteSource::linger`]): the input that gathers meanwhile is taken in one turn. Waking
-/// per datagram (a 5 Mbit/s stream sends 475 a second), a hundred light streams spent most of
-/// their CPU switching threads; this wakes each 20 times a second. The data waits at most this
-/// long more, which is little next to the seconds an alert needs.
+/// again ([`ByteSource::linger`]) at `full` and `reference`: the input that gathers meanwhile
+/// is taken in one turn. Waking per datagram (a 5 Mbit/s stream sends 475 a second), a hundred
+/// light streams spent most of their CPU switching threads; this wakes each 20 times a second.
+/// The data waits at most this long more, which is little next to the seconds an alert needs.
 pub const INPUT_LINGER: Duration = Duration::from_millis(50);
+
+/// The linger at `keyframes` and `transport`, the tiers that trade detail for cost: there
+/// the fixed cost of each turn (two thread switches, a demuxer call) is a large share of the
+/// stream's, and a tier that judges pictures seconds apart loses nothing by hearing of its
+/// audio 0.2 s later. Five turns a second instead of twenty.
+pub const REDUCED_LINGER: Duration = Duration::from_millis(200);
+
+/// The linger a stream at `tier` asks its reader for ([`ByteSource::linger`]).
+pub fn linger_for(tier: Tier) -> Duration {
+    match tier {
+        Tier::Full | Tier::Reference => INPUT_LINGER,
+        Tier::Keyframes | Tier::Transport => REDUCED_LINGER,
+    }
+}
 
 /// The custom I/O context: owns the AVIOContext and its buffer, frees them on drop (after the
 /// format context that uses it is closed: field order in `Input`).
@@ -1054,7 +1076,7 @@ extern "C" fn read_packet(opaque: *mut c_void, buf: *mut u8, size: c_int) -> c_i
         let into = &mut buf[held..];
         let read = match &state.cpu {
             Some(cpu) if cpu.held() && !state.reader.ready() => cpu.blocking(|| {
-                let linger = state.reader.linger();
+                let linger = state.reader.linger(state.linger);
                 if !linger.is_zero() {
                     std::thread::sleep(linger);
                 }

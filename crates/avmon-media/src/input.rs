@@ -813,6 +813,7 @@ impl Input {
         // In `keyframes`, a TS input's inter-coded pictures are blanked before the demuxer
         // (see `keyfilter`): it gathers and parses only the keyframes.
         if let Some(io) = self.io_state.as_mut() {
+            io.linger = crate::ingest::linger_for(tier);
             io.filter_video(match &self.video {
                 Some(v) if tier == Tier::Keyframes && self.info.format == "mpegts" => {
                     filtered_video(&self.ctx, v.index)

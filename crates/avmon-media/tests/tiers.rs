@@ -218,3 +218,67 @@ fn a_keyframe_interval_decodes_one_keyframe_per_interval_and_only_in_keyframes()
     // Other tiers ignore it.
     assert_eq!(with_interval(Tier::Full, 3.0).video.len(), 300);
 }
+
+/// A file's bytes in small reads that never say they are ready, so that under the scheduler
+/// each read asks how long to linger; it records what it was asked for and lingers not at all.
+struct Asked {
+    bytes: Vec<u8>,
+    pos: usize,
+    wants: Arc<std::sync::Mutex<Vec<std::time::Duration>>>,
+}
+
+impl avmon_media::ByteSource for Asked {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = buf.len().min(4096).min(self.bytes.len() - self.pos);
+        buf[..n].copy_from_slice(&self.bytes[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+    fn linger(&self, want: std::time::Duration) -> std::time::Duration {
+        self.wants.lock().unwrap().push(want);
+        std::time::Duration::ZERO
+    }
+}
+
+#[test]
+fn a_stream_lingers_longer_between_reads_at_the_reduced_tiers() {
+    use avmon_media::ingest::{INPUT_LINGER, REDUCED_LINGER};
+    let dir = tempfile::tempdir().unwrap();
+    let path = make(&dir, 10.0, 1.0);
+    let sched = avmon_core::sched::Scheduler::new(1, std::time::Duration::from_millis(10));
+    let wants = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let control = TierControl::new(Tier::Full);
+    let opts = OpenOptions {
+        tier: control.clone(),
+        cpu: Some(sched.slot()),
+        ..OpenOptions::default()
+    };
+    let reader = Asked {
+        bytes: std::fs::read(&path).unwrap(),
+        pos: 0,
+        wants: wants.clone(),
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut input =
+        Input::open_source("asked", Box::new(reader), Some("mpegts"), &opts, stop).unwrap();
+    let mut sink = Frames {
+        video: Vec::new(),
+        packets: Vec::new(),
+        filtered: None,
+        audio: 0,
+        tiers: Vec::new(),
+        control,
+        switch: Some((5.0, Tier::Keyframes)),
+    };
+    input.run(&mut MediaClock::new(), &mut sink).unwrap();
+    let wants = wants.lock().unwrap();
+    // 50 ms at `full` until the switch, 200 ms at `keyframes` after it.
+    let full = wants.iter().take_while(|w| **w == INPUT_LINGER).count();
+    assert!(full >= 5, "{wants:?}");
+    assert!(wants.len() - full >= 5, "{wants:?}");
+    assert!(
+        wants[full..].iter().all(|w| *w == REDUCED_LINGER),
+        "{wants:?}"
+    );
+    assert_eq!(sink.tiers.last().map(|t| t.1), Some(Tier::Keyframes));
+}

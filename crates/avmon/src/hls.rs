@@ -155,8 +155,8 @@ impl SegmentSource {
 }
 
 impl ByteSource for SegmentSource {
-    fn linger(&self) -> std::time::Duration {
-        avmon_media::ingest::INPUT_LINGER
+    fn linger(&self, want: std::time::Duration) -> std::time::Duration {
+        want
     }
 
     fn ready(&mut self) -> bool {
