@@ -432,8 +432,11 @@ struct UdpReader {
     rtp: bool,
     waits: Waits,
     tap: Option<crate::Tap>,
-    datagram: Vec<u8>,
-    /// Payload of the current datagram not handed out yet: `datagram[pos..end]`.
+    /// The datagrams of the last receive.
+    batch: Datagrams,
+    /// The next of them to take.
+    next: usize,
+    /// Payload of the current datagram not handed out yet: `batch.bytes[pos..end]`.
     pos: usize,
     end: usize,
     /// Last RTP sequence number seen.
@@ -519,7 +522,8 @@ impl UdpReader {
             rtp,
             waits,
             tap,
-            datagram: vec![0; MAX_DATAGRAM],
+            batch: Datagrams::new().map_err(|e| format!("receive buffer: {e}"))?,
+            next: 0,
             pos: 0,
             end: 0,
             last_seq: None,
@@ -533,28 +537,28 @@ impl UdpReader {
         })
     }
 
-    /// One `recvmsg` into `datagram` (`MSG_DONTWAIT` when `wait` is false), noting the
-    /// datagram's age and the socket's drops for the scheduler when asked for them.
-    fn recv_one(&mut self, wait: bool) -> io::Result<usize> {
-        let Some(cpu) = &self.cpu else {
-            // SAFETY: `recv` only writes initialised bytes into the buffer; viewing our
-            // initialised Vec<u8> as MaybeUninit<u8> is sound.
-            let buf = unsafe {
-                &mut *(self.datagram.as_mut_slice() as *mut [u8]
-                    as *mut [std::mem::MaybeUninit<u8>])
-            };
-            let flags = if wait { 0 } else { libc::MSG_DONTWAIT };
-            return self.socket.recv_with_flags(buf, flags);
-        };
-        let (n, arrival) = recv_with_arrival(&self.socket, &mut self.datagram, wait)?;
-        if let Some((at, drops)) = arrival {
-            cpu.note_arrival(age_of(at), drops);
+    /// Receive every datagram waiting, up to a batch, without blocking when `wait` is false
+    /// and else waiting for the first; notes the oldest one's age and the socket's drops for
+    /// the scheduler when asked for them.
+    fn recv_batch(&mut self, wait: bool) -> io::Result<()> {
+        self.next = 0;
+        let n = self.batch.recv(&self.socket, wait)?;
+        if let Some(cpu) = &self.cpu {
+            if let Some(at) = self.batch.arrival[..n].iter().find_map(|a| a.at) {
+                let drops = self.batch.arrival[..n].iter().rev().find_map(|a| a.drops);
+                cpu.note_arrival(age_of(at), drops);
+            }
         }
-        Ok(n)
+        Ok(())
     }
 
-    /// Take a received datagram of `n` bytes; false when it carries no payload.
-    fn accept(&mut self, n: usize) -> bool {
+    /// Take the next received datagram; false when there is none left or it carries no
+    /// payload.
+    fn accept(&mut self) -> bool {
+        let Some(range) = self.batch.datagram(self.next) else {
+            return false;
+        };
+        self.next += 1;
         self.last_data = Instant::now();
         self.got_data = true;
         self.rate_count += 1;
@@ -565,25 +569,30 @@ impl UdpReader {
             self.rate_since = self.last_data;
         }
         let (start, end) = if self.rtp {
-            match rtp_payload(&self.datagram[..n]) {
+            match rtp_payload(&self.batch.bytes[range.clone()]) {
                 Some((seq, start, end)) => {
                     self.count_seq(seq);
-                    (start, end)
+                    (range.start + start, range.start + end)
                 }
                 // Not RTP (raw TS sent to an rtp:// port): take it whole.
-                None => (0, n),
+                None => (range.start, range.end),
             }
         } else {
-            (0, n)
+            (range.start, range.end)
         };
         self.pos = start;
         self.end = end;
         start < end
     }
 
-    /// Receive the next datagram into `datagram[pos..end]` (its payload, for RTP).
+    /// Make the next datagram with a payload current (`batch.bytes[pos..end]`), waiting for it.
     fn receive(&mut self) -> io::Result<()> {
         loop {
+            while self.next < self.batch.len {
+                if self.accept() {
+                    return Ok(());
+                }
+            }
             if self.waits.stop.load(Ordering::Relaxed) {
                 return Err(io::ErrorKind::Interrupted.into());
             }
@@ -595,18 +604,15 @@ impl UdpReader {
             if self.last_data.elapsed() >= limit {
                 return Err(io::ErrorKind::TimedOut.into());
             }
-            match self.recv_one(true) {
-                Ok(n) => {
-                    if self.accept(n) {
-                        return Ok(());
-                    }
-                }
+            match self.recv_batch(true) {
+                Ok(()) => {}
                 Err(e)
                     if matches!(
                         e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                        io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                            | io::ErrorKind::Interrupted
                     ) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
         }
@@ -653,10 +659,13 @@ impl UdpReader {
     /// there is none.
     fn take_waiting(&mut self) -> bool {
         loop {
-            match self.recv_one(false) {
-                Ok(n) if self.accept(n) => return true,
-                Ok(_) => continue,
-                Err(_) => return false,
+            while self.next < self.batch.len {
+                if self.accept() {
+                    return true;
+                }
+            }
+            if self.recv_batch(false).is_err() {
+                return false;
             }
         }
     }
@@ -685,7 +694,7 @@ impl ByteSource for UdpReader {
         let mut filled = 0;
         loop {
             let n = (buf.len() - filled).min(self.end - self.pos);
-            buf[filled..filled + n].copy_from_slice(&self.datagram[self.pos..self.pos + n]);
+            buf[filled..filled + n].copy_from_slice(&self.batch.bytes[self.pos..self.pos + n]);
             self.pos += n;
             filled += n;
             if filled == buf.len() || !self.take_waiting() {
@@ -696,7 +705,7 @@ impl ByteSource for UdpReader {
 }
 
 /// Ask the kernel for each datagram's receive time (`SO_TIMESTAMPNS`) and the socket's count of
-/// dropped datagrams (`SO_RXQ_OVFL`) with every `recvmsg`. Best effort: without them the
+/// dropped datagrams (`SO_RXQ_OVFL`) with every datagram received. Best effort: without them the
 /// reader works the same, only unmeasured.
 fn enable_arrival_info(socket: &Socket) {
     use std::os::fd::AsRawFd;
@@ -718,65 +727,178 @@ fn enable_arrival_info(socket: &Socket) {
     }
 }
 
-/// A datagram's kernel receive time, and its socket's drop count when the kernel gave it.
-type Arrival = (libc::timespec, Option<u64>);
+/// Datagrams taken by one `recvmmsg`.
+const BATCH: usize = 16;
 
-/// `recvmsg` one datagram into `buf`, with its [`Arrival`] when the kernel gave it.
-fn recv_with_arrival(
-    socket: &Socket,
-    buf: &mut [u8],
-    wait: bool,
-) -> io::Result<(usize, Option<Arrival>)> {
-    use std::os::fd::AsRawFd;
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr() as *mut c_void,
-        iov_len: buf.len(),
-    };
-    // Room for a timespec and a u32, with headers and alignment (u64 aligns the buffer).
-    let mut control = [0u64; 16];
-    // SAFETY: a zeroed msghdr is valid; the pointers set below outlive the call.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr() as *mut c_void;
-    msg.msg_controllen = std::mem::size_of_val(&control) as _;
-    let flags = if wait { 0 } else { libc::MSG_DONTWAIT };
-    // The system call itself, not glibc's `recvmsg`: that wrapper is a thread cancellation
-    // point, and entering and leaving asynchronous cancellation around each call (atomics on
-    // the thread's state) cost two thirds as much as the kernel's copy of the datagram (2 % of
-    // 100 streams' CPU at `keyframes`). avmon never cancels threads.
-    // SAFETY: `msg` points to our buffers, of the sizes given.
-    let n = unsafe {
-        libc::syscall(
-            libc::SYS_recvmsg,
-            socket.as_raw_fd(),
-            &mut msg as *mut libc::msghdr,
-            flags,
-        )
-    };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
+/// What the kernel said with a datagram, when asked ([`enable_arrival_info`]): when it arrived,
+/// and how many datagrams the socket had dropped by then.
+#[derive(Clone, Copy, Default)]
+struct Arrival {
+    at: Option<libc::timespec>,
+    drops: Option<u64>,
+}
+
+/// Room for up to [`BATCH`] datagrams of any size, received in one `recvmmsg`. Each has a
+/// whole [`MAX_DATAGRAM`] slot, so none is ever truncated; only the pages that datagrams touch
+/// are resident ([`Lazy`]): 16 pages for 1316-byte datagrams, not 1 MiB.
+struct Datagrams {
+    bytes: Lazy,
+    lens: [usize; BATCH],
+    arrival: [Arrival; BATCH],
+    /// Datagrams received by the last call.
+    len: usize,
+    /// Room for a timespec and a u32 per datagram, with headers and alignment (u64 aligns).
+    control: Box<[[u64; 16]; BATCH]>,
+}
+
+impl Datagrams {
+    fn new() -> io::Result<Self> {
+        Ok(Datagrams {
+            bytes: Lazy::new(BATCH * MAX_DATAGRAM)?,
+            lens: [0; BATCH],
+            arrival: [Arrival::default(); BATCH],
+            len: 0,
+            control: Box::new([[0; 16]; BATCH]),
+        })
     }
-    let (mut at, mut drops) = (None, None);
+
+    /// Where datagram `i` of the last receive lies in `bytes`.
+    fn datagram(&self, i: usize) -> Option<std::ops::Range<usize>> {
+        (i < self.len).then(|| i * MAX_DATAGRAM..i * MAX_DATAGRAM + self.lens[i])
+    }
+
+    /// `recvmmsg` as many datagrams as are waiting, up to [`BATCH`]: without blocking when
+    /// `wait` is false, else waiting for the first (for as long as the socket's
+    /// `SO_RCVTIMEO`). Returns how many; `WouldBlock` when there was none.
+    fn recv(&mut self, socket: &Socket, wait: bool) -> io::Result<usize> {
+        use std::os::fd::AsRawFd;
+        self.len = 0;
+        let base = self.bytes.as_mut_ptr();
+        let mut iovs: [libc::iovec; BATCH] = std::array::from_fn(|i| libc::iovec {
+            // SAFETY: slot `i` lies inside `bytes` (BATCH slots of MAX_DATAGRAM bytes).
+            iov_base: unsafe { base.add(i * MAX_DATAGRAM) } as *mut c_void,
+            iov_len: MAX_DATAGRAM,
+        });
+        // SAFETY: a zeroed mmsghdr is valid; the pointers set below outlive the call.
+        let mut msgs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+        for (i, (m, c)) in msgs.iter_mut().zip(self.control.iter_mut()).enumerate() {
+            m.msg_hdr.msg_iov = &mut iovs[i];
+            m.msg_hdr.msg_iovlen = 1;
+            m.msg_hdr.msg_control = c.as_mut_ptr() as *mut c_void;
+            m.msg_hdr.msg_controllen = std::mem::size_of_val(c) as _;
+        }
+        let flags = if wait {
+            libc::MSG_WAITFORONE
+        } else {
+            libc::MSG_DONTWAIT
+        };
+        // One system call for every datagram waiting, not one each: at 475 datagrams a second
+        // per 5 Mbit/s stream, entering the kernel was a large share of a light stream's CPU.
+        // The system call itself, not glibc's wrapper: that is a thread cancellation point,
+        // and entering and leaving asynchronous cancellation around each call (atomics on the
+        // thread's state) cost 2 % of 100 streams' CPU at `keyframes`. avmon never cancels
+        // threads.
+        // SAFETY: `msgs` points to our buffers, of the sizes given.
+        let n = unsafe {
+            libc::syscall(
+                libc::SYS_recvmmsg,
+                socket.as_raw_fd(),
+                msgs.as_mut_ptr(),
+                BATCH as libc::c_uint,
+                flags,
+                ptr::null_mut::<libc::timespec>(),
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let n = n as usize;
+        for (i, m) in msgs[..n].iter().enumerate() {
+            self.lens[i] = (m.msg_len as usize).min(MAX_DATAGRAM);
+            self.arrival[i] = arrival_of(&m.msg_hdr);
+        }
+        self.len = n;
+        Ok(n)
+    }
+}
+
+/// Zeroed bytes mapped straight from the kernel, so that a page is made resident only when
+/// first written (an allocator may hand out, and clear, memory that is resident already).
+struct Lazy {
+    ptr: *mut u8,
+    len: usize,
+}
+
+// SAFETY: `Lazy` owns its mapping outright, like a `Vec<u8>`.
+unsafe impl Send for Lazy {}
+
+impl Lazy {
+    fn new(len: usize) -> io::Result<Self> {
+        // SAFETY: a fresh private anonymous mapping, owned by the value returned.
+        let p = unsafe {
+            libc::mmap(
+                ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Lazy {
+            ptr: p as *mut u8,
+            len,
+        })
+    }
+}
+
+impl std::ops::Deref for Lazy {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // SAFETY: `len` mapped, zero-initialised bytes.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+impl std::ops::DerefMut for Lazy {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as above, and `&mut self` makes the access unique.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
+}
+
+impl Drop for Lazy {
+    fn drop(&mut self) {
+        // SAFETY: our own mapping, unmapped once.
+        unsafe { libc::munmap(self.ptr as *mut c_void, self.len) };
+    }
+}
+
+/// The arrival time and drop count the kernel wrote in a received message's control data.
+fn arrival_of(msg: &libc::msghdr) -> Arrival {
+    let mut a = Arrival::default();
     // SAFETY: walking the control messages the kernel wrote, with libc's CMSG macros, inside
     // `msg_controllen`; each payload is read unaligned.
     unsafe {
-        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        let mut c = libc::CMSG_FIRSTHDR(msg);
         while !c.is_null() {
             let h = &*c;
             if h.cmsg_level == libc::SOL_SOCKET && h.cmsg_type == libc::SCM_TIMESTAMPNS {
-                at = Some(std::ptr::read_unaligned(
+                a.at = Some(std::ptr::read_unaligned(
                     libc::CMSG_DATA(c) as *const libc::timespec
                 ));
             } else if h.cmsg_level == libc::SOL_SOCKET && h.cmsg_type == libc::SO_RXQ_OVFL {
-                drops = Some(u64::from(std::ptr::read_unaligned(
+                a.drops = Some(u64::from(std::ptr::read_unaligned(
                     libc::CMSG_DATA(c) as *const u32
                 )));
             }
-            c = libc::CMSG_NXTHDR(&msg, c);
+            c = libc::CMSG_NXTHDR(msg, c);
         }
     }
-    Ok((n as usize, at.map(|t| (t, drops))))
+    a
 }
 
 /// How long ago the kernel received a datagram stamped `at` (`CLOCK_REALTIME`).
@@ -1173,6 +1295,101 @@ mod tests {
         assert_eq!(rtp_payload(&[0x80, 33, 0]), None, "too short");
         let bad = [0xA0, 33, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0xFF];
         assert_eq!(rtp_payload(&bad), None, "padding longer than the packet");
+    }
+
+    /// A reader on a free loopback port, and a socket that sends to it.
+    fn reader(rtp: bool, cpu: Option<avmon_core::sched::Slot>) -> (UdpReader, std::net::UdpSocket) {
+        let port = std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let waits = Waits {
+            stop: Arc::new(AtomicBool::new(false)),
+            first: Duration::from_secs(5),
+            io: Duration::from_secs(5),
+        };
+        let scheme = if rtp { "rtp" } else { "udp" };
+        let url = format!("{scheme}://127.0.0.1:{port}");
+        let r = UdpReader::open(&url, rtp, waits, None, cpu).unwrap();
+        let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        tx.connect(("127.0.0.1", port)).unwrap();
+        (r, tx)
+    }
+
+    /// Everything `r` reads until `want` bytes came, in reads of at most `chunk` bytes.
+    fn read_all(r: &mut UdpReader, want: usize, chunk: usize) -> Vec<u8> {
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; chunk];
+        while got.len() < want {
+            let n = r.read(&mut buf).unwrap();
+            got.extend_from_slice(&buf[..n]);
+        }
+        got
+    }
+
+    #[test]
+    fn datagrams_of_any_size_come_whole_and_in_order_across_batches() {
+        let sched = avmon_core::sched::Scheduler::new(1, Duration::from_millis(10));
+        for cpu in [None, Some(sched.slot())] {
+            let (mut r, tx) = reader(false, cpu.clone());
+            // More than two batches' worth, of sizes from one byte to the largest IPv4 UDP
+            // payload (one, so that all fit a default receive buffer), each datagram filled
+            // with its own number.
+            let sizes: Vec<usize> = (0..40)
+                .map(|i| {
+                    if i == 7 {
+                        65_507
+                    } else {
+                        [1316, 1, 188, 4000][i % 4]
+                    }
+                })
+                .collect();
+            let mut sent = Vec::new();
+            for (i, &n) in sizes.iter().enumerate() {
+                let d = vec![i as u8; n];
+                tx.send(&d).unwrap();
+                sent.extend_from_slice(&d);
+            }
+            let got = read_all(&mut r, sent.len(), 64 * 1024);
+            assert_eq!(got.len(), sent.len());
+            assert!(got == sent, "bytes differ (cpu: {})", cpu.is_some());
+            if let Some(c) = &cpu {
+                assert!(c.input_age_s() >= 0.0);
+                assert_eq!(c.input_drops(), 0);
+            }
+        }
+    }
+
+    #[test]
+    fn rtp_payloads_are_read_across_batches_and_losses_counted() {
+        let (mut r, tx) = reader(true, None);
+        let lost = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        struct Loss(Arc<std::sync::atomic::AtomicU64>);
+        impl ByteTap for Loss {
+            fn on_bytes(&self, _: &[u8]) {}
+            fn on_rtp_loss(&self, n: u64) {
+                self.0.fetch_add(n, Ordering::Relaxed);
+            }
+        }
+        r.tap = Some(crate::Tap(Arc::new(Loss(lost.clone()))));
+        let mut sent = Vec::new();
+        for seq in (0u16..40).filter(|s| *s != 17 && *s != 18) {
+            let mut d = vec![0x80, 33];
+            d.extend(seq.to_be_bytes());
+            d.extend([0; 8]);
+            let payload = vec![seq as u8; 188 * 7];
+            d.extend(&payload);
+            tx.send(&d).unwrap();
+            sent.extend(payload);
+        }
+        let got = read_all(&mut r, sent.len(), 1000);
+        assert!(got == sent, "payloads differ");
+        assert_eq!(
+            lost.load(Ordering::Relaxed),
+            2,
+            "datagrams 17 and 18 missing"
+        );
     }
 
     #[test]
