@@ -187,6 +187,15 @@ enum Command {
     },
 }
 
+/// mimalloc, for Rust and, through its `override` feature, for the whole process: FFmpeg's
+/// `av_malloc` is `posix_memalign`, which glibc 2.36 serves without its per-thread cache, and
+/// every demuxed packet, parsed picture and decoded frame allocates a few times. With a hundred
+/// light streams (5 Mbit/s at `keyframes`) glibc's allocator was 8 % of avmon's samples;
+/// mimalloc made the same streams 8–10 % cheaper, side by side, and kept the memory per
+/// 1080p stream at 34.5 MiB (33.7 with glibc). Its version 2: version 3 took 59 MiB.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_level = match cli.command {
