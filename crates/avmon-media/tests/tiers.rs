@@ -22,6 +22,20 @@ struct Frames {
     switch: Option<(f64, Tier)>,
 }
 
+impl Frames {
+    fn new(control: TierControl, switch: Option<(f64, Tier)>) -> Frames {
+        Frames {
+            video: Vec::new(),
+            packets: Vec::new(),
+            filtered: None,
+            audio: 0,
+            tiers: Vec::new(),
+            control,
+            switch,
+        }
+    }
+}
+
 impl FrameSink for Frames {
     fn on_packet(&mut self, t: f64, bytes: usize) {
         self.packets.push((t, bytes));
@@ -59,15 +73,7 @@ fn decode_sparse(
         ..OpenOptions::default()
     };
     let mut input = Input::open(path, &opts, Arc::new(AtomicBool::new(false))).unwrap();
-    let mut sink = Frames {
-        video: Vec::new(),
-        packets: Vec::new(),
-        filtered: None,
-        audio: 0,
-        tiers: Vec::new(),
-        control,
-        switch,
-    };
+    let mut sink = Frames::new(control, switch);
     input.run(&mut MediaClock::new(), &mut sink).unwrap();
     sink.filtered = input.key_filter_counts();
     sink
@@ -261,15 +267,7 @@ fn a_stream_lingers_longer_between_reads_at_the_reduced_tiers() {
     let stop = Arc::new(AtomicBool::new(false));
     let mut input =
         Input::open_source("asked", Box::new(reader), Some("mpegts"), &opts, stop).unwrap();
-    let mut sink = Frames {
-        video: Vec::new(),
-        packets: Vec::new(),
-        filtered: None,
-        audio: 0,
-        tiers: Vec::new(),
-        control,
-        switch: Some((5.0, Tier::Keyframes)),
-    };
+    let mut sink = Frames::new(control, Some((5.0, Tier::Keyframes)));
     input.run(&mut MediaClock::new(), &mut sink).unwrap();
     let wants = wants.lock().unwrap();
     // 50 ms at `full` until the switch, 200 ms at `keyframes` after it.
