@@ -111,8 +111,7 @@ pub trait ByteSource {
     /// reader whose source keeps what is not read yet says `want`. One whose source drops what
     /// is not read in time (a socket's buffer) says less; one that cannot tell whether it is
     /// ready, nothing (the default).
-    fn linger(&self, want: Duration) -> Duration {
-        let _ = want;
+    fn linger(&self, _want: Duration) -> Duration {
         Duration::ZERO
     }
 }
@@ -543,31 +542,36 @@ impl UdpReader {
     fn recv_batch(&mut self, wait: bool) -> io::Result<()> {
         self.next = 0;
         let n = self.batch.recv(&self.socket, wait)?;
-        if let Some(cpu) = &self.cpu {
-            if let Some(at) = self.batch.arrival[..n].iter().find_map(|a| a.at) {
-                let drops = self.batch.arrival[..n].iter().rev().find_map(|a| a.drops);
-                cpu.note_arrival(age_of(at), drops);
-            }
-        }
-        Ok(())
-    }
-
-    /// Take the next received datagram; false when there is none left or it carries no
-    /// payload.
-    fn accept(&mut self) -> bool {
-        let Some(range) = self.batch.datagram(self.next) else {
-            return false;
-        };
-        self.next += 1;
+        // The clock and the rate once per batch, not per datagram.
         self.last_data = Instant::now();
         self.got_data = true;
-        self.rate_count += 1;
+        self.rate_count += n as u32;
         let span = self.last_data.duration_since(self.rate_since);
         if span >= RATE_WINDOW {
             self.rate = f64::from(self.rate_count) / span.as_secs_f64();
             self.rate_count = 0;
             self.rate_since = self.last_data;
         }
+        if let (Some(cpu), Some(at)) = (&self.cpu, self.batch.arrival.at) {
+            cpu.note_arrival(age_of(at), self.batch.arrival.drops);
+        }
+        Ok(())
+    }
+
+    /// Make the next received datagram that carries a payload current
+    /// (`batch.bytes[pos..end]`); false when the batch has none left.
+    fn take_next(&mut self) -> bool {
+        while let Some(range) = self.batch.datagram(self.next) {
+            self.next += 1;
+            if self.accept(range) {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Take the received datagram at `range` of the batch; false when it carries no payload.
+    fn accept(&mut self, range: std::ops::Range<usize>) -> bool {
         let (start, end) = if self.rtp {
             match rtp_payload(&self.batch.bytes[range.clone()]) {
                 Some((seq, start, end)) => {
@@ -588,10 +592,8 @@ impl UdpReader {
     /// Make the next datagram with a payload current (`batch.bytes[pos..end]`), waiting for it.
     fn receive(&mut self) -> io::Result<()> {
         loop {
-            while self.next < self.batch.len {
-                if self.accept() {
-                    return Ok(());
-                }
+            if self.take_next() {
+                return Ok(());
             }
             if self.waits.stop.load(Ordering::Relaxed) {
                 return Err(io::ErrorKind::Interrupted.into());
@@ -659,10 +661,8 @@ impl UdpReader {
     /// there is none.
     fn take_waiting(&mut self) -> bool {
         loop {
-            while self.next < self.batch.len {
-                if self.accept() {
-                    return true;
-                }
+            if self.take_next() {
+                return true;
             }
             if self.recv_batch(false).is_err() {
                 return false;
@@ -730,8 +730,8 @@ fn enable_arrival_info(socket: &Socket) {
 /// Datagrams taken by one `recvmmsg`.
 const BATCH: usize = 16;
 
-/// What the kernel said with a datagram, when asked ([`enable_arrival_info`]): when it arrived,
-/// and how many datagrams the socket had dropped by then.
+/// What the kernel said with a batch of datagrams, when asked ([`enable_arrival_info`]): when
+/// the oldest arrived, and how many datagrams the socket had dropped by the newest.
 #[derive(Clone, Copy, Default)]
 struct Arrival {
     at: Option<libc::timespec>,
@@ -744,7 +744,8 @@ struct Arrival {
 struct Datagrams {
     bytes: Lazy,
     lens: [usize; BATCH],
-    arrival: [Arrival; BATCH],
+    /// Of the last receive.
+    arrival: Arrival,
     /// Datagrams received by the last call.
     len: usize,
     /// Room for a timespec and a u32 per datagram, with headers and alignment (u64 aligns).
@@ -756,7 +757,7 @@ impl Datagrams {
         Ok(Datagrams {
             bytes: Lazy::new(BATCH * MAX_DATAGRAM)?,
             lens: [0; BATCH],
-            arrival: [Arrival::default(); BATCH],
+            arrival: Arrival::default(),
             len: 0,
             control: Box::new([[0; 16]; BATCH]),
         })
@@ -813,9 +814,12 @@ impl Datagrams {
             return Err(io::Error::last_os_error());
         }
         let n = n as usize;
+        self.arrival = Arrival::default();
         for (i, m) in msgs[..n].iter().enumerate() {
             self.lens[i] = (m.msg_len as usize).min(MAX_DATAGRAM);
-            self.arrival[i] = arrival_of(&m.msg_hdr);
+            let a = arrival_of(&m.msg_hdr);
+            self.arrival.at = self.arrival.at.or(a.at);
+            self.arrival.drops = a.drops.or(self.arrival.drops);
         }
         self.len = n;
         Ok(n)
@@ -877,7 +881,7 @@ impl Drop for Lazy {
     }
 }
 
-/// The arrival time and drop count the kernel wrote in a received message's control data.
+/// The arrival time and drop count the kernel wrote in one received message's control data.
 fn arrival_of(msg: &libc::msghdr) -> Arrival {
     let mut a = Arrival::default();
     // SAFETY: walking the control messages the kernel wrote, with libc's CMSG macros, inside
