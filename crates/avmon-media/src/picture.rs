@@ -313,25 +313,23 @@ fn area_scale(
                 .extend((0..=widest as u32).map(|c| (1 << 16) / (rows * c.max(1))));
         }
         let inverse = &scratch.inverse;
+        // One output sample: the mean of the column sums it covers, mapped by the table.
+        let sample = |cols: &[u16]| {
+            let sum: u32 = cols.iter().map(|&s| u32::from(s)).sum();
+            lut[((sum * inverse[cols.len()] + (1 << 15)) >> 16).min(255) as usize]
+        };
         if w % ow == 0 {
             // Every area is `w / ow` columns wide (720p or 1080p to 320 wide): in fixed
-            // chunks, which the compiler unrolls, rather than a span per sample.
-            let k = w / ow;
-            let inv = inverse[k];
-            out.extend(sums.chunks_exact(k).map(|c| {
-                let sum: u32 = c.iter().map(|&s| u32::from(s)).sum();
-                lut[((sum * inv + (1 << 15)) >> 16).min(255) as usize]
-            }));
-            continue;
+            // chunks, rather than a span per sample.
+            out.extend(sums.chunks_exact(w / ow).map(sample));
+        } else {
+            out.extend(
+                scratch
+                    .spans
+                    .iter()
+                    .map(|&(x0, x1)| sample(&sums[x0 as usize..x1 as usize])),
+            );
         }
-        out.extend(scratch.spans.iter().map(|&(x0, x1)| {
-            let sum: u32 = sums[x0 as usize..x1 as usize]
-                .iter()
-                .map(|&s| u32::from(s))
-                .sum();
-            let mean = (sum * inverse[(x1 - x0) as usize] + (1 << 15)) >> 16;
-            lut[mean.min(255) as usize]
-        }));
     }
 }
 
