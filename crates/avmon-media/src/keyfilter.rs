@@ -433,8 +433,8 @@ mod tests {
         assert!(mpeg2(&[0, 0, 1, 0xb3, 0x2d, 0]));
         assert!(mpeg2(&[0, 0, 1, 0x00, 0x00, 0x0f, 0xff])); // I picture
         assert!(!mpeg2(&[0, 0, 1, 0x00, 0x00, 0x17, 0xff])); // P picture
-                                                             // Not a PES start: kept.
-        assert!(judge(Es::H264, &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]).0);
+        let not_a_pes_start = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10];
+        assert!(judge(Es::H264, &not_a_pes_start).0, "kept");
     }
 
     #[test]
