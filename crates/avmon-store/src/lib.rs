@@ -7,13 +7,15 @@
 //!   persistence but never detection.
 //! - [`open`] picks the backend from the URL scheme, as atuin does:
 //!   `sqlite://relative/path.db` (relative to the working directory), `sqlite:///abs/path.db`,
-//!   `sqlite::memory:` (private to the store, gone when it is dropped). `postgres://` and
-//!   `postgresql://` are recognised and refused with [`StoreError::Unsupported`] until that
-//!   backend exists; anything else is refused with an error naming the scheme.
+//!   `sqlite::memory:` (private to the store, gone when it is dropped), and
+//!   `postgres://user:password@host:port/dbname?…` (or `postgresql://`, with libpq's URI keys)
+//!   for PostgreSQL, which several avmon nodes can share. Anything else is refused with an
+//!   error naming the scheme. A database that cannot be reached is an error within seconds.
 //! - Each backend owns its schema and **migrates it at open**: an ordered list of migrations,
-//!   the applied count kept in the database (`PRAGMA user_version` for SQLite). A later version
-//!   appends migrations; it never edits released ones. A database written by a *newer* avmon is
-//!   refused rather than guessed at.
+//!   the applied count kept in the database (`PRAGMA user_version` for SQLite, the
+//!   `avmon_schema` table for PostgreSQL, whose migrations are serialised across nodes that
+//!   start at once). A later version appends migrations; it never edits released ones. A
+//!   database written by a *newer* avmon is refused rather than guessed at.
 //! - Alerts are upserted by id from [`AlertEvent`]s: a raise inserts, an update or clear rewrites
 //!   the mutable fields. A cleared alert is final: a late raise or update for it is ignored, so
 //!   replaying events is harmless.
@@ -26,8 +28,10 @@
 //!   harmless). Every attempt is logged with its outcome and detail (HTTP status, a command's
 //!   exit status and output).
 //!
-//! Every backend must pass the same behavioural suite (`tests/suite.rs`), so adding PostgreSQL is
-//! one module, one match arm in [`open`] and one line in that test file.
+//! - Metrics come from thousands of streams: [`Store::record_metrics_batch`] writes a period's
+//!   samples in one transaction (SQLite) or a few multi-row statements (PostgreSQL).
+//!
+//! Every backend passes the same behavioural suite (`tests/suite.rs`).
 
 use std::collections::BTreeMap;
 
@@ -36,8 +40,11 @@ use avmon_core::{
     Suppressed, WallTime,
 };
 
+mod common;
+pub mod postgres;
 pub mod sqlite;
 
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 /// A stream as configured, persisted so that streams added over the API survive a restart.
@@ -282,6 +289,13 @@ pub trait Store: Send + Sync {
     /// stores nothing; two samples of a stream with the same `at` and `media_t` read back as one.
     fn record_metrics(&self, m: &MetricsSample) -> Result<(), StoreError>;
 
+    /// Persist many metrics samples (as [`Store::record_metrics`] each, in order). Backends
+    /// write them together: one transaction, few statements. On error, none or some of them
+    /// are stored (never part of a sample on a backend that overrides this).
+    fn record_metrics_batch(&self, samples: &[MetricsSample]) -> Result<(), StoreError> {
+        samples.iter().try_for_each(|m| self.record_metrics(m))
+    }
+
     /// A stream's metrics samples at or after `since`, oldest first.
     fn metrics(
         &self,
@@ -356,6 +370,7 @@ pub fn open(url: &str) -> Result<Box<dyn Store>, StoreError> {
     match Backend::parse(url)? {
         Backend::SqliteMemory => Ok(Box::new(SqliteStore::open_in_memory()?)),
         Backend::SqliteFile(path) => Ok(Box::new(SqliteStore::open(path)?)),
+        Backend::Postgres(url) => Ok(Box::new(PostgresStore::open(url)?)),
     }
 }
 
@@ -364,6 +379,8 @@ pub fn open(url: &str) -> Result<Box<dyn Store>, StoreError> {
 enum Backend<'a> {
     SqliteMemory,
     SqliteFile(&'a str),
+    /// The whole URL: the driver parses the rest.
+    Postgres(&'a str),
 }
 
 impl<'a> Backend<'a> {
@@ -374,7 +391,8 @@ impl<'a> Backend<'a> {
         };
         let Some((scheme, rest)) = url.split_once(':') else {
             return Err(invalid(
-                "no scheme; expected sqlite://PATH (e.g. sqlite://avmon.db) or sqlite::memory:",
+                "no scheme; expected sqlite://PATH (e.g. sqlite://avmon.db), sqlite::memory: \
+                 or postgres://USER@HOST/DB",
             ));
         };
         match scheme.to_ascii_lowercase().as_str() {
@@ -391,12 +409,11 @@ impl<'a> Backend<'a> {
                     p => Ok(Backend::SqliteFile(p)),
                 }
             }
-            "postgres" | "postgresql" => Err(StoreError::Unsupported(
-                "PostgreSQL support is planned; use sqlite://PATH for now".to_string(),
-            )),
+            "postgres" | "postgresql" => Ok(Backend::Postgres(url)),
             "" => Err(invalid("empty scheme; expected sqlite://PATH")),
             other => Err(StoreError::Unsupported(format!(
-                "unsupported store URL scheme {other:?}; expected sqlite://PATH or sqlite::memory:"
+                "unsupported store URL scheme {other:?}; expected sqlite://PATH, sqlite::memory: \
+                 or postgres://USER@HOST/DB"
             ))),
         }
     }
@@ -428,19 +445,18 @@ mod tests {
             Backend::parse("SQLITE:avmon.db").unwrap(),
             Backend::SqliteFile("avmon.db")
         );
+        for url in [
+            "postgres://avmon@db.example/avmon",
+            "postgresql://avmon:pw@10.0.0.5:5433/avmon?connect_timeout=2",
+            "POSTGRES://h/db",
+        ] {
+            assert_eq!(Backend::parse(url).unwrap(), Backend::Postgres(url));
+        }
     }
 
     #[test]
     fn bad_urls_say_what_to_fix() {
         let msg = |u: &str| Backend::parse(u).unwrap_err().to_string();
-        assert_eq!(
-            msg("postgres://u@h/db"),
-            "PostgreSQL support is planned; use sqlite://PATH for now"
-        );
-        assert!(matches!(
-            Backend::parse("postgresql://h/db"),
-            Err(StoreError::Unsupported(_))
-        ));
         assert!(
             msg("mysql://h/db").contains("\"mysql\""),
             "{}",

@@ -119,6 +119,7 @@ use avmon_core::{
 use rusqlite::types::Value;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 
+use crate::common::{corrupt, parse_state, parse_status, state_str, Samples};
 use crate::{
     AckOutcome, AlertQuery, AttemptOutcome, AttemptRecord, MetricsQuery, MetricsSample,
     OutboxCounts, OutboxEntry, OutboxRow, OutboxStatus, Store, StoreError, StreamRecord,
@@ -358,20 +359,6 @@ fn from_ms(table: &'static str, ms: i64) -> Result<WallTime, StoreError> {
     })
 }
 
-fn state_str(s: AlertState) -> &'static str {
-    match s {
-        AlertState::Raised => "raised",
-        AlertState::Cleared => "cleared",
-    }
-}
-
-fn corrupt(table: &'static str, reason: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt {
-        table,
-        reason: reason.to_string(),
-    }
-}
-
 /// An alerts row as stored, before decoding.
 struct AlertRow {
     id: String,
@@ -441,11 +428,7 @@ impl AlertRow {
 
     fn decode(self) -> Result<Alert, StoreError> {
         const T: &str = "alerts";
-        let state = match self.state.as_str() {
-            "raised" => AlertState::Raised,
-            "cleared" => AlertState::Cleared,
-            other => return Err(corrupt(T, format_args!("unknown state {other:?}"))),
-        };
+        let state = parse_state(T, &self.state)?;
         Ok(Alert {
             severity: self
                 .severity
@@ -783,6 +766,11 @@ impl Store for SqliteStore {
     }
 
     fn record_metrics(&self, m: &MetricsSample) -> Result<(), StoreError> {
+        self.record_metrics_batch(std::slice::from_ref(m))
+    }
+
+    fn record_metrics_batch(&self, samples: &[MetricsSample]) -> Result<(), StoreError> {
+        // One transaction for the lot: SQLite's cost is the commit, not the row.
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         {
@@ -790,9 +778,11 @@ impl Store for SqliteStore {
                 "INSERT INTO metrics (stream_id, at_ms, media_t, name, value)
                  VALUES (?1, ?2, ?3, ?4, ?5)",
             )?;
-            let at = to_ms(m.at);
-            for (name, value) in &m.values {
-                stmt.execute(params![m.stream_id.as_str(), at, m.media_t, name, value])?;
+            for m in samples {
+                let at = to_ms(m.at);
+                for (name, value) in &m.values {
+                    stmt.execute(params![m.stream_id.as_str(), at, m.media_t, name, value])?;
+                }
             }
         }
         tx.commit()?;
@@ -832,29 +822,12 @@ impl Store for SqliteStore {
                 r.get::<_, f64>(3)?,
             ))
         })?;
-        // A sample is stored as consecutive rows sharing (at_ms, media_t); regroup them.
-        let mut out: Vec<MetricsSample> = Vec::new();
-        let mut last_key: Option<(i64, u64)> = None;
+        let mut samples = Samples::new(stream);
         for row in rows {
             let (at_ms, media_t, name, value) = row?;
-            let key = (at_ms, media_t.to_bits());
-            if last_key != Some(key) {
-                out.push(MetricsSample {
-                    stream_id: stream.clone(),
-                    at: from_ms("metrics", at_ms)?,
-                    media_t,
-                    values: Default::default(),
-                });
-                last_key = Some(key);
-            }
-            if let Some(sample) = out.last_mut() {
-                sample.values.insert(name, value);
-            }
+            samples.push(from_ms("metrics", at_ms)?, media_t, name, value);
         }
-        if q.limit > 0 && out.len() > q.limit {
-            out.drain(..out.len() - q.limit);
-        }
-        Ok(out)
+        Ok(samples.finish(q.limit))
     }
 
     fn prune_metrics(&self, before: WallTime) -> Result<u64, StoreError> {
@@ -910,27 +883,8 @@ impl Store for SqliteStore {
         let Some(&first) = ids.first() else {
             return Ok(());
         };
-        let (name, status, group_key, error) = match outcome {
-            AttemptOutcome::Delivered { group_key } => (
-                "delivered",
-                OutboxStatus::Delivered,
-                group_key.as_deref(),
-                None,
-            ),
-            AttemptOutcome::Retry => (
-                "retry",
-                OutboxStatus::Pending,
-                None,
-                Some(detail.to_string()),
-            ),
-            AttemptOutcome::Failed => (
-                "failed",
-                OutboxStatus::Failed,
-                None,
-                Some(detail.to_string()),
-            ),
-        };
-        let done = (status != OutboxStatus::Pending).then(|| to_ms(at));
+        let effect = outcome.effect(detail);
+        let done = (effect.status != OutboxStatus::Pending).then(|| to_ms(at));
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         {
@@ -941,13 +895,19 @@ impl Store for SqliteStore {
                  WHERE id = ?1 AND status = 'pending'",
             )?;
             for id in ids {
-                stmt.execute(params![id, status.as_str(), error, done, group_key])?;
+                stmt.execute(params![
+                    id,
+                    effect.status.as_str(),
+                    effect.error,
+                    done,
+                    effect.group_key
+                ])?;
             }
         }
         tx.execute(
             "INSERT INTO outbox_attempts (outbox_id, notifier, at_ms, outcome, detail)
              VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![first, notifier, to_ms(at), name, detail.to_string()],
+            params![first, notifier, to_ms(at), effect.name, detail.to_string()],
         )?;
         tx.commit()?;
         Ok(())
@@ -977,11 +937,10 @@ impl Store for SqliteStore {
         for row in rows {
             let (status, n) = row?;
             let n = n.max(0) as u64;
-            match status.as_str() {
-                "pending" => c.pending = n,
-                "delivered" => c.delivered = n,
-                "failed" => c.failed = n,
-                other => return Err(corrupt("outbox", format_args!("unknown status {other:?}"))),
+            match parse_status("outbox", &status)? {
+                OutboxStatus::Pending => c.pending = n,
+                OutboxStatus::Delivered => c.delivered = n,
+                OutboxStatus::Failed => c.failed = n,
             }
         }
         Ok(c)
@@ -1081,12 +1040,7 @@ fn outbox_query(
             (status, attempts),
             (last_error, group_key),
         ) = row?;
-        let status = match status.as_str() {
-            "pending" => OutboxStatus::Pending,
-            "delivered" => OutboxStatus::Delivered,
-            "failed" => OutboxStatus::Failed,
-            other => return Err(corrupt(T, format_args!("unknown status {other:?}"))),
-        };
+        let status = parse_status(T, &status)?;
         out.push(OutboxRow {
             id,
             entry: OutboxEntry {

@@ -1,6 +1,5 @@
-//! The behavioural suite every backend passes, plus SQLite-specific open/migrate checks.
-//!
-//! A new backend (PostgreSQL) adds one `#[test]` calling [`suite`] with a fresh database.
+//! The behavioural suite every backend passes (SQLite in a file and in memory, PostgreSQL on a
+//! server the tests start), plus each backend's open/migrate checks.
 
 use std::collections::BTreeMap;
 
@@ -10,8 +9,9 @@ use avmon_core::{
 };
 use avmon_store::{
     open, AckOutcome, AlertQuery, AttemptOutcome, MetricsQuery, MetricsSample, OutboxCounts,
-    OutboxEntry, OutboxStatus, SqliteStore, Store, StoreError, StreamRecord,
+    OutboxEntry, OutboxStatus, PostgresStore, SqliteStore, Store, StoreError, StreamRecord,
 };
+use avmon_testpg::TestPg;
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use serde_json::json;
 
@@ -67,7 +67,82 @@ fn suite(store: &dyn Store) {
     metrics(store);
     management(store);
     metrics_ranges(store);
+    metrics_batches(store);
     outbox(store);
+    json_keeps_its_key_order(store);
+}
+
+/// A batch reads back as the same samples written one by one, in order, with the same rules
+/// (an empty sample leaves no trace).
+fn metrics_batches(store: &dyn Store) {
+    let mut batch = Vec::new();
+    for period in 0..4 {
+        for stream in ["batch-a", "batch-b", "batch-c"] {
+            let v = period as f64;
+            batch.push(sample(
+                stream,
+                100_000 + period * 10_000,
+                v * 10.0 + 0.5,
+                &[
+                    ("frames_video", 250.0 + v),
+                    ("black_ratio", v / 10.0),
+                    ("audio_rms_db", -23.25 - v),
+                    ("bytes", 1e9 + v),
+                ],
+            ));
+        }
+    }
+    batch.push(sample("batch-a", 200_000, 99.0, &[]));
+    store.record_metrics_batch(&batch).unwrap();
+    store.record_metrics_batch(&[]).unwrap();
+    for stream in ["batch-a", "batch-b", "batch-c"] {
+        let want: Vec<MetricsSample> = batch
+            .iter()
+            .filter(|m| m.stream_id == sid(stream) && !m.values.is_empty())
+            .cloned()
+            .collect();
+        assert_eq!(store.metrics(&sid(stream), None).unwrap(), want);
+    }
+    // The same samples one by one, under another stream name, read back identically.
+    for m in batch.iter().filter(|m| m.stream_id == sid("batch-a")) {
+        let mut m = m.clone();
+        m.stream_id = sid("single-a");
+        store.record_metrics(&m).unwrap();
+    }
+    let single: Vec<_> = store
+        .metrics(&sid("single-a"), None)
+        .unwrap()
+        .into_iter()
+        .map(|m| (m.at, m.media_t, m.values))
+        .collect();
+    let batched: Vec<_> = store
+        .metrics(&sid("batch-a"), None)
+        .unwrap()
+        .into_iter()
+        .map(|m| (m.at, m.media_t, m.values))
+        .collect();
+    assert_eq!(single, batched);
+}
+
+/// JSON handed back as written keeps its key order (a console shows it in that order); JSON
+/// values compare equal whatever the order, so this compares text.
+fn json_keeps_its_key_order(store: &dyn Store) {
+    let mut a = raised("order-1", "order", "video.black", 0);
+    a.details = details(json!({"zeta": 1, "alpha": {"y": 2, "b": 3}, "mid": [3, 1]}));
+    store.record_alert(&ev(Transition::Raised, &a)).unwrap();
+    let got = store.alert("order-1").unwrap().unwrap().alert.details;
+    assert_eq!(
+        serde_json::to_string(&got).unwrap(),
+        r#"{"zeta":1,"alpha":{"y":2,"b":3},"mid":[3,1]}"#
+    );
+    let mut e = entry("order", "order-1", "raised", 0);
+    e.payload = json!({"text": "x", "alert_id": "order-1", "a": null});
+    store.outbox_add(&e).unwrap();
+    let row = &store.outbox_rows("order").unwrap()[0];
+    assert_eq!(
+        row.entry.payload.to_string(),
+        r#"{"text":"x","alert_id":"order-1","a":null}"#
+    );
 }
 
 /// Acknowledgements, suppression marks, filters, mutes and maintenance windows.
@@ -673,10 +748,207 @@ fn bad_paths_give_clear_errors() {
 
 #[test]
 fn unsupported_urls_are_refused() {
-    assert_eq!(
-        open_err("postgres://avmon@localhost/avmon"),
-        "PostgreSQL support is planned; use sqlite://PATH for now"
-    );
     assert!(open_err("redis://x").contains("\"redis\""));
     assert!(open_err("avmon.db").contains("no scheme"));
+    let msg = open_err("postgres://avmon:pw@127.0.0.1:1/avmon?sslmode=require");
+    assert!(msg.contains("TLS"), "{msg}");
+    assert!(!msg.contains("pw"), "the password is not shown: {msg}");
+    let msg = open_err("postgres://avmon:pw@127.0.0.1:1/avmon?colour=blue");
+    assert!(msg.starts_with("invalid store URL"), "{msg}");
+    assert!(!msg.contains("pw@"), "the password is not shown: {msg}");
+}
+
+// PostgreSQL: one server for this test process, a fresh database per test.
+
+fn pg(name: &str) -> String {
+    TestPg::shared().fresh_database(name)
+}
+
+#[test]
+fn postgres_passes_the_suite() {
+    suite(open(&pg("suite")).unwrap().as_ref());
+    // `postgresql://` is the same backend.
+    let url = pg("suite_long_scheme").replacen("postgres://", "postgresql://", 1);
+    suite(open(&url).unwrap().as_ref());
+}
+
+#[test]
+fn postgres_reopening_keeps_data_and_does_not_rerun_migrations() {
+    let url = pg("reopen");
+    let n = avmon_store::postgres::MIGRATIONS.len() as i64;
+    {
+        let store = PostgresStore::open(&url).unwrap();
+        assert_eq!(store.schema_version().unwrap(), n);
+        store
+            .record_alert(&ev(Transition::Raised, &raised("x", "s", "video.black", 0)))
+            .unwrap();
+    }
+    // The migrations create tables without IF NOT EXISTS, so re-running one would fail here.
+    let store = open(&url).unwrap();
+    let got = store.alerts(&all()).unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].id, "x");
+    let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    let versions: Vec<i32> = client
+        .query("SELECT version FROM avmon_schema ORDER BY version", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(versions, (1..=n as i32).collect::<Vec<_>>());
+}
+
+#[test]
+fn postgres_refuses_a_newer_schema() {
+    let url = pg("newer");
+    drop(PostgresStore::open(&url).unwrap());
+    let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    client
+        .execute("INSERT INTO avmon_schema (version) VALUES (99)", &[])
+        .unwrap();
+    let err = PostgresStore::open(&url).unwrap_err();
+    assert!(
+        matches!(err, StoreError::SchemaTooNew { found: 99, supported }
+            if supported == avmon_store::postgres::MIGRATIONS.len() as i64),
+        "{err}"
+    );
+    assert!(err.to_string().contains("newer"), "{err}");
+}
+
+#[test]
+fn postgres_nodes_opening_at_once_migrate_once() {
+    let url = pg("concurrent");
+    let n = 6;
+    let barrier = std::sync::Barrier::new(n);
+    std::thread::scope(|s| {
+        let opens: Vec<_> = (0..n)
+            .map(|_| {
+                s.spawn(|| {
+                    barrier.wait();
+                    PostgresStore::open(&url).map(|store| store.schema_version())
+                })
+            })
+            .collect();
+        for o in opens {
+            let version = o.join().unwrap().unwrap().unwrap();
+            assert_eq!(version, avmon_store::postgres::MIGRATIONS.len() as i64);
+        }
+    });
+    let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    let rows: i64 = client
+        .query_one("SELECT count(*) FROM avmon_schema", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, avmon_store::postgres::MIGRATIONS.len() as i64);
+}
+
+#[test]
+fn postgres_unreachable_is_a_clear_error_within_seconds() {
+    // A port nobody listens on: refused at once.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let started = std::time::Instant::now();
+    let msg = open_err(&format!("postgres://avmon:pw@127.0.0.1:{port}/avmon"));
+    assert!(
+        msg.starts_with(&format!(
+            "database error: cannot connect to PostgreSQL at 127.0.0.1:{port}/avmon: "
+        )),
+        "{msg}"
+    );
+    assert!(!msg.contains("pw"), "{msg}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(3));
+
+    // A peer that accepts and never answers: the connect timeout (here 1 s) still ends it.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let started = std::time::Instant::now();
+    let msg = open_err(&format!(
+        "postgres://avmon@127.0.0.1:{port}/avmon?connect_timeout=1"
+    ));
+    assert!(msg.contains("no answer within 2 s"), "{msg}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(4));
+
+    // A database that does not exist names itself.
+    let msg = open_err(&TestPg::shared().url_of("no_such_db"));
+    assert!(msg.contains("\"no_such_db\" does not exist"), "{msg}");
+}
+
+#[test]
+fn postgres_works_from_spawn_blocking_and_drops_inside_a_runtime() {
+    let url = pg("tokio");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        // Opened, used and dropped in a blocking task, as the API and the notifiers do.
+        let url2 = url.clone();
+        tokio::task::spawn_blocking(move || {
+            let store = open(&url2).unwrap();
+            store
+                .record_alert(&ev(Transition::Raised, &raised("t", "s", "video.black", 0)))
+                .unwrap();
+            assert_eq!(store.alerts(&all()).unwrap().len(), 1);
+        })
+        .await
+        .unwrap();
+        // Shared between tasks: each call in spawn_blocking, the last reference dropped on an
+        // async task's own thread.
+        let store: std::sync::Arc<dyn Store> = tokio::task::spawn_blocking(move || {
+            std::sync::Arc::<dyn Store>::from(open(&url).unwrap())
+        })
+        .await
+        .unwrap();
+        let calls: Vec<_> = (0..8)
+            .map(|i| {
+                let store = store.clone();
+                tokio::task::spawn_blocking(move || {
+                    store.record_metrics(&sample("tokio", i * 1000, i as f64, &[("x", 1.0)]))
+                })
+            })
+            .collect();
+        for c in calls {
+            c.await.unwrap().unwrap();
+        }
+        let s = store.clone();
+        let n = tokio::task::spawn_blocking(move || s.metrics(&sid("tokio"), None))
+            .await
+            .unwrap()
+            .unwrap()
+            .len();
+        assert_eq!(n, 8);
+        drop(store);
+    });
+}
+
+#[test]
+fn postgres_restart_is_survived() {
+    // A server of its own: this one is stopped.
+    let mut server = TestPg::start();
+    let store = open(&server.fresh_database("restart")).unwrap();
+    store
+        .record_alert(&ev(Transition::Raised, &raised("r", "s", "video.black", 0)))
+        .unwrap();
+    server.stop();
+    let started = std::time::Instant::now();
+    let err = store.alerts(&all()).unwrap_err().to_string();
+    assert!(err.contains("PostgreSQL"), "{err}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(12),
+        "{err}"
+    );
+    server.restart();
+    // The pooled connections died with the server; the pool replaces them.
+    assert_eq!(store.alerts(&all()).unwrap().len(), 1);
+    let mut cleared = raised("r", "s", "video.black", 0);
+    cleared.state = AlertState::Cleared;
+    cleared.cleared_at = Some(at(1_000));
+    store
+        .record_alert(&ev(Transition::Cleared, &cleared))
+        .unwrap();
+    assert_eq!(store.alerts(&all()).unwrap(), [cleared]);
 }
