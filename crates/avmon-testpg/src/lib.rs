@@ -4,8 +4,9 @@
 //!
 //! - [`TestPg::start`] runs `initdb` into a new temporary directory and starts a `postgres`
 //!   server on `127.0.0.1` at a free port (and a unix socket in that directory), with
-//!   durability off (`fsync`, `synchronous_commit`, `full_page_writes`) because a test's data
-//!   is thrown away. It returns once the server accepts connections. Trust authentication, one
+//!   durability off (`fsync`, `synchronous_commit`, `full_page_writes`, set in its
+//!   `postgresql.conf`, so `ALTER SYSTEM` can turn it back on) because a test's data is thrown
+//!   away. It returns once the server accepts connections. Trust authentication, one
 //!   superuser, `postgres`.
 //! - The binaries are looked up under `/usr/lib/postgresql/<version>/bin` (Debian's layout, the
 //!   highest version first) and then on `PATH`. When they are missing, it **panics** with a
@@ -266,6 +267,20 @@ impl TestPg {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
+        // In the config file rather than on the command line, so that a test (or a benchmark
+        // that wants a real server's durability) can still change them with ALTER SYSTEM.
+        let conf = self.data_dir().join("postgresql.conf");
+        let settings = "\n# avmon-testpg: a throwaway server\n\
+                        fsync = off\n\
+                        synchronous_commit = off\n\
+                        full_page_writes = off\n\
+                        max_connections = 300\n\
+                        huge_pages = off\n";
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&conf)
+            .and_then(|mut f| f.write_all(settings.as_bytes()))
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", conf.display()));
     }
 
     /// Start the server under its watchdog and wait until it accepts connections. On failure,
@@ -284,18 +299,6 @@ impl TestPg {
             .arg(self.data_dir())
             .args(["-p", &port, "-h", "127.0.0.1", "-k"])
             .arg(&self.root)
-            .args([
-                "-c",
-                "fsync=off",
-                "-c",
-                "synchronous_commit=off",
-                "-c",
-                "full_page_writes=off",
-                "-c",
-                "max_connections=300",
-                "-c",
-                "huge_pages=off",
-            ])
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
