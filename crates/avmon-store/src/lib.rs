@@ -31,6 +31,10 @@
 //! - Metrics come from thousands of streams: [`Store::record_metrics_batch`] writes a period's
 //!   samples in one transaction (SQLite) or a few multi-row statements (PostgreSQL).
 //!
+//! - Several nodes sharing one PostgreSQL database coordinate through [`cluster::Coordinator`]
+//!   (leases with a fencing epoch, node registry, outbox claims, LISTEN/NOTIFY); SQLite has no
+//!   cluster.
+//!
 //! Every backend passes the same behavioural suite (`tests/suite.rs`).
 
 use std::collections::BTreeMap;
@@ -40,10 +44,12 @@ use avmon_core::{
     Suppressed, WallTime,
 };
 
+pub mod cluster;
 mod common;
 pub mod postgres;
 pub mod sqlite;
 
+pub use cluster::Coordinator;
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
@@ -228,6 +234,35 @@ pub enum StoreError {
     /// A stored row could not be decoded (edited by hand, or a bug).
     #[error("corrupt row in {table}: {reason}")]
     Corrupt { table: &'static str, reason: String },
+    /// Another node of the cluster, alive, has this node's name.
+    #[error(
+        "another node named {name:?} is alive at {api_addr} (last seen {seen_ago_s:.1} s ago); \
+         give this node another [cluster] name"
+    )]
+    DuplicateNode {
+        name: String,
+        api_addr: String,
+        seen_ago_s: f64,
+    },
+    /// This process is no longer the node it registered as (another instance took its name
+    /// after it went silent, or it deregistered): it must stop its streams.
+    #[error("node {name:?} is no longer registered as this process: {reason}")]
+    NotRegistered { name: String, reason: String },
+    /// A write carried a lease epoch that is no longer the stream's: another node claimed the
+    /// stream since, and this node's results for it are refused.
+    #[error(
+        "write for stream {stream} refused: it was held at lease epoch {epoch}, {}",
+        cluster::describe_current(.current)
+    )]
+    Fenced {
+        stream: StreamId,
+        epoch: i64,
+        /// The stream's epoch now (`None`: it has no lease at all).
+        current: Option<i64>,
+    },
+    /// A value passed by the caller is out of range (a TTL, a channel name, a payload).
+    #[error("{0}")]
+    Invalid(String),
 }
 
 /// Persistence for avmon. Implementations are internally synchronised (`&self` everywhere).

@@ -77,17 +77,25 @@ pub const MIGRATION_LOCK: i64 = 0x6176_6d6f_6e6d_6967;
 pub const BATCH_ROWS: usize = 20_000;
 
 /// The schema, as an ordered list of migrations: entry `i` takes the database to version `i + 1`.
-pub const MIGRATIONS: &[&str] = &[include_str!("../migrations/postgres/0001_initial.sql")];
+pub const MIGRATIONS: &[&str] = &[
+    include_str!("../migrations/postgres/0001_initial.sql"),
+    include_str!("../migrations/postgres/0002_cluster.sql"),
+];
 
 type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
-type Conn = r2d2::PooledConnection<PostgresConnectionManager<NoTls>>;
+pub(crate) type Conn = r2d2::PooledConnection<PostgresConnectionManager<NoTls>>;
 
 /// A [`Store`] in a PostgreSQL database.
+///
+/// Cloning is cheap and shares the pool (the [`crate::cluster::Coordinator`] holds a clone).
+#[derive(Clone)]
 pub struct PostgresStore {
     /// `None` only once dropped (see `Drop`).
     pool: Option<Pool>,
     /// Where the database is, for messages: `host:port/dbname`, never the password.
     target: String,
+    /// How to connect, for connections outside the pool (a LISTEN connection).
+    config: postgres::Config,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -131,6 +139,7 @@ impl PostgresStore {
             )));
         }
         let target = target(&config);
+        let pool_config = config.clone();
         // Migrate on a connection of our own, so that a database that is away, or a bad
         // password, gives its own error at once instead of a pool timeout.
         let mut client = connect_within(&config).map_err(|reason| {
@@ -146,10 +155,11 @@ impl PostgresStore {
             .connection_timeout(POOL_WAIT)
             .test_on_check_out(true)
             // We just connected: build without waiting for the pool's first connection.
-            .build_unchecked(PostgresConnectionManager::new(config, NoTls));
+            .build_unchecked(PostgresConnectionManager::new(pool_config, NoTls));
         Ok(PostgresStore {
             pool: Some(pool),
             target,
+            config,
         })
     }
 
@@ -158,7 +168,27 @@ impl PostgresStore {
         schema_version(&mut *self.conn()?)
     }
 
-    fn conn(&self) -> Result<Conn, StoreError> {
+    /// The cluster's coordination on this database, sharing this store's pool.
+    pub fn coordinator(&self) -> crate::cluster::Coordinator {
+        crate::cluster::Coordinator::from_store(self.clone())
+    }
+
+    /// `host:port/dbname`, for messages.
+    pub(crate) fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// A new connection outside the pool (for LISTEN, which needs a session of its own).
+    pub(crate) fn connect_dedicated(&self) -> Result<Client, StoreError> {
+        connect_within(&self.config).map_err(|reason| {
+            StoreError::Database(format!(
+                "cannot connect to PostgreSQL at {}: {reason}",
+                self.target
+            ))
+        })
+    }
+
+    pub(crate) fn conn(&self) -> Result<Conn, StoreError> {
         let Some(pool) = &self.pool else {
             return Err(StoreError::Database("the store is closed".to_string()));
         };
@@ -176,6 +206,7 @@ impl Drop for PostgresStore {
         let Some(pool) = self.pool.take() else {
             return;
         };
+        // Other clones keep the connections open: only the last one closes them.
         if tokio::runtime::Handle::try_current().is_ok() {
             // Closing a connection blocks on its private runtime, which panics inside another
             // runtime's context (an async task dropping the last `Arc<dyn Store>`). If no thread
@@ -345,7 +376,7 @@ pub(crate) fn migrate(client: &mut Client, migrations: &[&str]) -> Result<usize,
 }
 
 /// A wall time as stored: truncated to milliseconds, as SQLite's integer columns hold it.
-fn ms(t: WallTime) -> WallTime {
+pub(crate) fn ms(t: WallTime) -> WallTime {
     chrono::DateTime::from_timestamp_millis(t.timestamp_millis()).unwrap_or(t)
 }
 
@@ -449,52 +480,11 @@ impl Store for PostgresStore {
              WHERE removed_at IS NULL ORDER BY id",
             &[],
         )?;
-        rows.iter()
-            .map(|r| {
-                Ok(StreamRecord {
-                    id: StreamId(r.try_get(0)?),
-                    url: r.try_get(1)?,
-                    config: r.try_get(2)?,
-                    created_at: r.try_get(3)?,
-                })
-            })
-            .collect()
+        rows.iter().map(|r| stream_record(r, 0)).collect()
     }
 
     fn record_alert(&self, ev: &AlertEvent) -> Result<(), StoreError> {
-        let a = &ev.alert;
-        let state = match ev.transition {
-            Transition::Cleared => AlertState::Cleared,
-            Transition::Raised | Transition::Updated => a.state,
-        };
-        let details = serde_json::Value::Object(a.details.clone());
-        // A cleared alert is final (`WHERE alerts.state = 'raised'`): replays and stragglers
-        // cannot reopen it.
-        self.conn()?.execute(
-            "INSERT INTO alerts (id, stream_id, kind, severity, state, start_s, end_s,
-                                 raised_at, cleared_at, details)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-             ON CONFLICT (id) DO UPDATE SET
-                 severity = excluded.severity,
-                 state = excluded.state,
-                 end_s = excluded.end_s,
-                 cleared_at = excluded.cleared_at,
-                 details = excluded.details
-             WHERE alerts.state = 'raised'",
-            &[
-                &a.id,
-                &a.stream_id.as_str(),
-                &a.kind,
-                &a.severity.as_str(),
-                &state_str(state),
-                &a.start_s,
-                &a.end_s,
-                &ms(a.raised_at),
-                &a.cleared_at.map(ms),
-                &details,
-            ],
-        )?;
-        Ok(())
+        write_alert(&mut *self.conn()?, ev)
     }
 
     fn alert_records(&self, q: &AlertQuery) -> Result<Vec<AlertRecord>, StoreError> {
@@ -674,23 +664,12 @@ impl Store for PostgresStore {
     }
 
     fn record_metrics_batch(&self, samples: &[MetricsSample]) -> Result<(), StoreError> {
-        let rows: usize = samples.iter().map(|s| s.values.len()).sum();
-        if rows == 0 {
+        if samples.iter().all(|s| s.values.is_empty()) {
             return Ok(());
         }
         let mut conn = self.conn()?;
         let mut tx = conn.transaction()?;
-        let mut cols = MetricsColumns::with_capacity(rows.min(BATCH_ROWS));
-        for s in samples {
-            let at = ms(s.at);
-            for (name, value) in &s.values {
-                cols.push(s.stream_id.as_str(), at, s.media_t, name, *value);
-                if cols.len() == BATCH_ROWS {
-                    cols.insert(&mut tx)?;
-                }
-            }
-        }
-        cols.insert(&mut tx)?;
+        write_metrics(&mut tx, samples.iter())?;
         tx.commit()?;
         Ok(())
     }
@@ -729,21 +708,7 @@ impl Store for PostgresStore {
     }
 
     fn outbox_add(&self, e: &OutboxEntry) -> Result<Option<i64>, StoreError> {
-        let row = self.conn()?.query_opt(
-            "INSERT INTO outbox (notifier, alert_id, state, idem_key, payload, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6)
-             ON CONFLICT (notifier, idem_key) DO NOTHING
-             RETURNING id",
-            &[
-                &e.notifier,
-                &e.alert_id,
-                &e.state,
-                &e.key,
-                &e.payload,
-                &ms(e.created_at),
-            ],
-        )?;
-        Ok(row.map(|r| r.try_get(0)).transpose()?)
+        write_outbox(&mut *self.conn()?, e)
     }
 
     fn outbox_has_alert(&self, notifier: &str, alert_id: &str) -> Result<bool, StoreError> {
@@ -782,10 +747,13 @@ impl Store for PostgresStore {
         let mut conn = self.conn()?;
         let mut tx = conn.transaction()?;
         // Only pending rows change: a finished row is final, whatever a late attempt says.
+        // The attempt ends the rows' delivery claim (a cluster's outbox_claim): whatever
+        // node comes next may take a row still pending.
         tx.execute(
             "UPDATE outbox SET attempts = attempts + 1, status = $2,
                  last_error = COALESCE($3, last_error), done_at = $4,
-                 group_key = COALESCE($5, group_key)
+                 group_key = COALESCE($5, group_key),
+                 claimed_by = NULL, claimed_until = NULL
              WHERE id = ANY($1) AND status = 'pending'",
             &[
                 &ids,
@@ -876,6 +844,96 @@ impl Store for PostgresStore {
     }
 }
 
+/// A stream read from four consecutive columns from `at`: id, url, config, created_at.
+pub(crate) fn stream_record(r: &Row, at: usize) -> Result<StreamRecord, StoreError> {
+    Ok(StreamRecord {
+        id: StreamId(r.try_get(at)?),
+        url: r.try_get(at + 1)?,
+        config: r.try_get(at + 2)?,
+        created_at: r.try_get(at + 3)?,
+    })
+}
+
+/// Persist one alert transition (upsert by alert id), on a connection or in a transaction.
+pub(crate) fn write_alert(
+    client: &mut impl GenericClient,
+    ev: &AlertEvent,
+) -> Result<(), StoreError> {
+    let a = &ev.alert;
+    let state = match ev.transition {
+        Transition::Cleared => AlertState::Cleared,
+        Transition::Raised | Transition::Updated => a.state,
+    };
+    let details = serde_json::Value::Object(a.details.clone());
+    // A cleared alert is final (`WHERE alerts.state = 'raised'`): replays and stragglers
+    // cannot reopen it.
+    client.execute(
+        "INSERT INTO alerts (id, stream_id, kind, severity, state, start_s, end_s,
+                             raised_at, cleared_at, details)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+         ON CONFLICT (id) DO UPDATE SET
+             severity = excluded.severity,
+             state = excluded.state,
+             end_s = excluded.end_s,
+             cleared_at = excluded.cleared_at,
+             details = excluded.details
+         WHERE alerts.state = 'raised'",
+        &[
+            &a.id,
+            &a.stream_id.as_str(),
+            &a.kind,
+            &a.severity.as_str(),
+            &state_str(state),
+            &a.start_s,
+            &a.end_s,
+            &ms(a.raised_at),
+            &a.cleared_at.map(ms),
+            &details,
+        ],
+    )?;
+    Ok(())
+}
+
+/// Put a notification in the outbox (see [`Store::outbox_add`]).
+pub(crate) fn write_outbox(
+    client: &mut impl GenericClient,
+    e: &OutboxEntry,
+) -> Result<Option<i64>, StoreError> {
+    let row = client.query_opt(
+        "INSERT INTO outbox (notifier, alert_id, state, idem_key, payload, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6)
+         ON CONFLICT (notifier, idem_key) DO NOTHING
+         RETURNING id",
+        &[
+            &e.notifier,
+            &e.alert_id,
+            &e.state,
+            &e.key,
+            &e.payload,
+            &ms(e.created_at),
+        ],
+    )?;
+    Ok(row.map(|r| r.try_get(0)).transpose()?)
+}
+
+/// Write metrics samples in a transaction, [`BATCH_ROWS`] values per statement.
+pub(crate) fn write_metrics<'a>(
+    tx: &mut postgres::Transaction<'_>,
+    samples: impl Iterator<Item = &'a MetricsSample>,
+) -> Result<(), StoreError> {
+    let mut cols = MetricsColumns::with_capacity(1024);
+    for s in samples {
+        let at = ms(s.at);
+        for (name, value) in &s.values {
+            cols.push(s.stream_id.as_str(), at, s.media_t, name, *value);
+            if cols.len() == BATCH_ROWS {
+                cols.insert(tx)?;
+            }
+        }
+    }
+    cols.insert(tx)
+}
+
 /// Metrics rows gathered column by column, written with one `INSERT … SELECT FROM UNNEST`.
 struct MetricsColumns<'a> {
     stream_id: Vec<&'a str>,
@@ -937,40 +995,40 @@ impl<'a> MetricsColumns<'a> {
     }
 }
 
+/// The columns [`outbox_row`] reads, in order.
+pub(crate) const OUTBOX_COLUMNS: &str = "id, notifier, alert_id, state, idem_key, payload, \
+     created_at, status, attempts, last_error, group_key";
+
 /// Outbox rows matching `tail` (a `WHERE … ORDER BY …` clause on `params`).
 fn outbox_query(
     conn: &mut Conn,
     tail: &str,
     params: &[&(dyn ToSql + Sync)],
 ) -> Result<Vec<OutboxRow>, StoreError> {
-    const T: &str = "outbox";
     let rows = conn.query(
-        &format!(
-            "SELECT id, notifier, alert_id, state, idem_key, payload, created_at, status,
-                    attempts, last_error, group_key
-             FROM outbox {tail}"
-        ),
+        &format!("SELECT {OUTBOX_COLUMNS} FROM outbox {tail}"),
         params,
     )?;
-    rows.iter()
-        .map(|r| {
-            Ok(OutboxRow {
-                id: r.try_get(0)?,
-                entry: OutboxEntry {
-                    notifier: r.try_get(1)?,
-                    alert_id: r.try_get(2)?,
-                    state: r.try_get(3)?,
-                    key: r.try_get(4)?,
-                    payload: r.try_get(5)?,
-                    created_at: r.try_get(6)?,
-                },
-                status: parse_status(T, r.try_get(7)?)?,
-                attempts: u32::try_from(r.try_get::<_, i32>(8)?).unwrap_or(0),
-                last_error: r.try_get(9)?,
-                group_key: r.try_get(10)?,
-            })
-        })
-        .collect()
+    rows.iter().map(outbox_row).collect()
+}
+
+/// One outbox row read with [`OUTBOX_COLUMNS`].
+pub(crate) fn outbox_row(r: &Row) -> Result<OutboxRow, StoreError> {
+    Ok(OutboxRow {
+        id: r.try_get(0)?,
+        entry: OutboxEntry {
+            notifier: r.try_get(1)?,
+            alert_id: r.try_get(2)?,
+            state: r.try_get(3)?,
+            key: r.try_get(4)?,
+            payload: r.try_get(5)?,
+            created_at: r.try_get(6)?,
+        },
+        status: parse_status("outbox", r.try_get(7)?)?,
+        attempts: u32::try_from(r.try_get::<_, i32>(8)?).unwrap_or(0),
+        last_error: r.try_get(9)?,
+        group_key: r.try_get(10)?,
+    })
 }
 
 #[cfg(test)]
