@@ -36,7 +36,7 @@ use ffmpeg_next::ffi;
 use libc::{c_int, c_void};
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::input::{interrupt_cb, Interrupt};
+use crate::interrupt::{interrupt_cb, Interrupt};
 use crate::keyfilter::{find_sync, Es, KeyFilter, TS};
 use crate::{describe, MediaError, OpenOptions};
 

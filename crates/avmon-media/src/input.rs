@@ -18,6 +18,7 @@ use ffmpeg_next as ff;
 use libc::{c_int, c_void};
 
 use crate::ingest::{self, CustomIo, IoState, Route};
+use crate::interrupt::{interrupt_cb, Interrupt};
 use crate::keyfilter::Es;
 use crate::{describe, MediaClock, MediaError};
 
@@ -126,19 +127,6 @@ pub enum EndReason {
     TimedOut,
     /// The stop flag was set.
     Stopped,
-}
-
-/// State the interrupt callback reads: FFmpeg calls it from inside blocking I/O on this thread.
-pub(crate) struct Interrupt {
-    pub(crate) stop: Arc<AtomicBool>,
-    pub(crate) deadline: Cell<Instant>,
-}
-
-pub(crate) extern "C" fn interrupt_cb(opaque: *mut c_void) -> c_int {
-    // SAFETY: `opaque` points to an `Interrupt` boxed next to the context it interrupts (in
-    // `Input`, or ingest's `ProtocolReader`), which is closed before the box is dropped.
-    let irq = unsafe { &*(opaque as *const Interrupt) };
-    (irq.stop.load(Ordering::Relaxed) || Instant::now() >= irq.deadline.get()) as c_int
 }
 
 struct VideoDec {

@@ -31,6 +31,7 @@
 mod clock;
 pub mod ingest;
 mod input;
+mod interrupt;
 mod keyfilter;
 pub mod picture;
 mod source;
