@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
-use crate::delivery::{Batch, Sent};
+use crate::channel::{Batch, Sent};
 
 /// `kind = "command"`
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

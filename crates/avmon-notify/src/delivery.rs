@@ -6,13 +6,14 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use avmon_core::{AlertEvent, Severity, Transition};
-use avmon_store::{AttemptOutcome, OutboxEntry, OutboxRow, Store, StoreError};
+use avmon_store::{AttemptOutcome, OutboxEntry, Store, StoreError};
 use chrono::Utc;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::Notify;
 
+use crate::channel::{Batch, Sent};
 use crate::command::{Command, CommandConfig};
 use crate::filter::Filter;
 use crate::pagerduty::{PagerDuty, PagerDutyConfig};
@@ -273,52 +274,6 @@ impl NotifierConfig {
     pub fn id(&self) -> &str {
         self.delivery.id.as_deref().unwrap_or(self.channel.kind())
     }
-}
-
-/// A batch of outbox rows delivered as one message: one row, or (with grouping) every row
-/// queued in the group window. Its `key` is the row's idempotency key, or for a group
-/// `group:{first row's key}:{count}`, the same on every retry.
-pub struct Batch<'a> {
-    pub rows: &'a [OutboxRow],
-    pub key: String,
-}
-
-impl<'a> Batch<'a> {
-    fn new(rows: &'a [OutboxRow]) -> Self {
-        let key = match rows {
-            [one] => one.entry.key.clone(),
-            _ => format!(
-                "group:{}:{}",
-                rows.first().map_or("", |r| r.entry.key.as_str()),
-                rows.len()
-            ),
-        };
-        Batch { rows, key }
-    }
-
-    /// Each event's payload, as sent (with its `idempotency_key`).
-    pub fn payloads(&self) -> impl Iterator<Item = &'a Value> {
-        self.rows.iter().map(|r| &r.entry.payload)
-    }
-
-    pub fn is_group(&self) -> bool {
-        self.rows.len() > 1
-    }
-}
-
-/// What one attempt came to.
-pub(crate) enum Sent {
-    Delivered {
-        detail: Value,
-        group_key: Option<String>,
-    },
-    Retry {
-        detail: Value,
-        after: Option<Duration>,
-    },
-    Rejected {
-        detail: Value,
-    },
 }
 
 enum Channel {

@@ -6,7 +6,7 @@ use reqwest::header::{HeaderMap, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::{StatusCode, Url};
 use serde_json::json;
 
-use crate::delivery::Sent;
+use crate::channel::Sent;
 
 /// An HTTP client for one notifier: its timeout, no redirects (a webhook that moved is a
 /// configuration error to fix, not something to chase with a POST turned GET).

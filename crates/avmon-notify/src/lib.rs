@@ -34,6 +34,7 @@ use avmon_core::{round_ms, AlertEvent, AlertState, Transition};
 use chrono::SecondsFormat;
 use serde_json::json;
 
+mod channel;
 mod command;
 mod delivery;
 mod filter;
@@ -43,10 +44,9 @@ mod secret;
 mod slack;
 mod webhook;
 
+pub use channel::Batch;
 pub use command::CommandConfig;
-pub use delivery::{
-    Batch, ChannelConfig, DeliveryConfig, NotifierConfig, OutboxNotifier, DELIVERY_KEYS,
-};
+pub use delivery::{ChannelConfig, DeliveryConfig, NotifierConfig, OutboxNotifier, DELIVERY_KEYS};
 pub use filter::glob_match;
 pub use pagerduty::PagerDutyConfig;
 pub use secret::Secret;

@@ -12,7 +12,7 @@ use reqwest::header::HeaderMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::delivery::{Batch, Sent};
+use crate::channel::{Batch, Sent};
 use crate::http::{check_url, client, post, redact};
 use crate::secret::{resolve, Secret};
 

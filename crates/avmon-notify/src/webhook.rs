@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::Sha256;
 
-use crate::delivery::{Batch, Sent};
+use crate::channel::{Batch, Sent};
 use crate::http::{check_url, client, post, redact};
 use crate::secret::{resolve, Secret};
 
