@@ -16,12 +16,12 @@ use avmon_core::{
 use avmon_detect::DetectorsConfig;
 use avmon_hls::{HlsConfig, VariantSelector};
 use avmon_media::{EndReason, FrameSink, Input, MediaClock, OpenOptions, Tap};
-use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::hls::{Cleared, HlsInput, HlsOptions};
-use crate::pipeline::Pipeline;
-use crate::transport::TransportTap;
+use avmon_service::hls::{Cleared, HlsInput, HlsOptions};
+use avmon_service::pipeline::Pipeline;
+pub use avmon_service::report::{is_live, Event};
+use avmon_service::transport::TransportTap;
 
 pub struct CheckOptions {
     pub input: String,
@@ -40,15 +40,6 @@ pub struct CheckOptions {
     pub tier: Tier,
     /// In the `keyframes` tier, seconds between the keyframes decoded (0: every one).
     pub keyframe_interval: f64,
-}
-
-#[derive(Debug, Serialize)]
-pub struct Event {
-    pub kind: String,
-    pub severity: Severity,
-    pub start_s: f64,
-    pub end_s: f64,
-    pub details: avmon_core::Details,
 }
 
 #[derive(Debug)]
@@ -136,7 +127,7 @@ impl Report {
             );
         }
         if let Some(t) = &self.transport {
-            s += &format!("\n  {}", crate::transport::text(t));
+            s += &format!("\n  {}", avmon_service::transport::text(t));
         }
         if self.events.is_empty() {
             s += "\n  no defects found";
@@ -169,7 +160,7 @@ struct Sink {
 
 impl Sink {
     fn collect(&mut self) {
-        for ev in self.pipe.events.drain(..) {
+        for ev in self.pipe.events() {
             if ev.transition == Transition::Cleared {
                 self.alerts.push(ev.alert);
             }
@@ -318,7 +309,7 @@ pub fn check(opts: CheckOptions) -> Result<Report> {
         })
         .collect();
     let hls = match hls {
-        Some(h) => Some(crate::hls::report(h.finish()?, opts.duration)?),
+        Some(h) => Some(avmon_service::hls::report(h.finish()?, opts.duration)?),
         None => None,
     };
     let hls_summary = hls.map(|h| {
@@ -344,12 +335,4 @@ pub fn check(opts: CheckOptions) -> Result<Report> {
         hls: hls_summary,
         tier: opts.tier,
     })
-}
-
-/// Inputs that never end by themselves.
-pub fn is_live(input: &str) -> bool {
-    const LIVE: [&str; 8] = [
-        "udp://", "rtp://", "srt://", "rtmp://", "rtmps://", "rtsp://", "tcp://", "rist://",
-    ];
-    LIVE.iter().any(|p| input.starts_with(p))
 }

@@ -11,8 +11,8 @@ use std::time::Duration;
 use anyhow::Result;
 use avmon_media::synth::{Content, Defect, SynthSpec};
 
-use crate::config::{self, StreamConfig};
-use crate::service;
+use avmon_service as service;
+use avmon_service::config::{self, StreamConfig};
 
 /// One demo stream.
 struct Demo {

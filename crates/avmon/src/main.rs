@@ -4,15 +4,10 @@
 //! into the one-way pipeline ingest → decode → detect → findings → alerts → store / notifiers / API.
 
 mod check;
-mod config;
 mod damage;
-mod degrade;
 mod demo;
-mod evidence;
-mod hls;
-mod pipeline;
-mod service;
-mod transport;
+
+use avmon_service::config;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -279,7 +274,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Run { config } => {
             let cfg = config::load(&config)?;
-            service::run(cfg, service::Options::default())?;
+            avmon_service::run(cfg, avmon_service::Options::default())?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Synth {

@@ -34,15 +34,15 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use avmon_alert::{AlertConfig, AlertEngine};
+use avmon_alert::AlertConfig;
 use avmon_core::{round_ms, Alert, AlertEvent, Finding, StreamId, Transition};
 use avmon_hls::{HlsConfig, HlsSink, Segment, Variant, VariantRun, VariantStats};
 use avmon_media::ByteSource;
-use chrono::Utc;
 use crossbeam_channel::{Receiver, RecvTimeoutError, SendTimeoutError, Sender, TrySendError};
 use serde_json::{json, Value};
 
-use crate::check::Event;
+use crate::alerts::StreamAlerts;
+use crate::report::Event;
 
 /// Segments queued for the decoder at most.
 pub const QUEUE: usize = 64;
@@ -214,8 +214,7 @@ pub trait VariantOut: Send {
 /// One variant's findings through its alert engine, and (for the first variant) its segments
 /// to the decoder.
 pub struct VariantSink<O> {
-    engine: AlertEngine,
-    events: Vec<AlertEvent>,
+    alerts: StreamAlerts,
     feed: Option<Feed>,
     pub out: O,
     pub media_t: f64,
@@ -226,14 +225,14 @@ pub struct VariantSink<O> {
 
 impl<O: VariantOut> VariantSink<O> {
     fn send(&mut self) {
-        for ev in self.events.drain(..) {
+        for ev in self.alerts.events.drain(..) {
             self.out.alert(ev);
         }
     }
 
     fn tick(&mut self, t: f64) {
         self.media_t = self.media_t.max(t);
-        self.engine.on_tick(t, Utc::now(), &mut self.events);
+        self.alerts.tick(t);
         self.send();
         if self.stop_at.is_some_and(|d| self.media_t >= d) {
             self.stop.store(true, Ordering::Relaxed);
@@ -243,7 +242,7 @@ impl<O: VariantOut> VariantSink<O> {
 
 impl<O: VariantOut> HlsSink for VariantSink<O> {
     fn on_finding(&mut self, f: Finding) {
-        self.engine.on_finding(&f, Utc::now(), &mut self.events);
+        self.alerts.finding(f);
         self.send();
     }
 
@@ -263,8 +262,7 @@ impl<O: VariantOut> HlsSink for VariantSink<O> {
 
     fn on_end(&mut self, media_t: f64) {
         self.media_t = self.media_t.max(media_t);
-        self.engine
-            .clear_all(self.media_t, Utc::now(), &mut self.events);
+        self.alerts.clear_all(self.media_t);
         self.send();
         if let Some(feed) = &mut self.feed {
             // A monitor that follows starts wherever the playlist then is.
@@ -371,8 +369,7 @@ impl<O: VariantOut + 'static> HlsInput<O> {
                 let mut runs = run(&mut |v| VariantSink {
                     // The first chosen variant is the one decoded.
                     feed: feed.take(),
-                    engine: AlertEngine::new(stream.clone(), alerts.clone()),
-                    events: Vec::new(),
+                    alerts: StreamAlerts::new(stream.clone(), alerts.clone()),
                     out: make_out(v),
                     media_t: 0.0,
                     stop_at: duration,

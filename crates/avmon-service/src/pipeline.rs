@@ -6,13 +6,14 @@
 
 use std::collections::BTreeMap;
 
-use avmon_alert::{AlertConfig, AlertEngine};
+use avmon_alert::AlertConfig;
 use avmon_core::{
-    kinds, AlertEvent, AudioBuffer, Details, Detector, Finding, Findings, MediaInfo, Severity,
-    StreamId, Tier, VideoFrame,
+    kinds, AlertEvent, AudioBuffer, Details, Detector, Finding, MediaInfo, Severity, StreamId,
+    Tier, VideoFrame,
 };
 use avmon_detect::DetectorsConfig;
-use chrono::Utc;
+
+use crate::alerts::StreamAlerts;
 
 /// Running totals since the stream started.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -27,10 +28,9 @@ pub struct Counters {
 pub struct Pipeline {
     detectors_cfg: DetectorsConfig,
     detectors: Vec<Box<dyn Detector>>,
-    findings: Findings,
-    engine: AlertEngine,
-    /// Alert events made since the caller last drained them.
-    pub events: Vec<AlertEvent>,
+    /// Every finding about the stream goes into its alert engine here; its events wait in
+    /// `alerts.events` for the caller.
+    pub alerts: StreamAlerts,
     pub counters: Counters,
     last_counters: Counters,
     /// Media time of the latest packet in this connection (`None` right after a (re)connect).
@@ -69,9 +69,7 @@ impl Pipeline {
         Pipeline {
             detectors_cfg: detectors,
             detectors: Vec::new(),
-            findings: Vec::with_capacity(16),
-            engine: AlertEngine::new(stream_id, alerts),
-            events: Vec::with_capacity(16),
+            alerts: StreamAlerts::new(stream_id, alerts),
             counters: Counters::default(),
             last_counters: Counters::default(),
             last_packet_t: None,
@@ -128,12 +126,14 @@ impl Pipeline {
                 if !open {
                     self.monitor_open.push(kind);
                 }
-                self.findings
+                self.alerts
+                    .findings
                     .push(Finding::begin(kind, Severity::Major, t, d));
             }
             None if open => {
                 self.monitor_open.retain(|k| *k != kind);
-                self.findings
+                self.alerts
+                    .findings
                     .push(Finding::end(kind, Severity::Major, t, Details::new()));
             }
             None => {}
@@ -156,13 +156,12 @@ impl Pipeline {
     }
 
     fn flush(&mut self) {
-        if self.findings.is_empty() {
-            return;
-        }
-        let now = Utc::now();
-        for f in self.findings.drain(..) {
-            self.engine.on_finding(&f, now, &mut self.events);
-        }
+        self.alerts.flush();
+    }
+
+    /// The alert events made since the caller last took them.
+    pub fn events(&mut self) -> std::vec::Drain<'_, AlertEvent> {
+        self.alerts.events.drain(..)
     }
 
     pub fn packet(&mut self, t: f64, bytes: usize) {
@@ -176,13 +175,14 @@ impl Pipeline {
                 details.insert("gap_s".into(), round3(jump).into());
                 details.insert("reason".into(), "no data in the stream's timestamps".into());
                 let sev = Severity::Critical;
-                self.findings.push(Finding::begin(
+                self.alerts.push(Finding::begin(
                     kinds::SOURCE_DOWN,
                     sev,
                     prev,
                     details.clone(),
                 ));
-                self.findings
+                self.alerts
+                    .findings
                     .push(Finding::end(kinds::SOURCE_DOWN, sev, t, details));
             }
             if jump > CLOCK_JUMP_RESET_S {
@@ -195,17 +195,16 @@ impl Pipeline {
             self.last_packet_t = Some(t);
         }
         for d in &mut self.detectors {
-            d.on_tick(t, &mut self.findings);
+            d.on_tick(t, &mut self.alerts.findings);
         }
-        self.flush();
-        self.engine.on_tick(t, Utc::now(), &mut self.events);
+        self.alerts.tick(t);
     }
 
     pub fn video(&mut self, frame: &VideoFrame<'_>) {
         self.counters.frames_video += 1;
         self.end_t = self.end_t.max(frame.t + frame.duration);
         for d in &mut self.detectors {
-            d.on_video(frame, &mut self.findings);
+            d.on_video(frame, &mut self.alerts.findings);
         }
         self.flush();
     }
@@ -214,7 +213,7 @@ impl Pipeline {
         self.counters.frames_audio += 1;
         self.end_t = self.end_t.max(buf.t + buf.duration());
         for d in &mut self.detectors {
-            d.on_audio(buf, &mut self.findings);
+            d.on_audio(buf, &mut self.alerts.findings);
         }
         self.flush();
     }
@@ -231,7 +230,7 @@ impl Pipeline {
         self.down_at = Some(t);
         let mut details = Details::new();
         details.insert("reason".into(), reason.into());
-        self.findings.push(Finding::begin(
+        self.alerts.push(Finding::begin(
             kinds::SOURCE_DOWN,
             Severity::Critical,
             t,
@@ -274,7 +273,7 @@ impl Pipeline {
         for d in &mut self.detectors {
             d.reset();
         }
-        self.findings.push(Finding::end(
+        self.alerts.push(Finding::end(
             kinds::SOURCE_DOWN,
             Severity::Critical,
             t,
@@ -285,8 +284,7 @@ impl Pipeline {
 
     /// The input ended at media time `end`: every open alert is cleared.
     pub fn finish(&mut self, end: f64) {
-        self.flush();
-        self.engine.clear_all(end, Utc::now(), &mut self.events);
+        self.alerts.clear_all(end);
     }
 
     /// The stream is being removed: clear what is open at the latest media time.

@@ -1,0 +1,62 @@
+//! The live feed behind `/api/events` (server-sent events): stream status changes and audio
+//! levels, published from the registry's state four times a second.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use avmon_server::LiveEvent;
+
+use crate::registry::Service;
+
+/// Publishes `stream` events when a stream's status, tier or active alerts change (or it
+/// appears), and everyone's audio `levels`, four times a second.
+pub(crate) async fn live_events(service: std::sync::Weak<Service>) {
+    let mut last: BTreeMap<String, String> = BTreeMap::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tick.tick().await;
+        let Some(service) = service.upgrade() else {
+            return;
+        };
+        if service.events.receiver_count() == 0 {
+            last.clear();
+            continue;
+        }
+        let mut levels = serde_json::Map::new();
+        let mut seen = BTreeMap::new();
+        for shared in service.shared_streams() {
+            let status = service.status_of(&shared);
+            let key = format!(
+                "{:?}/{}/{}/{}",
+                status.status,
+                status.tier,
+                status.muted.is_some(),
+                status
+                    .active_alerts
+                    .iter()
+                    .map(|a| a.id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            );
+            if last.get(&status.id) != Some(&key) {
+                let _ = service.events.send(LiveEvent::new("stream", &status));
+            }
+            if let Ok(live) = shared.live.lock() {
+                if !live.levels.is_empty() && !live.down {
+                    levels.insert(status.id.clone(), serde_json::json!(live.levels));
+                }
+            }
+            seen.insert(status.id, key);
+        }
+        for gone in last.keys().filter(|id| !seen.contains_key(*id)) {
+            let _ = service.events.send(LiveEvent::new(
+                "stream",
+                &serde_json::json!({"id": gone, "removed": true}),
+            ));
+        }
+        last = seen;
+        if !levels.is_empty() {
+            let _ = service.events.send(LiveEvent::new("levels", &levels));
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! The stream registry: the running streams, each with its thread and shared state, started
+//! and stopped here; the rest of the service reads them through it.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::Result;
+use avmon_alert::Suppression;
+use avmon_core::sched::Scheduler;
+use avmon_core::{round_ms, StreamId, TierControl};
+use avmon_media::Pictures;
+use avmon_notify::Notifier;
+use avmon_server::{ApiError, LiveEvent, StreamState, StreamStatus};
+use avmon_store::{Store, StreamRecord};
+use chrono::Utc;
+use crossbeam_channel::Sender;
+
+use crate::config::StreamConfig;
+use crate::evidence::{ClipRing, EvidenceConfig};
+use crate::hub::HubMsg;
+use crate::mask::masked;
+use crate::stream::{stream_thread, Live, StreamShared};
+
+pub(crate) struct StreamHandle {
+    pub(crate) shared: Arc<StreamShared>,
+    pub(crate) stop: Arc<AtomicBool>,
+    pub(crate) thread: Option<JoinHandle<()>>,
+}
+
+/// The running service; implements the API's [`Monitor`].
+pub(crate) struct Service {
+    pub(crate) streams: Mutex<BTreeMap<String, StreamHandle>>,
+    pub(crate) hub: Sender<HubMsg>,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) notifiers: Vec<Arc<dyn Notifier>>,
+    pub(crate) protocols: Vec<String>,
+    pub(crate) metrics_interval: Duration,
+    /// Mutes and maintenance windows: which alerts are not notified.
+    pub(crate) suppression: Arc<Suppression>,
+    /// Live events for `/api/events`.
+    pub(crate) events: tokio::sync::broadcast::Sender<LiveEvent>,
+    pub(crate) evidence: EvidenceConfig,
+    pub(crate) sched: Arc<Scheduler>,
+}
+
+/// Scaled copies of the picture: every second, 320 pixels wide, the last 12 (so an alert raised
+/// up to ~12 s after its onset, as loudness ones are, still has the picture at the onset).
+pub(crate) const PICTURE_WIDTH: u32 = 320;
+pub(crate) const PICTURE_INTERVAL_S: f64 = 1.0;
+pub(crate) const PICTURES_KEPT: usize = 12;
+
+impl Service {
+    pub(crate) fn start_stream(&self, cfg: StreamConfig) -> Arc<StreamShared> {
+        let shared = Arc::new(StreamShared {
+            tier: TierControl::new(cfg.tier()),
+            ceiling: TierControl::new(cfg.tier()),
+            priority: AtomicU32::new(cfg.priority),
+            cpu: self.sched.slot(),
+            degrade_reason: Mutex::new(String::new()),
+            behind: AtomicBool::new(false),
+            behind_reason: Mutex::new(String::new()),
+            cfg: cfg.clone(),
+            live: Mutex::new(Live::default()),
+            pictures: self
+                .evidence
+                .enabled
+                .then(|| Pictures::new(PICTURE_WIDTH, PICTURE_INTERVAL_S, PICTURES_KEPT)),
+            ring: self.evidence.enabled.then(|| {
+                ClipRing::new(
+                    self.evidence.ring_keep(),
+                    self.evidence.ring_max_bytes.bytes().unwrap_or(16 << 20) as usize,
+                )
+            }),
+            thumb: Mutex::new(None),
+            config_json: masked(serde_json::to_value(&cfg).unwrap_or_default()),
+        });
+        let stop = Arc::new(AtomicBool::new(false));
+        let _ = self.hub.send(HubMsg::Upsert(StreamRecord {
+            id: StreamId(cfg.id.clone()),
+            url: cfg.url.clone(),
+            config: serde_json::to_value(&cfg).unwrap_or_default(),
+            created_at: Utc::now(),
+        }));
+        let thread = {
+            let (shared, stop, hub) = (shared.clone(), stop.clone(), self.hub.clone());
+            let interval = self.metrics_interval;
+            std::thread::Builder::new()
+                .name(format!("stream-{}", cfg.id))
+                .spawn(move || stream_thread(shared, stop, hub, interval))
+                .ok()
+        };
+        if let Ok(mut streams) = self.streams.lock() {
+            streams.insert(
+                cfg.id.clone(),
+                StreamHandle {
+                    shared: shared.clone(),
+                    stop,
+                    thread,
+                },
+            );
+        }
+        shared
+    }
+
+    pub(crate) fn status_of(&self, shared: &StreamShared) -> StreamStatus {
+        let live = shared.live.lock().unwrap_or_else(|e| e.into_inner());
+        let status = if live.down {
+            StreamState::Down
+        } else if !live.connected || live.counters.packets == 0 {
+            StreamState::Starting
+        } else if !live.active.is_empty() {
+            StreamState::Alarm
+        } else {
+            StreamState::Ok
+        };
+        StreamStatus {
+            id: shared.cfg.id.clone(),
+            url: shared.cfg.url.clone(),
+            status,
+            active_alerts: live.active.values().cloned().collect(),
+            media_t: avmon_core::round_ms(live.media_t),
+            last_data_at: live.last_data_at,
+            info: live.info.clone(),
+            frames_video: live.counters.frames_video,
+            frames_audio: live.counters.frames_audio,
+            decode_errors: live.counters.decode_errors,
+            reconnects: live.reconnects,
+            tier: shared.tier.get(),
+            muted: self.suppression.mute(&shared.cfg.id, Utc::now()),
+            config: Some(shared.config_json.clone()),
+            configured_tier: shared.ceiling.get(),
+            degraded: shared.degraded(),
+            priority: shared.priority.load(Ordering::Relaxed),
+            lag_s: round_ms(live.lag_smooth_s),
+        }
+    }
+
+    /// `Ok` when `id` is a stream being monitored.
+    pub(crate) fn known(&self, id: &str) -> Result<(), ApiError> {
+        self.shared(id).map(|_| ())
+    }
+
+    /// A running stream's shared state; unknown → 404.
+    pub(crate) fn shared(&self, id: &str) -> Result<Arc<StreamShared>, ApiError> {
+        self.streams
+            .lock()
+            .ok()
+            .and_then(|s| s.get(id).map(|h| h.shared.clone()))
+            .ok_or_else(|| ApiError::NotFound(format!("no stream {id:?}")))
+    }
+
+    pub(crate) fn shared_streams(&self) -> Vec<Arc<StreamShared>> {
+        match self.streams.lock() {
+            Ok(s) => s.values().map(|h| h.shared.clone()).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Stop every stream and wait for their threads (their open alerts are cleared).
+    pub(crate) fn stop_all(&self) {
+        let handles: Vec<StreamHandle> = match self.streams.lock() {
+            Ok(mut s) => std::mem::take(&mut *s).into_values().collect(),
+            Err(_) => Vec::new(),
+        };
+        for h in &handles {
+            h.stop.store(true, Ordering::Relaxed);
+        }
+        for mut h in handles {
+            if let Some(t) = h.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! `avmon run`: the service's threads wired together, until Ctrl-C, SIGTERM or a duration.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use avmon_alert::Suppression;
+use avmon_core::sched::{Scheduler, DEFAULT_QUANTUM};
+use avmon_notify::{Notifier, OutboxNotifier};
+use avmon_server::Monitor;
+use avmon_store::Store;
+
+use crate::config::Config;
+use crate::degradation::degrade_thread;
+use crate::evidence::Evidence;
+use crate::hub::{hub_thread, HubOutputs};
+use crate::live::live_events;
+use crate::registry::Service;
+
+/// How `run` behaves beyond the config.
+#[derive(Default)]
+pub struct Options {
+    /// Print each alert as it is raised and cleared (the demo does).
+    pub print_alerts: bool,
+    /// Stop after this long (default: until Ctrl-C / SIGTERM).
+    pub duration: Option<Duration>,
+}
+
+pub(crate) async fn shutdown_signal(duration: Option<Duration>) {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    let timer = async {
+        match duration {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+        _ = timer => {},
+    }
+}
+
+/// Run the service until Ctrl-C, SIGTERM or `opts.duration`.
+pub fn run(cfg: Config, opts: Options) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let store: Arc<dyn Store> = Arc::from(
+        avmon_store::open(&cfg.store.url)
+            .with_context(|| format!("opening the store {}", cfg.store.url))?,
+    );
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind(cfg.listen))
+        .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+    let addr: SocketAddr = listener.local_addr().unwrap_or(cfg.listen);
+
+    // Each notifier starts with what an earlier run left pending in the outbox.
+    let mut notifiers: Vec<Arc<dyn Notifier>> = Vec::new();
+    for (i, n) in cfg.notifiers.iter().enumerate() {
+        let notifier = OutboxNotifier::spawn(n.clone(), store.clone(), rt.handle())
+            .with_context(|| format!("starting notifiers[{i}] ({})", n.id()))?;
+        notifiers.push(Arc::new(notifier));
+    }
+    // Rows of a notifier no longer configured (renamed, removed, or its default id moved with
+    // its position) would wait forever: say so, and how to deliver them.
+    match store.outbox_pending_by_notifier() {
+        Ok(pending) => {
+            for (id, n) in pending {
+                if !cfg.notifiers.iter().any(|c| c.id() == id) {
+                    tracing::warn!(
+                        notifier = %id, pending = n,
+                        "notifications pending for a notifier that is not configured; give a \
+                         notifier this id to deliver them"
+                    );
+                }
+            }
+        }
+        Err(e) => tracing::warn!("reading the outbox: {e}"),
+    }
+
+    // Mutes and the API's maintenance windows survive restarts; the config file's are added.
+    let mut windows = store.windows().context("loading maintenance windows")?;
+    windows.extend(cfg.maintenance.iter().cloned());
+    let suppression = Arc::new(Suppression::new(
+        store.mutes().context("loading muted streams")?,
+        windows,
+    ));
+    let evidence = match cfg.evidence.enabled {
+        true => Some(Evidence::start(cfg.evidence.clone())?),
+        false => None,
+    };
+    // Bounded: a client too slow for it gets `resync`, never holds the hub up.
+    let (events, _) = tokio::sync::broadcast::channel(1024);
+    let (hub_tx, hub_rx) = crossbeam_channel::unbounded();
+    let hub_handle = {
+        let (store, notifiers) = (store.clone(), notifiers.clone());
+        let suppression = suppression.clone();
+        let out = HubOutputs {
+            print: opts.print_alerts,
+            events: events.clone(),
+            evidence,
+        };
+        std::thread::Builder::new()
+            .name("hub".into())
+            .spawn(move || hub_thread(hub_rx, store, notifiers, out, suppression))
+            .context("starting the hub thread")?
+    };
+    let service = Arc::new(Service {
+        streams: Mutex::new(BTreeMap::new()),
+        hub: hub_tx,
+        store,
+        notifiers: notifiers.clone(),
+        protocols: avmon_media::input_protocols(),
+        metrics_interval: Duration::from_secs_f64(cfg.store.metrics_interval_s),
+        suppression,
+        events,
+        evidence: cfg.evidence.clone(),
+        sched: Scheduler::new(cfg.service.permits(), DEFAULT_QUANTUM),
+    });
+    rt.spawn(live_events(Arc::downgrade(&service)));
+    for s in cfg.streams.clone() {
+        service.start_stream(s);
+    }
+    eprintln!(
+        "avmon: monitoring {} stream(s) on {} worker(s); console and API on http://{addr}/ (store {})",
+        cfg.streams.len(),
+        service.sched.permits(),
+        cfg.store.url
+    );
+    if cfg.api.enabled() {
+        let admins = cfg
+            .api
+            .tokens
+            .iter()
+            .filter(|t| t.role == avmon_server::Role::Admin)
+            .count();
+        eprintln!(
+            "avmon: API tokens: {admins} admin, {} read-only; /metrics {}",
+            cfg.api.tokens.len() - admins,
+            if cfg.api.metrics_need_token {
+                "needs a token"
+            } else {
+                "is open"
+            }
+        );
+    } else {
+        // Config validation refused a non-loopback address without tokens.
+        eprintln!(
+            "avmon: no API tokens configured: the API is open to anyone on this host, so it \
+             listens on loopback only ({addr})"
+        );
+    }
+    let degrade_stop = Arc::new(AtomicBool::new(false));
+    let degrade_handle = {
+        let (service, stop, scfg) = (service.clone(), degrade_stop.clone(), cfg.service.clone());
+        std::thread::Builder::new()
+            .name("degrade".into())
+            .spawn(move || degrade_thread(&service, &scfg, &stop))
+            .context("starting the degradation thread")?
+    };
+    let monitor: Arc<dyn Monitor> = service.clone();
+    let served = rt.block_on(avmon_server::serve(
+        listener,
+        monitor,
+        cfg.api.clone(),
+        shutdown_signal(opts.duration),
+    ));
+    eprintln!("avmon: shutting down");
+    degrade_stop.store(true, Ordering::Relaxed);
+    let _ = degrade_handle.join();
+    service.stop_all();
+    // The live-events task holds the service only for a moment at a time.
+    let until = Instant::now() + Duration::from_secs(2);
+    while Arc::strong_count(&service) > 1 && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Dropping the last sender ends the hub once it has handled everything queued.
+    let Service { hub, .. } = match Arc::try_unwrap(service) {
+        Ok(s) => s,
+        Err(_) => anyhow::bail!("the API still holds the service at shutdown"),
+    };
+    drop(hub);
+    let _ = hub_handle.join();
+    for n in &notifiers {
+        if !n.flush(Duration::from_secs(5)) {
+            tracing::warn!(
+                notifier = n.name(),
+                "some notifications were not delivered before exit"
+            );
+        }
+    }
+    rt.shutdown_timeout(Duration::from_secs(1));
+    served.map_err(|e| anyhow::anyhow!("HTTP server: {e}"))
+}
