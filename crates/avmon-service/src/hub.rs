@@ -15,6 +15,9 @@ use crossbeam_channel::Receiver;
 use crate::evidence::{self, Evidence};
 use crate::stream::StreamShared;
 
+/// Metrics samples written in one batch at most.
+const METRICS_BATCH: usize = 2000;
+
 pub(crate) enum HubMsg {
     Alert(Arc<StreamShared>, AlertEvent),
     Metrics(MetricsSample),
@@ -60,74 +63,153 @@ pub(crate) fn hub_thread(
     out: HubOutputs,
     suppression: Arc<Suppression>,
 ) {
-    for msg in rx {
-        match msg {
-            HubMsg::Alert(shared, ev) => {
-                if out.print {
-                    print_alert(&ev);
-                }
-                let transition = match ev.transition {
-                    Transition::Raised => "raised",
-                    Transition::Updated => "updated",
-                    Transition::Cleared => "cleared",
-                };
-                let _ = out.events.send(LiveEvent::new(
-                    "alert",
-                    &serde_json::json!({"transition": transition, "alert": ev.alert}),
-                ));
-                if let (Transition::Raised, Some(evidence)) = (ev.transition, &out.evidence) {
-                    // How far behind the stream's latest media the onset is, in seconds.
-                    let media_t = shared.live.lock().map(|l| l.media_t).unwrap_or(0.0);
-                    let sources = evidence::Sources {
-                        pictures: shared.pictures.clone(),
-                        ring: shared.ring.clone(),
-                    };
-                    evidence.raised(&ev.alert, sources, media_t - ev.alert.start_s);
-                }
-                if let Ok(mut live) = shared.live.lock() {
-                    match ev.transition {
-                        Transition::Cleared => {
-                            live.active.remove(&ev.alert.id);
-                        }
-                        _ => {
-                            live.active.insert(ev.alert.id.clone(), ev.alert.clone());
-                        }
-                    }
-                }
-                // Muted or in maintenance when raised: stored, marked, not notified.
-                let suppressed = suppression.on_event(&ev, Utc::now());
-                if let Err(e) = store.record_alert(&ev) {
-                    tracing::error!("storing alert {}: {e}", ev.alert.id);
-                }
-                if let (Some(why), Transition::Raised) = (suppressed, ev.transition) {
-                    if let Err(e) = store.mark_alert(&ev.alert.id, why) {
-                        tracing::error!("marking alert {}: {e}", ev.alert.id);
-                    }
-                }
-                if suppressed.is_none() {
-                    for n in &notifiers {
-                        n.notify(&ev);
-                    }
-                }
-            }
-            HubMsg::Metrics(m) => {
-                if let Err(e) = store.record_metrics(&m) {
-                    tracing::error!("storing metrics of {}: {e}", m.stream_id);
-                }
-            }
-            HubMsg::Upsert(rec) => {
-                if let Err(e) = store.upsert_stream(&rec) {
-                    tracing::error!("storing stream {}: {e}", rec.id);
-                }
-            }
-            HubMsg::Remove(id) => {
-                if let Err(e) = store.remove_stream(&id) {
-                    tracing::error!("removing stream {id}: {e}");
-                }
-            }
+    // Metrics arrive from every stream at once each interval: a burst of them (everything
+    // waiting, up to METRICS_BATCH) is written in one batch; any other message first writes
+    // what was gathered before it, so the store sees messages in order.
+    let mut metrics: Vec<MetricsSample> = Vec::new();
+    let flush = |metrics: &mut Vec<MetricsSample>| {
+        if metrics.is_empty() {
+            return;
         }
+        if let Err(e) = store.record_metrics_batch(metrics) {
+            tracing::error!("storing {} metrics samples: {e}", metrics.len());
+        }
+        metrics.clear();
+    };
+    while let Ok(first) = rx.recv() {
+        let mut next = Some(first);
+        while let Some(msg) = next.take() {
+            if !matches!(msg, HubMsg::Metrics(_)) {
+                flush(&mut metrics);
+            }
+            match msg {
+                HubMsg::Alert(shared, ev) => {
+                    if out.print {
+                        print_alert(&ev);
+                    }
+                    let transition = match ev.transition {
+                        Transition::Raised => "raised",
+                        Transition::Updated => "updated",
+                        Transition::Cleared => "cleared",
+                    };
+                    let _ = out.events.send(LiveEvent::new(
+                        "alert",
+                        &serde_json::json!({"transition": transition, "alert": ev.alert}),
+                    ));
+                    if let (Transition::Raised, Some(evidence)) = (ev.transition, &out.evidence) {
+                        // How far behind the stream's latest media the onset is, in seconds.
+                        let media_t = shared.live.lock().map(|l| l.media_t).unwrap_or(0.0);
+                        let sources = evidence::Sources {
+                            pictures: shared.pictures.clone(),
+                            ring: shared.ring.clone(),
+                        };
+                        evidence.raised(&ev.alert, sources, media_t - ev.alert.start_s);
+                    }
+                    if let Ok(mut live) = shared.live.lock() {
+                        match ev.transition {
+                            Transition::Cleared => {
+                                live.active.remove(&ev.alert.id);
+                            }
+                            _ => {
+                                live.active.insert(ev.alert.id.clone(), ev.alert.clone());
+                            }
+                        }
+                    }
+                    // Muted or in maintenance when raised: stored, marked, not notified.
+                    let suppressed = suppression.on_event(&ev, Utc::now());
+                    if let Err(e) = store.record_alert(&ev) {
+                        tracing::error!("storing alert {}: {e}", ev.alert.id);
+                    }
+                    if let (Some(why), Transition::Raised) = (suppressed, ev.transition) {
+                        if let Err(e) = store.mark_alert(&ev.alert.id, why) {
+                            tracing::error!("marking alert {}: {e}", ev.alert.id);
+                        }
+                    }
+                    if suppressed.is_none() {
+                        for n in &notifiers {
+                            n.notify(&ev);
+                        }
+                    }
+                }
+                HubMsg::Metrics(m) => {
+                    metrics.push(m);
+                    if metrics.len() >= METRICS_BATCH {
+                        flush(&mut metrics);
+                    }
+                }
+                HubMsg::Upsert(rec) => {
+                    if let Err(e) = store.upsert_stream(&rec) {
+                        tracing::error!("storing stream {}: {e}", rec.id);
+                    }
+                }
+                HubMsg::Remove(id) => {
+                    if let Err(e) = store.remove_stream(&id) {
+                        tracing::error!("removing stream {id}: {e}");
+                    }
+                }
+            }
+            next = rx.try_recv().ok();
+        }
+        flush(&mut metrics);
     }
     if let Some(e) = out.evidence {
         e.finish();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn sample(stream: &str, i: usize) -> MetricsSample {
+        MetricsSample {
+            stream_id: StreamId(stream.into()),
+            at: chrono::DateTime::from_timestamp(1_700_000_000 + i as i64, 0).unwrap(),
+            media_t: i as f64,
+            values: BTreeMap::from([("frames_video".to_string(), i as f64)]),
+        }
+    }
+
+    /// A burst larger than a batch, with a stream record in the middle: every sample is
+    /// stored, in order, and the record too.
+    #[test]
+    fn bursts_of_metrics_are_stored_whole_and_in_order() {
+        let store: Arc<dyn Store> = Arc::from(avmon_store::open("sqlite::memory:").unwrap());
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let n = METRICS_BATCH * 2 + 7;
+        for i in 0..n {
+            let stream = if i % 2 == 0 { "a" } else { "b" };
+            tx.send(HubMsg::Metrics(sample(stream, i))).unwrap();
+            if i == n / 2 {
+                tx.send(HubMsg::Upsert(StreamRecord {
+                    id: StreamId("a".into()),
+                    url: "udp://127.0.0.1:5000".into(),
+                    config: serde_json::json!({"id": "a"}),
+                    created_at: Utc::now(),
+                }))
+                .unwrap();
+            }
+        }
+        drop(tx);
+        let (events, _) = tokio::sync::broadcast::channel(4);
+        let out = HubOutputs {
+            print: false,
+            events,
+            evidence: None,
+        };
+        let suppression = Arc::new(Suppression::new(Vec::new(), Vec::new()));
+        hub_thread(rx, store.clone(), Vec::new(), out, suppression);
+        for stream in ["a", "b"] {
+            let got = store.metrics(&StreamId(stream.into()), None).unwrap();
+            let want: Vec<f64> = (0..n)
+                .filter(|i| (i % 2 == 0) == (stream == "a"))
+                .map(|i| i as f64)
+                .collect();
+            let media: Vec<f64> = got.iter().map(|m| m.media_t).collect();
+            assert_eq!(media, want, "stream {stream}");
+        }
+        assert_eq!(store.streams().unwrap().len(), 1);
     }
 }
