@@ -37,7 +37,9 @@ impl Default for ServerConfig {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
-    /// Where results go: `sqlite://PATH` (created and migrated at start).
+    /// Where results go: a SQLite file (`sqlite://PATH`, or a plain path), or PostgreSQL
+    /// (`postgres://USER:PASSWORD@HOST:PORT/DB`, which several nodes can share); created or
+    /// migrated at start.
     pub url: String,
     /// Seconds between per-stream metrics samples.
     pub metrics_interval_s: f64,
@@ -664,13 +666,7 @@ pub fn parse_with_env(
 }
 
 fn store_url_problem(url: &str) -> Result<(), String> {
-    if url.starts_with("sqlite:") {
-        Ok(())
-    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Err("PostgreSQL is not supported yet; use sqlite://PATH".into())
-    } else {
-        Err(format!("{url:?}: expected sqlite://PATH"))
-    }
+    avmon_store::check_url(url).map_err(|e| e.to_string())
 }
 
 fn notifier(
@@ -742,6 +738,23 @@ url = "http://127.0.0.1:9000/hook"
         assert_eq!(c.streams[0].id, "news-hd");
         assert_eq!(c.notifiers.len(), 1);
         assert_eq!(c.listen.port(), 8080);
+    }
+
+    #[test]
+    fn the_store_is_a_sqlite_file_or_postgres() {
+        for url in [
+            "sqlite://avmon.db",
+            "/var/lib/avmon/avmon.db",
+            "avmon.db",
+            "postgres://avmon@db.example:5432/avmon",
+            "postgresql://avmon@db.example/avmon",
+        ] {
+            let text = format!("[store]\nurl = {url:?}\n");
+            let c = parse(&text, "avmon.toml").unwrap_or_else(|e| panic!("{url}: {e:?}"));
+            assert_eq!(c.store.url, url);
+        }
+        let err = parse("[store]\nurl = \"mysql://x/db\"\n", "avmon.toml").unwrap_err();
+        assert!(err.errors.join("\n").contains("\"mysql\""), "{err:?}");
     }
 
     #[test]

@@ -155,12 +155,15 @@ impl EvidenceConfig {
         }
     }
 
-    /// The default `dir` for a store at `store_url`: `PATH.evidence` beside `sqlite://PATH`'s
-    /// file (its extension replaced), `avmon.evidence` for an in-memory store.
+    /// The default `dir` for a store at `store_url`: `PATH.evidence` beside a SQLite file
+    /// (`sqlite://PATH` or a plain path; its extension replaced), `avmon.evidence` in the
+    /// working directory for an in-memory store or PostgreSQL.
     pub fn default_dir(store_url: &str) -> PathBuf {
+        let plain = !store_url.contains("://") && !store_url.starts_with("sqlite:");
         let path = store_url
             .strip_prefix("sqlite://")
             .or_else(|| store_url.strip_prefix("sqlite:"))
+            .or(plain.then_some(store_url))
             .map(|p| p.split('?').next().unwrap_or(p))
             .filter(|p| !p.is_empty() && !p.starts_with(':'));
         match path {
@@ -536,6 +539,11 @@ mod tests {
             Path::new("avmon-demo.evidence")
         );
         assert_eq!(d("sqlite::memory:"), Path::new("avmon.evidence"));
+        assert_eq!(d("data/avmon.db"), Path::new("data/avmon.evidence"));
+        assert_eq!(
+            d("postgres://avmon@db.example/avmon"),
+            Path::new("avmon.evidence")
+        );
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //!   persistence but never detection.
 //! - [`open`] picks the backend from the URL scheme, as atuin does:
 //!   `sqlite://relative/path.db` (relative to the working directory), `sqlite:///abs/path.db`,
-//!   `sqlite::memory:` (private to the store, gone when it is dropped), and
+//!   `sqlite::memory:` (private to the store, gone when it is dropped), a plain file path
+//!   (`avmon.db`, `/var/lib/avmon/avmon.db`: SQLite), and
 //!   `postgres://user:password@host:port/dbname?…` (or `postgresql://`, with libpq's URI keys)
 //!   for PostgreSQL, which several avmon nodes can share. Anything else is refused with an
 //!   error naming the scheme. A database that cannot be reached is an error within seconds.
@@ -409,6 +410,12 @@ pub fn open(url: &str) -> Result<Box<dyn Store>, StoreError> {
     }
 }
 
+/// Check a store URL without opening anything: `Ok` when [`open`] would know what to do with
+/// it (whether the database is there is found out at open). For config validation.
+pub fn check_url(url: &str) -> Result<(), StoreError> {
+    Backend::parse(url).map(|_| ())
+}
+
 /// Where a store URL points.
 #[derive(Debug, PartialEq)]
 enum Backend<'a> {
@@ -424,11 +431,18 @@ impl<'a> Backend<'a> {
             url: url.to_string(),
             reason: reason.to_string(),
         };
-        let Some((scheme, rest)) = url.split_once(':') else {
-            return Err(invalid(
-                "no scheme; expected sqlite://PATH (e.g. sqlite://avmon.db), sqlite::memory: \
-                 or postgres://USER@HOST/DB",
-            ));
+        // A plain file path (`avmon.db`, `/var/lib/avmon/avmon.db`, `./a:b.db`) is SQLite's.
+        let Some((scheme, rest)) = url
+            .split_once(':')
+            .filter(|(scheme, _)| !scheme.contains(['/', '.']))
+        else {
+            return match url {
+                "" => Err(invalid(
+                    "empty; expected a file path, sqlite://PATH or postgres://USER@HOST/DB",
+                )),
+                p if p.ends_with('/') => Err(invalid("a directory; give a database file's path")),
+                p => Ok(Backend::SqliteFile(p)),
+            };
         };
         match scheme.to_ascii_lowercase().as_str() {
             "sqlite" => {
@@ -480,6 +494,15 @@ mod tests {
             Backend::parse("SQLITE:avmon.db").unwrap(),
             Backend::SqliteFile("avmon.db")
         );
+        // A plain path is a SQLite file, colons and all.
+        for path in [
+            "avmon.db",
+            "/var/lib/avmon/avmon.db",
+            "./a:b.db",
+            "data/x:y.db",
+        ] {
+            assert_eq!(Backend::parse(path).unwrap(), Backend::SqliteFile(path));
+        }
         for url in [
             "postgres://avmon@db.example/avmon",
             "postgresql://avmon:pw@10.0.0.5:5433/avmon?connect_timeout=2",
@@ -497,7 +520,8 @@ mod tests {
             "{}",
             msg("mysql://h/db")
         );
-        assert!(msg("avmon.db").contains("no scheme"));
+        assert!(msg("").contains("empty"));
+        assert!(msg("data/").contains("directory"));
         assert!(msg("sqlite://").contains("no database path"));
         assert!(msg("sqlite://a.db?mode=ro").contains("query parameters"));
         assert!(msg(":memory:").contains("empty scheme"));
