@@ -747,9 +747,27 @@ fn bad_paths_give_clear_errors() {
 }
 
 #[test]
+fn a_plain_path_is_a_sqlite_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("plain.db");
+    let store = open(path.to_str().unwrap()).unwrap();
+    store
+        .upsert_stream(&StreamRecord {
+            id: sid("a"),
+            url: "udp://127.0.0.1:5000".into(),
+            config: json!({"id": "a"}),
+            created_at: t0(),
+        })
+        .unwrap();
+    drop(store);
+    let again = open(&format!("sqlite://{}", path.display())).unwrap();
+    assert_eq!(again.streams().unwrap().len(), 1, "the same file");
+}
+
+#[test]
 fn unsupported_urls_are_refused() {
     assert!(open_err("redis://x").contains("\"redis\""));
-    assert!(open_err("avmon.db").contains("no scheme"));
+    assert!(open_err("").contains("empty"), "{}", open_err(""));
     let msg = open_err("postgres://avmon:pw@127.0.0.1:1/avmon?sslmode=require");
     assert!(msg.contains("TLS"), "{msg}");
     assert!(!msg.contains("pw"), "the password is not shown: {msg}");
