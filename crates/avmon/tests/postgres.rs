@@ -15,16 +15,8 @@ fn the_service_keeps_its_results_in_postgres() {
     let pg = TestPg::shared();
     let url = pg.fresh_database("service_results");
     let udp = free_udp_port();
-    let api = free_tcp_port();
-    let cfg = dir.path().join("avmon.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            r#"[server]
-listen = "127.0.0.1:{api}"
-[store]
-url = "{url}"
-metrics_interval_s = 1
+    let streams = format!(
+        r#"
 [[streams]]
 id = "live"
 url = "udp://127.0.0.1:{udp}"
@@ -32,25 +24,8 @@ io_timeout_s = 3
 [streams.detectors.black]
 min_duration = 1.0
 "#
-        ),
-    )
-    .unwrap();
-    let service = Killed(
-        avmon()
-            .args(["run", "--config", cfg.to_str().unwrap()])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
     );
-    let http = reqwest::blocking::Client::new();
-    let base = format!("http://127.0.0.1:{api}");
-    wait_for("the API", Duration::from_secs(20), || {
-        http.get(format!("{base}/healthz"))
-            .send()
-            .ok()
-            .filter(|r| r.status().is_success())
-    });
+    let (service, http, base) = start_service_on(dir.path(), &url, &streams);
     let _synth = synth_live(udp, 12, &["black@2-5"]);
 
     // The black alert is raised and cleared, and the API reads it from PostgreSQL.

@@ -154,14 +154,23 @@ pub fn start_service(
     dir: &std::path::Path,
     streams: &str,
 ) -> (Killed, reqwest::blocking::Client, String) {
+    let db = format!("sqlite://{}", dir.join("avmon.db").display());
+    start_service_on(dir, &db, streams)
+}
+
+/// [`start_service`] with its results in the store at `store_url`.
+pub fn start_service_on(
+    dir: &std::path::Path,
+    store_url: &str,
+    streams: &str,
+) -> (Killed, reqwest::blocking::Client, String) {
     let api = free_tcp_port();
     let cfg = dir.join("avmon.toml");
     std::fs::write(
         &cfg,
         format!(
-            "[server]\nlisten = \"127.0.0.1:{api}\"\n[store]\nurl = \"sqlite://{}\"\n\
-             metrics_interval_s = 2\n{streams}",
-            dir.join("avmon.db").display()
+            "[server]\nlisten = \"127.0.0.1:{api}\"\n[store]\nurl = \"{store_url}\"\n\
+             metrics_interval_s = 2\n{streams}"
         ),
     )
     .unwrap();
