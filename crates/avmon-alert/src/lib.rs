@@ -29,6 +29,20 @@
 //! `details.flaps` = the raises and returns counted in the window. So a defect that comes and goes
 //! every few seconds makes at most N raises, N − 1 clears, one update and one final clear.
 //!
+//! # Carry-over
+//!
+//! In a cluster a stream can move to another node, whose engine must *continue* the stream's open
+//! alerts rather than raise them again. [`resume`](AlertEngine::resume) takes them in (from the
+//! database) without an event, each as if its defect had ended at the resume point and waited out
+//! a *grace* instead of `clear_hold_s`: time enough for the new owner's detectors to confirm the
+//! defect again. A `Begin` of its kind within the grace continues the alert silently (an update
+//! only if its severity rose), and from then on it is an ordinary open alert; with no `Begin` by
+//! the grace's end it is cleared once, ending at the resume point (from there on the new owner
+//! watched and did not see it). A `Begin` after the grace, with no tick between, clears it and
+//! raises a new alert. A carried alert keeps its id, `start_s`, `raised_at` and details; its
+//! events here are any number of `Updated` and then one `Cleared` (its `Raised` was the old
+//! owner's).
+//!
 //! # Clocks
 //!
 //! Hysteresis runs on media time, so it is deterministic and replayable; wall time is only stamped
@@ -112,6 +126,10 @@ struct Active {
 struct Pending {
     end_s: f64,
     details: Details,
+    /// Carried over from another node ([`AlertEngine::resume`]): its hold, in place of
+    /// `clear_hold_s`. The defect was never seen to end here, so a `Begin` within it continues
+    /// the alert without an event.
+    grace_s: Option<f64>,
 }
 
 /// The alert state machine of one stream.
@@ -183,7 +201,8 @@ impl AlertEngine {
                     return;
                 }
                 let a = &mut self.active[i];
-                let resumed = a.pending.take().is_some();
+                // A carried alert's defect showing again is no news: it was open all along.
+                let resumed = a.pending.take().is_some_and(|p| p.grace_s.is_none());
                 let rose = f.severity > a.alert.severity;
                 if rose {
                     a.alert.severity = f.severity;
@@ -203,6 +222,7 @@ impl AlertEngine {
                     a.pending = Some(Pending {
                         end_s: f.t.max(a.alert.start_s),
                         details: f.details.clone(),
+                        grace_s: None,
                     });
                 }
             }
@@ -237,8 +257,42 @@ impl AlertEngine {
     fn hold(&self, a: &Active) -> f64 {
         if a.flapping {
             self.cfg.flap_window_s
+        } else if let Some(grace) = a.pending.as_ref().and_then(|p| p.grace_s) {
+            grace
         } else {
             self.cfg.clear_hold_s
+        }
+    }
+
+    /// Continue `alerts`, the stream's open alerts that another node raised (see the crate
+    /// documentation's "Carry-over"), from media time `media_now`: where this engine starts
+    /// watching. Emits no events. Each waits `grace_s` of media time for its defect to be found
+    /// again: a `Begin` of its kind by then continues it (silently, unless its severity rose);
+    /// otherwise [`on_tick`](Self::on_tick) clears it, ending at `media_now`. `grace_s` should
+    /// outlast every detector's confirmation time, or a defect that persists is cleared and
+    /// raised again.
+    ///
+    /// Alerts of another stream, not in state `Raised`, or of a kind already active here (or
+    /// earlier in `alerts`) are skipped. A carried alert keeps its id, `start_s`, `raised_at`,
+    /// severity and details.
+    pub fn resume(&mut self, alerts: Vec<Alert>, media_now: f64, grace_s: f64) {
+        for alert in alerts {
+            if alert.stream_id != self.stream_id
+                || alert.state != AlertState::Raised
+                || self.active.iter().any(|a| a.alert.kind == alert.kind)
+            {
+                continue;
+            }
+            let pending = Pending {
+                end_s: media_now.max(alert.start_s),
+                details: Details::new(),
+                grace_s: Some(grace_s.max(0.0)),
+            };
+            self.active.push(Active {
+                alert,
+                pending: Some(pending),
+                flapping: false,
+            });
         }
     }
 
@@ -289,6 +343,7 @@ impl AlertEngine {
                 a.pending = Some(Pending {
                     end_s: end_s.max(a.alert.start_s),
                     details: Details::new(),
+                    grace_s: None,
                 });
             }
         }
@@ -671,7 +726,8 @@ mod tests {
     /// Every sequence of up to 6 operations over two kinds (Begins at two severities, Ends, short
     /// and long ticks), then `clear_all`: each alert is raised exactly once, then updated any
     /// number of times, then cleared exactly once; at most one alert per kind is ever active; an
-    /// End never emits; a tick only clears.
+    /// End never emits; a tick only clears. And the same after resuming a carried alert, which
+    /// is updated any number of times, then cleared exactly once.
     #[test]
     fn exhaustively_raised_once_and_cleared_once() {
         #[derive(Clone, Copy, Debug)]
@@ -690,32 +746,38 @@ mod tests {
             Step::Tick(1.5),
         ];
         let mut sequences = 0usize;
-        for len in 0..=6u32 {
-            for code in 0..alphabet.len().pow(len) {
-                let mut steps = Vec::with_capacity(len as usize);
-                let mut c = code;
-                for _ in 0..len {
-                    steps.push(alphabet[c % alphabet.len()]);
-                    c /= alphabet.len();
+        for carry in [false, true] {
+            for len in 0..=6u32 {
+                for code in 0..alphabet.len().pow(len) {
+                    let mut steps = Vec::with_capacity(len as usize);
+                    let mut c = code;
+                    for _ in 0..len {
+                        steps.push(alphabet[c % alphabet.len()]);
+                        c /= alphabet.len();
+                    }
+                    let old = carry.then(|| carried("news-hd", BLACK, 0.0, MAJ));
+                    check_sequence(&steps, old, |s| match s {
+                        Step::Begin(k, sev) => (Some((FindingEdge::Begin, *k, *sev)), 0.3),
+                        Step::End(k) => (Some((FindingEdge::End, *k, MAJ)), 0.3),
+                        Step::Tick(dt) => (None, *dt),
+                    });
+                    sequences += 1;
                 }
-                check_sequence(&steps, |s| match s {
-                    Step::Begin(k, sev) => (Some((FindingEdge::Begin, *k, *sev)), 0.3),
-                    Step::End(k) => (Some((FindingEdge::End, *k, MAJ)), 0.3),
-                    Step::Tick(dt) => (None, *dt),
-                });
-                sequences += 1;
             }
         }
-        assert_eq!(sequences, (0..=6).map(|n| 7usize.pow(n)).sum::<usize>());
+        assert_eq!(sequences, 2 * (0..=6).map(|n| 7usize.pow(n)).sum::<usize>());
     }
 
-    /// Run one sequence; `decode` gives each step's finding (or a tick) and how far it advances
-    /// the media clock.
+    /// Run one sequence, after resuming `carried` (at 0, with a grace of 2 s) if given; `decode`
+    /// gives each step's finding (or a tick) and how far it advances the media clock.
     fn check_sequence<S: std::fmt::Debug>(
         steps: &[S],
+        carried: Option<Alert>,
         decode: impl Fn(&S) -> (Option<(FindingEdge, &'static str, Severity)>, f64),
     ) {
         let mut e = engine();
+        let carried_id = carried.as_ref().map(|a| a.id.clone());
+        e.resume(carried.into_iter().collect(), 0.0, 2.0);
         let mut clock = 0.0;
         let mut history: HashMap<String, Vec<Transition>> = HashMap::new();
         let mut out = Vec::new();
@@ -768,6 +830,12 @@ mod tests {
         e.clear_all(clock, wall(99), &mut out);
         record(&mut out, &mut history);
         assert_eq!(e.active().count(), 0);
+        if let Some(id) = &carried_id {
+            // Raised by its old owner: here only updated, then cleared once.
+            let mut transitions = history.remove(id).unwrap_or_default();
+            assert_eq!(transitions.pop(), Some(Cleared), "{steps:?}");
+            assert!(transitions.iter().all(|t| *t == Updated), "{steps:?}");
+        }
         for (id, transitions) in &history {
             let n = transitions.len();
             assert!(
@@ -828,6 +896,220 @@ mod tests {
             .filter(|ev| ev.transition == Raised)
             .count();
         assert_eq!(n, 10);
+    }
+
+    /// An alert another node raised for `stream`, open in the database.
+    fn carried(stream: &str, kind: &str, start_s: f64, severity: Severity) -> Alert {
+        Alert {
+            id: new_id(wall(-600)),
+            stream_id: StreamId(stream.into()),
+            kind: kind.to_owned(),
+            severity,
+            state: AlertState::Raised,
+            start_s,
+            end_s: None,
+            raised_at: wall(-600),
+            cleared_at: None,
+            details: details(&[("black_ratio", 0.98)]),
+        }
+    }
+
+    const GRACE: f64 = 30.0;
+    /// Where the engines of these tests resume.
+    const RESUME_AT: f64 = 100.0;
+
+    /// A fresh engine that resumed one carried major alert of `kind` at [`RESUME_AT`].
+    fn resumed(kind: &str, start_s: f64) -> (AlertEngine, Alert) {
+        let mut e = engine();
+        let old = carried("news-hd", kind, start_s, MAJ);
+        e.resume(vec![old.clone()], RESUME_AT, GRACE);
+        (e, old)
+    }
+
+    #[test]
+    fn a_carried_alert_continues_silently_when_its_defect_shows_again() {
+        let (mut e, old) = resumed(BLACK, 50.0);
+        assert!(e.is_pending_clear(BLACK));
+        let events = run(
+            &mut e,
+            &[
+                Tick(110.0),
+                Begin(BLACK, 120.0, MAJ),
+                Tick(RESUME_AT + GRACE + 5.0),
+                Tick(200.0),
+            ],
+        );
+        assert!(events.is_empty(), "{events:#?}");
+        assert!(!e.is_pending_clear(BLACK));
+        // From now on an ordinary open alert: it clears after the normal hold.
+        let hold = AlertConfig::default().clear_hold_s;
+        let events = run(
+            &mut e,
+            &[
+                End(BLACK, 210.0),
+                Tick(210.0 + hold / 2.0),
+                Tick(210.0 + hold),
+            ],
+        );
+        let [cleared] = &events[..] else {
+            panic!("{events:#?}")
+        };
+        let a = &cleared.alert;
+        assert_eq!(cleared.transition, Cleared);
+        assert_eq!(
+            (&a.id, a.start_s, a.raised_at, a.end_s),
+            (&old.id, old.start_s, old.raised_at, Some(210.0))
+        );
+        // The carried details, merged with the new Begin's and End's.
+        assert_eq!(
+            a.details,
+            details(&[("black_ratio", 0.98), ("t", 120.0), ("duration_s", 210.0)])
+        );
+    }
+
+    #[test]
+    fn a_carried_alert_clears_once_at_the_resume_point_after_the_grace() {
+        let (mut e, old) = resumed(SILENCE, 40.0);
+        let events = run(
+            &mut e,
+            &[
+                Tick(RESUME_AT),
+                Tick(RESUME_AT + GRACE - 0.1),
+                Tick(RESUME_AT + GRACE),
+                Tick(RESUME_AT + GRACE + 10.0),
+                ClearAll(200.0),
+            ],
+        );
+        assert_eq!(
+            summarise(&events),
+            [(Cleared, SILENCE, 40.0, Some(RESUME_AT), 0)]
+        );
+        let a = &events[0].alert;
+        assert_eq!((&a.id, a.raised_at), (&old.id, old.raised_at));
+        assert_eq!(a.state, AlertState::Cleared);
+        assert_eq!(a.cleared_at, Some(wall(2)));
+        assert_eq!(a.details, old.details);
+        assert_eq!(e.active().count(), 0);
+    }
+
+    #[test]
+    fn a_begin_after_the_grace_clears_the_carried_alert_and_raises_a_new_one() {
+        let (mut e, old) = resumed(BLACK, 50.0);
+        let events = run(&mut e, &[Begin(BLACK, RESUME_AT + GRACE + 1.0, MAJ)]);
+        assert_eq!(
+            summarise(&events),
+            [
+                (Cleared, BLACK, 50.0, Some(RESUME_AT), 0),
+                (Raised, BLACK, RESUME_AT + GRACE + 1.0, None, 1),
+            ]
+        );
+        assert_eq!(events[0].alert.id, old.id);
+        assert_ne!(events[1].alert.id, old.id);
+        assert_eq!(events[1].alert.raised_at, wall(0));
+    }
+
+    #[test]
+    fn clear_all_clears_carried_alerts_once() {
+        let mut e = engine();
+        e.resume(
+            vec![
+                carried("news-hd", BLACK, 50.0, MAJ),
+                carried("news-hd", SILENCE, 60.0, MAJ),
+            ],
+            RESUME_AT,
+            GRACE,
+        );
+        // Black shows again (an ordinary open alert now); silence does not.
+        let events = run(
+            &mut e,
+            &[
+                Begin(BLACK, 105.0, MAJ),
+                ClearAll(110.0),
+                Tick(RESUME_AT + GRACE + 1.0),
+                ClearAll(200.0),
+            ],
+        );
+        assert_eq!(
+            summarise(&events),
+            [
+                (Cleared, BLACK, 50.0, Some(110.0), 0),
+                (Cleared, SILENCE, 60.0, Some(RESUME_AT), 1),
+            ]
+        );
+        assert_eq!(e.active().count(), 0);
+    }
+
+    #[test]
+    fn resume_skips_other_streams_cleared_alerts_and_kinds_already_active() {
+        let mut e = engine();
+        let raised = run(&mut e, &[Begin(BLACK, 90.0, MAJ)]);
+        let mut closed = carried("news-hd", "audio.loudness", 10.0, MAJ);
+        closed.state = AlertState::Cleared;
+        let first = carried("news-hd", SILENCE, 60.0, MAJ);
+        e.resume(
+            vec![
+                carried("news-hd", BLACK, 50.0, CRIT),
+                carried("sport-hd", "video.freeze", 50.0, MAJ),
+                closed,
+                first.clone(),
+                carried("news-hd", SILENCE, 70.0, CRIT),
+            ],
+            RESUME_AT,
+            GRACE,
+        );
+        let active: Vec<(&str, &str, f64)> = e
+            .active()
+            .map(|a| (a.id.as_str(), a.kind.as_str(), a.start_s))
+            .collect();
+        assert_eq!(
+            active,
+            [
+                (raised[0].alert.id.as_str(), BLACK, 90.0),
+                (first.id.as_str(), SILENCE, 60.0)
+            ]
+        );
+        // The open black alert is not made pending by a carried duplicate.
+        assert!(!e.is_pending_clear(BLACK));
+        let events = run(&mut e, &[Tick(RESUME_AT + GRACE)]);
+        assert_eq!(
+            summarise(&events),
+            [(Cleared, SILENCE, 60.0, Some(RESUME_AT), 0)]
+        );
+        assert_eq!(events[0].alert.id, first.id);
+    }
+
+    #[test]
+    fn a_carried_alert_whose_severity_rose_is_updated_once() {
+        let (mut e, old) = resumed(BLACK, 50.0);
+        let events = run(
+            &mut e,
+            &[
+                Begin(BLACK, 110.0, CRIT),
+                Begin(BLACK, 111.0, CRIT),
+                Begin(BLACK, 112.0, MAJ),
+            ],
+        );
+        let [updated] = &events[..] else {
+            panic!("{events:#?}")
+        };
+        assert_eq!(updated.transition, Updated);
+        assert_eq!(updated.alert.id, old.id);
+        assert_eq!(updated.alert.severity, CRIT);
+        assert_eq!(updated.alert.state, AlertState::Raised);
+        assert_eq!(updated.alert.start_s, old.start_s);
+    }
+
+    #[test]
+    fn a_carried_alert_clears_at_once_when_the_media_clock_restarts() {
+        let (mut e, _) = resumed(BLACK, 50.0);
+        let events = run(
+            &mut e,
+            &[Tick(RESUME_AT - CLOCK_RESTART_S + 1.0), Tick(0.5)],
+        );
+        assert_eq!(
+            summarise(&events),
+            [(Cleared, BLACK, 50.0, Some(RESUME_AT), 0)]
+        );
     }
 
     #[test]
