@@ -30,7 +30,25 @@ impl MediaClock {
         Self::default()
     }
 
-    /// The latest media time seen (0 before any).
+    /// A clock for a stream that another process watched until media time `latest`, `gap_s`
+    /// seconds ago (a stream moved to this node of a cluster): the first connection's first
+    /// timestamp, whatever it is, maps to `latest + gap_s`, as after a
+    /// [`reconnect`](Self::reconnect) whose timestamps restarted, and the time line goes on from
+    /// there as usual (reconnects, resets). [`latest`](Self::latest) is `latest` until then, and
+    /// never goes below it.
+    pub fn resume(latest: f64, gap_s: f64) -> MediaClock {
+        // With no `last_raw` the first timestamp cannot continue the old time line, so
+        // `set_origin` maps it to `latest + gap`. `seen_any` stays false until then: the
+        // first timestamp is no forward jump, however long the gap.
+        MediaClock {
+            latest: latest.max(0.0),
+            pending_gap: Some(gap_s.max(0.0)),
+            ..MediaClock::default()
+        }
+    }
+
+    /// The latest media time seen (0 before any, or where a [`resume`](Self::resume)d clock
+    /// resumes).
     pub fn latest(&self) -> f64 {
         self.latest
     }
@@ -105,8 +123,10 @@ impl MediaClock {
         }
         self.per_stream[stream] = Some(ts_us);
         self.last_raw = Some(self.last_raw.map_or(ts_us, |l| l.max(ts_us)));
-        if t > self.latest || !self.seen_any {
-            self.latest = t.max(0.0);
+        // (A fresh clock's `latest` is 0, so `t.max(0)` is all a first timestamp needs; a
+        // resumed one's must not go back.)
+        if t > self.latest {
+            self.latest = t;
         }
         self.seen_any = true;
         t.max(0.0)
@@ -167,6 +187,46 @@ mod tests {
         assert_eq!(c.map(1, 4_980_000), 3.98);
         assert_eq!(c.map(0, 10_000_000), 9.0);
         assert_eq!(c.map(1, 10_010_000), 9.01);
+    }
+
+    #[test]
+    fn a_resumed_clock_continues_another_process_time_line() {
+        let mut c = MediaClock::resume(120.5, 8.0);
+        assert_eq!(c.latest(), 120.5);
+        assert!(!c.seen_any());
+        assert_eq!(c.peek(1_000_000), None);
+        // Before the first timestamp, a reconnect (the first connection failed) changes nothing.
+        c.reconnect(3.0);
+        // The first timestamp continues the old time line after the gap, whatever its value.
+        c.set_origin(7_000_000_000);
+        assert_eq!(c.map(0, 7_000_000_000), 128.5);
+        assert_eq!(c.map(1, 7_000_400_000), 128.9);
+        assert_eq!(c.map(0, 7_002_000_000), 130.5);
+        assert_eq!(c.latest(), 130.5);
+        assert_eq!(c.peek(7_002_500_000), Some(131.0));
+        // From then on, as usual: a reset continues the time line…
+        assert_eq!(c.map(0, 500_000), 130.5);
+        assert_eq!(c.map(0, 1_500_000), 131.5);
+        // …and so does a reconnect whose timestamps restarted.
+        c.reconnect(2.0);
+        assert_eq!(c.map(0, 90_000_000), 133.5);
+    }
+
+    #[test]
+    fn a_resumed_clock_maps_its_first_packet_without_an_origin_and_over_a_long_gap() {
+        // No input start time: the first packet sets the origin. A gap longer than a forward
+        // jump is still the gap, not a timestamp reset.
+        let gap = MAX_FORWARD_JUMP_S + 60.0;
+        let mut c = MediaClock::resume(40.0, gap);
+        assert_eq!(c.map(0, 3_000_000), 40.0 + gap);
+        assert_eq!(c.map(0, 4_000_000), 41.0 + gap);
+        // A packet from before the origin does not pull `latest` below the resume point.
+        let mut c = MediaClock::resume(40.0, 0.0);
+        c.set_origin(10_000_000);
+        assert_eq!(c.map(0, 9_900_000), 39.9);
+        assert_eq!(c.latest(), 40.0);
+        assert_eq!(c.map(0, 10_100_000), 40.1);
+        assert_eq!(c.latest(), 40.1);
     }
 
     #[test]
