@@ -1,12 +1,33 @@
 //! The outbox-backed notifier: configuration, `notify` (filter, store, wake) and the delivery
-//! task (batch, rate-limit, send, retry, record).
+//! task (take rows, batch, rate-limit, send, retry, record).
+//!
+//! # Alone or in a cluster
+//!
+//! The task takes its rows one of two ways ([`Claim`]). A standalone node reads the notifier's
+//! pending rows (`Store::outbox_pending`): they are all its own. The nodes of a cluster share
+//! one outbox, so each task *claims* rows ([`Coordinator::outbox_claim`]) for a TTL, and the
+//! database hands a notifier's rows to one node at a time: whichever node is alive delivers
+//! every row, each by one node, in order. After any wait (a group window, a backoff, the rate
+//! limit) a task claims its rows afresh before it sends them; it waits in naps of at most a
+//! third of the TTL, so the notifier stays with it meanwhile; and while a message is on its way
+//! it renews the claim on its rows at the same pace, so that no other node takes a message
+//! still being sent. A node that dies stops renewing; once its claims expire, the next node to
+//! look takes the rows. Looking happens when this node queues something (a wake-up) and
+//! otherwise every `poll`: that is how a node notices rows that another node queued but left
+//! (it died, or stopped).
+//!
+//! Each row is sent by one node as long as a live node's claim never runs out under it (the
+//! TTL is longer than `timeout_s`, and renewals reach the database); otherwise it is at least
+//! once, under the same idempotency key, as always. The backoff and the rate limit are each
+//! node's own: a notifier that changes hands may send its next message sooner.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use avmon_core::{AlertEvent, Severity, Transition};
-use avmon_store::{AttemptOutcome, OutboxEntry, Store, StoreError};
+use avmon_store::cluster::{Coordinator, MAX_TTL};
+use avmon_store::{AttemptOutcome, OutboxEntry, OutboxRow, Store, StoreError};
 use chrono::Utc;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -301,6 +322,11 @@ struct Shared {
     failed: AtomicU64,
     dropped: AtomicU64,
     pending: AtomicU64,
+    /// Cluster: the task's last look found pending rows that it could not claim (another node
+    /// holds the notifier).
+    others_hold: AtomicBool,
+    /// Looks at the outbox the task has finished, so that `flush` can wait for a fresh one.
+    looks: AtomicU64,
     idle_lock: Mutex<()>,
     idle_cv: Condvar,
 }
@@ -321,9 +347,100 @@ impl Shared {
             })
             .unwrap_or(0);
         if before <= n {
-            let _guard = self.idle_lock.lock().unwrap_or_else(|p| p.into_inner());
-            self.idle_cv.notify_all();
+            self.wake_flushers();
         }
+    }
+
+    /// A cluster task looked: it claimed `held` rows, or (none) saw `backlog` rows pending in
+    /// the whole cluster's outbox, which another node holds when there are any.
+    fn looked(&self, held: usize, backlog: u64) {
+        if held > 0 {
+            // At least what it holds: rows another node queued are not in the count yet.
+            self.pending.fetch_max(held as u64, Ordering::SeqCst);
+            self.others_hold.store(false, Ordering::SeqCst);
+        } else {
+            self.pending.store(backlog, Ordering::SeqCst);
+            self.others_hold.store(backlog > 0, Ordering::SeqCst);
+        }
+        self.looks.fetch_add(1, Ordering::SeqCst);
+        self.wake_flushers();
+    }
+
+    fn wake_flushers(&self) {
+        let _guard = self.idle_lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.idle_cv.notify_all();
+    }
+}
+
+/// The default [`Claim::Cluster`] TTL: a claim not renewed for this long is taken by another
+/// node. Three times the default `timeout_s` (10 s), so a message being sent outlives
+/// renewals that fail for a while; and the longest a dead node's rows wait (plus `poll`).
+pub const CLAIM_TTL: Duration = Duration::from_secs(30);
+
+/// How often a delivery task looks at the outbox with nothing waking it: in a standalone node
+/// a safety net only; in a cluster, how soon a node notices rows that another node queued and
+/// left (the default [`Claim::Cluster`] `poll`).
+pub const POLL: Duration = Duration::from_secs(5);
+
+/// Where a notifier's delivery task takes its rows from: see the module doc.
+// One is made per notifier at start and moved into its task: its size does not matter, and a
+// box would only make it clumsier to write.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, Debug)]
+pub enum Claim {
+    /// A standalone node: every pending row of the notifier is this process's to deliver.
+    Local,
+    /// One node of a cluster whose nodes share the outbox in PostgreSQL: rows are claimed
+    /// with [`Coordinator::outbox_claim`], so each is delivered by one node, and by whichever
+    /// is alive. The coordinator must be on the same database as the notifier's store.
+    Cluster {
+        coordinator: Coordinator,
+        /// This node's name in the cluster (whose claims are whose); the same name after a
+        /// restart takes its earlier claims back at once.
+        node: String,
+        /// How long a claim lives without renewal ([`CLAIM_TTL`] by default): how long the
+        /// rows of a dead node wait. Must be longer than the notifier's `timeout_s`.
+        ttl: Duration,
+        /// How often an idle task looks for rows it was not woken for ([`POLL`] by default).
+        poll: Duration,
+    },
+}
+
+impl Claim {
+    /// Cluster delivery as node `node`, with the default TTL and poll.
+    pub fn cluster(coordinator: Coordinator, node: impl Into<String>) -> Claim {
+        Claim::Cluster {
+            coordinator,
+            node: node.into(),
+            ttl: CLAIM_TTL,
+            poll: POLL,
+        }
+    }
+
+    /// Refuse settings under which claims would fail or run out under a live node.
+    fn check(&self, id: &str, timeout: Duration) -> Result<(), StoreError> {
+        let Claim::Cluster {
+            node, ttl, poll, ..
+        } = self
+        else {
+            return Ok(());
+        };
+        let problem = if node.is_empty() {
+            "the cluster node name is empty".to_string()
+        } else if *ttl <= timeout || *ttl > MAX_TTL {
+            format!(
+                "the claim TTL ({:.3} s) must be longer than timeout_s ({:.3} s), so that no \
+                 other node takes a message still being sent, and at most {} s",
+                ttl.as_secs_f64(),
+                timeout.as_secs_f64(),
+                MAX_TTL.as_secs()
+            )
+        } else if poll.is_zero() {
+            "the poll interval must be more than 0".to_string()
+        } else {
+            return Ok(());
+        };
+        Err(StoreError::Invalid(format!("notifier {id}: {problem}")))
     }
 }
 
@@ -333,6 +450,8 @@ pub struct OutboxNotifier {
     id: String,
     filter: Filter,
     send_updates: bool,
+    /// Delivers as a cluster node ([`Claim::Cluster`]).
+    cluster: bool,
     store: Arc<dyn Store>,
     wake: Arc<Notify>,
     shared: Arc<Shared>,
@@ -348,17 +467,32 @@ impl std::fmt::Debug for OutboxNotifier {
 }
 
 impl OutboxNotifier {
-    /// Start the notifier's delivery task on `rt`; it begins with the rows left pending by an
-    /// earlier run. `cfg` comes from [`NotifierConfig::parse`] (an invalid one is not refused
-    /// here: its deliveries fail).
+    /// Start the notifier's delivery task on `rt`, as a standalone node ([`Claim::Local`]); it
+    /// begins with the rows left pending by an earlier run. `cfg` comes from
+    /// [`NotifierConfig::parse`] (an invalid one is not refused here: its deliveries fail).
     pub fn spawn(
         cfg: NotifierConfig,
         store: Arc<dyn Store>,
         rt: &tokio::runtime::Handle,
     ) -> Result<OutboxNotifier, StoreError> {
+        OutboxNotifier::spawn_with(cfg, store, Claim::Local, rt)
+    }
+
+    /// Start the notifier's delivery task on `rt`, taking its rows as `claim` says. In a
+    /// cluster, `store` is the shared PostgreSQL store, and every node starts the same
+    /// notifiers (same `id`). Refused ([`StoreError::Invalid`]) when the claim's settings are
+    /// unusable (see [`Claim::Cluster`]).
+    pub fn spawn_with(
+        cfg: NotifierConfig,
+        store: Arc<dyn Store>,
+        claim: Claim,
+        rt: &tokio::runtime::Handle,
+    ) -> Result<OutboxNotifier, StoreError> {
         let id = cfg.id().to_string();
         let d = cfg.delivery.clone();
         let timeout = secs(d.timeout_s, 10.0);
+        claim.check(&id, timeout)?;
+        let cluster = matches!(claim, Claim::Cluster { .. });
         let channel = match cfg.channel {
             ChannelConfig::Webhook(c) => Channel::Webhook(Webhook::new(c, timeout)),
             ChannelConfig::Slack(c) => Channel::Slack(Slack::new(c, timeout)),
@@ -389,9 +523,14 @@ impl OutboxNotifier {
                 min_severity: d.min_severity,
             },
             send_updates: d.send_updates,
+            cluster,
             store: store.clone(),
             wake: Arc::new(Notify::new()),
             shared: shared.clone(),
+        };
+        let poll = match &claim {
+            Claim::Local => POLL,
+            Claim::Cluster { poll, .. } => *poll,
         };
         let task = Task {
             name,
@@ -399,6 +538,8 @@ impl OutboxNotifier {
             cfg: d,
             channel,
             store,
+            claim,
+            poll,
             wake: notifier.wake.clone(),
             shared,
         };
@@ -411,7 +552,11 @@ impl OutboxNotifier {
         &self.id
     }
 
-    /// Events queued or being delivered.
+    /// Events queued or being delivered. Standalone: this notifier's rows not yet delivered
+    /// or given up on. In a cluster, the nodes share the outbox, so it is the notifier's
+    /// pending rows in the whole cluster as this node last saw them: counted from the outbox
+    /// whenever its task finds nothing to claim (idle, or another node delivering), plus what
+    /// this node queued since, less what it finished.
     pub fn pending(&self) -> u64 {
         self.shared.pending.load(Ordering::SeqCst)
     }
@@ -426,7 +571,7 @@ impl Notifier for OutboxNotifier {
         &self.id
     }
 
-    fn notify(&self, ev: &AlertEvent) {
+    fn outbox_entry(&self, ev: &AlertEvent) -> Option<OutboxEntry> {
         let wanted = match ev.transition {
             Transition::Updated => self.send_updates && self.filter.takes(&ev.alert),
             Transition::Raised => self.filter.takes(&ev.alert),
@@ -440,12 +585,12 @@ impl Notifier for OutboxNotifier {
             },
         };
         if !wanted {
-            return;
+            return None;
         }
         let key = idempotency_key(ev);
         let mut body = payload(ev);
         body["idempotency_key"] = Value::String(key.clone());
-        let entry = OutboxEntry {
+        Some(OutboxEntry {
             notifier: self.id.clone(),
             alert_id: ev.alert.id.clone(),
             state: match ev.transition {
@@ -457,12 +602,22 @@ impl Notifier for OutboxNotifier {
             key,
             payload: body,
             created_at: Utc::now(),
+        })
+    }
+
+    fn queued(&self, n: u64) {
+        if n > 0 {
+            self.shared.pending.fetch_add(n, Ordering::SeqCst);
+            self.wake.notify_one();
+        }
+    }
+
+    fn notify(&self, ev: &AlertEvent) {
+        let Some(entry) = self.outbox_entry(ev) else {
+            return;
         };
         match self.store.outbox_add(&entry) {
-            Ok(Some(_)) => {
-                self.shared.pending.fetch_add(1, Ordering::SeqCst);
-                self.wake.notify_one();
-            }
+            Ok(Some(_)) => self.queued(1),
             Ok(None) => {} // a replay of an event already queued
             Err(e) => {
                 self.shared.dropped.fetch_add(1, Ordering::SeqCst);
@@ -474,14 +629,29 @@ impl Notifier for OutboxNotifier {
         }
     }
 
+    /// Standalone: until every row of the notifier is delivered or given up on. In a cluster,
+    /// until this node has nothing left to deliver: no row pending, or the rows pending are
+    /// held by another node (a fresh look, which this asks the task for, found them claimed),
+    /// which delivers them. Rows that nobody holds are this node's to deliver while it runs;
+    /// once it is gone, other nodes take them (after the TTL for rows it held).
     fn flush(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
+        let asked = self.shared.looks.load(Ordering::SeqCst);
+        if self.cluster {
+            // Look now rather than at the next poll: another node may have delivered.
+            self.wake.notify_one();
+        }
+        let others_deliver = || {
+            self.cluster
+                && self.shared.looks.load(Ordering::SeqCst) > asked
+                && self.shared.others_hold.load(Ordering::SeqCst)
+        };
         let mut guard = self
             .shared
             .idle_lock
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        while self.pending() > 0 {
+        while self.pending() > 0 && !others_deliver() {
             let now = Instant::now();
             if now >= deadline {
                 return false;
@@ -522,14 +692,13 @@ impl RateLimit {
         }
     }
 
-    /// Wait for the next slot (at once when unlimited).
-    async fn take(&mut self) {
-        let Some(spacing) = self.spacing else {
-            return;
-        };
-        if let Some(last) = self.last {
-            tokio::time::sleep_until(last + spacing).await;
-        }
+    /// When the next message may go (`None`: now).
+    fn next_slot(&self) -> Option<tokio::time::Instant> {
+        Some(self.last? + self.spacing?)
+    }
+
+    /// A message goes now.
+    fn take(&mut self) {
         self.last = Some(tokio::time::Instant::now());
     }
 }
@@ -541,18 +710,18 @@ struct Task {
     cfg: DeliveryConfig,
     channel: Channel,
     store: Arc<dyn Store>,
+    claim: Claim,
+    /// How long it waits for a wake-up when it found nothing to take.
+    poll: Duration,
     wake: Arc<Notify>,
     shared: Arc<Shared>,
 }
-
-/// How often the task looks at the outbox with nothing waking it (a safety net only).
-const POLL: Duration = Duration::from_secs(5);
 
 /// How long past a group window's close the batch is formed (see `Task::run`).
 const COMMIT_MARGIN: chrono::TimeDelta = chrono::TimeDelta::milliseconds(100);
 
 impl Task {
-    /// Run `f` on the store off the async workers (SQLite calls block).
+    /// Run `f` on the store off the async workers (SQLite and PostgreSQL calls block).
     async fn db<T: Send + 'static>(
         &self,
         f: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
@@ -563,24 +732,123 @@ impl Task {
             .unwrap_or_else(|e| Err(StoreError::Database(format!("store task failed: {e}"))))
     }
 
+    /// In a cluster, what a claim needs (the coordinator, this node's name, the TTL), owned, to
+    /// move into a blocking call.
+    fn claimer(&self) -> Option<(Coordinator, String, Duration)> {
+        match &self.claim {
+            Claim::Local => None,
+            Claim::Cluster {
+                coordinator,
+                node,
+                ttl,
+                ..
+            } => Some((coordinator.clone(), node.clone(), *ttl)),
+        }
+    }
+
+    /// The oldest rows this node may deliver now, at most `group_max`: the pending rows, or in
+    /// a cluster the rows it claims (which renews its claim on those it held).
+    async fn take(&self) -> Result<Vec<OutboxRow>, StoreError> {
+        let (id, limit) = (self.id.clone(), self.cfg.group_max.max(1));
+        let Some((c, node, ttl)) = self.claimer() else {
+            return self.db(move |s| s.outbox_pending(&id, limit)).await;
+        };
+        let (rows, backlog) = self
+            .db(move |s| {
+                let rows = c.outbox_claim(&id, &node, limit, ttl)?;
+                // Nothing to claim: none pending, or another node holds them. The count says
+                // which, and keeps `pending` true to the shared outbox.
+                let backlog = if rows.is_empty() {
+                    s.outbox_counts(&id)?.pending
+                } else {
+                    0
+                };
+                Ok((rows, backlog))
+            })
+            .await?;
+        self.shared.looked(rows.len(), backlog);
+        Ok(rows)
+    }
+
+    /// How long to sleep before looking again, for a wait of `d` while holding rows: in a
+    /// cluster, short enough that looking again renews the claim before it runs out.
+    fn nap(&self, d: Duration) -> Duration {
+        match &self.claim {
+            Claim::Local => d,
+            Claim::Cluster { ttl, .. } => d.min(*ttl / 3),
+        }
+    }
+
+    /// What the channel must know before sending that other nodes may have changed: in a
+    /// cluster, PagerDuty's open groups (another node may have raised or resolved one).
+    async fn prepare(&self) -> Result<(), StoreError> {
+        if let (Channel::PagerDuty(pd), Claim::Cluster { .. }) = (&self.channel, &self.claim) {
+            let id = self.id.clone();
+            pd.reload(self.db(move |s| s.outbox_open_groups(&id)).await?);
+        }
+        Ok(())
+    }
+
+    /// Send `batch`; in a cluster, renewing the claim on its rows while it is on its way (a
+    /// slow receiver, or several requests for one batch, may take longer than the TTL).
+    async fn send(&self, batch: &Batch<'_>) -> Sent {
+        let Claim::Cluster { ttl, .. } = &self.claim else {
+            return self.channel.send(batch).await;
+        };
+        let every = *ttl / 3;
+        let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        let send = self.channel.send(batch);
+        tokio::pin!(send);
+        loop {
+            tokio::select! {
+                sent = &mut send => return sent,
+                _ = renew.tick() => self.renew(batch),
+            }
+        }
+    }
+
+    /// Claim `batch`'s rows again (they are the notifier's oldest pending rows), without
+    /// waiting for the answer: the send goes on meanwhile.
+    fn renew(&self, batch: &Batch<'_>) {
+        let Some((c, node, ttl)) = self.claimer() else {
+            return;
+        };
+        let (id, name, key, n) = (
+            self.id.clone(),
+            self.name.clone(),
+            batch.key.clone(),
+            batch.rows.len(),
+        );
+        tokio::task::spawn_blocking(move || match c.outbox_claim(&id, &node, n, ttl) {
+            Ok(rows) if rows.is_empty() => tracing::warn!(
+                notifier = %name, %key,
+                "the claim on a notification being sent ran out and another node took it: it \
+                 may be delivered twice"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(notifier = %name, %key, "renewing the claim: {e}"),
+        });
+    }
+
     async fn run(self) {
         let window = secs(self.cfg.group_window_s, 0.0);
         let max_age = secs(self.cfg.max_age_s, 86_400.0);
         let mut rate = RateLimit::new(self.cfg.rate_limit_per_min);
         // Consecutive failed attempts of the batch at the head, for the backoff.
         let mut failures = 0u32;
+        // The backoff: not before this instant, for the batch whose first row has this id.
+        let mut retry: Option<(i64, tokio::time::Instant)> = None;
         loop {
-            let (id, limit) = (self.id.clone(), self.cfg.group_max.max(1));
-            let rows = match self.db(move |s| s.outbox_pending(&id, limit)).await {
+            let rows = match self.take().await {
                 Ok(rows) => rows,
                 Err(e) => {
                     tracing::error!(notifier = %self.name, "reading the outbox: {e}");
-                    tokio::time::sleep(POLL).await;
+                    tokio::time::sleep(self.poll).await;
                     continue;
                 }
             };
             let Some(first) = rows.first() else {
-                let _ = tokio::time::timeout(POLL, self.wake.notified()).await;
+                let _ = tokio::time::timeout(self.poll, self.wake.notified()).await;
                 continue;
             };
             // The group window closes `window` after the first event was queued. Wait a little
@@ -591,7 +859,21 @@ impl Task {
                 .to_std()
                 .unwrap_or_default();
             if !window.is_zero() && !open_for.is_zero() {
-                tokio::time::sleep(open_for).await;
+                tokio::time::sleep(self.nap(open_for)).await;
+                continue;
+            }
+            // The backoff and the rate limit: wait, then take the rows again (the same batch;
+            // in a cluster, that renews the claim on it).
+            let now = tokio::time::Instant::now();
+            let backoff = retry.filter(|(head, _)| *head == first.id).map(|r| r.1);
+            if let Some(at) = backoff.max(rate.next_slot()).filter(|at| *at > now) {
+                tokio::time::sleep(self.nap(at - now)).await;
+                continue;
+            }
+            retry = None;
+            if let Err(e) = self.prepare().await {
+                tracing::error!(notifier = %self.name, "reading the outbox: {e}");
+                tokio::time::sleep(self.poll).await;
                 continue;
             }
             let n = if window.is_zero() {
@@ -603,8 +885,8 @@ impl Task {
                     .max(1)
             };
             let batch = Batch::new(&rows[..n]);
-            rate.take().await;
-            let sent = self.channel.send(&batch).await;
+            rate.take();
+            let sent = self.send(&batch).await;
             let ids: Vec<i64> = batch.rows.iter().map(|r| r.id).collect();
             let count = ids.len() as u64;
             let (outcome, detail, wait) = match sent {
@@ -683,7 +965,7 @@ impl Task {
                 }
             }
             if let Some(wait) = wait {
-                tokio::time::sleep(wait).await;
+                retry = Some((first.id, tokio::time::Instant::now() + wait));
             }
         }
     }

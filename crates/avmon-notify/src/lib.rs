@@ -5,8 +5,8 @@
 //!
 //! - [`Notifier::notify`] **never blocks on the network**. It is called on the service's hub
 //!   thread (never on a decode thread); it filters the event, writes it to the store's outbox (a
-//!   local SQLite write) and wakes the notifier's delivery task. A slow or dead receiver cannot
-//!   slow detection.
+//!   local SQLite write, or the cluster's PostgreSQL) and wakes the notifier's delivery task. A
+//!   slow or dead receiver cannot slow detection.
 //! - **At least once.** The outbox row is committed before delivery is attempted, so it survives
 //!   a crash or a restart: at start, a notifier delivers its pending rows. Transient failures
 //!   (transport errors, timeouts, `5xx`, `408`, `429`, a command's non-zero exit or timeout) are
@@ -16,6 +16,12 @@
 //!   logged and marked failed.
 //! - **In order** per notifier: one delivery task takes the oldest pending rows; a clear never
 //!   overtakes its raise.
+//! - **In a cluster** (nodes sharing a PostgreSQL outbox, [`Claim::Cluster`]) every node runs
+//!   the same notifiers; their tasks claim rows, so each row is delivered by one node, whichever
+//!   is alive, one node at a time per notifier (in order). A dead node's claims expire after the
+//!   claim TTL ([`CLAIM_TTL`]) and another node delivers its rows. The service may write an
+//!   alert and its outbox rows in one (fenced) transaction: [`Notifier::outbox_entry`] says what
+//!   to write, [`Notifier::queued`] wakes the delivery.
 //! - **Idempotency:** every event has the key `{alert_id}:{raised|cleared}` (updates, when sent,
 //!   `{alert_id}:updated:{hash}`), stored with it (a replay of the same event is not queued
 //!   twice) and sent as the `Idempotency-Key` header and the `idempotency_key` field.
@@ -31,6 +37,7 @@
 use std::time::Duration;
 
 use avmon_core::{round_ms, AlertEvent, AlertState, Transition};
+use avmon_store::OutboxEntry;
 use chrono::SecondsFormat;
 use serde_json::json;
 
@@ -46,7 +53,10 @@ mod webhook;
 
 pub use channel::Batch;
 pub use command::CommandConfig;
-pub use delivery::{ChannelConfig, DeliveryConfig, NotifierConfig, OutboxNotifier, DELIVERY_KEYS};
+pub use delivery::{
+    ChannelConfig, Claim, DeliveryConfig, NotifierConfig, OutboxNotifier, CLAIM_TTL, DELIVERY_KEYS,
+    POLL,
+};
 pub use filter::glob_match;
 pub use pagerduty::PagerDutyConfig;
 pub use secret::Secret;
@@ -79,6 +89,20 @@ pub trait Notifier: Send + Sync {
 
     /// Hand over one event. Never waits on the network.
     fn notify(&self, ev: &AlertEvent);
+
+    /// What [`Notifier::notify`] would queue for `ev` (after the filters, `send_updates`, and
+    /// "a clear goes where its raise went"), without writing it: for a caller that writes the
+    /// alert and its outbox rows in one transaction (a cluster's fenced write), then calls
+    /// [`Notifier::queued`]. `None`: this notifier does not take the event (or, by default, it
+    /// has no outbox).
+    fn outbox_entry(&self, _ev: &AlertEvent) -> Option<OutboxEntry> {
+        None
+    }
+
+    /// The caller wrote `n` of this notifier's [`Notifier::outbox_entry`] rows itself (only the
+    /// rows actually inserted: not replays the store refused): count them pending and wake the
+    /// delivery task.
+    fn queued(&self, _n: u64) {}
 
     /// Wait, at most `timeout`, until nothing is pending. Returns whether that happened. Blocks
     /// the calling thread: call it from plain threads (e.g. at exit), not from async tasks.

@@ -98,6 +98,15 @@ struct Groups {
 }
 
 impl Groups {
+    /// The groups of `(alert_id, group_key)` pairs.
+    fn of(open: Vec<(String, String)>) -> Groups {
+        let mut groups = Groups::default();
+        for (alert, group) in open {
+            groups.join(&alert, &group);
+        }
+        groups
+    }
+
     fn join(&mut self, alert: &str, group: &str) {
         self.members
             .entry(group.to_string())
@@ -133,17 +142,21 @@ pub(crate) struct PagerDuty {
 }
 
 impl PagerDuty {
+    /// `open`: the groups still open, from `Store::outbox_open_groups`.
     pub fn new(cfg: PagerDutyConfig, timeout: Duration, open: Vec<(String, String)>) -> Self {
-        let mut groups = Groups::default();
-        for (alert, group) in open {
-            groups.join(&alert, &group);
-        }
         PagerDuty {
             key: cfg.routing_key.clone().unwrap_or_default(),
             cfg,
             client: client(timeout),
-            groups: Mutex::new(groups),
+            groups: Mutex::new(Groups::of(open)),
         }
+    }
+
+    /// Forget what this process knew of the open groups and take `open` instead: in a
+    /// cluster, other nodes deliver this notifier too, and the outbox is where they record
+    /// which groups they opened and closed.
+    pub fn reload(&self, open: Vec<(String, String)>) {
+        *self.groups.lock().unwrap_or_else(|p| p.into_inner()) = Groups::of(open);
     }
 
     pub fn target(&self) -> String {

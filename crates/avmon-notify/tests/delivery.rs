@@ -1,111 +1,23 @@
 //! The notifiers against real receivers on loopback (axum), with a real SQLite outbox.
 
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+mod common;
+
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use avmon_core::{Alert, AlertEvent, AlertState, Severity, StreamId, Transition};
+use avmon_core::{Alert, Severity};
 use avmon_notify::{
     ChannelConfig, CommandConfig, DeliveryConfig, Notifier, NotifierConfig, OutboxNotifier,
     PagerDutyConfig, Secret, SlackConfig, WebhookConfig,
 };
 use avmon_store::{OutboxStatus, Store};
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::routing::post;
-use axum::Router;
 use chrono::Utc;
+use common::{alert, clear, fast, pairs, raise, serve, serve_on, webhook, Receiver};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-/// One request as the receiver saw it.
-#[derive(Clone, Debug)]
-struct Hit {
-    at: Instant,
-    headers: HeaderMap,
-    body: Bytes,
-}
-
-impl Hit {
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap()
-    }
-    fn header(&self, name: &str) -> &str {
-        self.headers
-            .get(name)
-            .map(|v| v.to_str().unwrap())
-            .unwrap_or("")
-    }
-}
-
-/// A receiver: answers each request with the next status of `script` (then 200), keeps every
-/// request and the accepted ones.
-#[derive(Clone, Default)]
-struct Receiver {
-    script: Arc<Mutex<Vec<u16>>>,
-    hits: Arc<Mutex<Vec<Hit>>>,
-    accepted: Arc<Mutex<Vec<Hit>>>,
-    ok_status: u16,
-}
-
-impl Receiver {
-    fn answering(script: &[u16]) -> Self {
-        Receiver {
-            script: Arc::new(Mutex::new(script.iter().rev().copied().collect())),
-            ok_status: 200,
-            ..Default::default()
-        }
-    }
-    fn accepted(&self) -> Vec<Hit> {
-        self.accepted.lock().unwrap().clone()
-    }
-    fn hits(&self) -> Vec<Hit> {
-        self.hits.lock().unwrap().clone()
-    }
-}
-
-async fn receive(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> StatusCode {
-    let hit = Hit {
-        at: Instant::now(),
-        headers,
-        body,
-    };
-    r.hits.lock().unwrap().push(hit.clone());
-    let status = r.script.lock().unwrap().pop().unwrap_or(r.ok_status);
-    if (200..300).contains(&status) {
-        r.accepted.lock().unwrap().push(hit);
-    }
-    StatusCode::from_u16(status).unwrap()
-}
-
-/// Serve `r` on `addr` (port 0: any); returns the hook URL.
-async fn serve_on(r: Receiver, addr: SocketAddr) -> String {
-    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let app = Router::new()
-        .route("/hook/{*rest}", post(receive))
-        .with_state(r);
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    format!("http://{addr}/hook/T0/SECRETPATH")
-}
-
-async fn serve(r: Receiver) -> String {
-    serve_on(r, "127.0.0.1:0".parse().unwrap()).await
-}
-
 fn store() -> Arc<dyn Store> {
     Arc::from(avmon_store::open("sqlite::memory:").unwrap())
-}
-
-/// Fast retries for tests.
-fn fast() -> DeliveryConfig {
-    DeliveryConfig {
-        timeout_s: 2.0,
-        backoff_initial_s: 0.05,
-        backoff_max_s: 0.2,
-        ..Default::default()
-    }
 }
 
 fn spawn(
@@ -116,46 +28,6 @@ fn spawn(
     let mut cfg = NotifierConfig { delivery, channel };
     cfg.delivery.id.get_or_insert_with(|| "n".to_string());
     OutboxNotifier::spawn(cfg, store.clone(), &tokio::runtime::Handle::current()).unwrap()
-}
-
-fn webhook(url: &str) -> ChannelConfig {
-    ChannelConfig::Webhook(WebhookConfig {
-        url: url.to_string(),
-        ..Default::default()
-    })
-}
-
-fn alert(n: u32, stream: &str, kind: &str, severity: Severity) -> Alert {
-    Alert {
-        id: format!("0195a1b2-0000-7000-8000-{n:012}"),
-        stream_id: StreamId(stream.into()),
-        kind: kind.into(),
-        severity,
-        state: AlertState::Raised,
-        start_s: 8.04,
-        end_s: None,
-        raised_at: Utc::now(),
-        cleared_at: None,
-        details: json!({"black_ratio": 0.99}).as_object().unwrap().clone(),
-    }
-}
-
-fn raise(a: &Alert) -> AlertEvent {
-    AlertEvent {
-        transition: Transition::Raised,
-        alert: a.clone(),
-    }
-}
-
-fn clear(a: &Alert) -> AlertEvent {
-    let mut a = a.clone();
-    a.state = AlertState::Cleared;
-    a.end_s = Some(12.5);
-    a.cleared_at = Some(Utc::now());
-    AlertEvent {
-        transition: Transition::Cleared,
-        alert: a,
-    }
 }
 
 /// Poll `f` until true; panics after `secs`.
@@ -435,17 +307,7 @@ async fn filters_choose_streams_kinds_and_severity() {
     until("the wanted events", 5.0, || r.accepted().len() == 3).await;
     assert!(n.flush(Duration::from_secs(2)));
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let got: Vec<(String, String)> = r
-        .accepted()
-        .iter()
-        .map(|h| {
-            let v = h.json();
-            (
-                v["stream_id"].as_str().unwrap().to_string(),
-                v["state"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
+    let got = pairs(&r.accepted(), "stream_id", "state");
     // The clears of filtered-out alerts are not sent either.
     assert_eq!(
         got,
@@ -563,11 +425,7 @@ async fn slack_messages_have_text_and_coloured_attachments() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pagerduty_triggers_and_resolves_one_incident_per_group() {
-    let r = Receiver::answering(&[]);
-    let r = Receiver {
-        ok_status: 202,
-        ..r
-    };
+    let r = Receiver::answering(&[]).accepting_with(202);
     let url = serve(r.clone()).await;
     let store = store();
     let pd = |id: &str, window: f64| {
