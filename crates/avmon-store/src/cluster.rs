@@ -813,6 +813,30 @@ impl Coordinator {
             .collect())
     }
 
+    /// Where the stream's media clock stood when a node last reported it: the media time and
+    /// the wall time of its latest metrics sample or alert transition, whichever is later. A
+    /// new owner continues the stream's time line from there (plus the time since).
+    pub fn last_media_time(
+        &self,
+        stream: &StreamId,
+    ) -> Result<Option<(f64, WallTime)>, StoreError> {
+        let row = self.conn()?.query_opt(
+            "SELECT media_t, at FROM (
+                 (SELECT media_t, at FROM metrics WHERE stream_id = $1
+                  ORDER BY at DESC LIMIT 1)
+                 UNION ALL
+                 (SELECT COALESCE(end_s, start_s), COALESCE(cleared_at, raised_at)
+                  FROM alerts WHERE stream_id = $1
+                  ORDER BY COALESCE(cleared_at, raised_at) DESC LIMIT 1)
+             ) t ORDER BY at DESC LIMIT 1",
+            &[&stream.as_str()],
+        )?;
+        match row {
+            Some(r) => Ok(Some((r.try_get(0)?, r.try_get(1)?))),
+            None => Ok(None),
+        }
+    }
+
     /// The stream's alerts still raised, oldest first: a new owner seeds its alert engine with
     /// them, so it continues them instead of raising them again.
     pub fn open_alerts(&self, stream: &StreamId) -> Result<Vec<Alert>, StoreError> {

@@ -416,6 +416,20 @@ pub fn check_url(url: &str) -> Result<(), StoreError> {
     Backend::parse(url).map(|_| ())
 }
 
+/// `url` for messages: a PostgreSQL URL's password replaced by `***`.
+pub fn redact_url(url: &str) -> String {
+    if is_postgres_url(url) {
+        postgres::redact(url)
+    } else {
+        url.to_string()
+    }
+}
+
+/// Whether `url` names a PostgreSQL store (one that the nodes of a cluster can share).
+pub fn is_postgres_url(url: &str) -> bool {
+    matches!(Backend::parse(url), Ok(Backend::Postgres(_)))
+}
+
 /// Where a store URL points.
 #[derive(Debug, PartialEq)]
 enum Backend<'a> {

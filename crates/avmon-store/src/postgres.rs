@@ -272,7 +272,7 @@ fn target(config: &postgres::Config) -> String {
 }
 
 /// `url` with its password replaced by `***`, for messages.
-fn redact(url: &str) -> String {
+pub(crate) fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
