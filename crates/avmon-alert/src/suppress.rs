@@ -93,6 +93,17 @@ impl Suppression {
         }
     }
 
+    /// Replace every mute and window (another process changed them: a cluster's nodes share
+    /// them through the store). The decisions taken for active alerts stand.
+    pub fn replace(&self, mutes: Vec<Mute>, windows: Vec<MaintenanceWindow>) {
+        let mut inner = self.lock();
+        inner.mutes = mutes
+            .into_iter()
+            .map(|m| (m.stream_id.clone(), m))
+            .collect();
+        inner.windows = windows;
+    }
+
     /// Mute a stream (replacing any mute it had).
     pub fn set_mute(&self, m: Mute) {
         self.lock().mutes.insert(m.stream_id.clone(), m);
