@@ -80,6 +80,7 @@ pub const ROUTES: &[(&str, &[&str])] = &[
     ("/api/streams/{id}/mute", &["POST", "DELETE"]),
     ("/api/streams/{id}/metrics", &["GET"]),
     ("/api/streams/{id}/thumbnail.jpg", &["GET"]),
+    ("/api/cluster", &["GET"]),
     ("/api/alerts", &["GET"]),
     ("/api/alerts/{id}", &["GET"]),
     ("/api/alerts/{id}/ack", &["POST"]),
@@ -186,6 +187,13 @@ pub trait Monitor: Send + Sync + 'static {
         )))
     }
 
+    /// The cluster, for `GET /api/cluster`; a standalone host → [`ApiError::NotFound`].
+    fn cluster(&self) -> Result<ClusterView, ApiError> {
+        Err(ApiError::NotFound(
+            "this node is not part of a cluster (no [cluster] in its config)".into(),
+        ))
+    }
+
     /// A new subscription to live events, for `GET /api/events`; `None` when the service
     /// publishes none (the route answers 404).
     fn subscribe(&self) -> Option<tokio::sync::broadcast::Receiver<LiveEvent>> {
@@ -240,6 +248,8 @@ pub enum StreamState {
     Alarm,
     /// The source is unreachable or stopped sending.
     Down,
+    /// In a cluster: no node monitors it right now (a gap in monitoring; see `/api/cluster`).
+    Unwatched,
 }
 
 /// One stream as the API shows it.
@@ -281,6 +291,70 @@ pub struct StreamStatus {
     /// How far the stream's analysis is behind real time, seconds (smoothed; 0 when keeping up).
     #[serde(default)]
     pub lag_s: f64,
+    /// In a cluster: the node that monitors the stream (`null` while none does, and on a
+    /// standalone host).
+    #[serde(default)]
+    pub node: Option<String>,
+}
+
+/// `GET /api/cluster`: the nodes sharing the work, and the gaps in monitoring.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClusterView {
+    /// The node that answered.
+    pub node: String,
+    /// Seconds a lease lasts without renewal.
+    pub lease_ttl_s: f64,
+    pub nodes: Vec<ClusterNode>,
+    /// Streams no node monitors right now.
+    pub unwatched: Vec<UnwatchedStream>,
+    /// Times no node monitored a stream, that ended in the last 24 hours, latest first.
+    pub gaps: Vec<MonitoringGap>,
+}
+
+/// One node of a cluster.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClusterNode {
+    pub name: String,
+    /// Where its API and console are.
+    pub api_addr: String,
+    /// Seen within the lease TTL, and not gone.
+    pub alive: bool,
+    /// Left cleanly (SIGTERM), its streams handed over.
+    pub left: bool,
+    /// Streams it holds.
+    pub streams: u64,
+    /// Its streams' CPU, in cores, as its scheduler measures it.
+    pub load: f64,
+    /// What it may hold, in cores.
+    pub capacity: f64,
+    pub started_at: WallTime,
+    pub last_seen: WallTime,
+    pub seen_ago_s: f64,
+}
+
+/// A stream that no node monitors now.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct UnwatchedStream {
+    pub stream: String,
+    /// Since when (`null`: never monitored yet).
+    pub since: Option<WallTime>,
+    /// The node that held it last.
+    pub prev_node: Option<String>,
+    /// The node it is pinned to, if any (it waits for that node).
+    pub pinned_node: Option<String>,
+}
+
+/// A time during which no node monitored a stream.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MonitoringGap {
+    pub stream: String,
+    pub from: WallTime,
+    pub to: WallTime,
+    pub duration_s: f64,
+    pub prev_node: Option<String>,
+    pub next_node: String,
+    /// `node_lost` (its node died or stalled) or `released` (handed over, claimed late).
+    pub reason: String,
 }
 
 /// One stored metrics sample of a stream (a metrics period).
@@ -521,6 +595,7 @@ pub fn app_with_auth(monitor: Arc<dyn Monitor>, auth: Auth) -> Router {
             post(mute_stream).delete(unmute_stream),
         )
         .route("/api/streams/{id}/metrics", get(stream_metrics))
+        .route("/api/cluster", get(cluster))
         .route("/api/alerts", get(list_alerts))
         .route("/api/alerts/{id}", get(get_alert))
         .route("/api/alerts/{id}/ack", post(ack_alert))
@@ -569,19 +644,25 @@ async fn blocking<T: Send + 'static>(
         .unwrap_or_else(|e| Err(ApiError::Internal(format!("monitor call failed: {e}"))))
 }
 
-async fn list_streams(State(m): State<AppState>) -> Json<Vec<StreamStatus>> {
-    Json(m.streams())
+async fn list_streams(State(m): State<AppState>) -> Result<Json<Vec<StreamStatus>>, ApiError> {
+    // In a cluster the list is read from the database.
+    Ok(Json(blocking(m, |m| Ok(m.streams())).await?))
 }
 
 async fn get_stream(
     State(m): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<StreamStatus>, ApiError> {
-    m.streams()
+    blocking(m, |m| Ok(m.streams()))
+        .await?
         .into_iter()
         .find(|s| s.id == id)
         .map(Json)
         .ok_or_else(|| ApiError::NotFound(format!("no stream {id:?}")))
+}
+
+async fn cluster(State(m): State<AppState>) -> Result<Json<ClusterView>, ApiError> {
+    Ok(Json(blocking(m, |m| m.cluster()).await?))
 }
 
 async fn add_stream(State(m): State<AppState>, body: Bytes) -> Result<Response, ApiError> {

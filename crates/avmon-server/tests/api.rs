@@ -28,7 +28,7 @@ async fn lists_and_gets_streams() {
                 "active_alerts": [], "media_t": 0.0, "last_data_at": null, "info": null,
                 "frames_video": 0, "frames_audio": 0, "decode_errors": 0, "reconnects": 0,
                 "tier": "full", "configured_tier": "full", "degraded": false, "priority": 100,
-                "lag_s": 0.0, "muted": null}])
+                "lag_s": 0.0, "muted": null, "node": null}])
     );
     let (st, _, body) = call(&router, Method::GET, "/api/streams/news", None).await;
     assert_eq!(st, StatusCode::OK);

@@ -286,6 +286,7 @@ async fn every_answer_matches_the_documents_schema() {
             None,
             Some(READER),
         ),
+        ("/api/cluster", "GET", "/api/cluster", None, Some(READER)),
         ("/api/alerts", "GET", "/api/alerts", None, Some(READER)),
         (
             "/api/maintenance",

@@ -62,6 +62,7 @@ pub fn status(id: &str, url: &str) -> StreamStatus {
         degraded: false,
         priority: 100,
         lag_s: 0.0,
+        node: None,
         muted: None,
         config: None,
     }
@@ -316,6 +317,43 @@ impl Monitor for Fake {
 
     fn healthy(&self) -> bool {
         !self.unhealthy.load(Ordering::SeqCst)
+    }
+
+    /// Two nodes, one of them gone, and the gap its stream had.
+    fn cluster(&self) -> Result<avmon_server::ClusterView, ApiError> {
+        let t = |s: i64| Utc.timestamp_opt(1_764_000_000 + s, 0).unwrap();
+        let node = |name: &str, alive: bool| avmon_server::ClusterNode {
+            name: name.into(),
+            api_addr: format!("http://{name}.example:8080"),
+            alive,
+            left: false,
+            streams: u64::from(alive),
+            load: 0.12,
+            capacity: 1.6,
+            started_at: t(0),
+            last_seen: t(100),
+            seen_ago_s: 0.5,
+        };
+        Ok(avmon_server::ClusterView {
+            node: "n1".into(),
+            lease_ttl_s: 8.0,
+            nodes: vec![node("n1", true), node("n2", false)],
+            unwatched: vec![avmon_server::UnwatchedStream {
+                stream: "pinned".into(),
+                since: Some(t(40)),
+                prev_node: Some("n2".into()),
+                pinned_node: Some("n2".into()),
+            }],
+            gaps: vec![avmon_server::MonitoringGap {
+                stream: "news".into(),
+                from: t(40),
+                to: t(49),
+                duration_s: 9.0,
+                prev_node: Some("n2".into()),
+                next_node: "n1".into(),
+                reason: "node_lost".into(),
+            }],
+        })
     }
 
     fn thumbnail(&self, id: &str) -> Result<Vec<u8>, ApiError> {
