@@ -20,6 +20,13 @@ use crate::registry::Service;
 
 impl Monitor for Service {
     fn streams(&self) -> Vec<StreamStatus> {
+        if let Some(c) = &self.cluster {
+            match self.cluster_streams(c) {
+                Ok(s) => return s,
+                // The database is away: what this node runs, at least.
+                Err(e) => tracing::warn!("listing the cluster's streams: {e}"),
+            }
+        }
         self.shared_streams()
             .iter()
             .map(|s| self.status_of(s))
@@ -28,6 +35,14 @@ impl Monitor for Service {
 
     fn add_stream(&self, spec: serde_json::Value) -> Result<StreamStatus, ApiError> {
         let cfg = StreamConfig::from_json(spec, &self.protocols).map_err(ApiError::BadRequest)?;
+        if let Some(c) = &self.cluster {
+            return self.cluster_add(c, cfg);
+        }
+        if cfg.node.is_some() {
+            return Err(ApiError::BadRequest(vec![
+                "node: only for a cluster (this host has no [cluster] in its config)".into(),
+            ]));
+        }
         if self
             .streams
             .lock()
@@ -45,6 +60,9 @@ impl Monitor for Service {
     }
 
     fn set_tier(&self, id: &str, tier: Tier) -> Result<StreamStatus, ApiError> {
+        if let Some(c) = &self.cluster {
+            return self.cluster_patch(c, id, Some(tier), None);
+        }
         let shared = self.shared(id)?;
         // The operator's tier is the ceiling, and applies now (the decode thread reads it at
         // its next packet: no reconnect); automatic degradation may lower it again.
@@ -55,6 +73,9 @@ impl Monitor for Service {
     }
 
     fn set_priority(&self, id: &str, priority: u32) -> Result<StreamStatus, ApiError> {
+        if let Some(c) = &self.cluster {
+            return self.cluster_patch(c, id, None, Some(priority));
+        }
         let shared = self.shared(id)?;
         shared.priority.store(priority, Ordering::Relaxed);
         tracing::info!(stream = %id, priority, "priority set");
@@ -62,6 +83,9 @@ impl Monitor for Service {
     }
 
     fn remove_stream(&self, id: &str) -> Result<(), ApiError> {
+        if self.cluster.is_some() {
+            return self.cluster_remove(id);
+        }
         let handle = self
             .streams
             .lock()
@@ -260,6 +284,15 @@ impl Monitor for Service {
             Err(e) => Err(ApiError::Internal(format!(
                 "reading the {what} of {id}: {e}"
             ))),
+        }
+    }
+
+    fn cluster(&self) -> Result<avmon_server::ClusterView, ApiError> {
+        match &self.cluster {
+            Some(c) => self.cluster_view(c),
+            None => Err(ApiError::NotFound(
+                "this node is not part of a cluster (no [cluster] in its config)".into(),
+            )),
         }
     }
 

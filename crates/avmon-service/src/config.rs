@@ -174,6 +174,124 @@ pub struct StreamConfig {
     /// (default: all) and the limits of its delivery checks. The playlist is `url`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hls: Option<HlsConfig>,
+    /// In a cluster: the node (`[cluster] name`) that must monitor this stream. Needed for push
+    /// inputs (a unicast UDP/RTP port, an SRT or RTMP listener), which reach one host only; a
+    /// pinned stream is never moved, and goes unwatched (a gap, shown) while its node is down.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+}
+
+/// `[cluster]`: this process is one node of several sharing one PostgreSQL store.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// The node's name, unique in the cluster (default: the hostname). A second process with a
+    /// live node of the same name is refused at start.
+    pub name: String,
+    /// The API's address as other nodes and consoles reach it (default: `http://` and
+    /// `[server] listen`; set it when that is a wildcard or behind NAT).
+    pub advertise: Option<String>,
+    /// Seconds a lease lasts without renewal: a node that dies or stalls loses its streams this
+    /// long after its last renewal, and they run elsewhere about a second later. Leases are
+    /// renewed every quarter of it.
+    pub lease_ttl_s: f64,
+    /// What this node can hold, in cores of measured CPU (the scheduler's busy time per second);
+    /// 0, the default: 80% of `[service] workers`.
+    pub capacity: f64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            name: hostname(),
+            advertise: None,
+            lease_ttl_s: 8.0,
+            capacity: 0.0,
+        }
+    }
+}
+
+/// This host's name (`avmon` if it cannot be read).
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "avmon".into())
+}
+
+impl ClusterConfig {
+    /// The capacity in cores: `capacity`, or 80% of the CPU permits.
+    pub fn capacity(&self, service: &ServiceConfig) -> f64 {
+        if self.capacity > 0.0 {
+            self.capacity
+        } else {
+            service.permits() as f64 * 0.8
+        }
+    }
+
+    fn validate(&self, errors: &mut Vec<String>) {
+        if self.name.is_empty() || self.name.len() > 64 || self.name.chars().any(char::is_control) {
+            errors.push(format!(
+                "cluster.name: must be 1 to 64 bytes without control characters (got {:?})",
+                self.name
+            ));
+        }
+        if !(self.lease_ttl_s >= 2.0 && self.lease_ttl_s <= 300.0) {
+            errors.push(format!(
+                "cluster.lease_ttl_s: must be between 2 and 300 (got {})",
+                self.lease_ttl_s
+            ));
+        }
+        if !(self.capacity.is_finite() && self.capacity >= 0.0) {
+            errors.push(format!(
+                "cluster.capacity: must be a number of cores >= 0 (got {})",
+                self.capacity
+            ));
+        }
+        if let Some(a) = &self.advertise {
+            if !(a.starts_with("http://") || a.starts_with("https://")) || a.len() < 10 {
+                errors.push(format!(
+                    "cluster.advertise: must be a URL such as http://10.0.0.5:8080 (got {a:?})"
+                ));
+            }
+        }
+    }
+}
+
+/// Whether `url` is a push input: the sender sends to this host (a unicast UDP/RTP port, an
+/// SRT or RTMP listener), so only this host can monitor it.
+pub fn is_push_input(url: &str, options: &BTreeMap<String, String>) -> bool {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return false;
+    };
+    let query = rest.split_once('?').map_or("", |(_, q)| q);
+    let flag = |key: &str, values: &[&str]| {
+        let in_query = query.split('&').any(|kv| {
+            kv.split_once('=')
+                .is_some_and(|(k, v)| k == key && values.contains(&v))
+        });
+        in_query
+            || options
+                .get(key)
+                .is_some_and(|v| values.contains(&v.as_str()))
+    };
+    match scheme.to_ascii_lowercase().as_str() {
+        "udp" | "rtp" => {
+            let host = rest.split(['/', '?']).next().unwrap_or("");
+            let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            match host.parse::<std::net::IpAddr>() {
+                Ok(ip) => !ip.is_multicast(),
+                // `udp://@:5000` or a name: bound on this host.
+                Err(_) => true,
+            }
+        }
+        "srt" => flag("mode", &["listener"]),
+        "rtmp" | "rtmps" | "tcp" | "http" => flag("listen", &["1", "2"]),
+        _ => false,
+    }
 }
 
 /// `[api]`: who may use the HTTP API.
@@ -224,6 +342,8 @@ pub struct Config {
     pub api: Auth,
     /// The config file's maintenance windows (ids `config-0`, `config-1`, ...).
     pub maintenance: Vec<MaintenanceWindow>,
+    /// `[cluster]`: one node of several on one PostgreSQL store (`None`: a standalone host).
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// `[api]`, checked; `env` reads an environment variable (`std::env::var` outside tests).
@@ -548,6 +668,7 @@ pub fn parse_with_env(
     let mut notifiers = Vec::new();
     let mut api = Auth::open();
     let mut windows = Vec::new();
+    let mut cluster = None;
     for (key, value) in table {
         match key.as_str() {
             "server" => {
@@ -599,9 +720,15 @@ pub fn parse_with_env(
             },
             "api" => api = api_auth(value, env, &mut errors),
             "maintenance" => windows = maintenance(value, &mut errors),
+            "cluster" => {
+                if let Some(c) = section::<ClusterConfig>(value, "cluster", &mut errors) {
+                    c.validate(&mut errors);
+                    cluster = Some(c);
+                }
+            }
             other => errors.push(format!(
                 "{other}: unknown section (expected server, store, service, evidence, api, \
-                 streams, notifiers, maintenance)"
+                 streams, notifiers, maintenance, cluster)"
             )),
         }
     }
@@ -647,6 +774,36 @@ pub fn parse_with_env(
             store.metrics_interval_s
         ));
     }
+    match &cluster {
+        Some(_) => {
+            if !avmon_store::is_postgres_url(&store.url) {
+                errors.push(format!(
+                    "cluster: the nodes of a cluster share one PostgreSQL store; set [store] url \
+                     = \"postgres://USER:PASSWORD@HOST/DB\" (got {:?})",
+                    store.url
+                ));
+            }
+            for (i, s) in streams.iter().enumerate() {
+                if s.node.is_none() && is_push_input(&s.url, &s.options) {
+                    errors.push(format!(
+                        "streams[{i}].node: {:?} is a push input, which reaches one host only; \
+                         pin it to the node that receives it with node = \"NAME\"",
+                        s.url
+                    ));
+                }
+            }
+        }
+        None => {
+            for (i, s) in streams.iter().enumerate() {
+                if s.node.is_some() {
+                    errors.push(format!(
+                        "streams[{i}].node: only for a cluster; add a [cluster] section, or \
+                         remove it"
+                    ));
+                }
+            }
+        }
+    }
     if evidence.dir.as_os_str().is_empty() {
         evidence.dir = crate::evidence::EvidenceConfig::default_dir(&store.url);
     }
@@ -660,6 +817,7 @@ pub fn parse_with_env(
             notifiers,
             api,
             maintenance: windows,
+            cluster,
         }),
         _ => Err(fail(errors)),
     }
@@ -755,6 +913,87 @@ url = "http://127.0.0.1:9000/hook"
         }
         let err = parse("[store]\nurl = \"mysql://x/db\"\n", "avmon.toml").unwrap_err();
         assert!(err.errors.join("\n").contains("\"mysql\""), "{err:?}");
+    }
+
+    #[test]
+    fn a_cluster_needs_postgres_and_pins_for_push_inputs() {
+        let pg = "[store]\nurl = \"postgres://avmon@db/avmon\"\n";
+        let text = format!(
+            "{pg}[cluster]\nname = \"node-1\"\nadvertise = \"http://10.0.0.5:8080\"\n\
+             [[streams]]\nid = \"pulled\"\nurl = \"https://cdn.example/live.m3u8\"\n\
+             [[streams]]\nid = \"multicast\"\nurl = \"udp://239.1.1.1:5000\"\n\
+             [[streams]]\nid = \"pushed\"\nurl = \"udp://0.0.0.0:5000\"\nnode = \"node-1\"\n"
+        );
+        let c = parse(&text, "c.toml").unwrap_or_else(|e| panic!("{e}"));
+        let cl = c.cluster.expect("a cluster");
+        assert_eq!(cl.name, "node-1");
+        assert_eq!(cl.lease_ttl_s, ClusterConfig::default().lease_ttl_s);
+        assert_eq!(c.streams[2].node.as_deref(), Some("node-1"));
+        // The default name is the host's.
+        let c = parse(&format!("{pg}[cluster]\n"), "c.toml").unwrap();
+        assert_eq!(c.cluster.unwrap().name, hostname());
+
+        let bad = "[store]\nurl = \"sqlite://a.db\"\n[cluster]\nname = \"\"\nlease_ttl_s = 0.5\n\
+                   capacity = -1\nadvertise = \"10.0.0.5\"\n\
+                   [[streams]]\nid = \"srt\"\nurl = \"srt://:9000?mode=listener\"\n\
+                   [[streams]]\nid = \"udp\"\nurl = \"udp://127.0.0.1:5000\"\n";
+        let e = parse(bad, "c.toml").unwrap_err();
+        for (path, what) in [
+            ("cluster.name", "1 to 64"),
+            ("cluster.lease_ttl_s", "between 2 and 300"),
+            ("cluster.capacity", ">= 0"),
+            ("cluster.advertise", "URL"),
+            ("cluster:", "PostgreSQL"),
+            ("streams[0].node", "push input"),
+            ("streams[1].node", "push input"),
+        ] {
+            assert!(
+                e.errors
+                    .iter()
+                    .any(|m| m.starts_with(path) && m.contains(what)),
+                "{path}: {what} not in {:#?}",
+                e.errors
+            );
+        }
+        assert_eq!(e.errors.len(), 7, "{:#?}", e.errors);
+        // `node` without a cluster is a mistake.
+        let e = parse(
+            "[[streams]]\nid = \"a\"\nurl = \"udp://127.0.0.1:5000\"\nnode = \"x\"\n",
+            "c.toml",
+        )
+        .unwrap_err();
+        assert!(
+            e.errors[0].starts_with("streams[0].node: only for a cluster"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn push_inputs_are_told_from_pulled_ones() {
+        let none = BTreeMap::new();
+        for url in [
+            "udp://127.0.0.1:5000",
+            "udp://@:5000",
+            "rtp://0.0.0.0:5004",
+            "srt://:9000?mode=listener",
+            "rtmp://0.0.0.0/live?listen=1",
+        ] {
+            assert!(is_push_input(url, &none), "{url}");
+        }
+        for url in [
+            "udp://239.1.1.1:5000",
+            "udp://[ff0e::1]:5000",
+            "srt://ingest.example:9000?mode=caller",
+            "srt://ingest.example:9000",
+            "rtmp://origin.example/live/a",
+            "https://cdn.example/live.m3u8",
+            "rtsp://cam.example/1",
+            "/srv/file.ts",
+        ] {
+            assert!(!is_push_input(url, &none), "{url}");
+        }
+        let listen = BTreeMap::from([("listen".to_string(), "1".to_string())]);
+        assert!(is_push_input("rtmp://0.0.0.0/live", &listen));
     }
 
     #[test]

@@ -281,6 +281,14 @@ pub struct HlsOptions {
     /// How long past its due time the decoder waits for a segment before the input counts as
     /// timed out (the playlist's own staleness is `hls.stale`).
     pub grace: Duration,
+    /// Open alerts of the stream's variants that its last owner (another cluster node) raised:
+    /// each variant's engine continues those of its own (`details.variant`), on its own clock.
+    pub resume: Vec<avmon_core::Alert>,
+}
+
+/// Whether an alert is one of an HLS variant's (raised by its delivery checks).
+pub fn is_variant_alert(a: &avmon_core::Alert) -> bool {
+    a.kind.starts_with("hls.") && a.details.contains_key("variant")
 }
 
 /// An HLS input being monitored: a thread that runs every chosen variant's monitor (each on
@@ -362,18 +370,32 @@ impl<O: VariantOut + 'static> HlsInput<O> {
             alerts,
             duration,
             grace,
+            resume,
         } = opts;
         let handle = std::thread::Builder::new()
             .name("hls".into())
             .spawn(move || {
-                let mut runs = run(&mut |v| VariantSink {
-                    // The first chosen variant is the one decoded.
-                    feed: feed.take(),
-                    alerts: StreamAlerts::new(stream.clone(), alerts.clone()),
-                    out: make_out(v),
-                    media_t: 0.0,
-                    stop_at: duration,
-                    stop: sink_stop.clone(),
+                let mut runs = run(&mut |v| {
+                    let mut engine = StreamAlerts::new(stream.clone(), alerts.clone());
+                    let carried: Vec<avmon_core::Alert> = resume
+                        .iter()
+                        .filter(|a| {
+                            a.details.get("variant").and_then(|n| n.as_str()) == Some(&v.name)
+                        })
+                        .cloned()
+                        .collect();
+                    if !carried.is_empty() {
+                        engine.resume(carried, 0.0, crate::alerts::CARRY_GRACE_S);
+                    }
+                    VariantSink {
+                        // The first chosen variant is the one decoded.
+                        feed: feed.take(),
+                        alerts: engine,
+                        out: make_out(v),
+                        media_t: 0.0,
+                        stop_at: duration,
+                        stop: sink_stop.clone(),
+                    }
                 });
                 // Monitoring is over: the decoder reads what is queued, then the end.
                 for r in &mut runs {

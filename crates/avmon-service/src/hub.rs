@@ -8,7 +8,8 @@ use avmon_alert::Suppression;
 use avmon_core::{AlertEvent, StreamId, Transition};
 use avmon_notify::Notifier;
 use avmon_server::LiveEvent;
-use avmon_store::{MetricsSample, Store, StreamRecord};
+use avmon_store::cluster::{Coordinator, EVENTS_CHANNEL};
+use avmon_store::{MetricsSample, Store, StoreError, StreamRecord};
 use chrono::Utc;
 use crossbeam_channel::Receiver;
 
@@ -20,9 +21,12 @@ const METRICS_BATCH: usize = 2000;
 
 pub(crate) enum HubMsg {
     Alert(Arc<StreamShared>, AlertEvent),
-    Metrics(MetricsSample),
+    /// A sample, and the lease epoch it was measured under (in a cluster).
+    Metrics(MetricsSample, Option<i64>),
     Upsert(StreamRecord),
     Remove(StreamId),
+    /// Answered once everything sent before it is handled.
+    Barrier(crossbeam_channel::Sender<()>),
 }
 
 pub(crate) fn print_alert(ev: &AlertEvent) {
@@ -54,6 +58,30 @@ pub(crate) struct HubOutputs {
     pub(crate) print: bool,
     pub(crate) events: tokio::sync::broadcast::Sender<LiveEvent>,
     pub(crate) evidence: Option<Evidence>,
+    /// In a cluster: writes are fenced by the streams' lease epochs, and alert events are
+    /// told to the other nodes' consoles.
+    pub(crate) cluster: Option<HubCluster>,
+}
+
+/// The hub's part in a cluster.
+pub(crate) struct HubCluster {
+    pub(crate) coordinator: Coordinator,
+    /// This node's name, on the events it tells the others.
+    pub(crate) node: String,
+}
+
+/// The payload of an alert event told to the other nodes on [`EVENTS_CHANNEL`]: the live
+/// event's data with the node that raised it; without the details if that would be too long
+/// for a notification.
+pub(crate) fn cluster_event(node: &str, transition: &str, ev: &AlertEvent) -> String {
+    let full = serde_json::json!({"node": node, "transition": transition, "alert": ev.alert});
+    let text = full.to_string();
+    if text.len() <= avmon_store::cluster::MAX_PAYLOAD {
+        return text;
+    }
+    let mut alert = ev.alert.clone();
+    alert.details = Default::default();
+    serde_json::json!({"node": node, "transition": transition, "alert": alert}).to_string()
 }
 
 pub(crate) fn hub_thread(
@@ -66,20 +94,45 @@ pub(crate) fn hub_thread(
     // Metrics arrive from every stream at once each interval: a burst of them (everything
     // waiting, up to METRICS_BATCH) is written in one batch; any other message first writes
     // what was gathered before it, so the store sees messages in order.
-    let mut metrics: Vec<MetricsSample> = Vec::new();
-    let flush = |metrics: &mut Vec<MetricsSample>| {
+    let mut metrics: Vec<(MetricsSample, Option<i64>)> = Vec::new();
+    let cluster = out.cluster.as_ref();
+    let flush = |metrics: &mut Vec<(MetricsSample, Option<i64>)>| {
         if metrics.is_empty() {
             return;
         }
-        if let Err(e) = store.record_metrics_batch(metrics) {
-            tracing::error!("storing {} metrics samples: {e}", metrics.len());
+        let n = metrics.len();
+        match cluster {
+            // Each sample under its epoch: those of a stream another node took over are refused.
+            Some(c) => {
+                let fenced: Vec<(MetricsSample, i64)> = metrics
+                    .drain(..)
+                    .filter_map(|(m, epoch)| Some((m, epoch?)))
+                    .collect();
+                match c.coordinator.record_metrics_fenced(&fenced) {
+                    Ok(stale) => {
+                        for s in stale {
+                            tracing::warn!(
+                                stream = %s.stream, epoch = s.epoch, current = ?s.current,
+                                "metrics not stored: another node holds the stream now"
+                            );
+                        }
+                    }
+                    Err(e) => tracing::error!("storing {n} metrics samples: {e}"),
+                }
+            }
+            None => {
+                let samples: Vec<MetricsSample> = metrics.drain(..).map(|(m, _)| m).collect();
+                if let Err(e) = store.record_metrics_batch(&samples) {
+                    tracing::error!("storing {n} metrics samples: {e}");
+                }
+            }
         }
         metrics.clear();
     };
     while let Ok(first) = rx.recv() {
         let mut next = Some(first);
         while let Some(msg) = next.take() {
-            if !matches!(msg, HubMsg::Metrics(_)) {
+            if !matches!(msg, HubMsg::Metrics(..)) {
                 flush(&mut metrics);
             }
             match msg {
@@ -117,22 +170,39 @@ pub(crate) fn hub_thread(
                     }
                     // Muted or in maintenance when raised: stored, marked, not notified.
                     let suppressed = suppression.on_event(&ev, Utc::now());
-                    if let Err(e) = store.record_alert(&ev) {
-                        tracing::error!("storing alert {}: {e}", ev.alert.id);
-                    }
-                    if let (Some(why), Transition::Raised) = (suppressed, ev.transition) {
+                    let written = match (cluster, shared.epoch) {
+                        (Some(c), Some(epoch)) => {
+                            record_fenced(c, &shared, &ev, epoch, suppressed.is_none(), &notifiers)
+                                .then_some(transition)
+                        }
+                        _ => {
+                            if let Err(e) = store.record_alert(&ev) {
+                                tracing::error!("storing alert {}: {e}", ev.alert.id);
+                            }
+                            if suppressed.is_none() {
+                                for n in &notifiers {
+                                    n.notify(&ev);
+                                }
+                            }
+                            Some(transition)
+                        }
+                    };
+                    if let (Some(why), Transition::Raised, Some(_)) =
+                        (suppressed, ev.transition, written)
+                    {
                         if let Err(e) = store.mark_alert(&ev.alert.id, why) {
                             tracing::error!("marking alert {}: {e}", ev.alert.id);
                         }
                     }
-                    if suppressed.is_none() {
-                        for n in &notifiers {
-                            n.notify(&ev);
+                    if let (Some(c), Some(transition)) = (cluster, written) {
+                        let payload = cluster_event(&c.node, transition, &ev);
+                        if let Err(e) = c.coordinator.notify(EVENTS_CHANNEL, &payload) {
+                            tracing::debug!("telling the cluster of alert {}: {e}", ev.alert.id);
                         }
                     }
                 }
-                HubMsg::Metrics(m) => {
-                    metrics.push(m);
+                HubMsg::Metrics(m, epoch) => {
+                    metrics.push((m, epoch));
                     if metrics.len() >= METRICS_BATCH {
                         flush(&mut metrics);
                     }
@@ -141,6 +211,9 @@ pub(crate) fn hub_thread(
                     if let Err(e) = store.upsert_stream(&rec) {
                         tracing::error!("storing stream {}: {e}", rec.id);
                     }
+                }
+                HubMsg::Barrier(done) => {
+                    let _ = done.send(());
                 }
                 HubMsg::Remove(id) => {
                     if let Err(e) = store.remove_stream(&id) {
@@ -154,6 +227,56 @@ pub(crate) fn hub_thread(
     }
     if let Some(e) = out.evidence {
         e.finish();
+    }
+}
+
+/// Write an alert event and its notifications in one transaction under the stream's lease
+/// `epoch`; whether it was written. Refused (another node took the stream over): the stream is
+/// marked fenced, and placement stops it.
+fn record_fenced(
+    c: &HubCluster,
+    shared: &StreamShared,
+    ev: &AlertEvent,
+    epoch: i64,
+    notify: bool,
+    notifiers: &[Arc<dyn Notifier>],
+) -> bool {
+    let mut entries = Vec::new();
+    let mut owners = Vec::new();
+    if notify {
+        for (i, n) in notifiers.iter().enumerate() {
+            if let Some(e) = n.outbox_entry(ev) {
+                entries.push(e);
+                owners.push(i);
+            }
+        }
+    }
+    match c.coordinator.record_alert_fenced(ev, epoch, &entries) {
+        Ok(ids) => {
+            for (i, id) in owners.into_iter().zip(ids) {
+                if id.is_some() {
+                    notifiers[i].queued(1);
+                }
+            }
+            true
+        }
+        Err(StoreError::Fenced { current, .. }) => {
+            if !shared
+                .fenced
+                .swap(true, std::sync::atomic::Ordering::Relaxed)
+            {
+                tracing::warn!(
+                    stream = %ev.alert.stream_id, epoch, current = ?current,
+                    "another node holds the stream now: this node's results for it are refused, \
+                     and it stops monitoring it"
+                );
+            }
+            false
+        }
+        Err(e) => {
+            tracing::error!("storing alert {}: {e}", ev.alert.id);
+            false
+        }
     }
 }
 
@@ -181,7 +304,7 @@ mod tests {
         let n = METRICS_BATCH * 2 + 7;
         for i in 0..n {
             let stream = if i % 2 == 0 { "a" } else { "b" };
-            tx.send(HubMsg::Metrics(sample(stream, i))).unwrap();
+            tx.send(HubMsg::Metrics(sample(stream, i), None)).unwrap();
             if i == n / 2 {
                 tx.send(HubMsg::Upsert(StreamRecord {
                     id: StreamId("a".into()),
@@ -198,6 +321,7 @@ mod tests {
             print: false,
             events,
             evidence: None,
+            cluster: None,
         };
         let suppression = Arc::new(Suppression::new(Vec::new(), Vec::new()));
         hub_thread(rx, store.clone(), Vec::new(), out, suppression);

@@ -7,6 +7,7 @@
 //! | one stream's demux, decode, detection and alert engine | [`stream`], [`pipeline`], [`transport`], [`hls`] | one decode thread per stream |
 //! | findings into a stream's alert engine, from every source | [`alerts`] | the stream's |
 //! | the running streams | [`registry`] | (shared state) |
+//! | in a cluster: which streams this node holds (leases, claims, hand-over) | [`placement`] | one placement thread |
 //! | alert fan-out: active alerts, store, evidence, notifiers | [`hub`], [`evidence`] | one hub thread |
 //! | tiers lowered and restored when the host falls behind | [`degradation`], [`degrade`] | one degradation thread |
 //! | the API over the registry and the store | [`api`], [`metrics`], [`live`] | the async runtime |
@@ -26,6 +27,7 @@
 
 pub mod alerts;
 pub mod api;
+pub mod cluster;
 pub mod config;
 pub mod degradation;
 pub mod degrade;
@@ -36,6 +38,7 @@ pub mod live;
 pub mod mask;
 pub mod metrics;
 pub mod pipeline;
+pub mod placement;
 pub mod registry;
 pub mod report;
 pub mod run;

@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use avmon_server::LiveEvent;
+use avmon_store::cluster::{Heard, EVENTS_CHANNEL};
 
+use crate::placement::ClusterNode;
 use crate::registry::Service;
 
 /// Publishes `stream` events when a stream's status, tier or active alerts change (or it
@@ -58,5 +60,53 @@ pub(crate) async fn live_events(service: std::sync::Weak<Service>) {
         if !levels.is_empty() {
             let _ = service.events.send(LiveEvent::new("levels", &levels));
         }
+    }
+}
+
+/// In a cluster: the other nodes' alert events (told on [`EVENTS_CHANNEL`] by their hubs) to
+/// this node's live feed, so that every console sees every node's alerts as they happen. On a
+/// thread of its own, listening on a connection of its own, until the process ends.
+pub(crate) fn cluster_events(
+    node: &ClusterNode,
+    events: tokio::sync::broadcast::Sender<LiveEvent>,
+) {
+    let (coordinator, me) = (node.coordinator.clone(), node.node.name.clone());
+    let spawned = std::thread::Builder::new()
+        .name("cluster-events".into())
+        .spawn(move || {
+            let mut listener = loop {
+                match coordinator.listener().and_then(|mut l| {
+                    l.listen(EVENTS_CHANNEL)?;
+                    Ok(l)
+                }) {
+                    Ok(l) => break l,
+                    Err(e) => {
+                        tracing::warn!("listening for the other nodes' events: {e}");
+                        std::thread::sleep(Duration::from_secs(5));
+                    }
+                }
+            };
+            loop {
+                match listener.wait(Duration::from_secs(30)) {
+                    Ok(Some(Heard::Notification { payload, .. })) => {
+                        let Ok(mut v) = serde_json::from_str::<serde_json::Value>(&payload) else {
+                            continue;
+                        };
+                        // This node's own are in its feed already.
+                        if v.get("node").and_then(|n| n.as_str()) == Some(me.as_str()) {
+                            continue;
+                        }
+                        if let Some(o) = v.as_object_mut() {
+                            o.remove("node");
+                        }
+                        let _ = events.send(LiveEvent::new("alert", &v));
+                    }
+                    Ok(_) => {}
+                    Err(_) => std::thread::sleep(Duration::from_secs(1)),
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("starting the cluster events thread: {e}");
     }
 }

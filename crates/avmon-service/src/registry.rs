@@ -22,7 +22,8 @@ use crate::config::StreamConfig;
 use crate::evidence::{ClipRing, EvidenceConfig};
 use crate::hub::HubMsg;
 use crate::mask::masked;
-use crate::stream::{stream_thread, Live, StreamShared};
+use crate::placement::ClusterNode;
+use crate::stream::{stream_thread, Live, Resume, StreamShared};
 
 pub(crate) struct StreamHandle {
     pub(crate) shared: Arc<StreamShared>,
@@ -44,6 +45,8 @@ pub(crate) struct Service {
     pub(crate) events: tokio::sync::broadcast::Sender<LiveEvent>,
     pub(crate) evidence: EvidenceConfig,
     pub(crate) sched: Arc<Scheduler>,
+    /// In a cluster: this node, its coordinator and lease timing.
+    pub(crate) cluster: Option<Arc<ClusterNode>>,
 }
 
 /// Scaled copies of the picture: every second, 320 pixels wide, the last 12 (so an alert raised
@@ -53,7 +56,25 @@ pub(crate) const PICTURE_INTERVAL_S: f64 = 1.0;
 pub(crate) const PICTURES_KEPT: usize = 12;
 
 impl Service {
+    /// Start monitoring a stream on this host alone (its record is written to the store).
     pub(crate) fn start_stream(&self, cfg: StreamConfig) -> Arc<StreamShared> {
+        let _ = self.hub.send(HubMsg::Upsert(StreamRecord {
+            id: StreamId(cfg.id.clone()),
+            url: cfg.url.clone(),
+            config: serde_json::to_value(&cfg).unwrap_or_default(),
+            created_at: Utc::now(),
+        }));
+        self.start_held(cfg, None, None)
+    }
+
+    /// Start monitoring a stream: in a cluster, one this node holds under `epoch` (its record
+    /// is the cluster's, in the store already), continuing from `resume` if taken over.
+    pub(crate) fn start_held(
+        &self,
+        cfg: StreamConfig,
+        epoch: Option<i64>,
+        resume: Option<Resume>,
+    ) -> Arc<StreamShared> {
         let shared = Arc::new(StreamShared {
             tier: TierControl::new(cfg.tier()),
             ceiling: TierControl::new(cfg.tier()),
@@ -76,14 +97,12 @@ impl Service {
             }),
             thumb: Mutex::new(None),
             config_json: masked(serde_json::to_value(&cfg).unwrap_or_default()),
+            epoch,
+            handover: AtomicBool::new(false),
+            fenced: AtomicBool::new(false),
+            resume: Mutex::new(resume),
         });
         let stop = Arc::new(AtomicBool::new(false));
-        let _ = self.hub.send(HubMsg::Upsert(StreamRecord {
-            id: StreamId(cfg.id.clone()),
-            url: cfg.url.clone(),
-            config: serde_json::to_value(&cfg).unwrap_or_default(),
-            created_at: Utc::now(),
-        }));
         let thread = {
             let (shared, stop, hub) = (shared.clone(), stop.clone(), self.hub.clone());
             let interval = self.metrics_interval;
@@ -135,12 +154,19 @@ impl Service {
             degraded: shared.degraded(),
             priority: shared.priority.load(Ordering::Relaxed),
             lag_s: round_ms(live.lag_smooth_s),
+            node: self.cluster.as_ref().map(|c| c.node.name.clone()),
         }
     }
 
-    /// `Ok` when `id` is a stream being monitored.
+    /// `Ok` when `id` is a stream being monitored (in a cluster: by any node).
     pub(crate) fn known(&self, id: &str) -> Result<(), ApiError> {
-        self.shared(id).map(|_| ())
+        match self.shared(id) {
+            Ok(_) => Ok(()),
+            Err(e) => match &self.cluster {
+                Some(_) => self.cluster_known(id),
+                None => Err(e),
+            },
+        }
     }
 
     /// A running stream's shared state; unknown → 404.
@@ -159,19 +185,45 @@ impl Service {
         }
     }
 
-    /// Stop every stream and wait for their threads (their open alerts are cleared).
-    pub(crate) fn stop_all(&self) {
-        let handles: Vec<StreamHandle> = match self.streams.lock() {
-            Ok(mut s) => std::mem::take(&mut *s).into_values().collect(),
+    /// Wait (up to 5 s) until the hub has handled everything sent to it so far.
+    pub(crate) fn drain_hub(&self) {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        if self.hub.send(HubMsg::Barrier(tx)).is_ok() {
+            let _ = rx.recv_timeout(Duration::from_secs(5));
+        }
+    }
+
+    /// Stop every stream and wait for their threads: their open alerts are cleared, or, with
+    /// `handover` (a cluster node leaving), left open for the next owner to continue.
+    pub(crate) fn stop_all(&self, handover: bool) {
+        let ids: Vec<String> = match self.streams.lock() {
+            Ok(s) => s.keys().cloned().collect(),
             Err(_) => Vec::new(),
         };
-        for h in &handles {
+        self.stop_streams(&ids, handover);
+    }
+
+    /// Stop these streams (those running) and wait for their threads; with `handover`, their
+    /// open alerts stay open for the node that takes them next. Returns the ids stopped.
+    pub(crate) fn stop_streams(&self, ids: &[String], handover: bool) -> Vec<String> {
+        let handles: Vec<(String, StreamHandle)> = match self.streams.lock() {
+            Ok(mut s) => ids
+                .iter()
+                .filter_map(|id| s.remove(id).map(|h| (id.clone(), h)))
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        for (_, h) in &handles {
+            h.shared.handover.store(handover, Ordering::Relaxed);
             h.stop.store(true, Ordering::Relaxed);
         }
-        for mut h in handles {
+        let mut stopped = Vec::with_capacity(handles.len());
+        for (id, mut h) in handles {
             if let Some(t) = h.thread.take() {
                 let _ = t.join();
             }
+            stopped.push(id);
         }
+        stopped
     }
 }

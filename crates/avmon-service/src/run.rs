@@ -9,15 +9,17 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use avmon_alert::Suppression;
 use avmon_core::sched::{Scheduler, DEFAULT_QUANTUM};
-use avmon_notify::{Notifier, OutboxNotifier};
+use avmon_notify::{Claim, Notifier, OutboxNotifier};
 use avmon_server::Monitor;
+use avmon_store::cluster::{Coordinator, NodeInfo};
 use avmon_store::Store;
 
 use crate::config::Config;
 use crate::degradation::degrade_thread;
 use crate::evidence::Evidence;
-use crate::hub::{hub_thread, HubOutputs};
+use crate::hub::{hub_thread, HubCluster, HubOutputs};
 use crate::live::live_events;
+use crate::placement::{placement_thread, seed, ClusterNode};
 use crate::registry::Service;
 
 /// How `run` behaves beyond the config.
@@ -64,19 +66,49 @@ pub fn run(cfg: Config, opts: Options) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let store: Arc<dyn Store> = Arc::from(
-        avmon_store::open(&cfg.store.url)
-            .with_context(|| format!("opening the store {}", cfg.store.url))?,
-    );
     let listener = rt
         .block_on(tokio::net::TcpListener::bind(cfg.listen))
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
     let addr: SocketAddr = listener.local_addr().unwrap_or(cfg.listen);
+    let (store, cluster): (Arc<dyn Store>, Option<Arc<ClusterNode>>) = match &cfg.cluster {
+        None => (
+            Arc::from(
+                avmon_store::open(&cfg.store.url)
+                    .with_context(|| format!("opening the store {}", cfg.store.url))?,
+            ),
+            None,
+        ),
+        Some(c) => {
+            let coordinator = Coordinator::open(&cfg.store.url)
+                .with_context(|| format!("opening the cluster's store {}", cfg.store.url))?;
+            let advertise = c
+                .advertise
+                .clone()
+                .unwrap_or_else(|| format!("http://{addr}"));
+            let node =
+                NodeInfo::new(&c.name, advertise, c.capacity(&cfg.service)).context("[cluster]")?;
+            let ttl = Duration::from_secs_f64(c.lease_ttl_s);
+            let store: Arc<dyn Store> = Arc::new(coordinator.store().clone());
+            let node = ClusterNode::register(coordinator, node, ttl, cfg.maintenance.clone())?;
+            (store, Some(Arc::new(node)))
+        }
+    };
 
     // Each notifier starts with what an earlier run left pending in the outbox.
     let mut notifiers: Vec<Arc<dyn Notifier>> = Vec::new();
     for (i, n) in cfg.notifiers.iter().enumerate() {
-        let notifier = OutboxNotifier::spawn(n.clone(), store.clone(), rt.handle())
+        let claim = match &cluster {
+            None => Claim::Local,
+            Some(c) => Claim::Cluster {
+                coordinator: c.coordinator.clone(),
+                node: c.node.name.clone(),
+                // Longer than a delivery attempt, whatever the notifier's timeout.
+                ttl: avmon_notify::CLAIM_TTL
+                    .max(Duration::from_secs_f64(n.delivery.timeout_s.max(0.0) * 3.0)),
+                poll: avmon_notify::POLL,
+            },
+        };
+        let notifier = OutboxNotifier::spawn_with(n.clone(), store.clone(), claim, rt.handle())
             .with_context(|| format!("starting notifiers[{i}] ({})", n.id()))?;
         notifiers.push(Arc::new(notifier));
     }
@@ -118,6 +150,10 @@ pub fn run(cfg: Config, opts: Options) -> Result<()> {
             print: opts.print_alerts,
             events: events.clone(),
             evidence,
+            cluster: cluster.as_ref().map(|c| HubCluster {
+                coordinator: c.coordinator.clone(),
+                node: c.node.name.clone(),
+            }),
         };
         std::thread::Builder::new()
             .name("hub".into())
@@ -135,17 +171,52 @@ pub fn run(cfg: Config, opts: Options) -> Result<()> {
         events,
         evidence: cfg.evidence.clone(),
         sched: Scheduler::new(cfg.service.permits(), DEFAULT_QUANTUM),
+        cluster: cluster.clone(),
     });
     rt.spawn(live_events(Arc::downgrade(&service)));
-    for s in cfg.streams.clone() {
-        service.start_stream(s);
+    let placement_stop = Arc::new(AtomicBool::new(false));
+    let mut placement = None;
+    match (&cluster, &cfg.cluster) {
+        (Some(c), Some(cc)) => {
+            let seeded = seed(service.store.as_ref(), &cfg.streams)
+                .context("writing the config file's streams to the cluster's store")?;
+            let peers = c
+                .coordinator
+                .nodes(c.ttl)
+                .map(|n| n.iter().filter(|n| n.alive).count());
+            eprintln!(
+                "avmon: node {:?} of a cluster of {} live node(s) (store {}); {seeded} of the \
+                 config's {} stream(s) written to it; console and API on http://{addr}/ \
+                 (advertised as {})",
+                c.node.name,
+                peers.unwrap_or(1),
+                avmon_store::redact_url(&cfg.store.url),
+                cfg.streams.len(),
+                c.node.api_addr
+            );
+            crate::live::cluster_events(c, service.events.clone());
+            let (placed, c, stop) = (service.clone(), c.clone(), placement_stop.clone());
+            let capacity = cc.capacity(&cfg.service);
+            placement = Some(
+                std::thread::Builder::new()
+                    .name("placement".into())
+                    .spawn(move || placement_thread(placed, c, capacity, stop))
+                    .context("starting the placement thread")?,
+            );
+        }
+        _ => {
+            for s in cfg.streams.clone() {
+                service.start_stream(s);
+            }
+            eprintln!(
+                "avmon: monitoring {} stream(s) on {} worker(s); console and API on \
+                 http://{addr}/ (store {})",
+                cfg.streams.len(),
+                service.sched.permits(),
+                avmon_store::redact_url(&cfg.store.url)
+            );
+        }
     }
-    eprintln!(
-        "avmon: monitoring {} stream(s) on {} worker(s); console and API on http://{addr}/ (store {})",
-        cfg.streams.len(),
-        service.sched.permits(),
-        cfg.store.url
-    );
     if cfg.api.enabled() {
         let admins = cfg
             .api
@@ -187,7 +258,26 @@ pub fn run(cfg: Config, opts: Options) -> Result<()> {
     eprintln!("avmon: shutting down");
     degrade_stop.store(true, Ordering::Relaxed);
     let _ = degrade_handle.join();
-    service.stop_all();
+    placement_stop.store(true, Ordering::Relaxed);
+    if let Some(p) = placement {
+        let _ = p.join();
+    }
+    match &cluster {
+        // Hand over: stop without clearing alerts, write what is queued under the leases, then
+        // let go of every lease at once (the other nodes are woken and take them).
+        Some(c) => {
+            service.stop_all(true);
+            service.drain_hub();
+            match c.coordinator.deregister(&c.node) {
+                Ok(released) => eprintln!(
+                    "avmon: left the cluster; {} stream(s) handed over",
+                    released.len()
+                ),
+                Err(e) => tracing::warn!("leaving the cluster: {e} (its leases will expire)"),
+            }
+        }
+        None => service.stop_all(false),
+    }
     // The live-events task holds the service only for a moment at a time.
     let until = Instant::now() + Duration::from_secs(2);
     while Arc::strong_count(&service) > 1 && Instant::now() < until {

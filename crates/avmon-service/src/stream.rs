@@ -88,6 +88,27 @@ pub(crate) struct StreamShared {
     pub(crate) config_json: serde_json::Value,
     /// The thumbnail last encoded, and the picture's media time it was encoded from.
     pub(crate) thumb: Mutex<Option<(f64, Arc<Vec<u8>>)>>,
+    /// In a cluster: the lease epoch this node holds the stream under; its results are written
+    /// under it, and refused once another node took the stream over.
+    pub(crate) epoch: Option<i64>,
+    /// Stop without clearing the open alerts: the stream moves to another node, which
+    /// continues them.
+    pub(crate) handover: AtomicBool,
+    /// The store refused a write under `epoch`: another node holds the stream now.
+    pub(crate) fenced: AtomicBool,
+    /// Taken over from another node: its open alerts to continue, and where its media time
+    /// line stood (consumed when the decode thread starts).
+    pub(crate) resume: Mutex<Option<Resume>>,
+}
+
+/// What a node that takes a stream over continues from.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Resume {
+    /// The stream's alerts still raised.
+    pub(crate) alerts: Vec<Alert>,
+    /// The media time now, by the stream's time line so far (its last known media time plus
+    /// the wall time since).
+    pub(crate) media_t: f64,
 }
 
 impl StreamShared {
@@ -255,7 +276,7 @@ impl StreamSink {
                 media_t: self.media_t,
                 values: self.pipe.take_metrics(),
             };
-            let _ = self.hub.send(HubMsg::Metrics(sample));
+            let _ = self.hub.send(HubMsg::Metrics(sample, self.shared.epoch));
         }
     }
 }
@@ -432,7 +453,7 @@ impl VariantOut for HubOut {
                 media_t,
                 values: self.period(stats),
             };
-            let _ = self.hub.send(HubMsg::Metrics(sample));
+            let _ = self.hub.send(HubMsg::Metrics(sample, self.shared.epoch));
         }
     }
 }
@@ -499,6 +520,32 @@ pub(crate) fn stream_thread(
         behind_open: false,
     };
     let mut clock = MediaClock::new();
+    let resume = shared.resume.lock().ok().and_then(|mut r| r.take());
+    let mut variant_alerts = Vec::new();
+    if let Some(mut r) = resume {
+        // An HLS variant's alerts go on in that variant's engine.
+        (variant_alerts, r.alerts) = r.alerts.into_iter().partition(crate::hls::is_variant_alert);
+        if let Ok(mut live) = shared.live.lock() {
+            for a in &variant_alerts {
+                live.active.insert(a.id.clone(), a.clone());
+            }
+        }
+        // Taken over: the time line goes on from where the last owner left it, and its open
+        // alerts continue here (cleared once if their defect is not seen again).
+        clock = MediaClock::resume(r.media_t, 0.0);
+        sink.media_t = r.media_t;
+        sink.pipe.end_t = r.media_t;
+        sink.next_level_t = r.media_t;
+        if let Ok(mut live) = shared.live.lock() {
+            live.media_t = r.media_t;
+            for a in &r.alerts {
+                live.active.insert(a.id.clone(), a.clone());
+            }
+        }
+        sink.pipe
+            .alerts
+            .resume(r.alerts, r.media_t, crate::alerts::CARRY_GRACE_S);
+    }
     match hls {
         None => run_source(
             &cfg.url,
@@ -516,6 +563,7 @@ pub(crate) fn stream_thread(
                 alerts: cfg.alerts.clone(),
                 duration: None,
                 grace: io_timeout,
+                resume: std::mem::take(&mut variant_alerts),
             };
             let (out_shared, out_hub) = (shared.clone(), sink.hub.clone());
             let make_out = move |v: &avmon_hls::Variant| {
@@ -545,8 +593,11 @@ pub(crate) fn stream_thread(
             }
         }
     }
-    // Removed or shutting down: what is still open is cleared now.
-    sink.pipe.close();
+    // Removed or shutting down: what is still open is cleared now; handed over to another
+    // node, it stays open for that node to continue.
+    if !shared.handover.load(Ordering::Relaxed) {
+        sink.pipe.close();
+    }
     sink.forward();
     sink.publish(true);
 }

@@ -220,6 +220,7 @@ pub fn check(opts: CheckOptions) -> Result<Report> {
                 // A segment may take a few target durations to come; FFmpeg's own HLS input
                 // waits too.
                 grace: opts.io_timeout.max(Duration::from_secs(30)),
+                resume: Vec::new(),
             },
             |_| Cleared::default(),
         )?;

@@ -1,0 +1,661 @@
+//! Placement: in a cluster, which streams this node monitors.
+//!
+//! Every node runs the same loop, on its own thread, against the shared database
+//! ([`avmon_store::cluster::Coordinator`]; the database's row locks are the only arbiter):
+//!
+//! - **Renew**, every quarter of the lease TTL: the node's heartbeat (with its load) and its
+//!   leases. A running stream missing from the answer was taken over, handed back or removed:
+//!   it is stopped at once. A removed stream's alerts are cleared; one taken over keeps them
+//!   open for its new owner. A node that cannot renew for a whole TTL (the database or the
+//!   network is away) stops its streams: by then another node may hold them.
+//! - **Claim**, every second and whenever another node releases streams or joins or leaves
+//!   (`avmon_leases`): unowned and expired leases, while the node's load stays under its fair
+//!   share of the cluster's and under its capacity. Load is CPU as the scheduler measures it
+//!   (each stream's busy time per second, [`avmon_core::sched::Slot::busy_s`]); a stream not
+//!   measured yet is estimated from the streams of its tier measured here, or from
+//!   [`relative_cost`] of [`FULL_COST`] until there are any.
+//! - **Take over**: a claimed stream starts with the open alerts of its last owner (it
+//!   continues them, [`crate::alerts::StreamAlerts::resume`]) and its media time line (the last
+//!   known media time plus the wall time since). The time nobody watched it is recorded by the
+//!   claim as a monitoring gap.
+//! - **Rebalance**, every few seconds while nothing is unwatched: a node over its fair share
+//!   by more than a margin, when another node is under its own, hands a few streams over
+//!   ([`Coordinator::shed`], then released: the other nodes are woken and claim them within a
+//!   second, no gap).
+//! - **Config**: stream definitions live in the database; a running stream whose definition
+//!   changed (through any node's API) has its tier and priority applied at once, and is
+//!   restarted for anything else. Mutes and maintenance windows set through any node are read
+//!   back every few seconds.
+//!
+//! On shutdown (SIGTERM) the node stops its streams without clearing their alerts, writes what
+//! is queued, and deregisters, which releases every lease at once: the others take them over
+//! within a second or two.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use avmon_core::{MaintenanceWindow, StreamId, Tier};
+use avmon_store::cluster::{Claimed, Coordinator, Heard, NodeInfo, LEASES_CHANNEL};
+use avmon_store::{Store, StoreError, StreamRecord};
+
+use crate::config::StreamConfig;
+use crate::degrade::relative_cost;
+use crate::registry::Service;
+use crate::stream::Resume;
+
+/// A `full`-tier stream's CPU, in cores, assumed until streams are measured here: a 720p25
+/// H.264 + AAC stream, with room to spare (lower tiers by [`relative_cost`]).
+pub const FULL_COST: f64 = 0.25;
+
+/// Streams claimed in one round at most (a round is about a second).
+const CLAIM_BATCH: usize = 64;
+
+/// Streams handed over in one rebalancing step at most.
+const SHED_BATCH: usize = 8;
+
+/// How often the loop runs with nothing waking it.
+const TICK: Duration = Duration::from_secs(1);
+
+/// How often stream definitions are compared with the running streams.
+const CONFIG_EVERY: Duration = Duration::from_secs(3);
+
+/// How often the balance between nodes is looked at.
+const BALANCE_EVERY: Duration = Duration::from_secs(3);
+
+/// A stream's CPU is measured over at least this long before it counts.
+const MEASURE_MIN: Duration = Duration::from_secs(3);
+
+/// This node in the cluster: what every part of the service needs to know of it.
+pub(crate) struct ClusterNode {
+    pub(crate) coordinator: Coordinator,
+    pub(crate) node: NodeInfo,
+    pub(crate) ttl: Duration,
+    /// The config file's maintenance windows (the API's are in the store).
+    pub(crate) config_windows: Vec<MaintenanceWindow>,
+}
+
+impl ClusterNode {
+    /// Register this node, waiting up to one TTL for a previous instance of the same name (a
+    /// process that was killed and restarted at once) to expire.
+    pub(crate) fn register(
+        coordinator: Coordinator,
+        node: NodeInfo,
+        ttl: Duration,
+        config_windows: Vec<MaintenanceWindow>,
+    ) -> anyhow::Result<ClusterNode> {
+        let until = Instant::now() + ttl + Duration::from_secs(1);
+        let mut told = false;
+        loop {
+            match coordinator.register(&node, ttl) {
+                Ok(()) => break,
+                Err(StoreError::DuplicateNode { .. }) if Instant::now() < until => {
+                    if !told {
+                        eprintln!(
+                            "avmon: a node named {:?} was seen less than {:.0} s ago; waiting \
+                             for it to expire (or is another node using this name?)",
+                            node.name,
+                            ttl.as_secs_f64()
+                        );
+                        told = true;
+                    }
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                Err(e @ StoreError::DuplicateNode { .. }) => {
+                    anyhow::bail!(
+                        "{e}: two live nodes cannot share a name; give this one another \
+                         [cluster] name"
+                    )
+                }
+                Err(e) => anyhow::bail!("joining the cluster as {:?}: {e}", node.name),
+            }
+        }
+        Ok(ClusterNode {
+            coordinator,
+            node,
+            ttl,
+            config_windows,
+        })
+    }
+}
+
+/// Put the config file's streams in the database: each one that is missing, or whose
+/// definition differs. Running the same file on every node changes nothing. Returns how many
+/// were written.
+pub(crate) fn seed(store: &dyn Store, streams: &[StreamConfig]) -> Result<usize, StoreError> {
+    let existing: BTreeMap<String, serde_json::Value> = store
+        .streams()?
+        .into_iter()
+        .map(|r| (r.id.0, r.config))
+        .collect();
+    let mut written = 0;
+    for cfg in streams {
+        let config = serde_json::to_value(cfg).unwrap_or_default();
+        if existing.get(&cfg.id) == Some(&config) {
+            continue;
+        }
+        store.upsert_stream(&StreamRecord {
+            id: StreamId(cfg.id.clone()),
+            url: cfg.url.clone(),
+            config,
+            created_at: chrono::Utc::now(),
+        })?;
+        written += 1;
+    }
+    Ok(written)
+}
+
+/// A stream's CPU as the scheduler measured it.
+struct Measure {
+    busy_s: f64,
+    at: Instant,
+    /// Cores, once measured for [`MEASURE_MIN`].
+    rate: Option<f64>,
+}
+
+/// The loop's state.
+struct Placer {
+    service: Arc<Service>,
+    cluster: Arc<ClusterNode>,
+    capacity: f64,
+    measures: BTreeMap<String, Measure>,
+    last_renewed: Instant,
+    next_renew: Instant,
+    next_config: Instant,
+    next_balance: Instant,
+    /// Streams whose definition in the database is unusable, said once each.
+    refused: BTreeSet<String>,
+    /// Alive nodes' `(name, capacity, load)` as last read, and whether streams wait unwatched.
+    peers: Vec<(String, f64, f64)>,
+    unwatched: usize,
+    /// After handing streams over, the others get to claim them first.
+    no_claim_until: Instant,
+}
+
+/// Run placement until `stop`; then the caller stops the streams and deregisters.
+pub(crate) fn placement_thread(
+    service: Arc<Service>,
+    cluster: Arc<ClusterNode>,
+    capacity: f64,
+    stop: Arc<AtomicBool>,
+) {
+    let now = Instant::now();
+    let mut p = Placer {
+        service,
+        cluster,
+        capacity,
+        measures: BTreeMap::new(),
+        last_renewed: now,
+        next_renew: now,
+        next_config: now + CONFIG_EVERY,
+        next_balance: now + BALANCE_EVERY,
+        refused: BTreeSet::new(),
+        peers: Vec::new(),
+        unwatched: 0,
+        no_claim_until: now,
+    };
+    let mut listener = match p.cluster.coordinator.listener().and_then(|mut l| {
+        l.listen(LEASES_CHANNEL)?;
+        Ok(l)
+    }) {
+        Ok(l) => Some(l),
+        Err(e) => {
+            tracing::warn!("listening for hand-overs (claiming by polling only): {e}");
+            None
+        }
+    };
+    while !stop.load(Ordering::Relaxed) {
+        p.round();
+        // Sleep until the next round, or until another node releases, joins or leaves.
+        match listener.as_mut() {
+            Some(l) => match l.wait(TICK) {
+                Ok(Some(Heard::Notification { .. })) | Ok(Some(Heard::Reconnected)) => {
+                    // Let the burst of notifications of one hand-over arrive.
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Ok(None) => {}
+                Err(_) => std::thread::sleep(TICK),
+            },
+            None => std::thread::sleep(TICK),
+        }
+    }
+}
+
+impl Placer {
+    fn round(&mut self) {
+        self.measure();
+        let now = Instant::now();
+        if now >= self.next_renew {
+            self.renew();
+        }
+        self.stop_fenced();
+        if now >= self.next_config {
+            self.next_config = now + CONFIG_EVERY;
+            self.sync_configs();
+            self.sync_suppression();
+        }
+        if self.last_renewed.elapsed() < self.cluster.ttl {
+            if now >= self.next_balance {
+                self.next_balance = now + BALANCE_EVERY;
+                self.read_peers();
+                self.balance();
+            }
+            if now >= self.no_claim_until {
+                self.claim();
+            }
+        }
+    }
+
+    /// Each running stream's CPU since it was last measured.
+    fn measure(&mut self) {
+        let now = Instant::now();
+        let mut seen = BTreeSet::new();
+        for shared in self.service.shared_streams() {
+            let id = shared.cfg.id.clone();
+            let busy = shared.cpu.busy_s();
+            let m = self.measures.entry(id.clone()).or_insert(Measure {
+                busy_s: busy,
+                at: now,
+                rate: None,
+            });
+            let dt = now.duration_since(m.at);
+            if dt >= MEASURE_MIN {
+                let rate = (busy - m.busy_s).max(0.0) / dt.as_secs_f64();
+                m.rate = Some(match m.rate {
+                    Some(r) => 0.5 * r + 0.5 * rate,
+                    None => rate,
+                });
+                m.busy_s = busy;
+                m.at = now;
+            }
+            seen.insert(id);
+        }
+        self.measures.retain(|id, _| seen.contains(id));
+    }
+
+    /// The cost of a stream at `tier` not measured yet: the mean of those measured here at that
+    /// tier, or the default.
+    fn estimate(&self, tier: Tier) -> f64 {
+        let rates: Vec<f64> = self
+            .service
+            .shared_streams()
+            .iter()
+            .filter(|s| s.tier.get() == tier)
+            .filter_map(|s| self.measures.get(&s.cfg.id).and_then(|m| m.rate))
+            .collect();
+        if rates.len() >= 2 {
+            (rates.iter().sum::<f64>() / rates.len() as f64).max(1e-4)
+        } else {
+            FULL_COST * relative_cost(tier)
+        }
+    }
+
+    /// This node's load: its streams' measured CPU (estimated for those not measured yet).
+    fn load(&self) -> f64 {
+        self.service
+            .shared_streams()
+            .iter()
+            .map(|s| {
+                self.measures
+                    .get(&s.cfg.id)
+                    .and_then(|m| m.rate)
+                    .unwrap_or_else(|| self.estimate(s.tier.get()))
+            })
+            .sum()
+    }
+
+    fn running(&self) -> BTreeSet<String> {
+        match self.service.streams.lock() {
+            Ok(s) => s.keys().cloned().collect(),
+            Err(_) => BTreeSet::new(),
+        }
+    }
+
+    fn renew(&mut self) {
+        let c = self.cluster.clone();
+        let every = c.ttl / 4;
+        let load = self.load();
+        let renewed = c
+            .coordinator
+            .heartbeat(&c.node, load)
+            .and_then(|()| c.coordinator.renew(&c.node, c.ttl));
+        match renewed {
+            Ok(held) => {
+                self.last_renewed = Instant::now();
+                self.next_renew = self.last_renewed + every;
+                let held: BTreeSet<String> = held.into_iter().map(|h| h.stream.0).collect();
+                let lost: Vec<String> = self
+                    .running()
+                    .into_iter()
+                    .filter(|id| !held.contains(id))
+                    .collect();
+                if !lost.is_empty() {
+                    self.let_go(lost);
+                }
+            }
+            Err(StoreError::NotRegistered { .. }) => {
+                // Another instance took this node's name (this one was stopped or cut off for
+                // longer than the TTL): everything it held is someone else's now.
+                tracing::error!(
+                    node = %c.node.name,
+                    "this node was replaced in the cluster (stopped or cut off past its lease); \
+                     stopping its streams"
+                );
+                let all: Vec<String> = self.running().into_iter().collect();
+                self.service.stop_streams(&all, true);
+                self.next_renew = Instant::now() + every;
+                // Rejoin as a new instance, so that the node works on (as a restarted one).
+                let _ = c.coordinator.register(&c.node, c.ttl);
+            }
+            Err(e) => {
+                self.next_renew = Instant::now() + Duration::from_secs(1).min(every);
+                let silent = self.last_renewed.elapsed();
+                tracing::warn!(
+                    "renewing this node's leases: {e} (last renewed {:.1} s ago)",
+                    silent.as_secs_f64()
+                );
+                if silent >= c.ttl {
+                    let all: Vec<String> = self.running().into_iter().collect();
+                    if !all.is_empty() {
+                        tracing::error!(
+                            streams = all.len(),
+                            "leases not renewed for {:.0} s: another node may hold these \
+                             streams now; stopping them until the database answers",
+                            silent.as_secs_f64()
+                        );
+                        self.service.stop_streams(&all, true);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Stop streams this node no longer holds: removed ones clear their alerts, the others
+    /// leave them open for their next owner.
+    fn let_go(&mut self, ids: Vec<String>) {
+        let live: BTreeSet<String> = match self.service.store.streams() {
+            Ok(s) => s.into_iter().map(|r| r.id.0).collect(),
+            // Unknown: keep the alerts open; a removed stream's are closed by its next read.
+            Err(_) => ids.iter().cloned().collect(),
+        };
+        let (kept, removed): (Vec<String>, Vec<String>) =
+            ids.into_iter().partition(|id| live.contains(id));
+        if !removed.is_empty() {
+            tracing::info!(streams = ?removed, "streams removed from the cluster: stopping them");
+            self.service.stop_streams(&removed, false);
+        }
+        if !kept.is_empty() {
+            tracing::warn!(streams = ?kept, "streams no longer held by this node: stopping them");
+            self.service.stop_streams(&kept, true);
+        }
+    }
+
+    /// Streams whose results the store refused (another node took them over).
+    fn stop_fenced(&mut self) {
+        let fenced: Vec<String> = self
+            .service
+            .shared_streams()
+            .iter()
+            .filter(|s| s.fenced.load(Ordering::Relaxed))
+            .map(|s| s.cfg.id.clone())
+            .collect();
+        if !fenced.is_empty() {
+            self.service.stop_streams(&fenced, true);
+        }
+    }
+
+    /// Apply definitions changed in the database to the running streams.
+    fn sync_configs(&mut self) {
+        let records = match self.service.store.streams() {
+            Ok(r) => r,
+            Err(_) => return,
+        };
+        for rec in records {
+            let Ok(shared) = self.service.shared(rec.id.as_str()) else {
+                continue;
+            };
+            let running = serde_json::to_value(&shared.cfg).unwrap_or_default();
+            if running == rec.config {
+                continue;
+            }
+            let Some(cfg) = self.parse(&rec) else {
+                continue;
+            };
+            let mut a = running.clone();
+            let mut b = rec.config.clone();
+            for v in [&mut a, &mut b] {
+                if let Some(o) = v.as_object_mut() {
+                    o.remove("tier");
+                    o.remove("priority");
+                }
+            }
+            if a == b {
+                // Only the tier or priority: applied now, as the API does on one host.
+                shared.ceiling.set(cfg.tier());
+                shared.tier.set(cfg.tier());
+                shared.priority.store(cfg.priority, Ordering::Relaxed);
+                // Keep the comparison quiet until the next change.
+                continue;
+            }
+            let Some(epoch) = shared.epoch else { continue };
+            tracing::info!(stream = %rec.id, "stream definition changed: restarting it");
+            self.service
+                .stop_streams(std::slice::from_ref(&rec.id.0), true);
+            let resume = self.resume_of(&rec.id);
+            self.service.start_held(cfg, Some(epoch), resume);
+        }
+    }
+
+    /// Mutes and maintenance windows set through any node's API.
+    fn sync_suppression(&self) {
+        let store = &self.service.store;
+        if let (Ok(mutes), Ok(mut windows)) = (store.mutes(), store.windows()) {
+            windows.extend(self.cluster.config_windows.iter().cloned());
+            self.service.suppression.replace(mutes, windows);
+        }
+    }
+
+    fn parse(&mut self, rec: &StreamRecord) -> Option<StreamConfig> {
+        match StreamConfig::from_json(rec.config.clone(), &self.service.protocols) {
+            Ok(cfg) if cfg.id == rec.id.0 => Some(cfg),
+            Ok(cfg) => {
+                if self.refused.insert(rec.id.0.clone()) {
+                    tracing::error!(stream = %rec.id, "its definition names another id, {:?}", cfg.id);
+                }
+                None
+            }
+            Err(errors) => {
+                if self.refused.insert(rec.id.0.clone()) {
+                    tracing::error!(stream = %rec.id, "its definition is invalid: {}", errors.join("; "));
+                }
+                None
+            }
+        }
+    }
+
+    /// Read the other nodes' capacity and load, and how many streams nobody watches.
+    fn read_peers(&mut self) {
+        let c = &self.cluster;
+        if let Ok(nodes) = c.coordinator.nodes(c.ttl) {
+            self.peers = nodes
+                .into_iter()
+                .filter(|n| n.alive)
+                .map(|n| (n.name, n.capacity, n.load))
+                .collect();
+        }
+        if let Ok(u) = c.coordinator.unwatched() {
+            self.unwatched = u.len();
+        }
+    }
+
+    /// This node's fair share of the cluster's load (counting streams nobody holds yet at
+    /// this node's estimate), by capacity.
+    fn share(&self, load: f64) -> f64 {
+        let me = &self.cluster.node.name;
+        let mut caps = vec![self.capacity];
+        let mut total = load;
+        for (name, cap, l) in &self.peers {
+            if name != me {
+                caps.push(*cap);
+                total += l;
+            }
+        }
+        total += self.unwatched as f64 * self.estimate(Tier::Full).min(FULL_COST);
+        avmon_store::cluster::fair_share(total, &caps)
+            .first()
+            .copied()
+            .unwrap_or(self.capacity)
+    }
+
+    fn claim(&mut self) {
+        let load = self.load();
+        // Room: under capacity, and under the fair share with a little slack (one stream's
+        // worth, so that a lone node or an idle cluster takes work without waiting).
+        let share = if self.peers.len() <= 1 {
+            self.capacity
+        } else {
+            (self.share(load) * 1.05).min(self.capacity)
+        };
+        if load >= share {
+            return;
+        }
+        let protocols = self.service.protocols.clone();
+        let mut room = share - load;
+        let mut costs: BTreeMap<Tier, f64> = BTreeMap::new();
+        for t in [
+            Tier::Full,
+            Tier::Reference,
+            Tier::Keyframes,
+            Tier::Transport,
+        ] {
+            costs.insert(t, self.estimate(t));
+        }
+        let c = self.cluster.clone();
+        let mut accept = |rec: &StreamRecord| {
+            let Ok(cfg) = StreamConfig::from_json(rec.config.clone(), &protocols) else {
+                return false;
+            };
+            let cost = costs.get(&cfg.tier()).copied().unwrap_or(FULL_COST);
+            // The first stream always fits: a node with room for none would hold nothing.
+            if cost <= room || room >= share {
+                room -= cost;
+                true
+            } else {
+                false
+            }
+        };
+        let claimed = match c
+            .coordinator
+            .claim(&c.node, c.ttl, CLAIM_BATCH, &mut accept)
+        {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!("claiming streams: {e}");
+                return;
+            }
+        };
+        for cl in claimed {
+            self.start_claimed(cl);
+        }
+    }
+
+    /// Where a stream taken over continues from: its open alerts and its media time line.
+    fn resume_of(&self, id: &StreamId) -> Option<Resume> {
+        let c = &self.cluster.coordinator;
+        let alerts = c.open_alerts(id).unwrap_or_default();
+        let last = c.last_media_time(id).ok().flatten();
+        if alerts.is_empty() && last.is_none() {
+            return None;
+        }
+        let media_t = match last {
+            Some((t, at)) => {
+                let since = (chrono::Utc::now() - at).num_milliseconds().max(0) as f64 / 1000.0;
+                t + since
+            }
+            None => alerts.iter().map(|a| a.start_s).fold(0.0, f64::max),
+        };
+        Some(Resume { alerts, media_t })
+    }
+
+    fn start_claimed(&mut self, cl: Claimed) {
+        let id = cl.stream.id.clone();
+        let Some(cfg) = self.parse(&cl.stream) else {
+            // Unusable: hand it back (after its lease, another node sees the same).
+            let _ = self
+                .cluster
+                .coordinator
+                .release(&self.cluster.node, std::slice::from_ref(&id));
+            return;
+        };
+        if let Some(gap) = &cl.gap {
+            tracing::warn!(
+                stream = %id, gap_s = gap.duration().as_secs_f64(), reason = gap.reason.as_str(),
+                prev = ?gap.prev_node, "taking the stream over after a gap in monitoring"
+            );
+        }
+        let resume = self.resume_of(&id);
+        if let Some(r) = &resume {
+            if !r.alerts.is_empty() {
+                tracing::info!(stream = %id, alerts = r.alerts.len(), "continuing open alerts");
+            }
+        }
+        // Already running (a restart of the same holding): leave it.
+        if self.service.shared(id.as_str()).is_ok() {
+            return;
+        }
+        self.service.start_held(cfg, Some(cl.epoch), resume);
+    }
+
+    /// Over the fair share by more than a margin while another node is under its own: hand a
+    /// few streams over.
+    fn balance(&mut self) {
+        if self.unwatched > 0 || self.peers.len() <= 1 {
+            return;
+        }
+        let load = self.load();
+        let share = self.share(load);
+        let n = self.service.shared_streams().len();
+        if n == 0 {
+            return;
+        }
+        let per = load / n as f64;
+        let margin = (0.1 * share).max(per);
+        let me = &self.cluster.node.name;
+        let total: f64 = self.peers.iter().map(|p| p.2).sum();
+        let caps: Vec<f64> = self.peers.iter().map(|p| p.1).collect();
+        let shares = avmon_store::cluster::fair_share(total, &caps);
+        let someone_under = self
+            .peers
+            .iter()
+            .zip(&shares)
+            .any(|((name, _, l), s)| name != me && *l + margin < *s);
+        if load <= share + margin || !someone_under {
+            return;
+        }
+        let k = (((load - share) / per.max(1e-6)).floor() as usize).clamp(1, SHED_BATCH);
+        let c = self.cluster.clone();
+        let picks = match c.coordinator.shed(&c.node, k) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!("choosing streams to hand over: {e}");
+                return;
+            }
+        };
+        let ids: Vec<String> = picks.into_iter().map(|r| r.id.0).collect();
+        if ids.is_empty() {
+            return;
+        }
+        tracing::info!(streams = ?ids, load, share, "handing streams over to balance the cluster");
+        // Stop first (what they found is written under their epoch), then release.
+        let stopped = self.service.stop_streams(&ids, true);
+        self.service.drain_hub();
+        let ids: Vec<StreamId> = stopped.into_iter().map(StreamId).collect();
+        if let Err(e) = c.coordinator.release(&c.node, &ids) {
+            tracing::warn!("releasing streams: {e}");
+        }
+        // Let the others claim them before this node looks for work again.
+        self.next_balance = Instant::now() + BALANCE_EVERY * 2;
+        self.no_claim_until = Instant::now() + Duration::from_secs(3);
+    }
+}

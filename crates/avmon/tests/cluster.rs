@@ -1,0 +1,398 @@
+//! A cluster of real `avmon run` processes on loopback: one PostgreSQL (started by the test),
+//! nodes sharing it, a live HLS origin (nginx, FFmpeg's HLS muxer) and a webhook receiver.
+//! Nodes are killed (SIGKILL), frozen and thawed (SIGSTOP, SIGCONT), stopped cleanly (SIGTERM)
+//! and added; through all of it every stream is held by one node, failover happens within
+//! 15 s, open alerts are continued (not raised again) and cleared once, and every notification
+//! reaches the receiver exactly once.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use avmon_testpg::TestPg;
+use common::*;
+use serde_json::Value;
+
+/// The HLS origin of avmon-hls's tests: nginx, and FFmpeg's HLS muxer writing into it.
+#[path = "../../avmon-hls/tests/common/mod.rs"]
+mod origin;
+
+/// Seconds a lease lasts in these tests (renewed every second).
+const TTL_S: f64 = 4.0;
+
+struct Node {
+    name: String,
+    base: String,
+    proc: Option<Killed>,
+}
+
+impl Node {
+    fn pid(&self) -> String {
+        self.proc.as_ref().expect("running").0.id().to_string()
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig} {}", self.name);
+    }
+
+    /// SIGTERM, and wait for the process to exit.
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        self.signal("TERM");
+        let mut p = self.proc.take().unwrap();
+        let status = p.0.wait().unwrap();
+        std::mem::forget(p);
+        status
+    }
+
+    fn kill(&mut self) {
+        self.signal("KILL");
+        self.proc = None;
+    }
+}
+
+fn config(dir: &Path, pg: &str, name: &str, port: u16, streams: &str) -> std::path::PathBuf {
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n[store]\nurl = \"{pg}\"\n\
+             metrics_interval_s = 2\n[evidence]\nenabled = false\n\
+             [cluster]\nname = \"{name}\"\nlease_ttl_s = {TTL_S}\ncapacity = 1.0\n{streams}"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn start_node(dir: &Path, pg: &str, name: &str, streams: &str) -> Node {
+    let port = free_tcp_port();
+    let cfg = config(dir, pg, name, port, streams);
+    let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
+    let proc = Killed(
+        avmon()
+            .args(["run", "--config", cfg.to_str().unwrap()])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::blocking::Client::new();
+    wait_for(
+        &format!("node {name}'s API"),
+        Duration::from_secs(30),
+        || {
+            http.get(format!("{base}/healthz"))
+                .send()
+                .ok()
+                .filter(|r| r.status().is_success())
+        },
+    );
+    Node {
+        name: name.into(),
+        base,
+        proc: Some(proc),
+    }
+}
+
+fn get(url: &str) -> Option<Value> {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .ok()?
+        .get(url)
+        .send()
+        .ok()?
+        .json()
+        .ok()
+}
+
+/// stream id → the node that holds it, as a node's API lists them.
+fn holders(node: &Node) -> Option<BTreeMap<String, Option<String>>> {
+    let v = get(&format!("{}/api/streams", node.base))?;
+    Some(
+        v.as_array()?
+            .iter()
+            .map(|s| {
+                (
+                    s["id"].as_str().unwrap_or_default().to_string(),
+                    s["node"].as_str().map(String::from),
+                )
+            })
+            .collect(),
+    )
+}
+
+/// All `n` streams held, each by one of `alive`, now.
+fn held_by(via: &Node, n: usize, alive: &[&str]) -> Option<BTreeMap<String, String>> {
+    let held: BTreeMap<String, String> = holders(via)?
+        .into_iter()
+        .filter_map(|(s, n)| Some((s, n?)))
+        .filter(|(_, n)| alive.contains(&n.as_str()))
+        .collect();
+    (held.len() == n).then_some(held)
+}
+
+/// Wait until all `n` streams are held, each by one of `alive`; the map, and how long it took.
+fn all_held_by(
+    via: &Node,
+    n: usize,
+    alive: &[&str],
+    timeout: Duration,
+) -> (BTreeMap<String, String>, Duration) {
+    let t0 = Instant::now();
+    let got = wait_for(
+        &format!("all {n} streams held by {alive:?}"),
+        timeout,
+        || held_by(via, n, alive),
+    );
+    (got, t0.elapsed())
+}
+
+fn log_of(dir: &Path, name: &str) -> String {
+    std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default()
+}
+
+#[test]
+fn a_cluster_fails_over_hands_over_and_notifies_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let pg = TestPg::shared().fresh_database("cluster_failover");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (hook, got) = receiver(&rt);
+
+    // The origin: one live playlist every plain stream reads, and one ("stall/") whose packager
+    // the test stops and starts again.
+    let nginx = origin::Nginx::start("");
+    let _writer = origin::Writer::start(&nginx.root, "");
+    let stall_dir = nginx.root.join("stall");
+    std::fs::create_dir_all(&stall_dir).unwrap();
+    let stall_writer = origin::Writer::start(&stall_dir, "");
+    for p in [nginx.root.join("live.m3u8"), stall_dir.join("live.m3u8")] {
+        wait_for("FFmpeg's first playlists", Duration::from_secs(15), || {
+            p.exists().then_some(())
+        });
+    }
+    let mut streams = String::new();
+    let plain = 5;
+    for i in 0..plain {
+        streams += &format!(
+            "[[streams]]\nid = \"s{i}\"\nurl = \"{}\"\ntier = \"transport\"\nio_timeout_s = 2\n",
+            nginx.url("live.m3u8")
+        );
+    }
+    streams += &format!(
+        "[[streams]]\nid = \"stall\"\nurl = \"{}\"\ntier = \"transport\"\nio_timeout_s = 2\n\
+         [streams.hls]\nstale_factor = 3\n",
+        nginx.url("stall/live.m3u8")
+    );
+    streams += &format!("[[notifiers]]\nkind = \"webhook\"\nurl = \"{hook}\"\n");
+    let n = plain + 1;
+
+    // Three nodes, started one after another: the first takes everything, the others join and
+    // get their share.
+    let mut a = start_node(dir.path(), &pg, "a", &streams);
+    all_held_by(&a, n, &["a"], Duration::from_secs(20));
+    let mut b = start_node(dir.path(), &pg, "b", &streams);
+    let mut c = start_node(dir.path(), &pg, "c", &streams);
+    let t0 = Instant::now();
+    let held = wait_for(
+        "every node holding streams",
+        Duration::from_secs(40),
+        || {
+            let h = held_by(&a, n, &["a", "b", "c"])?;
+            let per: BTreeSet<&String> = h.values().collect();
+            (per.len() == 3).then_some(h.clone())
+        },
+    );
+    let balance = t0.elapsed();
+    eprintln!("balanced: {held:?} ({balance:?})");
+    // Seeding the same config on every node wrote the streams once.
+    let cluster = get(&format!("{}/api/cluster", b.base)).unwrap();
+    assert_eq!(cluster["node"], "b");
+    let names: BTreeSet<&str> = cluster["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["alive"] == true)
+        .map(|n| n["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, BTreeSet::from(["a", "b", "c"]), "{cluster:#}");
+
+    // The stalled packager: its stream's alerts are raised (once, by its holder).
+    drop(stall_writer);
+    let raised = |kind: &str| -> Vec<Value> {
+        got.lock()
+            .unwrap()
+            .iter()
+            .filter(|v| v["stream_id"] == "stall" && v["kind"] == kind && v["state"] == "raised")
+            .cloned()
+            .collect()
+    };
+    let stale = wait_for("hls.stale raised", Duration::from_secs(20), || {
+        raised("hls.stale").first().cloned()
+    });
+    let down = wait_for("source.down raised", Duration::from_secs(20), || {
+        raised("source.down").first().cloned()
+    });
+
+    // SIGKILL its holder: every stream runs on the two others within 15 s.
+    let holder = holders(&a).unwrap()["stall"].clone().unwrap();
+    let (victim, rest): (&mut Node, Vec<&Node>) = match holder.as_str() {
+        "a" => (&mut a, vec![&b, &c]),
+        "b" => (&mut b, vec![&a, &c]),
+        _ => (&mut c, vec![&a, &b]),
+    };
+    victim.kill();
+    let alive: Vec<&str> = rest.iter().map(|n| n.name.as_str()).collect();
+    let (after, failover) = all_held_by(rest[0], n, &alive, Duration::from_secs(30));
+    eprintln!("failover after SIGKILL of {holder}: {failover:?}: {after:?}");
+    assert!(
+        failover <= Duration::from_secs(15),
+        "failover took {failover:?}"
+    );
+    // The time nobody watched the stalled stream is recorded as a gap.
+    let cluster = get(&format!("{}/api/cluster", rest[0].base)).unwrap();
+    let gap = cluster["gaps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["stream"] == "stall")
+        .unwrap_or_else(|| panic!("no gap for the stalled stream: {cluster:#}"))
+        .clone();
+    assert_eq!(gap["reason"], "node_lost", "{gap}");
+    assert_eq!(gap["prev_node"], holder.as_str(), "{gap}");
+    assert!(gap["duration_s"].as_f64().unwrap() > 0.0, "{gap}");
+
+    // Its new holder continues the open alerts: nothing raised again while the stall goes on.
+    let new_holder = after["stall"].clone();
+    std::thread::sleep(Duration::from_secs(8));
+    assert_eq!(raised("hls.stale").len(), 1, "{:#?}", raised("hls.stale"));
+    assert_eq!(
+        raised("source.down").len(),
+        1,
+        "{:#?}",
+        raised("source.down")
+    );
+    let via = rest.iter().find(|n| n.name == new_holder).unwrap();
+    let s = get(&format!("{}/api/streams/stall", via.base)).unwrap();
+    let open: BTreeSet<&str> = s["active_alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["id"].as_str().unwrap())
+        .collect();
+    for a in [&stale, &down] {
+        assert!(
+            open.contains(a["alert_id"].as_str().unwrap()),
+            "{} continued on {new_holder}: {s:#}",
+            a["kind"]
+        );
+    }
+
+    // The packager comes back: each alert is cleared once, by the new holder.
+    let _stall_writer = origin::Writer::start(&stall_dir, "");
+    let cleared = |id: &str| -> usize {
+        got.lock()
+            .unwrap()
+            .iter()
+            .filter(|v| v["alert_id"] == id && v["state"] == "cleared")
+            .count()
+    };
+    for a in [&stale, &down] {
+        let id = a["alert_id"].as_str().unwrap().to_string();
+        wait_for(
+            &format!("{} cleared", a["kind"]),
+            Duration::from_secs(40),
+            || (cleared(&id) > 0).then_some(()),
+        );
+    }
+
+    // SIGSTOP a live node until its streams moved, then SIGCONT: it steps back.
+    let frozen_name = alive[1].to_string();
+    let (frozen, other) = if a.proc.is_some() && a.name == frozen_name {
+        (&a, if b.proc.is_some() { &b } else { &c })
+    } else if b.proc.is_some() && b.name == frozen_name {
+        (&b, if a.proc.is_some() { &a } else { &c })
+    } else {
+        (&c, if a.proc.is_some() { &a } else { &b })
+    };
+    frozen.signal("STOP");
+    let (moved, t) = all_held_by(other, n, &[other.name.as_str()], Duration::from_secs(30));
+    eprintln!("after SIGSTOP of {frozen_name}: {t:?}: {moved:?}");
+    assert!(t <= Duration::from_secs(15), "failover took {t:?}");
+    frozen.signal("CONT");
+    // Back, it finds its leases taken and stops those streams: its own list shows none held.
+    wait_for(
+        &format!("{frozen_name} stepping back"),
+        Duration::from_secs(15),
+        || {
+            let h = holders(frozen)?;
+            h.values()
+                .all(|n| n.as_deref() != Some(frozen_name.as_str()))
+                .then_some(())
+        },
+    );
+
+    // A fourth node joins and gets a share.
+    let d = start_node(dir.path(), &pg, "d", &streams);
+    let t0 = Instant::now();
+    let joined = wait_for("d holding streams", Duration::from_secs(40), || {
+        let h = held_by(&d, n, &[&frozen_name, &other.name, "d"])?;
+        h.values().any(|n| n == "d").then_some(h.clone())
+    });
+    let t = t0.elapsed();
+    eprintln!("joined: {joined:?} ({t:?})");
+
+    // SIGTERM hands d's streams over at once: no gap.
+    let mut d = d;
+    let gaps_before = get(&format!("{}/api/cluster", other.base)).unwrap()["gaps"]
+        .as_array()
+        .unwrap()
+        .len();
+    let t0 = Instant::now();
+    assert!(d.terminate().success());
+    let (_, t) = all_held_by(
+        other,
+        n,
+        &[&frozen_name, &other.name],
+        Duration::from_secs(20),
+    );
+    let handover = t0.elapsed();
+    eprintln!("hand-over after SIGTERM: {handover:?} ({t:?} after exit)");
+    assert!(handover <= Duration::from_secs(10), "{handover:?}");
+    let gaps_after = get(&format!("{}/api/cluster", other.base)).unwrap()["gaps"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(gaps_before, gaps_after, "a clean hand-over leaves no gap");
+
+    // Every notification reached the receiver exactly once.
+    std::thread::sleep(Duration::from_secs(3));
+    let bodies = got.lock().unwrap().clone();
+    let mut keys: BTreeMap<String, usize> = BTreeMap::new();
+    for b in &bodies {
+        *keys
+            .entry(b["idempotency_key"].as_str().unwrap().to_string())
+            .or_default() += 1;
+    }
+    let dups: Vec<_> = keys.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(dups.is_empty(), "delivered more than once: {dups:?}");
+    for a in [&stale, &down] {
+        assert_eq!(cleared(a["alert_id"].as_str().unwrap()), 1, "{a}");
+    }
+    // And the stopped node's log says it stepped back.
+    let log = log_of(dir.path(), &frozen_name);
+    assert!(
+        log.contains("no longer held by this node") || log.contains("another node holds"),
+        "{log}"
+    );
+}
