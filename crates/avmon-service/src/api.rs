@@ -20,7 +20,11 @@ use crate::registry::Service;
 
 impl Monitor for Service {
     fn streams(&self) -> Vec<StreamStatus> {
-        if let Some(c) = &self.cluster {
+        if let Some(c) = self
+            .cluster
+            .as_ref()
+            .filter(|c| !c.away.load(Ordering::Relaxed))
+        {
             match self.cluster_streams(c) {
                 Ok(s) => return s,
                 // The database is away: what this node runs, at least.

@@ -198,6 +198,10 @@ pub struct ClusterConfig {
     /// What this node can hold, in cores of measured CPU (the scheduler's busy time per second);
     /// 0, the default: 80% of `[service] workers`.
     pub capacity: f64,
+    /// Seconds the node keeps monitoring its streams while the database does not answer (its
+    /// results and notifications wait, and are written when it is back); then it stops them
+    /// until the database answers.
+    pub db_outage_s: f64,
 }
 
 impl Default for ClusterConfig {
@@ -207,6 +211,7 @@ impl Default for ClusterConfig {
             advertise: None,
             lease_ttl_s: 8.0,
             capacity: 0.0,
+            db_outage_s: 300.0,
         }
     }
 }
@@ -242,6 +247,12 @@ impl ClusterConfig {
             errors.push(format!(
                 "cluster.lease_ttl_s: must be between 2 and 300 (got {})",
                 self.lease_ttl_s
+            ));
+        }
+        if !(self.db_outage_s >= self.lease_ttl_s && self.db_outage_s <= 86_400.0) {
+            errors.push(format!(
+                "cluster.db_outage_s: must be between lease_ttl_s ({}) and 86400 (got {})",
+                self.lease_ttl_s, self.db_outage_s
             ));
         }
         if !(self.capacity.is_finite() && self.capacity >= 0.0) {

@@ -8,8 +8,12 @@ use avmon_alert::Suppression;
 use avmon_core::{AlertEvent, StreamId, Transition};
 use avmon_notify::Notifier;
 use avmon_server::LiveEvent;
-use avmon_store::cluster::{Coordinator, EVENTS_CHANNEL};
-use avmon_store::{MetricsSample, Store, StoreError, StreamRecord};
+use std::time::Duration;
+
+use avmon_store::{MetricsSample, Store, StreamRecord};
+use crossbeam_channel::RecvTimeoutError;
+
+use crate::fenced::FencedWriter;
 use chrono::Utc;
 use crossbeam_channel::Receiver;
 
@@ -58,16 +62,9 @@ pub(crate) struct HubOutputs {
     pub(crate) print: bool,
     pub(crate) events: tokio::sync::broadcast::Sender<LiveEvent>,
     pub(crate) evidence: Option<Evidence>,
-    /// In a cluster: writes are fenced by the streams' lease epochs, and alert events are
-    /// told to the other nodes' consoles.
-    pub(crate) cluster: Option<HubCluster>,
-}
-
-/// The hub's part in a cluster.
-pub(crate) struct HubCluster {
-    pub(crate) coordinator: Coordinator,
-    /// This node's name, on the events it tells the others.
-    pub(crate) node: String,
+    /// In a cluster: writes are fenced by the streams' lease epochs and kept while the
+    /// database is away, and alert events are told to the other nodes' consoles.
+    pub(crate) cluster: Option<FencedWriter>,
 }
 
 /// The payload of an alert event told to the other nodes on [`EVENTS_CHANNEL`]: the live
@@ -95,45 +92,49 @@ pub(crate) fn hub_thread(
     // waiting, up to METRICS_BATCH) is written in one batch; any other message first writes
     // what was gathered before it, so the store sees messages in order.
     let mut metrics: Vec<(MetricsSample, Option<i64>)> = Vec::new();
-    let cluster = out.cluster.as_ref();
-    let flush = |metrics: &mut Vec<(MetricsSample, Option<i64>)>| {
+    let mut cluster = out.cluster;
+    let flush = |metrics: &mut Vec<(MetricsSample, Option<i64>)>,
+                 cluster: &mut Option<FencedWriter>| {
         if metrics.is_empty() {
             return;
         }
-        let n = metrics.len();
         match cluster {
             // Each sample under its epoch: those of a stream another node took over are refused.
-            Some(c) => {
-                let fenced: Vec<(MetricsSample, i64)> = metrics
+            Some(w) => {
+                let fenced = metrics
                     .drain(..)
                     .filter_map(|(m, epoch)| Some((m, epoch?)))
                     .collect();
-                match c.coordinator.record_metrics_fenced(&fenced) {
-                    Ok(stale) => {
-                        for s in stale {
-                            tracing::warn!(
-                                stream = %s.stream, epoch = s.epoch, current = ?s.current,
-                                "metrics not stored: another node holds the stream now"
-                            );
-                        }
-                    }
-                    Err(e) => tracing::error!("storing {n} metrics samples: {e}"),
-                }
+                w.metrics(fenced, &notifiers);
             }
             None => {
                 let samples: Vec<MetricsSample> = metrics.drain(..).map(|(m, _)| m).collect();
                 if let Err(e) = store.record_metrics_batch(&samples) {
-                    tracing::error!("storing {n} metrics samples: {e}");
+                    tracing::error!("storing {} metrics samples: {e}", samples.len());
                 }
             }
         }
-        metrics.clear();
     };
-    while let Ok(first) = rx.recv() {
-        let mut next = Some(first);
+    loop {
+        // In a cluster, a backlog waiting for the database is retried every second.
+        let first = match &cluster {
+            Some(w) if w.waiting() > 0 => match rx.recv_timeout(Duration::from_secs(1)) {
+                Ok(m) => Some(m),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => break,
+            },
+            _ => match rx.recv() {
+                Ok(m) => Some(m),
+                Err(_) => break,
+            },
+        };
+        if let Some(w) = cluster.as_mut() {
+            w.retry(&notifiers);
+        }
+        let mut next = first;
         while let Some(msg) = next.take() {
             if !matches!(msg, HubMsg::Metrics(..)) {
-                flush(&mut metrics);
+                flush(&mut metrics, &mut cluster);
             }
             match msg {
                 HubMsg::Alert(shared, ev) => {
@@ -170,41 +171,31 @@ pub(crate) fn hub_thread(
                     }
                     // Muted or in maintenance when raised: stored, marked, not notified.
                     let suppressed = suppression.on_event(&ev, Utc::now());
-                    let written = match (cluster, shared.epoch) {
-                        (Some(c), Some(epoch)) => {
-                            record_fenced(c, &shared, &ev, epoch, suppressed.is_none(), &notifiers)
-                                .then_some(transition)
+                    match (cluster.as_mut(), shared.epoch) {
+                        (Some(w), Some(epoch)) => {
+                            w.alert(shared, ev, epoch, suppressed, &notifiers);
                         }
                         _ => {
                             if let Err(e) = store.record_alert(&ev) {
                                 tracing::error!("storing alert {}: {e}", ev.alert.id);
+                            }
+                            if let (Some(why), Transition::Raised) = (suppressed, ev.transition) {
+                                if let Err(e) = store.mark_alert(&ev.alert.id, why) {
+                                    tracing::error!("marking alert {}: {e}", ev.alert.id);
+                                }
                             }
                             if suppressed.is_none() {
                                 for n in &notifiers {
                                     n.notify(&ev);
                                 }
                             }
-                            Some(transition)
-                        }
-                    };
-                    if let (Some(why), Transition::Raised, Some(_)) =
-                        (suppressed, ev.transition, written)
-                    {
-                        if let Err(e) = store.mark_alert(&ev.alert.id, why) {
-                            tracing::error!("marking alert {}: {e}", ev.alert.id);
-                        }
-                    }
-                    if let (Some(c), Some(transition)) = (cluster, written) {
-                        let payload = cluster_event(&c.node, transition, &ev);
-                        if let Err(e) = c.coordinator.notify(EVENTS_CHANNEL, &payload) {
-                            tracing::debug!("telling the cluster of alert {}: {e}", ev.alert.id);
                         }
                     }
                 }
                 HubMsg::Metrics(m, epoch) => {
                     metrics.push((m, epoch));
                     if metrics.len() >= METRICS_BATCH {
-                        flush(&mut metrics);
+                        flush(&mut metrics, &mut cluster);
                     }
                 }
                 HubMsg::Upsert(rec) => {
@@ -223,62 +214,30 @@ pub(crate) fn hub_thread(
             }
             next = rx.try_recv().ok();
         }
-        flush(&mut metrics);
+        flush(&mut metrics, &mut cluster);
+    }
+    // Shutting down with writes waiting for the database: give it a little longer.
+    if let Some(w) = cluster.as_mut() {
+        let until = std::time::Instant::now() + SHUTDOWN_WAIT;
+        while w.waiting() > 0 && std::time::Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(200));
+            w.retry(&notifiers);
+        }
+        if w.waiting() > 0 {
+            tracing::error!(
+                waiting = w.waiting(),
+                "exiting with results the database did not take (it was away for the last {} s)",
+                SHUTDOWN_WAIT.as_secs()
+            );
+        }
     }
     if let Some(e) = out.evidence {
         e.finish();
     }
 }
 
-/// Write an alert event and its notifications in one transaction under the stream's lease
-/// `epoch`; whether it was written. Refused (another node took the stream over): the stream is
-/// marked fenced, and placement stops it.
-fn record_fenced(
-    c: &HubCluster,
-    shared: &StreamShared,
-    ev: &AlertEvent,
-    epoch: i64,
-    notify: bool,
-    notifiers: &[Arc<dyn Notifier>],
-) -> bool {
-    let mut entries = Vec::new();
-    let mut owners = Vec::new();
-    if notify {
-        for (i, n) in notifiers.iter().enumerate() {
-            if let Some(e) = n.outbox_entry(ev) {
-                entries.push(e);
-                owners.push(i);
-            }
-        }
-    }
-    match c.coordinator.record_alert_fenced(ev, epoch, &entries) {
-        Ok(ids) => {
-            for (i, id) in owners.into_iter().zip(ids) {
-                if id.is_some() {
-                    notifiers[i].queued(1);
-                }
-            }
-            true
-        }
-        Err(StoreError::Fenced { current, .. }) => {
-            if !shared
-                .fenced
-                .swap(true, std::sync::atomic::Ordering::Relaxed)
-            {
-                tracing::warn!(
-                    stream = %ev.alert.stream_id, epoch, current = ?current,
-                    "another node holds the stream now: this node's results for it are refused, \
-                     and it stops monitoring it"
-                );
-            }
-            false
-        }
-        Err(e) => {
-            tracing::error!("storing alert {}: {e}", ev.alert.id);
-            false
-        }
-    }
-}
+/// How long a node shutting down waits for the database to take what waits for it.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(15);
 
 #[cfg(test)]
 mod tests {

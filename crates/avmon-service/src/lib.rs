@@ -9,6 +9,7 @@
 //! | the running streams | [`registry`] | (shared state) |
 //! | in a cluster: which streams this node holds (leases, claims, hand-over) | [`placement`] | one placement thread |
 //! | alert fan-out: active alerts, store, evidence, notifiers | [`hub`], [`evidence`] | one hub thread |
+//! | in a cluster: writes under lease epochs, kept while the database is away | [`fenced`] | the hub's |
 //! | tiers lowered and restored when the host falls behind | [`degradation`], [`degrade`] | one degradation thread |
 //! | the API over the registry and the store | [`api`], [`metrics`], [`live`] | the async runtime |
 //! | configuration | [`config`], [`mask`] | |
@@ -32,6 +33,7 @@ pub mod config;
 pub mod degradation;
 pub mod degrade;
 pub mod evidence;
+pub mod fenced;
 pub mod hls;
 pub mod hub;
 pub mod live;

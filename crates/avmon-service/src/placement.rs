@@ -6,8 +6,15 @@
 //! - **Renew**, every quarter of the lease TTL: the node's heartbeat (with its load) and its
 //!   leases. A running stream missing from the answer was taken over, handed back or removed:
 //!   it is stopped at once. A removed stream's alerts are cleared; one taken over keeps them
-//!   open for its new owner. A node that cannot renew for a whole TTL (the database or the
-//!   network is away) stops its streams: by then another node may hold them.
+//!   open for its new owner.
+//! - **The database away**: a node that cannot renew keeps monitoring the streams it holds for
+//!   `[cluster] db_outage_s` (its results and notifications wait in order, [`crate::fenced`]),
+//!   and claims nothing. When the database answers again its leases renew under the same
+//!   epochs (nobody could claim them meanwhile) and what waited is written; every node then
+//!   waits one TTL before claiming, so that each renews its own first. Past `db_outage_s` it
+//!   stops its streams (without clearing their alerts) until the database answers. A node cut
+//!   off alone loses its streams to the others after one TTL: what it kept is refused on its
+//!   return (stale epochs), and the new owners' results stand.
 //! - **Claim**, every second and whenever another node releases streams or joins or leaves
 //!   (`avmon_leases`): unowned and expired leases, while the node's load stays under its fair
 //!   share of the cluster's and under its capacity. Load is CPU as the scheduler measures it
@@ -74,6 +81,11 @@ pub(crate) struct ClusterNode {
     pub(crate) ttl: Duration,
     /// The config file's maintenance windows (the API's are in the store).
     pub(crate) config_windows: Vec<MaintenanceWindow>,
+    /// How long the node keeps monitoring its streams while the database does not answer.
+    pub(crate) outage: Duration,
+    /// Set while renewals fail: the API answers from this node's own state without waiting on
+    /// the database.
+    pub(crate) away: AtomicBool,
 }
 
 impl ClusterNode {
@@ -84,6 +96,7 @@ impl ClusterNode {
         node: NodeInfo,
         ttl: Duration,
         config_windows: Vec<MaintenanceWindow>,
+        outage: Duration,
     ) -> anyhow::Result<ClusterNode> {
         let until = Instant::now() + ttl + Duration::from_secs(1);
         let mut told = false;
@@ -116,6 +129,8 @@ impl ClusterNode {
             node,
             ttl,
             config_windows,
+            outage,
+            away: AtomicBool::new(false),
         })
     }
 }
@@ -169,8 +184,11 @@ struct Placer {
     /// Alive nodes' `(name, capacity, load)` as last read, and whether streams wait unwatched.
     peers: Vec<(String, f64, f64)>,
     unwatched: usize,
-    /// After handing streams over, the others get to claim them first.
+    /// After handing streams over, the others get to claim them first; after the database
+    /// was away, the others get to renew their leases first.
     no_claim_until: Instant,
+    /// Since when renewals fail (the database or the network is away).
+    away_since: Option<Instant>,
 }
 
 /// Run placement until `stop`; then the caller stops the streams and deregisters.
@@ -194,6 +212,7 @@ pub(crate) fn placement_thread(
         peers: Vec::new(),
         unwatched: 0,
         no_claim_until: now,
+        away_since: None,
     };
     let mut listener = match p.cluster.coordinator.listener().and_then(|mut l| {
         l.listen(LEASES_CHANNEL)?;
@@ -324,6 +343,16 @@ impl Placer {
             Ok(held) => {
                 self.last_renewed = Instant::now();
                 self.next_renew = self.last_renewed + every;
+                c.away.store(false, Ordering::Relaxed);
+                if let Some(since) = self.away_since.take() {
+                    // Every node saw the outage (renewals come every quarter TTL): each renews
+                    // its own before anyone claims what looks expired.
+                    self.no_claim_until = Instant::now() + c.ttl;
+                    tracing::warn!(
+                        away_s = since.elapsed().as_secs_f64(),
+                        "the database answers again: leases renewed"
+                    );
+                }
                 let held: BTreeSet<String> = held.into_iter().map(|h| h.stream.0).collect();
                 let lost: Vec<String> = self
                     .running()
@@ -351,17 +380,25 @@ impl Placer {
             Err(e) => {
                 self.next_renew = Instant::now() + Duration::from_secs(1).min(every);
                 let silent = self.last_renewed.elapsed();
-                tracing::warn!(
-                    "renewing this node's leases: {e} (last renewed {:.1} s ago)",
-                    silent.as_secs_f64()
-                );
-                if silent >= c.ttl {
+                c.away.store(true, Ordering::Relaxed);
+                if self.away_since.is_none() {
+                    self.away_since = Some(Instant::now());
+                    tracing::error!(
+                        "renewing this node's leases: {e}; its streams stay monitored for up to \
+                         {:.0} s while the database is away (results and notifications wait \
+                         for it), and no stream is claimed meanwhile",
+                        c.outage.as_secs_f64()
+                    );
+                }
+                // Past the outage allowance: another node (one that still reaches the database)
+                // may hold these streams by now; stop them until the database answers.
+                if silent >= c.outage {
                     let all: Vec<String> = self.running().into_iter().collect();
                     if !all.is_empty() {
                         tracing::error!(
                             streams = all.len(),
-                            "leases not renewed for {:.0} s: another node may hold these \
-                             streams now; stopping them until the database answers",
+                            "leases not renewed for {:.0} s: stopping this node's streams until \
+                             the database answers",
                             silent.as_secs_f64()
                         );
                         self.service.stop_streams(&all, true);

@@ -17,7 +17,8 @@ use avmon_store::Store;
 use crate::config::Config;
 use crate::degradation::degrade_thread;
 use crate::evidence::Evidence;
-use crate::hub::{hub_thread, HubCluster, HubOutputs};
+use crate::fenced::FencedWriter;
+use crate::hub::{hub_thread, HubOutputs};
 use crate::live::live_events;
 use crate::placement::{placement_thread, seed, ClusterNode};
 use crate::registry::Service;
@@ -89,7 +90,9 @@ pub fn run(cfg: Config, opts: Options) -> Result<()> {
                 NodeInfo::new(&c.name, advertise, c.capacity(&cfg.service)).context("[cluster]")?;
             let ttl = Duration::from_secs_f64(c.lease_ttl_s);
             let store: Arc<dyn Store> = Arc::new(coordinator.store().clone());
-            let node = ClusterNode::register(coordinator, node, ttl, cfg.maintenance.clone())?;
+            let outage = Duration::from_secs_f64(c.db_outage_s);
+            let node =
+                ClusterNode::register(coordinator, node, ttl, cfg.maintenance.clone(), outage)?;
             (store, Some(Arc::new(node)))
         }
     };
@@ -150,10 +153,9 @@ pub fn run(cfg: Config, opts: Options) -> Result<()> {
             print: opts.print_alerts,
             events: events.clone(),
             evidence,
-            cluster: cluster.as_ref().map(|c| HubCluster {
-                coordinator: c.coordinator.clone(),
-                node: c.node.name.clone(),
-            }),
+            cluster: cluster
+                .as_ref()
+                .map(|c| FencedWriter::new(c.coordinator.clone(), c.node.name.clone())),
         };
         std::thread::Builder::new()
             .name("hub".into())

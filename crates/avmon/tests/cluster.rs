@@ -162,6 +162,63 @@ fn log_of(dir: &Path, name: &str) -> String {
     std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default()
 }
 
+/// The origin: one live playlist that `plain` streams read (`s0`, `s1`, …), and one
+/// (`stall/`) whose packager a test stops and starts again, read by the stream `stall`; with
+/// the streams' config (all at tier transport) and a webhook notifier to `hook`.
+struct Origin {
+    _nginx: origin::Nginx,
+    _writer: origin::Writer,
+    stall_dir: std::path::PathBuf,
+    stall_writer: Option<origin::Writer>,
+    streams: String,
+}
+
+impl Origin {
+    fn start(plain: usize, hook: &str) -> Origin {
+        let nginx = origin::Nginx::start("");
+        let writer = origin::Writer::start(&nginx.root, "");
+        let stall_dir = nginx.root.join("stall");
+        std::fs::create_dir_all(&stall_dir).unwrap();
+        let stall_writer = origin::Writer::start(&stall_dir, "");
+        for p in [nginx.root.join("live.m3u8"), stall_dir.join("live.m3u8")] {
+            wait_for("FFmpeg's first playlists", Duration::from_secs(15), || {
+                p.exists().then_some(())
+            });
+        }
+        let mut streams = String::new();
+        for i in 0..plain {
+            streams += &format!(
+                "[[streams]]\nid = \"s{i}\"\nurl = \"{}\"\ntier = \"transport\"\n\
+                 io_timeout_s = 2\n",
+                nginx.url("live.m3u8")
+            );
+        }
+        streams += &format!(
+            "[[streams]]\nid = \"stall\"\nurl = \"{}\"\ntier = \"transport\"\n\
+             io_timeout_s = 2\n[streams.hls]\nstale_factor = 3\n\
+             [[notifiers]]\nkind = \"webhook\"\nurl = \"{hook}\"\n",
+            nginx.url("stall/live.m3u8")
+        );
+        Origin {
+            _nginx: nginx,
+            _writer: writer,
+            stall_dir,
+            stall_writer: Some(stall_writer),
+            streams,
+        }
+    }
+
+    /// The stalled packager stops (as a crashed one: no last segment, no end tag).
+    fn stall(&mut self) {
+        self.stall_writer = None;
+    }
+
+    /// It starts again.
+    fn resume(&mut self) {
+        self.stall_writer = Some(origin::Writer::start(&self.stall_dir, ""));
+    }
+}
+
 #[test]
 fn a_cluster_fails_over_hands_over_and_notifies_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -169,32 +226,9 @@ fn a_cluster_fails_over_hands_over_and_notifies_exactly_once() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (hook, got) = receiver(&rt);
 
-    // The origin: one live playlist every plain stream reads, and one ("stall/") whose packager
-    // the test stops and starts again.
-    let nginx = origin::Nginx::start("");
-    let _writer = origin::Writer::start(&nginx.root, "");
-    let stall_dir = nginx.root.join("stall");
-    std::fs::create_dir_all(&stall_dir).unwrap();
-    let stall_writer = origin::Writer::start(&stall_dir, "");
-    for p in [nginx.root.join("live.m3u8"), stall_dir.join("live.m3u8")] {
-        wait_for("FFmpeg's first playlists", Duration::from_secs(15), || {
-            p.exists().then_some(())
-        });
-    }
-    let mut streams = String::new();
     let plain = 5;
-    for i in 0..plain {
-        streams += &format!(
-            "[[streams]]\nid = \"s{i}\"\nurl = \"{}\"\ntier = \"transport\"\nio_timeout_s = 2\n",
-            nginx.url("live.m3u8")
-        );
-    }
-    streams += &format!(
-        "[[streams]]\nid = \"stall\"\nurl = \"{}\"\ntier = \"transport\"\nio_timeout_s = 2\n\
-         [streams.hls]\nstale_factor = 3\n",
-        nginx.url("stall/live.m3u8")
-    );
-    streams += &format!("[[notifiers]]\nkind = \"webhook\"\nurl = \"{hook}\"\n");
+    let mut origin = Origin::start(plain, &hook);
+    let streams = origin.streams.clone();
     let n = plain + 1;
 
     // Three nodes, started one after another: the first takes everything, the others join and
@@ -228,7 +262,7 @@ fn a_cluster_fails_over_hands_over_and_notifies_exactly_once() {
     assert_eq!(names, BTreeSet::from(["a", "b", "c"]), "{cluster:#}");
 
     // The stalled packager: its stream's alerts are raised (once, by its holder).
-    drop(stall_writer);
+    origin.stall();
     let raised = |kind: &str| -> Vec<Value> {
         got.lock()
             .unwrap()
@@ -299,7 +333,7 @@ fn a_cluster_fails_over_hands_over_and_notifies_exactly_once() {
     }
 
     // The packager comes back: each alert is cleared once, by the new holder.
-    let _stall_writer = origin::Writer::start(&stall_dir, "");
+    origin.resume();
     let cleared = |id: &str| -> usize {
         got.lock()
             .unwrap()
@@ -395,4 +429,125 @@ fn a_cluster_fails_over_hands_over_and_notifies_exactly_once() {
         log.contains("no longer held by this node") || log.contains("another node holds"),
         "{log}"
     );
+}
+
+/// PostgreSQL goes away for longer than a lease while a stream's defect begins: both nodes
+/// keep monitoring what they hold (nobody claims anything), the alerts raised meanwhile wait
+/// with their notifications, and when the database is back they are written and delivered
+/// once each; no stream moved, no gap was recorded, and the alerts clear once.
+#[test]
+fn a_database_outage_loses_nothing_and_moves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut pg = TestPg::start();
+    let url = pg.fresh_database("cluster_outage");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (hook, got) = receiver(&rt);
+    let mut origin = Origin::start(3, &hook);
+    let streams = origin.streams.clone();
+    let n = 4;
+    let a = start_node(dir.path(), &url, "a", &streams);
+    let b = start_node(dir.path(), &url, "b", &streams);
+    let before = wait_for(
+        "both nodes holding streams",
+        Duration::from_secs(40),
+        || {
+            let h = held_by(&a, n, &["a", "b"])?;
+            (h.values().collect::<BTreeSet<_>>().len() == 2).then_some(h)
+        },
+    );
+    let holder = if before["stall"] == "a" { &a } else { &b };
+
+    // The database goes away; then the packager stalls.
+    pg.stop();
+    origin.stall();
+    // Its holder sees the stall and raises the alerts, though nothing can be written.
+    let s = wait_for(
+        "the stall seen during the outage",
+        Duration::from_secs(20),
+        || {
+            let s = get(&format!("{}/api/streams/stall", holder.base))?;
+            let kinds: BTreeSet<String> = s["active_alerts"]
+                .as_array()?
+                .iter()
+                .filter_map(|a| a["kind"].as_str().map(String::from))
+                .collect();
+            (kinds.contains("hls.stale") && kinds.contains("source.down")).then_some(s)
+        },
+    );
+    assert_eq!(s["node"], holder.name.as_str(), "{s:#}");
+    // Longer than a lease: nothing is claimed, both nodes still monitor their own streams.
+    std::thread::sleep(Duration::from_secs_f64(TTL_S * 2.0));
+    for node in [&a, &b] {
+        let local = holders(node).unwrap();
+        let mine: usize = before.values().filter(|h| **h == node.name).count();
+        let running = local
+            .values()
+            .filter(|h| h.as_deref() == Some(node.name.as_str()))
+            .count();
+        assert_eq!(running, mine, "{} during the outage: {local:?}", node.name);
+    }
+    assert!(
+        got.lock()
+            .unwrap()
+            .iter()
+            .all(|v| v["stream_id"] != "stall"),
+        "nothing can be queued for delivery while the database is away"
+    );
+
+    // Back: what waited is written and delivered, once; nothing moved, no gap.
+    pg.restart();
+    for kind in ["hls.stale", "source.down"] {
+        wait_for(
+            &format!("{kind} delivered"),
+            Duration::from_secs(60),
+            || {
+                got.lock()
+                    .unwrap()
+                    .iter()
+                    .any(|v| {
+                        v["stream_id"] == "stall" && v["kind"] == kind && v["state"] == "raised"
+                    })
+                    .then_some(())
+            },
+        );
+    }
+    let after = wait_for("every stream held again", Duration::from_secs(20), || {
+        held_by(&a, n, &["a", "b"])
+    });
+    assert_eq!(after, before, "the streams stayed where they were");
+    let cluster = get(&format!("{}/api/cluster", a.base)).unwrap();
+    assert_eq!(cluster["gaps"], serde_json::json!([]), "{cluster:#}");
+
+    // The packager returns: each alert clears once.
+    origin.resume();
+    let ids: Vec<String> = got
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|v| v["stream_id"] == "stall" && v["state"] == "raised")
+        .map(|v| v["alert_id"].as_str().unwrap().to_string())
+        .collect();
+    assert!(ids.len() >= 2, "{ids:?}");
+    for id in &ids {
+        wait_for(&format!("{id} cleared"), Duration::from_secs(40), || {
+            got.lock()
+                .unwrap()
+                .iter()
+                .any(|v| v["alert_id"] == id.as_str() && v["state"] == "cleared")
+                .then_some(())
+        });
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let bodies = got.lock().unwrap().clone();
+    let mut keys: BTreeMap<String, usize> = BTreeMap::new();
+    for b in &bodies {
+        *keys
+            .entry(b["idempotency_key"].as_str().unwrap().to_string())
+            .or_default() += 1;
+    }
+    assert!(
+        keys.values().all(|n| *n == 1),
+        "delivered more than once: {keys:?}"
+    );
+    drop((a, b));
 }
