@@ -1,10 +1,14 @@
 // avmon's console: plain JavaScript over the HTTP API, live through /api/events (SSE).
 // No framework and no build step: the wall updates tiles in place, so hundreds of streams stay
-// cheap, and thumbnails refresh only for tiles on screen.
+// cheap, and thumbnails refresh only for tiles on screen. On a cluster node (`GET /api/cluster`
+// answers) it also shows which node monitors each stream, and a Cluster view.
 'use strict';
 
 const THUMB_REFRESH_MS = 5000;
 const PICTURE_REFRESH_MS = 2000;
+/// In a cluster, how often the stream list (and the Cluster view, while shown) is read again:
+/// live events tell only this node's streams, the others change through the database.
+const CLUSTER_REFRESH_MS = 3000;
 const SEVERITY_RANK = { info: 0, minor: 1, major: 2, critical: 3 };
 const TOKEN_KEY = 'avmon.token';
 
@@ -27,6 +31,7 @@ const state = {
   view: 'wall',
   detailId: null,
   events: null,
+  cluster: null,      // the last `GET /api/cluster` (null: a standalone host, or not known yet)
 };
 
 // --- API -------------------------------------------------------------------------------
@@ -66,8 +71,13 @@ async function api(path, opts = {}) {
 
 // --- status ----------------------------------------------------------------------------
 
-/// ok / warning / alarm / down / degraded / starting, from what the API says of a stream.
+const UNWATCHED = 'unwatched — no node monitors it';
+
+/// ok / warning / alarm / down / unwatched / degraded / starting, from what the API says of a
+/// stream. Unwatched (in a cluster, no node monitors it) comes first: whatever else is known of
+/// the stream is from before that.
 function statusOf(s) {
+  if (s.status === 'unwatched') return 'unwatched';
   if (s.status === 'down') return 'down';
   const worst = Math.max(-1, ...(s.active_alerts || []).map(a => SEVERITY_RANK[a.severity] ?? 0));
   if (worst >= SEVERITY_RANK.major) return 'alarm';
@@ -104,6 +114,7 @@ function makeTile(id) {
       el('div', { class: 'levels' })),
     el('div', { class: 'meta' },
       el('div', { class: 'name', text: id }),
+      el('div', { class: 'node', hidden: '' }),
       el('div', { class: 'alerts' })));
   // No picture (yet): an empty black thumbnail, not a broken-image icon.
   $('img', tile).addEventListener('error', e => { e.target.style.visibility = 'hidden'; e.target.removeAttribute('src'); });
@@ -139,7 +150,11 @@ function updateTile(s) {
   const st = statusOf(s);
   tile.className = 'tile st-' + st;
   tile.dataset.status = st;
-  tile.title = `${s.id} (${st}) ${s.url}`;
+  tile.title = `${s.id} (${st}) ${s.url}` + (s.node ? ` on node ${s.node}` : '');
+  tile.dataset.node = s.node || '';
+  const node = $('.node', tile);
+  node.textContent = st === 'unwatched' ? UNWATCHED : s.node ? 'node ' + s.node : '';
+  node.hidden = !node.textContent;
   const alerts = $('.alerts', tile);
   alerts.replaceChildren(...(s.active_alerts || []).map(a =>
     el('span', { class: a.severity + (isAcked(a) ? ' acked' : ''), 'data-kind': a.kind, text: a.kind })));
@@ -157,7 +172,7 @@ function applyFilter(tile, s) {
   const q = $('#search').value.trim().toLowerCase();
   const want = $('#status-filter').value;
   const st = tile.dataset.status;
-  const text = [s.id, s.url, s.name || '', ...(s.active_alerts || []).map(a => a.kind)].join(' ').toLowerCase();
+  const text = [s.id, s.url, s.name || '', s.node || '', ...(s.active_alerts || []).map(a => a.kind)].join(' ').toLowerCase();
   const statusOk = !want || want === st || (want === 'problem' && st !== 'ok');
   tile.hidden = !(statusOk && (!q || text.includes(q)));
 }
@@ -200,12 +215,22 @@ function connectEvents() {
   const es = new EventSource(authUrl('/api/events'));
   state.events = es;
   const live = $('#live');
-  es.addEventListener('hello', () => { live.textContent = 'live'; live.className = 'live'; loadStreams().catch(showError); });
+  es.addEventListener('hello', () => {
+    live.textContent = 'live'; live.className = 'live';
+    loadStreams().catch(showError);
+    probeCluster();
+  });
   es.onerror = () => { live.textContent = 'reconnecting'; live.className = 'live off'; };
   es.addEventListener('resync', () => loadStreams().catch(showError));
   es.addEventListener('stream', e => {
     const s = JSON.parse(e.data);
-    if (s.removed) { removeTile(s.id); refilter(); return; }
+    if (s.removed) {
+      // In a cluster a stream leaves this node's feed when another node takes it: whether it
+      // is gone from the cluster, the list says.
+      if (state.cluster) loadStreams().catch(showError);
+      else { removeTile(s.id); refilter(); }
+      return;
+    }
     const isNew = !state.tiles.has(s.id);
     state.streams.set(s.id, s);
     updateTile(s);
@@ -278,14 +303,17 @@ function renderDetailStatus() {
   badge.className = 'badge st-' + st;
   const v = s.info && s.info.video, a = s.info && s.info.audio;
   const rows = [
-    ['url', s.url], ['status', st], ['tier', s.tier + (s.configured_tier && s.configured_tier !== s.tier ? ` (configured ${s.configured_tier})` : '')],
+    ['url', s.url], ['status', st === 'unwatched' ? UNWATCHED : st],
+    ...(s.node ? [['node', nodeLink(s.node)]] : []),
+    ['tier', s.tier + (s.configured_tier && s.configured_tier !== s.tier ? ` (configured ${s.configured_tier})` : '')],
     ['video', v ? `${v.codec} ${v.width}×${v.height} ${v.fps} fps` : '—'],
     ['audio', a ? `${a.codec} ${a.channels} ch ${a.sample_rate} Hz` : '—'],
     ['media time', (s.media_t || 0).toFixed(1) + ' s'], ['frames', `${s.frames_video} video, ${s.frames_audio} audio`],
     ['decode errors', s.decode_errors], ['reconnects', s.reconnects],
     ['active alerts', (s.active_alerts || []).map(x => `${x.kind} (${x.severity})`).join(', ') || 'none'],
   ];
-  $('#d-info').replaceChildren(...rows.map(([k, v]) => el('tr', {}, el('td', { text: k }), el('td', { text: String(v) }))));
+  $('#d-info').replaceChildren(...rows.map(([k, v]) =>
+    el('tr', { 'data-key': k }, el('td', { text: k }), el('td', {}, v instanceof Node ? v : String(v)))));
   const sel = $('#d-tier');
   if (document.activeElement !== sel) sel.value = s.configured_tier || s.tier;
   $('#d-config').textContent = JSON.stringify(s.config || { id: s.id, url: s.url, tier: s.tier }, null, 2);
@@ -519,6 +547,124 @@ $('#ack').addEventListener('close', async () => {
 
 $('#alert-filters').addEventListener('submit', e => { e.preventDefault(); loadAlerts(); });
 
+// --- cluster ---------------------------------------------------------------------------
+
+/// Whether this host is a cluster node, and the cluster as it answers: `GET /api/cluster` is
+/// 200 on a node and 404 on a standalone host, where the Cluster tab stays hidden. Anything
+/// else (not signed in yet, a database hiccup) leaves what was known.
+async function probeCluster() {
+  try {
+    setCluster(await api('/api/cluster'));
+  } catch (e) {
+    if (e.status === 404) setCluster(null);
+    else if (state.view === 'cluster') $('#cluster-msg').textContent = e.message;
+  }
+}
+
+function setCluster(view) {
+  state.cluster = view;
+  $('#nav-cluster').hidden = !view;
+  const name = $('#node-name');
+  name.hidden = !view;
+  name.textContent = view ? 'node ' + view.node : '';
+  if (state.view !== 'cluster') return;
+  if (view) renderCluster(); else location.replace('#/');
+}
+
+/// A node's name, linking to its own console where the cluster says where that is.
+function nodeLink(name) {
+  const n = state.cluster && state.cluster.nodes.find(x => x.name === name);
+  if (!n || !n.api_addr || name === state.cluster.node) {
+    return el('span', { text: name + (state.cluster && name === state.cluster.node ? ' (this node)' : '') });
+  }
+  return el('a', { href: n.api_addr.replace(/\/*$/, '/'), title: 'its console', text: name });
+}
+
+function streamLink(id) {
+  const s = state.streams.get(id);
+  return el('a', { href: '#/stream/' + encodeURIComponent(id), class: 'chip' + (s ? ' st-' + statusOf(s) : ''), text: id });
+}
+
+function fmtSecs(s) {
+  if (s < 60) return (s < 10 ? s.toFixed(1) : String(Math.round(s))) + ' s';
+  const m = Math.floor(s / 60);
+  if (m < 60) return `${m} min ${Math.round(s % 60)} s`;
+  return `${Math.floor(m / 60)} h ${m % 60} min`;
+}
+
+const when = t => new Date(t).toLocaleString();
+
+/// Load against capacity (cores of measured CPU), as a bar and in numbers; greyed where it is
+/// what a node that is no longer alive last reported.
+function loadBar(load, capacity, alive) {
+  const pct = capacity > 0 ? load / capacity * 100 : 0;
+  const bar = el('span', { class: 'bar' + (pct > 100 ? ' over' : pct >= 80 ? ' high' : '') }, el('i'));
+  bar.firstChild.style.width = Math.min(100, pct).toFixed(1) + '%';
+  const title = `${load.toFixed(3)} of ${capacity.toFixed(2)} cores` + (alive ? '' : ', as last reported');
+  return el('span', { class: 'load' + (alive ? '' : ' stale'), title },
+    bar, el('span', { text: ` ${Math.round(pct)}% (${load.toFixed(2)} / ${capacity.toFixed(2)} cores)` }));
+}
+
+/// `rows`, or one row saying there are none.
+function fillRows(tbody, rows, none) {
+  const cols = tbody.parentElement.querySelectorAll('thead th').length;
+  tbody.replaceChildren(...(rows.length ? rows : [el('tr', { class: 'none' }, el('td', { colspan: cols, class: 'muted', text: none }))]));
+}
+
+function renderCluster() {
+  const c = state.cluster;
+  if (!c) return;
+  const alive = c.nodes.filter(n => n.alive).length;
+  $('#cluster-msg').textContent = `Answered by node ${c.node}. ${alive} of ${c.nodes.length} nodes alive; ` +
+    `a node that has not renewed its leases for ${fmtSecs(c.lease_ttl_s)} is down, and its streams move to the others.`;
+  const held = new Map();
+  for (const id of [...state.streams.keys()].sort()) {
+    const node = state.streams.get(id).node;
+    if (node) held.set(node, [...(held.get(node) || []), id]);
+  }
+  fillRows($('#cluster-nodes tbody'), c.nodes.map(n => {
+    const st = n.alive ? 'alive' : n.left ? 'left' : 'down';
+    return el('tr', { 'data-node': n.name, 'data-state': st, 'data-streams': n.streams, 'data-seen-ago': n.seen_ago_s },
+      el('td', { class: 'name' }, nodeLink(n.name)),
+      el('td', {}, el('span', { class: 'badge node-' + st, text: st })),
+      el('td', { class: 'streams', text: String(n.streams) }),
+      el('td', {}, loadBar(n.load, n.capacity, n.alive)),
+      el('td', { title: n.last_seen, text: fmtSecs(n.seen_ago_s) + ' ago' }),
+      el('td', { text: when(n.started_at) }),
+      el('td', { class: 'holds' }, ...(held.get(n.name) || []).map(streamLink)));
+  }), 'No nodes registered.');
+  const count = $('#cluster-unwatched-count');
+  count.textContent = `(${c.unwatched.length})`;
+  count.className = c.unwatched.length ? 'unwatched-count' : 'muted';
+  fillRows($('#cluster-unwatched tbody'), c.unwatched.map(u =>
+    el('tr', { 'data-stream': u.stream },
+      el('td', {}, streamLink(u.stream)),
+      el('td', { text: u.since ? when(u.since) : 'never monitored' }),
+      el('td', { text: u.prev_node || '—' }),
+      el('td', { text: u.pinned_node || '—' }))), 'None: every stream is monitored.');
+  $('#cluster-gaps-count').textContent = `(${c.gaps.length})`;
+  fillRows($('#cluster-gaps tbody'), c.gaps.map(g =>
+    el('tr', { 'data-stream': g.stream, 'data-reason': g.reason },
+      el('td', {}, streamLink(g.stream)),
+      el('td', { text: `${when(g.from)} – ${new Date(g.to).toLocaleTimeString()}` }),
+      el('td', { class: 'duration', text: fmtSecs(g.duration_s) }),
+      el('td', { class: 'nodes', text: `${g.prev_node || '—'} → ${g.next_node}` }),
+      el('td', {}, el('span', { class: 'reason ' + g.reason, text: g.reason === 'node_lost' ? 'node lost' : g.reason })))),
+    'None in the last 24 hours.');
+}
+
+/// Read the stream list again, and the cluster too while its view is shown; one at a time.
+let clusterBusy = false;
+function refreshCluster() {
+  if (!state.cluster || clusterBusy) return;
+  clusterBusy = true;
+  const work = state.view === 'cluster'
+    ? Promise.all([loadStreams(), probeCluster()]).then(renderCluster)
+    : loadStreams();
+  work.catch(showError).finally(() => { clusterBusy = false; });
+}
+setInterval(refreshCluster, CLUSTER_REFRESH_MS);
+
 // --- sign-in ---------------------------------------------------------------------------
 
 function openSignin(message) {
@@ -551,12 +697,15 @@ function route() {
   let view = 'wall';
   if (h.startsWith('#/stream/')) view = 'stream';
   else if (h.startsWith('#/alerts')) view = 'alerts';
+  else if (h.startsWith('#/cluster')) view = 'cluster';
+  if (view === 'cluster' && !state.cluster) { location.replace('#/'); return; }
   state.view = view;
-  for (const v of ['wall', 'stream', 'alerts']) $('#view-' + v).hidden = v !== view;
+  for (const v of ['wall', 'stream', 'alerts', 'cluster']) $('#view-' + v).hidden = v !== view;
   for (const a of document.querySelectorAll('header nav a')) a.classList.toggle('active', a.dataset.nav === view);
   if (view === 'stream') showDetail(decodeURIComponent(h.slice('#/stream/'.length)));
   if (view === 'alerts') loadAlerts();
   if (view === 'wall') refilter();
+  if (view === 'cluster') { renderCluster(); refreshCluster(); }
 }
 
 $('#search').addEventListener('input', refilter);
@@ -564,5 +713,5 @@ $('#status-filter').addEventListener('change', refilter);
 window.addEventListener('hashchange', route);
 
 updateSigninButton();
-loadStreams().catch(showError).finally(route);
+Promise.all([loadStreams().catch(showError), probeCluster()]).finally(route);
 connectEvents();

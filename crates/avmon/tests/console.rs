@@ -2,16 +2,27 @@
 //! `chromium-driver`, which `./dev` installs) with plain HTTP JSON: `avmon run` monitors three
 //! live UDP streams from `avmon synth`, one of which goes black. The wall shows the three, the
 //! alert appears on its tile without a reload, the alerts view acknowledges it, and the stream
-//! detail shows its picture and timeline. A second run signs in with a token, holds a wall of\n//! 151 streams and plots a stream's stored metrics. Screenshots go to\n//! `target/test-artifacts/console/`.
+//! detail shows its picture and timeline. A second run signs in with a token, holds a wall of
+//! 151 streams and plots a stream's stored metrics. A third runs a cluster of two nodes on a
+//! real PostgreSQL and a live HLS origin: node a's console lists both nodes, which streams each
+//! holds and the node on every tile; when node b is killed it shows b down, its streams taken
+//! over by a with the monitoring gaps, and b's pinned stream unwatched. A standalone host shows
+//! no cluster view. Screenshots go to `target/test-artifacts/console/`.
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use avmon_testpg::TestPg;
 use common::*;
 use serde_json::{json, Value};
+
+/// The HLS origin of avmon-hls's tests: nginx, and FFmpeg's HLS muxer writing into it.
+#[path = "../../avmon-hls/tests/common/mod.rs"]
+mod origin;
 
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
@@ -169,7 +180,11 @@ impl Browser {
 
     /// Wait until `script` returns something other than null/false; returns it.
     fn wait(&self, what: &str, script: &str) -> Value {
-        wait_for(what, Duration::from_secs(40), || {
+        self.wait_up_to(what, Duration::from_secs(40), script)
+    }
+
+    fn wait_up_to(&self, what: &str, timeout: Duration, script: &str) -> Value {
+        wait_for(what, timeout, || {
             let v = self.js(script);
             (!v.is_null() && v != false).then_some(v)
         })
@@ -267,6 +282,18 @@ fn the_wall_shows_streams_and_a_live_alert_that_can_be_acknowledged() {
     browser.wait(
         "a thumbnail on cam-1's tile",
         "const i = document.querySelector('.tile[data-id=\"cam-1\"] img'); return i && i.complete && i.naturalWidth === 320;",
+    );
+    // A standalone host: no Cluster tab, no node on the tiles, and #/cluster is the wall.
+    let standalone = browser.js(
+        "return [document.querySelector('#nav-cluster').hidden, document.querySelector('#node-name').hidden,
+                 [...document.querySelectorAll('#wall .tile .node')].every(n => n.hidden && !n.textContent)];",
+    );
+    assert_eq!(standalone, json!([true, true, true]));
+    browser.js("location.hash = '#/cluster'; return true;");
+    browser.wait(
+        "#/cluster back to the wall",
+        "return location.hash === '#/' && !document.querySelector('#view-wall').hidden
+                && document.querySelector('#view-cluster').hidden;",
     );
     // Marks this page load: a reload would lose it.
     browser.js("window.__sameLoad = 'yes'; return true;");
@@ -456,6 +483,285 @@ fn a_signed_in_console_holds_a_wall_of_151_streams_and_plots_stored_metrics() {
     eprintln!("screenshots: {} {}", wall.display(), detail.display());
     drop(browser);
     drop(service);
+}
+
+/// Seconds a lease lasts in the cluster test: a killed node is down this long after its last
+/// renewal.
+const CLUSTER_TTL_S: u32 = 3;
+
+/// `avmon run` as node `name` of a cluster on the database `pg` (in a folder of its own under
+/// `dir`), with `streams` and no evidence; the process and its API's URL, once that answers.
+fn start_node(dir: &std::path::Path, pg: &str, name: &str, streams: &str) -> (Killed, String) {
+    let home = dir.join(name);
+    std::fs::create_dir_all(&home).unwrap();
+    let cfg = format!(
+        "[evidence]\nenabled = false\n[cluster]\nname = \"{name}\"\n\
+         lease_ttl_s = {CLUSTER_TTL_S}\ncapacity = 1.0\n{streams}"
+    );
+    let (proc, _, base) = start_service_on(&home, pg, &cfg);
+    (proc, base)
+}
+
+/// The cluster as the API at `base` tells it: stream id → its node (`None`: unwatched), and
+/// `GET /api/cluster`.
+fn cluster_of(base: &str) -> Option<(BTreeMap<String, Option<String>>, Value)> {
+    let http = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .ok()?;
+    let get = |path: &str| -> Option<Value> {
+        http.get(format!("{base}{path}")).send().ok()?.json().ok()
+    };
+    let held = get("/api/streams")?
+        .as_array()?
+        .iter()
+        .map(|s| {
+            Some((
+                s["id"].as_str()?.to_string(),
+                s["node"].as_str().map(String::from),
+            ))
+        })
+        .collect::<Option<_>>()?;
+    Some((held, get("/api/cluster")?))
+}
+
+/// `dom[key]` (of [`CLUSTER_DOM`]) as a `T`.
+fn dom_rows<T: serde::de::DeserializeOwned>(dom: &Value, key: &str) -> Option<T> {
+    serde_json::from_value(dom[key].clone()).ok()
+}
+
+/// What the console shows of the cluster: its node rows (name, state, the streams count, the
+/// streams listed as held), its tiles (id, node, the node label, status), its unwatched rows
+/// (stream, pinned to) and its gap rows (stream, reason, "prev → next").
+const CLUSTER_DOM: &str = "
+    const text = (r, sel) => r.querySelector(sel).textContent;
+    return {
+      nodes: [...document.querySelectorAll('#cluster-nodes tbody tr[data-node]')].map(r => [
+        r.dataset.node, r.dataset.state, +text(r, 'td.streams'),
+        [...r.querySelectorAll('td.holds a')].map(a => a.textContent)]),
+      tiles: [...document.querySelectorAll('#wall .tile')].map(t => [
+        t.dataset.id, t.dataset.node, t.querySelector('.node').textContent, t.dataset.status]),
+      unwatched: [...document.querySelectorAll('#cluster-unwatched tbody tr[data-stream]')].map(r => [
+        r.dataset.stream, r.lastElementChild.textContent]),
+      gaps: [...document.querySelectorAll('#cluster-gaps tbody tr[data-stream]')].map(r => [
+        r.dataset.stream, r.dataset.reason, text(r, 'td.nodes')]),
+    };";
+
+/// The streams of `held` (stream → node) held by `node`, sorted.
+fn held_by(held: &BTreeMap<String, Option<String>>, node: &str) -> Vec<String> {
+    held.iter()
+        .filter(|(_, n)| n.as_deref() == Some(node))
+        .map(|(s, _)| s.clone())
+        .collect()
+}
+
+#[test]
+fn a_cluster_nodes_console_shows_the_nodes_their_streams_and_a_failover() {
+    let dir = tempfile::tempdir().unwrap();
+    let pg = TestPg::shared().fresh_database("console_cluster");
+    let nginx = origin::Nginx::start("");
+    let _writer = origin::Writer::start(&nginx.root, "");
+    let playlist = nginx.root.join("live.m3u8");
+    wait_for("FFmpeg's first playlist", Duration::from_secs(15), || {
+        playlist.exists().then_some(())
+    });
+    // Three pulled streams any node can monitor, and a push input pinned to each node (nobody
+    // sends to them): one only its node can receive, so b's goes unwatched while b is down.
+    let hls = ["news", "sport", "weather"];
+    let mut streams = String::new();
+    for id in hls {
+        streams += &format!(
+            "[[streams]]\nid = \"{id}\"\nurl = \"{}\"\ntier = \"transport\"\nio_timeout_s = 2\n",
+            nginx.url("live.m3u8")
+        );
+    }
+    for (id, node) in [("desk", "a"), ("studio", "b")] {
+        streams += &format!(
+            "[[streams]]\nid = \"{id}\"\nurl = \"udp://127.0.0.1:{}\"\nnode = \"{node}\"\nio_timeout_s = 2\n",
+            free_udp_port()
+        );
+    }
+    let n = hls.len() + 2;
+
+    // b first, so that it holds pulled streams whatever a's share turns out to be; then a.
+    let (mut b, b_base) = start_node(dir.path(), &pg, "b", &streams);
+    wait_for(
+        "b holding every stream it may",
+        Duration::from_secs(30),
+        || {
+            let (h, _) = cluster_of(&b_base)?;
+            (h.len() == n && h.iter().all(|(s, v)| (s == "desk") == v.is_none())).then_some(())
+        },
+    );
+    let (a, a_base) = start_node(dir.path(), &pg, "a", &streams);
+
+    let browser = Browser::start();
+    browser.goto(&format!("{a_base}/"));
+    browser.wait(
+        "the Cluster tab",
+        "return !document.querySelector('#nav-cluster').hidden
+                && document.querySelector('#node-name').textContent === 'node a';",
+    );
+    browser.click("header nav a[data-nav=cluster]");
+
+    // Both nodes alive; each one's count and streams as the API has them, on its row and on
+    // the tiles. The cluster may still be balancing: wait until the page and the API agree.
+    let (before, view) = wait_for(
+        "the cluster view agreeing with the API",
+        Duration::from_secs(60),
+        || {
+            let (held, cluster) = cluster_of(&a_base)?;
+            let dom = browser.js(CLUSTER_DOM);
+            if held.len() != n || held.values().any(Option::is_none) {
+                return None;
+            }
+            let mut rows: Vec<(String, String, u64, Vec<String>)> = dom_rows(&dom, "nodes")?;
+            rows.sort();
+            let mut want = Vec::new();
+            for node in ["a", "b"] {
+                let api = cluster["nodes"]
+                    .as_array()?
+                    .iter()
+                    .find(|x| x["name"] == node)?;
+                let mine = held_by(&held, node);
+                if api["alive"] != true || api["streams"].as_u64()? != mine.len() as u64 {
+                    return None;
+                }
+                want.push((
+                    node.to_string(),
+                    "alive".to_string(),
+                    mine.len() as u64,
+                    mine,
+                ));
+            }
+            let tiles: Vec<(String, String, String, String)> = dom_rows(&dom, "tiles")?;
+            let tiles_agree = tiles.len() == n
+                && tiles.iter().all(|(id, node, label, _)| {
+                    held.get(id).cloned().flatten().as_deref() == Some(node.as_str())
+                        && label.split_whitespace().any(|w| w == node)
+                });
+            (rows == want && tiles_agree).then_some((held, tiles))
+        },
+    );
+    eprintln!("held before the kill: {before:?}; tiles: {view:?}");
+    let b_pulled: Vec<String> = held_by(&before, "b")
+        .into_iter()
+        .filter(|s| hls.contains(&s.as_str()))
+        .collect();
+    assert!(
+        !b_pulled.is_empty(),
+        "b should hold a pulled stream to fail over: {before:?}"
+    );
+    assert_eq!(before["studio"].as_deref(), Some("b"), "pinned to b");
+    assert_eq!(before["desk"].as_deref(), Some("a"), "pinned to a");
+    // This node is marked as such; b links to its own console.
+    let links = browser.js(
+        "return [...document.querySelectorAll('#cluster-nodes tbody tr[data-node]')].map(r => {
+           const a = r.querySelector('td.name a'); return [r.dataset.node, a ? a.getAttribute('href') : r.querySelector('td.name').textContent];
+         });",
+    );
+    assert_eq!(
+        links,
+        json!([["a", "a (this node)"], ["b", format!("{b_base}/")]]),
+        "{links}"
+    );
+    let cluster_png = browser.screenshot("cluster.png");
+
+    // The wall and a stream's detail name the node.
+    browser.click("header nav a[data-nav=wall]");
+    let wall_png = browser.screenshot("cluster-wall.png");
+    let first = &b_pulled[0];
+    browser.js(&format!("location.hash = '#/stream/{first}'; return true;"));
+    let node_row = browser.wait(
+        "the node in the stream detail",
+        "const r = document.querySelector('#d-info tr[data-key=node]'); return r && r.lastElementChild.textContent;",
+    );
+    assert_eq!(node_row, "b", "{first} is held by b");
+
+    // SIGKILL b: once its leases run out (the TTL) it is down, a takes its pulled streams over
+    // with a gap in monitoring (node lost), and the stream pinned to b is unwatched.
+    browser.click("header nav a[data-nav=cluster]");
+    let killed = std::time::Instant::now();
+    b.0.kill().unwrap();
+    b.0.wait().unwrap();
+    // Down once it has not renewed for a lease TTL: not before.
+    let seen_ago = browser.wait_up_to(
+        "b down in the cluster view",
+        Duration::from_secs(30),
+        "const r = document.querySelector('#cluster-nodes tr[data-node=b]');
+         return r && r.dataset.state === 'down' && +r.dataset.seenAgo;",
+    );
+    let down_after = killed.elapsed();
+    assert!(
+        seen_ago.as_f64().unwrap() >= f64::from(CLUSTER_TTL_S),
+        "b shown down {seen_ago} s after its last renewal"
+    );
+    let after = wait_for(
+        "a's takeover in the cluster view",
+        Duration::from_secs(60),
+        || {
+            let (held, cluster) = cluster_of(&a_base)?;
+            let dom = browser.js(CLUSTER_DOM);
+            let gaps: Vec<(String, String, String)> = dom_rows(&dom, "gaps")?;
+            let tiles: Vec<(String, String, String, String)> = dom_rows(&dom, "tiles")?;
+            let unwatched: Vec<(String, String)> = dom_rows(&dom, "unwatched")?;
+            let taken = b_pulled
+                .iter()
+                .chain([&"desk".to_string()])
+                .all(|s| held.get(s).cloned().flatten().as_deref() == Some("a"));
+            let gapped = b_pulled.iter().all(|s| {
+                gaps.iter()
+                    .any(|(g, reason, nodes)| g == s && reason == "node_lost" && nodes == "b → a")
+            });
+            // Every gap row is one the API reports.
+            let api_gaps = cluster["gaps"].as_array()?;
+            let true_gaps = gaps.iter().all(|(g, reason, nodes)| {
+                api_gaps.iter().any(|x| {
+                    x["stream"] == g.as_str()
+                        && x["reason"] == reason.as_str()
+                        && *nodes
+                            == format!(
+                                "{} → {}",
+                                x["prev_node"].as_str().unwrap_or("—"),
+                                x["next_node"].as_str().unwrap_or_default()
+                            )
+                })
+            });
+            let tiles_moved = tiles.iter().all(|(id, node, label, status)| {
+                if id == "studio" {
+                    node.is_empty()
+                        && status == "unwatched"
+                        && label.contains("no node monitors it")
+                } else {
+                    node == "a" && label.split_whitespace().any(|w| w == "a")
+                }
+            });
+            let studio_unwatched = unwatched == [("studio".to_string(), "b".to_string())];
+            (taken && gapped && true_gaps && tiles_moved && studio_unwatched)
+                .then_some((held, gaps))
+        },
+    );
+    let taken_after = killed.elapsed();
+    eprintln!(
+        "after SIGKILL of b: down in the view after {down_after:?}, taken over after \
+         {taken_after:?}: {after:?}"
+    );
+    let rows = browser.js(
+        "return [...document.querySelectorAll('#cluster-nodes tbody tr[data-node]')].map(r => [r.dataset.node, r.dataset.state]);",
+    );
+    assert_eq!(rows, json!([["a", "alive"], ["b", "down"]]));
+    let failover_png = browser.screenshot("cluster-failover.png");
+    browser.click("header nav a[data-nav=wall]");
+    let unwatched_png = browser.screenshot("cluster-wall-unwatched.png");
+    eprintln!(
+        "screenshots: {} {} {} {}",
+        cluster_png.display(),
+        wall_png.display(),
+        failover_png.display(),
+        unwatched_png.display()
+    );
+    drop(browser);
+    drop(a);
 }
 
 #[test]
