@@ -51,7 +51,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::header::{CONTENT_TYPE, LOCATION};
-use axum::http::{Method, StatusCode, Uri};
+use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -185,6 +185,13 @@ pub trait Monitor: Send + Sync + 'static {
         Err(ApiError::NotFound(format!(
             "no evidence for alert {alert_id:?}"
         )))
+    }
+
+    /// In a cluster: the API addresses (`http://host:port`) of the other live nodes. An alert's
+    /// evidence is kept by the node that raised it; asked for it, another node fetches it from
+    /// these (with the caller's own token). May read the database: runs on the blocking pool.
+    fn peers(&self) -> Vec<String> {
+        Vec::new()
     }
 
     /// The cluster, for `GET /api/cluster`; a standalone host → [`ApiError::NotFound`].
@@ -1026,17 +1033,84 @@ fn binary(content_type: &'static str, data: Vec<u8>) -> Response {
 async fn alert_snapshot(
     State(m): State<AppState>,
     Path(id): Path<String>,
+    headers: HeaderMap,
+    uri: Uri,
 ) -> Result<Response, ApiError> {
-    let data = blocking(m, move |m| m.evidence(&id, EvidenceKind::Snapshot)).await?;
+    let data = evidence_anywhere(m, id, EvidenceKind::Snapshot, &headers, &uri).await?;
     Ok(binary("image/jpeg", data))
+}
+
+/// Marks a request one node makes to another for evidence, so that it is not passed on again.
+const FORWARDED: &str = "x-avmon-forwarded";
+
+/// An alert's evidence from this node, or else (in a cluster) from the node that keeps it:
+/// each other live node is asked in turn, with the caller's own token.
+async fn evidence_anywhere(
+    m: AppState,
+    id: String,
+    kind: EvidenceKind,
+    headers: &HeaderMap,
+    uri: &Uri,
+) -> Result<Vec<u8>, ApiError> {
+    let local = {
+        let id = id.clone();
+        blocking(m.clone(), move |m| m.evidence(&id, kind)).await
+    };
+    let not_found = match local {
+        Err(ApiError::NotFound(why)) if !headers.contains_key(FORWARDED) => why,
+        other => return other,
+    };
+    let peers = blocking(m, |m| Ok(m.peers())).await.unwrap_or_default();
+    if peers.is_empty() {
+        return Err(ApiError::NotFound(not_found));
+    }
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(String::from)
+        .or_else(|| {
+            Query::<Vec<(String, String)>>::try_from_uri(uri)
+                .ok()
+                .and_then(|Query(p)| p.into_iter().find(|(k, _)| k == "access_token"))
+                .map(|(_, v)| format!("Bearer {v}"))
+        });
+    let file = match kind {
+        EvidenceKind::Snapshot => "snapshot.jpg",
+        EvidenceKind::Clip => "clip.ts",
+    };
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(5))
+        .build()
+        .map_err(|e| ApiError::Internal(format!("an HTTP client: {e}")))?;
+    for peer in peers {
+        let url = format!("{}/api/alerts/{id}/{file}", peer.trim_end_matches('/'));
+        let mut req = client.get(&url).header(FORWARDED, "1");
+        if let Some(t) = &token {
+            req = req.header(header::AUTHORIZATION, t);
+        }
+        match req.send().await {
+            Ok(r) if r.status().is_success() => {
+                if let Ok(body) = r.bytes().await {
+                    return Ok(body.to_vec());
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!("evidence of {id} from {peer}: {e}"),
+        }
+    }
+    Err(ApiError::NotFound(format!(
+        "{not_found} (on any live node of the cluster)"
+    )))
 }
 
 async fn alert_clip(
     State(m): State<AppState>,
     Path(id): Path<String>,
+    headers: HeaderMap,
+    uri: Uri,
 ) -> Result<Response, ApiError> {
     let name = format!("attachment; filename=\"{}.ts\"", id.replace('"', ""));
-    let data = blocking(m, move |m| m.evidence(&id, EvidenceKind::Clip)).await?;
+    let data = evidence_anywhere(m, id, EvidenceKind::Clip, &headers, &uri).await?;
     let mut r = binary("video/mp2t", data);
     if let Ok(v) = axum::http::HeaderValue::from_str(&name) {
         r.headers_mut()

@@ -291,6 +291,26 @@ impl Monitor for Service {
         }
     }
 
+    fn peers(&self) -> Vec<String> {
+        let Some(c) = self
+            .cluster
+            .as_ref()
+            .filter(|c| !c.away.load(Ordering::Relaxed))
+        else {
+            return Vec::new();
+        };
+        c.coordinator
+            .nodes(c.ttl)
+            .map(|nodes| {
+                nodes
+                    .into_iter()
+                    .filter(|n| n.alive && n.name != c.node.name)
+                    .map(|n| n.api_addr)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     fn cluster(&self) -> Result<avmon_server::ClusterView, ApiError> {
         match &self.cluster {
             Some(c) => self.cluster_view(c),

@@ -236,8 +236,16 @@ fn remote_status(
         .get("priority")
         .and_then(|p| p.as_u64())
         .map_or(100, |p| p.min(u64::from(u32::MAX)) as u32);
+    // As its node sees it, as far as the database tells: down while `source.down` is open.
     let status = match (&node, open.is_empty()) {
         (None, _) => StreamState::Unwatched,
+        (Some(_), _)
+            if open
+                .iter()
+                .any(|a| a.kind == avmon_core::kinds::SOURCE_DOWN) =>
+        {
+            StreamState::Down
+        }
         (Some(_), true) => StreamState::Ok,
         (Some(_), false) => StreamState::Alarm,
     };

@@ -58,13 +58,21 @@ impl Node {
     }
 }
 
-fn config(dir: &Path, pg: &str, name: &str, port: u16, streams: &str) -> std::path::PathBuf {
+/// A node's config: `evidence` is its `[evidence]` table's body.
+fn config(
+    dir: &Path,
+    pg: &str,
+    name: &str,
+    port: u16,
+    evidence: &str,
+    streams: &str,
+) -> std::path::PathBuf {
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(
         &path,
         format!(
             "[server]\nlisten = \"127.0.0.1:{port}\"\n[store]\nurl = \"{pg}\"\n\
-             metrics_interval_s = 2\n[evidence]\nenabled = false\n\
+             metrics_interval_s = 2\n[evidence]\n{evidence}\n\
              [cluster]\nname = \"{name}\"\nlease_ttl_s = {TTL_S}\ncapacity = 1.0\n{streams}"
         ),
     )
@@ -73,8 +81,12 @@ fn config(dir: &Path, pg: &str, name: &str, port: u16, streams: &str) -> std::pa
 }
 
 fn start_node(dir: &Path, pg: &str, name: &str, streams: &str) -> Node {
+    start_node_with(dir, pg, name, "enabled = false", streams)
+}
+
+fn start_node_with(dir: &Path, pg: &str, name: &str, evidence: &str, streams: &str) -> Node {
     let port = free_tcp_port();
-    let cfg = config(dir, pg, name, port, streams);
+    let cfg = config(dir, pg, name, port, evidence, streams);
     let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
     let proc = Killed(
         avmon()
@@ -550,4 +562,72 @@ fn a_database_outage_loses_nothing_and_moves_nothing() {
         "delivered more than once: {keys:?}"
     );
     drop((a, b));
+}
+
+/// Evidence is kept by the node that raised the alert; any node's API serves it (fetched from
+/// that node with the caller's token), and a pinned push input runs on its node only.
+#[test]
+fn any_node_serves_the_evidence_of_any_alert() {
+    let dir = tempfile::tempdir().unwrap();
+    let pg = TestPg::shared().fresh_database("cluster_evidence");
+    let udp = free_udp_port();
+    let streams = format!(
+        "[[streams]]\nid = \"cam\"\nurl = \"udp://127.0.0.1:{udp}\"\nnode = \"a\"\n\
+         io_timeout_s = 3\n[streams.detectors.black]\nmin_duration = 1.0\n"
+    );
+    let evidence = |n: &str| format!("dir = \"{}\"", dir.path().join(n).display());
+    let a = start_node_with(dir.path(), &pg, "a", &evidence("a-evidence"), &streams);
+    let b = start_node_with(dir.path(), &pg, "b", &evidence("b-evidence"), &streams);
+    let held = wait_for("cam held", Duration::from_secs(20), || {
+        held_by(&b, 1, &["a", "b"])
+    });
+    assert_eq!(
+        held["cam"], "a",
+        "a push input runs on the node it is pinned to"
+    );
+    let _synth = synth_live(udp, 12, &["black@2-5"]);
+    let alert = wait_for(
+        "the black alert, through b",
+        Duration::from_secs(30),
+        || {
+            get(&format!("{}/api/alerts?stream=cam", b.base))?
+                .as_array()?
+                .iter()
+                .find(|a| a["kind"] == "video.black")
+                .cloned()
+        },
+    );
+    let id = alert["id"].as_str().unwrap();
+    let http = reqwest::blocking::Client::new();
+    let fetch = |node: &Node| {
+        let r = http
+            .get(format!("{}/api/alerts/{id}/snapshot.jpg", node.base))
+            .send()
+            .unwrap();
+        (r.status().as_u16(), r.bytes().unwrap().to_vec())
+    };
+    let from_a = wait_for("the snapshot on a", Duration::from_secs(20), || {
+        let (st, body) = fetch(&a);
+        (st == 200).then_some(body)
+    });
+    assert_eq!(&from_a[..2], [0xff, 0xd8], "a JPEG");
+    assert!(
+        std::fs::read_dir(dir.path().join("b-evidence"))
+            .map(|d| d.count() == 0)
+            .unwrap_or(true),
+        "b keeps no evidence of a's alert"
+    );
+    let (st, from_b) = fetch(&b);
+    assert_eq!(st, 200);
+    assert_eq!(from_b, from_a, "b serves a's snapshot");
+    let r = http
+        .get(format!("{}/api/alerts/no-such-alert/snapshot.jpg", b.base))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    let body: Value = r.json().unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("any live node"),
+        "{body}"
+    );
 }
