@@ -560,6 +560,9 @@ pub fn generate(
         output.to_string()
     };
     let mut octx = ff::format::output_as(&url, "mpegts").map_err(|e| err(&url, e))?;
+    // An SRT listener serves one caller: when it leaves, generation ends (so that the caller
+    // of this function can listen for the next one).
+    let listener = url.starts_with("srt://") && url.contains("mode=listener");
 
     // Video: H.264 through libx264.
     let vcodec = ff::encoder::find_by_name("libx264")
@@ -691,6 +694,7 @@ pub fn generate(
                 ff::Rational(1, spec.fps as i32),
                 vtb_out,
                 &mut octx,
+                listener,
             )?;
         }
         // Audio up to the end of this video frame.
@@ -717,6 +721,7 @@ pub fn generate(
                     ff::Rational(1, spec.sample_rate as i32),
                     atb_out,
                     &mut octx,
+                    listener,
                 )?;
             }
             audio_pos += frame_size as u64;
@@ -731,6 +736,7 @@ pub fn generate(
         ff::Rational(1, spec.fps as i32),
         vtb_out,
         &mut octx,
+        listener,
     )?;
     aenc.send_eof().map_err(|e| err("flush audio", e))?;
     write_packets(
@@ -740,6 +746,7 @@ pub fn generate(
         ff::Rational(1, spec.sample_rate as i32),
         atb_out,
         &mut octx,
+        listener,
     )?;
     octx.write_trailer().map_err(|e| err("write trailer", e))?;
     stats.duration_s = i as f64 / spec.fps as f64;
@@ -778,13 +785,17 @@ fn write_packets(
     from: ff::Rational,
     to: ff::Rational,
     octx: &mut ff::format::context::Output,
+    listener: bool,
 ) -> Result<(), MediaError> {
     while enc.receive_packet(packet).is_ok() {
         packet.set_stream(stream);
         packet.rescale_ts(from, to);
-        // A network peer that is not listening is not an error for a generator.
-        if let Err(e) = packet.write_interleaved(octx) {
-            tracing::debug!("synth: write packet: {e}");
+        match packet.write_interleaved(octx) {
+            Ok(()) => {}
+            // A listener whose caller went away is done: its caller may listen again.
+            Err(e) if listener => return Err(err("write packet (the caller left)", e)),
+            // A network peer that is not listening is not an error for a generator.
+            Err(e) => tracing::debug!("synth: write packet: {e}"),
         }
     }
     Ok(())

@@ -71,6 +71,9 @@ const CONFIG_EVERY: Duration = Duration::from_secs(3);
 /// How often the balance between nodes is looked at.
 const BALANCE_EVERY: Duration = Duration::from_secs(3);
 
+/// A stream unwatched this long is taken by any node with room (see `Placer::urgent`).
+const URGENT_AFTER: Duration = Duration::from_secs(2);
+
 /// A stream's CPU is measured over at least this long before it counts.
 const MEASURE_MIN: Duration = Duration::from_secs(3);
 
@@ -184,6 +187,11 @@ struct Placer {
     /// Alive nodes' `(name, capacity, load)` as last read, and whether streams wait unwatched.
     peers: Vec<(String, f64, f64)>,
     unwatched: usize,
+    /// Streams nobody has watched for [`URGENT_AFTER`] or more (their node died, or a hand-over
+    /// nobody took): any node with room under its capacity takes them, fair share or not.
+    urgent: BTreeSet<String>,
+    /// When each unwatched stream that was never watched was first seen so.
+    first_unwatched: BTreeMap<String, Instant>,
     /// After handing streams over, the others get to claim them first; after the database
     /// was away, the others get to renew their leases first.
     no_claim_until: Instant,
@@ -211,6 +219,8 @@ pub(crate) fn placement_thread(
         refused: BTreeSet::new(),
         peers: Vec::new(),
         unwatched: 0,
+        urgent: BTreeSet::new(),
+        first_unwatched: BTreeMap::new(),
         no_claim_until: now,
         away_since: None,
     };
@@ -261,6 +271,7 @@ impl Placer {
                 self.balance();
             }
             if now >= self.no_claim_until {
+                self.read_unwatched();
                 self.claim();
             }
         }
@@ -294,20 +305,37 @@ impl Placer {
     }
 
     /// The cost of a stream at `tier` not measured yet: the mean of those measured here at that
-    /// tier, or the default.
+    /// tier; else of all measured here, scaled by the tiers' [`relative_cost`]; else the
+    /// default.
     fn estimate(&self, tier: Tier) -> f64 {
-        let rates: Vec<f64> = self
+        let measured: Vec<(Tier, f64)> = self
             .service
             .shared_streams()
             .iter()
-            .filter(|s| s.tier.get() == tier)
-            .filter_map(|s| self.measures.get(&s.cfg.id).and_then(|m| m.rate))
+            .filter_map(|s| {
+                let rate = self.measures.get(&s.cfg.id).and_then(|m| m.rate)?;
+                Some((s.tier.get(), rate))
+            })
             .collect();
-        if rates.len() >= 2 {
-            (rates.iter().sum::<f64>() / rates.len() as f64).max(1e-4)
-        } else {
-            FULL_COST * relative_cost(tier)
-        }
+        let mean = |v: Vec<f64>| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
+        let same = mean(
+            measured
+                .iter()
+                .filter(|(t, _)| *t == tier)
+                .map(|(_, r)| *r)
+                .collect(),
+        );
+        let scaled = || {
+            mean(
+                measured
+                    .iter()
+                    .map(|(t, r)| r / relative_cost(*t) * relative_cost(tier))
+                    .collect(),
+            )
+        };
+        same.or_else(scaled)
+            .unwrap_or(FULL_COST * relative_cost(tier))
+            .max(1e-4)
     }
 
     /// This node's load: its streams' measured CPU (estimated for those not measured yet).
@@ -521,9 +549,34 @@ impl Placer {
                 .map(|n| (n.name, n.capacity, n.load))
                 .collect();
         }
-        if let Ok(u) = c.coordinator.unwatched() {
-            self.unwatched = u.len();
-        }
+        self.read_unwatched();
+    }
+
+    /// Which streams nobody watches, and which of them for long.
+    fn read_unwatched(&mut self) {
+        let Ok(u) = self.cluster.coordinator.unwatched() else {
+            return;
+        };
+        self.unwatched = u.len();
+        let now = chrono::Utc::now();
+        let later = Instant::now();
+        let ids: BTreeSet<String> = u.iter().map(|w| w.stream.0.clone()).collect();
+        self.first_unwatched.retain(|id, _| ids.contains(id));
+        let urgent = chrono::Duration::from_std(URGENT_AFTER).unwrap_or_default();
+        self.urgent = u
+            .into_iter()
+            .filter(|w| match w.since {
+                Some(since) => now - since >= urgent,
+                None => {
+                    let first = *self
+                        .first_unwatched
+                        .entry(w.stream.0.clone())
+                        .or_insert(later);
+                    first.elapsed() >= URGENT_AFTER
+                }
+            })
+            .map(|w| w.stream.0)
+            .collect();
     }
 
     /// This node's fair share of the cluster's load (counting streams nobody holds yet at
@@ -554,11 +607,13 @@ impl Placer {
         } else {
             (self.share(load) * 1.05).min(self.capacity)
         };
-        if load >= share {
+        if load >= share && (self.urgent.is_empty() || load >= self.capacity) {
             return;
         }
         let protocols = self.service.protocols.clone();
-        let mut room = share - load;
+        let mut room = (share - load).max(0.0);
+        let mut spare = self.capacity - load;
+        let urgent = self.urgent.clone();
         let mut costs: BTreeMap<Tier, f64> = BTreeMap::new();
         for t in [
             Tier::Full,
@@ -577,6 +632,10 @@ impl Placer {
             // The first stream always fits: a node with room for none would hold nothing.
             if cost <= room || room >= share {
                 room -= cost;
+                spare -= cost;
+                true
+            } else if urgent.contains(rec.id.as_str()) && cost <= spare {
+                spare -= cost;
                 true
             } else {
                 false
@@ -650,12 +709,20 @@ impl Placer {
         if self.unwatched > 0 || self.peers.len() <= 1 {
             return;
         }
-        let load = self.load();
-        let share = self.share(load);
-        let n = self.service.shared_streams().len();
-        if n == 0 {
+        // Only on measured figures: a stream just claimed counts at an estimate, and shedding
+        // on estimates makes streams go back and forth.
+        let streams = self.service.shared_streams();
+        let n = streams.len();
+        let measured = streams.iter().all(|s| {
+            self.measures
+                .get(&s.cfg.id)
+                .is_some_and(|m| m.rate.is_some())
+        });
+        if n == 0 || !measured {
             return;
         }
+        let load = self.load();
+        let share = self.share(load);
         let per = load / n as f64;
         let margin = (0.1 * share).max(per);
         let me = &self.cluster.node.name;

@@ -32,7 +32,8 @@ pub struct Options {
     pub duration: Option<Duration>,
 }
 
-pub(crate) async fn shutdown_signal(duration: Option<Duration>) {
+/// Ctrl-C, SIGTERM, or `duration` (when given) passed.
+pub async fn shutdown_signal(duration: Option<Duration>) {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

@@ -53,6 +53,43 @@ const STREAMS: &[Demo] = &[
     },
 ];
 
+/// The synthetic signal of one demo stream.
+fn spec_of(d: &Demo) -> Result<SynthSpec> {
+    Ok(SynthSpec {
+        width: 640,
+        height: 360,
+        duration: None,
+        defects: d
+            .defects
+            .iter()
+            .map(|d| d.parse::<Defect>())
+            .collect::<Result<_, _>>()
+            .map_err(anyhow::Error::msg)?,
+        repeat_every: Some(d.every),
+        content: d.content,
+        av_offset_ms: d.av_offset_ms,
+        realtime: true,
+        preset: "ultrafast".into(),
+        ..SynthSpec::default()
+    })
+}
+
+/// What a demo stream's defects are, in words.
+fn describe(d: &Demo) -> String {
+    match (d.defects.is_empty(), d.av_offset_ms != 0.0) {
+        (_, true) => format!(
+            "flash-and-beep test signal, audio {:+.0} ms late throughout",
+            d.av_offset_ms
+        ),
+        (true, false) => format!("no defects (repeating every {:.0} s)", d.every),
+        (false, false) => format!(
+            "{} (repeating every {:.0} s)",
+            d.defects.join(", "),
+            d.every
+        ),
+    }
+}
+
 pub fn run(listen: &str, duration: Option<f64>, db: &str) -> Result<()> {
     let base_port = 23_000 + (std::process::id() % 1000) as u16 * 10;
     let stop = Arc::new(AtomicBool::new(false));
@@ -66,23 +103,7 @@ pub fn run(listen: &str, duration: Option<f64>, db: &str) -> Result<()> {
             "[[streams]]\nid = \"{}\"\nurl = \"{url}\"\nio_timeout_s = 3\n",
             d.id
         );
-        let spec = SynthSpec {
-            width: 640,
-            height: 360,
-            duration: None,
-            defects: d
-                .defects
-                .iter()
-                .map(|d| d.parse::<Defect>())
-                .collect::<Result<_, _>>()
-                .map_err(anyhow::Error::msg)?,
-            repeat_every: Some(d.every),
-            content: d.content,
-            av_offset_ms: d.av_offset_ms,
-            realtime: true,
-            preset: "ultrafast".into(),
-            ..SynthSpec::default()
-        };
+        let spec = spec_of(d)?;
         let stop = stop.clone();
         generators.push(std::thread::spawn(move || {
             // Give the monitor a moment to bind its inputs.
@@ -99,19 +120,7 @@ pub fn run(listen: &str, duration: Option<f64>, db: &str) -> Result<()> {
     );
     for (s, d) in cfg.streams.iter().zip(STREAMS) {
         let _: &StreamConfig = s;
-        let what = match (d.defects.is_empty(), d.av_offset_ms != 0.0) {
-            (_, true) => format!(
-                "flash-and-beep test signal, audio {:+.0} ms late throughout",
-                d.av_offset_ms
-            ),
-            (true, false) => format!("no defects (repeating every {:.0} s)", d.every),
-            (false, false) => format!(
-                "{} (repeating every {:.0} s)",
-                d.defects.join(", "),
-                d.every
-            ),
-        };
-        println!("  {:<8} {:<26} {what}", d.id, s.url);
+        println!("  {:<8} {:<26} {}", d.id, s.url, describe(d));
     }
     println!("Console: http://{listen}/  (open it in a browser: the wall of streams, live)");
     println!(
@@ -130,4 +139,109 @@ pub fn run(listen: &str, duration: Option<f64>, db: &str) -> Result<()> {
         let _ = g.join();
     }
     result
+}
+
+/// `avmon demo --cluster N`: a PostgreSQL of its own (a throwaway server in a temporary
+/// directory), N `avmon run` nodes sharing it, and the demo streams, which any node can pull:
+/// each generator is an SRT listener that the holding node calls, and listens again when its
+/// caller goes away. Kill a node (its PID is printed) and watch its streams move.
+pub fn run_cluster(nodes: usize, listen: &str, duration: Option<f64>) -> Result<()> {
+    if !(2..=9).contains(&nodes) {
+        anyhow::bail!("--cluster takes 2 to 9 nodes (got {nodes})");
+    }
+    let first: std::net::SocketAddr = listen.parse().map_err(|_| {
+        anyhow::anyhow!("--listen {listen:?} is not an address like 127.0.0.1:8080")
+    })?;
+    let pg = std::panic::catch_unwind(avmon_testpg::TestPg::start).map_err(|e| {
+        let why = e
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default();
+        anyhow::anyhow!("starting PostgreSQL for the cluster demo: {why}")
+    })?;
+    let url = pg.fresh_database("avmon_demo");
+    let dir = tempfile::Builder::new().prefix("avmon-demo-").tempdir()?;
+    let base_port = 24_000 + (std::process::id() % 1000) as u16 * 10;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut streams = String::new();
+    for (i, d) in STREAMS.iter().enumerate() {
+        let port = base_port + i as u16;
+        streams += &format!(
+            "[[streams]]\nid = \"{}\"\nurl = \"srt://127.0.0.1:{port}?mode=caller\"\n\
+             io_timeout_s = 3\n",
+            d.id
+        );
+        let spec = spec_of(d)?;
+        let stop = stop.clone();
+        let out = format!("srt://127.0.0.1:{port}?mode=listener");
+        // Detached: a listener waiting for its caller does not look at `stop`.
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                // Ends when its caller goes away (the node holding the stream died or handed
+                // it over): listen again for the next one.
+                let _ = avmon_media::synth::generate(&out, &spec, stop.clone());
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        });
+    }
+    let exe = std::env::current_exe()?;
+    let mut children = Vec::new();
+    println!(
+        "avmon demo: a cluster of {nodes} nodes on one PostgreSQL ({}), monitoring {} synthetic \
+         live streams (SRT on loopback) with defects:",
+        avmon_store::redact_url(&url),
+        STREAMS.len()
+    );
+    for d in STREAMS {
+        println!("  {:<8} {}", d.id, describe(d));
+    }
+    for n in 1..=nodes {
+        let name = format!("node-{n}");
+        let addr = std::net::SocketAddr::new(first.ip(), first.port() + n as u16 - 1);
+        let cfg = dir.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "[server]\nlisten = \"{addr}\"\n[store]\nurl = \"{url}\"\n\
+                 metrics_interval_s = 10\n[evidence]\ndir = \"{}\"\n\
+                 [cluster]\nname = \"{name}\"\n{streams}",
+                dir.path().join(format!("{name}-evidence")).display()
+            ),
+        )?;
+        let log = std::fs::File::create(dir.path().join(format!("{name}.log")))?;
+        let child = std::process::Command::new(&exe)
+            .args(["run", "--config"])
+            .arg(&cfg)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()?;
+        println!(
+            "  {name}: console http://{addr}/  (pid {}; kill -9 {} to see its streams move)",
+            child.id(),
+            child.id()
+        );
+        children.push(child);
+        // One after another: the first takes the streams, the others join and get a share.
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    println!(
+        "Each console shows the whole cluster (its Cluster tab: nodes, load, gaps). Logs: {}",
+        dir.path().display()
+    );
+    println!("Ctrl-C stops the demo.\n");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(avmon_service::run::shutdown_signal(
+        duration.map(Duration::from_secs_f64),
+    ));
+    stop.store(true, Ordering::Relaxed);
+    for mut c in children {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    drop(pg);
+    Ok(())
 }

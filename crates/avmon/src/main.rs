@@ -179,6 +179,11 @@ enum Command {
         /// Where the demo keeps its SQLite store.
         #[arg(long, default_value = "avmon-demo.db")]
         db: String,
+        /// Run a cluster of this many nodes instead (2 to 9) on a PostgreSQL server of its own
+        /// (needs PostgreSQL's server installed, as `./dev` does); their APIs listen on
+        /// `--listen`'s port and the next ones.
+        #[arg(long)]
+        cluster: Option<usize>,
     },
 }
 
@@ -388,8 +393,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             listen,
             duration,
             db,
+            cluster,
         } => {
-            demo::run(&listen, duration, &db)?;
+            match cluster {
+                Some(n) => demo::run_cluster(n, &listen, duration)?,
+                None => demo::run(&listen, duration, &db)?,
+            }
             Ok(ExitCode::SUCCESS)
         }
     }
