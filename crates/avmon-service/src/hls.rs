@@ -221,6 +221,12 @@ pub struct VariantSink<O> {
     /// Stop monitoring once the media clock reaches this (`check --duration`).
     stop_at: Option<f64>,
     stop: Arc<AtomicBool>,
+    /// See [`HlsOptions::handover`].
+    handover: Option<Arc<AtomicBool>>,
+    /// Added to the monitor's media times before they reach the alert engine: a variant taken
+    /// over from another node goes on from its carried alerts' time line (its own monitor
+    /// starts at 0 again).
+    offset: f64,
 }
 
 impl<O: VariantOut> VariantSink<O> {
@@ -232,7 +238,7 @@ impl<O: VariantOut> VariantSink<O> {
 
     fn tick(&mut self, t: f64) {
         self.media_t = self.media_t.max(t);
-        self.alerts.tick(t);
+        self.alerts.tick(t + self.offset);
         self.send();
         if self.stop_at.is_some_and(|d| self.media_t >= d) {
             self.stop.store(true, Ordering::Relaxed);
@@ -241,7 +247,8 @@ impl<O: VariantOut> VariantSink<O> {
 }
 
 impl<O: VariantOut> HlsSink for VariantSink<O> {
-    fn on_finding(&mut self, f: Finding) {
+    fn on_finding(&mut self, mut f: Finding) {
+        f.t += self.offset;
         self.alerts.finding(f);
         self.send();
     }
@@ -262,7 +269,14 @@ impl<O: VariantOut> HlsSink for VariantSink<O> {
 
     fn on_end(&mut self, media_t: f64) {
         self.media_t = self.media_t.max(media_t);
-        self.alerts.clear_all(self.media_t);
+        // Handed over to another node: it continues what is open.
+        if !self
+            .handover
+            .as_ref()
+            .is_some_and(|h| h.load(Ordering::Relaxed))
+        {
+            self.alerts.clear_all(self.media_t + self.offset);
+        }
         self.send();
         if let Some(feed) = &mut self.feed {
             // A monitor that follows starts wherever the playlist then is.
@@ -284,6 +298,9 @@ pub struct HlsOptions {
     /// Open alerts of the stream's variants that its last owner (another cluster node) raised:
     /// each variant's engine continues those of its own (`details.variant`), on its own clock.
     pub resume: Vec<avmon_core::Alert>,
+    /// Set when monitoring stops because the stream moves to another node: the variants' open
+    /// alerts are then left open for it, not cleared.
+    pub handover: Option<Arc<AtomicBool>>,
 }
 
 /// Whether an alert is one of an HLS variant's (raised by its delivery checks).
@@ -371,6 +388,7 @@ impl<O: VariantOut + 'static> HlsInput<O> {
             duration,
             grace,
             resume,
+            handover,
         } = opts;
         let handle = std::thread::Builder::new()
             .name("hls".into())
@@ -384,8 +402,10 @@ impl<O: VariantOut + 'static> HlsInput<O> {
                         })
                         .cloned()
                         .collect();
+                    // The variant's time line goes on from its carried alerts' latest onset.
+                    let offset = carried.iter().map(|a| a.start_s).fold(0.0, f64::max);
                     if !carried.is_empty() {
-                        engine.resume(carried, 0.0, crate::alerts::CARRY_GRACE_S);
+                        engine.resume(carried, offset, crate::alerts::CARRY_GRACE_S);
                     }
                     VariantSink {
                         // The first chosen variant is the one decoded.
@@ -395,6 +415,8 @@ impl<O: VariantOut + 'static> HlsInput<O> {
                         media_t: 0.0,
                         stop_at: duration,
                         stop: sink_stop.clone(),
+                        handover: handover.clone(),
+                        offset,
                     }
                 });
                 // Monitoring is over: the decoder reads what is queued, then the end.

@@ -98,7 +98,7 @@ impl Service {
             thumb: Mutex::new(None),
             config_json: masked(serde_json::to_value(&cfg).unwrap_or_default()),
             epoch,
-            handover: AtomicBool::new(false),
+            handover: Arc::new(AtomicBool::new(false)),
             fenced: AtomicBool::new(false),
             resume: Mutex::new(resume),
         });

@@ -93,7 +93,7 @@ pub(crate) struct StreamShared {
     pub(crate) epoch: Option<i64>,
     /// Stop without clearing the open alerts: the stream moves to another node, which
     /// continues them.
-    pub(crate) handover: AtomicBool,
+    pub(crate) handover: Arc<AtomicBool>,
     /// The store refused a write under `epoch`: another node holds the stream now.
     pub(crate) fenced: AtomicBool,
     /// Taken over from another node: its open alerts to continue, and where its media time
@@ -564,6 +564,7 @@ pub(crate) fn stream_thread(
                 duration: None,
                 grace: io_timeout,
                 resume: std::mem::take(&mut variant_alerts),
+                handover: Some(shared.handover.clone()),
             };
             let (out_shared, out_hub) = (shared.clone(), sink.hub.clone());
             let make_out = move |v: &avmon_hls::Variant| {

@@ -221,6 +221,7 @@ pub fn check(opts: CheckOptions) -> Result<Report> {
                 // waits too.
                 grace: opts.io_timeout.max(Duration::from_secs(30)),
                 resume: Vec::new(),
+                handover: None,
             },
             |_| Cleared::default(),
         )?;
