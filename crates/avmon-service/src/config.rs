@@ -185,11 +185,13 @@ pub struct StreamConfig {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClusterConfig {
-    /// The node's name, unique in the cluster (default: the hostname). A second process with a
-    /// live node of the same name is refused at start.
+    /// The node's name, unique in the cluster (default: the hostname; the environment variable
+    /// `AVMON_CLUSTER_NAME` overrides it). A second process with a live node of the same name
+    /// is refused at start.
     pub name: String,
     /// The API's address as other nodes and consoles reach it (default: `http://` and
-    /// `[server] listen`; set it when that is a wildcard or behind NAT).
+    /// `[server] listen`; set it when that is a wildcard or behind NAT; the environment
+    /// variable `AVMON_CLUSTER_ADVERTISE` overrides it).
     pub advertise: Option<String>,
     /// Seconds a lease lasts without renewal: a node that dies or stalls loses its streams this
     /// long after its last renewal, and they run elsewhere about a second later. Leases are
@@ -732,7 +734,15 @@ pub fn parse_with_env(
             "api" => api = api_auth(value, env, &mut errors),
             "maintenance" => windows = maintenance(value, &mut errors),
             "cluster" => {
-                if let Some(c) = section::<ClusterConfig>(value, "cluster", &mut errors) {
+                if let Some(mut c) = section::<ClusterConfig>(value, "cluster", &mut errors) {
+                    // One config for every node: what differs per node may come from its
+                    // environment (a pod's name and IP, through Kubernetes' downward API).
+                    if let Some(name) = env("AVMON_CLUSTER_NAME") {
+                        c.name = name;
+                    }
+                    if let Some(a) = env("AVMON_CLUSTER_ADVERTISE") {
+                        c.advertise = Some(a);
+                    }
                     c.validate(&mut errors);
                     cluster = Some(c);
                 }
@@ -943,6 +953,18 @@ url = "http://127.0.0.1:9000/hook"
         // The default name is the host's.
         let c = parse(&format!("{pg}[cluster]\n"), "c.toml").unwrap();
         assert_eq!(c.cluster.unwrap().name, hostname());
+        // The environment names the node and its address (one config for every pod).
+        let env = |v: &str| match v {
+            "AVMON_CLUSTER_NAME" => Some("pod-7".to_string()),
+            "AVMON_CLUSTER_ADVERTISE" => Some("http://10.1.2.3:8080".to_string()),
+            _ => None,
+        };
+        let c = parse_with_env(&format!("{pg}[cluster]\nname = \"x\"\n"), "c.toml", &env)
+            .unwrap()
+            .cluster
+            .unwrap();
+        assert_eq!(c.name, "pod-7");
+        assert_eq!(c.advertise.as_deref(), Some("http://10.1.2.3:8080"));
 
         let bad = "[store]\nurl = \"sqlite://a.db\"\n[cluster]\nname = \"\"\nlease_ttl_s = 0.5\n\
                    capacity = -1\nadvertise = \"10.0.0.5\"\n\
