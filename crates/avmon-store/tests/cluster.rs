@@ -539,6 +539,30 @@ fn sample(stream: &str, v: f64) -> MetricsSample {
     }
 }
 
+/// Where a stream's time line stood: its latest metrics sample or alert transition, whichever
+/// came last; nothing for a stream never reported.
+#[test]
+fn the_last_media_time_is_the_latest_report_of_the_stream() {
+    let (c, a, _) = two_nodes("cluster_last_media", &["s", "t"]);
+    assert_eq!(c.last_media_time(&sid("s")).unwrap(), None);
+    let epoch = c.claim(&a, LONG, 10, &mut all).unwrap()[0].epoch;
+    let first = sample("s", 40.0);
+    c.record_metrics_fenced(&[(first.clone(), epoch)]).unwrap();
+    let (t, at) = c.last_media_time(&sid("s")).unwrap().unwrap();
+    assert_eq!(t, 40.0);
+    assert_eq!(at.timestamp_millis(), first.at.timestamp_millis());
+    // An alert raised later, at a later media time, is the latest report.
+    std::thread::sleep(Duration::from_millis(20));
+    let mut a1 = alert("a1", "s");
+    a1.start_s = 55.5;
+    a1.raised_at = chrono::Utc::now();
+    c.store().record_alert(&raise(&a1)).unwrap();
+    let (t, _) = c.last_media_time(&sid("s")).unwrap().unwrap();
+    assert_eq!(t, 55.5);
+    // Another stream's reports are not this one's.
+    assert_eq!(c.last_media_time(&sid("t")).unwrap(), None);
+}
+
 #[test]
 fn a_stale_epoch_cannot_write_and_the_current_one_can() {
     let (c, a, b) = two_nodes("cluster_fence", &["s", "t"]);
