@@ -74,15 +74,21 @@ pub fn run(cfg: Config, opts: Options) -> Result<()> {
     let addr: SocketAddr = listener.local_addr().unwrap_or(cfg.listen);
     let (store, cluster): (Arc<dyn Store>, Option<Arc<ClusterNode>>) = match &cfg.cluster {
         None => (
-            Arc::from(
-                avmon_store::open(&cfg.store.url)
-                    .with_context(|| format!("opening the store {}", cfg.store.url))?,
-            ),
+            Arc::from(avmon_store::open(&cfg.store.url).with_context(|| {
+                format!(
+                    "opening the store {}",
+                    avmon_store::redact_url(&cfg.store.url)
+                )
+            })?),
             None,
         ),
         Some(c) => {
-            let coordinator = Coordinator::open(&cfg.store.url)
-                .with_context(|| format!("opening the cluster's store {}", cfg.store.url))?;
+            let coordinator = Coordinator::open(&cfg.store.url).with_context(|| {
+                format!(
+                    "opening the cluster's store {}",
+                    avmon_store::redact_url(&cfg.store.url)
+                )
+            })?;
             let advertise = c
                 .advertise
                 .clone()

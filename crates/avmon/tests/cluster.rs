@@ -631,3 +631,45 @@ fn any_node_serves_the_evidence_of_any_alert() {
         "{body}"
     );
 }
+
+/// A second live node with a node's name, and a database that does not answer, are refused at
+/// start with messages that say what to do.
+#[test]
+fn a_duplicate_name_and_an_unreachable_database_are_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let pg = TestPg::shared().fresh_database("cluster_refusals");
+    let _a = start_node(dir.path(), &pg, "a", "");
+    let port = free_tcp_port();
+    let t0 = Instant::now();
+    let err = refused_run(
+        dir.path(),
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n[store]\nurl = \"{pg}\"\n\
+             [cluster]\nname = \"a\"\nlease_ttl_s = {TTL_S}\n"
+        ),
+    );
+    assert!(
+        err.contains("another node named \"a\" is alive") && err.contains("another [cluster] name"),
+        "{err}"
+    );
+    // It waited for the name to free up (a restarted node's previous instance), then gave up.
+    assert!(
+        t0.elapsed() >= Duration::from_secs_f64(TTL_S),
+        "{:?}",
+        t0.elapsed()
+    );
+
+    let closed = free_tcp_port();
+    let err = refused_run(
+        dir.path(),
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n\
+             [store]\nurl = \"postgres://avmon:secret@127.0.0.1:{closed}/avmon\"\n[cluster]\n"
+        ),
+    );
+    assert!(err.contains("opening the cluster's store"), "{err}");
+    assert!(
+        !err.contains("secret"),
+        "the password is never shown: {err}"
+    );
+}
