@@ -56,8 +56,9 @@ use crate::stream::Resume;
 /// H.264 + AAC stream, with room to spare (lower tiers by [`relative_cost`]).
 pub const FULL_COST: f64 = 0.25;
 
-/// Streams claimed in one round at most (a round is about a second).
-const CLAIM_BATCH: usize = 64;
+/// Streams claimed in one round at most (a round is about a second): a dead node's thousand
+/// streams are taken by its peers in a few rounds.
+const CLAIM_BATCH: usize = 256;
 
 /// Streams handed over in one rebalancing step at most.
 const SHED_BATCH: usize = 8;
@@ -400,7 +401,7 @@ impl Placer {
                      stopping its streams"
                 );
                 let all: Vec<String> = self.running().into_iter().collect();
-                self.service.stop_streams(&all, true);
+                self.service.drop_streams(&all, true);
                 self.next_renew = Instant::now() + every;
                 // Rejoin as a new instance, so that the node works on (as a restarted one).
                 let _ = c.coordinator.register(&c.node, c.ttl);
@@ -429,7 +430,7 @@ impl Placer {
                              the database answers",
                             silent.as_secs_f64()
                         );
-                        self.service.stop_streams(&all, true);
+                        self.service.drop_streams(&all, true);
                     }
                 }
             }
@@ -448,11 +449,11 @@ impl Placer {
             ids.into_iter().partition(|id| live.contains(id));
         if !removed.is_empty() {
             tracing::info!(streams = ?removed, "streams removed from the cluster: stopping them");
-            self.service.stop_streams(&removed, false);
+            self.service.drop_streams(&removed, false);
         }
         if !kept.is_empty() {
             tracing::warn!(streams = ?kept, "streams no longer held by this node: stopping them");
-            self.service.stop_streams(&kept, true);
+            self.service.drop_streams(&kept, true);
         }
     }
 
@@ -466,7 +467,7 @@ impl Placer {
             .map(|s| s.cfg.id.clone())
             .collect();
         if !fenced.is_empty() {
-            self.service.stop_streams(&fenced, true);
+            self.service.drop_streams(&fenced, true);
         }
     }
 
@@ -651,56 +652,67 @@ impl Placer {
                 return;
             }
         };
-        for cl in claimed {
-            self.start_claimed(cl);
-        }
+        self.start_claimed(claimed);
     }
 
-    /// Where a stream taken over continues from: its open alerts and its media time line.
-    fn resume_of(&self, id: &StreamId) -> Option<Resume> {
+    /// Where streams taken over continue from: their open alerts and their media time lines
+    /// (two queries for all of them).
+    fn resumes_of(&self, ids: &[StreamId]) -> BTreeMap<StreamId, Resume> {
         let c = &self.cluster.coordinator;
-        let alerts = c.open_alerts(id).unwrap_or_default();
-        let last = c.last_media_time(id).ok().flatten();
-        if alerts.is_empty() && last.is_none() {
-            return None;
-        }
-        let media_t = match last {
-            Some((t, at)) => {
-                let since = (chrono::Utc::now() - at).num_milliseconds().max(0) as f64 / 1000.0;
-                t + since
+        let mut alerts = c.open_alerts_of(ids).unwrap_or_default();
+        let mut last = c.last_media_times(ids).unwrap_or_default();
+        let now = chrono::Utc::now();
+        let mut out = BTreeMap::new();
+        for id in ids {
+            let alerts = alerts.remove(id).unwrap_or_default();
+            let last = last.remove(id);
+            if alerts.is_empty() && last.is_none() {
+                continue;
             }
-            None => alerts.iter().map(|a| a.start_s).fold(0.0, f64::max),
-        };
-        Some(Resume { alerts, media_t })
+            let media_t = match last {
+                Some((t, at)) => t + (now - at).num_milliseconds().max(0) as f64 / 1000.0,
+                None => alerts.iter().map(|a| a.start_s).fold(0.0, f64::max),
+            };
+            out.insert(id.clone(), Resume { alerts, media_t });
+        }
+        out
     }
 
-    fn start_claimed(&mut self, cl: Claimed) {
-        let id = cl.stream.id.clone();
-        let Some(cfg) = self.parse(&cl.stream) else {
-            // Unusable: hand it back (after its lease, another node sees the same).
-            let _ = self
-                .cluster
-                .coordinator
-                .release(&self.cluster.node, std::slice::from_ref(&id));
-            return;
-        };
-        if let Some(gap) = &cl.gap {
-            tracing::warn!(
-                stream = %id, gap_s = gap.duration().as_secs_f64(), reason = gap.reason.as_str(),
-                prev = ?gap.prev_node, "taking the stream over after a gap in monitoring"
-            );
-        }
-        let resume = self.resume_of(&id);
-        if let Some(r) = &resume {
-            if !r.alerts.is_empty() {
-                tracing::info!(stream = %id, alerts = r.alerts.len(), "continuing open alerts");
+    fn resume_of(&self, id: &StreamId) -> Option<Resume> {
+        self.resumes_of(std::slice::from_ref(id)).remove(id)
+    }
+
+    fn start_claimed(&mut self, claimed: Vec<Claimed>) {
+        let ids: Vec<StreamId> = claimed.iter().map(|c| c.stream.id.clone()).collect();
+        let mut resumes = self.resumes_of(&ids);
+        for cl in claimed {
+            let id = cl.stream.id.clone();
+            let Some(cfg) = self.parse(&cl.stream) else {
+                // Unusable: hand it back (after its lease, another node sees the same).
+                let _ = self
+                    .cluster
+                    .coordinator
+                    .release(&self.cluster.node, std::slice::from_ref(&id));
+                continue;
+            };
+            if let Some(gap) = &cl.gap {
+                tracing::warn!(
+                    stream = %id, gap_s = gap.duration().as_secs_f64(), reason = gap.reason.as_str(),
+                    prev = ?gap.prev_node, "taking the stream over after a gap in monitoring"
+                );
             }
+            let resume = resumes.remove(&id);
+            if let Some(r) = &resume {
+                if !r.alerts.is_empty() {
+                    tracing::info!(stream = %id, alerts = r.alerts.len(), "continuing open alerts");
+                }
+            }
+            // Already running (a restart of the same holding): leave it.
+            if self.service.shared(id.as_str()).is_ok() {
+                continue;
+            }
+            self.service.start_held(cfg, Some(cl.epoch), resume);
         }
-        // Already running (a restart of the same holding): leave it.
-        if self.service.shared(id.as_str()).is_ok() {
-            return;
-        }
-        self.service.start_held(cfg, Some(cl.epoch), resume);
     }
 
     /// Over the fair share by more than a margin while another node is under its own: hand a

@@ -203,9 +203,26 @@ impl Service {
         self.stop_streams(&ids, handover);
     }
 
-    /// Stop these streams (those running) and wait for their threads; with `handover`, their
-    /// open alerts stay open for the node that takes them next. Returns the ids stopped.
-    pub(crate) fn stop_streams(&self, ids: &[String], handover: bool) -> Vec<String> {
+    /// Stop these streams without waiting for their threads (they end within moments, joined
+    /// on a thread of their own): for placement, whose loop must keep renewing leases.
+    pub(crate) fn drop_streams(&self, ids: &[String], handover: bool) {
+        let handles = self.take_streams(ids, handover);
+        if handles.is_empty() {
+            return;
+        }
+        let _ = std::thread::Builder::new()
+            .name("stream-join".into())
+            .spawn(move || {
+                for (_, mut h) in handles {
+                    if let Some(t) = h.thread.take() {
+                        let _ = t.join();
+                    }
+                }
+            });
+    }
+
+    /// Remove these streams from the registry and tell their threads to stop.
+    fn take_streams(&self, ids: &[String], handover: bool) -> Vec<(String, StreamHandle)> {
         let handles: Vec<(String, StreamHandle)> = match self.streams.lock() {
             Ok(mut s) => ids
                 .iter()
@@ -217,6 +234,13 @@ impl Service {
             h.shared.handover.store(handover, Ordering::Relaxed);
             h.stop.store(true, Ordering::Relaxed);
         }
+        handles
+    }
+
+    /// Stop these streams (those running) and wait for their threads; with `handover`, their
+    /// open alerts stay open for the node that takes them next. Returns the ids stopped.
+    pub(crate) fn stop_streams(&self, ids: &[String], handover: bool) -> Vec<String> {
+        let handles = self.take_streams(ids, handover);
         let mut stopped = Vec::with_capacity(handles.len());
         for (id, mut h) in handles {
             if let Some(t) = h.thread.take() {

@@ -73,7 +73,8 @@ use postgres::{Client, GenericClient, Transaction};
 use uuid::Uuid;
 
 use crate::postgres::{
-    outbox_row, stream_record, write_alert, write_metrics, write_outbox, Conn, OUTBOX_COLUMNS,
+    alert_record, outbox_row, stream_record, write_alert, write_metrics, write_outbox, Conn,
+    ALERT_COLUMNS, OUTBOX_COLUMNS,
 };
 use crate::{
     AlertQuery, MetricsSample, OutboxEntry, OutboxRow, PostgresStore, Store, StoreError,
@@ -820,21 +821,63 @@ impl Coordinator {
         &self,
         stream: &StreamId,
     ) -> Result<Option<(f64, WallTime)>, StoreError> {
-        let row = self.conn()?.query_opt(
-            "SELECT media_t, at FROM (
-                 (SELECT media_t, at FROM metrics WHERE stream_id = $1
-                  ORDER BY at DESC LIMIT 1)
-                 UNION ALL
-                 (SELECT COALESCE(end_s, start_s), COALESCE(cleared_at, raised_at)
-                  FROM alerts WHERE stream_id = $1
-                  ORDER BY COALESCE(cleared_at, raised_at) DESC LIMIT 1)
-             ) t ORDER BY at DESC LIMIT 1",
-            &[&stream.as_str()],
+        Ok(self
+            .last_media_times(std::slice::from_ref(stream))?
+            .remove(stream))
+    }
+
+    /// [`Coordinator::last_media_time`] of several streams in one query (those never reported
+    /// are missing).
+    pub fn last_media_times(
+        &self,
+        streams: &[StreamId],
+    ) -> Result<HashMap<StreamId, (f64, WallTime)>, StoreError> {
+        let ids: Vec<&str> = streams.iter().map(|s| s.as_str()).collect();
+        let rows = self.conn()?.query(
+            "SELECT s.id, t.media_t, t.at
+             FROM UNNEST($1::text[]) AS s (id)
+             CROSS JOIN LATERAL (
+                 SELECT media_t, at FROM (
+                     (SELECT media_t, at FROM metrics WHERE stream_id = s.id
+                      ORDER BY at DESC LIMIT 1)
+                     UNION ALL
+                     (SELECT COALESCE(end_s, start_s), COALESCE(cleared_at, raised_at)
+                      FROM alerts WHERE stream_id = s.id
+                      ORDER BY COALESCE(cleared_at, raised_at) DESC LIMIT 1)
+                 ) u ORDER BY at DESC LIMIT 1
+             ) t",
+            &[&ids],
         )?;
-        match row {
-            Some(r) => Ok(Some((r.try_get(0)?, r.try_get(1)?))),
-            None => Ok(None),
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    StreamId(r.try_get::<_, String>(0)?),
+                    (r.try_get(1)?, r.try_get(2)?),
+                ))
+            })
+            .collect()
+    }
+
+    /// [`Coordinator::open_alerts`] of several streams in one query, oldest first each.
+    pub fn open_alerts_of(
+        &self,
+        streams: &[StreamId],
+    ) -> Result<HashMap<StreamId, Vec<Alert>>, StoreError> {
+        let ids: Vec<&str> = streams.iter().map(|s| s.as_str()).collect();
+        let rows = self.conn()?.query(
+            &format!(
+                "SELECT {ALERT_COLUMNS}
+                 WHERE a.state = 'raised' AND a.stream_id = ANY($1)
+                 ORDER BY a.raised_at, a.id"
+            ),
+            &[&ids],
+        )?;
+        let mut out: HashMap<StreamId, Vec<Alert>> = HashMap::new();
+        for r in &rows {
+            let a = alert_record(r)?.alert;
+            out.entry(a.stream_id.clone()).or_default().push(a);
         }
+        Ok(out)
     }
 
     /// The stream's alerts still raised, oldest first: a new owner seeds its alert engine with

@@ -381,11 +381,12 @@ pub(crate) fn ms(t: WallTime) -> WallTime {
 }
 
 /// The columns [`alert_record`] reads, in order (`a` is alerts, `k` acks).
-const ALERT_COLUMNS: &str = "a.id, a.stream_id, a.kind, a.severity, a.state, a.start_s, a.end_s,
+pub(crate) const ALERT_COLUMNS: &str =
+    "a.id, a.stream_id, a.kind, a.severity, a.state, a.start_s, a.end_s,
      a.raised_at, a.cleared_at, a.details, a.suppressed, k.author, k.comment, k.acked_at
      FROM alerts a LEFT JOIN acks k ON k.alert_id = a.id";
 
-fn alert_record(r: &Row) -> Result<AlertRecord, StoreError> {
+pub(crate) fn alert_record(r: &Row) -> Result<AlertRecord, StoreError> {
     const T: &str = "alerts";
     let id: String = r.try_get(0)?;
     let state = parse_state(T, r.try_get(4)?)?;
