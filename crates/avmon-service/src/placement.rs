@@ -256,25 +256,34 @@ impl Placer {
     fn round(&mut self) {
         self.measure();
         let now = Instant::now();
-        if now >= self.next_renew {
-            self.renew();
-        }
+        self.renew_if_due();
         self.stop_fenced();
         if now >= self.next_config {
             self.next_config = now + CONFIG_EVERY;
             self.sync_configs();
             self.sync_suppression();
+            self.renew_if_due();
         }
         if self.last_renewed.elapsed() < self.cluster.ttl {
             if now >= self.next_balance {
                 self.next_balance = now + BALANCE_EVERY;
                 self.read_peers();
                 self.balance();
+                self.renew_if_due();
             }
             if now >= self.no_claim_until {
                 self.read_unwatched();
                 self.claim();
             }
+        }
+    }
+
+    /// Renewing comes before everything else the loop does: a renewal late by a lease TTL
+    /// loses every stream the node holds. Called between the loop's steps, which may take a
+    /// while on a loaded host.
+    fn renew_if_due(&mut self) {
+        if Instant::now() >= self.next_renew {
+            self.renew();
         }
     }
 
@@ -685,7 +694,10 @@ impl Placer {
     fn start_claimed(&mut self, claimed: Vec<Claimed>) {
         let ids: Vec<StreamId> = claimed.iter().map(|c| c.stream.id.clone()).collect();
         let mut resumes = self.resumes_of(&ids);
-        for cl in claimed {
+        for (i, cl) in claimed.into_iter().enumerate() {
+            if i % 32 == 31 {
+                self.renew_if_due();
+            }
             let id = cl.stream.id.clone();
             let Some(cfg) = self.parse(&cl.stream) else {
                 // Unusable: hand it back (after its lease, another node sees the same).
