@@ -75,6 +75,11 @@ const BALANCE_EVERY: Duration = Duration::from_secs(3);
 /// A stream unwatched this long is taken by any node with room (see `Placer::urgent`).
 const URGENT_AFTER: Duration = Duration::from_secs(2);
 
+/// The least a stream counts for, in cores, however little CPU its decoding takes: its threads,
+/// its input's polling and its writes cost something the scheduler's busy time does not see,
+/// and balancing on near-zero figures would follow their noise.
+const MIN_COST: f64 = 0.002;
+
 /// A stream's CPU is measured over at least this long before it counts.
 const MEASURE_MIN: Duration = Duration::from_secs(3);
 
@@ -301,7 +306,7 @@ impl Placer {
             });
             let dt = now.duration_since(m.at);
             if dt >= MEASURE_MIN {
-                let rate = (busy - m.busy_s).max(0.0) / dt.as_secs_f64();
+                let rate = ((busy - m.busy_s) / dt.as_secs_f64()).max(MIN_COST);
                 m.rate = Some(match m.rate {
                     Some(r) => 0.5 * r + 0.5 * rate,
                     None => rate,
@@ -345,7 +350,7 @@ impl Placer {
         };
         same.or_else(scaled)
             .unwrap_or(FULL_COST * relative_cost(tier))
-            .max(1e-4)
+            .max(MIN_COST)
     }
 
     /// This node's load: its streams' measured CPU (estimated for those not measured yet).
