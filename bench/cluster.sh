@@ -243,8 +243,9 @@ window() { # LABEL DATABASE NODE...
   a1=$(tree_ticks "${ps[@]}"); g1=$(tree_ticks "$pgmaster"); o1=$(origin_ticks); h1=$(host_ticks)
   until=$(iso)
   table_rows "$db" >"$tmp/rows1"; c1=$(sql "$db" "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()")
-  local th="" la; for n in "$@"; do
+  local th="" rss="" la; for n in "$@"; do
     th+="${th:+,}\"$n\": $(awk '/^Threads:/ { print $2 }' "/proc/${node_pid[$n]}/status" 2>/dev/null || echo null)"
+    rss+="${rss:+,}\"$n\": $(awk '/^VmRSS:/ { print int($2 / 1024) }' "/proc/${node_pid[$n]}/status" 2>/dev/null || echo null)"
   done
   la=$(cut -d' ' -f1-3 /proc/loadavg)
   local m mv; m=$(probe local $(node_list "$@"))
@@ -255,9 +256,9 @@ window() { # LABEL DATABASE NODE...
     "$tmp/rows0" "$tmp/rows1")
   raw "$(jq -cn --arg e "window_$label" --argjson w "$WINDOW_S" --argjson m "$m" --argjson t "{$tables}" \
     --argjson a "$(secs $(( a1 - a0 )))" --argjson g "$(secs $(( g1 - g0 )))" \
-    --argjson o "$(secs $(( o1 - o0 )))" --argjson h "$(secs $(( h1 - h0 )))" --argjson c $(( c1 - c0 )) --argjson mv "$mv" --argjson th "{$th}" --arg la "$la" '
+    --argjson o "$(secs $(( o1 - o0 )))" --argjson h "$(secs $(( h1 - h0 )))" --argjson c $(( c1 - c0 )) --argjson mv "$mv" --argjson th "{$th}" --argjson rss "{$rss}" --arg la "$la" '
     { event: $e, window_s: $w, avmon_cpu_s: $a, pg_cpu_s: $g, origin_cpu_s: $o, host_cpu_s: $h,
-      others_cpu_s: ($h - $a - $g - $o), commits: $c, tables: $t, moves: $mv, threads: $th, loadavg: $la,
+      others_cpu_s: ($h - $a - $g - $o), commits: $c, tables: $t, moves: $mv, threads: $th, rss_mb: $rss, loadavg: $la,
       status: ([$m[].status // {} | to_entries[]] | group_by(.key) | map({(.[0].key): (map(.value) | add)}) | add),
       rows: { ins: ([$t[][0]] | add // 0), upd: ([$t[][1]] | add // 0), del: ([$t[][2]] | add // 0) },
       held: ([$m[].streams // 0] | add), up: ([$m[].up // 0] | add), behind: ([$m[].behind // 0] | add), down: ([$m[].down // 0] | add),
@@ -335,6 +336,12 @@ sql cluster "SELECT coalesce(a.kind, '?') || ' ' || o.state, count(*) FROM outbo
 r=$(probe notifications "$OUT/outbox.txt" "$OUT/received.txt" /cluster)
 r=$(jq -c --rawfile k "$OUT/outbox-kinds.txt" '. + {kinds: ($k | split("\n") | map(select(length > 0) | split("|") | {(.[0]): (.[1] | tonumber)}) | add)}' <<<"$r")
 raw "$(jq -c '{event: "notifications"} + .' <<<"$r")"; log "notifications: $(jq -c 'del(.kinds)' <<<"$r")"
+# What the outbox says of each key delivered twice: its attempts (outcome, HTTP status, error).
+dups=$(jq -r '.dups | keys | map("'"'"'" + . + "'"'"'") | join(",")' <<<"$r")
+[ -z "$dups" ] || sql cluster "SELECT o.idem_key, o.claimed_by, a.at, a.outcome, a.detail
+  FROM outbox o JOIN outbox_attempts a ON a.outbox_id = o.id AND a.notifier = o.notifier
+  WHERE o.idem_key IN ($dups) ORDER BY o.idem_key, a.id" >"$OUT/duplicates.txt" \
+  || log "could not read the duplicates' attempts"
 # Monitoring gaps as the database recorded them: after a kill, and any other.
 raw "$(sql cluster "SELECT json_build_object('event', 'gaps',
     'node_lost', count(*) FILTER (WHERE reason = 'node_lost'),

@@ -349,7 +349,7 @@ def cmd_report(raw_path, md_path, json_path):
          + (f" (each: {', '.join(fmt(x) for x in fo)})" if fo else "")))
     fe = [e for e in by.get("failover", []) if e.get("polls")]
     if fe:
-        add(("Failover: streams the victim held / most unheld at once / mean poll interval s",
+        add(("Failover, each kill: the victim's streams (its node_lost gaps) / most unheld at once / mean poll interval s",
              "; ".join(f"{e.get('gaps', '–')} / {e.get('max_unheld', '–')} / "
                        f"{(e['s'] or e.get('timeout_s', 0)) / e['polls']:.2f}" for e in fe)))
     add(("Streams held by two nodes in one sampling round (/api/streams of every node)",
@@ -429,8 +429,10 @@ def cmd_report(raw_path, md_path, json_path):
                 add((f"Streams handed over (rebalancing) during the {label} window",
                      f"{mv.get('streams_handed_over', '–')} in {mv.get('handovers', '–')} hand-overs"))
                 if w.get("threads"):
-                    add((f"Threads per node / load average at the end of the {label} window",
-                         f"{', '.join(f'{k} {v}' for k, v in sorted(w['threads'].items()))} / {w.get('loadavg', '–')}"))
+                    add((f"Threads / resident MB per node, load average, at the end of the {label} window",
+                         ", ".join(f"{k} {v} / {(w.get('rss_mb') or {}).get(k, '–')}"
+                                   for k, v in sorted(w["threads"].items()))
+                         + f"; {w.get('loadavg', '–')}"))
                 add((f"Host during the {label} window: all CPU, of it not ours",
                      f"{w['host_cpu_s'] / w['window_s'] * 100:.0f} %, {w['others_cpu_s'] / w['window_s'] * 100:.0f} % of a core"
                      f" (origin: nginx + FFmpeg {w['origin_cpu_s'] / w['window_s'] * 100:.0f} %)"))
