@@ -739,13 +739,18 @@ async fn patch_stream(
     if !errors.is_empty() {
         return Err(ApiError::BadRequest(errors));
     }
-    let mut status = None;
-    if let Some(p) = priority {
-        status = Some(m.set_priority(&id, p)?);
-    }
-    if let Some(t) = tier {
-        status = Some(m.set_tier(&id, t)?);
-    }
+    // In a cluster these write the database: off the async workers.
+    let status = blocking(m, move |m| {
+        let mut status = None;
+        if let Some(p) = priority {
+            status = Some(m.set_priority(&id, p)?);
+        }
+        if let Some(t) = tier {
+            status = Some(m.set_tier(&id, t)?);
+        }
+        Ok(status)
+    })
+    .await?;
     match status {
         Some(s) => Ok(Json(s)),
         None => Err(ApiError::bad_request("nothing to change")),
@@ -1151,11 +1156,14 @@ async fn events(State(m): State<AppState>) -> Result<Response, ApiError> {
         .into_response())
 }
 
-async fn metrics(State(m): State<AppState>) -> impl IntoResponse {
-    (
+async fn metrics(State(m): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    // Reads the outbox's counts from the store: off the async workers (PostgreSQL's
+    // synchronous client must not run on them).
+    let text = blocking(m, |m| Ok(m.prometheus())).await?;
+    Ok((
         [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-        m.prometheus(),
-    )
+        text,
+    ))
 }
 
 async fn healthz(State(m): State<AppState>) -> (StatusCode, Json<serde_json::Value>) {

@@ -272,6 +272,12 @@ fn a_cluster_fails_over_hands_over_and_notifies_exactly_once() {
         .map(|n| n["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, BTreeSet::from(["a", "b", "c"]), "{cluster:#}");
+    // Prometheus reads the outbox's counts from PostgreSQL (off the async workers: it used to
+    // abort the node).
+    let metrics = reqwest::blocking::get(format!("{}/metrics", b.base)).unwrap();
+    assert_eq!(metrics.status().as_u16(), 200);
+    let text = metrics.text().unwrap();
+    assert!(text.contains("avmon_outbox_notifications{"), "{text}");
 
     // The stalled packager: its stream's alerts are raised (once, by its holder).
     origin.stall();
