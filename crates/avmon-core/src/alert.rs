@@ -42,6 +42,17 @@ pub enum Transition {
     Cleared,
 }
 
+impl Transition {
+    /// `raised`, `updated` or `cleared`, as serialized.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transition::Raised => "raised",
+            Transition::Updated => "updated",
+            Transition::Cleared => "cleared",
+        }
+    }
+}
+
 /// An alert as of one transition: what the store persists and notifiers deliver.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AlertEvent {

@@ -593,12 +593,7 @@ impl Notifier for OutboxNotifier {
         Some(OutboxEntry {
             notifier: self.id.clone(),
             alert_id: ev.alert.id.clone(),
-            state: match ev.transition {
-                Transition::Raised => "raised",
-                Transition::Updated => "updated",
-                Transition::Cleared => "cleared",
-            }
-            .to_string(),
+            state: ev.transition.as_str().to_string(),
             key,
             payload: body,
             created_at: Utc::now(),

@@ -208,7 +208,7 @@ impl Service {
     }
 }
 
-/// A stream's record as the store keeps it.
+/// A stream's record as the store keeps it (its config as JSON, created now).
 pub(crate) fn record(cfg: &StreamConfig) -> StreamRecord {
     StreamRecord {
         id: StreamId(cfg.id.clone()),

@@ -232,12 +232,7 @@ impl FencedWriter {
                                 tracing::error!("marking alert {}: {e}", ev.alert.id);
                             }
                         }
-                        let transition = match ev.transition {
-                            Transition::Raised => "raised",
-                            Transition::Updated => "updated",
-                            Transition::Cleared => "cleared",
-                        };
-                        let payload = cluster_event(&self.node, transition, ev);
+                        let payload = cluster_event(&self.node, ev.transition.as_str(), ev);
                         if let Err(e) = self.coordinator.notify(EVENTS_CHANNEL, &payload) {
                             tracing::debug!("telling the cluster of alert {}: {e}", ev.alert.id);
                         }

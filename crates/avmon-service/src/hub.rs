@@ -141,11 +141,7 @@ pub(crate) fn hub_thread(
                     if out.print {
                         print_alert(&ev);
                     }
-                    let transition = match ev.transition {
-                        Transition::Raised => "raised",
-                        Transition::Updated => "updated",
-                        Transition::Cleared => "cleared",
-                    };
+                    let transition = ev.transition.as_str();
                     let _ = out.events.send(LiveEvent::new(
                         "alert",
                         &serde_json::json!({"transition": transition, "alert": ev.alert}),

@@ -155,16 +155,11 @@ pub(crate) fn seed(store: &dyn Store, streams: &[StreamConfig]) -> Result<usize,
         .collect();
     let mut written = 0;
     for cfg in streams {
-        let config = serde_json::to_value(cfg).unwrap_or_default();
-        if existing.get(&cfg.id) == Some(&config) {
+        let rec = crate::cluster::record(cfg);
+        if existing.get(&cfg.id) == Some(&rec.config) {
             continue;
         }
-        store.upsert_stream(&StreamRecord {
-            id: StreamId(cfg.id.clone()),
-            url: cfg.url.clone(),
-            config,
-            created_at: chrono::Utc::now(),
-        })?;
+        store.upsert_stream(&rec)?;
         written += 1;
     }
     Ok(written)
@@ -355,15 +350,19 @@ impl Placer {
 
     /// This node's load: its streams' measured CPU (estimated for those not measured yet).
     fn load(&self) -> f64 {
+        // Each tier's estimate once (it reads every stream), not once per stream.
+        let mut estimates: BTreeMap<Tier, f64> = BTreeMap::new();
         self.service
             .shared_streams()
             .iter()
-            .map(|s| {
-                self.measures
-                    .get(&s.cfg.id)
-                    .and_then(|m| m.rate)
-                    .unwrap_or_else(|| self.estimate(s.tier.get()))
-            })
+            .map(
+                |s| match self.measures.get(&s.cfg.id).and_then(|m| m.rate) {
+                    Some(rate) => rate,
+                    None => *estimates
+                        .entry(s.tier.get())
+                        .or_insert_with(|| self.estimate(s.tier.get())),
+                },
+            )
             .sum()
     }
 

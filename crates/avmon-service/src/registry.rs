@@ -10,11 +10,11 @@ use std::time::Duration;
 use anyhow::Result;
 use avmon_alert::Suppression;
 use avmon_core::sched::Scheduler;
-use avmon_core::{round_ms, StreamId, TierControl};
+use avmon_core::{round_ms, TierControl};
 use avmon_media::Pictures;
 use avmon_notify::Notifier;
 use avmon_server::{ApiError, LiveEvent, StreamState, StreamStatus};
-use avmon_store::{Store, StreamRecord};
+use avmon_store::Store;
 use chrono::Utc;
 use crossbeam_channel::Sender;
 
@@ -58,12 +58,7 @@ pub(crate) const PICTURES_KEPT: usize = 12;
 impl Service {
     /// Start monitoring a stream on this host alone (its record is written to the store).
     pub(crate) fn start_stream(&self, cfg: StreamConfig) -> Arc<StreamShared> {
-        let _ = self.hub.send(HubMsg::Upsert(StreamRecord {
-            id: StreamId(cfg.id.clone()),
-            url: cfg.url.clone(),
-            config: serde_json::to_value(&cfg).unwrap_or_default(),
-            created_at: Utc::now(),
-        }));
+        let _ = self.hub.send(HubMsg::Upsert(crate::cluster::record(&cfg)));
         self.start_held(cfg, None, None)
     }
 
