@@ -3,10 +3,13 @@
 //! Every node runs the same loop, on its own thread, against the shared database
 //! ([`avmon_store::cluster::Coordinator`]; the database's row locks are the only arbiter):
 //!
-//! - **Renew**, every quarter of the lease TTL: the node's heartbeat (with its load) and its
-//!   leases. A running stream missing from the answer was taken over, handed back or removed:
-//!   it is stopped at once. A removed stream's alerts are cleared; one taken over keeps them
-//!   open for its new owner.
+//! - **Renew**, every quarter of the lease TTL, on a thread of its own ([`renew_thread`]), so
+//!   that nothing the loop does (starting a hundred streams, stopping some) ever makes a
+//!   renewal late: the node's heartbeat (with its load) and its leases. A running stream
+//!   missing from the answer was taken over, handed back or removed: the loop stops it at
+//!   once. A removed stream's alerts are cleared; one taken over keeps them open for its new
+//!   owner. A stream held but not running (stopped through a long database outage, or after
+//!   the node lost its name) is handed back, so that it does not stay held and unwatched.
 //! - **The database away**: a node that cannot renew keeps monitoring the streams it holds for
 //!   `[cluster] db_outage_s` (its results and notifications wait in order, [`crate::fenced`]),
 //!   and claims nothing. When the database answers again its leases renew under the same
@@ -39,8 +42,8 @@
 //! within a second or two.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use avmon_core::{MaintenanceWindow, StreamId, Tier};
@@ -60,8 +63,13 @@ pub const FULL_COST: f64 = 0.25;
 /// streams are taken by its peers in a few rounds.
 const CLAIM_BATCH: usize = 256;
 
-/// Streams handed over in one rebalancing step at most.
+/// Streams handed over in one rebalancing step at most: this many, or [`SHED_PART`] of the
+/// node's streams if more. A node joining a cluster of a thousand streams gets its share in
+/// a few steps, a few seconds apart.
 const SHED_BATCH: usize = 8;
+
+/// The part of its streams a node hands over in one rebalancing step at most.
+const SHED_PART: f64 = 0.25;
 
 /// How often the loop runs with nothing waking it.
 const TICK: Duration = Duration::from_secs(1);
@@ -95,6 +103,24 @@ pub(crate) struct ClusterNode {
     /// Set while renewals fail: the API answers from this node's own state without waiting on
     /// the database.
     pub(crate) away: AtomicBool,
+    /// The node's load (cores, an `f64`'s bits) as placement last measured it, for the
+    /// heartbeat.
+    load: AtomicU64,
+    /// What the renewer last heard.
+    renewals: Mutex<Renewals>,
+}
+
+/// What [`renew_thread`] last heard from the database, for the placement loop.
+#[derive(Default)]
+struct Renewals {
+    /// Answers so far (each renewal, whether it worked or not).
+    seq: u64,
+    /// The last renewal that worked: when it was sent, and the streams the node still held.
+    ok: Option<(Instant, Arc<BTreeSet<String>>)>,
+    /// Since when renewals fail (the database or the network is away), and why.
+    failing: Option<(Instant, String)>,
+    /// Times the node found its name taken over (and registered again).
+    replaced: u64,
 }
 
 impl ClusterNode {
@@ -140,7 +166,72 @@ impl ClusterNode {
             config_windows,
             outage,
             away: AtomicBool::new(false),
+            load: AtomicU64::new(0f64.to_bits()),
+            renewals: Mutex::new(Renewals::default()),
         })
+    }
+
+    fn renewals(&self) -> std::sync::MutexGuard<'_, Renewals> {
+        self.renewals.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Renew the node's heartbeat and leases every quarter of the TTL (every second while that
+/// fails) until `stop`, and say what was heard to the placement loop. Stopped only after the
+/// node's streams have stopped and written their results at shutdown, so that those writes
+/// still pass the fence.
+pub(crate) fn renew_thread(cluster: Arc<ClusterNode>, stop: Arc<AtomicBool>) {
+    let every = cluster.ttl / 4;
+    let mut next = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        let now = Instant::now();
+        if now < next {
+            std::thread::sleep((next - now).min(Duration::from_millis(100)));
+            continue;
+        }
+        let load = f64::from_bits(cluster.load.load(Ordering::Relaxed));
+        let c = &cluster.coordinator;
+        let renewed = c
+            .heartbeat(&cluster.node, load)
+            .and_then(|()| c.renew(&cluster.node, cluster.ttl));
+        match renewed {
+            Ok(held) => {
+                next = now + every;
+                cluster.away.store(false, Ordering::Relaxed);
+                let held: BTreeSet<String> = held.into_iter().map(|h| h.stream.0).collect();
+                let mut r = cluster.renewals();
+                r.seq += 1;
+                r.ok = Some((now, Arc::new(held)));
+                r.failing = None;
+            }
+            Err(StoreError::NotRegistered { .. }) => {
+                // Another instance took this node's name (this one was stopped or cut off for
+                // longer than the TTL): everything it held is someone else's now. Rejoin as a
+                // new instance, so that the node works on (as a restarted one would); the loop
+                // stops what it runs.
+                tracing::error!(
+                    node = %cluster.node.name,
+                    "this node was replaced in the cluster (stopped or cut off past its lease); \
+                     stopping its streams"
+                );
+                {
+                    let mut r = cluster.renewals();
+                    r.seq += 1;
+                    r.replaced += 1;
+                }
+                let _ = c.register(&cluster.node, cluster.ttl);
+                next = Instant::now() + every;
+            }
+            Err(e) => {
+                next = Instant::now() + Duration::from_secs(1).min(every);
+                cluster.away.store(true, Ordering::Relaxed);
+                let mut r = cluster.renewals();
+                r.seq += 1;
+                if r.failing.is_none() {
+                    r.failing = Some((now, e.to_string()));
+                }
+            }
+        }
     }
 }
 
@@ -169,8 +260,19 @@ pub(crate) fn seed(store: &dyn Store, streams: &[StreamConfig]) -> Result<usize,
 struct Measure {
     busy_s: f64,
     at: Instant,
-    /// Cores, once measured for [`MEASURE_MIN`].
+    /// Past its first [`MEASURE_MIN`], which is not counted: a stream's start (probing its
+    /// input, its first playlist and segments at once) costs more than it will.
+    warm: bool,
+    /// Cores, once measured for [`MEASURE_MIN`] after that.
     rate: Option<f64>,
+}
+
+/// An alive node as the loop last read it.
+struct Peer {
+    name: String,
+    capacity: f64,
+    load: f64,
+    streams: u64,
 }
 
 /// The loop's state.
@@ -179,14 +281,20 @@ struct Placer {
     cluster: Arc<ClusterNode>,
     capacity: f64,
     measures: BTreeMap<String, Measure>,
-    last_renewed: Instant,
-    next_renew: Instant,
+    /// The renewer's answers seen so far, and its name take-overs.
+    seen_seq: u64,
+    seen_replaced: u64,
+    /// When this loop started each stream it runs: a renewal sent before that does not list
+    /// it, and must not stop it.
+    started: BTreeMap<String, Instant>,
+    /// Each running stream's definition digest as last compared ([`Self::sync_configs`]).
+    digests: BTreeMap<String, String>,
     next_config: Instant,
     next_balance: Instant,
     /// Streams whose definition in the database is unusable, said once each.
     refused: BTreeSet<String>,
-    /// Alive nodes' `(name, capacity, load)` as last read, and whether streams wait unwatched.
-    peers: Vec<(String, f64, f64)>,
+    /// Alive nodes as last read (this one included), and how many streams wait unwatched.
+    peers: Vec<Peer>,
     unwatched: usize,
     /// Streams nobody has watched for [`URGENT_AFTER`] or more (their node died, or a hand-over
     /// nobody took): any node with room under its capacity takes them, fair share or not.
@@ -198,6 +306,9 @@ struct Placer {
     no_claim_until: Instant,
     /// Since when renewals fail (the database or the network is away).
     away_since: Option<Instant>,
+    /// When this node stopped streams it still held (a long outage, or its name taken over):
+    /// they are handed back once the database answers, dated from then.
+    stopped_at: Option<Instant>,
 }
 
 /// Run placement until `stop`; then the caller stops the streams and deregisters.
@@ -213,10 +324,13 @@ pub(crate) fn placement_thread(
         cluster,
         capacity,
         measures: BTreeMap::new(),
-        last_renewed: now,
-        next_renew: now,
+        seen_seq: 0,
+        seen_replaced: 0,
+        started: BTreeMap::new(),
+        digests: BTreeMap::new(),
         next_config: now + CONFIG_EVERY,
-        next_balance: now + BALANCE_EVERY,
+        // The peers are read at once: a node joining a cluster sizes its claims by them.
+        next_balance: now,
         refused: BTreeSet::new(),
         peers: Vec::new(),
         unwatched: 0,
@@ -224,6 +338,7 @@ pub(crate) fn placement_thread(
         first_unwatched: BTreeMap::new(),
         no_claim_until: now,
         away_since: None,
+        stopped_at: None,
     };
     let mut listener = match p.cluster.coordinator.listener().and_then(|mut l| {
         l.listen(LEASES_CHANNEL)?;
@@ -255,36 +370,37 @@ pub(crate) fn placement_thread(
 impl Placer {
     fn round(&mut self) {
         self.measure();
-        let now = Instant::now();
-        self.renew_if_due();
+        let load = self.load();
+        self.cluster.load.store(load.to_bits(), Ordering::Relaxed);
+        self.take_renewals();
         self.stop_fenced();
+        let now = Instant::now();
         if now >= self.next_config {
             self.next_config = now + CONFIG_EVERY;
             self.sync_configs();
             self.sync_suppression();
-            self.renew_if_due();
         }
-        if self.last_renewed.elapsed() < self.cluster.ttl {
+        if self.renewed_within(self.cluster.ttl) {
             if now >= self.next_balance {
                 self.next_balance = now + BALANCE_EVERY;
                 self.read_peers();
                 self.balance();
-                self.renew_if_due();
             }
             if now >= self.no_claim_until {
                 self.read_unwatched();
-                self.claim();
+                // Nothing to take (every stream is held, and a new one shows as unwatched):
+                // no claim, which would lock and read the leases for nothing.
+                if self.unwatched > 0 {
+                    self.claim();
+                }
             }
         }
     }
 
-    /// Renewing comes before everything else the loop does: a renewal late by a lease TTL
-    /// loses every stream the node holds. Called between the loop's steps, which may take a
-    /// while on a loaded host.
-    fn renew_if_due(&mut self) {
-        if Instant::now() >= self.next_renew {
-            self.renew();
-        }
+    /// Whether the last renewal that worked was sent within `d`.
+    fn renewed_within(&self, d: Duration) -> bool {
+        let r = self.cluster.renewals();
+        r.failing.is_none() && r.ok.as_ref().is_some_and(|(at, _)| at.elapsed() < d)
     }
 
     /// Each running stream's CPU since it was last measured.
@@ -297,10 +413,15 @@ impl Placer {
             let m = self.measures.entry(id.clone()).or_insert(Measure {
                 busy_s: busy,
                 at: now,
+                warm: false,
                 rate: None,
             });
             let dt = now.duration_since(m.at);
-            if dt >= MEASURE_MIN {
+            if dt >= MEASURE_MIN && !m.warm {
+                m.warm = true;
+                m.busy_s = busy;
+                m.at = now;
+            } else if dt >= MEASURE_MIN {
                 let rate = ((busy - m.busy_s) / dt.as_secs_f64()).max(MIN_COST);
                 m.rate = Some(match m.rate {
                     Some(r) => 0.5 * r + 0.5 * rate,
@@ -315,8 +436,8 @@ impl Placer {
     }
 
     /// The cost of a stream at `tier` not measured yet: the mean of those measured here at that
-    /// tier; else of all measured here, scaled by the tiers' [`relative_cost`]; else the
-    /// default.
+    /// tier; else of all measured here, scaled by the tiers' [`relative_cost`]; else the mean
+    /// of the other nodes' streams (a node that just joined); else the default.
     fn estimate(&self, tier: Tier) -> f64 {
         let measured: Vec<(Tier, f64)> = self
             .service
@@ -344,8 +465,19 @@ impl Placer {
             )
         };
         same.or_else(scaled)
+            .or_else(|| self.peers_mean())
             .unwrap_or(FULL_COST * relative_cost(tier))
             .max(MIN_COST)
+    }
+
+    /// The mean cost of the other nodes' streams, from the load and count they last reported.
+    fn peers_mean(&self) -> Option<f64> {
+        let others = self
+            .peers
+            .iter()
+            .filter(|p| p.name != self.cluster.node.name);
+        let (load, n) = others.fold((0.0, 0u64), |(l, n), p| (l + p.load, n + p.streams));
+        (n > 0 && load.is_finite() && load > 0.0).then(|| load / n as f64)
     }
 
     /// This node's load: its streams' measured CPU (estimated for those not measured yet).
@@ -373,79 +505,93 @@ impl Placer {
         }
     }
 
-    fn renew(&mut self) {
+    /// Act on what the renewer heard since the last round: stop the streams this node no
+    /// longer holds, hand back those it holds but does not run, and go into (or out of) the
+    /// database-away mode.
+    fn take_renewals(&mut self) {
+        let (seq, ok, failing, replaced) = {
+            let r = self.cluster.renewals();
+            (r.seq, r.ok.clone(), r.failing.clone(), r.replaced)
+        };
         let c = self.cluster.clone();
-        let every = c.ttl / 4;
-        let load = self.load();
-        let renewed = c
-            .coordinator
-            .heartbeat(&c.node, load)
-            .and_then(|()| c.coordinator.renew(&c.node, c.ttl));
-        match renewed {
-            Ok(held) => {
-                self.last_renewed = Instant::now();
-                self.next_renew = self.last_renewed + every;
-                c.away.store(false, Ordering::Relaxed);
-                if let Some(since) = self.away_since.take() {
-                    // Every node saw the outage (renewals come every quarter TTL): each renews
-                    // its own before anyone claims what looks expired.
-                    self.no_claim_until = Instant::now() + c.ttl;
-                    tracing::warn!(
-                        away_s = since.elapsed().as_secs_f64(),
-                        "the database answers again: leases renewed"
-                    );
-                }
-                let held: BTreeSet<String> = held.into_iter().map(|h| h.stream.0).collect();
-                let lost: Vec<String> = self
-                    .running()
-                    .into_iter()
-                    .filter(|id| !held.contains(id))
-                    .collect();
-                if !lost.is_empty() {
-                    self.let_go(lost);
-                }
-            }
-            Err(StoreError::NotRegistered { .. }) => {
-                // Another instance took this node's name (this one was stopped or cut off for
-                // longer than the TTL): everything it held is someone else's now.
+        if replaced != self.seen_replaced {
+            self.seen_replaced = replaced;
+            let all: Vec<String> = self.running().into_iter().collect();
+            self.service.drop_streams(&all, true);
+            self.started.clear();
+            self.stopped_at.get_or_insert(Instant::now());
+        }
+        if let Some((since, e)) = &failing {
+            if self.away_since.is_none() {
+                self.away_since = Some(*since);
                 tracing::error!(
-                    node = %c.node.name,
-                    "this node was replaced in the cluster (stopped or cut off past its lease); \
-                     stopping its streams"
+                    "renewing this node's leases: {e}; its streams stay monitored for up to \
+                     {:.0} s while the database is away (results and notifications wait for \
+                     it), and no stream is claimed meanwhile",
+                    c.outage.as_secs_f64()
                 );
-                let all: Vec<String> = self.running().into_iter().collect();
-                self.service.drop_streams(&all, true);
-                self.next_renew = Instant::now() + every;
-                // Rejoin as a new instance, so that the node works on (as a restarted one).
-                let _ = c.coordinator.register(&c.node, c.ttl);
             }
-            Err(e) => {
-                self.next_renew = Instant::now() + Duration::from_secs(1).min(every);
-                let silent = self.last_renewed.elapsed();
-                c.away.store(true, Ordering::Relaxed);
-                if self.away_since.is_none() {
-                    self.away_since = Some(Instant::now());
+            // Past the outage allowance: another node (one that still reaches the database)
+            // may hold these streams by now; stop them until the database answers.
+            let silent = ok.as_ref().map_or(since.elapsed(), |(at, _)| at.elapsed());
+            if silent >= c.outage {
+                let all: Vec<String> = self.running().into_iter().collect();
+                if !all.is_empty() {
                     tracing::error!(
-                        "renewing this node's leases: {e}; its streams stay monitored for up to \
-                         {:.0} s while the database is away (results and notifications wait \
-                         for it), and no stream is claimed meanwhile",
-                        c.outage.as_secs_f64()
+                        streams = all.len(),
+                        "leases not renewed for {:.0} s: stopping this node's streams until \
+                         the database answers",
+                        silent.as_secs_f64()
                     );
+                    self.service.drop_streams(&all, true);
+                    self.stopped_at.get_or_insert(Instant::now());
                 }
-                // Past the outage allowance: another node (one that still reaches the database)
-                // may hold these streams by now; stop them until the database answers.
-                if silent >= c.outage {
-                    let all: Vec<String> = self.running().into_iter().collect();
-                    if !all.is_empty() {
-                        tracing::error!(
-                            streams = all.len(),
-                            "leases not renewed for {:.0} s: stopping this node's streams until \
-                             the database answers",
-                            silent.as_secs_f64()
-                        );
-                        self.service.drop_streams(&all, true);
-                    }
-                }
+            }
+            return;
+        }
+        if seq == self.seen_seq {
+            return;
+        }
+        self.seen_seq = seq;
+        let Some((sent, held)) = ok else { return };
+        if let Some(since) = self.away_since.take() {
+            // Every node saw the outage (renewals come every quarter TTL): each renews its own
+            // before anyone claims what looks expired.
+            self.no_claim_until = Instant::now() + c.ttl;
+            tracing::warn!(
+                away_s = since.elapsed().as_secs_f64(),
+                "the database answers again: leases renewed"
+            );
+        }
+        let running = self.running();
+        self.started.retain(|id, _| running.contains(id));
+        // Streams started after the renewal was sent are not in its answer.
+        let lost: Vec<String> = running
+            .iter()
+            .filter(|id| !held.contains(*id) && self.started.get(*id).is_none_or(|t| *t < sent))
+            .cloned()
+            .collect();
+        if !lost.is_empty() {
+            self.let_go(lost);
+        }
+        let idle: Vec<StreamId> = held
+            .iter()
+            .filter(|id| !running.contains(*id))
+            .map(|id| StreamId(id.clone()))
+            .collect();
+        let stopped = self.stopped_at.take();
+        if !idle.is_empty() {
+            // Write what they found under the lease first, then hand them back, dated from
+            // when they were stopped (the claim records the gap from then).
+            self.service.drain_hub();
+            let ago = stopped.map_or(Duration::ZERO, |t| t.elapsed());
+            match c.coordinator.release_unwatched(&c.node, &idle, ago) {
+                Ok(r) if !r.is_empty() => tracing::warn!(
+                    streams = r.len(),
+                    "streams held by this node but not running here: handed back"
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::warn!("handing back streams this node does not run: {e}"),
             }
         }
     }
@@ -484,16 +630,36 @@ impl Placer {
         }
     }
 
-    /// Apply definitions changed in the database to the running streams.
+    /// Apply definitions changed in the database to the running streams. Only digests are
+    /// read every time; a definition is read (and compared with the running one) when its
+    /// digest is not the one last seen for the stream.
     fn sync_configs(&mut self) {
-        let records = match self.service.store.streams() {
-            Ok(r) => r,
-            Err(_) => return,
+        let c = self.cluster.clone();
+        let Ok(digests) = c.coordinator.stream_digests() else {
+            return;
         };
-        for rec in records {
+        let running = self.running();
+        self.digests.retain(|id, _| running.contains(id));
+        let changed: Vec<StreamId> = running
+            .iter()
+            .filter(|id| {
+                digests
+                    .get(&StreamId((*id).clone()))
+                    .is_some_and(|d| self.digests.get(*id) != Some(d))
+            })
+            .map(|id| StreamId(id.clone()))
+            .collect();
+        if changed.is_empty() {
+            return;
+        }
+        let Ok(records) = c.coordinator.streams_of(&changed) else {
+            return;
+        };
+        for (rec, digest) in records {
             let Ok(shared) = self.service.shared(rec.id.as_str()) else {
                 continue;
             };
+            self.digests.insert(rec.id.0.clone(), digest);
             let running = serde_json::to_value(&shared.cfg).unwrap_or_default();
             if running == rec.config {
                 continue;
@@ -514,7 +680,6 @@ impl Placer {
                 shared.ceiling.set(cfg.tier());
                 shared.tier.set(cfg.tier());
                 shared.priority.store(cfg.priority, Ordering::Relaxed);
-                // Keep the comparison quiet until the next change.
                 continue;
             }
             let Some(epoch) = shared.epoch else { continue };
@@ -522,6 +687,7 @@ impl Placer {
             self.service
                 .stop_streams(std::slice::from_ref(&rec.id.0), true);
             let resume = self.resume_of(&rec.id);
+            self.started.insert(rec.id.0.clone(), Instant::now());
             self.service.start_held(cfg, Some(epoch), resume);
         }
     }
@@ -560,7 +726,12 @@ impl Placer {
             self.peers = nodes
                 .into_iter()
                 .filter(|n| n.alive)
-                .map(|n| (n.name, n.capacity, n.load))
+                .map(|n| Peer {
+                    name: n.name,
+                    capacity: n.capacity,
+                    load: n.load,
+                    streams: n.streams,
+                })
                 .collect();
         }
         self.read_unwatched();
@@ -599,10 +770,10 @@ impl Placer {
         let me = &self.cluster.node.name;
         let mut caps = vec![self.capacity];
         let mut total = load;
-        for (name, cap, l) in &self.peers {
-            if name != me {
-                caps.push(*cap);
-                total += l;
+        for p in &self.peers {
+            if &p.name != me {
+                caps.push(p.capacity);
+                total += p.load;
             }
         }
         total += self.unwatched as f64 * self.estimate(Tier::Full).min(FULL_COST);
@@ -665,6 +836,15 @@ impl Placer {
                 return;
             }
         };
+        if !claimed.is_empty() {
+            tracing::info!(
+                streams = claimed.len(),
+                load,
+                share,
+                unwatched = self.unwatched,
+                "claimed streams"
+            );
+        }
         self.start_claimed(claimed);
     }
 
@@ -698,10 +878,7 @@ impl Placer {
     fn start_claimed(&mut self, claimed: Vec<Claimed>) {
         let ids: Vec<StreamId> = claimed.iter().map(|c| c.stream.id.clone()).collect();
         let mut resumes = self.resumes_of(&ids);
-        for (i, cl) in claimed.into_iter().enumerate() {
-            if i % 32 == 31 {
-                self.renew_if_due();
-            }
+        for cl in claimed {
             let id = cl.stream.id.clone();
             let Some(cfg) = self.parse(&cl.stream) else {
                 // Unusable: hand it back (after its lease, another node sees the same).
@@ -727,6 +904,7 @@ impl Placer {
             if self.service.shared(id.as_str()).is_ok() {
                 continue;
             }
+            self.started.insert(id.0.clone(), Instant::now());
             self.service.start_held(cfg, Some(cl.epoch), resume);
         }
     }
@@ -754,18 +932,19 @@ impl Placer {
         let per = load / n as f64;
         let margin = (0.1 * share).max(per);
         let me = &self.cluster.node.name;
-        let total: f64 = self.peers.iter().map(|p| p.2).sum();
-        let caps: Vec<f64> = self.peers.iter().map(|p| p.1).collect();
+        let total: f64 = self.peers.iter().map(|p| p.load).sum();
+        let caps: Vec<f64> = self.peers.iter().map(|p| p.capacity).collect();
         let shares = avmon_store::cluster::fair_share(total, &caps);
         let someone_under = self
             .peers
             .iter()
             .zip(&shares)
-            .any(|((name, _, l), s)| name != me && *l + margin < *s);
+            .any(|(p, s)| &p.name != me && p.load + margin < *s);
         if load <= share + margin || !someone_under {
             return;
         }
-        let k = (((load - share) / per.max(1e-6)).floor() as usize).clamp(1, SHED_BATCH);
+        let most = SHED_BATCH.max((n as f64 * SHED_PART) as usize);
+        let k = (((load - share) / per.max(1e-6)).floor() as usize).clamp(1, most);
         let c = self.cluster.clone();
         let picks = match c.coordinator.shed(&c.node, k) {
             Ok(p) => p,
@@ -787,7 +966,7 @@ impl Placer {
             tracing::warn!("releasing streams: {e}");
         }
         // Let the others claim them before this node looks for work again.
-        self.next_balance = Instant::now() + BALANCE_EVERY * 2;
+        self.next_balance = Instant::now() + BALANCE_EVERY;
         self.no_claim_until = Instant::now() + Duration::from_secs(3);
     }
 }

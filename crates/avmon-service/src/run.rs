@@ -20,7 +20,7 @@ use crate::evidence::Evidence;
 use crate::fenced::FencedWriter;
 use crate::hub::{hub_thread, HubOutputs};
 use crate::live::live_events;
-use crate::placement::{placement_thread, seed, ClusterNode};
+use crate::placement::{placement_thread, renew_thread, seed, ClusterNode};
 use crate::registry::Service;
 
 /// How `run` behaves beyond the config.
@@ -185,6 +185,8 @@ pub fn run(cfg: Config, opts: Options) -> Result<()> {
     rt.spawn(live_events(Arc::downgrade(&service)));
     let placement_stop = Arc::new(AtomicBool::new(false));
     let mut placement = None;
+    let renew_stop = Arc::new(AtomicBool::new(false));
+    let mut renewer = None;
     match (&cluster, &cfg.cluster) {
         (Some(c), Some(cc)) => {
             let seeded = seed(service.store.as_ref(), &cfg.streams)
@@ -204,6 +206,13 @@ pub fn run(cfg: Config, opts: Options) -> Result<()> {
                 c.node.api_addr
             );
             crate::live::cluster_events(c, service.events.clone());
+            let (renewed, stop) = (c.clone(), renew_stop.clone());
+            renewer = Some(
+                std::thread::Builder::new()
+                    .name("renew".into())
+                    .spawn(move || renew_thread(renewed, stop))
+                    .context("starting the lease renewal thread")?,
+            );
             let (placed, c, stop) = (service.clone(), c.clone(), placement_stop.clone());
             let capacity = cc.capacity(&cfg.service);
             placement = Some(
@@ -277,6 +286,10 @@ pub fn run(cfg: Config, opts: Options) -> Result<()> {
         Some(c) => {
             service.stop_all(true);
             service.drain_hub();
+            renew_stop.store(true, Ordering::Relaxed);
+            if let Some(r) = renewer.take() {
+                let _ = r.join();
+            }
             match c.coordinator.deregister(&c.node) {
                 Ok(released) => eprintln!(
                     "avmon: left the cluster; {} stream(s) handed over",

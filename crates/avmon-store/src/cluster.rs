@@ -429,7 +429,7 @@ impl Coordinator {
         let mut conn = self.conn()?;
         let mut tx = conn.transaction()?;
         check_registered(&mut tx, node)?;
-        let released = release_in(&mut tx, node, None)?;
+        let released = release_in(&mut tx, node, None, 0.0)?;
         tx.execute(
             "UPDATE outbox SET claimed_by = NULL, claimed_until = NULL
              WHERE claimed_by = $1 AND status = 'pending'",
@@ -656,12 +656,36 @@ impl Coordinator {
         node: &NodeInfo,
         streams: &[StreamId],
     ) -> Result<Vec<StreamId>, StoreError> {
+        self.release_dated(node, streams, 0.0)
+    }
+
+    /// Hand back `streams` that `node` still holds but stopped watching `unwatched_for` ago
+    /// (it stopped them through a long database outage): as [`Coordinator::release`], with the
+    /// release dated back, so that the claim that ends the gap records it from when they were
+    /// stopped. Returns those released.
+    pub fn release_unwatched(
+        &self,
+        node: &NodeInfo,
+        streams: &[StreamId],
+        unwatched_for: Duration,
+    ) -> Result<Vec<StreamId>, StoreError> {
+        let ago = unwatched_for.as_secs_f64().min(MAX_TTL.as_secs_f64());
+        self.release_dated(node, streams, ago)
+    }
+
+    /// Release `streams`, as released `ago` seconds before now.
+    fn release_dated(
+        &self,
+        node: &NodeInfo,
+        streams: &[StreamId],
+        ago: f64,
+    ) -> Result<Vec<StreamId>, StoreError> {
         if streams.is_empty() {
             return Ok(Vec::new());
         }
         let mut conn = self.conn()?;
         let mut tx = conn.transaction()?;
-        let released = release_in(&mut tx, node, Some(streams))?;
+        let released = release_in(&mut tx, node, Some(streams), ago)?;
         if !released.is_empty() {
             notify_in(
                 &mut tx,
@@ -728,6 +752,36 @@ impl Coordinator {
             &[&stream.map(|s| s.as_str()), &since],
         )?;
         rows.iter().map(gap_row).collect()
+    }
+
+    /// Each live stream's definition as a digest of its JSON (as the database keeps it): a
+    /// node compares these every few seconds, and reads again only the definitions that
+    /// changed ([`Coordinator::streams_of`]).
+    pub fn stream_digests(&self) -> Result<HashMap<StreamId, String>, StoreError> {
+        let rows = self.conn()?.query(
+            "SELECT id, md5(config::text) FROM streams WHERE removed_at IS NULL",
+            &[],
+        )?;
+        rows.iter()
+            .map(|r| Ok((StreamId(r.try_get(0)?), r.try_get(1)?)))
+            .collect()
+    }
+
+    /// The definitions of these streams (those live), with the digest
+    /// [`Coordinator::stream_digests`] gives each.
+    pub fn streams_of(
+        &self,
+        streams: &[StreamId],
+    ) -> Result<Vec<(StreamRecord, String)>, StoreError> {
+        let ids: Vec<&str> = streams.iter().map(|s| s.as_str()).collect();
+        let rows = self.conn()?.query(
+            "SELECT id, url, config, created_at, md5(config::text) FROM streams
+             WHERE removed_at IS NULL AND id = ANY($1) ORDER BY id",
+            &[&ids],
+        )?;
+        rows.iter()
+            .map(|r| Ok((stream_record(r, 0)?, r.try_get(4)?)))
+            .collect()
     }
 
     /// Of the streams `node` holds, `n` to hand over when shedding load: not pinned ones, the
@@ -1204,17 +1258,18 @@ fn release_in(
     tx: &mut Transaction<'_>,
     node: &NodeInfo,
     streams: Option<&[StreamId]>,
+    ago: f64,
 ) -> Result<Vec<StreamId>, StoreError> {
     let ids: Option<Vec<&str>> = streams.map(|s| s.iter().map(|s| s.as_str()).collect());
     let rows = tx.query(
         "UPDATE leases SET node = NULL, instance = NULL, expires_at = now(),
-             released_at = now()
+             released_at = now() - make_interval(secs => $4)
          WHERE stream_id IN (SELECT stream_id FROM leases
                              WHERE node = $1 AND instance = $2
                                AND ($3::text[] IS NULL OR stream_id = ANY($3))
                              ORDER BY stream_id FOR UPDATE)
          RETURNING stream_id",
-        &[&node.name, &node.instance, &ids],
+        &[&node.name, &node.instance, &ids, &ago],
     )?;
     let mut out: Vec<StreamId> = rows
         .iter()

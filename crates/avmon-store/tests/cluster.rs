@@ -495,6 +495,36 @@ fn release_lets_another_node_claim_at_once_without_a_gap() {
     assert!(gap.duration() >= HANDOVER_GRACE, "{:?}", gap.duration());
 }
 
+/// Streams a node still held but stopped watching (a long database outage) are handed back
+/// dated from when they were stopped: the claim that follows records the whole gap.
+#[test]
+fn streams_handed_back_after_an_outage_carry_their_unwatched_time() {
+    let (c, a, b) = two_nodes("cluster_release_unwatched", &["s1", "s2"]);
+    assert_eq!(c.claim(&a, LONG, 10, &mut all).unwrap().len(), 2);
+    // Only what a holds; nothing for an empty list.
+    assert!(c
+        .release_unwatched(&b, &[sid("s1")], Duration::from_secs(30))
+        .unwrap()
+        .is_empty());
+    assert!(c
+        .release_unwatched(&a, &[], Duration::from_secs(30))
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        c.release_unwatched(&a, &[sid("s1")], Duration::from_secs(30))
+            .unwrap(),
+        [sid("s1")]
+    );
+    let got = c.claim(&b, LONG, 10, &mut all).unwrap();
+    assert_eq!(ids(&got), ["s1"]);
+    let gap = got[0].gap.as_ref().expect("a gap");
+    assert_eq!(gap.reason, GapReason::Released);
+    let d = gap.duration().as_secs_f64();
+    assert!((30.0..40.0).contains(&d), "{d}");
+    // s2 is still a's, untouched.
+    assert_eq!(held_ids(&c.renew(&a, LONG).unwrap()), ["s2"]);
+}
+
 fn alert(id: &str, stream: &str) -> Alert {
     Alert {
         id: id.to_string(),

@@ -570,6 +570,75 @@ fn a_database_outage_loses_nothing_and_moves_nothing() {
     drop((a, b));
 }
 
+/// Whether `node` runs stream `id` itself now (not only lists it from the database): its own
+/// status of it carries live counters.
+fn runs(node: &Node, id: &str) -> bool {
+    get(&format!("{}/api/streams/{id}", node.base)).is_some_and(|s| {
+        s["node"] == node.name.as_str() && s["frames_audio"].as_u64().unwrap_or(0) > 0
+    })
+}
+
+/// Past `db_outage_s` without the database, a node stops its streams (another node may hold
+/// them by now). When the database answers again, the streams it still holds but no longer
+/// runs are handed back and watched again, with the time nobody watched them recorded; they
+/// are not left held and unwatched.
+#[test]
+fn past_the_outage_allowance_streams_stop_and_are_watched_again_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut pg = TestPg::start();
+    let url = pg.fresh_database("cluster_long_outage");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (hook, _got) = receiver(&rt);
+    let origin = Origin::start(1, &hook);
+    let outage_s = TTL_S * 1.5;
+    // Keys after `capacity` in the node's [cluster] table.
+    let streams = format!("db_outage_s = {outage_s}\n{}", origin.streams);
+    let a = start_node(dir.path(), &url, "a", &streams);
+    let ids = ["s0", "stall"];
+    wait_for("a running both streams", Duration::from_secs(40), || {
+        ids.iter().all(|id| runs(&a, id)).then_some(())
+    });
+
+    pg.stop();
+    wait_for(
+        "a stopping its streams past db_outage_s",
+        Duration::from_secs_f64(outage_s + 20.0),
+        || {
+            log_of(dir.path(), "a")
+                .contains("stopping this node's streams until the database answers")
+                .then_some(())
+        },
+    );
+    pg.restart();
+    let log = wait_for(
+        "the streams a held but no longer ran handed back",
+        Duration::from_secs(30),
+        || {
+            let log = log_of(dir.path(), "a");
+            log.contains("held by this node but not running here: handed back")
+                .then_some(log)
+        },
+    );
+    assert!(log.contains("the database answers again"), "{log}");
+    // Watched again: by a, the only node, once it waited a TTL after the outage.
+    wait_for(
+        "a running both streams again",
+        Duration::from_secs(40),
+        || ids.iter().all(|id| runs(&a, id)).then_some(()),
+    );
+    let cluster = get(&format!("{}/api/cluster", a.base)).unwrap();
+    let gaps: Vec<&Value> = cluster["gaps"].as_array().unwrap().iter().collect();
+    for id in ids {
+        let gap = gaps
+            .iter()
+            .find(|g| g["stream"] == id)
+            .unwrap_or_else(|| panic!("no gap recorded for {id}: {cluster:#}"));
+        assert_eq!(gap["reason"], "released", "{gap:#}");
+        assert!(gap["duration_s"].as_f64().unwrap() > 0.0, "{gap:#}");
+    }
+    drop(a);
+}
+
 /// Evidence is kept by the node that raised the alert; any node's API serves it (fetched from
 /// that node with the caller's token), and a pinned push input runs on its node only.
 #[test]
