@@ -13,6 +13,15 @@ use crate::registry::Service;
 /// A stream's `monitor.behind` is cleared after this long without being behind, seconds.
 pub(crate) const BEHIND_CLEAR_S: u64 = 10;
 
+/// A stream gets `monitor.behind` once it has been behind this long, seconds: a start, a
+/// take-over or a burst that it catches up from within seconds is not worth a page (on a
+/// loaded host, thousands of them were).
+pub(crate) const BEHIND_RAISE_S: u64 = 10;
+
+/// Ticks saying "behind" this close together count as one spell, seconds (the policy's verdict
+/// flickers while a stream's lag hovers near `behind_s`).
+const BEHIND_SPELL_GAP_S: u64 = 5;
+
 /// Every 0.5 s: each stream's lag and CPU use into the policy ([`crate::degrade`]), its steps
 /// applied when `auto_degrade` is on. Streams behind real time that the policy cannot help
 /// (nothing left to lower, or `auto_degrade` off) get `monitor.behind`: the host never falls
@@ -28,6 +37,8 @@ pub(crate) fn degrade_thread(service: &Service, cfg: &ServiceConfig, stop: &Atom
     let mut last_warning: Option<Instant> = None;
     // Streams with `monitor.behind` open, and when they were last behind.
     let mut stranded: BTreeMap<String, Instant> = BTreeMap::new();
+    // Streams behind without it yet: since when, and when last seen behind.
+    let mut spells: BTreeMap<String, (Instant, Instant)> = BTreeMap::new();
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(500));
         let streams = service.shared_streams();
@@ -60,7 +71,15 @@ pub(crate) fn degrade_thread(service: &Service, cfg: &ServiceConfig, stop: &Atom
         for (id, reason) in &decision.behind {
             if let Some(at) = stranded.get_mut(id) {
                 *at = now;
-            } else if helpless {
+                continue;
+            }
+            if !helpless {
+                continue;
+            }
+            let spell = spells.entry(id.clone()).or_insert((now, now));
+            spell.1 = now;
+            if now.duration_since(spell.0).as_secs() >= BEHIND_RAISE_S {
+                spells.remove(id);
                 let Some(shared) = streams.iter().find(|s| &s.cfg.id == id) else {
                     continue;
                 };
@@ -77,6 +96,7 @@ pub(crate) fn degrade_thread(service: &Service, cfg: &ServiceConfig, stop: &Atom
                 stranded.insert(id.clone(), now);
             }
         }
+        spells.retain(|_, (_, last)| now.duration_since(*last).as_secs() < BEHIND_SPELL_GAP_S);
         stranded.retain(|id, at| {
             let shared = streams.iter().find(|s| &s.cfg.id == id);
             let keep = shared.is_some() && now.duration_since(*at).as_secs() < BEHIND_CLEAR_S;
