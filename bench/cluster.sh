@@ -16,8 +16,13 @@
 #   BALANCE_QUIET_S seconds;
 # - cost: CPU seconds (/proc/PID/stat, user + system) of the nodes over a steady WINDOW_S
 #   window, per stream held, against one standalone node (no [cluster], its own database on
-#   the same PostgreSQL) on the same streams; PostgreSQL's CPU (postmaster and backends) and
-#   rows written per second per 1,000 streams (pg_stat_user_tables) over the same windows.
+#   the same PostgreSQL) on the same streams, measured side by side: the standalone node runs
+#   at the same time as the cluster, over the same window, so both see the same host (a busy
+#   host makes every thread do more per wake-up, and looks cheaper per stream: windows taken
+#   one after the other differ by 10 % from that alone). The host must hold both: at most
+#   about half the streams it holds. PostgreSQL's CPU (postmaster and backends; each
+#   database's backends apart) and rows written per second per 1,000 streams
+#   (pg_stat_user_tables) over the same window.
 #
 #   bench/cluster.sh                                   # the issue's run: 1,000 streams, transport
 #   STREAMS=30 KILLS=2 WINDOW_S=20 bench/cluster.sh    # a quick one
@@ -102,6 +107,27 @@ tree_ticks() {
   for p in "$@"; do all+=("$p" $(ps -o pid= --ppid "$p" 2>/dev/null || true)); done
   ticks "${all[@]}"
 }
+# Each thread's ticks, by what it is (its name up to the first '-' or digit: stream threads,
+# HLS variants, the tokio workers, placement, hub...): "TID GROUP TICKS" lines.
+thread_ticks() {
+  python3 - "$@" <<'PY'
+import os, re, sys
+for p in sys.argv[1:]:
+    try:
+        tids = os.listdir(f"/proc/{p}/task")
+    except OSError:
+        continue
+    for t in tids:
+        try:
+            stat = open(f"/proc/{p}/task/{t}/stat").read()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        rest = stat[stat.rindex(")") + 2 :].split()
+        group = re.sub(r"[-0-9].*$", "", name) or name
+        print(f"{p}/{t}", group, int(rest[11]) + int(rest[12]))
+PY
+}
 host_ticks() { awk '/^cpu /{ print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat; }
 secs() { awk -v t="$1" -v c="$clk" 'BEGIN { printf "%.2f", t / c }'; }
 
@@ -123,6 +149,8 @@ as_pg "$pgbin/pg_ctl" -D "$pgroot/data" -l "$pgroot/server.log" -w -t 60 \
 pgmaster=$(head -1 "$pgroot/data/postmaster.pid")
 pgurl() { echo "postgres://postgres@127.0.0.1:$pgport/$1"; }
 sql() { psql "$(pgurl "$1")" -XAtq -c "$2"; }
+# The CPU of one database's backends (those connected now).
+pg_db_ticks() { ticks $(sql postgres "SELECT pid FROM pg_stat_activity WHERE datname = '$1'"); }
 sql postgres "CREATE DATABASE cluster" >/dev/null
 sql postgres "CREATE DATABASE standalone" >/dev/null
 
@@ -235,14 +263,23 @@ window() { # LABEL DATABASE NODE...
   local ps=() n; for n in "$@"; do ps+=("${node_pid[$n]}"); done
   log "$label: steady window of $WINDOW_S s"
   local a0 g0 o0 h0 c0 a1 g1 o1 h1 c1
-  table_rows "$db" >"$tmp/rows0"; c0=$(sql "$db" "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()")
+  table_rows "$db" >"$tmp/rows0-$label"; c0=$(sql "$db" "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()")
   local since until
   since=$(iso)
+  local d0 d1 out=${RAW_OUT:-$OUT/raw.jsonl}
+  thread_ticks "${ps[@]}" >"$tmp/threads0-$label"
+  d0=$(pg_db_ticks "$db")
   a0=$(tree_ticks "${ps[@]}"); g0=$(tree_ticks "$pgmaster"); o0=$(origin_ticks); h0=$(host_ticks)
   sleep "$WINDOW_S"
   a1=$(tree_ticks "${ps[@]}"); g1=$(tree_ticks "$pgmaster"); o1=$(origin_ticks); h1=$(host_ticks)
+  d1=$(pg_db_ticks "$db")
+  thread_ticks "${ps[@]}" >"$tmp/threads1-$label"
+  # CPU seconds by kind of thread, over the threads alive at both ends of the window.
+  local by_thread
+  by_thread=$(awk -v c="$clk" 'NR == FNR { t[$1] = $3; next } ($1 in t) { g[$2] += $3 - t[$1] }
+    END { for (k in g) printf "%s\"%s\": %.2f", (n++ ? ", " : ""), k, g[k] / c }' "$tmp/threads0-$label" "$tmp/threads1-$label")
   until=$(iso)
-  table_rows "$db" >"$tmp/rows1"; c1=$(sql "$db" "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()")
+  table_rows "$db" >"$tmp/rows1-$label"; c1=$(sql "$db" "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()")
   local th="" rss="" la; for n in "$@"; do
     th+="${th:+,}\"$n\": $(awk '/^Threads:/ { print $2 }' "/proc/${node_pid[$n]}/status" 2>/dev/null || echo null)"
     rss+="${rss:+,}\"$n\": $(awk '/^VmRSS:/ { print int($2 / 1024) }' "/proc/${node_pid[$n]}/status" 2>/dev/null || echo null)"
@@ -253,17 +290,17 @@ window() { # LABEL DATABASE NODE...
   local tables
   tables=$(awk -F'|' 'NR == FNR { i[$1] = $2; u[$1] = $3; d[$1] = $4; next }
     { printf "%s\"%s\": [%d, %d, %d]", (n++ ? ", " : ""), $1, $2 - i[$1], $3 - u[$1], $4 - d[$1] }' \
-    "$tmp/rows0" "$tmp/rows1")
-  raw "$(jq -cn --arg e "window_$label" --argjson w "$WINDOW_S" --argjson m "$m" --argjson t "{$tables}" \
+    "$tmp/rows0-$label" "$tmp/rows1-$label")
+  echo "$(jq -cn --arg e "window_$label" --argjson gd "$(secs $(( d1 - d0 )))" --argjson w "$WINDOW_S" --argjson m "$m" --argjson t "{$tables}" \
     --argjson a "$(secs $(( a1 - a0 )))" --argjson g "$(secs $(( g1 - g0 )))" \
-    --argjson o "$(secs $(( o1 - o0 )))" --argjson h "$(secs $(( h1 - h0 )))" --argjson c $(( c1 - c0 )) --argjson mv "$mv" --argjson th "{$th}" --argjson rss "{$rss}" --arg la "$la" '
-    { event: $e, window_s: $w, avmon_cpu_s: $a, pg_cpu_s: $g, origin_cpu_s: $o, host_cpu_s: $h,
+    --argjson o "$(secs $(( o1 - o0 )))" --argjson h "$(secs $(( h1 - h0 )))" --argjson c $(( c1 - c0 )) --argjson mv "$mv" --argjson th "{$th}" --argjson rss "{$rss}" --arg la "$la" --argjson bt "{$by_thread}" '
+    { event: $e, cpu_by_thread_s: $bt, pg_db_cpu_s: $gd, window_s: $w, avmon_cpu_s: $a, pg_cpu_s: $g, origin_cpu_s: $o, host_cpu_s: $h,
       others_cpu_s: ($h - $a - $g - $o), commits: $c, tables: $t, moves: $mv, threads: $th, rss_mb: $rss, loadavg: $la,
       status: ([$m[].status // {} | to_entries[]] | group_by(.key) | map({(.[0].key): (map(.value) | add)}) | add),
       rows: { ins: ([$t[][0]] | add // 0), upd: ([$t[][1]] | add // 0), del: ([$t[][2]] | add // 0) },
       held: ([$m[].streams // 0] | add), up: ([$m[].up // 0] | add), behind: ([$m[].behind // 0] | add), down: ([$m[].down // 0] | add),
-      per_node: ($m | map_values(del(.ids))) }')"
-  tail -1 "$OUT/raw.jsonl" | jq -c '{event, avmon_cpu_s, pg_cpu_s, held, status, moves, host_cpu_s, others_cpu_s}' >&2
+      per_node: ($m | map_values(del(.ids))) }')" >>"$out"
+  tail -1 "$out" | jq -c '{event, avmon_cpu_s, pg_cpu_s, held, status, moves, host_cpu_s, others_cpu_s}' >&2
 }
 
 raw "$(jq -cn --argjson s "$STREAMS" --arg t "$TIER" --argjson k "$KILLS" --argjson w "$WINDOW_S" \
@@ -323,8 +360,26 @@ kill "$sampler_pid"; wait "$sampler_pid" || true; sampler_pid=
 raw "$(probe moves "$run_since" "$(iso)" $(for n in "${names[@]}"; do echo "$OUT/$n.log"; done) | jq -c '{event: "moves_run"} + .')"
 raw "$(jq -c '{event: "doubles"} + .' "$OUT/doubles.json")"
 log "doubles: $(jq -c 'del(.examples)' "$OUT/doubles.json")"
+# ---- One standalone node on the same streams, beside the cluster ----
+if [ "$STANDALONE" = 1 ]; then
+  node_port[standalone]=$(probe port); base[standalone]="http://127.0.0.1:${node_port[standalone]}"
+  node_conf standalone "${node_port[standalone]}" standalone 0 /standalone >"$tmp/standalone.toml"
+  log "standalone: one node with $STREAMS streams, beside the cluster"
+  start_node standalone
+  for _ in $(seq 600); do
+    [ "$(probe local "standalone=${base[standalone]}" | jq '.standalone.streams // 0')" -ge "$STREAMS" ] && break
+    sleep 1
+  done
+fi
 sleep "$SETTLE_S"
+if [ "$STANDALONE" = 1 ]; then
+  RAW_OUT="$tmp/raw-standalone" window standalone standalone standalone & side=$!
+fi
 window cluster cluster "${names[@]}"
+if [ "$STANDALONE" = 1 ]; then
+  wait "$side"; cat "$tmp/raw-standalone" >>"$OUT/raw.jsonl"
+  stop_node standalone
+fi
 
 # Notifications: everything in the outbox delivered, then the nodes stopped (they write what is
 # queued), then the outbox against the receiver.
@@ -348,21 +403,6 @@ raw "$(sql cluster "SELECT json_build_object('event', 'gaps',
     'released', count(*) FILTER (WHERE reason = 'released'),
     'max_s', round(max(extract(epoch FROM to_at - from_at))::numeric, 1))
   FROM monitoring_gaps")"
-
-# ---- One standalone node on the same streams ----
-if [ "$STANDALONE" = 1 ]; then
-  node_port[standalone]=$(probe port); base[standalone]="http://127.0.0.1:${node_port[standalone]}"
-  node_conf standalone "${node_port[standalone]}" standalone 0 /standalone >"$tmp/standalone.toml"
-  log "standalone: one node with $STREAMS streams"
-  start_node standalone
-  for _ in $(seq 600); do
-    [ "$(probe local "standalone=${base[standalone]}" | jq '.standalone.streams // 0')" -ge "$STREAMS" ] && break
-    sleep 1
-  done
-  sleep "$SETTLE_S"
-  window standalone standalone standalone
-  stop_node standalone
-fi
 
 probe report "$OUT/raw.jsonl" "$OUT/results.md" "$OUT/results.json"
 echo "(results in $OUT)"

@@ -403,12 +403,19 @@ def cmd_report(raw_path, md_path, json_path):
             add(("Cost: avmon CPU per stream, one standalone node",
                  f"{s * 100:.3f} % of a core ({st['avmon_cpu_s'] / st['window_s'] * 100:.1f} % for {st['held']} streams)"))
             add(("Cost: cluster / standalone (avmon only; target ≤ 1.05×)", f"{c / s:.2f}×"))
-            cd = (cl["avmon_cpu_s"] + cl["pg_cpu_s"]) / cl["window_s"] / max(cl["held"], 1)
-            sd = (st["avmon_cpu_s"] + st["pg_cpu_s"]) / st["window_s"] / max(st["held"], 1)
-            add(("Cost: cluster / standalone, PostgreSQL included", f"{cd / sd:.2f}×"))
-        add(("Database: PostgreSQL CPU, cluster (standalone)",
-             f"{cl['pg_cpu_s'] / cl['window_s'] * 100:.1f} % of a core"
-             + (f" ({st['pg_cpu_s'] / st['window_s'] * 100:.1f} %)" if st else "")))
+            if cl.get("pg_db_cpu_s") is not None and st.get("pg_db_cpu_s") is not None:
+                cd = (cl["avmon_cpu_s"] + cl["pg_db_cpu_s"]) / cl["window_s"] / max(cl["held"], 1)
+                sd = (st["avmon_cpu_s"] + st["pg_db_cpu_s"]) / st["window_s"] / max(st["held"], 1)
+                add(("Cost: cluster / standalone, each one's database backends included", f"{cd / sd:.2f}×"))
+        if cl.get("pg_db_cpu_s") is not None:
+            add(("Database: PostgreSQL CPU, the cluster's backends (the standalone node's; the whole server)",
+                 f"{cl['pg_db_cpu_s'] / cl['window_s'] * 100:.1f} % of a core"
+                 + (f" ({st['pg_db_cpu_s'] / st['window_s'] * 100:.1f} %" if st else " (–")
+                 + f"; {cl['pg_cpu_s'] / cl['window_s'] * 100:.1f} %)"))
+        else:
+            add(("Database: PostgreSQL CPU, cluster (standalone)",
+                 f"{cl['pg_cpu_s'] / cl['window_s'] * 100:.1f} % of a core"
+                 + (f" ({st['pg_cpu_s'] / st['window_s'] * 100:.1f} %)" if st else "")))
         for w, label in ((cl, "cluster"), (st, "standalone")):
             if not w:
                 continue
@@ -433,9 +440,16 @@ def cmd_report(raw_path, md_path, json_path):
                          ", ".join(f"{k} {v} / {(w.get('rss_mb') or {}).get(k, '–')}"
                                    for k, v in sorted(w["threads"].items()))
                          + f"; {w.get('loadavg', '–')}"))
-                add((f"Host during the {label} window: all CPU, of it not ours",
-                     f"{w['host_cpu_s'] / w['window_s'] * 100:.0f} %, {w['others_cpu_s'] / w['window_s'] * 100:.0f} % of a core"
-                     f" (origin: nginx + FFmpeg {w['origin_cpu_s'] / w['window_s'] * 100:.0f} %)"))
+                if label == "cluster":
+                    # Side by side: the standalone node ran in the same window.
+                    others = w["others_cpu_s"] - (st["avmon_cpu_s"] if st else 0)
+                    add(("Host during the window: all CPU, of it not ours" + (" (cluster and standalone side by side)" if st else ""),
+                         f"{w['host_cpu_s'] / w['window_s'] * 100:.0f} %, {others / w['window_s'] * 100:.0f} % of a core"
+                         f" (origin: nginx + FFmpeg {w['origin_cpu_s'] / w['window_s'] * 100:.0f} %)"))
+                if w.get("cpu_by_thread_s"):
+                    top = sorted(w["cpu_by_thread_s"].items(), key=lambda kv: -kv[1])
+                    add((f"CPU by thread kind, {label}, % of a core (threads alive through the window)",
+                         ", ".join(f"{k} {v / w['window_s'] * 100:.1f}" for k, v in top if v > 0)))
     res["summary"] = {
         "failover_s": fo, "failover_p50_s": pct(fo, 0.5), "failover_max_s": max(fo) if fo else None,
         "balance_s": bal, "doubles": dbl, "notifications": nt,
