@@ -10,7 +10,9 @@
 #   when the same two do so two rounds in a row: a hand-over between two answers of one round
 #   is not a double); notifications lost and delivered twice (a webhook receiver's keys against
 #   the outbox's rows; ALERT_STREAMS streams are made to alert: half read a packager that stops
-#   and starts every FLAP_S seconds, half a playlist that is not there);
+#   and starts every FLAP_S seconds, half a playlist that is not there; FLAP_S is longer than the
+#   slowest clear confirmation, 30 s for hls.stale, so that their alerts are raised and cleared,
+#   often across a take-over);
 # - balance: when a node joins (the last one at start, and each restarted one), seconds until
 #   its stream count is within BALANCE_TOL of the others' mean, and until no stream moved for
 #   BALANCE_QUIET_S seconds;
@@ -31,7 +33,7 @@
 #
 # Settings (environment): STREAMS (1000), TIER (transport), KILLS (5), WINDOW_S (60), NODES (3),
 # TTL_S (lease_ttl_s, 8), CAPACITY (each node's [cluster] capacity in cores; default the host's
-# cores: they share it), ALERT_STREAMS (1 % of STREAMS, at least 2), FLAP_S (30), SETTLE_S (20),
+# cores: they share it), ALERT_STREAMS (1 % of STREAMS, at least 2), FLAP_S (60), SETTLE_S (20),
 # SAMPLE_S (1), FAILOVER_TIMEOUT_S (120), BALANCE_TOL (0.1), BALANCE_QUIET_S (15),
 # BALANCE_TIMEOUT_S (180), STANDALONE (1: also run the standalone node), OUT (results directory,
 # default target/bench-cluster/TIER-STREAMS-TIME). Prints a Markdown table and writes it with the
@@ -49,7 +51,7 @@ cd "$(dirname "$0")/.."
 STREAMS=${STREAMS:-1000}; TIER=${TIER:-transport}; KILLS=${KILLS:-5}; WINDOW_S=${WINDOW_S:-60}
 NODES=${NODES:-3}; TTL_S=${TTL_S:-8}; CAPACITY=${CAPACITY:-$(nproc)}
 ALERT_STREAMS=${ALERT_STREAMS:-$(( STREAMS / 100 > 2 ? STREAMS / 100 : 2 ))}
-FLAP_S=${FLAP_S:-30}; SETTLE_S=${SETTLE_S:-20}; SAMPLE_S=${SAMPLE_S:-1}
+FLAP_S=${FLAP_S:-60}; SETTLE_S=${SETTLE_S:-20}; SAMPLE_S=${SAMPLE_S:-1}
 FAILOVER_TIMEOUT_S=${FAILOVER_TIMEOUT_S:-120}; BALANCE_TOL=${BALANCE_TOL:-0.1}
 BALANCE_QUIET_S=${BALANCE_QUIET_S:-15}; BALANCE_TIMEOUT_S=${BALANCE_TIMEOUT_S:-180}
 STANDALONE=${STANDALONE:-1}
