@@ -25,7 +25,7 @@
 //! | `GET /api/alerts`           | `?stream=ID&since=TIME&active=BOOL&limit=N`: `200` `[Alert, ...]`, newest first |
 //! | `GET /api/alerts/{id}/snapshot.jpg` | `200 image/jpeg`: the picture at the alert's onset; `404` when none was kept |
 //! | `GET /api/alerts/{id}/clip.ts` | `200 video/mp2t`: the stream's bytes around a video or transport alert's onset; `404` when none (yet) |
-//! | `GET /api/streams/{id}/thumbnail.jpg` | `200 image/jpeg`: the stream's latest picture (refreshed every second); `404` |
+//! | `GET /api/streams/{id}/thumbnail.jpg` | `200 image/jpeg`: the stream's latest picture (refreshed every second; in a cluster, from the node that runs it); `404` |
 //! | `GET /api/events`           | `text/event-stream`: `alert`, `stream`, `levels` events (see [`LiveEvent`]) |
 //! | `GET /`, `/console/*`       | the web console (assets embedded in the binary)             |
 //! | `GET /metrics`              | Prometheus text format 0.0.4                                |
@@ -192,6 +192,13 @@ pub trait Monitor: Send + Sync + 'static {
     /// these (with the caller's own token). May read the database: runs on the blocking pool.
     fn peers(&self) -> Vec<String> {
         Vec::new()
+    }
+
+    /// In a cluster: the API address of the other live node that monitors `stream` now, if
+    /// any. Asked for the thumbnail of a stream it does not run, a node fetches it from there.
+    /// May read the database: runs on the blocking pool.
+    fn holder_of(&self, _stream: &str) -> Option<String> {
+        None
     }
 
     /// The cluster, for `GET /api/cluster`; a standalone host → [`ApiError::NotFound`].
@@ -1069,6 +1076,26 @@ async fn evidence_anywhere(
     if peers.is_empty() {
         return Err(ApiError::NotFound(not_found));
     }
+    let file = match kind {
+        EvidenceKind::Snapshot => "snapshot.jpg",
+        EvidenceKind::Clip => "clip.ts",
+    };
+    match from_peers(&peers, &format!("/api/alerts/{id}/{file}"), headers, uri).await? {
+        Some(body) => Ok(body),
+        None => Err(ApiError::NotFound(format!(
+            "{not_found} (on any live node of the cluster)"
+        ))),
+    }
+}
+
+/// `path` from the first of `peers` (API addresses) that has it, asked in turn with the
+/// caller's own token and marked [`FORWARDED`]; `None` when none has it.
+async fn from_peers(
+    peers: &[String],
+    path: &str,
+    headers: &HeaderMap,
+    uri: &Uri,
+) -> Result<Option<Vec<u8>>, ApiError> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -1079,16 +1106,12 @@ async fn evidence_anywhere(
                 .and_then(|Query(p)| p.into_iter().find(|(k, _)| k == "access_token"))
                 .map(|(_, v)| format!("Bearer {v}"))
         });
-    let file = match kind {
-        EvidenceKind::Snapshot => "snapshot.jpg",
-        EvidenceKind::Clip => "clip.ts",
-    };
     let client = reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(5))
         .build()
         .map_err(|e| ApiError::Internal(format!("an HTTP client: {e}")))?;
     for peer in peers {
-        let url = format!("{}/api/alerts/{id}/{file}", peer.trim_end_matches('/'));
+        let url = format!("{}{path}", peer.trim_end_matches('/'));
         let mut req = client.get(&url).header(FORWARDED, "1");
         if let Some(t) = &token {
             req = req.header(header::AUTHORIZATION, t);
@@ -1096,16 +1119,14 @@ async fn evidence_anywhere(
         match req.send().await {
             Ok(r) if r.status().is_success() => {
                 if let Ok(body) = r.bytes().await {
-                    return Ok(body.to_vec());
+                    return Ok(Some(body.to_vec()));
                 }
             }
             Ok(_) => {}
-            Err(e) => tracing::debug!("evidence of {id} from {peer}: {e}"),
+            Err(e) => tracing::debug!("{path} from {peer}: {e}"),
         }
     }
-    Err(ApiError::NotFound(format!(
-        "{not_found} (on any live node of the cluster)"
-    )))
+    Ok(None)
 }
 
 async fn alert_clip(
@@ -1124,12 +1145,36 @@ async fn alert_clip(
     Ok(r)
 }
 
+/// A stream's thumbnail from this node, or else (in a cluster) from the node that runs it.
 async fn thumbnail(
     State(m): State<AppState>,
     Path(id): Path<String>,
+    headers: HeaderMap,
+    uri: Uri,
 ) -> Result<Response, ApiError> {
-    let data = blocking(m, move |m| m.thumbnail(&id)).await?;
-    Ok(binary("image/jpeg", data))
+    let local = {
+        let id = id.clone();
+        blocking(m.clone(), move |m| m.thumbnail(&id)).await
+    };
+    let not_found = match local {
+        Ok(data) => return Ok(binary("image/jpeg", data)),
+        Err(ApiError::NotFound(why)) if !headers.contains_key(FORWARDED) => why,
+        Err(e) => return Err(e),
+    };
+    let holder = {
+        let id = id.clone();
+        blocking(m, move |m| Ok(m.holder_of(&id))).await?
+    };
+    let Some(holder) = holder else {
+        return Err(ApiError::NotFound(not_found));
+    };
+    let path = format!("/api/streams/{id}/thumbnail.jpg");
+    match from_peers(std::slice::from_ref(&holder), &path, &headers, &uri).await? {
+        Some(data) => Ok(binary("image/jpeg", data)),
+        None => Err(ApiError::NotFound(format!(
+            "no picture of stream {id:?} from the node that runs it"
+        ))),
+    }
 }
 
 /// `GET /api/events`: live events as Server-Sent Events. A client that falls behind (the

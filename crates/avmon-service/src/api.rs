@@ -311,6 +311,19 @@ impl Monitor for Service {
             .unwrap_or_default()
     }
 
+    fn holder_of(&self, stream: &str) -> Option<String> {
+        let c = self
+            .cluster
+            .as_ref()
+            .filter(|c| !c.away.load(Ordering::Relaxed))?;
+        c.coordinator
+            .holder_addr(&StreamId(stream.to_string()))
+            .ok()
+            .flatten()
+            .filter(|(name, _)| *name != c.node.name)
+            .map(|(_, addr)| addr)
+    }
+
     fn cluster(&self) -> Result<avmon_server::ClusterView, ApiError> {
         match &self.cluster {
             Some(c) => self.cluster_view(c),

@@ -9,7 +9,8 @@
 //!   missing from the answer was taken over, handed back or removed: the loop stops it at
 //!   once. A removed stream's alerts are cleared; one taken over keeps them open for its new
 //!   owner. A stream held but not running (stopped through a long database outage, or after
-//!   the node lost its name) is handed back, so that it does not stay held and unwatched.
+//!   the node lost its name) is given up, as lost when it was stopped, so that it does not
+//!   stay held and unwatched, and the gap is recorded from then.
 //! - **The database away**: a node that cannot renew keeps monitoring the streams it holds for
 //!   `[cluster] db_outage_s` (its results and notifications wait in order, [`crate::fenced`]),
 //!   and claims nothing. When the database answers again its leases renew under the same
@@ -83,6 +84,11 @@ const BALANCE_EVERY: Duration = Duration::from_secs(3);
 /// A stream unwatched this long is taken by any node with room (see `Placer::urgent`).
 const URGENT_AFTER: Duration = Duration::from_secs(2);
 
+/// A stream handed over (to balance) is taken by any node with room after this long: until
+/// then it is for the nodes under their fair share, the ones it was handed over to. Under
+/// [`avmon_store::cluster::HANDOVER_GRACE`], so that it is still not a gap.
+const HANDOVER_URGENT_AFTER: Duration = Duration::from_secs(4);
+
 /// The least a stream counts for, in cores, however little CPU its decoding takes: its threads,
 /// its input's polling and its writes cost something the scheduler's busy time does not see,
 /// and balancing on near-zero figures would follow their noise.
@@ -119,6 +125,9 @@ struct Renewals {
     ok: Option<(Instant, Arc<BTreeSet<String>>)>,
     /// Since when renewals fail (the database or the network is away), and why.
     failing: Option<(Instant, String)>,
+    /// When renewals last worked again after failing, and for how long they had failed (the
+    /// loop may not have been looking meanwhile: it waits on the database too).
+    recovered: Option<(Instant, Duration)>,
     /// Times the node found its name taken over (and registered again).
     replaced: u64,
 }
@@ -202,7 +211,9 @@ pub(crate) fn renew_thread(cluster: Arc<ClusterNode>, stop: Arc<AtomicBool>) {
                 let mut r = cluster.renewals();
                 r.seq += 1;
                 r.ok = Some((now, Arc::new(held)));
-                r.failing = None;
+                if let Some((since, _)) = r.failing.take() {
+                    r.recovered = Some((Instant::now(), since.elapsed()));
+                }
             }
             Err(StoreError::NotRegistered { .. }) => {
                 // Another instance took this node's name (this one was stopped or cut off for
@@ -306,8 +317,10 @@ struct Placer {
     no_claim_until: Instant,
     /// Since when renewals fail (the database or the network is away).
     away_since: Option<Instant>,
+    /// The renewer's last recovery from failing renewals that this loop acted on.
+    seen_recovery: Option<Instant>,
     /// When this node stopped streams it still held (a long outage, or its name taken over):
-    /// they are handed back once the database answers, dated from then.
+    /// they are given up once the database answers, as lost then.
     stopped_at: Option<Instant>,
 }
 
@@ -338,6 +351,7 @@ pub(crate) fn placement_thread(
         first_unwatched: BTreeMap::new(),
         no_claim_until: now,
         away_since: None,
+        seen_recovery: None,
         stopped_at: None,
     };
     let mut listener = match p.cluster.coordinator.listener().and_then(|mut l| {
@@ -386,7 +400,7 @@ impl Placer {
                 self.read_peers();
                 self.balance();
             }
-            if now >= self.no_claim_until {
+            if now >= self.no_claim_until && self.may_claim() {
                 self.read_unwatched();
                 // Nothing to take (every stream is held, and a new one shows as unwatched):
                 // no claim, which would lock and read the leases for nothing.
@@ -401,6 +415,18 @@ impl Placer {
     fn renewed_within(&self, d: Duration) -> bool {
         let r = self.cluster.renewals();
         r.failing.is_none() && r.ok.as_ref().is_some_and(|(at, _)| at.elapsed() < d)
+    }
+
+    /// Whether this node may claim now, by what the renewer heard (asked again right before
+    /// each claim: the loop's own steps may have waited on the database through an outage):
+    /// renewals work, and it is more than a TTL since they worked again after failing, so
+    /// that every node has renewed its own leases before any looks expired to another.
+    fn may_claim(&self) -> bool {
+        let ttl = self.cluster.ttl;
+        let r = self.cluster.renewals();
+        r.failing.is_none()
+            && r.ok.as_ref().is_some_and(|(at, _)| at.elapsed() < ttl)
+            && r.recovered.is_none_or(|(at, _)| at.elapsed() >= ttl)
     }
 
     /// Each running stream's CPU since it was last measured.
@@ -509,9 +535,15 @@ impl Placer {
     /// longer holds, hand back those it holds but does not run, and go into (or out of) the
     /// database-away mode.
     fn take_renewals(&mut self) {
-        let (seq, ok, failing, replaced) = {
+        let (seq, ok, failing, replaced, recovered) = {
             let r = self.cluster.renewals();
-            (r.seq, r.ok.clone(), r.failing.clone(), r.replaced)
+            (
+                r.seq,
+                r.ok.clone(),
+                r.failing.clone(),
+                r.replaced,
+                r.recovered,
+            )
         };
         let c = self.cluster.clone();
         if replaced != self.seen_replaced {
@@ -554,12 +586,14 @@ impl Placer {
         }
         self.seen_seq = seq;
         let Some((sent, held)) = ok else { return };
-        if let Some(since) = self.away_since.take() {
+        self.away_since = None;
+        if let Some((at, away)) = recovered.filter(|r| Some(r.0) != self.seen_recovery) {
             // Every node saw the outage (renewals come every quarter TTL): each renews its own
             // before anyone claims what looks expired.
-            self.no_claim_until = Instant::now() + c.ttl;
+            self.seen_recovery = Some(at);
+            self.no_claim_until = self.no_claim_until.max(at + c.ttl);
             tracing::warn!(
-                away_s = since.elapsed().as_secs_f64(),
+                away_s = away.as_secs_f64(),
                 "the database answers again: leases renewed"
             );
         }
@@ -581,14 +615,15 @@ impl Placer {
             .collect();
         let stopped = self.stopped_at.take();
         if !idle.is_empty() {
-            // Write what they found under the lease first, then hand them back, dated from
+            // Write what they found under the lease first, then give them up, as lost
             // when they were stopped (the claim records the gap from then).
             self.service.drain_hub();
             let ago = stopped.map_or(Duration::ZERO, |t| t.elapsed());
             match c.coordinator.release_unwatched(&c.node, &idle, ago) {
                 Ok(r) if !r.is_empty() => tracing::warn!(
                     streams = r.len(),
-                    "streams held by this node but not running here: handed back"
+                    "streams held by this node but not running here: given up, as lost when \
+                     they were stopped"
                 ),
                 Ok(_) => {}
                 Err(e) => tracing::warn!("handing back streams this node does not run: {e}"),
@@ -747,11 +782,14 @@ impl Placer {
         let later = Instant::now();
         let ids: BTreeSet<String> = u.iter().map(|w| w.stream.0.clone()).collect();
         self.first_unwatched.retain(|id, _| ids.contains(id));
-        let urgent = chrono::Duration::from_std(URGENT_AFTER).unwrap_or_default();
+        let lost = chrono::Duration::from_std(URGENT_AFTER).unwrap_or_default();
+        let handed = chrono::Duration::from_std(HANDOVER_URGENT_AFTER).unwrap_or_default();
         self.urgent = u
             .into_iter()
             .filter(|w| match w.since {
-                Some(since) => now - since >= urgent,
+                // Released (nobody held it last) or lost with its node.
+                Some(since) if w.prev_node.is_none() => now - since >= handed,
+                Some(since) => now - since >= lost,
                 None => {
                     let first = *self
                         .first_unwatched
@@ -807,6 +845,9 @@ impl Placer {
             Tier::Transport,
         ] {
             costs.insert(t, self.estimate(t));
+        }
+        if !self.may_claim() {
+            return;
         }
         let c = self.cluster.clone();
         let mut accept = |rec: &StreamRecord| {
@@ -935,16 +976,29 @@ impl Placer {
         let total: f64 = self.peers.iter().map(|p| p.load).sum();
         let caps: Vec<f64> = self.peers.iter().map(|p| p.capacity).collect();
         let shares = avmon_store::cluster::fair_share(total, &caps);
-        let someone_under = self
+        // The lightest node under its share, its load as if it had this node's capacity.
+        let lightest = self
             .peers
             .iter()
             .zip(&shares)
-            .any(|(p, s)| &p.name != me && p.load + margin < *s);
-        if load <= share + margin || !someone_under {
+            .filter(|(p, s)| &p.name != me && p.load + margin < **s && p.capacity > 0.0)
+            .map(|(p, _)| p.load * self.capacity / p.capacity)
+            .min_by(f64::total_cmp);
+        let Some(lightest) = lightest else { return };
+        if load <= share + margin {
             return;
         }
+        // No more than this node's excess over its share, and never so many that the
+        // lightest node would end up above this one (on figures as noisy as a few streams'
+        // CPU, that would hand streams back and forth).
+        let per = per.max(1e-6);
         let most = SHED_BATCH.max((n as f64 * SHED_PART) as usize);
-        let k = (((load - share) / per.max(1e-6)).floor() as usize).clamp(1, most);
+        let excess = ((load - share) / per).floor() as usize;
+        let no_flip = ((load - lightest) / (2.0 * per)).floor() as usize;
+        let k = excess.min(no_flip).min(most);
+        if k == 0 {
+            return;
+        }
         let c = self.cluster.clone();
         let picks = match c.coordinator.shed(&c.node, k) {
             Ok(p) => p,

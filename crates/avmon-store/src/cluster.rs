@@ -429,7 +429,7 @@ impl Coordinator {
         let mut conn = self.conn()?;
         let mut tx = conn.transaction()?;
         check_registered(&mut tx, node)?;
-        let released = release_in(&mut tx, node, None, 0.0)?;
+        let released = release_in(&mut tx, node, None)?;
         tx.execute(
             "UPDATE outbox SET claimed_by = NULL, claimed_until = NULL
              WHERE claimed_by = $1 AND status = 'pending'",
@@ -656,47 +656,49 @@ impl Coordinator {
         node: &NodeInfo,
         streams: &[StreamId],
     ) -> Result<Vec<StreamId>, StoreError> {
-        self.release_dated(node, streams, 0.0)
+        if streams.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn()?;
+        let mut tx = conn.transaction()?;
+        let released = release_in(&mut tx, node, Some(streams))?;
+        notify_released(&mut tx, node, released.len())?;
+        tx.commit()?;
+        Ok(released)
     }
 
-    /// Hand back `streams` that `node` still holds but stopped watching `unwatched_for` ago
-    /// (it stopped them through a long database outage): as [`Coordinator::release`], with the
-    /// release dated back, so that the claim that ends the gap records it from when they were
-    /// stopped. Returns those released.
+    /// Give up `streams` that `node` still holds but stopped watching `unwatched_for` ago (it
+    /// stopped them through a long database outage): each lease becomes one that `node` lost
+    /// then, expired and no longer its own (it cannot renew it), so that the claim that ends
+    /// the gap records it from then, as a node lost. Returns those given up. Wakes
+    /// [`LEASES_CHANNEL`].
     pub fn release_unwatched(
         &self,
         node: &NodeInfo,
         streams: &[StreamId],
         unwatched_for: Duration,
     ) -> Result<Vec<StreamId>, StoreError> {
-        let ago = unwatched_for.as_secs_f64().min(MAX_TTL.as_secs_f64());
-        self.release_dated(node, streams, ago)
-    }
-
-    /// Release `streams`, as released `ago` seconds before now.
-    fn release_dated(
-        &self,
-        node: &NodeInfo,
-        streams: &[StreamId],
-        ago: f64,
-    ) -> Result<Vec<StreamId>, StoreError> {
         if streams.is_empty() {
             return Ok(Vec::new());
         }
+        let ago = unwatched_for.as_secs_f64().min(MAX_TTL.as_secs_f64());
+        let ids: Vec<&str> = streams.iter().map(|s| s.as_str()).collect();
         let mut conn = self.conn()?;
         let mut tx = conn.transaction()?;
-        let released = release_in(&mut tx, node, Some(streams), ago)?;
-        if !released.is_empty() {
-            notify_in(
-                &mut tx,
-                LEASES_CHANNEL,
-                &serde_json::json!({"event": "released", "node": node.name,
-                                    "streams": released.len()})
-                .to_string(),
-            )?;
-        }
+        let rows = tx.query(
+            "UPDATE leases SET instance = NULL,
+                 expires_at = now() - make_interval(secs => $4),
+                 renewed_at = now() - make_interval(secs => $4)
+             WHERE stream_id IN (SELECT stream_id FROM leases
+                                 WHERE node = $1 AND instance = $2 AND stream_id = ANY($3)
+                                 ORDER BY stream_id FOR UPDATE)
+             RETURNING stream_id",
+            &[&node.name, &node.instance, &ids, &ago],
+        )?;
+        let out = sorted_ids(&rows)?;
+        notify_released(&mut tx, node, out.len())?;
         tx.commit()?;
-        Ok(released)
+        Ok(out)
     }
 
     /// Every live stream and the node holding it under a lease not expired (`None`: nobody),
@@ -711,6 +713,18 @@ impl Coordinator {
         rows.iter()
             .map(|r| Ok((StreamId(r.try_get(0)?), r.try_get(1)?)))
             .collect()
+    }
+
+    /// The node that holds `stream` under a lease not expired, and its API address, if it is
+    /// alive (registered, not left).
+    pub fn holder_addr(&self, stream: &StreamId) -> Result<Option<(String, String)>, StoreError> {
+        let row = self.conn()?.query_opt(
+            "SELECT n.name, n.api_addr FROM leases l
+             JOIN nodes n ON n.name = l.node AND n.instance = l.instance
+             WHERE l.stream_id = $1 AND l.expires_at > now() AND n.left_at IS NULL",
+            &[&stream.as_str()],
+        )?;
+        row.map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).transpose()
     }
 
     /// The streams nobody watches now: never claimed, released, or expired while held.
@@ -1254,23 +1268,39 @@ fn not_registered(
 }
 
 /// Release `node`'s leases (of `streams`, or all), locking them in id order.
+/// Tell the other nodes that `node` let `n` streams go (nothing when none).
+fn notify_released(tx: &mut Transaction<'_>, node: &NodeInfo, n: usize) -> Result<(), StoreError> {
+    if n == 0 {
+        return Ok(());
+    }
+    notify_in(
+        tx,
+        LEASES_CHANNEL,
+        &serde_json::json!({"event": "released", "node": node.name, "streams": n}).to_string(),
+    )
+}
+
 fn release_in(
     tx: &mut Transaction<'_>,
     node: &NodeInfo,
     streams: Option<&[StreamId]>,
-    ago: f64,
 ) -> Result<Vec<StreamId>, StoreError> {
     let ids: Option<Vec<&str>> = streams.map(|s| s.iter().map(|s| s.as_str()).collect());
     let rows = tx.query(
         "UPDATE leases SET node = NULL, instance = NULL, expires_at = now(),
-             released_at = now() - make_interval(secs => $4)
+             released_at = now()
          WHERE stream_id IN (SELECT stream_id FROM leases
                              WHERE node = $1 AND instance = $2
                                AND ($3::text[] IS NULL OR stream_id = ANY($3))
                              ORDER BY stream_id FOR UPDATE)
          RETURNING stream_id",
-        &[&node.name, &node.instance, &ids, &ago],
+        &[&node.name, &node.instance, &ids],
     )?;
+    sorted_ids(&rows)
+}
+
+/// The stream ids in the first column of `rows`, sorted.
+fn sorted_ids(rows: &[postgres::Row]) -> Result<Vec<StreamId>, StoreError> {
     let mut out: Vec<StreamId> = rows
         .iter()
         .map(|r| Ok(StreamId(r.try_get(0)?)))

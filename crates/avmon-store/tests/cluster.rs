@@ -495,8 +495,9 @@ fn release_lets_another_node_claim_at_once_without_a_gap() {
     assert!(gap.duration() >= HANDOVER_GRACE, "{:?}", gap.duration());
 }
 
-/// Streams a node still held but stopped watching (a long database outage) are handed back
-/// dated from when they were stopped: the claim that follows records the whole gap.
+/// Streams a node still held but stopped watching (a long database outage) are given up as
+/// lost when they were stopped: the node cannot renew them, and the claim that follows records
+/// the whole gap.
 #[test]
 fn streams_handed_back_after_an_outage_carry_their_unwatched_time() {
     let (c, a, b) = two_nodes("cluster_release_unwatched", &["s1", "s2"]);
@@ -515,14 +516,18 @@ fn streams_handed_back_after_an_outage_carry_their_unwatched_time() {
             .unwrap(),
         [sid("s1")]
     );
+    // a no longer holds it: its renewal leaves it out; s2 is still a's, untouched.
+    assert_eq!(held_ids(&c.renew(&a, LONG).unwrap()), ["s2"]);
     let got = c.claim(&b, LONG, 10, &mut all).unwrap();
     assert_eq!(ids(&got), ["s1"]);
+    assert_eq!(got[0].epoch, 2);
     let gap = got[0].gap.as_ref().expect("a gap");
-    assert_eq!(gap.reason, GapReason::Released);
+    assert_eq!(
+        (gap.reason, gap.prev_node.as_deref()),
+        (GapReason::NodeLost, Some("a"))
+    );
     let d = gap.duration().as_secs_f64();
     assert!((30.0..40.0).contains(&d), "{d}");
-    // s2 is still a's, untouched.
-    assert_eq!(held_ids(&c.renew(&a, LONG).unwrap()), ["s2"]);
 }
 
 fn alert(id: &str, stream: &str) -> Alert {

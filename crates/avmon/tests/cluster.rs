@@ -580,8 +580,8 @@ fn runs(node: &Node, id: &str) -> bool {
 
 /// Past `db_outage_s` without the database, a node stops its streams (another node may hold
 /// them by now). When the database answers again, the streams it still holds but no longer
-/// runs are handed back and watched again, with the time nobody watched them recorded; they
-/// are not left held and unwatched.
+/// runs are given up and watched again, with the time nobody watched them recorded as lost by
+/// that node; they are not left held and unwatched.
 #[test]
 fn past_the_outage_allowance_streams_stop_and_are_watched_again_after() {
     let dir = tempfile::tempdir().unwrap();
@@ -611,11 +611,11 @@ fn past_the_outage_allowance_streams_stop_and_are_watched_again_after() {
     );
     pg.restart();
     let log = wait_for(
-        "the streams a held but no longer ran handed back",
+        "the streams a held but no longer ran given up",
         Duration::from_secs(30),
         || {
             let log = log_of(dir.path(), "a");
-            log.contains("held by this node but not running here: handed back")
+            log.contains("held by this node but not running here: given up")
                 .then_some(log)
         },
     );
@@ -629,11 +629,17 @@ fn past_the_outage_allowance_streams_stop_and_are_watched_again_after() {
     let cluster = get(&format!("{}/api/cluster", a.base)).unwrap();
     let gaps: Vec<&Value> = cluster["gaps"].as_array().unwrap().iter().collect();
     for id in ids {
-        let gap = gaps
-            .iter()
-            .find(|g| g["stream"] == id)
-            .unwrap_or_else(|| panic!("no gap recorded for {id}: {cluster:#}"));
-        assert_eq!(gap["reason"], "released", "{gap:#}");
+        let gap = gaps.iter().find(|g| g["stream"] == id).unwrap_or_else(|| {
+            panic!(
+                "no gap recorded for {id}: {cluster:#}\n{}",
+                log_of(dir.path(), "a")
+            )
+        });
+        assert_eq!(
+            (&gap["reason"], &gap["prev_node"]),
+            (&Value::from("node_lost"), &Value::from("a")),
+            "{gap:#}"
+        );
         assert!(gap["duration_s"].as_f64().unwrap() > 0.0, "{gap:#}");
     }
     drop(a);
@@ -695,6 +701,18 @@ fn any_node_serves_the_evidence_of_any_alert() {
     let (st, from_b) = fetch(&b);
     assert_eq!(st, 200);
     assert_eq!(from_b, from_a, "b serves a's snapshot");
+    // The stream's live thumbnail too: b does not run cam, and fetches it from a.
+    let thumb = |node: &Node| {
+        let r = http
+            .get(format!("{}/api/streams/cam/thumbnail.jpg", node.base))
+            .send()
+            .unwrap();
+        (r.status().as_u16(), r.bytes().unwrap().to_vec())
+    };
+    let (st, t) = thumb(&b);
+    assert_eq!(st, 200, "{}", String::from_utf8_lossy(&t));
+    assert_eq!(&t[..2], [0xff, 0xd8], "a JPEG");
+    assert_eq!(thumb(&a).0, 200);
     let r = http
         .get(format!("{}/api/alerts/no-such-alert/snapshot.jpg", b.base))
         .send()
