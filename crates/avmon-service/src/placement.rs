@@ -191,6 +191,8 @@ impl ClusterNode {
 /// still pass the fence.
 pub(crate) fn renew_thread(cluster: Arc<ClusterNode>, stop: Arc<AtomicBool>) {
     let every = cluster.ttl / 4;
+    // Its own connection: a renewal never waits for a pooled one behind the API's queries.
+    let own = cluster.coordinator.with_own_connection();
     let mut next = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         let now = Instant::now();
@@ -199,7 +201,7 @@ pub(crate) fn renew_thread(cluster: Arc<ClusterNode>, stop: Arc<AtomicBool>) {
             continue;
         }
         let load = f64::from_bits(cluster.load.load(Ordering::Relaxed));
-        let c = &cluster.coordinator;
+        let c = &own;
         let renewed = c
             .heartbeat(&cluster.node, load)
             .and_then(|()| c.renew(&cluster.node, cluster.ttl));

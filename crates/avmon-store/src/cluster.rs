@@ -297,6 +297,13 @@ impl Coordinator {
         &self.store
     }
 
+    /// The same coordination through one connection of its own, for a node's lease renewals:
+    /// they never wait behind the API's, the writer's or the notifiers' queries for a pooled
+    /// connection.
+    pub fn with_own_connection(&self) -> Coordinator {
+        Coordinator::from_store(self.store.with_own_pool(1))
+    }
+
     fn conn(&self) -> Result<Conn, StoreError> {
         self.store.conn()
     }

@@ -168,6 +168,22 @@ impl PostgresStore {
         schema_version(&mut *self.conn()?)
     }
 
+    /// The same database through a pool of its own of at most `size` connections: for a caller
+    /// that must never wait behind the others' queries (a node's lease renewals).
+    pub(crate) fn with_own_pool(&self, size: u32) -> PostgresStore {
+        let pool = r2d2::Pool::builder()
+            .max_size(size.max(1))
+            .min_idle(Some(1))
+            .connection_timeout(POOL_WAIT)
+            .test_on_check_out(true)
+            .build_unchecked(PostgresConnectionManager::new(self.config.clone(), NoTls));
+        PostgresStore {
+            pool: Some(pool),
+            target: self.target.clone(),
+            config: self.config.clone(),
+        }
+    }
+
     /// The cluster's coordination on this database, sharing this store's pool.
     pub fn coordinator(&self) -> crate::cluster::Coordinator {
         crate::cluster::Coordinator::from_store(self.clone())
