@@ -192,7 +192,7 @@ impl ClusterNode {
 pub(crate) fn renew_thread(cluster: Arc<ClusterNode>, stop: Arc<AtomicBool>) {
     let every = cluster.ttl / 4;
     // Its own connection: a renewal never waits for a pooled one behind the API's queries.
-    let own = cluster.coordinator.with_own_connection();
+    let c = cluster.coordinator.with_own_connection();
     let mut next = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         let now = Instant::now();
@@ -201,7 +201,6 @@ pub(crate) fn renew_thread(cluster: Arc<ClusterNode>, stop: Arc<AtomicBool>) {
             continue;
         }
         let load = f64::from_bits(cluster.load.load(Ordering::Relaxed));
-        let c = &own;
         let renewed = c
             .heartbeat(&cluster.node, load)
             .and_then(|()| c.renew(&cluster.node, cluster.ttl));
@@ -314,12 +313,12 @@ struct Placer {
     urgent: BTreeSet<String>,
     /// When each unwatched stream that was never watched was first seen so.
     first_unwatched: BTreeMap<String, Instant>,
-    /// After handing streams over, the others get to claim them first; after the database
-    /// was away, the others get to renew their leases first.
+    /// After handing streams over, the others get to claim them first (after the database was
+    /// away, `may_claim` waits for the others to renew).
     no_claim_until: Instant,
     /// Since when renewals fail (the database or the network is away).
     away_since: Option<Instant>,
-    /// The renewer's last recovery from failing renewals that this loop acted on.
+    /// The renewer's last recovery from failing renewals that this loop said.
     seen_recovery: Option<Instant>,
     /// When this node stopped streams it still held (a long outage, or its name taken over):
     /// they are given up once the database answers, as lost then.
@@ -425,10 +424,8 @@ impl Placer {
     /// that every node has renewed its own leases before any looks expired to another.
     fn may_claim(&self) -> bool {
         let ttl = self.cluster.ttl;
-        let r = self.cluster.renewals();
-        r.failing.is_none()
-            && r.ok.as_ref().is_some_and(|(at, _)| at.elapsed() < ttl)
-            && r.recovered.is_none_or(|(at, _)| at.elapsed() >= ttl)
+        self.renewed_within(ttl)
+            && (self.cluster.renewals().recovered).is_none_or(|(at, _)| at.elapsed() >= ttl)
     }
 
     /// Each running stream's CPU since it was last measured.
@@ -589,11 +586,9 @@ impl Placer {
         self.seen_seq = seq;
         let Some((sent, held)) = ok else { return };
         self.away_since = None;
+        // Claims wait a TTL after this (`may_claim`), so that every node renews its own first.
         if let Some((at, away)) = recovered.filter(|r| Some(r.0) != self.seen_recovery) {
-            // Every node saw the outage (renewals come every quarter TTL): each renews its own
-            // before anyone claims what looks expired.
             self.seen_recovery = Some(at);
-            self.no_claim_until = self.no_claim_until.max(at + c.ttl);
             tracing::warn!(
                 away_s = away.as_secs_f64(),
                 "the database answers again: leases renewed"
@@ -628,7 +623,7 @@ impl Placer {
                      they were stopped"
                 ),
                 Ok(_) => {}
-                Err(e) => tracing::warn!("handing back streams this node does not run: {e}"),
+                Err(e) => tracing::warn!("giving up streams this node does not run: {e}"),
             }
         }
     }
@@ -697,14 +692,14 @@ impl Placer {
                 continue;
             };
             self.digests.insert(rec.id.0.clone(), digest);
-            let running = serde_json::to_value(&shared.cfg).unwrap_or_default();
-            if running == rec.config {
+            let current = serde_json::to_value(&shared.cfg).unwrap_or_default();
+            if current == rec.config {
                 continue;
             }
             let Some(cfg) = self.parse(&rec) else {
                 continue;
             };
-            let mut a = running.clone();
+            let mut a = current.clone();
             let mut b = rec.config.clone();
             for v in [&mut a, &mut b] {
                 if let Some(o) = v.as_object_mut() {
