@@ -6,7 +6,9 @@
 //! and by the occasional jump of hours. What must hold, whatever the bytes:
 //!
 //! - no panic (`avmon_transport`'s contract);
-//! - counters never decrease, and each event is one count of its indicator;
+//! - counters never decrease, and each event but an absence's end is one count of its indicator;
+//! - an absence of an indicator and PID begins, then ends (not before it began), before it can
+//!   begin again, and all have ended once the input is finished;
 //! - on the stream clock, the counters do not depend on how the bytes were split (the crate
 //!   puts packets split across chunks back together);
 //! - the heap the analyser keeps stays under a fixed cap, whatever the input's length: it keeps
@@ -18,7 +20,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
 
-use avmon_transport::{Analyzer, Clock, Counters, Event, Indicator};
+use avmon_transport::{Absences, Analyzer, Clock, Counters, Event, Indicator};
 use libfuzzer_sys::fuzz_target;
 
 /// Counts the live heap bytes of this process, so the analyser's retained memory can be asserted.
@@ -69,12 +71,20 @@ fn chunk_len(r: u64) -> usize {
     }
 }
 
-fn check(before: &Counters, after: &Counters, events: &[Event]) {
+fn check(before: &Counters, after: &Counters, events: &[Event], open: &mut Absences) {
     for i in Indicator::ALL {
         let (b, a) = (before.get(i), after.get(i));
         assert!(a >= b, "{i:?} went down: {b} -> {a}");
-        let n = events.iter().filter(|e| e.indicator == i).count() as u64;
+        let n = events
+            .iter()
+            .filter(|e| e.indicator == i && e.edge.counts())
+            .count() as u64;
         assert_eq!(a - b, n, "{i:?}: counter moved by {} but {n} events", a - b);
+    }
+    for e in events {
+        if let Err(broken) = open.take(e) {
+            panic!("{broken}");
+        }
     }
 }
 
@@ -89,6 +99,7 @@ fuzz_target!(|data: &[u8]| {
     let base = LIVE.load(Ordering::Relaxed);
     let mut a = Analyzer::new();
     let mut events = Vec::new();
+    let mut open = Absences::default();
     let mut now = 0.0f64;
     let mut rest = data;
     while !rest.is_empty() {
@@ -107,12 +118,18 @@ fuzz_target!(|data: &[u8]| {
         };
         let before = *a.counters();
         a.feed(chunk, clock, &mut events);
-        check(&before, a.counters(), &events);
+        check(&before, a.counters(), &events, &mut open);
         events.clear();
         events.shrink_to_fit();
         let retained = LIVE.load(Ordering::Relaxed) - base;
         assert!(retained < MAX_RETAINED, "analyser retains {retained} bytes");
     }
+
+    let before = *a.counters();
+    a.finish(&mut events);
+    check(&before, a.counters(), &events, &mut open);
+    assert!(open.open().is_empty(), "not ended: {:?}", open.open());
+    events.clear();
 
     if !live {
         let mut whole = Analyzer::new();

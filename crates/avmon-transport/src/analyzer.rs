@@ -9,7 +9,7 @@ use serde::Deserialize;
 use crate::clock::{StreamClock, MAX_BELIEVED_STEP_S};
 use crate::packet::{pcr_diff, pes_start, Header, PesStart, NULL_PID, PACKET, PCR_HZ, PCR_WRAP};
 use crate::psi::{self, Assembler, Es, LongHeader};
-use crate::report::{Counters, Event, Indicator};
+use crate::report::{Counters, Edge, Event, Indicator};
 use crate::sync::{Frame, Framer};
 
 /// Times compared with a limit may exceed it by this much (a microsecond): the stream clock is a
@@ -85,30 +85,83 @@ pub enum Clock {
     Arrival(f64),
 }
 
-/// An absence watch: a PAT, a PMT, a referenced PID. It fires once per gap, when the gap grows
-/// longer than its limit, and is re-armed by the next occurrence.
+/// An absence watch: a PAT, a PMT, a referenced PID, a PID's PCR, an audio or video PID's PTS.
+/// It fires once per gap, when the gap grows longer than its limit (an [`Edge::Begin`]), and the
+/// next occurrence ends the gap (an [`Edge::End`]) and re-arms it.
 #[derive(Clone, Copy, Debug)]
 struct Watch {
+    /// When it last occurred, on the analyser's clock and in media time.
     last: f64,
-    raised: bool,
+    last_media: Option<f64>,
+    /// Where the gap it reported (a `Begin`) began, while it waits for its `End`.
+    onset: Option<Onset>,
+}
+
+/// Where a reported absence began, on the analyser's clock and in media time.
+#[derive(Clone, Copy, Debug)]
+struct Onset {
+    time: f64,
+    media: Option<f64>,
 }
 
 /// Jitter in the arrival of PCR packets that 2.3a tolerates (see [`Analyzer`]'s PCR check).
 const ARRIVAL_JITTER_S: f64 = 0.1;
 
 impl Watch {
-    fn new(now: f64) -> Watch {
+    fn new(now: f64, media: Option<f64>) -> Watch {
         Watch {
             last: now,
-            raised: false,
+            last_media: media,
+            onset: None,
         }
     }
 
-    fn deadline(&self, limit: f64) -> f64 {
-        if self.raised {
+    /// When it fires, given its limit and the grace the clock is allowed on top of it.
+    fn deadline(&self, limit: f64, grace: f64) -> f64 {
+        if self.onset.is_some() {
             f64::INFINITY
         } else {
-            self.last + limit + SLACK_S
+            self.last + limit + grace + SLACK_S
+        }
+    }
+}
+
+/// What is watched for absence: the TR 101 290 rows judged on "X does not occur for more than
+/// a limit".
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Absence {
+    /// 1.3.a: PAT sections, on PID 0.
+    Pat,
+    /// 1.5.a: PMT sections, on each program_map_PID.
+    Pmt,
+    /// 1.6: a PID a PMT refers to.
+    Pid,
+    /// 2.3a: a PID's PCRs.
+    Pcr,
+    /// 2.5: an audio or video PID's PTS.
+    Pts,
+}
+
+impl Absence {
+    fn indicator(self) -> Indicator {
+        match self {
+            Absence::Pat => Indicator::PatError,
+            Absence::Pmt => Indicator::PmtError,
+            Absence::Pid => Indicator::PidError,
+            Absence::Pcr => Indicator::PcrRepetitionError,
+            Absence::Pts => Indicator::PtsError,
+        }
+    }
+
+    /// Its limit, and the grace the analyser's clock is allowed on top of it before the
+    /// absence is noticed without the next occurrence (2.3a's arrival jitter).
+    fn limit(self, s: &Settings) -> (f64, f64) {
+        match self {
+            Absence::Pat => (s.pat_interval_s, 0.0),
+            Absence::Pmt => (s.pmt_interval_s, 0.0),
+            Absence::Pid => (s.pid_absence_s, 0.0),
+            Absence::Pcr => (s.pcr_interval_s, ARRIVAL_JITTER_S),
+            Absence::Pts => (s.pts_interval_s, 0.0),
         }
     }
 }
@@ -123,10 +176,11 @@ struct PidState {
     dup_seen: bool,
     /// The last packet with a payload, to recognise its duplicate.
     last: [u8; PACKET],
-    /// 2.3: the last PCR and when it came.
-    pcr: Option<(u64, f64)>,
+    /// 2.3: the last PCR's value, and its watch (2.3a).
+    pcr: Option<u64>,
+    pcr_watch: Option<Watch>,
     /// 2.5: when the last PTS came.
-    pts_at: Option<f64>,
+    pts: Option<Watch>,
     first_pts_seen: bool,
     /// Section reassembly, for the PIDs whose sections are read or CRC-checked.
     psi: Option<Box<Assembler>>,
@@ -147,7 +201,8 @@ impl PidState {
             dup_seen: false,
             last: [0; PACKET],
             pcr: None,
-            pts_at: None,
+            pcr_watch: None,
+            pts: None,
             first_pts_seen: false,
             // CRC_error (2.2) covers PAT, CAT, NIT, SDT/BAT, EIT and TOT: their PIDs are fixed.
             psi: matches!(pid, 0x00 | 0x01 | 0x10 | 0x11 | 0x12 | 0x14).then(Box::default),
@@ -288,6 +343,13 @@ impl Analyzer {
         }
     }
 
+    /// The input ended: every absence still open (an [`Edge::Begin`] without its [`Edge::End`])
+    /// ends at the last packet, with an `End` appended to `out`. Bytes fed after this are
+    /// analysed as before, and an absence that goes on is noticed again, counted from here.
+    pub fn finish(&mut self, out: &mut Vec<Event>) {
+        self.state.end_all(out);
+    }
+
     pub fn counters(&self) -> &Counters {
         &self.state.counters
     }
@@ -338,7 +400,7 @@ impl State {
             // Reported at the slot of the SyncByteError that completed it.
             Frame::SyncLoss(_) => {
                 self.raise(Indicator::SyncLoss, None, out);
-                self.lost_sync();
+                self.lost_sync(out);
             }
         }
     }
@@ -349,26 +411,141 @@ impl State {
         self.now = self.arrival.unwrap_or_else(|| self.clock.at(offset));
     }
 
-    fn raise(&mut self, i: Indicator, pid: Option<u16>, out: &mut Vec<Event>) {
-        self.counters.bump(i);
-        out.push(Event {
-            indicator: i,
+    /// The current packet's media time (on the stream's clock, `now` is its time there).
+    fn media(&self) -> Option<f64> {
+        let t = match self.arrival {
+            Some(_) => self.clock.at(self.offset),
+            None => self.now,
+        };
+        self.clock.media(t)
+    }
+
+    fn event(&self, indicator: Indicator, edge: Edge, pid: Option<u16>) -> Event {
+        Event {
+            indicator,
+            edge,
             pid,
             packet: self.slot,
             offset: self.offset,
             time_s: self.now,
-            media_s: self.clock.media(self.clock.at(self.offset)),
+            media_s: self.media(),
+        }
+    }
+
+    /// One occurrence, here.
+    fn raise(&mut self, i: Indicator, pid: Option<u16>, out: &mut Vec<Event>) {
+        self.counters.bump(i);
+        out.push(self.event(i, Edge::Once, pid));
+    }
+
+    /// The watch of absence `a` on the PID at index `i` (the PAT's for [`Absence::Pat`],
+    /// whatever `i`).
+    fn watch(&mut self, a: Absence, i: usize) -> &mut Option<Watch> {
+        match a {
+            Absence::Pat => &mut self.pat.watch,
+            Absence::Pmt => &mut self.pids[i].pmt,
+            Absence::Pid => &mut self.pids[i].es,
+            Absence::Pcr => &mut self.pids[i].pcr_watch,
+            Absence::Pts => &mut self.pids[i].pts,
+        }
+    }
+
+    /// The PID an absence concerns: PID 0 for the PAT.
+    fn pid_of(&self, a: Absence, i: usize) -> u16 {
+        match a {
+            Absence::Pat => 0,
+            _ => self.pids[i].pid,
+        }
+    }
+
+    /// The absence `a` of the PID at `i` was noticed here: it began when its watch last saw it
+    /// plus the limit (no later than here, where a clock that is not the arrival's may say
+    /// otherwise).
+    fn begin(&mut self, a: Absence, i: usize, out: &mut Vec<Event>) {
+        let (now, media) = (self.now, self.media());
+        let (limit, _) = a.limit(&self.settings);
+        let Some(w) = self.watch(a, i) else {
+            return;
+        };
+        let onset = Onset {
+            time: (w.last + limit).min(now),
+            media: w
+                .last_media
+                .map(|m| (m + limit).min(media.unwrap_or(f64::INFINITY))),
+        };
+        w.onset = Some(onset);
+        self.counters.bump(a.indicator());
+        out.push(Event {
+            time_s: onset.time,
+            media_s: onset.media,
+            ..self.event(a.indicator(), Edge::Begin, Some(self.pid_of(a, i)))
         });
+    }
+
+    /// The `End`, here, of the absence `a` of the PID at `i` that began at `onset`: never
+    /// before it.
+    fn ended(&self, a: Absence, i: usize, onset: Onset) -> Event {
+        Event {
+            time_s: self.now.max(onset.time),
+            media_s: match (self.media(), onset.media) {
+                (Some(m), Some(o)) => Some(m.max(o)),
+                (m, o) => m.or(o),
+            },
+            ..self.event(a.indicator(), Edge::End, Some(self.pid_of(a, i)))
+        }
+    }
+
+    /// What `a` watches on the PID at `i` occurs here: an absence it had reported ends, and the
+    /// watch starts again from here.
+    fn occurred(&mut self, a: Absence, i: usize, out: &mut Vec<Event>) {
+        let (now, media) = (self.now, self.media());
+        let (limit, grace) = a.limit(&self.settings);
+        let old = self.watch(a, i).replace(Watch::new(now, media));
+        if let Some(onset) = old.and_then(|w| w.onset) {
+            out.push(self.ended(a, i, onset));
+        }
+        self.next_deadline = self.next_deadline.min(now + limit + grace + SLACK_S);
+    }
+
+    /// An absence `a` reported on the PID at `i` ends here without an occurrence (no longer
+    /// required, or no longer judged); `watched`: whether to go on watching, from here.
+    fn close_gap(&mut self, a: Absence, i: usize, watched: bool, out: &mut Vec<Event>) {
+        let (now, media) = (self.now, self.media());
+        let w = self.watch(a, i);
+        let onset = w.and_then(|w| w.onset);
+        if !watched {
+            *w = None;
+        } else if onset.is_some() {
+            *w = Some(Watch::new(now, media));
+        }
+        if let Some(onset) = onset {
+            out.push(self.ended(a, i, onset));
+            self.next_deadline = f64::NEG_INFINITY;
+        }
+    }
+
+    /// End every absence still open, here, and go on watching from here: nothing judged before
+    /// this point carries on past it.
+    fn end_all(&mut self, out: &mut Vec<Event>) {
+        self.close_gap(Absence::Pat, 0, true, out);
+        for i in 0..self.pids.len() {
+            for a in [Absence::Pmt, Absence::Pid, Absence::Pcr, Absence::Pts] {
+                self.close_gap(a, i, true, out);
+            }
+        }
     }
 
     /// "If indicator 1.1 is activated then all other indicators are invalid" (TR 101 290
     /// §5.2.1): what was lost while out of sync is the sync loss, not a continuity, PCR or PTS
-    /// error. Every PID starts again as at the start of the stream.
-    fn lost_sync(&mut self) {
+    /// error, and absences open when it came end there. Every PID starts again as at the start
+    /// of the stream.
+    fn lost_sync(&mut self, out: &mut Vec<Event>) {
+        self.end_all(out);
         for st in &mut self.pids {
             st.cc = None;
             st.pcr = None;
-            st.pts_at = None;
+            st.pcr_watch = None;
+            st.pts = None;
             if let Some(a) = &mut st.psi {
                 a.reset();
             }
@@ -393,7 +570,7 @@ impl State {
         }
         if self.resync {
             self.resync = false;
-            self.restart_watches();
+            self.restart_watches(out);
         }
         // Gaps that ended by now are judged before this packet can end its own.
         self.timeouts(out);
@@ -432,9 +609,8 @@ impl State {
         }
 
         // 1.6: the PID occurs.
-        let now = self.now;
-        if let Some(w) = &mut self.pids[i].es {
-            *w = Watch::new(now);
+        if self.pids[i].es.is_some() {
+            self.occurred(Absence::Pid, i, out);
         }
 
         if !h.tei {
@@ -493,9 +669,13 @@ impl State {
     /// 40 ms"; 2.3b PCR_discontinuity_indicator_error: "The difference between two consecutive
     /// PCR values (PCRi+1 – PCRi) is outside the range of 0...100 ms without the
     /// discontinuity_indicator set".
+    ///
+    /// A too-long interval is an absence of PCRs ([`Edge::Begin`] to [`Edge::End`]): noticed on
+    /// the clock, less the jitter, as soon as it passes the limit on a PID a PMT refers to, and
+    /// otherwise (an interval too long by value) when the next PCR comes.
     fn pcr(&mut self, i: usize, pcr: u64, discontinuity: bool, out: &mut Vec<Event>) {
         let (now, pid) = (self.now, self.pids[i].pid);
-        if let Some((last_pcr, last_at)) = self.pids[i].pcr {
+        if let (Some(last_pcr), Some(w)) = (self.pids[i].pcr, self.pids[i].pcr_watch) {
             let step = pcr_diff(last_pcr, pcr) as f64 / PCR_HZ;
             let continuous = !discontinuity && (0.0..=self.settings.pcr_jump_s).contains(&step);
             // 2.3a is judged twice: on the PCR values while they run on (the interval the
@@ -506,38 +686,49 @@ impl State {
             // 40 ms by value and arrives at 40 ms ± a few.
             let believed = !discontinuity && (0.0..=MAX_BELIEVED_STEP_S).contains(&step);
             let by_value = if believed { step } else { 0.0 };
-            let interval = by_value.max(now - last_at - ARRIVAL_JITTER_S);
-            if interval > self.settings.pcr_interval_s + SLACK_S {
-                self.raise(Indicator::PcrRepetitionError, Some(pid), out);
-            }
+            let interval = by_value.max(now - w.last - ARRIVAL_JITTER_S);
+            self.interval(Absence::Pcr, i, interval, out);
             if !continuous && !discontinuity {
                 self.raise(Indicator::PcrDiscontinuityError, Some(pid), out);
             }
+        } else {
+            self.occurred(Absence::Pcr, i, out);
         }
-        self.pids[i].pcr = Some((pcr % PCR_WRAP, now));
+        self.pids[i].pcr = Some(pcr % PCR_WRAP);
+    }
+
+    /// The PCR or PTS that `a` watches on the PID at `i` comes here, `interval` seconds after
+    /// the one before. The absence the watch noticed ends here; one it did not notice (an
+    /// interval too long only by value) begins and ends here.
+    fn interval(&mut self, a: Absence, i: usize, interval: f64, out: &mut Vec<Event>) {
+        let (limit, _) = a.limit(&self.settings);
+        let noticed = self.watch(a, i).is_some_and(|w| w.onset.is_some());
+        if interval > limit + SLACK_S && !noticed {
+            self.begin(a, i, out);
+        }
+        self.occurred(a, i, out);
     }
 
     /// 2.5 PTS_error: "PTS repetition period more than 700 ms", on audio and video PIDs. (The TR
     /// exempts still pictures, which no stream_type tells apart: raise `pts_interval_s` for
-    /// such a service.)
+    /// such a service.) A too-long interval is an absence of PTS ([`Edge::Begin`] to
+    /// [`Edge::End`]), noticed as soon as it passes the limit.
     fn pes(&mut self, i: usize, payload: &[u8], out: &mut Vec<Event>) {
         let PesStart::Pts(pts) = pes_start(payload) else {
             return;
         };
-        let (now, st) = (self.now, &mut self.pids[i]);
+        let st = &mut self.pids[i];
         if !st.first_pts_seen && pts != u64::MAX {
             st.first_pts_seen = true;
             self.clock.first_pts(pts);
         }
-        let st = &mut self.pids[i];
-        let late = st.av
-            && st
-                .pts_at
-                .is_some_and(|t| now - t > self.settings.pts_interval_s + SLACK_S);
-        st.pts_at = Some(now);
-        if late {
-            let pid = st.pid;
-            self.raise(Indicator::PtsError, Some(pid), out);
+        let st = &self.pids[i];
+        if !st.av {
+            return;
+        }
+        match st.pts {
+            Some(w) => self.interval(Absence::Pts, i, self.now - w.last, out),
+            None => self.occurred(Absence::Pts, i, out),
         }
     }
 
@@ -559,7 +750,6 @@ impl State {
             self.raise(Indicator::CrcError, Some(pid), out);
             return;
         }
-        let now = self.now;
         if pid == 0 {
             // 1.3.a: "Section with table_id other than 0x00 found on PID 0x0000".
             if s[0] != 0x00 {
@@ -568,8 +758,8 @@ impl State {
             }
             if let Some((h, body)) = LongHeader::parse(s) {
                 if h.current {
-                    self.pat.watch = Some(Watch::new(now));
-                    self.take_pat(h, body);
+                    self.occurred(Absence::Pat, 0, out);
+                    self.take_pat(h, body, out);
                 }
             }
             return;
@@ -582,8 +772,8 @@ impl State {
             0x02 => {
                 if let Some((h, body)) = LongHeader::parse(s) {
                     if h.current {
-                        self.pids[i].pmt = Some(Watch::new(now));
-                        self.take_pmt(pid, h, body, s);
+                        self.occurred(Absence::Pmt, i, out);
+                        self.take_pmt(pid, h, body, s, out);
                     }
                 }
             }
@@ -594,7 +784,7 @@ impl State {
         }
     }
 
-    fn take_pat(&mut self, h: LongHeader, body: &[u8]) {
+    fn take_pat(&mut self, h: LongHeader, body: &[u8], out: &mut Vec<Event>) {
         if self.pat.version != Some(h.version) {
             self.pat.version = Some(h.version);
             self.pat.sections.clear();
@@ -634,11 +824,11 @@ impl State {
         if pmt_pids == self.pat.pmt_pids {
             return;
         }
-        let now = self.now;
+        let (now, media) = (self.now, self.media());
         for pid in std::mem::take(&mut self.pat.pmt_pids) {
             if pmt_pids.binary_search(&pid).is_err() {
                 let i = self.index(pid);
-                self.pids[i].pmt = None;
+                self.close_gap(Absence::Pmt, i, false, out);
             }
         }
         for &pid in &pmt_pids {
@@ -646,7 +836,7 @@ impl State {
             let st = &mut self.pids[i];
             if st.pmt.is_none() {
                 // 1.5.a's gap runs from when the PAT first names the PID.
-                st.pmt = Some(Watch::new(now));
+                st.pmt = Some(Watch::new(now, media));
                 st.psi.get_or_insert_with(Box::default);
             }
         }
@@ -655,10 +845,17 @@ impl State {
             .retain(|p| pat.entries().any(|e| e == (p.number, p.pmt_pid)));
         self.pat.pmt_pids = pmt_pids;
         self.next_deadline = f64::NEG_INFINITY;
-        self.refresh_streams();
+        self.refresh_streams(out);
     }
 
-    fn take_pmt(&mut self, pid: u16, h: LongHeader, body: &[u8], section: &[u8]) {
+    fn take_pmt(
+        &mut self,
+        pid: u16,
+        h: LongHeader,
+        body: &[u8],
+        section: &[u8],
+        out: &mut Vec<Event>,
+    ) {
         let number = h.extension;
         // Only programs the PAT names: a hostile stream cannot grow this list.
         if !self.pat.entries().any(|e| e == (number, pid)) {
@@ -687,12 +884,13 @@ impl State {
             Some(k) => self.programs[k] = program,
             None => self.programs.push(program),
         }
-        self.refresh_streams();
+        self.refresh_streams(out);
     }
 
     /// Re-derive which PIDs 1.6 watches and 2.5 checks from the current PMTs: in time linear
-    /// in their streams and the PIDs seen, however many a hostile PMT names.
-    fn refresh_streams(&mut self) {
+    /// in their streams and the PIDs seen, however many a hostile PMT names. An absence open on
+    /// a PID no longer referred to ends here.
+    fn refresh_streams(&mut self, out: &mut Vec<Event>) {
         const REFERENCED: u8 = 1;
         const AV: u8 = 2;
         let mut flags = vec![0u8; 8192];
@@ -704,26 +902,34 @@ impl State {
                 self.index(pid as u16);
             }
         }
-        let now = self.now;
-        for st in &mut self.pids {
-            let f = flags[usize::from(st.pid)];
-            st.av = f & AV != 0;
-            if f & REFERENCED == 0 {
-                st.es = None;
-            } else if st.es.is_none() {
+        let (now, media) = (self.now, self.media());
+        for i in 0..self.pids.len() {
+            let f = flags[usize::from(self.pids[i].pid)];
+            let referenced = f & REFERENCED != 0;
+            self.pids[i].av = f & AV != 0;
+            if !referenced {
+                self.close_gap(Absence::Pid, i, false, out);
+                // Its PCRs are still judged, but only as each comes (see `pcr`).
+                self.close_gap(Absence::Pcr, i, true, out);
+            } else if self.pids[i].es.is_none() {
                 // 1.6's period runs from when a PMT first names the PID.
-                st.es = Some(Watch::new(now));
+                self.pids[i].es = Some(Watch::new(now, media));
+            }
+            if f & AV == 0 {
+                self.close_gap(Absence::Pts, i, false, out);
             }
         }
         self.next_deadline = f64::NEG_INFINITY;
     }
 
-    fn restart_watches(&mut self) {
-        let now = self.now;
-        self.pat.watch = Some(Watch::new(now));
+    /// Sync was (re)acquired: what was open ends, and every table and PID is watched afresh.
+    fn restart_watches(&mut self, out: &mut Vec<Event>) {
+        self.end_all(out);
+        let (now, media) = (self.now, self.media());
+        self.pat.watch = Some(Watch::new(now, media));
         for st in &mut self.pids {
             for w in [&mut st.pmt, &mut st.es].into_iter().flatten() {
-                *w = Watch::new(now);
+                *w = Watch::new(now, media);
             }
         }
         self.next_deadline = f64::NEG_INFINITY;
@@ -732,38 +938,42 @@ impl State {
     /// 1.3.a PAT_error_2: "Sections with table_id 0x00 do not occur at least every 0,5 s on PID
     /// 0x0000"; 1.5.a PMT_error_2: "Sections with table_id 0x02 do not occur at least every
     /// 0,5 s on each program_map_PID which is referred to in the PAT"; 1.6 PID_error:
-    /// "Referred PID does not occur for a user specified period". Each fires once per gap.
-    /// Only a whole, CRC-correct section counts as an occurrence of a table.
+    /// "Referred PID does not occur for a user specified period". Each fires once per gap, as
+    /// an [`Edge::Begin`]; the next occurrence ends it. Only a whole, CRC-correct section
+    /// counts as an occurrence of a table. The PCR (2.3a) and PTS (2.5) intervals of the PIDs
+    /// a PMT refers to are watched here too, so that a PCR or PTS that stops coming is noticed
+    /// when its interval passes the limit, not when (or if) the next one comes.
     fn timeouts(&mut self, out: &mut Vec<Event>) {
         if self.now <= self.next_deadline {
             return;
         }
-        let s = self.settings;
+        let (now, s) = (self.now, self.settings);
         let mut next = f64::INFINITY;
-        let mut fired: Vec<(Indicator, u16)> = Vec::new();
-        if let Some(w) = &mut self.pat.watch {
-            if self.now > w.deadline(s.pat_interval_s) {
-                w.raised = true;
-                fired.push((Indicator::PatError, 0));
+        let mut fired: Vec<(Absence, usize)> = Vec::new();
+        let mut check = |w: &Option<Watch>, a: Absence, i: usize| {
+            let Some(w) = w else { return };
+            let (limit, grace) = a.limit(&s);
+            let deadline = w.deadline(limit, grace);
+            if now > deadline {
+                fired.push((a, i));
+            } else {
+                next = next.min(deadline);
             }
-            next = next.min(w.deadline(s.pat_interval_s));
-        }
-        for st in &mut self.pids {
-            for (w, limit, indicator) in [
-                (&mut st.pmt, s.pmt_interval_s, Indicator::PmtError),
-                (&mut st.es, s.pid_absence_s, Indicator::PidError),
-            ] {
-                let Some(w) = w else { continue };
-                if self.now > w.deadline(limit) {
-                    w.raised = true;
-                    fired.push((indicator, st.pid));
+        };
+        check(&self.pat.watch, Absence::Pat, 0);
+        for (i, st) in self.pids.iter().enumerate() {
+            check(&st.pmt, Absence::Pmt, i);
+            check(&st.es, Absence::Pid, i);
+            if st.es.is_some() {
+                check(&st.pcr_watch, Absence::Pcr, i);
+                if st.av {
+                    check(&st.pts, Absence::Pts, i);
                 }
-                next = next.min(w.deadline(limit));
             }
         }
         self.next_deadline = next;
-        for (indicator, pid) in fired {
-            self.raise(indicator, Some(pid), out);
+        for (a, i) in fired {
+            self.begin(a, i, out);
         }
     }
 }

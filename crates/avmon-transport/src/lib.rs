@@ -10,6 +10,7 @@
 //! for chunk in chunks {
 //!     analyzer.feed(&chunk, Clock::Stream, &mut events); // a live input: Clock::Arrival(secs)
 //! }
+//! analyzer.finish(&mut events); // the input ended: what is still missing ends here
 //! assert_eq!(analyzer.counters().cc_errors, 0);
 //! ```
 //!
@@ -22,9 +23,19 @@
 //!
 //! **Output.** [`Counters`] (`sync_losses`, `sync_byte_errors`, `pat_errors`, `cc_errors`,
 //! `pmt_errors`, `pid_errors`, `transport_errors`, `crc_errors`, `pcr_repetition_errors`,
-//! `pcr_discontinuity_errors`, `pts_errors`) and one [`Event`] per occurrence, with its PID,
-//! packet index, byte offset, time and media time, for the caller to turn into findings of
-//! kind `transport.<indicator>` ([`Indicator::kind`]) and merge while a condition persists.
+//! `pcr_discontinuity_errors`, `pts_errors`) and [`Event`]s, each with its PID, packet index,
+//! byte offset, time and media time, for the caller to turn into findings of kind
+//! `transport.<indicator>` ([`Indicator::kind`]). An occurrence at one place (a continuity
+//! break, a bad section, a PCR step) is one [`Edge::Once`] event; the caller merges a burst of
+//! them. An indicator that persists ([`Indicator::persists`]: a PAT, a PMT, a referenced PID, a
+//! PID's PCR or an audio or video PID's PTS that does not come for longer than its limit) is
+//! reported for as long as it lasts: an [`Edge::Begin`] as soon as the limit passes, with the
+//! onset's times (when it last came plus the limit), and an [`Edge::End`] where it comes again,
+//! or where it stops being required, sync is lost or the input ends ([`Analyzer::finish`]);
+//! [`Absences`] pairs them.
+//! So a PAT last seen at 5.3 s and seen again at 7.3 s is a `Begin` at 5.8 s and an `End` at
+//! 7.3 s: one count of `pat_errors`, read as "the PAT was missing from 5.8 s to 7.3 s". Each
+//! event but an `End` is one count of its indicator ([`Edge::counts`]).
 //!
 //! **Time.** Absences (PAT, PMT, PID) and intervals (PCR, PTS) are measured on a clock the
 //! caller picks per call: [`Clock::Arrival`], the time the bytes arrived (live inputs pass a
@@ -35,7 +46,8 @@
 //! **Counting.** Each indicator counts occurrences as its TR 101 290 row defines them: 1.4 one
 //! per break in a PID's continuity counter (so a run of lost packets is one error), 1.3.a, 1.5.a
 //! and 1.6 one per gap longer than the limit, 2.3a and 2.5 one per too-long interval, 1.2, 2.1
-//! and 2.2 one per packet or section. Each check's documentation cites its row. What the TR
+//! and 2.2 one per packet or section. An absence is counted when it is noticed (its `Begin`),
+//! so one the end of the input cuts short counts once it has passed its limit. Each check's documentation cites its row. What the TR
 //! leaves to interpretation is decided in `docs/transport.md`.
 //!
 //! The parser is this crate's own, not `mpeg2ts-reader` or `dvb-conformance`; the evaluation
@@ -49,4 +61,4 @@ mod report;
 pub mod sync;
 
 pub use analyzer::{Analyzer, Clock, Settings, SettingsError};
-pub use report::{Counters, Event, Indicator};
+pub use report::{Absences, Counters, Edge, Event, Indicator};

@@ -1,4 +1,6 @@
-//! What the analyser reports: the indicators, their counters and one event per occurrence.
+//! What the analyser reports: the indicators, their counters and their events: one per
+//! occurrence, and for a condition that persists (a table, a PID, a PCR or a PTS that stopped
+//! coming) one where it began and one where it ended.
 
 use serde::{Deserialize, Serialize};
 
@@ -60,6 +62,21 @@ impl Indicator {
             Indicator::PcrDiscontinuityError => "transport.pcr_discontinuity_error",
             Indicator::PtsError => "transport.pts_error",
         }
+    }
+
+    /// Whether it is judged on an absence ("X does not occur for more than a limit": 1.3.a,
+    /// 1.5.a, 1.6, 2.3a, 2.5), which lasts, so that its events can be [`Edge::Begin`] and
+    /// [`Edge::End`]. 1.3.a and 1.5.a also fire [`Edge::Once`], on a scrambled packet or a
+    /// foreign table.
+    pub fn persists(self) -> bool {
+        matches!(
+            self,
+            Indicator::PatError
+                | Indicator::PmtError
+                | Indicator::PidError
+                | Indicator::PcrRepetitionError
+                | Indicator::PtsError
+        )
     }
 
     /// The name and number TR 101 290 gives it.
@@ -167,22 +184,98 @@ impl Counters {
     }
 }
 
-/// One occurrence of an indicator.
+/// What an [`Event`] says about its indicator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Edge {
+    /// One occurrence, at one place: a lost run of packets, a bad section, a PCR step. Counted
+    /// once.
+    Once,
+    /// An absence ([`Indicator::persists`]) began: a PAT, a PMT, a referenced PID, a PID's PCR
+    /// or an audio or video PID's PTS has not occurred for longer than its limit. Counted once,
+    /// as the analyser notices it; the event's times are its onset: when it last occurred plus
+    /// the limit (no later than where it was noticed: on the arrival clock a pause in delivery
+    /// does not move media time on).
+    Begin,
+    /// The absence the last `Begin` of the same indicator and PID began is over: it occurred
+    /// again (the event's place and times are that occurrence's), is no longer required (a new
+    /// PAT or PMT dropped it), or can no longer be judged (sync lost, or the input ended:
+    /// [`crate::Analyzer::finish`]). Not counted. Every `Begin` gets its `End` in the same
+    /// analyser, with times no earlier than its own, and no second `Begin` of an indicator and
+    /// PID comes before it.
+    End,
+}
+
+impl Edge {
+    /// Whether the event is one count of its indicator (every event but an [`Edge::End`]).
+    pub fn counts(self) -> bool {
+        self != Edge::End
+    }
+}
+
+/// One occurrence of an indicator, or where an absence began or ended ([`Edge`]).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 pub struct Event {
     pub indicator: Indicator,
+    pub edge: Edge,
     /// The PID it concerns; `None` for the sync indicators.
     pub pid: Option<u16>,
     /// Index of the 188-byte slot where it was seen, counting from the first packet found (for
-    /// a file that starts on a packet boundary: the packet's index in the file).
+    /// a file that starts on a packet boundary: the packet's index in the file). For a
+    /// [`Edge::Begin`], where the absence was noticed: the first slot past its limit (or, for a
+    /// PCR or PTS interval judged by the next one's value, that next one's).
     pub packet: u64,
     /// Byte offset of that slot in the bytes fed.
     pub offset: u64,
-    /// When, on the analyser's clock ([`crate::Clock`]), in seconds.
+    /// When, on the analyser's clock ([`crate::Clock`]), in seconds; for a [`Edge::Begin`] the
+    /// onset (see there), which is earlier than `packet`.
     pub time_s: f64,
     /// Where in the media: seconds from the first PTS, on the stream's PCR clock; `None` before
-    /// the stream has shown a PCR.
+    /// the stream has shown a PCR. For a [`Edge::Begin`], the onset.
     pub media_s: Option<f64>,
+}
+
+/// The absences open in a sequence of [`Event`]s, to read each as a span: its `Begin` with its
+/// `End` ("the PAT was missing from 5.8 s to 7.3 s"). It holds at most one absence per
+/// indicator and PID, as the analyser opens no more.
+#[derive(Clone, Debug, Default)]
+pub struct Absences {
+    open: Vec<Event>,
+}
+
+impl Absences {
+    /// Take the next event: for an [`Edge::End`], the absence it ends, `(begin, end)`. An event
+    /// that breaks [`Edge`]'s contract is an error, saying how: a `Begin` of an indicator that
+    /// does not persist or of an absence already open, an `End` of none open, or one earlier
+    /// than its `Begin`.
+    pub fn take(&mut self, e: &Event) -> Result<Option<(Event, Event)>, String> {
+        let same = |b: &Event| b.indicator == e.indicator && b.pid == e.pid;
+        match e.edge {
+            Edge::Once => Ok(None),
+            Edge::Begin if !e.indicator.persists() => Err(format!("does not persist: {e:?}")),
+            Edge::Begin if self.open.iter().any(same) => Err(format!("begun twice: {e:?}")),
+            Edge::Begin => {
+                self.open.push(*e);
+                Ok(None)
+            }
+            Edge::End => {
+                let k = self
+                    .open
+                    .iter()
+                    .position(same)
+                    .ok_or_else(|| format!("ends no absence: {e:?}"))?;
+                if e.time_s < self.open[k].time_s {
+                    return Err(format!("ends before it began: {:?} {e:?}", self.open[k]));
+                }
+                Ok(Some((self.open.swap_remove(k), *e)))
+            }
+        }
+    }
+
+    /// The absences begun and not ended, by their `Begin`.
+    pub fn open(&self) -> &[Event] {
+        &self.open
+    }
 }
 
 #[cfg(test)]
@@ -209,5 +302,61 @@ mod tests {
             assert_eq!(serde_json::to_value(i).unwrap(), stem);
         }
         assert_eq!(Indicator::CcError.kind(), "transport.cc_error");
+    }
+
+    #[test]
+    fn the_absences_persist_and_only_ends_do_not_count() {
+        let persist: Vec<&str> = Indicator::ALL
+            .into_iter()
+            .filter(|i| i.persists())
+            .map(|i| i.kind())
+            .collect();
+        assert_eq!(
+            persist,
+            [
+                "transport.pat_error",
+                "transport.pmt_error",
+                "transport.pid_error",
+                "transport.pcr_repetition_error",
+                "transport.pts_error"
+            ]
+        );
+        assert!(Edge::Once.counts() && Edge::Begin.counts() && !Edge::End.counts());
+        assert_eq!(serde_json::to_value(Edge::Begin).unwrap(), "begin");
+    }
+
+    #[test]
+    fn absences_pair_each_begin_with_its_end_and_say_what_breaks_the_contract() {
+        let at = |indicator, edge, pid, time_s| Event {
+            indicator,
+            edge,
+            pid: Some(pid),
+            packet: 0,
+            offset: 0,
+            time_s,
+            media_s: None,
+        };
+        let (pat, pid) = (Indicator::PatError, Indicator::PidError);
+        let mut a = Absences::default();
+        let begin = at(pat, Edge::Begin, 0, 5.8);
+        assert_eq!(a.take(&begin), Ok(None));
+        assert_eq!(a.take(&at(pid, Edge::Begin, 0x100, 6.0)), Ok(None));
+        assert_eq!(a.take(&at(pat, Edge::Once, 0, 6.5)), Ok(None));
+        let broken = [
+            (at(pat, Edge::Begin, 0, 6.0), "begun twice"),
+            (
+                at(Indicator::CcError, Edge::Begin, 0, 6.0),
+                "does not persist",
+            ),
+            (at(pid, Edge::End, 0x101, 6.0), "ends no absence"),
+            (at(pat, Edge::End, 0, 5.0), "ends before it began"),
+        ];
+        for (e, why) in broken {
+            assert!(a.take(&e).unwrap_err().starts_with(why), "{why}");
+        }
+        let end = at(pat, Edge::End, 0, 7.3);
+        assert_eq!(a.take(&end), Ok(Some((begin, end))));
+        assert_eq!(a.open().len(), 1);
+        assert_eq!(a.open()[0].indicator, pid);
     }
 }

@@ -1,11 +1,42 @@
 //! TR 101 290 counts on streams made by FFmpeg and damaged at known places: each test knows
 //! exactly what it broke, and asserts every counter (not only the one it aims at), so a check
-//! that fires where it should not fails too.
+//! that fires where it should not fails too. An absence (a table, a PID, a PCR or a PTS that
+//! stopped coming) is asserted as a span, from its onset to its return, against the times of
+//! the packets around the gap.
 
 mod common;
 
-use avmon_transport::{Analyzer, Clock, Counters, Indicator, Settings};
+use avmon_transport::{Analyzer, Clock, Counters, Edge, Event, Indicator, Settings};
 use common::*;
+
+/// `got` is within `tol` of `want`.
+fn near(what: &str, got: f64, want: f64, tol: f64) {
+    assert!(
+        (got - want).abs() <= tol,
+        "{what}: {got:.4}, expected {want:.4} ± {tol}"
+    );
+}
+
+/// The one absence of `indicator` in `events`.
+fn one_span(events: &[Event], indicator: Indicator) -> (Event, Event) {
+    let s = spans_of(events, indicator);
+    assert_eq!(s.len(), 1, "{indicator:?}: {s:?}");
+    s[0]
+}
+
+/// Assert that an absence runs from `onset` to `back` (seconds on the stream's PCR clock, as
+/// [`pcr_times`] gives them), in the analyser's time and in media time, within `tol`; and that
+/// it ended at slot `back_slot` (the index, in the analysed stream, of the packet that brought
+/// it back).
+fn spans_gap(span: (Event, Event), onset: f64, back: f64, back_slot: usize, origin: f64, tol: f64) {
+    let (b, e) = span;
+    near("onset", b.time_s, onset, tol);
+    near("onset, media", b.media_s.unwrap(), onset - origin, tol);
+    near("return", e.time_s, back, tol);
+    near("return, media", e.media_s.unwrap(), back - origin, tol);
+    assert_eq!(e.packet, back_slot as u64, "ended where it came back");
+    assert!(b.packet < e.packet, "noticed before it came back: {b:?}");
+}
 
 #[test]
 fn intact_streams_count_nothing_however_they_are_cut() {
@@ -109,60 +140,107 @@ fn a_lost_pcr_stretches_the_interval_and_two_make_a_jump() {
         kinds(&events)
     );
     assert!(events.iter().all(|e| e.pid == Some(VIDEO)));
+    // Each too-long interval is an absence of PCR from 40 ms after the PCR before the lost
+    // ones to the next that came, judged there (by the PCR values: the clock does not run
+    // past a PCR interval between two PCRs). The clock is the PCR itself: exact.
+    let t = pcr_times(ts);
+    let origin = media_origin(ts);
+    let got = spans_of(&events, Indicator::PcrRepetitionError);
+    let gaps = [(drop[0], drop[0]), (drop[1], drop[2])];
+    assert_eq!(got.len(), 2, "{got:?}");
+    for ((b, e), (first, last)) in got.into_iter().zip(gaps) {
+        let before = with_pcr[with_pcr.partition_point(|&i| i < first) - 1];
+        let after = with_pcr[with_pcr.partition_point(|&i| i <= last)];
+        near("onset", b.time_s, t[before] + 0.04, 1e-3);
+        near(
+            "onset, media",
+            b.media_s.unwrap(),
+            t[before] + 0.04 - origin,
+            1e-3,
+        );
+        near("return", e.time_s, t[after], 1e-3);
+        near("return, media", e.media_s.unwrap(), t[after] - origin, 1e-3);
+        let slot = after - drop.partition_point(|&d| d < after);
+        assert_eq!((b.packet, e.packet), (slot as u64, slot as u64));
+    }
     // The stricter ISO/IEC 13818-1 interval (100 ms) lets the single loss pass.
     let iso = Settings {
         pcr_interval_s: 0.1,
         ..Settings::default()
     };
-    let (c, _) = analyse_with(&without(ts, &drop), iso, 1316);
+    let (c, events) = analyse_with(&without(ts, &drop), iso, 1316);
     assert_eq!(c.pcr_repetition_errors, 1);
+    let (b, e) = one_span(&events, Indicator::PcrRepetitionError);
+    near("ISO absence", e.time_s - b.time_s, 0.02, 1e-3);
 }
 
-#[test]
-fn the_pat_gone_for_a_second_is_one_pat_error_raised_after_half_a_second() {
+/// The table on `table` (PAT or PMT) removed from `from` to `to` s of the stream, and on to the
+/// end when `to` is past it: its one absence runs from the last one before plus half a second
+/// (1.3.a, 1.5.a) to the next one, or to the end of the input.
+fn table_gone(table: u16, indicator: Indicator, from: f64, to: f64) {
     let ts = cbr();
     let t = pcr_times(ts);
-    let pats = |from: f64, to: f64| indices(ts, |i, p| pid(p) == PAT && (from..to).contains(&t[i]));
-
-    let gone = pats(3.0, 4.0);
-    assert!(gone.len() >= 9, "a PAT every 100 ms: {}", gone.len());
-    let (c, events) = analyse(&without(ts, &gone));
-    // When the PAT comes back its continuity counter has skipped: 1.4 counts that too.
-    assert_eq!(
-        c,
-        only(&[("pat_errors", 1), ("cc_errors", 1)]),
-        "{:?}",
-        kinds(&events)
-    );
-    let last_pat = t[*pats(0.0, 3.0).last().unwrap()];
-    let e = events
+    let origin = media_origin(ts);
+    let tables = indices(ts, |_, p| pid(p) == table);
+    let gone: Vec<usize> = tables
         .iter()
-        .find(|e| e.indicator == Indicator::PatError)
-        .unwrap();
-    assert_eq!(e.pid, Some(PAT));
-    assert!(
-        (e.time_s - (last_pat + 0.5)).abs() < 0.03,
-        "raised at {} for a PAT last seen at {last_pat}",
-        e.time_s
-    );
-    let media = e.media_s.unwrap();
-    assert!((media - e.time_s).abs() < 1.0, "media {media}");
-
-    // A gap of 0.4 s (0.3 s of PATs gone) is within the limit; one of 3.5 s is still one gap.
-    let (c, _) = analyse(&without(ts, &pats(3.0, 3.3)));
-    assert_eq!(c, only(&[("cc_errors", 1)]));
-    let (c, _) = analyse(&without(ts, &pats(3.0, 6.5)));
-    assert_eq!(c, only(&[("pat_errors", 1), ("cc_errors", 1)]));
+        .copied()
+        .filter(|&i| (from..to).contains(&t[i]))
+        .collect();
+    let damaged = without(ts, &gone);
+    let (c, events) = analyse(&damaged);
+    let name = if table == PAT {
+        "pat_errors"
+    } else {
+        "pmt_errors"
+    };
+    let last = t[tables[tables.partition_point(|&i| i < gone[0]) - 1]];
+    let span = one_span(&events, indicator);
+    assert_eq!(span.0.pid, Some(table));
+    match tables.iter().find(|&&i| i > *gone.last().unwrap()) {
+        Some(&back) => {
+            // When the table comes back its continuity counter has skipped: 1.4 counts that.
+            assert_eq!(
+                c,
+                only(&[(name, 1), ("cc_errors", 1)]),
+                "{:?}",
+                kinds(&events)
+            );
+            let back_slot = back - gone.len();
+            spans_gap(span, last + 0.5, t[back], back_slot, origin, 0.03);
+        }
+        None => {
+            assert_eq!(c, only(&[(name, 1)]), "{:?}", kinds(&events));
+            // It ends at the end of the input: the last packet.
+            let last_packet = (0..t.len()).rev().find(|i| !gone.contains(i)).unwrap();
+            let end = damaged.len() / P - 1;
+            spans_gap(span, last + 0.5, t[last_packet], end, origin, 0.03);
+        }
+    }
 }
 
 #[test]
-fn the_pmt_gone_for_a_second_is_one_pmt_error() {
+fn the_pat_gone_for_a_second_is_one_pat_error_from_its_onset_to_its_return() {
     let ts = cbr();
     let t = pcr_times(ts);
-    let gone = indices(ts, |i, p| pid(p) == PMT && (5.0..6.0).contains(&t[i]));
+    let gone = indices(ts, |i, p| pid(p) == PAT && (3.0..4.0).contains(&t[i]));
+    assert!(gone.len() >= 9, "a PAT every 100 ms: {}", gone.len());
+    table_gone(PAT, Indicator::PatError, 3.0, 4.0);
+    // For 3.5 s it is still one gap; gone for the last three seconds, it lasts to the end.
+    table_gone(PAT, Indicator::PatError, 3.0, 6.5);
+    table_gone(PAT, Indicator::PatError, 7.0, 99.0);
+    // A gap of 0.4 s (0.3 s of PATs gone) is within the limit.
+    let gone = indices(ts, |i, p| pid(p) == PAT && (3.0..3.3).contains(&t[i]));
     let (c, events) = analyse(&without(ts, &gone));
-    assert_eq!(c, only(&[("pmt_errors", 1), ("cc_errors", 1)]));
-    assert!(events.iter().all(|e| e.pid == Some(PMT)));
+    assert_eq!(c, only(&[("cc_errors", 1)]));
+    assert!(events.iter().all(|e| e.edge == Edge::Once));
+}
+
+#[test]
+fn the_pmt_gone_for_a_second_is_one_pmt_error_from_its_onset_to_its_return() {
+    table_gone(PMT, Indicator::PmtError, 5.0, 6.0);
+    table_gone(PMT, Indicator::PmtError, 2.0, 4.5);
+    table_gone(PMT, Indicator::PmtError, 8.0, 99.0);
 }
 
 #[test]
@@ -277,11 +355,16 @@ fn crc_errors_in_pat_pmt_and_sdt() {
     for i in &hit {
         bad[i * P + 9] ^= 0x01;
     }
-    let (c, _) = analyse(&bad);
+    let (c, events) = analyse(&bad);
     assert_eq!(
         c,
         only(&[("crc_errors", hit.len() as u64), ("pat_errors", 1)])
     );
+    let pats = indices(ts, |_, p| pid(p) == PAT);
+    let before = t[pats[pats.partition_point(|&i| i < hit[0]) - 1]];
+    let back = pats[pats.partition_point(|&i| i <= *hit.last().unwrap())];
+    let span = one_span(&events, Indicator::PatError);
+    spans_gap(span, before + 0.5, t[back], back, media_origin(ts), 0.03);
 }
 
 #[test]
@@ -406,18 +489,22 @@ fn a_pid_gone_for_six_seconds_is_a_pid_error_and_a_pts_error() {
         kinds(&events)
     );
     assert!(events.iter().all(|e| e.pid == Some(AUDIO)));
-    let e = events
-        .iter()
-        .find(|e| e.indicator == Indicator::PidError)
-        .unwrap();
-    let last = t[*indices(ts, |i, p| pid(p) == AUDIO && i < audio[0])
-        .last()
-        .unwrap()];
-    assert!(
-        (e.time_s - (last + 5.0)).abs() < 0.05,
-        "PID_error at {} for audio last seen at {last}",
-        e.time_s
-    );
+    // The PID is missing from 5 s after its last packet to its next one; its PTS, from 0.7 s
+    // after the last PES header to the next (the nulled packets keep their places).
+    let origin = media_origin(ts);
+    let all = indices(ts, |_, p| pid(p) == AUDIO);
+    let around = |list: &[usize]| {
+        let k = list.partition_point(|&i| i < audio[0]);
+        let back = list[list.partition_point(|&i| i <= *audio.last().unwrap())];
+        (list[k - 1], back)
+    };
+    let (last, back) = around(&all);
+    let span = one_span(&events, Indicator::PidError);
+    spans_gap(span, t[last] + 5.0, t[back], back, origin, 0.05);
+    let pes = indices(ts, |_, p| pid(p) == AUDIO && pusi(p));
+    let (last, back) = around(&pes);
+    let span = one_span(&events, Indicator::PtsError);
+    spans_gap(span, t[last] + 0.7, t[back], back, origin, 0.05);
 
     // For one second: a PTS error, no PID error.
     let (c, _) = analyse(&nulled(ts, &gone(AUDIO, 2.0, 3.0)));
@@ -425,7 +512,8 @@ fn a_pid_gone_for_six_seconds_is_a_pid_error_and_a_pts_error() {
 
     // The video PID carries the PCR, the stream's clock: gone, its PCR goes too, and the clock
     // runs on the bytes meanwhile.
-    let (c, events) = analyse(&nulled(ts, &gone(VIDEO, 2.0, 8.0)));
+    let video = gone(VIDEO, 2.0, 8.0);
+    let (c, events) = analyse(&nulled(ts, &video));
     assert_eq!(
         c,
         only(&[
@@ -439,16 +527,37 @@ fn a_pid_gone_for_six_seconds_is_a_pid_error_and_a_pts_error() {
         kinds(&events)
     );
     assert!(events.iter().all(|e| e.pid == Some(VIDEO)));
+    // The PCR is missing from 40 ms after the last one (2.3a) to the next, noticed on the
+    // clock the bytes keep running, long before the next comes. The clock bridges the six
+    // seconds by the average rate: the return is timed to a few tens of ms.
+    let pcrs = indices(ts, |_, p| pid(p) == VIDEO && pcr(p).is_some());
+    let k = pcrs.partition_point(|&i| i < video[0]);
+    let back = pcrs[pcrs.partition_point(|&i| i <= *video.last().unwrap())];
+    let span = one_span(&events, Indicator::PcrRepetitionError);
+    spans_gap(span, t[pcrs[k - 1]] + 0.04, t[back], back, origin, 0.1);
+    // At 2 Mbit/s a slot is 0.752 ms.
+    let noticed = (span.0.packet as usize - pcrs[k - 1]) as f64 * (P * 8) as f64 / 2e6;
+    assert!(noticed < 0.3, "noticed {noticed} s after the last PCR");
+    for (indicator, limit) in [(Indicator::PidError, 5.0), (Indicator::PtsError, 0.7)] {
+        let (b, e) = one_span(&events, indicator);
+        assert!(
+            b.time_s < 2.0 + limit && e.time_s > 7.9,
+            "{indicator:?}: {b:?} {e:?}"
+        );
+    }
 }
 
 #[test]
 fn on_the_arrival_clock_a_pause_in_delivery_is_a_gap() {
     let ts = cbr();
-    // Delivered at its 2 Mbit/s in 1316-byte datagrams, with a pause half way.
-    let run = |pause: f64| -> Counters {
+    // Delivered at its 2 Mbit/s in 1316-byte datagrams, with a pause half way: the last
+    // datagram before it arrives at `stop`, the next at `stop + pause + 1316 B`.
+    let half = ts.len() / 2;
+    let stop = (half - 1) / 1316 * 1316;
+    let stop = stop as f64 / 250_000.0;
+    let run = |pause: f64| -> (Counters, Vec<Event>) {
         let mut a = Analyzer::new();
         let mut events = Vec::new();
-        let half = ts.len() / 2;
         for (n, c) in ts.chunks(1316).enumerate() {
             let offset = n * 1316;
             let mut t = offset as f64 / 250_000.0;
@@ -457,14 +566,18 @@ fn on_the_arrival_clock_a_pause_in_delivery_is_a_gap() {
             }
             a.feed(c, Clock::Arrival(t), &mut events);
         }
-        *a.counters()
+        a.finish(&mut events);
+        check_events(&events, a.counters());
+        (*a.counters(), events)
     };
-    assert_eq!(run(0.0), Counters::default());
+    assert_eq!(run(0.0).0, Counters::default());
     // 0.3 s: only the PCR (every ~20 ms) notices; PAT gaps stay under 0.5 s, PTS under 0.7 s.
-    assert_eq!(run(0.3), only(&[("pcr_repetition_errors", 1)]));
-    // Two seconds: the PAT and PMT gaps, the video PID's PCR interval and both PTS intervals.
+    assert_eq!(run(0.3).0, only(&[("pcr_repetition_errors", 1)]));
+    // Two seconds: the PAT and PMT gaps, the video PID's PCR interval and both PTS intervals,
+    // each an absence from its limit after the last one before the pause to the first after.
+    let (c, events) = run(2.0);
     assert_eq!(
-        run(2.0),
+        c,
         only(&[
             ("pat_errors", 1),
             ("pmt_errors", 1),
@@ -472,8 +585,32 @@ fn on_the_arrival_clock_a_pause_in_delivery_is_a_gap() {
             ("pts_errors", 2),
         ])
     );
+    let resumed = stop + 2.0 + 1316.0 / 250_000.0;
+    for (indicator, limit, n) in [
+        (Indicator::PatError, 0.5, 1),
+        (Indicator::PmtError, 0.5, 1),
+        (Indicator::PcrRepetitionError, 0.04, 1),
+        (Indicator::PtsError, 0.7, 2),
+    ] {
+        let got = spans_of(&events, indicator);
+        assert_eq!(got.len(), n, "{indicator:?}: {got:?}");
+        for (b, e) in got {
+            // The last one came in the last 0.3 s before the pause (a PES of audio carries
+            // several frames), and the first after it within 0.3 s.
+            let last = b.time_s - limit;
+            assert!(
+                (stop - 0.3..=stop).contains(&last),
+                "{indicator:?} last seen at {last}, the pause began at {stop}"
+            );
+            assert!(
+                (resumed..resumed + 0.3).contains(&e.time_s),
+                "{indicator:?} back at {}, delivery resumed at {resumed}",
+                e.time_s
+            );
+        }
+    }
     // Six: the referenced PIDs too.
-    assert_eq!(run(6.0).pid_errors, 2);
+    assert_eq!(run(6.0).0.pid_errors, 2);
 }
 
 #[test]
@@ -484,8 +621,14 @@ fn ffmpegs_default_pcr_interval_breaks_dvbs_40_ms() {
     let pcrs: Vec<u64> = packets(&ts).filter_map(pcr).collect();
     let long = pcrs.windows(2).filter(|w| w[1] - w[0] > 1_080_000).count() as u64;
     assert!(long > 10, "{long}");
-    let (c, _) = analyse(&ts);
+    let (c, events) = analyse(&ts);
     assert_eq!(c, only(&[("pcr_repetition_errors", long)]));
+    // Each 80 ms interval is one absence, from 40 ms after a PCR to the next.
+    let got = spans_of(&events, Indicator::PcrRepetitionError);
+    assert_eq!(got.len() as u64, long);
+    for (b, e) in got {
+        near("absence", e.time_s - b.time_s, 0.04, 1e-3);
+    }
     let iso = Settings {
         pcr_interval_s: 0.1,
         ..Settings::default()

@@ -7,7 +7,8 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
-use avmon_transport::{Analyzer, Clock, Counters, Event, Settings};
+use avmon_transport::packet::{pes_start, Header, PesStart};
+use avmon_transport::{Absences, Analyzer, Clock, Counters, Event, Indicator, Settings};
 
 pub const P: usize = 188;
 /// The PIDs FFmpeg's muxer uses.
@@ -67,13 +68,75 @@ pub fn analyse(ts: &[u8]) -> (Counters, Vec<Event>) {
     analyse_with(ts, Settings::default(), 1316)
 }
 
+/// Analyse `ts` fed in chunks of `chunk` bytes, to its end ([`Analyzer::finish`]); the events
+/// are checked against the counters and each other ([`check_events`]).
 pub fn analyse_with(ts: &[u8], settings: Settings, chunk: usize) -> (Counters, Vec<Event>) {
     let mut a = Analyzer::with_settings(settings).expect("valid settings");
     let mut events = Vec::new();
     for c in ts.chunks(chunk) {
         a.feed(c, Clock::Stream, &mut events);
     }
+    a.finish(&mut events);
+    check_events(&events, a.counters());
     (*a.counters(), events)
+}
+
+/// What every analysis's events must be: each but an `End` is one count of its indicator; the
+/// absences keep [`Edge`]'s contract ([`Absences`]); and all have ended (the analysis was
+/// finished).
+pub fn check_events(events: &[Event], counters: &Counters) {
+    for i in Indicator::ALL {
+        let n = events
+            .iter()
+            .filter(|e| e.indicator == i && e.edge.counts())
+            .count() as u64;
+        assert_eq!(n, counters.get(i), "{i:?}: events and counter differ");
+    }
+    spans(events);
+}
+
+/// Each absence in `events` as `(begin, end)`, in the order they ended; all must have.
+pub fn spans(events: &[Event]) -> Vec<(Event, Event)> {
+    let mut absences = Absences::default();
+    let spans = events
+        .iter()
+        .filter_map(|e| absences.take(e).unwrap_or_else(|err| panic!("{err}")))
+        .collect();
+    assert!(
+        absences.open().is_empty(),
+        "not ended: {:?}",
+        absences.open()
+    );
+    spans
+}
+
+/// Each absence of `indicator` as `(begin, end)`, in the order they ended.
+pub fn spans_of(events: &[Event], indicator: Indicator) -> Vec<(Event, Event)> {
+    spans(events)
+        .into_iter()
+        .filter(|(b, _)| b.indicator == indicator)
+        .collect()
+}
+
+/// Where the stream's media time starts on its PCR clock (as [`pcr_times`] counts it): the
+/// earliest first PTS of any PID, as FFmpeg (and so avmon) counts media time from it. A
+/// packet's media time is `pcr_times(ts)[i] - media_origin(ts)`.
+pub fn media_origin(ts: &[u8]) -> f64 {
+    let first_pcr = packets(ts).find_map(pcr).expect("a PCR");
+    let mut seen = std::collections::HashSet::new();
+    packets(ts)
+        .filter_map(|p| {
+            let p: &[u8; P] = p.try_into().unwrap();
+            let h = Header::parse(p);
+            if !h.pusi || h.payload >= P || !seen.insert(h.pid) {
+                return None;
+            }
+            match pes_start(&p[h.payload..]) {
+                PesStart::Pts(pts) => Some((pts as f64 * 300.0 - first_pcr as f64) / 27e6),
+                _ => None,
+            }
+        })
+        .fold(f64::INFINITY, f64::min)
 }
 
 /// `(indicator kind, PID)` of each event, in order.
