@@ -45,8 +45,9 @@ pub struct Pipeline {
     /// After an outage, while only data held back from before it arrives: (onset, wall
     /// duration, since when).
     resuming: Option<(f64, f64, std::time::Instant)>,
-    /// The transport analyser fed by the input's bytes, when avmon reads them itself.
-    transport: Option<std::sync::Arc<crate::transport::TransportTap>>,
+    /// The findings of the transport analyser fed by the input's bytes, when avmon reads them
+    /// itself. Kept across reconnections (the tap is), so that what it has open is ended.
+    transport: Option<crate::transport::TransportDetector>,
     /// The fidelity tier the input decodes at (as it last said).
     pub tier: Tier,
     /// The service's own findings about the stream that are open (`monitor.degraded`,
@@ -85,7 +86,7 @@ impl Pipeline {
 
     /// Report TR 101 290 findings from `tap` (which the input's bytes go through).
     pub fn with_transport(mut self, tap: std::sync::Arc<crate::transport::TransportTap>) -> Self {
-        self.transport = Some(tap);
+        self.transport = Some(crate::transport::TransportDetector::new(tap));
         self
     }
 
@@ -96,12 +97,6 @@ impl Pipeline {
             info.video.is_some(),
             info.audio.is_some(),
         );
-        if let Some(tap) = &self.transport {
-            self.detectors
-                .push(Box::new(crate::transport::TransportDetector::new(
-                    tap.clone(),
-                )));
-        }
         for d in &mut self.detectors {
             d.on_tier(self.tier);
         }
@@ -197,6 +192,9 @@ impl Pipeline {
         for d in &mut self.detectors {
             d.on_tick(t, &mut self.alerts.findings);
         }
+        if let Some(d) = &mut self.transport {
+            d.on_tick(t, &mut self.alerts.findings);
+        }
         self.alerts.tick(t);
     }
 
@@ -282,8 +280,12 @@ impl Pipeline {
         self.flush();
     }
 
-    /// The input ended at media time `end`: every open alert is cleared.
+    /// The input ended at media time `end`: every open alert is cleared (a transport finding
+    /// at its last event, or at `end` while its absence lasts).
     pub fn finish(&mut self, end: f64) {
+        if let Some(d) = &mut self.transport {
+            d.finish(end, &mut self.alerts.findings);
+        }
         self.alerts.clear_all(end);
     }
 

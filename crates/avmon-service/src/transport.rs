@@ -1,7 +1,13 @@
 //! TR 101 290 on every transport stream avmon reads itself: a [`TransportTap`] sees the bytes on
 //! their way to FFmpeg's demuxer (`avmon_media::ingest`), and a [`TransportDetector`] in the
 //! stream's pipeline turns the analyser's events into findings of kind `transport.<indicator>`,
-//! merged into one finding while the condition persists (events less than [`HOLD_S`] apart).
+//! merged into one finding while the condition persists: while an absence the analyser reported
+//! (a PAT, PMT, PID, PCR or PTS that stopped coming: [`Edge::Begin`]) has not ended
+//! ([`Edge::End`]), and while events come less than [`HOLD_S`] apart. So a PAT missing for 2 s
+//! is one finding from its onset to its return, and a burst of continuity errors is one finding.
+//! The finding's `count` (in its end's details) is how many times the indicator fired over it:
+//! the counters' increments (one per gap of a table or PID, one per too-long PCR or PTS
+//! interval, one per continuity break, ...).
 //!
 //! Files are timed by the stream's own PCR ([`Clock::Stream`]); live inputs by when their bytes
 //! arrived ([`Clock::Arrival`]), so that a PAT that stops arriving is an error even while the
@@ -13,10 +19,13 @@ use std::time::Instant;
 
 use avmon_core::{Details, Detector, Finding, Findings, Severity};
 use avmon_media::ByteTap;
-use avmon_transport::{Analyzer, Clock, Counters, Event, Indicator, Settings};
+use avmon_transport::{Analyzer, Clock, Counters, Edge, Event, Indicator, Settings};
 
 /// Events of one indicator less than this many seconds (media time) apart are one finding.
 pub const HOLD_S: f64 = 1.0;
+
+/// The most events the tap holds for the pipeline (see [`TransportTap`]'s `on_bytes`).
+const MAX_QUEUED: usize = 10_000;
 
 /// The analyser, fed from the demuxer's reads.
 pub struct TransportTap {
@@ -77,14 +86,17 @@ impl TransportTap {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A new connection: a fresh analyser (the counts so far are kept).
+    /// A new connection: a fresh analyser (the counts so far are kept). What the old one had
+    /// open ends here ([`Analyzer::finish`]): the new one judges afresh.
     fn restart(&self) {
         let mut s = self.state();
         let done = *s.analyzer.counters();
         s.earlier.add(&done);
         s.earlier_packets += s.analyzer.packets();
-        s.analyzer = Analyzer::with_settings(s.settings).unwrap_or_else(|_| Analyzer::new());
+        let fresh = Analyzer::with_settings(s.settings).unwrap_or_else(|_| Analyzer::new());
+        let mut old = std::mem::replace(&mut s.analyzer, fresh);
         s.events.clear();
+        old.finish(&mut s.events);
     }
 
     /// Counts since the first connection.
@@ -126,8 +138,15 @@ impl ByteTap for TransportTap {
         } = &mut *s;
         analyzer.feed(bytes, clock, events);
         // Bounded: the pipeline drains the queue at every demuxed packet; a flood of errors
-        // between two packets keeps its first 10 000 (the counters count all).
-        events.truncate(10_000);
+        // between two packets keeps its first 10 000 (the counters count all), and the ends of
+        // absences after them (no more than it began), so that none stays open.
+        if events.len() > MAX_QUEUED {
+            let mut n = 0;
+            events.retain(|e| {
+                n += 1;
+                n <= MAX_QUEUED || e.edge == Edge::End
+            });
+        }
     }
 
     fn on_rtp_loss(&self, lost: u64) {
@@ -149,13 +168,20 @@ fn severity(i: Indicator) -> Severity {
 }
 
 /// One indicator's open finding.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct Open {
+    /// The latest time it was seen: an occurrence, or the end of an absence.
     last: f64,
+    /// The indicator's counts it spans.
     count: u64,
+    /// The PIDs whose absence (an [`Edge::Begin`] without its [`Edge::End`] yet) holds it
+    /// open.
+    absent: Vec<Option<u16>>,
 }
 
-/// Turns the tap's events into findings, on the stream's thread.
+/// Turns the tap's events into findings, on the stream's thread. It lives as long as the tap
+/// (across reconnections), so the absences a connection left open are ended by the tap's
+/// restart.
 pub struct TransportDetector {
     tap: Arc<TransportTap>,
     open: [Option<Open>; Indicator::ALL.len()],
@@ -169,8 +195,91 @@ impl TransportDetector {
         TransportDetector {
             live,
             tap,
-            open: [None; Indicator::ALL.len()],
+            open: Default::default(),
             scratch: Vec::new(),
+        }
+    }
+
+    /// Take the tap's events, at media time `now`.
+    fn take(&mut self, now: f64, out: &mut Findings) {
+        let mut events = std::mem::take(&mut self.scratch);
+        self.tap.drain(&mut events);
+        for e in events.drain(..) {
+            self.event(&e, now, out);
+        }
+        self.scratch = events;
+    }
+
+    fn event(&mut self, e: &Event, now: f64, out: &mut Findings) {
+        let k = Indicator::ALL
+            .iter()
+            .position(|&i| i == e.indicator)
+            .unwrap_or(0);
+        // A file: the analyser's own media time (the demuxer reads ahead, while probing by
+        // seconds, so the packet clock `now` may lag the bytes that carried the error). A
+        // live input: the packet clock, which runs on across reconnections where each new
+        // connection's analyser starts its media time afresh.
+        let t = match e.media_s {
+            Some(m) if !self.live => m,
+            _ => now,
+        }
+        .max(0.0);
+        if e.edge == Edge::End {
+            // The absence it ends: the finding stays open until the last one ends, and then
+            // for HOLD_S. An end whose begin this detector never saw (dropped from a full
+            // queue, or a connection's last events) ends nothing.
+            if let Some(o) = &mut self.open[k] {
+                if let Some(j) = o.absent.iter().position(|&p| p == e.pid) {
+                    o.absent.swap_remove(j);
+                    o.last = o.last.max(t);
+                }
+            }
+            return;
+        }
+        // An event more than HOLD_S after the open one's last, with nothing absent: that one
+        // ended.
+        if let Some(o) = self.open[k].take_if(|o| o.absent.is_empty() && t - o.last >= HOLD_S) {
+            out.push(end_at(e.indicator, &o, o.last));
+        }
+        match &mut self.open[k] {
+            Some(o) => {
+                o.last = o.last.max(t);
+                o.count += 1;
+            }
+            slot @ None => {
+                *slot = Some(Open {
+                    last: t,
+                    count: 1,
+                    absent: Vec::new(),
+                });
+                out.push(Finding::begin(
+                    e.indicator.kind(),
+                    severity(e.indicator),
+                    t,
+                    details(e.indicator, e.pid),
+                ));
+            }
+        }
+        if e.edge == Edge::Begin {
+            if let Some(o) = &mut self.open[k] {
+                o.absent.push(e.pid);
+            }
+        }
+    }
+
+    /// The input ended at media time `end`: the tap's last events are taken, and every open
+    /// finding ends: at its last event, or at `end` while an absence holds it open.
+    pub fn finish(&mut self, end: f64, out: &mut Findings) {
+        self.take(end, out);
+        for (k, slot) in self.open.iter_mut().enumerate() {
+            if let Some(o) = slot.take() {
+                let at = if o.absent.is_empty() {
+                    o.last
+                } else {
+                    end.max(o.last)
+                };
+                out.push(end_at(Indicator::ALL[k], &o, at));
+            }
         }
     }
 }
@@ -184,10 +293,10 @@ fn details(i: Indicator, pid: Option<u16>) -> Details {
     d
 }
 
-fn end(i: Indicator, o: Open) -> Finding {
+fn end_at(i: Indicator, o: &Open, t: f64) -> Finding {
     let mut d = details(i, None);
     d.insert("count".into(), o.count.into());
-    Finding::end(i.kind(), severity(i), o.last, d)
+    Finding::end(i.kind(), severity(i), t, d)
 }
 
 impl Detector for TransportDetector {
@@ -196,48 +305,10 @@ impl Detector for TransportDetector {
     }
 
     fn on_tick(&mut self, now: f64, out: &mut Findings) {
-        self.tap.drain(&mut self.scratch);
-        for e in self.scratch.drain(..) {
-            let k = Indicator::ALL
-                .iter()
-                .position(|&i| i == e.indicator)
-                .unwrap_or(0);
-            // A file: the analyser's own media time (the demuxer reads ahead, while probing by
-            // seconds, so the packet clock `now` may lag the bytes that carried the error). A
-            // live input: the packet clock, which runs on across reconnections where each new
-            // connection's analyser starts its media time afresh.
-            let t = match e.media_s {
-                Some(m) if !self.live => m,
-                _ => now,
-            }
-            .max(0.0);
-            // An event more than HOLD_S after the open one's last: that one ended.
-            if let Some(o) = self.open[k].filter(|o| t - o.last >= HOLD_S) {
-                out.push(end(e.indicator, o));
-                self.open[k] = None;
-            }
-            match &mut self.open[k] {
-                Some(o) => {
-                    o.last = o.last.max(t);
-                    o.count += 1;
-                }
-                slot @ None => {
-                    *slot = Some(Open { last: t, count: 1 });
-                    out.push(Finding::begin(
-                        e.indicator.kind(),
-                        severity(e.indicator),
-                        t,
-                        details(e.indicator, e.pid),
-                    ));
-                }
-            }
-        }
+        self.take(now, out);
         for (k, slot) in self.open.iter_mut().enumerate() {
-            if let Some(o) = *slot {
-                if now - o.last >= HOLD_S {
-                    out.push(end(Indicator::ALL[k], o));
-                    *slot = None;
-                }
+            if let Some(o) = slot.take_if(|o| o.absent.is_empty() && now - o.last >= HOLD_S) {
+                out.push(end_at(Indicator::ALL[k], &o, o.last));
             }
         }
     }
@@ -255,5 +326,191 @@ pub fn text(c: &Counters) -> String {
         "transport: no TR 101 290 errors".into()
     } else {
         format!("transport (TR 101 290): {}", found.join(", "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use avmon_core::FindingEdge;
+    use avmon_transport::psi::long_section;
+
+    fn event(indicator: Indicator, edge: Edge, pid: u16, media: f64) -> Event {
+        Event {
+            indicator,
+            edge,
+            pid: Some(pid),
+            packet: 0,
+            offset: 0,
+            time_s: media,
+            media_s: Some(media),
+        }
+    }
+
+    /// A tap for a file, its detector, and where the findings go.
+    fn file_detector() -> (Arc<TransportTap>, TransportDetector, Findings) {
+        let tap = TransportTap::new(false);
+        (tap.clone(), TransportDetector::new(tap), Findings::new())
+    }
+
+    /// As if the analyser had found `events` in the bytes.
+    fn found(tap: &TransportTap, events: &[Event]) {
+        tap.state().events.extend_from_slice(events);
+    }
+
+    /// `(kind, edge, t, count)` of each finding.
+    fn seen(out: &Findings) -> Vec<(&'static str, FindingEdge, f64, Option<u64>)> {
+        out.iter()
+            .map(|f| {
+                let count = f.details.get("count").and_then(|c| c.as_u64());
+                (f.kind, f.edge, f.t, count)
+            })
+            .collect()
+    }
+
+    /// The findings are one of `kind`: its begin at `begin`, its end at `end` with `count`.
+    fn one_finding(out: &Findings, kind: &str, begin: f64, end: f64, count: u64) {
+        use FindingEdge::{Begin, End};
+        assert_eq!(
+            seen(out),
+            [(kind, Begin, begin, None), (kind, End, end, Some(count))]
+        );
+    }
+
+    #[test]
+    fn an_absence_is_one_finding_from_its_onset_to_its_return_however_long() {
+        use FindingEdge::Begin;
+        let (tap, mut d, mut out) = file_detector();
+        // The PAT, last seen at 5.3 s, is missing from 5.8 s; a continuity error on it at 6 s.
+        found(&tap, &[event(Indicator::PatError, Edge::Begin, 0, 5.8)]);
+        d.on_tick(5.9, &mut out);
+        found(&tap, &[event(Indicator::PatError, Edge::Once, 0, 6.0)]);
+        // Long after HOLD_S it is still missing: still open.
+        for t in [6.5, 7.0, 7.2] {
+            d.on_tick(t, &mut out);
+        }
+        assert_eq!(seen(&out), [("transport.pat_error", Begin, 5.8, None)]);
+        // Back at 7.3 s: it ends there, once HOLD_S has passed without it missing again.
+        found(&tap, &[event(Indicator::PatError, Edge::End, 0, 7.3)]);
+        d.on_tick(7.4, &mut out);
+        assert_eq!(out.len(), 1);
+        d.on_tick(7.3 + HOLD_S, &mut out);
+        one_finding(&out, "transport.pat_error", 5.8, 7.3, 2);
+    }
+
+    #[test]
+    fn absences_of_several_pids_hold_the_finding_until_the_last_returns() {
+        use FindingEdge::Begin;
+        let (tap, mut d, mut out) = file_detector();
+        let pid = Indicator::PidError;
+        found(
+            &tap,
+            &[
+                event(pid, Edge::Begin, 0x100, 7.0),
+                event(pid, Edge::Begin, 0x101, 7.1),
+                event(pid, Edge::End, 0x100, 8.0),
+            ],
+        );
+        d.on_tick(8.0, &mut out);
+        d.on_tick(12.0, &mut out);
+        // An end of an absence never begun (a connection's last events) ends nothing.
+        found(&tap, &[event(pid, Edge::End, 0x102, 12.5)]);
+        d.on_tick(14.0, &mut out);
+        assert_eq!(seen(&out), [("transport.pid_error", Begin, 7.0, None)]);
+        found(&tap, &[event(pid, Edge::End, 0x101, 15.0)]);
+        d.on_tick(16.5, &mut out);
+        one_finding(&out, "transport.pid_error", 7.0, 15.0, 2);
+    }
+
+    #[test]
+    fn bursts_still_merge_and_the_end_of_the_input_ends_what_is_open() {
+        use FindingEdge::{Begin, End};
+        let (tap, mut d, mut out) = file_detector();
+        let (cc, pts) = (Indicator::CcError, Indicator::PtsError);
+        // Continuity errors 0.5 s apart are one finding; 1.5 s after the last, another.
+        found(
+            &tap,
+            &[
+                event(cc, Edge::Once, 0x100, 1.0),
+                event(cc, Edge::Once, 0x100, 1.5),
+                event(cc, Edge::Once, 0x101, 3.0),
+                event(pts, Edge::Begin, 0x101, 3.2),
+            ],
+        );
+        d.on_tick(3.5, &mut out);
+        // The input ends at 4 s: the open burst ends at its last event, the absence at the end.
+        d.finish(4.0, &mut out);
+        let mut got = seen(&out);
+        got.sort_by(|a, b| (a.0, a.2).partial_cmp(&(b.0, b.2)).unwrap());
+        assert_eq!(
+            got,
+            [
+                ("transport.cc_error", Begin, 1.0, None),
+                ("transport.cc_error", End, 1.5, Some(2)),
+                ("transport.cc_error", Begin, 3.0, None),
+                ("transport.cc_error", End, 3.0, Some(1)),
+                ("transport.pts_error", Begin, 3.2, None),
+                ("transport.pts_error", End, 4.0, Some(1)),
+            ]
+        );
+    }
+
+    /// A transport stream of `secs` on its own clock: a PAT (naming a program whose PMT never
+    /// comes) at the start, then a packet with a PCR every 20 ms on PID 0x100.
+    fn pat_then_pcrs(secs: f64) -> Vec<u8> {
+        let mut ts = Vec::new();
+        let mut pat = [0xFFu8; 188];
+        let section = long_section(0x00, 1, &[0x00, 0x01, 0xF0, 0x00]);
+        pat[..5].copy_from_slice(&[0x47, 0x40, 0x00, 0x10, 0x00]);
+        pat[5..5 + section.len()].copy_from_slice(&section);
+        ts.extend(pat);
+        for n in 0..(secs / 0.02) as u64 {
+            let base = n * 1800; // 20 ms at 90 kHz
+            let mut p = [0xFFu8; 188];
+            p[..6].copy_from_slice(&[0x47, 0x01, 0x00, 0x20, 183, 0x10]);
+            p[6..12].copy_from_slice(&[
+                (base >> 25) as u8,
+                (base >> 17) as u8,
+                (base >> 9) as u8,
+                (base >> 1) as u8,
+                ((base & 1) << 7) as u8 | 0x7E,
+                0,
+            ]);
+            ts.extend(p);
+        }
+        ts
+    }
+
+    #[test]
+    fn a_reconnection_ends_what_the_connection_before_left_open() {
+        use FindingEdge::{Begin, End};
+        let (tap, mut d, mut out) = file_detector();
+        tap.on_start();
+        // 2 s with one PAT at the start: the PAT and the PMT are missing from 0.5 s.
+        tap.on_bytes(&pat_then_pcrs(2.0));
+        d.on_tick(1.0, &mut out);
+        let begun: Vec<_> = seen(&out).into_iter().map(|f| (f.0, f.1)).collect();
+        assert_eq!(
+            begun,
+            [
+                ("transport.pat_error", Begin),
+                ("transport.pmt_error", Begin)
+            ]
+        );
+        // The source reconnects: the new connection is judged afresh, and what the old one had
+        // open ends where it stopped (its last packet, at 2 s on its clock).
+        tap.on_start();
+        d.on_tick(2.5, &mut out);
+        d.on_tick(3.5, &mut out);
+        let ended: Vec<_> = seen(&out)[2..].iter().map(|f| (f.0, f.1)).collect();
+        assert_eq!(
+            ended,
+            [("transport.pat_error", End), ("transport.pmt_error", End)]
+        );
+        assert!(
+            out[2..].iter().all(|f| (f.t - 1.98).abs() < 0.01),
+            "{out:?}"
+        );
+        assert_eq!(tap.counters().pat_errors, 1);
     }
 }
