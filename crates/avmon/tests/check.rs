@@ -167,6 +167,90 @@ fn duration_limits_the_analysis() {
     assert_eq!(events(&r), vec![], "the black at 8 s is beyond --duration");
 }
 
+/// Each packet's PID and time on the stream's PCR clock (seconds from the first PCR; the last
+/// PCR before it), and where media time starts on that clock: the earliest first PTS, as avmon
+/// (and FFmpeg) count media time from it.
+fn pcr_clock(ts: &[u8]) -> (Vec<(u16, f64)>, f64) {
+    use avmon_transport::packet::{pes_start, Header, PesStart};
+    let mut first_pcr = None;
+    let mut now = 0.0;
+    let mut first_pts = std::collections::HashMap::new();
+    let packets = ts
+        .chunks_exact(188)
+        .map(|p| {
+            let h = Header::parse(p.try_into().unwrap());
+            if let Some((pcr, _)) = h.pcr {
+                now = (pcr - *first_pcr.get_or_insert(pcr)) as f64 / 27e6;
+            }
+            if h.pusi && h.payload < 188 {
+                if let PesStart::Pts(pts) = pes_start(&p[h.payload..]) {
+                    first_pts.entry(h.pid).or_insert(pts);
+                }
+            }
+            (h.pid, now)
+        })
+        .collect();
+    let first_pcr = first_pcr.expect("a PCR") as f64;
+    let origin = first_pts
+        .values()
+        .map(|&pts| (pts as f64 * 300.0 - first_pcr) / 27e6)
+        .fold(f64::INFINITY, f64::min);
+    (packets, origin)
+}
+
+#[test]
+fn a_pat_missing_for_seconds_is_one_event_from_its_onset_to_its_return_or_the_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let clean = synth(dir.path(), "clean.ts", 8.0, &[]);
+    let bytes = std::fs::read(&clean).unwrap();
+    let (packets, origin) = pcr_clock(&bytes);
+    let pats: Vec<usize> = (0..packets.len()).filter(|&i| packets[i].0 == 0).collect();
+    let media = |i: usize| packets[i].1 - origin;
+    // The PAT packets from 3 to 5 s dropped; then those from 5 s to the end.
+    for (name, from, to) in [("gap.ts", 3.0, 5.0), ("to-end.ts", 5.0, 99.0)] {
+        let gone: Vec<usize> = pats
+            .iter()
+            .copied()
+            .filter(|&i| (from..to).contains(&packets[i].1))
+            .collect();
+        let (first, last) = (gone[0], *gone.last().unwrap());
+        let bad = dir.path().join(name);
+        let o = avmon()
+            .args(["damage", clean.to_str().unwrap(), bad.to_str().unwrap()])
+            .args(["--drop", &format!("0@#{first}-{last}")])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr_of(&o));
+        let r = check_json(&bad);
+        assert_eq!(r["summary"]["transport"]["pat_errors"], 1, "{name}");
+        let pat: Vec<&serde_json::Value> = r["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["kind"] == "transport.pat_error")
+            .collect();
+        assert_eq!(
+            pat.len(),
+            1,
+            "{name}: one event, not an instant per error: {pat:?}"
+        );
+        let (start, end) = (
+            pat[0]["start_s"].as_f64().unwrap(),
+            pat[0]["end_s"].as_f64().unwrap(),
+        );
+        assert_eq!(pat[0]["details"]["count"], 1, "{name}");
+        // From the last PAT before the gap plus TR 101 290's 0.5 s to the next PAT, or to the
+        // end of the input.
+        let before = pats[pats.partition_point(|&i| i < first) - 1];
+        assert_near("PAT missing from", start, media(before) + 0.5, 0.05);
+        match pats.iter().find(|&&i| i > last) {
+            Some(&back) => assert_near("PAT back at", end, media(back), 0.05),
+            None => assert_eq!(end, r["duration_s"].as_f64().unwrap(), "{name}"),
+        }
+        assert!(end - start > 1.0, "{name}: {start}-{end}");
+    }
+}
+
 #[test]
 fn a_ts_file_gets_tr_101_290_counts_and_each_lost_packet_is_one_cc_error() {
     let dir = tempfile::tempdir().unwrap();
