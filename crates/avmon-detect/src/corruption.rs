@@ -115,6 +115,7 @@
 use avmon_core::{kinds, Details, Detector, Findings, Plane, Severity, Tier, VideoFrame};
 use serde::{Deserialize, Serialize};
 
+use crate::damage_model::{CellFeatures, DamageModel};
 use crate::episode::{put, Episode, TIME_EPS};
 use crate::luma::{quarter_lanes, QUARTER_CHUNK};
 use crate::{check, frame_duration};
@@ -143,6 +144,13 @@ pub struct CorruptionConfig {
     pub min_duration: f64,
     /// Report damage seen in the picture alone (no decoder evidence).
     pub picture: bool,
+    /// Use the learned picture-damage model (see [`damage_model`](crate::damage_model)).
+    pub model: bool,
+    /// A picture whose model score (its most likely damaged cell) is at least this is damaged.
+    pub model_threshold: f64,
+    /// The model looks at every this-many-th picture, and at every picture while the last one
+    /// it looked at scored above half the threshold (1: every picture).
+    pub model_every: usize,
 }
 
 impl Default for CorruptionConfig {
@@ -157,6 +165,9 @@ impl Default for CorruptionConfig {
             max_hold_s: 10.0,
             min_duration: 0.0,
             picture: true,
+            model: false,
+            model_threshold: MODEL_THRESHOLD,
+            model_every: MODEL_EVERY,
         }
     }
 }
@@ -177,8 +188,30 @@ impl CorruptionConfig {
         check::within(path, "hold_s", self.hold_s, 0.0, 60.0, errors);
         check::positive(path, "max_hold_s", self.max_hold_s, errors);
         check::within(path, "min_duration", self.min_duration, 0.0, 3600.0, errors);
+        check::within(
+            path,
+            "model_threshold",
+            self.model_threshold,
+            0.01,
+            1.0,
+            errors,
+        );
+        check::within(
+            path,
+            "model_every",
+            self.model_every as f64,
+            1.0,
+            250.0,
+            errors,
+        );
     }
 }
+
+/// Default [`CorruptionConfig::model_threshold`], chosen on the `tune` split of the training
+/// corpus (bench/learn/train.py).
+const MODEL_THRESHOLD: f64 = 0.5;
+/// Default [`CorruptionConfig::model_every`].
+const MODEL_EVERY: usize = 4;
 
 /// The longest baseline window.
 const MAX_BASELINE: usize = 256;
@@ -654,6 +687,26 @@ pub struct CorruptionDetector {
     /// The rows the picture score reads (`AVMON_CORRUPTION_ROWS=all`: every row, to measure
     /// what the sampling costs in accuracy).
     score_rows: Rows,
+    /// The learned model's view of the picture, the model, and its state.
+    cells: CellFeatures,
+    model: DamageModel,
+    /// Pictures until the model looks again.
+    model_wait: usize,
+    /// The last picture the model looked at scored above half the threshold.
+    model_suspect: bool,
+    /// Onset of the damage the model sees.
+    model_since: Option<f64>,
+    /// The last score the model gave.
+    model_score: f32,
+    /// Where the model saw the current episode's damage: boxes `[x0, y0, x1, y1]` in fractions
+    /// of the picture's width and height (the `regions` detail, drawn on the alert's snapshot).
+    regions: Vec<[f64; 4]>,
+    /// `AVMON_DAMAGE_FEATURES=file`: every picture's cell figures are written there (the
+    /// model's training data), and the model looks at every picture.
+    dump: Option<std::io::BufWriter<std::fs::File>>,
+    /// The hand-made picture rules (band score, torn, streaked, smeared) are used
+    /// (`AVMON_CORRUPTION_RULES=off` turns them off, to measure the model alone).
+    rules: bool,
 }
 
 impl CorruptionDetector {
@@ -690,7 +743,43 @@ impl CorruptionDetector {
                 Ok("all") => Rows::All,
                 _ => Rows::Sampled,
             },
+            cells: CellFeatures::default(),
+            model: DamageModel::default(),
+            model_wait: 0,
+            model_suspect: false,
+            model_since: None,
+            model_score: 0.0,
+            regions: Vec::new(),
+            dump: std::env::var_os("AVMON_DAMAGE_FEATURES")
+                .and_then(|p| std::fs::File::create(p).ok())
+                .map(std::io::BufWriter::new),
+            rules: std::env::var("AVMON_CORRUPTION_RULES").as_deref() != Ok("off"),
         }
+    }
+
+    /// The model's verdict on this picture: `Some(score)` when it looked (see
+    /// [`CorruptionConfig::model_every`]), `None` when it did not.
+    fn look(&mut self, frame: &VideoFrame<'_>) -> Option<f32> {
+        if self.dump.is_none() && (!self.cfg.model || self.tier != Tier::Full) {
+            return None;
+        }
+        let due = self.dump.is_some() || self.model_wait == 0 || self.model_suspect;
+        if !due {
+            self.model_wait -= 1;
+            self.cells.track(&frame.luma);
+            return None;
+        }
+        self.cells.measure(&frame.luma);
+        if let Some(d) = &mut self.dump {
+            if self.cells.dump(frame.t, d).is_err() {
+                self.dump = None;
+            }
+        }
+        self.model_wait = self.cfg.model_every.max(1) - 1;
+        let s = self.model.score(&self.cells)?;
+        self.model_suspect = f64::from(s) >= self.cfg.model_threshold / 2.0;
+        self.model_score = s;
+        Some(s)
     }
 
     fn window(&self) -> usize {
@@ -847,6 +936,7 @@ impl Detector for CorruptionDetector {
             smear,
             streak,
         } = self.scan(&frame.luma);
+        let seen = self.look(frame);
         if cut {
             self.relearn();
         }
@@ -920,9 +1010,10 @@ impl Detector for CorruptionDetector {
         let streaks = self.streaks[..n].iter().filter(|&&s| s).count();
         let streak_bad = streaks >= STREAK_FRAMES;
         // Smear needs no baseline and no window: it is judged on the picture alone.
-        let smeared = self.cfg.picture && !flat && smear;
-        let picture = smeared
+        let smeared = self.cfg.picture && self.rules && !flat && smear;
+        let heuristic = smeared
             || (self.cfg.picture
+                && self.rules
                 // The baselines and the short window are learnt over consecutive pictures of
                 // every type: from reference frames or keyframes alone they measure another
                 // mix (P pictures are blockier than the B pictures skipped), so below `full`
@@ -933,27 +1024,49 @@ impl Detector for CorruptionDetector {
                 && changed
                 && !still
                 && (blocky || torn_bad || streak_bad));
+        // The model's evidence: a picture it scores at or above the threshold is damaged, and
+        // stays so until a picture it looks at scores below half the threshold.
+        let model_bad = self.cfg.picture
+            && match seen {
+                Some(s) if self.model_since.is_some() => {
+                    f64::from(s) >= self.cfg.model_threshold / 2.0
+                }
+                Some(s) => f64::from(s) >= self.cfg.model_threshold,
+                None => self.model_since.is_some(),
+            };
+        if model_bad {
+            self.model_since.get_or_insert(frame.t);
+        } else {
+            self.model_since = None;
+        }
+        let picture = heuristic || model_bad;
         // Onset of picture damage: the earliest frame of the short window already above the
-        // threshold (the median needs a few damaged frames to move).
+        // threshold (the median needs a few damaged frames to move), or the first picture the
+        // model saw damaged.
         let mut onset = frame.t;
         if picture && !was && !smeared {
-            let b = baseline.unwrap_or(1.0);
-            let streak_only = streak_bad && !blocky && !torn_bad;
-            for (((t, band), share), streak) in self.recent[..n]
-                .iter()
-                .zip(&self.shares[..n])
-                .zip(&self.streaks[..n])
-            {
-                let own = if torn_bad {
-                    *share > ANISO_SHARE
-                } else if streak_only {
-                    *streak
-                } else {
-                    f64::from(*band) > b * self.cfg.threshold
-                };
-                if own && *t < onset {
-                    onset = *t;
+            if heuristic {
+                let b = baseline.unwrap_or(1.0);
+                let streak_only = streak_bad && !blocky && !torn_bad;
+                for (((t, band), share), streak) in self.recent[..n]
+                    .iter()
+                    .zip(&self.shares[..n])
+                    .zip(&self.streaks[..n])
+                {
+                    let own = if torn_bad {
+                        *share > ANISO_SHARE
+                    } else if streak_only {
+                        *streak
+                    } else {
+                        f64::from(*band) > b * self.cfg.threshold
+                    };
+                    if own && *t < onset {
+                        onset = *t;
+                    }
                 }
+            }
+            if let Some(since) = self.model_since {
+                onset = onset.min(since);
             }
             self.picture_since = Some(onset);
         } else if !picture {
@@ -961,7 +1074,7 @@ impl Detector for CorruptionDetector {
         }
         if self.trace {
             eprintln!(
-                "corruption t={:.3} key={} flags={} global={:.3} band={:.3} detail={:.2} cut={} base={:.3} score={:.3} torn={:.2} torn_med={:.2} smear={} streak={}/{} pic={}",
+                "corruption t={:.3} key={} flags={} global={:.3} band={:.3} detail={:.2} cut={} base={:.3} score={:.3} torn={:.2} torn_med={:.2} smear={} streak={}/{} model={} pic={}",
                 frame.t,
                 frame.key,
                 frame.decode_errors,
@@ -976,6 +1089,7 @@ impl Detector for CorruptionDetector {
                 smeared,
                 u8::from(streak),
                 streaks,
+                seen.map_or("-".to_string(), |s| format!("{s:.3}")),
                 picture
             );
         }
@@ -1015,16 +1129,31 @@ impl Detector for CorruptionDetector {
                 || smeared
                 || share > ANISO_SHARE
                 || (streak && streak_bad)
+                || (model_bad && seen.is_some_and(|s| f64::from(s) >= self.cfg.model_threshold))
                 || baseline.is_some_and(|b| m.band > b * self.cfg.threshold);
             if own || self.last_bad_end.is_none() {
                 self.last_bad_end = Some(end);
             }
+            if model_bad && seen.is_some() && self.regions.is_empty() {
+                self.regions = self.model.regions(
+                    self.cells.rows,
+                    self.cells.cols,
+                    (self.cfg.model_threshold / 2.0) as f32,
+                );
+            }
             let run = self.run;
             let start = if picture { onset.min(frame.t) } else { frame.t };
-            self.episode.bad(start, end, out, |d| run.details(d));
+            let regions = &self.regions;
+            self.episode.bad(start, end, out, |d| {
+                run.details(d);
+                if !regions.is_empty() {
+                    d.insert("regions".into(), serde_json::json!(regions));
+                }
+            });
         } else if let Some(end) = self.last_bad_end {
             if frame.t - end >= self.cfg.hold_s - TIME_EPS {
                 self.last_bad_end = None;
+                self.regions.clear();
                 let run = self.run;
                 self.episode.good(end, out, |d| run.end_details(d));
             }
@@ -1058,6 +1187,10 @@ impl Detector for CorruptionDetector {
         self.decoder_hold = None;
         self.relearn();
         self.have_prev = false;
+        self.model_since = None;
+        self.model_suspect = false;
+        self.model_wait = 0;
+        self.cells = CellFeatures::default();
     }
 }
 
@@ -1151,6 +1284,100 @@ mod tests {
 
     fn detector() -> CorruptionDetector {
         CorruptionDetector::new(&CorruptionConfig::default())
+    }
+
+    /// The model's score of a picture seen on its own (no previous picture).
+    fn model_score(p: &Picture) -> f64 {
+        let mut cells = CellFeatures::default();
+        cells.measure(&Plane::new(&p.data, p.stride, p.w, p.h).unwrap());
+        f64::from(DamageModel::default().score(&cells).expect("a score"))
+    }
+
+    #[test]
+    fn the_model_looks_at_every_nth_picture_and_every_one_after_a_suspicion() {
+        let pics: Vec<Picture> = (0..12).map(pan).collect();
+        // A threshold no score reaches, and half of it above every score: never suspicious.
+        let mut d = CorruptionDetector::new(&CorruptionConfig {
+            model: true,
+            model_threshold: 2.5,
+            model_every: 4,
+            ..CorruptionConfig::default()
+        });
+        let looked: Vec<usize> = (0..pics.len())
+            .filter(|&i| d.look(&pics[i].frame(i)).is_some())
+            .collect();
+        assert_eq!(looked, [0, 4, 8]);
+        // A threshold below twice every score: every picture it looks at is suspicious, so it
+        // looks at every one.
+        let lowest = (0..12).map(|i| model_score(&pan(i))).fold(1.0, f64::min);
+        let mut d = CorruptionDetector::new(&CorruptionConfig {
+            model: true,
+            model_threshold: (lowest * 1.5).max(0.011),
+            model_every: 4,
+            ..CorruptionConfig::default()
+        });
+        let looked = (0..pics.len())
+            .filter(|&i| d.look(&pics[i].frame(i)).is_some())
+            .count();
+        assert_eq!(looked, pics.len(), "lowest score {lowest}");
+        // Off, or below `full`: it never looks.
+        for (model, tier) in [(false, Tier::Full), (true, Tier::Reference)] {
+            let mut d = CorruptionDetector::new(&CorruptionConfig {
+                model,
+                ..CorruptionConfig::default()
+            });
+            d.on_tier(tier);
+            assert!((0..pics.len()).all(|i| d.look(&pics[i].frame(i)).is_none()));
+        }
+    }
+
+    #[test]
+    fn the_models_verdict_alone_is_an_episode_with_the_regions_it_saw() {
+        // The model's threshold just below what it scores on every picture of a clean pan (and
+        // the hand-made rules off): one episode, from the first picture on.
+        let pics: Vec<Picture> = (0..30).map(pan).collect();
+        let mut cells = CellFeatures::default();
+        let mut model = DamageModel::default();
+        let lowest = pics
+            .iter()
+            .map(|p| {
+                cells.measure(&Plane::new(&p.data, p.stride, p.w, p.h).unwrap());
+                f64::from(model.score(&cells).unwrap())
+            })
+            .fold(1.0, f64::min);
+        let mut d = CorruptionDetector::new(&CorruptionConfig {
+            model: true,
+            model_threshold: lowest * 0.9,
+            model_every: 1,
+            ..CorruptionConfig::default()
+        });
+        d.rules = false;
+        let seen = run_video(&mut d, &pics);
+        let begins: Vec<&Seen> = seen.iter().filter(|s| s.f.edge == Begin).collect();
+        assert_eq!(begins.len(), 1, "{:?}", edges(&seen));
+        assert_t(begins[0].f.t, ft(0));
+        let regions = begins[0].f.details["regions"].as_array().expect("regions");
+        assert!(!regions.is_empty());
+        for r in regions {
+            let b: Vec<f64> = r
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect();
+            assert!(
+                b[0] < b[2] && b[1] < b[3] && b[2] <= 1.0 && b[3] <= 1.0,
+                "{b:?}"
+            );
+        }
+        // Off, the same pictures give nothing.
+        let mut d = CorruptionDetector::new(&CorruptionConfig {
+            model: false,
+            model_threshold: lowest * 0.9,
+            ..CorruptionConfig::default()
+        });
+        d.rules = false;
+        assert!(run_video(&mut d, &pics).is_empty());
     }
 
     #[test]

@@ -51,6 +51,7 @@ pub mod black;
 pub mod channel_silence;
 pub mod clipping;
 pub mod corruption;
+pub mod damage_model;
 pub mod dropout;
 pub mod freeze;
 pub mod loss;

@@ -43,6 +43,45 @@ pub struct Pictures {
     ring: Mutex<VecDeque<Picture>>,
 }
 
+impl Picture {
+    /// Draw the outline of each box (`[x0, y0, x1, y1]`, fractions of the width and height) in
+    /// red, 2 pixels wide: where a detector saw the damage, on an alert's snapshot.
+    pub fn outline(&mut self, boxes: &[[f64; 4]]) {
+        let (w, h) = (self.width as usize, self.height as usize);
+        let (cw, ch) = (w.div_ceil(2), h.div_ceil(2));
+        if w < 4 || h < 4 || self.data.len() < w * h + 2 * cw * ch {
+            return;
+        }
+        let (y, uv) = self.data.split_at_mut(w * h);
+        let (u, v) = uv.split_at_mut(cw * ch);
+        // Full-range red.
+        let mut dot = |px: usize, py: usize| {
+            let (px, py) = (px.min(w - 1), py.min(h - 1));
+            y[py * w + px] = 76;
+            u[(py / 2) * cw + px / 2] = 85;
+            v[(py / 2) * cw + px / 2] = 255;
+        };
+        for b in boxes {
+            let to =
+                |f: f64, n: usize| ((f.clamp(0.0, 1.0) * n as f64).round() as usize).min(n - 1);
+            let (x0, y0, x1, y1) = (to(b[0], w), to(b[1], h), to(b[2], w), to(b[3], h));
+            if x1 <= x0 || y1 <= y0 {
+                continue;
+            }
+            for t in 0..2 {
+                for x in x0..=x1 {
+                    dot(x, y0 + t);
+                    dot(x, y1.saturating_sub(t));
+                }
+                for yy in y0..=y1 {
+                    dot(x0 + t, yy);
+                    dot(x1.saturating_sub(t), yy);
+                }
+            }
+        }
+    }
+}
+
 impl Pictures {
     pub fn new(width: u32, interval_s: f64, capacity: usize) -> Arc<Self> {
         Arc::new(Pictures {
@@ -404,6 +443,29 @@ mod tests {
         }
     }
 
+
+    #[test]
+    fn outlines_are_drawn_in_red_where_the_boxes_are_and_nowhere_else() {
+        let (w, h) = (64u32, 48u32);
+        let mut p = picture(0.0, w, h);
+        let before = p.data.clone();
+        p.outline(&[[0.25, 0.25, 0.5, 0.5], [2.0, 2.0, 3.0, 3.0]]);
+        let y = |p: &Picture, x: usize, yy: usize| p.data[yy * w as usize + x];
+        // The box's corners and edges (x 16..=32, y 12..=24) are red's luma; inside and outside
+        // the picture is as it was.
+        for (x, yy) in [(16, 12), (32, 24), (24, 12), (16, 18), (17, 13), (31, 23)] {
+            assert_eq!(y(&p, x, yy), 76, "({x}, {yy})");
+        }
+        for (x, yy) in [(24, 18), (0, 0), (40, 30), (63, 47)] {
+            assert_eq!(y(&p, x, yy), before[yy * w as usize + x], "({x}, {yy})");
+        }
+        let v0 = (w * h) as usize + (w as usize / 2) * (h as usize / 2);
+        assert_eq!(p.data[v0 + 6 * (w as usize / 2) + 8], 255, "red's V at (16, 12)");
+        // A box off the picture is clamped to its edge; an empty one draws nothing.
+        let mut q = picture(0.0, w, h);
+        q.outline(&[[0.5, 0.5, 0.5, 0.9]]);
+        assert_eq!(q.data, picture(0.0, w, h).data);
+    }
     #[test]
     fn the_ring_keeps_the_newest_and_finds_the_onset() {
         let pics = Pictures::new(320, 1.0, 3);

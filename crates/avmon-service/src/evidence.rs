@@ -432,7 +432,7 @@ fn snapshot(dir: &Path, job: &Job) {
     let Some(id) = safe_id(&job.alert.id) else {
         return;
     };
-    let Some(picture) = job
+    let Some(mut picture) = job
         .sources
         .pictures
         .as_ref()
@@ -440,6 +440,15 @@ fn snapshot(dir: &Path, job: &Job) {
     else {
         return; // No video decoded (audio only, or the transport tier).
     };
+    // Where the damage is, when the detector said (`video.corruption`'s `regions`).
+    if let Some(boxes) = job
+        .alert
+        .details
+        .get("regions")
+        .and_then(|r| serde_json::from_value::<Vec<[f64; 4]>>(r.clone()).ok())
+    {
+        picture.outline(&boxes);
+    }
     match avmon_media::encode_jpeg(&picture) {
         Ok(jpeg) => write_file(&dir.join(format!("{id}.jpg")), &jpeg),
         Err(e) => tracing::warn!(alert = %job.alert.id, "snapshot: {e}"),
