@@ -22,12 +22,15 @@
 //! baseline by at least `min_excess`) is damaged. This finds damaged pictures in a clean bitstream
 //! too (damage decoded and re-encoded upstream, where the decoder sees nothing wrong).
 //!
-//! The whole-picture *blockiness* is the quality figure: the percentage of 8-pixel-grid boundaries
-//! (on the sampled rows) where the luma steps between two flat block interiors (the steps beside
-//! the boundary are ≤ 1 and smaller than the step across it), the mark of blocks whose detail was
-//! quantised away. It depends on the content (flat content scores higher), so compare it within a
-//! stream: a starved encode scores 1.2–4× its pristine source. It is reported per metrics period (`blockiness_mean`, `blockiness_max`) and
-//! for the whole input (`video.blockiness_mean`, `video.blockiness_max` in `avmon check`'s summary).
+//! The whole-picture *blockiness* is the quality figure, measured by [`quality`](crate::quality):
+//! the percentage of 16-sample blocks (their middle 12 samples, on every 4th row) that are exactly
+//! flat in mid-tones, the mark of blocks whose detail a starved encoder quantised away (the steps
+//! at the block grid, the figure before, are smoothed by H.264's and HEVC's deblocking, and ranked
+//! real starved encodes below their source). It depends on the content (flat content scores
+//! higher), so compare it within a stream: on real content a starved H.264, HEVC or MPEG-2 encode
+//! scores 1.4× to over 100× its near-lossless source (docs/accuracy.md). It is reported per metrics
+//! period (`blockiness_mean`, `blockiness_max`) and for the whole input (`video.blockiness_mean`,
+//! `video.blockiness_max` in `avmon check`'s summary).
 //!
 //! An episode starts at the first damaged frame and ends at the first frame after it that is not
 //! damaged (for decoder evidence: the clean keyframe); episodes closer than `hold_s` are one.
@@ -94,9 +97,9 @@
 //!
 //! **Cost.** Rows are sampled: per band, 2 rows for the horizontal steps and 3 row pairs for the
 //! vertical ones, each a straight pass over the row in chunks of 16 samples (one `psadbw` each on
-//! x86-64, see `sad`), with the grid columns summed separately (1/16 of them) and the flat 8-grid
-//! boundaries judged in 16-bit arithmetic, which the compiler vectorises. About a third of the
-//! luma is read once. The sums are exact (integers), so how they are computed changes no figure.
+//! x86-64, see `sad`), with the grid columns summed separately (1/16 of them). About a third of
+//! the luma is read once; the whole-picture blockiness reads every 4th row, 12 of each 16 samples
+//! compared at once. The sums are exact (integers), so how they are computed changes no figure.
 //! With `AVMON_CORRUPTION_ROWS=all` in the environment every row off the 4-row grid is read
 //! instead ([`Rows::All`]), to measure what the sampling costs in accuracy (docs/accuracy.md).
 //!
@@ -118,6 +121,7 @@ use serde::{Deserialize, Serialize};
 use crate::damage_model::{CellFeatures, DamageModel};
 use crate::episode::{put, Episode, TIME_EPS};
 use crate::luma::{quarter_lanes, QUARTER_CHUNK};
+use crate::quality;
 use crate::{check, frame_duration};
 
 /// Settings of the corruption detector.
@@ -332,7 +336,7 @@ struct Scan {
 /// Blockiness of one picture.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Blockiness {
-    /// Whole-picture step on the 8-pixel grid over the step inside blocks.
+    /// Whole-picture blockiness: per cent of flat block runs ([`quality::blockiness`]).
     pub global: f64,
     /// The largest band's 16-pixel-grid step over its step inside blocks.
     pub band: f64,
@@ -489,29 +493,23 @@ fn measure_with<const H: usize, const V: usize>(
             detail: 0.0,
         };
     }
-    let edges8 = (w - 1) / 8;
     let edges16 = (w - 1) / 16;
     let inner16 = (w - 1 - edges16) as f64;
-    let (mut g_edge, mut g_inner) = (0u64, 0u64);
     let mut band_max = 0f64;
     let mut detail = 0u64;
     for b in 0..h / BAND {
         let y0 = b * BAND;
         // Horizontal steps on the band's sampled rows.
-        let (mut h_edge, mut h_inner, mut h8_edge, mut h8_all) = (0u32, 0u32, 0u32, 0u32);
+        let (mut h_edge, mut h_inner) = (0u32, 0u32);
         let mut sum = 0u32;
         for dy in h_rows {
             let row = luma.row(y0 + dy);
             let (all, e16) = row_steps(row, 16);
             h_edge += e16;
             h_inner += all - e16;
-            h8_edge += flat_steps(row);
-            h8_all += edges8 as u32;
             sum += total(row);
         }
         detail += u64::from(h_inner);
-        g_edge += u64::from(h8_edge);
-        g_inner += u64::from(h8_all);
         // Vertical steps: across the band's top edge, and the pairs inside.
         let (v_edge, v_inner) = if b > 0 {
             (
@@ -548,33 +546,10 @@ fn measure_with<const H: usize, const V: usize>(
         }
     }
     Blockiness {
-        global: 100.0 * g_edge as f64 / g_inner.max(1) as f64,
+        global: quality::blockiness(luma),
         band: band_max,
         detail: detail as f64 / (H as f64 * inner16 * (h / BAND) as f64),
     }
-}
-
-/// 8-pixel-grid boundaries of a row where the picture steps between two flat block interiors
-/// (the steps on either side are at most 1 and smaller than the step across the boundary): the
-/// signature of blocks whose detail was quantised away.
-///
-/// Boundary `x` (8, 16, …, while `x + 1` is in the row) is judged on the samples `x − 2 ..= x + 1`:
-/// the first 4 bytes of the 8-byte chunk of `row[6..]` that starts at `x − 2`. In 16-bit
-/// arithmetic the compiler vectorises the loop over chunks (with `u8::abs_diff` it does not).
-#[inline]
-fn flat_steps(row: &[u8]) -> u32 {
-    let Some(from) = row.get(6..) else { return 0 };
-    let chunks = from.chunks_exact(8);
-    let tail = chunks.remainder();
-    chunks.map(flat_boundary).sum::<u32>() + tail.get(..4).map_or(0, flat_boundary)
-}
-
-/// Whether the boundary between `s[1]` and `s[2]` steps between flat sides (see [`flat_steps`]).
-#[inline]
-fn flat_boundary(s: &[u8]) -> u32 {
-    let [a, b, c, d] = [s[0], s[1], s[2], s[3]].map(i16::from);
-    let inner = (b - a).abs().max((d - c).abs());
-    u32::from(inner <= 1 && (c - b).abs() > inner)
 }
 
 /// Sum of |kept[i] − row[STILL_STEP · i]|, and `kept` becomes the row's every
@@ -1668,8 +1643,7 @@ mod tests {
     #[test]
     fn row_sums_equal_their_plain_definitions() {
         // The sums are written in chunks for the compiler to vectorise; they must give exactly
-        // what a sample-by-sample loop gives, on every row length (chunk tails included) and on
-        // rows with flat runs (where `flat_steps` counts).
+        // what a sample-by-sample loop gives, on every row length (chunk tails included).
         let mut rng = Rng::new(7);
         for len in 0..300 {
             let row: Vec<u8> = (0..len)
@@ -1698,14 +1672,6 @@ mod tests {
                 (plain_all, plain_edge),
                 "{len} samples"
             );
-            let plain_flat = (8..len.saturating_sub(1))
-                .step_by(8)
-                .filter(|&x| {
-                    let inner = steps(x - 1).max(steps(x + 1));
-                    inner <= 1 && steps(x) > inner
-                })
-                .count() as u32;
-            assert_eq!(flat_steps(&row), plain_flat, "flat steps, {len} samples");
         }
     }
 

@@ -56,6 +56,7 @@ pub mod dropout;
 pub mod freeze;
 pub mod loss;
 pub mod loudness;
+pub mod quality;
 pub mod silence;
 
 mod bs1770;

@@ -57,7 +57,8 @@ fn clean_stream_has_no_corruption_and_a_blockiness_summary() {
     let r = check_json(&f);
     assert_eq!(corruption_events(&r), vec![]);
     let v = &r["summary"]["video"];
-    assert!(blockiness_mean(&r) > 0.0, "{v}");
+    // Present; 0 here: synth's clean picture has no flat block runs in mid-tones.
+    assert!(blockiness_mean(&r) >= 0.0, "{v}");
     assert!(v["blockiness_max"].as_f64().unwrap() >= blockiness_mean(&r));
 }
 
@@ -173,16 +174,78 @@ fn lavfi(dir: &Path, name: &str, source: &str, seconds: u32, extra: &[&str]) -> 
 }
 
 #[test]
-fn natural_content_raises_nothing_and_its_starved_encode_is_blockier() {
+fn natural_content_raises_nothing() {
+    // testsrc2's starved encode is not asserted blockier: its pictures are flat fields of colour,
+    // which the starved encode's ringing breaks up, so it has fewer flat blocks than its source
+    // (the quality figure ranks encodes of real content, see the test below).
     let dir = tempfile::tempdir().unwrap();
     for source in ["testsrc2", "mandelbrot", "life"] {
         let f = lavfi(dir.path(), &format!("{source}.ts"), source, 10, &[]);
         let r = check_json(&f);
         assert_eq!(corruption_events(&r), vec![], "{source}");
-        if source == "testsrc2" {
-            let s = lavfi(dir.path(), "starved.ts", source, 10, &["-b:v", "150k"]);
-            let (clean, blocky) = (blockiness_mean(&r), blockiness_mean(&check_json(&s)));
-            assert!(blocky > 1.2 * clean, "testsrc2: {blocky} vs {clean}");
-        }
+    }
+}
+
+/// The quality figure on camera-like content: a slowly zooming fractal with a level or two of
+/// grain, like a camera's, made by ffmpeg alone. Its near-lossless encode against a starved
+/// encode (about 0.03 bits per pixel, half that for HEVC and twice for MPEG-2, as in
+/// bench/quality.sh) with each codec: the starved one scores clearly worse. The figure before
+/// (steps between flat blocks on the 8-pixel grid) scored the HEVC one 1.2x its source here.
+#[test]
+fn a_starved_encode_of_camera_like_content_is_blockier_for_each_codec() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src.ts");
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "mandelbrot=size=640x360:rate=25",
+        "-t",
+        "4",
+        "-vf",
+        "noise=alls=3:allf=t",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "veryfast",
+        "-crf",
+        "10",
+        "-pix_fmt",
+        "yuv420p",
+        "-g",
+        "50",
+        src.to_str().unwrap(),
+    ]);
+    let clean = blockiness_mean(&check_json(&src));
+    for (codec, args) in [
+        (
+            "h264",
+            &["-c:v", "libx264", "-preset", "veryfast", "-b:v", "150k"][..],
+        ),
+        (
+            "hevc",
+            &[
+                "-c:v",
+                "libx265",
+                "-preset",
+                "fast",
+                "-x265-params",
+                "log-level=error",
+                "-b:v",
+                "75k",
+            ][..],
+        ),
+        ("mpeg2", &["-c:v", "mpeg2video", "-b:v", "300k"][..]),
+    ] {
+        let starved = dir.path().join(format!("{codec}.ts"));
+        let mut a = vec!["-i", src.to_str().unwrap()];
+        a.extend(args);
+        a.extend(["-g", "50", "-pix_fmt", "yuv420p", starved.to_str().unwrap()]);
+        ffmpeg(&a);
+        let blocky = blockiness_mean(&check_json(&starved));
+        assert!(
+            blocky > 1.3 * clean && blocky > 1.0,
+            "{codec}: starved {blocky} vs source {clean}"
+        );
     }
 }
