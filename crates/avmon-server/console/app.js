@@ -383,7 +383,7 @@ function toSeries(body) {
 
 const PLOTS = [
   { name: 'loudness_short_term_lufs', title: 'Short-term loudness (LUFS)' },
-  { name: 'blockiness_mean', title: 'Blockiness (% of block edges)' },
+  { name: 'blockiness_mean', title: 'Blockiness (% of flat blocks)' },
   { name: 'bitrate', title: 'Bitrate (kbit/s)', from: 'bytes' },
   { name: 'decode_errors', title: 'Decode errors (per period)' },
 ];
