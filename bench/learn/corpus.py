@@ -115,7 +115,7 @@ def video_frames(path, w, h, n, start):
     a = a[:k * w * h * 3 // 2].reshape(k, h * 3 // 2, w)
     if k < n:  # loop short footage back and forth
         a = np.concatenate([a, a[::-1]] * (n // max(1, k) + 1))[:n]
-    return a
+    return a.copy()
 
 
 def clip(src, w, h, n, rng, fast=False):

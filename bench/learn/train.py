@@ -2,6 +2,7 @@
 
     python3 bench/learn/train.py features     # dump the features of every corpus item (avmon)
     python3 bench/learn/train.py train        # fit on `train`, pick the threshold on `tune`
+    python3 bench/learn/train.py tune         # pick the threshold on `tune` again
     python3 bench/learn/train.py init         # write an untrained model (to build without data)
 
 The model reads what crates/avmon-detect/src/damage_model.rs measures: per 16x16 cell of the luma,
@@ -36,6 +37,7 @@ ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
 CORPUS = os.path.join(ROOT, "target", "learn", "corpus")
 MODEL = os.path.join(ROOT, "crates", "avmon-detect", "models", "picture_damage.onnx")
 AVMON = os.path.join(ROOT, "target", "release", "avmon")
+WEIGHTS = os.path.join(ROOT, "target", "learn", "net.pt")
 CHANNELS = 8
 VISIBLE_PSNR = 30.0
 CLEAN_PSNR = 40.0
@@ -169,9 +171,20 @@ def train():
         sched.step()
         if st % 2000 == 1999 or st == steps - 1:
             print(f"step {st + 1}: train {evaluate(net, tr[1::4])}", flush=True)
-    thr = threshold(net, tu) if tu else None
-    print(f"tune: {evaluate(net, tu, thr) if tu else '-'}; threshold {thr}")
+    torch.save(net.state_dict(), WEIGHTS)
     export(net)
+    if tu:
+        tune(net, tu)
+
+
+def tune(net=None, tu=None):
+    """The threshold: the lowest score above every clean picture of `tune` (with a margin)."""
+    if net is None:
+        net = Net()
+        net.load_state_dict(torch.load(WEIGHTS))
+    tu = tu if tu is not None else load("tune")
+    thr = threshold(net, tu)
+    print(f"tune ({len(tu)} items): {evaluate(net, tu, thr)}; threshold {thr:.3f}")
 
 
 STEPS = 12000
@@ -224,5 +237,7 @@ if __name__ == "__main__":
         export(Net())
     elif cmd == "features":
         features()
+    elif cmd == "tune":
+        tune()
     else:
         train()
