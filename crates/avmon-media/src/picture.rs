@@ -443,7 +443,6 @@ mod tests {
         }
     }
 
-
     #[test]
     fn outlines_are_drawn_in_red_where_the_boxes_are_and_nowhere_else() {
         let (w, h) = (64u32, 48u32);
@@ -460,7 +459,11 @@ mod tests {
             assert_eq!(y(&p, x, yy), before[yy * w as usize + x], "({x}, {yy})");
         }
         let v0 = (w * h) as usize + (w as usize / 2) * (h as usize / 2);
-        assert_eq!(p.data[v0 + 6 * (w as usize / 2) + 8], 255, "red's V at (16, 12)");
+        assert_eq!(
+            p.data[v0 + 6 * (w as usize / 2) + 8],
+            255,
+            "red's V at (16, 12)"
+        );
         // A box off the picture is clamped to its edge; an empty one draws nothing.
         let mut q = picture(0.0, w, h);
         q.outline(&[[0.5, 0.5, 0.5, 0.9]]);
