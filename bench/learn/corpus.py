@@ -199,7 +199,6 @@ def damage_slice(frames, rng):
     n, hh, w = f.shape
     h = hh * 2 // 3
     mbr = h // CELL
-    lbl = np.zeros(n, bool)
     for _ in range(2):
         at = int(rng.integers(5, n - 10))
         end = min(n, keyframe_after(at), at + int(rng.integers(3, 30)))
@@ -212,8 +211,7 @@ def damage_slice(frames, rng):
                 f[i, h + h // 4 + row // 4:] = f[i, h + h // 4 + row // 4 - 1] if row // 4 > 0 else 128
             else:
                 f[i, row:h] = f[at - 1, row:h]
-            lbl[i] = True
-    return f, lbl
+    return f
 
 
 def damage_rows(frames, rng):
@@ -228,7 +226,7 @@ def damage_rows(frames, rng):
         r1 = min(mbr, r0 + int(rng.integers(1, 4)))
         for i in range(at, end):
             f[i, r0 * CELL:r1 * CELL] = f[at, r0 * CELL:r1 * CELL]
-    return f, None
+    return f
 
 
 def damage_smear(frames, rng):
@@ -254,7 +252,7 @@ def damage_smear(frames, rng):
                     x = min(max(c * CELL + dx, 0), w - CELL)
                     f[i, r * CELL:(r + 1) * CELL, c * CELL:(c + 1) * CELL] = \
                         prev[y:y + CELL, x:x + CELL]
-    return f, None
+    return f
 
 
 # ---------------------------------------------------------------------------------------------
@@ -342,11 +340,11 @@ def make(item, split):
         dmg = decode(out, w, h, n)
         os.remove(out)
     elif kind == "slice":
-        dmg, _ = damage_slice(ref, rng)
+        dmg = damage_slice(ref, rng)
     elif kind == "rows":
-        dmg, _ = damage_rows(ref, rng)
+        dmg = damage_rows(ref, rng)
     elif kind == "smear":
-        dmg, _ = damage_smear(ref, rng)
+        dmg = damage_smear(ref, rng)
     if kind == "starved":
         os.replace(src_ts, os.path.join(d, "item.ts"))
         psnr, cells = labels(ref, ref)

@@ -395,7 +395,7 @@ fn sad(a: &[u8], b: &[u8]) -> u32 {
 
 /// Sum of a run of samples, a chunk of 16 at a time (see [`sad`]).
 #[inline]
-fn total(row: &[u8]) -> u32 {
+pub(crate) fn total(row: &[u8]) -> u32 {
     let chunks = row.chunks_exact(LANES);
     let tail: u32 = chunks.remainder().iter().map(|&v| u32::from(v)).sum();
     chunks
@@ -687,8 +687,6 @@ pub struct CorruptionDetector {
     model_suspect: bool,
     /// Onset of the damage the model sees.
     model_since: Option<f64>,
-    /// The last score the model gave.
-    model_score: f32,
     /// Where the model saw the current episode's damage: boxes `[x0, y0, x1, y1]` in fractions
     /// of the picture's width and height (the `regions` detail, drawn on the alert's snapshot).
     regions: Vec<[f64; 4]>,
@@ -739,7 +737,6 @@ impl CorruptionDetector {
             model_wait: 0,
             model_suspect: false,
             model_since: None,
-            model_score: 0.0,
             regions: Vec::new(),
             dump: std::env::var_os("AVMON_DAMAGE_FEATURES")
                 .and_then(|p| std::fs::File::create(p).ok())
@@ -769,7 +766,6 @@ impl CorruptionDetector {
         self.model_wait = self.cfg.model_every.max(1) - 1;
         let s = self.model.score(&self.cells)?;
         self.model_suspect = f64::from(s) >= self.cfg.model_threshold / 2.0;
-        self.model_score = s;
         Some(s)
     }
 

@@ -26,6 +26,8 @@
 use std::io::Write;
 
 use avmon_core::Plane;
+
+use crate::corruption::total;
 use tract_onnx::prelude::*;
 
 /// Cell size: one macroblock.
@@ -63,12 +65,6 @@ const MOVED: usize = 7;
 /// Offsets in the cell of the two rows read for the steps across and the mean.
 const H_ROWS: [usize; 2] = [4, 12];
 
-#[inline]
-fn sum16(a: &[u8]) -> u32 {
-    let a: &[u8; CELL] = a[..CELL].try_into().expect("a cell");
-    a.iter().map(|&v| u32::from(v)).sum()
-}
-
 /// Steps kept in the range the model was trained on: `ln(1 + step) / 3`.
 #[inline]
 fn squash(step: f32) -> f32 {
@@ -100,7 +96,7 @@ impl CellFeatures {
                 let x = c * CELL;
                 let s: u32 = H_ROWS
                     .iter()
-                    .map(|&o| sum16(&luma.row(r * CELL + o)[x..]))
+                    .map(|&o| total(&luma.row(r * CELL + o)[x..x + CELL]))
                     .sum();
                 self.mean[r * self.cols + c] = s as f32 / (CELL * H_ROWS.len()) as f32;
             }
@@ -129,7 +125,7 @@ impl CellFeatures {
                     let x0 = c * CELL;
                     let pairs = &d[x0..x0 + CELL - 1];
                     let mid = u32::from(pairs[7]);
-                    s[0] += sum16(&row[x0..]);
+                    s[0] += total(&row[x0..x0 + CELL]);
                     s[1] += pairs.iter().map(|&v| u32::from(v)).sum::<u32>() - mid;
                     s[2] += if x0 > 0 { u32::from(d[x0 - 1]) } else { 0 };
                     s[3] += mid;
@@ -175,10 +171,7 @@ impl CellFeatures {
                 let mut diff = std::mem::take(&mut self.diff);
                 pair(a, b, &mut diff);
                 for c in 0..cols {
-                    let s: u32 = diff[c * CELL..(c + 1) * CELL]
-                        .iter()
-                        .map(|&d| u32::from(d))
-                        .sum();
+                    let s = total(&diff[c * CELL..(c + 1) * CELL]);
                     self.data[ch * plane + r * cols + c] = squash(s as f32 / CELL as f32);
                 }
                 self.diff = diff;
