@@ -9,12 +9,14 @@ Runs `avmon check` on every item of the split three ways, side by side:
 and FFmpeg's `blockdetect` filter, given per source the highest score it reached on that source's
 clean items (not the starved one) as its threshold (an advantage avmon does not get).
 
-Scoring, as bench/accuracy.sh does: a label is a stretch of pictures whose luma PSNR against the
-clean decode is below 30 dB (damage visible at full size; stretches closer than 0.5 s are one). A
-detection matches a label when they overlap, with 0.5 s slack. Recall is the share of labels
-matched, precision the share of detections that match a label. Every `video.corruption` on a
-clean item (grain, fast motion, scene cuts, fades, starved encodes) is false, and so is one that
-overlaps no damaged picture at all (below 40 dB: damage the maker made, visible or not).
+Scoring, as bench/accuracy.sh does: a label is a stretch of visibly damaged pictures (stretches
+closer than 0.5 s are one). A picture is visibly damaged when, after the best local alignment with
+the clean pictures, enough of it is still off (`visibly_damaged` in corpus.py: what a viewer sees
+broken, not a picture a little displaced or late). A detection matches a label when
+they overlap, with 0.5 s slack. Recall is the share of labels matched, precision the share of
+detections that match a label. Every `video.corruption` on a clean item (grain, fast motion,
+scene cuts, fades, starved encodes) is false, and so is one that overlaps no damaged picture at
+all (`touched` in corpus.py: no picture the damage changed, visibly or not).
 """
 
 import argparse
@@ -28,20 +30,21 @@ import tempfile
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from corpus import touched, visibly_damaged  # noqa: E402
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
 CORPUS = os.path.join(ROOT, "target", "learn", "corpus")
 AVMON = os.path.join(ROOT, "target", "release", "avmon")
-VISIBLE_PSNR = 30.0
-CLEAN_PSNR = 40.0
 SLACK = 0.5
 WAYS = ["rules", "model", "avmon"]
 
 
-def spans(psnr, fps, below=VISIBLE_PSNR):
+def spans(bad, fps):
     out = []
-    for i, p in enumerate(psnr):
-        if p >= below:
+    for i, b in enumerate(bad):
+        if not b:
             continue
         t = i / fps
         if out and t - out[-1][1] <= SLACK:
@@ -77,16 +80,16 @@ def blockdetect(ts):
     return [(t - t0, s) for t, s in scores]
 
 
-def item(d, cfgdir):
+def item(d, cfgdir, ways=WAYS):
     meta = json.load(open(os.path.join(d, "meta.json")))
     lab = np.load(os.path.join(d, "labels.npz"))
     ts = os.path.join(d, "item.ts")
     res = {"name": meta["name"], "kind": meta["kind"], "source": meta["source"],
            "size": f"{meta['w']}x{meta['h']}", "codec": meta["codec"],
-           "labels": spans(lab["psnr"], meta["fps"]),
-           "damaged": spans(lab["psnr"], meta["fps"], CLEAN_PSNR)}
+           "labels": spans(visibly_damaged(lab["visible"]), meta["fps"]),
+           "damaged": spans(touched(lab["cells"]), meta["fps"])}
     for way in WAYS:
-        res[way] = check(ts, way, cfgdir)
+        res[way] = check(ts, way, cfgdir) if way in ways else []
     res["blockdetect"] = blockdetect(ts)
     return res
 
@@ -142,8 +145,20 @@ def main():
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--json")
     ap.add_argument("--only")
+    ap.add_argument("--ways", default=",".join(WAYS), help="which of rules,model,avmon to run")
     ap.add_argument("--settings", default="", help="more [corruption] settings, TOML lines")
+    ap.add_argument("--rescore", help="score the detections of an earlier --json again (labels as now)")
     a = ap.parse_args()
+    if a.rescore:
+        results = json.load(open(a.rescore))
+        for r in results:
+            d = os.path.join(CORPUS, a.split, r["name"])
+            lab = np.load(os.path.join(d, "labels.npz"))
+            fps = json.load(open(os.path.join(d, "meta.json")))["fps"]
+            r["labels"] = spans(visibly_damaged(lab["visible"]), fps)
+            r["damaged"] = spans(touched(lab["cells"]), fps)
+        report(a, results)
+        return
     dirs = sorted(os.path.dirname(m) for m in glob.glob(os.path.join(CORPUS, a.split, "*", "meta.json")))
     dirs = [d for d in dirs if not a.only or a.only in d]
     with tempfile.TemporaryDirectory() as cfgdir:
@@ -152,7 +167,11 @@ def main():
         with open(os.path.join(cfgdir, "model.toml"), "w") as f:
             f.write(f"[corruption]\nmodel = true\n{a.settings}\n")
         with cf.ThreadPoolExecutor(a.jobs) as ex:
-            results = list(ex.map(lambda d: item(d, cfgdir), dirs))
+            results = list(ex.map(lambda d: item(d, cfgdir, a.ways.split(",")), dirs))
+    report(a, results)
+
+
+def report(a, results):
     blockdetect_ways(results)
     damaged = [r for r in results if r["labels"]]
     clean = [r for r in results if r["kind"].startswith("clean") or r["kind"] == "starved"]
