@@ -3,13 +3,14 @@
 //! **What it looks at.** The luma, reduced to one cell per macroblock (16×16 pixels) with
 //! [`CHANNELS`] figures each ([`CellFeatures`]): the cell's mean; the mean step between
 //! neighbouring pixels inside it, across and down; the step across its left and top edges (the
-//! 16-pixel macroblock grid) and across its middle (the 8-pixel transform grid); and how much its
-//! mean moved since the previous picture. Those are what damage decoded and encoded again changes
-//! (concealed blocks steps on the grid that the content has not, streaks drawn down from a lost
-//! slice have no step down, blocks from the wrong place arrive all at once) and what the content
-//! has of its own, so the model can tell one from the other on real pictures. Rows are sampled:
-//! 2 rows per cell row for the steps across and the mean, 3 row pairs for the steps down, about
-//! 7 rows of 16.
+//! 16-pixel macroblock grid) and across its middle (the 8-pixel transform grid); how much its
+//! mean moved since the previous picture, and how much its pixels changed (the mean step in time
+//! on the sampled rows). Those are what damage decoded and encoded again changes (concealed
+//! blocks steps on the grid that the content has not, streaks drawn down from a lost slice have
+//! no step down, blocks from the wrong place arrive all at once, a frozen band does not change
+//! while the rest of the picture moves) and what the content has of its own, so the model can
+//! tell one from the other on real pictures. Rows are sampled: 2 rows per cell row for the steps
+//! across, the mean and the change, 3 row pairs for the steps down, about 7 rows of 16.
 //!
 //! **The model** is a small convolutional network over that grid (`models/picture_damage.onnx`:
 //! its layers and how it was trained are in `bench/learn/train.py`), run by `tract`, a pure-Rust
@@ -20,10 +21,14 @@
 //! **Training data** (`bench/learn/corpus.py`): real photographs moved like a camera would move
 //! them and real footage, from Debian packages and scikit-image; damaged by lost and flipped
 //! packets (decoded with FFmpeg's concealment), lost slices, frozen rows and wrong references,
-//! then encoded again with H.264, HEVC or MPEG-2. The features are written by this module
-//! (`AVMON_DAMAGE_FEATURES=file`), so the model is trained on exactly what it sees here.
+//! then encoded again with H.264, HEVC or MPEG-2, and labelled with the damage a viewer sees
+//! (what is left after the best local alignment with the clean pictures). The features are
+//! written by this module (`AVMON_DAMAGE_FEATURES=file`), so the model is trained on exactly what
+//! it sees here.
 
+use std::collections::HashMap;
 use std::io::Write;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use avmon_core::Plane;
 
@@ -33,7 +38,7 @@ use tract_onnx::prelude::*;
 /// Cell size: one macroblock.
 pub const CELL: usize = 16;
 /// Figures per cell.
-pub const CHANNELS: usize = 8;
+pub const CHANNELS: usize = 9;
 
 /// The model's weights and graph (ONNX), made by `bench/learn/train.py`.
 static MODEL: &[u8] = include_bytes!("../models/picture_damage.onnx");
@@ -47,9 +52,11 @@ pub struct CellFeatures {
     pub data: Vec<f32>,
     /// Every picture's cell means (the previous picture's, until the next is measured).
     mean: Vec<f32>,
+    /// The previous picture's sampled rows ([`H_ROWS`] of every cell row), for [`CHANGE`].
+    prev_rows: Vec<u8>,
     have_mean: bool,
     diff: Vec<u8>,
-    sums: Vec<[u32; 4]>,
+    sums: Vec<[u32; 5]>,
 }
 
 /// Channels of [`CellFeatures::data`].
@@ -61,6 +68,7 @@ const V_IN: usize = 4;
 const V_EDGE16: usize = 5;
 const V_EDGE8: usize = 6;
 const MOVED: usize = 7;
+const CHANGE: usize = 8;
 
 /// Offsets in the cell of the two rows read for the steps across and the mean.
 const H_ROWS: [usize; 2] = [4, 12];
@@ -81,22 +89,30 @@ impl CellFeatures {
         self.cols = cols;
         self.data = vec![0.0; CHANNELS * rows * cols];
         self.mean = vec![0.0; rows * cols];
+        self.prev_rows = vec![0; rows * H_ROWS.len() * cols * CELL];
         self.diff = vec![0; cols * CELL];
-        self.sums = vec![[0; 4]; cols];
+        self.sums = vec![[0; 5]; cols];
         self.have_mean = false;
         false
     }
 
-    /// The cells' means only, for a picture the model does not look at: what the next measured
-    /// picture's movement is taken against. Reads 2 rows of 16.
+    /// The cells' means and sampled rows only, for a picture the model does not look at: what
+    /// the next measured picture's movement is taken against. Reads 2 rows of 16.
     pub fn track(&mut self, luma: &Plane<'_>) {
         self.resize(luma);
+        let w = self.cols * CELL;
         for r in 0..self.rows {
+            for (k, &o) in H_ROWS.iter().enumerate() {
+                let at = (r * H_ROWS.len() + k) * w;
+                self.prev_rows[at..at + w].copy_from_slice(&luma.row(r * CELL + o)[..w]);
+            }
             for c in 0..self.cols {
                 let x = c * CELL;
-                let s: u32 = H_ROWS
-                    .iter()
-                    .map(|&o| total(&luma.row(r * CELL + o)[x..x + CELL]))
+                let s: u32 = (0..H_ROWS.len())
+                    .map(|k| {
+                        let at = (r * H_ROWS.len() + k) * w + x;
+                        total(&self.prev_rows[at..at + CELL])
+                    })
                     .sum();
                 self.mean[r * self.cols + c] = s as f32 / (CELL * H_ROWS.len()) as f32;
             }
@@ -114,9 +130,10 @@ impl CellFeatures {
             let y0 = r * CELL;
             // Steps across, and the mean, on the two sampled rows: d[i] = |a[i+1] − a[i]|.
             let mut sums = std::mem::take(&mut self.sums);
-            sums.iter_mut().for_each(|s| *s = [0; 4]);
-            for &o in &H_ROWS {
+            sums.iter_mut().for_each(|s| *s = [0; 5]);
+            for (k, &o) in H_ROWS.iter().enumerate() {
                 let row = &luma.row(y0 + o)[..w];
+                let prev = &mut self.prev_rows[(r * H_ROWS.len() + k) * w..][..w];
                 let mut d = std::mem::take(&mut self.diff);
                 for (o, p) in d.iter_mut().zip(row.windows(2)) {
                     *o = p[0].abs_diff(p[1]);
@@ -129,7 +146,15 @@ impl CellFeatures {
                     s[1] += pairs.iter().map(|&v| u32::from(v)).sum::<u32>() - mid;
                     s[2] += if x0 > 0 { u32::from(d[x0 - 1]) } else { 0 };
                     s[3] += mid;
+                    if had {
+                        s[4] += prev[x0..x0 + CELL]
+                            .iter()
+                            .zip(&row[x0..x0 + CELL])
+                            .map(|(a, b)| u32::from(a.abs_diff(*b)))
+                            .sum::<u32>();
+                    }
                 }
+                prev.copy_from_slice(row);
                 self.diff = d;
             }
             let n = H_ROWS.len() as f32;
@@ -147,6 +172,7 @@ impl CellFeatures {
                 } else {
                     0.0
                 };
+                self.data[CHANGE * plane + i] = squash(s[4] as f32 / (CELL as f32 * n));
                 self.mean[i] = mean;
             }
             self.sums = sums;
@@ -198,7 +224,7 @@ type Plan = SimplePlan<TypedFact, Box<dyn TypedOp>, Graph<TypedFact, Box<dyn Typ
 /// The model, made ready for one picture size at a time.
 #[derive(Default)]
 pub struct DamageModel {
-    plan: Option<(usize, usize, Plan)>,
+    plan: Option<(usize, usize, Arc<Plan>)>,
     /// The last picture's per-cell probabilities, `[rows][cols]`.
     pub cells: Vec<f32>,
 }
@@ -211,12 +237,26 @@ impl std::fmt::Debug for DamageModel {
     }
 }
 
-fn plan(rows: usize, cols: usize) -> TractResult<Plan> {
+fn make_plan(rows: usize, cols: usize) -> TractResult<Plan> {
     tract_onnx::onnx()
         .model_for_read(&mut &MODEL[..])?
         .with_input_fact(0, f32::fact([1, CHANNELS, rows, cols]).into())?
         .into_optimized()?
         .into_runnable()
+}
+
+/// The model made ready for `rows` × `cols` cells, made once per size and process: making it
+/// (parsing and optimising the graph) costs more CPU than hundreds of pictures' runs, and a host
+/// runs many streams of the same few sizes.
+fn plan(rows: usize, cols: usize) -> Option<Arc<Plan>> {
+    type Plans = Mutex<HashMap<(usize, usize), Arc<Plan>>>;
+    static PLANS: OnceLock<Plans> = OnceLock::new();
+    let plans = PLANS.get_or_init(Default::default);
+    if let Some(p) = plans.lock().ok()?.get(&(rows, cols)) {
+        return Some(p.clone());
+    }
+    let p = Arc::new(make_plan(rows, cols).ok()?);
+    Some(plans.lock().ok()?.entry((rows, cols)).or_insert(p).clone())
 }
 
 /// At most this many boxes are reported per picture (the largest).
@@ -284,7 +324,7 @@ impl DamageModel {
             return None;
         }
         if self.plan.as_ref().map(|p| (p.0, p.1)) != Some((rows, cols)) {
-            self.plan = plan(rows, cols).ok().map(|p| (rows, cols, p));
+            self.plan = plan(rows, cols).map(|p| (rows, cols, p));
         }
         let (_, _, plan) = self.plan.as_ref()?;
         let input =
@@ -345,6 +385,7 @@ mod tests {
         assert_eq!(at(V_IN, 2, 3), 0.0);
         assert_eq!(at(V_EDGE16, 2, 3), 0.0);
         assert_eq!(at(MOVED, 0, 0), 0.0, "no previous picture");
+        assert_eq!(at(CHANGE, 0, 0), 0.0, "no previous picture");
         let mean = (16..32).sum::<usize>() as f32 / 16.0;
         assert!((at(MEAN, 0, 1) - (mean / 128.0 - 1.0)).abs() < 1e-6);
         // The same picture, 10 levels brighter: every cell moved by 10.
@@ -352,6 +393,16 @@ mod tests {
         f.measure(&plane(&brighter, w, h));
         let moved = f.data[MOVED * rows * cols + rows * cols - 1];
         assert!((moved - squash(10.0)).abs() < 1e-6);
+        let changed = f.data[CHANGE * rows * cols + rows * cols - 1];
+        assert!((changed - squash(10.0)).abs() < 1e-6);
+        // Tracked (not measured) pictures keep the change taken against the one before.
+        f.track(&plane(&data, w, h));
+        f.measure(&plane(&data, w, h));
+        assert_eq!(
+            f.data[CHANGE * rows * cols + 5],
+            0.0,
+            "the same picture again"
+        );
     }
 
     #[test]
