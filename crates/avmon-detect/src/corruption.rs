@@ -86,6 +86,15 @@
 //! re-encoded damage on the `pan` content. The trace shows it as `streak=` (this picture, and how
 //! many of the window).
 //!
+//! **Decoder grey.** Where a reference picture is missing (a lost keyframe, a lost slice with
+//! nothing to conceal it from), FFmpeg's H.264 and HEVC decoders draw mid-grey: luma 128, flat.
+//! Encoded again it stays flat grey, and nothing else above sees it (a picture grey all over is
+//! uniform, so not judged). A band within 4 of 128 (a re-encode moves it by a quantiser step)
+//! whose steps across and down are below 0.1, and whose middle row is within 4 of 128 from edge
+//! to edge, is grey; a picture with at least a quarter of its bands grey is damaged when the grey
+//! *arrived* (more grey bands than the previous picture had) and while it stays, as smear is. A
+//! grey slate from the first picture on is content.
+//!
 //! **Uniform pictures and scene cuts.** A picture with almost no detail (mean step inside blocks
 //! below 0.25: black, a uniform slate) is neither judged nor learnt from. When the content
 //! changes (at least half the bands changed their mean luma by more than 12 or their detail by
@@ -287,6 +296,16 @@ const SMEAR_DETAIL: f32 = 0.3;
 /// it, under bands that are not smeared, is damaged.
 const SMEAR_BANDS: usize = 3;
 
+/// A band whose sampled rows are this close to mid-grey (128, what FFmpeg's decoders draw where a
+/// reference picture is missing; encoded again it comes back a quantiser step off, 130 in the
+/// training corpus)…
+const GREY_LUMA: u8 = 4;
+/// …and flatter than this (steps across and down, 8-bit units) is *decoder grey*…
+const GREY_DETAIL: f32 = 0.1;
+/// …and a picture with at least this share of such bands, arrived since the previous picture, is
+/// damaged.
+const GREY_SHARE: f64 = 0.25;
+
 /// A band whose vertical/horizontal step ratio fell below this multiple of its running mean and
 /// of the picture's median band, and below [`STREAK_MAX`], turned to vertical stripes that the
 /// rest of the picture does not have: concealment streaks that a re-encode softened (they step
@@ -353,6 +372,8 @@ struct Scan {
     /// Streaked (see [`streak_run`]): softened streaks at the bottom of the picture, judged
     /// once the running means learnt the content.
     streak: bool,
+    /// Decoder grey (see [`Band::grey`]): enough grey bands arrived, or stay since they did.
+    grey: bool,
 }
 
 /// Blockiness of one picture.
@@ -464,6 +485,20 @@ impl Band {
     fn smeared(&self) -> bool {
         self.vertical < SMEAR_VERTICAL && self.detail > SMEAR_DETAIL
     }
+
+    /// Decoder grey, as far as the band's means tell (see [`grey_row`] for the rest): flat at
+    /// mid-grey, what a decoder draws where a reference is missing (a lost keyframe, a lost slice
+    /// with nothing to conceal it from).
+    fn grey(&self) -> bool {
+        (self.luma - 128.0).abs() <= f32::from(GREY_LUMA)
+            && self.detail < GREY_DETAIL
+            && self.vertical < GREY_DETAIL
+    }
+}
+
+/// Every sample of `row` within [`GREY_LUMA`] of mid-grey (128).
+fn grey_row(row: &[u8]) -> bool {
+    row.iter().all(|&v| v.abs_diff(128) <= GREY_LUMA)
 }
 
 /// Which rows of each band of 16 the picture score reads: rows for the horizontal steps, and the
@@ -679,6 +714,9 @@ pub struct CorruptionDetector {
     have_prev: bool,
     /// Whether the previous picture was smeared (damage that arrived and has not gone).
     smearing: bool,
+    /// Whether the previous picture was decoder grey (likewise), and how many grey bands it had.
+    greying: bool,
+    prev_greys: usize,
     prev_flat: bool,
     trace: bool,
     /// The rows the picture score reads (`AVMON_CORRUPTION_ROWS=all`: every row, to measure
@@ -738,6 +776,8 @@ impl CorruptionDetector {
             rows: Vec::new(),
             have_prev: false,
             smearing: false,
+            greying: false,
+            prev_greys: 0,
             prev_flat: false,
             trace: std::env::var_os("AVMON_CORRUPTION_TRACE").is_some(),
             score_rows: match std::env::var("AVMON_CORRUPTION_ROWS").as_deref() {
@@ -829,6 +869,8 @@ impl CorruptionDetector {
             self.rows.resize(bands * per_row, 0);
             self.have_prev = false;
             self.smearing = false;
+            self.greying = false;
+            self.prev_greys = 0;
         }
         let m = measure_rows(luma, &mut self.means, self.score_rows);
         let flat = m.detail < FLAT_DETAIL;
@@ -870,6 +912,20 @@ impl CorruptionDetector {
         let smear = run >= SMEAR_BANDS
             && (self.smearing || (self.have_prev && run > smear_run(&self.prev_means)));
         self.smearing = smear;
+        // Decoder grey likewise: when it arrives and while it stays; grey from the first picture
+        // on is a slate.
+        // (A band flat inside its blocks at a mean near 128 is rare; only then is its middle
+        // row read again, to see that it is grey edge to edge, not flat tiles of other levels.)
+        let greys = self
+            .means
+            .iter()
+            .enumerate()
+            .filter(|(b, m)| m.grey() && grey_row(&luma.row(b * BAND + BAND / 2)[..luma.width]))
+            .count();
+        let grey = greys as f64 >= GREY_SHARE * bands.max(1) as f64
+            && (self.greying || (self.have_prev && greys > self.prev_greys));
+        self.greying = grey;
+        self.prev_greys = greys;
         let streak = self.aniso_n >= MIN_BASE && bands > 2 && {
             // The median band's step direction (below the top band, which has none).
             self.aniso_scratch.clear();
@@ -893,6 +949,7 @@ impl CorruptionDetector {
             share,
             smear,
             streak,
+            grey,
         }
     }
 
@@ -939,6 +996,7 @@ impl Detector for CorruptionDetector {
             share,
             smear,
             streak,
+            grey,
         } = self.scan(&frame.luma);
         let seen = self.look(frame);
         if cut {
@@ -1015,6 +1073,9 @@ impl Detector for CorruptionDetector {
         let streak_bad = streaks >= STREAK_FRAMES;
         // Smear needs no baseline and no window: it is judged on the picture alone.
         let smeared = self.cfg.picture && self.rules && !flat && smear;
+        // Decoder grey likewise, and on a picture that is grey all over (flat) too.
+        let greyed = self.cfg.picture && self.rules && grey;
+        let smeared = smeared || greyed;
         let heuristic = smeared
             || (self.cfg.picture
                 && self.rules
@@ -1101,7 +1162,7 @@ impl Detector for CorruptionDetector {
         }
         if self.trace {
             eprintln!(
-                "corruption t={:.3} key={} flags={} global={:.3} band={:.3} detail={:.2} cut={} base={:.3} score={:.3} torn={:.2} torn_med={:.2} smear={} streak={}/{} model={} pic={}",
+                "corruption t={:.3} key={} flags={} global={:.3} band={:.3} detail={:.2} cut={} base={:.3} score={:.3} torn={:.2} torn_med={:.2} smear={} grey={} streak={}/{} model={} pic={}",
                 frame.t,
                 frame.key,
                 frame.decode_errors,
@@ -1114,6 +1175,7 @@ impl Detector for CorruptionDetector {
                 share,
                 torn_med,
                 smeared,
+                greyed,
                 u8::from(streak),
                 streaks,
                 seen.map_or("-".to_string(), |s| format!("{s:.3}")),
@@ -1570,6 +1632,71 @@ mod tests {
             .collect();
         let seen = run_video(&mut detector(), &content);
         assert!(seen.is_empty(), "{:?}", edges(&seen));
+    }
+
+    /// The pan, with the rows from `from` down drawn in decoder grey (128, or 130 as a re-encode
+    /// leaves it, from the whole picture).
+    fn greyed(i: usize, from: usize) -> Picture {
+        Picture::from_fn(W, H, |x, y| {
+            if y >= from {
+                if from == 0 {
+                    130
+                } else {
+                    128
+                }
+            } else {
+                pan_at(x as i64, y as i64, i, 3)
+            }
+        })
+    }
+
+    #[test]
+    fn decoder_grey_fires_when_it_arrives_and_not_when_it_is_the_content() {
+        // The bottom half grey (a slice with no reference to conceal it from), then the whole
+        // picture grey (a lost keyframe): two episodes, from the first grey picture of each.
+        let pics: Vec<Picture> = (0..100)
+            .map(|i| match i {
+                40..=49 => greyed(i, H / 2),
+                70..=74 => greyed(i, 0),
+                _ => pan(i),
+            })
+            .collect();
+        let seen = run_video(&mut detector(), &pics);
+        let e = edges(&seen);
+        assert_eq!(e.len(), 4, "{e:?}");
+        assert_eq!((e[0].0, e[2].0), (Begin, Begin), "{e:?}");
+        assert_t(e[0].1, ft(40));
+        assert_t(e[1].1, ft(50));
+        assert_t(e[2].1, ft(70));
+        assert_t(e[3].1, ft(75));
+        // Grey a fifth of the picture is not enough; a grey slate from the first picture on,
+        // or a slate of another grey after a cut, is content.
+        for pics in [
+            (0..100)
+                .map(|i| {
+                    if i >= 40 {
+                        greyed(i, H - H / 5)
+                    } else {
+                        pan(i)
+                    }
+                })
+                .collect::<Vec<_>>(),
+            (0..100)
+                .map(|i| if i < 40 { greyed(i, 0) } else { pan(i) })
+                .collect(),
+            (0..100)
+                .map(|i| {
+                    if i >= 40 {
+                        Picture::new(W, H, 110)
+                    } else {
+                        pan(i)
+                    }
+                })
+                .collect(),
+        ] {
+            let seen = run_video(&mut detector(), &pics);
+            assert!(seen.is_empty(), "{:?}", edges(&seen));
+        }
     }
 
     /// Grain panning 3 pixels a frame, with the rows from macroblock row `from` down drawn from
