@@ -12,8 +12,8 @@ clean items (not the starved one) as its threshold (an advantage avmon does not 
 Scoring, as bench/accuracy.sh does: a label is a stretch of visibly damaged pictures (stretches
 closer than 0.5 s are one). A picture is visibly damaged when, after the best local alignment with
 the clean pictures, enough of it is still off (`visibly_damaged` in corpus.py: what a viewer sees
-broken, not a picture a little displaced or late). A detection matches a label when
-they overlap, with 0.5 s slack. Recall is the share of labels matched, precision the share of
+broken, not a picture a little displaced or late). A detection matches a label when they
+overlap, with 0.5 s slack. Recall is the share of labels matched, precision the share of
 detections that match a label. Every `video.corruption` on a clean item (grain, fast motion,
 scene cuts, fades, starved encodes) is false, and so is one that overlaps no damaged picture at
 all (`touched` in corpus.py: no picture the damage changed, visibly or not).
@@ -80,14 +80,18 @@ def blockdetect(ts):
     return [(t - t0, s) for t, s in scores]
 
 
+def label_spans(d, fps):
+    """The item's labels and the stretches its damage touched, from its labels.npz."""
+    lab = np.load(os.path.join(d, "labels.npz"))
+    return spans(visibly_damaged(lab["visible"]), fps), spans(touched(lab["cells"]), fps)
+
+
 def item(d, cfgdir, ways=WAYS):
     meta = json.load(open(os.path.join(d, "meta.json")))
-    lab = np.load(os.path.join(d, "labels.npz"))
     ts = os.path.join(d, "item.ts")
     res = {"name": meta["name"], "kind": meta["kind"], "source": meta["source"],
-           "size": f"{meta['w']}x{meta['h']}", "codec": meta["codec"],
-           "labels": spans(visibly_damaged(lab["visible"]), meta["fps"]),
-           "damaged": spans(touched(lab["cells"]), meta["fps"])}
+           "size": f"{meta['w']}x{meta['h']}", "codec": meta["codec"]}
+    res["labels"], res["damaged"] = label_spans(d, meta["fps"])
     for way in WAYS:
         res[way] = check(ts, way, cfgdir) if way in ways else []
     res["blockdetect"] = blockdetect(ts)
@@ -153,10 +157,8 @@ def main():
         results = json.load(open(a.rescore))
         for r in results:
             d = os.path.join(CORPUS, a.split, r["name"])
-            lab = np.load(os.path.join(d, "labels.npz"))
             fps = json.load(open(os.path.join(d, "meta.json")))["fps"]
-            r["labels"] = spans(visibly_damaged(lab["visible"]), fps)
-            r["damaged"] = spans(touched(lab["cells"]), fps)
+            r["labels"], r["damaged"] = label_spans(d, fps)
         report(a, results)
         return
     dirs = sorted(os.path.dirname(m) for m in glob.glob(os.path.join(CORPUS, a.split, "*", "meta.json")))
