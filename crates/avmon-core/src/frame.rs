@@ -47,6 +47,10 @@ pub struct VideoFrame<'a> {
     pub duration: f64,
     /// The luma (Y) plane, 8 bits per sample.
     pub luma: Plane<'a>,
+    /// The chroma planes (Cb, then Cr), 8 bits per sample, each subsampled as the picture's
+    /// format says (half the width and height in 4:2:0), when the decoder gives planar 8-bit
+    /// YUV; `None` otherwise (semi-planar or packed formats, grey, deeper samples).
+    pub chroma: Option<[Plane<'a>; 2]>,
     /// True when luma uses the full 0–255 range (JPEG range), false for limited 16–235.
     pub full_range: bool,
     /// True for a keyframe.

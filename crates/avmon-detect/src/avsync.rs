@@ -996,6 +996,7 @@ mod tests {
             t,
             duration: 1.0 / fps,
             luma: Plane::new(&p.data, p.stride, p.w, p.h).unwrap(),
+            chroma: None,
             full_range: false,
             key: false,
             corrupt: false,

@@ -1070,6 +1070,7 @@ mod tests {
                 t: ft(i),
                 duration: 1.0 / FPS,
                 luma: avmon_core::Plane::new(pictures[i], rw, rw, rh).unwrap(),
+                chroma: None,
                 full_range: false,
                 key: false,
                 corrupt: false,

@@ -47,6 +47,9 @@ pub struct Picture {
     pub stride: usize,
     pub data: Vec<u8>,
     pub full_range: bool,
+    /// 4:2:0 chroma planes (Cb, Cr) with the luma's stride halved, when set
+    /// ([`Picture::with_chroma`]); empty otherwise, and the frame carries none.
+    pub chroma: [Vec<u8>; 2],
 }
 
 impl Picture {
@@ -62,7 +65,32 @@ impl Picture {
             stride,
             data,
             full_range: false,
+            chroma: [Vec::new(), Vec::new()],
         }
+    }
+
+    /// The picture with 4:2:0 chroma planes: Cb and Cr at chroma sample (x, y) are `f(x, y)`.
+    pub fn with_chroma(mut self, mut f: impl FnMut(usize, usize) -> (u8, u8)) -> Self {
+        let (cw, ch, cs) = self.chroma_size();
+        let mut planes = [vec![0xEE; cs * ch], vec![0xEE; cs * ch]];
+        for y in 0..ch {
+            for x in 0..cw {
+                let (cb, cr) = f(x, y);
+                planes[0][y * cs + x] = cb;
+                planes[1][y * cs + x] = cr;
+            }
+        }
+        self.chroma = planes;
+        self
+    }
+
+    /// Width, height and stride of the chroma planes.
+    pub fn chroma_size(&self) -> (usize, usize, usize) {
+        (
+            self.w.div_ceil(2),
+            self.h.div_ceil(2),
+            self.stride.div_ceil(2),
+        )
     }
 
     /// A picture whose sample at (x, y) is `f(x, y)`.
@@ -90,6 +118,12 @@ impl Picture {
             t: ft(i),
             duration: 1.0 / FPS,
             luma: Plane::new(&self.data, self.stride, self.w, self.h).unwrap(),
+            chroma: (!self.chroma[0].is_empty()).then(|| {
+                let (cw, ch, cs) = self.chroma_size();
+                self.chroma
+                    .each_ref()
+                    .map(|c| Plane::new(c, cs, cw, ch).unwrap())
+            }),
             full_range: self.full_range,
             key: false,
             corrupt: false,

@@ -941,6 +941,35 @@ fn luma8(format: Pixel) -> Option<bool> {
     }
 }
 
+/// The Cb and Cr planes of a planar 8-bit YUV frame, borrowed in place.
+fn chroma8(f: &ff::frame::Video) -> Option<[Plane<'_>; 2]> {
+    let planar = matches!(
+        f.format(),
+        Pixel::YUV420P
+            | Pixel::YUV422P
+            | Pixel::YUV444P
+            | Pixel::YUV411P
+            | Pixel::YUV440P
+            | Pixel::YUVA420P
+            | Pixel::YUVJ420P
+            | Pixel::YUVJ422P
+            | Pixel::YUVJ444P
+            | Pixel::YUVJ440P
+    );
+    if !planar || f.planes() < 3 {
+        return None;
+    }
+    let plane = |i: usize| {
+        Plane::new(
+            f.data(i),
+            f.stride(i),
+            f.plane_width(i) as usize,
+            f.plane_height(i) as usize,
+        )
+    };
+    Some([plane(1)?, plane(2)?])
+}
+
 fn receive_video(v: &mut VideoDec, clock: &mut MediaClock, sink: &mut dyn FrameSink) {
     while v.dec.receive_frame(&mut v.frame).is_ok() {
         let f = &v.frame;
@@ -1001,6 +1030,7 @@ fn receive_video(v: &mut VideoDec, clock: &mut MediaClock, sink: &mut dyn FrameS
                 t,
                 duration: v.frame_duration,
                 luma,
+                chroma: chroma8(f),
                 full_range,
                 key,
                 corrupt,
