@@ -14,7 +14,12 @@
 //! per band of 16 rows (one macroblock row): the mean luma step across the 16-pixel block grid
 //! (vertical edges between macroblocks in the band, and the horizontal edge at the band's top),
 //! divided by the mean step between neighbouring pixels inside blocks (the content's own detail),
-//! each plus a small constant so that flat areas score 1. Concealed or displaced macroblocks leave
+//! each plus a small constant so that flat areas score 1. The step across the top edge counts
+//! only as far as it exceeds the larger of the steps one row above and one row below it (plus
+//! the band's own step inside blocks, up to the step itself): a broken block edge steps across
+//! one row, a content edge lying along the grid line (a horizon in a slow pan) across two or
+//! three. Without this, a horizon that a slow pan held on a grid line for half a second was
+//! reported as damage on real footage (docs/accuracy.md). Concealed or displaced macroblocks leave
 //! steps on the grid that the content does not have, in a band or a few: the frame's *band score*
 //! is the largest band's ratio, so local damage is not averaged away. It is judged against the
 //! stream's own recent baseline, the running median of the band score over the last
@@ -95,6 +100,13 @@
 //! *arrived* (more grey bands than the previous picture had) and while it stays, as smear is. A
 //! grey slate from the first picture on is content.
 //!
+//! **Colour-plane damage.** A region whose colour was lost (drawn as zero: green blocks) or taken
+//! from the wrong place leaves the luma whole, and the rules above see nothing. On pictures with
+//! planar chroma, each chroma block edge that steps far more sharply than the samples beside it
+//! is *broken* (see [`chroma`](crate::chroma)); a picture with at least 8 broken edges, in 3
+//! pictures in a row, is damaged from the first of them, when they arrived (more than the
+//! picture before) and while they stay. The trace shows the count as `colour=`.
+//!
 //! **Uniform pictures and scene cuts.** A picture with almost no detail (mean step inside blocks
 //! below 0.25: black, a uniform slate) is neither judged nor learnt from. When the content
 //! changes (at least half the bands changed their mean luma by more than 12 or their detail by
@@ -114,11 +126,13 @@
 //! instead ([`Rows::All`]), to measure what the sampling costs in accuracy (docs/accuracy.md).
 //!
 //! Diagnostics: with `AVMON_CORRUPTION_TRACE` set in the environment, every frame's scores are
-//! printed on stderr (`corruption t=… key=… flags=… global=… band=… base=… score=… pic=…`).
+//! printed on stderr (`corruption t=… key=… flags=… global=… band=… base=… score=… colour=… pic=…`).
 //!
 //! **Fidelity tiers.** Below `full` (reference frames or keyframes only) the picture score, torn
 //! rows and softened streaks are not judged: their baselines assume every picture. The
-//! decoder's evidence and smear still are. A tier change forgets everything learnt.
+//! decoder's evidence, smear, decoder grey and colour damage still are (colour damage needs 3
+//! decoded pictures in a row, so it is seen later there). A tier change forgets everything
+//! learnt.
 //!
 //! **The learned model (experimental, off by default).** With `model = true`, a small
 //! convolutional network ([`damage_model`](crate::damage_model)) trained on real photographs and
@@ -149,8 +163,8 @@ use serde::{Deserialize, Serialize};
 use crate::damage_model::{CellFeatures, DamageModel};
 use crate::episode::{put, Episode, TIME_EPS};
 use crate::luma::{quarter_lanes, QUARTER_CHUNK};
-use crate::quality;
 use crate::{check, frame_duration};
+use crate::{chroma, quality};
 
 /// Settings of the corruption detector.
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
@@ -569,13 +583,20 @@ fn measure_with<const H: usize, const V: usize>(
         detail += u64::from(h_inner);
         // Vertical steps: across the band's top edge, and the pairs inside.
         let (v_edge, v_inner) = if b > 0 {
-            (
-                sad(luma.row(y0 - 1), luma.row(y0)),
-                pairs
-                    .iter()
-                    .map(|&dy| sad(luma.row(y0 + dy), luma.row(y0 + dy + 1)))
-                    .sum::<u32>(),
-            )
+            let v_inner = pairs
+                .iter()
+                .map(|&dy| sad(luma.row(y0 + dy), luma.row(y0 + dy + 1)))
+                .sum::<u32>();
+            // The step across the band's top edge counts only as far as it stands out from
+            // the steps just above and below it: a content edge that lies along the grid line
+            // (a horizon in a slow pan) steps across two or three rows, a broken block edge
+            // across one. What stands out is added to the band's own step inside blocks, so
+            // an edge like its neighbours scores as the inside does.
+            let across = sad(luma.row(y0 - 1), luma.row(y0));
+            let beside =
+                sad(luma.row(y0 - 2), luma.row(y0 - 1)).max(sad(luma.row(y0), luma.row(y0 + 1)));
+            let v_edge = across.min(across.saturating_sub(beside) + v_inner / V as u32);
+            (v_edge, v_inner)
         } else {
             (0, 0)
         };
@@ -717,6 +738,16 @@ pub struct CorruptionDetector {
     /// Whether the previous picture was decoder grey (likewise), and how many grey bands it had.
     greying: bool,
     prev_greys: usize,
+    /// Colour damage ([`chroma::ChromaEdges`]): how many broken chroma edges the previous
+    /// picture had, whether there was a previous picture with chroma, and the current run of
+    /// pictures with enough of them: its length, its first picture's time, and whether it
+    /// arrived (its first picture had more than the picture before).
+    colour_edges: chroma::ChromaEdges,
+    prev_broken: usize,
+    have_prev_chroma: bool,
+    colour_run: usize,
+    colour_first: f64,
+    colour_arrived: bool,
     prev_flat: bool,
     trace: bool,
     /// The rows the picture score reads (`AVMON_CORRUPTION_ROWS=all`: every row, to measure
@@ -778,6 +809,12 @@ impl CorruptionDetector {
             smearing: false,
             greying: false,
             prev_greys: 0,
+            colour_edges: chroma::ChromaEdges::default(),
+            prev_broken: 0,
+            have_prev_chroma: false,
+            colour_run: 0,
+            colour_first: 0.0,
+            colour_arrived: false,
             prev_flat: false,
             trace: std::env::var_os("AVMON_CORRUPTION_TRACE").is_some(),
             score_rows: match std::env::var("AVMON_CORRUPTION_ROWS").as_deref() {
@@ -998,6 +1035,25 @@ impl Detector for CorruptionDetector {
             streak,
             grey,
         } = self.scan(&frame.luma);
+        // Colour-plane damage (see `chroma`): enough broken chroma edges in enough pictures in
+        // a row, from the first, when they arrived (more than in the picture before the run; a
+        // graphic there from the first picture on is content), and while they stay.
+        let broken = match &frame.chroma {
+            Some(c) if self.cfg.picture && self.rules => self.colour_edges.count(&frame.luma, c),
+            _ => 0,
+        };
+        if broken >= chroma::BROKEN_EDGES {
+            if self.colour_run == 0 {
+                self.colour_first = frame.t;
+                self.colour_arrived = self.have_prev_chroma && broken > self.prev_broken;
+            }
+            self.colour_run += 1;
+        } else {
+            self.colour_run = 0;
+        }
+        let colour = self.colour_arrived && self.colour_run >= chroma::BROKEN_PICTURES;
+        self.prev_broken = broken;
+        self.have_prev_chroma = frame.chroma.is_some();
         let seen = self.look(frame);
         if cut {
             self.relearn();
@@ -1127,7 +1183,7 @@ impl Detector for CorruptionDetector {
         } else {
             self.model_since = None;
         }
-        let picture = heuristic || model_bad;
+        let picture = heuristic || model_bad || colour;
         // Onset of picture damage: the earliest frame of the short window already above the
         // threshold (the median needs a few damaged frames to move), or the first picture the
         // model saw damaged.
@@ -1156,13 +1212,16 @@ impl Detector for CorruptionDetector {
             if let Some(since) = self.model_since {
                 onset = onset.min(since);
             }
+            if colour {
+                onset = onset.min(self.colour_first);
+            }
             self.picture_since = Some(onset);
         } else if !picture {
             self.picture_since = None;
         }
         if self.trace {
             eprintln!(
-                "corruption t={:.3} key={} flags={} global={:.3} band={:.3} detail={:.2} cut={} base={:.3} score={:.3} torn={:.2} torn_med={:.2} smear={} grey={} streak={}/{} model={} pic={}",
+                "corruption t={:.3} key={} flags={} global={:.3} band={:.3} detail={:.2} cut={} base={:.3} score={:.3} torn={:.2} torn_med={:.2} smear={} grey={} colour={} streak={}/{} model={} pic={}",
                 frame.t,
                 frame.key,
                 frame.decode_errors,
@@ -1176,6 +1235,7 @@ impl Detector for CorruptionDetector {
                 torn_med,
                 smeared,
                 greyed,
+                broken,
                 u8::from(streak),
                 streaks,
                 seen.map_or("-".to_string(), |s| format!("{s:.3}")),
@@ -1216,6 +1276,7 @@ impl Detector for CorruptionDetector {
             let own = self.decoder_hold.is_some()
                 || !was
                 || smeared
+                || colour
                 || share > ANISO_SHARE
                 || (streak && streak_bad)
                 || (model_bad && seen.is_some_and(|s| f64::from(s) >= self.cfg.model_threshold))
@@ -1276,6 +1337,8 @@ impl Detector for CorruptionDetector {
         self.decoder_hold = None;
         self.relearn();
         self.have_prev = false;
+        self.have_prev_chroma = false;
+        self.colour_run = 0;
         self.model_since = None;
         self.model_first = None;
         self.model_suspect = false;
@@ -1404,6 +1467,30 @@ mod tests {
             measure(&plane(&p)),
             measure_rows(&plane(&p), &mut [], Rows::Sampled)
         );
+    }
+
+    #[test]
+    fn a_content_edge_along_the_grid_line_is_not_a_broken_block_edge() {
+        // A horizon that a slow pan holds on a band's top line steps across a few rows; a
+        // broken block edge across one. Only the second raises the band score.
+        fn plane(p: &Picture) -> Plane<'_> {
+            Plane::new(&p.data, p.stride, p.w, p.h).unwrap()
+        }
+        let with_edge = |rise: fn(usize) -> f64| {
+            Picture::from_fn(W, H, |x, y| {
+                (f64::from(pan_at(x as i64, y as i64, 3, 3)) * 0.5 + rise(y)) as u8
+            })
+        };
+        // The top line of the band at rows 128..144 lies between rows 127 and 128.
+        let soft = with_edge(|y| 30.0 * (y as f64 - 126.0).clamp(0.0, 3.0));
+        let sharp = with_edge(|y| if y >= 128 { 90.0 } else { 0.0 });
+        let none = with_edge(|_| 0.0);
+        for rows in [Rows::Sampled, Rows::All] {
+            let [none, soft, sharp] =
+                [&none, &soft, &sharp].map(|p| measure_rows(&plane(p), &mut [], rows).band);
+            assert!(soft < 1.15 * none, "{rows:?}: soft {soft} against {none}");
+            assert!(sharp > 1.5 * none, "{rows:?}: sharp {sharp} against {none}");
+        }
     }
 
     /// The model's score of every picture, each seen after the one before (as the detector
@@ -1648,6 +1735,61 @@ mod tests {
                 pan_at(x as i64, y as i64, i, 3)
             }
         })
+    }
+
+    /// A pan with smooth colour that pans along; the chroma blocks in `lost` (chroma block
+    /// column, row) drawn as zero (green).
+    fn coloured(i: usize, lost: impl Fn(usize, usize) -> bool) -> Picture {
+        pan(i).with_chroma(|x, y| {
+            if lost(x / 8, y / 8) {
+                (0, 0)
+            } else {
+                let u = (x + 2 * i) as f64;
+                (
+                    (128.0 + 30.0 * (u / 23.0).sin()) as u8,
+                    (128.0 + 20.0 * (y as f64 / 19.0).cos()) as u8,
+                )
+            }
+        })
+    }
+
+    #[test]
+    fn colour_damage_fires_when_it_lasts_and_not_when_it_is_the_content() {
+        // Blocks 3..8 across, 2..5 down lost their colour for 10 pictures: one episode, from
+        // the first of them to the first whole picture.
+        let region = |bx: usize, by: usize| (3..8).contains(&bx) && (2..5).contains(&by);
+        let pics: Vec<Picture> = (0..80)
+            .map(|i| {
+                if (40..50).contains(&i) {
+                    coloured(i, region)
+                } else {
+                    coloured(i, |_, _| false)
+                }
+            })
+            .collect();
+        let seen = run_video(&mut detector(), &pics);
+        let e = edges(&seen);
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert_eq!(e[0].0, Begin);
+        assert_t(e[0].1, ft(40));
+        assert_t(e[1].1, ft(50));
+        // Two pictures are not enough (an encoder's chroma blocking comes and goes), and a
+        // graphic with the same edges from the first picture on is content.
+        for pics in [
+            (0..80)
+                .map(|i| {
+                    if (40..42).contains(&i) {
+                        coloured(i, region)
+                    } else {
+                        coloured(i, |_, _| false)
+                    }
+                })
+                .collect::<Vec<_>>(),
+            (0..80).map(|i| coloured(i, region)).collect(),
+        ] {
+            let seen = run_video(&mut detector(), &pics);
+            assert!(seen.is_empty(), "{:?}", edges(&seen));
+        }
     }
 
     #[test]

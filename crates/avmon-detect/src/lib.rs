@@ -49,6 +49,7 @@ use serde::{Deserialize, Serialize};
 pub mod avsync;
 pub mod black;
 pub mod channel_silence;
+pub mod chroma;
 pub mod clipping;
 pub mod corruption;
 pub mod damage_model;
