@@ -17,12 +17,15 @@ Items (`KIND`):
   rows      macroblock rows frozen: a band keeps the picture of its first damaged frame;
   smear     wrong references: blocks of a region taken from the previous picture, displaced,
             and the damage carried on to the next keyframe;
-  starved   the clip starved of bits (a quality defect, not corruption: labelled clean here).
+  starved   the clip starved of bits (a quality defect, not corruption: labelled clean here);
+  chroma    colour-plane corruption, the luma whole: a region's chroma lost (drawn as zero: green
+            blocks) or taken from the wrong place, carried on to the next keyframe.
 
 Labels come from the maker: the damaged decode (what the transcoder was given) is compared with
 the clean decode, per picture and per 16x16 cell. `labels.npz` holds, per picture, the luma PSNR
 against the clean decode, each cell's mean absolute difference (`cells`, 0-255), and what of it
 is left after the best local alignment (`visible`, see `visible()`): the damage a viewer sees.
+For the `chroma` items each cell's figures are the larger of its luma's and its chroma's.
 
 Output: target/learn/corpus/<split>/<item>/{item.ts, labels.npz, meta.json}. An item is made
 again only when it is missing; `--relabel` makes the labels of made items again.
@@ -230,19 +233,26 @@ def damage_rows(frames, rng):
     return f
 
 
+def damaged_region(n, mbr, mbc, rng):
+    """When and where damage in a reference picture strikes: from a picture to the next keyframe,
+    a rectangle of macroblocks (rows r0..r1, columns c0..c1)."""
+    at = int(rng.integers(5, n - 10))
+    end = min(n, keyframe_after(at))
+    r0 = int(rng.integers(0, max(1, mbr - 4)))
+    c0 = int(rng.integers(0, max(1, mbc - 4)))
+    r1 = min(mbr, r0 + int(rng.integers(2, max(3, mbr // 2))))
+    c1 = min(mbc, c0 + int(rng.integers(2, max(3, mbc // 2))))
+    return at, end, r0, r1, c0, c1
+
+
 def damage_smear(frames, rng):
     f = frames.copy()
     n, hh, w = f.shape
     h = hh * 2 // 3
     mbr, mbc = h // CELL, w // CELL
     for _ in range(2):
-        at = int(rng.integers(5, n - 10))
-        end = min(n, keyframe_after(at))
         # a region of macroblocks, each with a wrong motion vector
-        r0 = int(rng.integers(0, max(1, mbr - 4)))
-        c0 = int(rng.integers(0, max(1, mbc - 4)))
-        r1 = min(mbr, r0 + int(rng.integers(2, max(3, mbr // 2))))
-        c1 = min(mbc, c0 + int(rng.integers(2, max(3, mbc // 2))))
+        at, end, r0, r1, c0, c1 = damaged_region(n, mbr, mbc, rng)
         mv = rng.integers(-24, 25, size=(r1 - r0, c1 - c0, 2))
         for i in range(at, end):
             prev = f[i - 1]
@@ -253,6 +263,42 @@ def damage_smear(frames, rng):
                     x = min(max(c * CELL + dx, 0), w - CELL)
                     f[i, r * CELL:(r + 1) * CELL, c * CELL:(c + 1) * CELL] = \
                         prev[y:y + CELL, x:x + CELL]
+    return f
+
+
+def chroma_planes(frame):
+    """Views of an I420 frame's U and V planes, each (h/2, w/2)."""
+    hh, w = frame.shape
+    h = hh * 2 // 3
+    return (frame[h:h + h // 4].reshape(h // 2, w // 2),
+            frame[h + h // 4:].reshape(h // 2, w // 2))
+
+
+def damage_chroma(frames, rng):
+    """Colour-plane corruption, the luma left whole: a region of macroblocks whose chroma is lost
+    (drawn as zero, the green blocks of a decoder or a capture card that lost the colour), or
+    taken from the wrong place of the previous picture (colours of something else bleeding in),
+    carried to the next keyframe as damage in a reference picture is."""
+    f = frames.copy()
+    n, hh, w = f.shape
+    h = hh * 2 // 3
+    mbr, mbc = h // CELL, w // CELL
+    c = CELL // 2
+    for _ in range(2):
+        at, end, r0, r1, c0, c1 = damaged_region(n, mbr, mbc, rng)
+        lost = rng.random() < 0.5
+        mv = rng.integers(-12, 13, size=(r1 - r0, c1 - c0, 2))
+        for i in range(at, end):
+            for plane, prev in zip(chroma_planes(f[i]), chroma_planes(f[i - 1])):
+                if lost:
+                    plane[r0 * c:r1 * c, c0 * c:c1 * c] = 0
+                    continue
+                for r in range(r0, r1):
+                    for cc in range(c0, c1):
+                        dy, dx = mv[r - r0, cc - c0]
+                        y = min(max(r * c + dy, 0), h // 2 - c)
+                        x = min(max(cc * c + dx, 0), w // 2 - c)
+                        plane[r * c:(r + 1) * c, cc * c:(cc + 1) * c] = prev[y:y + c, x:x + c]
     return f
 
 
@@ -310,6 +356,41 @@ def visible(ref, dmg, psnr):
     return out
 
 
+def chroma_labels(ref, dmg):
+    """Per picture and 16x16 cell (8x8 chroma samples): the larger of the mean |dU| and |dV| of
+    dmg against ref, before alignment and after the best local alignment (as `visible` does for
+    the luma, moved by up to SHIFT / 2 chroma samples). Only the colour-plane items compute it:
+    the other kinds damage the chroma as they damage the luma, or not at all."""
+    n, hh, w = ref.shape
+    h = hh * 2 // 3
+    R, C, c, s = h // CELL, w // CELL, CELL // 2, SHIFT // 2
+    raw = np.zeros((n, R, C), np.uint8)
+    out = np.zeros((n, R, C), np.uint8)
+
+    def mean_cells(d):
+        return d[:R * c, :C * c].reshape(R, c, C, c).mean(axis=(1, 3))
+
+    for i in range(n):
+        pairs = list(zip(chroma_planes(dmg[i]), chroma_planes(ref[i])))
+        if all(np.array_equal(a, b) for a, b in pairs):
+            continue
+        raw[i] = np.clip(np.max([mean_cells(np.abs(a.astype(np.int16) - b)) for a, b in pairs],
+                                axis=0) + 0.5, 0, 255)
+        best = np.full((R, C), 255.0, np.float32)
+        for t in (i - 1, i, i + 1):
+            if not 0 <= t < n:
+                continue
+            refs = [np.pad(p.astype(np.int16), s, mode="edge") for p in chroma_planes(ref[t])]
+            for dy in range(-s, s + 1):
+                for dx in range(-s, s + 1):
+                    e = np.max([mean_cells(np.abs(a.astype(np.int16)
+                                                  - r[s + dy:s + dy + h // 2, s + dx:s + dx + w // 2]))
+                                for (a, _), r in zip(pairs, refs)], axis=0)
+                    np.minimum(best, e, out=best)
+        out[i] = np.clip(best + 0.5, 0, 255)
+    return raw, out
+
+
 # A picture is visibly damaged when at least VISIBLE_CELLS of its cells are still VISIBLE levels
 # off after alignment (an area of 32x32 pixels), or one cell is STRONG levels off. It is
 # untouched when no cell is even SLIGHT levels off the clean picture before alignment. Pictures
@@ -344,7 +425,7 @@ SIZES = {
 # The first held-out source is made at every size, 1080p included (1080p costs minutes per item).
 FIRST_TEST_SIZES = [(640, 360), (1280, 720), (1920, 1080), (960, 540)]
 KINDS = ["clean", "clean_grain", "clean_cut", "clean_fade", "clean_fast", "loss", "flip", "slice",
-         "rows", "smear", "starved"]
+         "rows", "smear", "starved", "chroma"]
 
 
 def plan(split):
@@ -400,13 +481,20 @@ def pictures(item, d):
         dmg = damage_rows(ref, rng)
     elif kind == "smear":
         dmg = damage_smear(ref, rng)
+    elif kind == "chroma":
+        dmg = damage_chroma(ref, rng)
     return ref, dmg, src_ts
 
 
-def save_labels(d, ref, dmg):
+def save_labels(d, ref, dmg, colour=False):
+    """The item's labels. With `colour` (the colour-plane items), a cell's figures are the larger
+    of its luma's and its chroma's (see `chroma_labels`)."""
     psnr, cells = labels(ref, dmg)
-    np.savez_compressed(os.path.join(d, "labels.npz"), psnr=psnr, cells=cells,
-                        visible=visible(ref, dmg, psnr))
+    vis = visible(ref, dmg, psnr)
+    if colour:
+        c_cells, c_vis = chroma_labels(ref, dmg)
+        cells, vis = np.maximum(cells, c_cells), np.maximum(vis, c_vis)
+    np.savez_compressed(os.path.join(d, "labels.npz"), psnr=psnr, cells=cells, visible=vis)
 
 
 def make(item, split):
@@ -429,7 +517,7 @@ def finish(item, split, d, ref, dmg, src_ts):
         encode(dmg, os.path.join(d, "item.ts"), item["codec"],
                crf={"h264": 20, "hevc": 24, "mpeg2": 24}[item["codec"]])
         os.remove(src_ts)
-    save_labels(d, ref, dmg)
+    save_labels(d, ref, dmg, colour=item["kind"] == "chroma")
     meta = {k: v for k, v in item.items() if k not in ("src", "other")}
     meta.update(source=item["src"][0], split=split, frames=FPS * SECONDS, fps=FPS)
     with open(os.path.join(d, "meta.json"), "w") as f:
@@ -457,7 +545,7 @@ def relabel(item, split):
         finish(item, split, d, ref, dmg, src_ts)
         return item["name"], "made again"
     os.remove(src_ts)
-    save_labels(d, ref, dmg)
+    save_labels(d, ref, dmg, colour=item["kind"] == "chroma")
     return item["name"], "relabelled"
 
 

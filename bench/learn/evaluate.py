@@ -1,9 +1,9 @@
 """How well avmon finds the picture damage of the corpus (bench/learn/corpus.py), per split.
 
-    python3 bench/learn/evaluate.py [--split test] [--jobs 2] [--json out.json]
+    python3 bench/learn/evaluate.py [--split test] [--jobs 2] [--json out.json] [--avmon BINARY]
 
 Runs `avmon check` on every item of the split three ways, side by side:
-  rules   the hand-made picture rules alone (`[corruption] model = false`, the default);
+  rules   the hand-made picture rules alone (`[corruption]` as it comes: the model is off);
   model   the learned model alone (`model = true`, and `AVMON_CORRUPTION_RULES=off`);
   avmon   both (`model = true`);
 and FFmpeg's `blockdetect` filter, given per source the highest score it reached on that source's
@@ -54,9 +54,9 @@ def spans(bad, fps):
     return out
 
 
-def check(ts, way, cfgdir):
+def check(ts, way, cfgdir, avmon=AVMON):
     env = dict(os.environ)
-    args = [AVMON, "check", ts, "--format", "json"]
+    args = [avmon, "check", ts, "--format", "json"]
     cfg = os.path.join(cfgdir, "rules.toml" if way == "rules" else "model.toml")
     args += ["--detectors", cfg]
     if way == "model":
@@ -86,14 +86,14 @@ def label_spans(d, fps):
     return spans(visibly_damaged(lab["visible"]), fps), spans(touched(lab["cells"]), fps)
 
 
-def item(d, cfgdir, ways=WAYS):
+def item(d, cfgdir, ways=WAYS, avmon=AVMON):
     meta = json.load(open(os.path.join(d, "meta.json")))
     ts = os.path.join(d, "item.ts")
     res = {"name": meta["name"], "kind": meta["kind"], "source": meta["source"],
            "size": f"{meta['w']}x{meta['h']}", "codec": meta["codec"]}
     res["labels"], res["damaged"] = label_spans(d, meta["fps"])
     for way in WAYS:
-        res[way] = check(ts, way, cfgdir) if way in ways else []
+        res[way] = check(ts, way, cfgdir, avmon) if way in ways else []
     res["blockdetect"] = blockdetect(ts)
     return res
 
@@ -152,6 +152,7 @@ def main():
     ap.add_argument("--ways", default=",".join(WAYS), help="which of rules,model,avmon to run")
     ap.add_argument("--settings", default="", help="more [corruption] settings, TOML lines")
     ap.add_argument("--rescore", help="score the detections of an earlier --json again (labels as now)")
+    ap.add_argument("--avmon", default=AVMON, help="the avmon binary to run (an older build, to compare)")
     a = ap.parse_args()
     if a.rescore:
         results = json.load(open(a.rescore))
@@ -165,11 +166,12 @@ def main():
     dirs = [d for d in dirs if not a.only or a.only in d]
     with tempfile.TemporaryDirectory() as cfgdir:
         with open(os.path.join(cfgdir, "rules.toml"), "w") as f:
-            f.write("[corruption]\nmodel = false\n")
+            # The defaults (the model is off), which an older build without the model reads too.
+            f.write("[corruption]\n")
         with open(os.path.join(cfgdir, "model.toml"), "w") as f:
             f.write(f"[corruption]\nmodel = true\n{a.settings}\n")
         with cf.ThreadPoolExecutor(a.jobs) as ex:
-            results = list(ex.map(lambda d: item(d, cfgdir, a.ways.split(",")), dirs))
+            results = list(ex.map(lambda d: item(d, cfgdir, a.ways.split(","), a.avmon), dirs))
     report(a, results)
 
 
@@ -181,8 +183,8 @@ def report(a, results):
           f"{len(clean)} clean)\n")
     print("| | labels | recall | precision | detections | false on clean items | median onset err (s) | worst (s) |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    names = {"rules": "avmon, hand-made rules only (before)", "model": "avmon, model only",
-             "avmon": "avmon, rules + model (after)", "ffmpeg": "FFmpeg blockdetect (threshold: clean max per source)"}
+    names = {"rules": "avmon, hand-made rules (the default)", "model": "avmon, model only",
+             "avmon": "avmon, rules + model", "ffmpeg": "FFmpeg blockdetect (threshold: clean max per source)"}
     out = {}
     for way in WAYS + ["ffmpeg"]:
         s = score(results, way)

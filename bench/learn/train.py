@@ -134,6 +134,9 @@ def load(split):
         if not os.path.exists(f):
             continue
         meta = json.load(open(m))
+        if meta["kind"] == "chroma":
+            # Colour-plane damage leaves the luma whole, and the model sees the luma only.
+            continue
         lab = np.load(os.path.join(d, "labels.npz"))
         feats = read_features(f)
         n = min(len(feats), len(lab["psnr"]))
