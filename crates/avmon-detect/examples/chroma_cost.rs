@@ -40,7 +40,7 @@ fn main() {
         }
         (best, keep)
     };
-    let (colour, n) = time(&mut || edges.count(&luma, &[cb, cr]) as f64);
+    let (colour, n) = time(&mut || edges.count(&luma, &[cb, cr]).broken as f64);
     let (score, _) = time(&mut || measure(&luma).band);
     println!(
         "{w}x{h}: colour check {:.1} us ({} broken edges), luma picture score {:.1} us",

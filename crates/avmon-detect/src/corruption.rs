@@ -103,9 +103,10 @@
 //! **Colour-plane damage.** A region whose colour was lost (drawn as zero: green blocks) or taken
 //! from the wrong place leaves the luma whole, and the rules above see nothing. On pictures with
 //! planar chroma, each chroma block edge that steps far more sharply than the samples beside it
-//! is *broken* (see [`chroma`](crate::chroma)); a picture with at least 8 broken edges, in 3
-//! pictures in a row, is damaged from the first of them, when they arrived (more than the
-//! picture before) and while they stay. The trace shows the count as `colour=`.
+//! is *broken* (see [`chroma`](crate::chroma)); a picture with at least 8 broken edges (beyond
+//! twice the sharp colour edges of the content's own halfway between blocks), in 3 pictures in a
+//! row, is damaged from the first of them, when they arrived (more than the picture before) and
+//! while they stay. The trace shows the counts as `colour=broken/halfway`.
 //!
 //! **Uniform pictures and scene cuts.** A picture with almost no detail (mean step inside blocks
 //! below 0.25: black, a uniform slate) is neither judged nor learnt from. When the content
@@ -1038,10 +1039,13 @@ impl Detector for CorruptionDetector {
         // Colour-plane damage (see `chroma`): enough broken chroma edges in enough pictures in
         // a row, from the first, when they arrived (more than in the picture before the run; a
         // graphic there from the first picture on is content), and while they stay.
-        let broken = match &frame.chroma {
+        let edges = match &frame.chroma {
             Some(c) if self.cfg.picture && self.rules => self.colour_edges.count(&frame.luma, c),
-            _ => 0,
+            _ => chroma::Edges::default(),
         };
+        // Broken edges beyond what the content's own sharp colour edges put on the grid (as
+        // many as halfway between, counted on the sides only: twice that for sides and tops).
+        let broken = edges.broken.saturating_sub(chroma::MID_WEIGHT * edges.mid);
         if broken >= chroma::BROKEN_EDGES {
             if self.colour_run == 0 {
                 self.colour_first = frame.t;
@@ -1221,7 +1225,7 @@ impl Detector for CorruptionDetector {
         }
         if self.trace {
             eprintln!(
-                "corruption t={:.3} key={} flags={} global={:.3} band={:.3} detail={:.2} cut={} base={:.3} score={:.3} torn={:.2} torn_med={:.2} smear={} grey={} colour={} streak={}/{} model={} pic={}",
+                "corruption t={:.3} key={} flags={} global={:.3} band={:.3} detail={:.2} cut={} base={:.3} score={:.3} torn={:.2} torn_med={:.2} smear={} grey={} colour={}/{} streak={}/{} model={} pic={}",
                 frame.t,
                 frame.key,
                 frame.decode_errors,
@@ -1235,7 +1239,8 @@ impl Detector for CorruptionDetector {
                 torn_med,
                 smeared,
                 greyed,
-                broken,
+                edges.broken,
+                edges.mid,
                 u8::from(streak),
                 streaks,
                 seen.map_or("-".to_string(), |s| format!("{s:.3}")),
@@ -1773,8 +1778,9 @@ mod tests {
         assert_eq!(e[0].0, Begin);
         assert_t(e[0].1, ft(40));
         assert_t(e[1].1, ft(50));
-        // Two pictures are not enough (an encoder's chroma blocking comes and goes), and a
-        // graphic with the same edges from the first picture on is content.
+        // Two pictures are not enough (an encoder's chroma blocking comes and goes), a graphic
+        // with the same edges from the first picture on is content, and so are sharp colour
+        // edges off the grid as much as on it.
         for pics in [
             (0..80)
                 .map(|i| {
@@ -1786,6 +1792,18 @@ mod tests {
                 })
                 .collect::<Vec<_>>(),
             (0..80).map(|i| coloured(i, region)).collect(),
+            // Graphics with sharp colour edges every 4 chroma samples, on the grid and off it,
+            // arriving at a cut: content.
+            (0..80)
+                .map(|i| {
+                    if i < 40 {
+                        coloured(i, |_, _| false)
+                    } else {
+                        pan(i)
+                            .with_chroma(|x, _| if x / 4 % 2 == 0 { (60, 200) } else { (200, 60) })
+                    }
+                })
+                .collect(),
         ] {
             let seen = run_video(&mut detector(), &pics);
             assert!(seen.is_empty(), "{:?}", edges(&seen));
