@@ -249,3 +249,39 @@ fn a_starved_encode_of_camera_like_content_is_blockier_for_each_codec() {
         );
     }
 }
+
+/// Colour-plane damage with the luma whole: from 4 s to 6 s, the chroma of a 128×64 region
+/// (on the macroblock grid) of a colourful zooming fractal is lost (zero: green) or taken from
+/// the wrong place, then the whole is encoded again. Its sharp colour edges of its own, on the
+/// grid and off it, are content.
+#[test]
+fn colour_lost_or_misplaced_is_found_from_its_first_picture() {
+    let dir = tempfile::tempdir().unwrap();
+    let region = "between(T,4,5.99)*between(X,80,143)*between(Y,48,79)";
+    for (name, cb, cr) in [
+        ("lost", "0", "0"),
+        ("misplaced", "cb(X+37,Y+23)", "cr(X+37,Y+23)"),
+        ("whole", "cb(X,Y)", "cr(X,Y)"),
+    ] {
+        let filter = format!(
+            "format=yuv420p,geq=lum='lum(X,Y)':cb='if({region},{cb},cb(X,Y))':cr='if({region},{cr},cr(X,Y))'"
+        );
+        let f = lavfi(
+            dir.path(),
+            &format!("{name}.ts"),
+            "mandelbrot",
+            10,
+            &["-vf", &filter],
+        );
+        let events = corruption_events(&check_json(&f));
+        if name == "whole" {
+            assert_eq!(events, vec![], "{name}");
+            continue;
+        }
+        assert!(!events.is_empty(), "{name}: nothing found");
+        assert!((events[0].1 - 4.0).abs() <= 0.041, "{name}: {events:?}");
+        for e in &events {
+            assert!(e.1 >= 3.96 && e.2 <= 6.5, "{name}: {events:?}");
+        }
+    }
+}
