@@ -1,5 +1,6 @@
-//! Time of `video.corruption`'s colour check ([`avmon_detect::chroma::ChromaEdges::count`]) on
-//! one picture, against the time of its luma picture score, on a raw I420 picture:
+//! Time of `video.corruption`'s colour check ([`avmon_detect::chroma::ColourDamage::judge`]: the
+//! edges and their state) on one picture, against the time of its luma picture score, on a raw
+//! I420 picture:
 //!
 //!     cargo run --release -p avmon-detect --example chroma_cost -- PICTURE.yuv WIDTH HEIGHT
 //!
@@ -7,7 +8,7 @@
 use std::time::Instant;
 
 use avmon_core::Plane;
-use avmon_detect::chroma::ChromaEdges;
+use avmon_detect::chroma::ColourDamage;
 use avmon_detect::corruption::measure;
 
 fn main() {
@@ -26,7 +27,8 @@ fn main() {
     let luma = Plane::new(&data[..w * h], w, w, h).expect("the luma");
     let cb = Plane::new(&data[w * h..w * h + cw * ch], cw, cw, ch).expect("Cb");
     let cr = Plane::new(&data[w * h + cw * ch..], cw, cw, ch).expect("Cr");
-    let mut edges = ChromaEdges::default();
+    let mut colour = ColourDamage::default();
+    let mut t = 0.0;
     let runs = 2000;
     let time = |f: &mut dyn FnMut() -> f64| {
         let mut best = f64::MAX;
@@ -40,11 +42,14 @@ fn main() {
         }
         (best, keep)
     };
-    let (colour, n) = time(&mut || edges.count(&luma, &[cb, cr]).broken as f64);
+    let (check, n) = time(&mut || {
+        t += 0.04;
+        colour.judge(t, &luma, &[cb, cr]).edges.broken as f64
+    });
     let (score, _) = time(&mut || measure(&luma).band);
     println!(
         "{w}x{h}: colour check {:.1} us ({} broken edges), luma picture score {:.1} us",
-        colour * 1e6,
+        check * 1e6,
         n / (5 * runs) as f64,
         score * 1e6
     );

@@ -102,11 +102,10 @@
 //!
 //! **Colour-plane damage.** A region whose colour was lost (drawn as zero: green blocks) or taken
 //! from the wrong place leaves the luma whole, and the rules above see nothing. On pictures with
-//! planar chroma, each chroma block edge that steps far more sharply than the samples beside it
-//! is *broken* (see [`chroma`](crate::chroma)); a picture with at least 8 broken edges (beyond
-//! twice the sharp colour edges of the content's own halfway between blocks), in 3 pictures in a
-//! row, is damaged from the first of them, when they arrived (more than the picture before) and
-//! while they stay. The trace shows the counts as `colour=broken/halfway`.
+//! planar chroma, each chroma block edge that steps far more sharply than the samples beside it,
+//! where the luma does not step, is *broken* (see [`chroma`](crate::chroma)); at least 8 edges
+//! broken anew that stay broken 3 pictures in a row are damage, from the picture they broke,
+//! while they stay (`colour`, on by default). The trace shows `colour=broken/halfway/kept`.
 //!
 //! **Uniform pictures and scene cuts.** A picture with almost no detail (mean step inside blocks
 //! below 0.25: black, a uniform slate) is neither judged nor learnt from. When the content
@@ -156,7 +155,7 @@
 //! (1.5), `min_excess` (0.3), `baseline_frames` (50), `hold_s` (0.5), `max_hold_s` (10),
 //! `min_duration` (0: one damaged frame counts), `picture` (true: use the picture score for
 //! events; false: decoder evidence only, the score is still measured), `model` (false),
-//! `model_threshold` (0.96), `model_every` (32).
+//! `model_threshold` (0.96), `model_every` (32), `colour` (true: judge colour-plane damage).
 
 use avmon_core::{kinds, Details, Detector, Findings, Plane, Severity, Tier, VideoFrame};
 use serde::{Deserialize, Serialize};
@@ -198,6 +197,8 @@ pub struct CorruptionConfig {
     /// The model looks at every this-many-th picture (1: every picture), at the picture after
     /// one it scored at or above the threshold, and at every picture while it sees damage.
     pub model_every: usize,
+    /// Judge colour-plane damage (broken chroma block edges, see [`chroma`]).
+    pub colour: bool,
 }
 
 impl Default for CorruptionConfig {
@@ -215,6 +216,7 @@ impl Default for CorruptionConfig {
             model: false,
             model_threshold: MODEL_THRESHOLD,
             model_every: MODEL_EVERY,
+            colour: true,
         }
     }
 }
@@ -739,16 +741,8 @@ pub struct CorruptionDetector {
     /// Whether the previous picture was decoder grey (likewise), and how many grey bands it had.
     greying: bool,
     prev_greys: usize,
-    /// Colour damage ([`chroma::ChromaEdges`]): how many broken chroma edges the previous
-    /// picture had, whether there was a previous picture with chroma, and the current run of
-    /// pictures with enough of them: its length, its first picture's time, and whether it
-    /// arrived (its first picture had more than the picture before).
-    colour_edges: chroma::ChromaEdges,
-    prev_broken: usize,
-    have_prev_chroma: bool,
-    colour_run: usize,
-    colour_first: f64,
-    colour_arrived: bool,
+    /// Colour damage (see [`chroma::ColourDamage`]).
+    colour: chroma::ColourDamage,
     prev_flat: bool,
     trace: bool,
     /// The rows the picture score reads (`AVMON_CORRUPTION_ROWS=all`: every row, to measure
@@ -810,12 +804,7 @@ impl CorruptionDetector {
             smearing: false,
             greying: false,
             prev_greys: 0,
-            colour_edges: chroma::ChromaEdges::default(),
-            prev_broken: 0,
-            have_prev_chroma: false,
-            colour_run: 0,
-            colour_first: 0.0,
-            colour_arrived: false,
+            colour: chroma::ColourDamage::default(),
             prev_flat: false,
             trace: std::env::var_os("AVMON_CORRUPTION_TRACE").is_some(),
             score_rows: match std::env::var("AVMON_CORRUPTION_ROWS").as_deref() {
@@ -1036,28 +1025,17 @@ impl Detector for CorruptionDetector {
             streak,
             grey,
         } = self.scan(&frame.luma);
-        // Colour-plane damage (see `chroma`): enough broken chroma edges in enough pictures in
-        // a row, from the first, when they arrived (more than in the picture before the run; a
-        // graphic there from the first picture on is content), and while they stay.
-        let edges = match &frame.chroma {
-            Some(c) if self.cfg.picture && self.rules => self.colour_edges.count(&frame.luma, c),
-            _ => chroma::Edges::default(),
-        };
-        // Broken edges beyond what the content's own sharp colour edges put on the grid (as
-        // many as halfway between, counted on the sides only: twice that for sides and tops).
-        let broken = edges.broken.saturating_sub(chroma::MID_WEIGHT * edges.mid);
-        if broken >= chroma::BROKEN_EDGES {
-            if self.colour_run == 0 {
-                self.colour_first = frame.t;
-                self.colour_arrived = self.have_prev_chroma && broken > self.prev_broken;
+        // Colour-plane damage (see `chroma`): chroma block edges newly broken that stay.
+        let judged = match &frame.chroma {
+            Some(c) if self.cfg.colour && self.cfg.picture && self.rules => {
+                self.colour.judge(frame.t, &frame.luma, c)
             }
-            self.colour_run += 1;
-        } else {
-            self.colour_run = 0;
-        }
-        let colour = self.colour_arrived && self.colour_run >= chroma::BROKEN_PICTURES;
-        self.prev_broken = broken;
-        self.have_prev_chroma = frame.chroma.is_some();
+            _ => {
+                self.colour.reset();
+                chroma::Colour::default()
+            }
+        };
+        let colour = judged.since.is_some();
         let seen = self.look(frame);
         if cut {
             self.relearn();
@@ -1217,7 +1195,7 @@ impl Detector for CorruptionDetector {
                 onset = onset.min(since);
             }
             if colour {
-                onset = onset.min(self.colour_first);
+                onset = onset.min(judged.since.unwrap_or(frame.t));
             }
             self.picture_since = Some(onset);
         } else if !picture {
@@ -1225,7 +1203,7 @@ impl Detector for CorruptionDetector {
         }
         if self.trace {
             eprintln!(
-                "corruption t={:.3} key={} flags={} global={:.3} band={:.3} detail={:.2} cut={} base={:.3} score={:.3} torn={:.2} torn_med={:.2} smear={} grey={} colour={}/{} streak={}/{} model={} pic={}",
+                "corruption t={:.3} key={} flags={} global={:.3} band={:.3} detail={:.2} cut={} base={:.3} score={:.3} torn={:.2} torn_med={:.2} smear={} grey={} colour={}/{}/{} streak={}/{} model={} pic={}",
                 frame.t,
                 frame.key,
                 frame.decode_errors,
@@ -1239,8 +1217,9 @@ impl Detector for CorruptionDetector {
                 torn_med,
                 smeared,
                 greyed,
-                edges.broken,
-                edges.mid,
+                judged.edges.broken,
+                judged.edges.mid,
+                judged.kept,
                 u8::from(streak),
                 streaks,
                 seen.map_or("-".to_string(), |s| format!("{s:.3}")),
@@ -1342,8 +1321,7 @@ impl Detector for CorruptionDetector {
         self.decoder_hold = None;
         self.relearn();
         self.have_prev = false;
-        self.have_prev_chroma = false;
-        self.colour_run = 0;
+        self.colour.reset();
         self.model_since = None;
         self.model_first = None;
         self.model_suspect = false;
@@ -1778,6 +1756,12 @@ mod tests {
         assert_eq!(e[0].0, Begin);
         assert_t(e[0].1, ft(40));
         assert_t(e[1].1, ft(50));
+        // Not when turned off.
+        let mut off = CorruptionDetector::new(&CorruptionConfig {
+            colour: false,
+            ..CorruptionConfig::default()
+        });
+        assert!(run_video(&mut off, &pics).is_empty());
         // Two pictures are not enough (an encoder's chroma blocking comes and goes), a graphic
         // with the same edges from the first picture on is content, and so are sharp colour
         // edges off the grid as much as on it.
