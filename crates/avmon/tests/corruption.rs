@@ -250,14 +250,16 @@ fn a_starved_encode_of_camera_like_content_is_blockier_for_each_codec() {
     }
 }
 
-/// Colour-plane damage with the luma whole: from 4 s to 6 s, the chroma of a 128×64 region
-/// (on the macroblock grid) of a colourful zooming fractal is lost (zero: green) or taken from
-/// the wrong place, then the whole is encoded again. Its sharp colour edges of its own, on the
-/// grid and off it, are content.
+/// Colour-plane damage with the luma whole: from 4 s to 6 s, the chroma of a 128×64 region (on
+/// the macroblock grid) of a colourful zooming fractal is lost (zero: green) or taken from the
+/// wrong place, then the whole is encoded again. Its sharp colour edges of its own, on the grid
+/// and off it, are content; `colour = false` turns the check off.
 #[test]
 fn colour_lost_or_misplaced_is_found_from_its_first_picture() {
     let dir = tempfile::tempdir().unwrap();
     let region = "between(T,4,5.99)*between(X,80,143)*between(Y,48,79)";
+    let off = dir.path().join("detectors.toml");
+    std::fs::write(&off, "[corruption]\ncolour = false\n").unwrap();
     for (name, cb, cr) in [
         ("lost", "0", "0"),
         ("misplaced", "cb(X+37,Y+23)", "cr(X+37,Y+23)"),
@@ -274,6 +276,16 @@ fn colour_lost_or_misplaced_is_found_from_its_first_picture() {
             &["-vf", &filter],
         );
         let events = corruption_events(&check_json(&f));
+        // Nothing with `colour = false`.
+        let o = avmon()
+            .args(["check", "--format", "json", "--detectors"])
+            .arg(&off)
+            .arg(&f)
+            .output()
+            .expect("run avmon check");
+        assert!(o.status.success(), "check failed: {}", stderr_of(&o));
+        let without = corruption_events(&serde_json::from_slice(&o.stdout).unwrap());
+        assert_eq!(without, vec![], "{name}, colour = false");
         if name == "whole" {
             assert_eq!(events, vec![], "{name}");
             continue;
