@@ -151,6 +151,8 @@ def main():
     ap.add_argument("--only")
     ap.add_argument("--ways", default=",".join(WAYS), help="which of rules,model,avmon to run")
     ap.add_argument("--settings", default="", help="more [corruption] settings, TOML lines")
+    ap.add_argument("--rules-settings", default="",
+                    help="[corruption] settings for the rules alone, TOML lines (e.g. colour = true)")
     ap.add_argument("--rescore", help="score the detections of an earlier --json again (labels as now)")
     ap.add_argument("--avmon", default=AVMON, help="the avmon binary to run (an older build, to compare)")
     a = ap.parse_args()
@@ -167,7 +169,7 @@ def main():
     with tempfile.TemporaryDirectory() as cfgdir:
         with open(os.path.join(cfgdir, "rules.toml"), "w") as f:
             # The defaults (the model is off), which an older build without the model reads too.
-            f.write("[corruption]\n")
+            f.write(f"[corruption]\n{a.rules_settings}\n")
         with open(os.path.join(cfgdir, "model.toml"), "w") as f:
             f.write(f"[corruption]\nmodel = true\n{a.settings}\n")
         with cf.ThreadPoolExecutor(a.jobs) as ex:
