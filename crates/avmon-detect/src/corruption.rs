@@ -41,7 +41,9 @@
 //! An episode starts at the first damaged frame and ends at the first frame after it that is not
 //! damaged (for decoder evidence: the clean keyframe); episodes closer than `hold_s` are one.
 //! Begin details: `evidence` (`"decoder"` or `"picture"`), `decode_errors` (the flags seen),
-//! `score` (band score / baseline). End details add `peak_score` and `frames` (damaged frames).
+//! `score` (band score / baseline), and `colour_edges` when colour-plane damage was seen (the
+//! most chroma edges it broke in a picture). End details add `peak_score` and `frames` (damaged
+//! frames).
 //!
 //! The band score is judged on the median of the last 9 frames (content edges that happen to sit
 //! on the grid for a frame or a few do not move it; damage propagates over many frames until the
@@ -675,6 +677,8 @@ struct Run {
     flags: u32,
     decoder: bool,
     peak: f64,
+    /// The most chroma edges broken by colour-plane damage in one picture (0: none seen).
+    colour_edges: usize,
 }
 
 impl Run {
@@ -685,6 +689,9 @@ impl Run {
         );
         d.insert("decode_errors".into(), self.flags.into());
         put(d, "score", self.peak);
+        if self.colour_edges > 0 {
+            d.insert("colour_edges".into(), self.colour_edges.into());
+        }
     }
 
     fn end_details(&self, d: &mut Details) {
@@ -1254,6 +1261,9 @@ impl Detector for CorruptionDetector {
             self.run.flags |= frame.decode_errors;
             self.run.decoder |= self.decoder_hold.is_some();
             self.run.peak = self.run.peak.max(score);
+            if colour {
+                self.run.colour_edges = self.run.colour_edges.max(judged.kept);
+            }
             let end = frame.t + frame_duration(frame);
             // Picture damage is judged on a median, which lags the recovery by a few frames:
             // the episode's end is after the last frame that was itself above the threshold.
@@ -1754,6 +1764,12 @@ mod tests {
         let e = edges(&seen);
         assert_eq!(e.len(), 2, "{e:?}");
         assert_eq!(e[0].0, Begin);
+        let broken = seen[0].f.details["colour_edges"].as_u64().unwrap_or(0);
+        assert!(
+            broken >= chroma::BROKEN_EDGES as u64,
+            "{:?}",
+            seen[0].f.details
+        );
         assert_t(e[0].1, ft(40));
         assert_t(e[1].1, ft(50));
         // Not when turned off.
