@@ -161,7 +161,6 @@ impl ChromaEdges {
         }
         let rows = [bh / 4, bh * 5 / 8];
         let mut out = Edges::default();
-        self.map.clear();
         for y0 in (0..h - bh + 1).step_by(bh) {
             let judge_tops = y0 >= 2 && y0 + 1 < h;
             self.worst.fill(0);
@@ -267,7 +266,7 @@ pub struct ColourDamage {
     times: [f64; RECENT],
     /// Damage since this time.
     since: Option<f64>,
-    /// The next picture is the first seen (since a reset).
+    /// The next picture is the first seen (of its size, or since a reset).
     first: bool,
 }
 
@@ -280,7 +279,9 @@ impl ColourDamage {
         let edges = self.edges.count(luma, chroma);
         let map = self.edges.map();
         if self.state.len() != map.len() {
-            self.state = vec![[0, GAP + 1, 0]; map.len()];
+            // A new picture size, or a reset: nothing seen yet.
+            self.state.clear();
+            self.state.resize(map.len(), [0, GAP + 1, 0]);
             self.since = None;
             self.first = true;
         }
@@ -310,12 +311,7 @@ impl ColourDamage {
         self.times.rotate_right(1);
         self.times[0] = t;
         let long = BROKEN_PICTURES as u16;
-        let all = self
-            .state
-            .iter()
-            .zip(map)
-            .filter(|&(s, &b)| b && s[0] >= long)
-            .count();
+        let all = self.state.iter().filter(|s| s[0] >= long).count();
         let kept = all.saturating_sub(MID_WEIGHT * edges.mid);
         if kept < BROKEN_EDGES {
             self.since = None;
@@ -337,11 +333,11 @@ impl ColourDamage {
         }
     }
 
-    /// Forget the pictures seen (a new stream, a tier change).
+    /// Forget the pictures seen (a new stream, a tier change, a picture without chroma). Cheap:
+    /// the next picture judged starts the state afresh.
     pub fn reset(&mut self) {
-        self.state.fill([0, GAP + 1, 0]);
+        self.state.clear();
         self.since = None;
-        self.first = true;
     }
 }
 
@@ -367,14 +363,14 @@ pub struct Edges {
     pub mid: usize,
 }
 
-/// [`ChromaEdges::count`] with scratch of its own.
-pub fn broken_edges(luma: &Plane<'_>, chroma: &[Plane<'_>; 2]) -> usize {
-    ChromaEdges::default().count(luma, chroma).broken
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// [`ChromaEdges::count`] with scratch of its own.
+    fn broken_edges(luma: &Plane<'_>, chroma: &[Plane<'_>; 2]) -> usize {
+        ChromaEdges::default().count(luma, chroma).broken
+    }
 
     /// A 4:2:0 picture of `w`×`h` luma: the luma flat mid-grey, Cb and Cr from `f(x, y)` per
     /// chroma sample. Returns (luma, cb, cr) sample vectors with strides `w` and `w / 2`.

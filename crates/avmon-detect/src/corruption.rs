@@ -1201,8 +1201,8 @@ impl Detector for CorruptionDetector {
             if let Some(since) = self.model_since {
                 onset = onset.min(since);
             }
-            if colour {
-                onset = onset.min(judged.since.unwrap_or(frame.t));
+            if let Some(since) = judged.since {
+                onset = onset.min(since);
             }
             self.picture_since = Some(onset);
         } else if !picture {

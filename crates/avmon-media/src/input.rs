@@ -941,22 +941,10 @@ fn luma8(format: Pixel) -> Option<bool> {
     }
 }
 
-/// The Cb and Cr planes of a planar 8-bit YUV frame, borrowed in place.
+/// The Cb and Cr planes of a planar 8-bit YUV frame, borrowed in place: a format [`luma8`]
+/// reads with three planes or more (semi-planar NV12 and the like have two, grey one).
 fn chroma8(f: &ff::frame::Video) -> Option<[Plane<'_>; 2]> {
-    let planar = matches!(
-        f.format(),
-        Pixel::YUV420P
-            | Pixel::YUV422P
-            | Pixel::YUV444P
-            | Pixel::YUV411P
-            | Pixel::YUV440P
-            | Pixel::YUVA420P
-            | Pixel::YUVJ420P
-            | Pixel::YUVJ422P
-            | Pixel::YUVJ444P
-            | Pixel::YUVJ440P
-    );
-    if !planar || f.planes() < 3 {
+    if luma8(f.format()).is_none() || f.planes() < 3 {
         return None;
     }
     let plane = |i: usize| {
