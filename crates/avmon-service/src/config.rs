@@ -348,6 +348,7 @@ pub struct Config {
     pub listen: SocketAddr,
     pub store: StoreConfig,
     pub evidence: crate::evidence::EvidenceConfig,
+    pub retention: crate::retention::RetentionConfig,
     pub service: ServiceConfig,
     pub streams: Vec<StreamConfig>,
     pub notifiers: Vec<NotifierConfig>,
@@ -676,6 +677,7 @@ pub fn parse_with_env(
     let mut server = ServerConfig::default();
     let mut store = StoreConfig::default();
     let mut evidence = crate::evidence::EvidenceConfig::default();
+    let mut retention = crate::retention::RetentionConfig::default();
     let mut service = ServiceConfig::default();
     let mut streams = Vec::new();
     let mut notifiers = Vec::new();
@@ -700,6 +702,14 @@ pub fn parse_with_env(
                 {
                     e.validate(&mut errors);
                     evidence = e;
+                }
+            }
+            "retention" => {
+                let r =
+                    section::<crate::retention::RetentionConfig>(value, "retention", &mut errors);
+                if let Some(r) = r {
+                    r.validate(&mut errors);
+                    retention = r;
                 }
             }
             "service" => {
@@ -748,8 +758,8 @@ pub fn parse_with_env(
                 }
             }
             other => errors.push(format!(
-                "{other}: unknown section (expected server, store, service, evidence, api, \
-                 streams, notifiers, maintenance, cluster)"
+                "{other}: unknown section (expected server, store, service, evidence, retention, \
+                 api, streams, notifiers, maintenance, cluster)"
             )),
         }
     }
@@ -833,6 +843,7 @@ pub fn parse_with_env(
             listen,
             store,
             evidence,
+            retention,
             service,
             streams,
             notifiers,
@@ -1229,6 +1240,9 @@ url = "udp://127.0.0.1:5000"
         assert_eq!(c.streams.len(), 2);
         assert_eq!(c.streams[0].alerts.flap_max, 5);
         assert_eq!(c.maintenance.len(), 1);
+        // Its [retention] says the defaults, as it claims.
+        let retention = c.retention.policy().unwrap();
+        assert_eq!(retention, avmon_store::Retention::default());
         let h = c.streams[1].hls_config().unwrap();
         assert_eq!(h.variants.len(), 2);
         // It writes out the defaults, but for the variants.

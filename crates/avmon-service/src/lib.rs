@@ -43,6 +43,7 @@ pub mod pipeline;
 pub mod placement;
 pub mod registry;
 pub mod report;
+pub mod retention;
 pub mod run;
 pub mod stream;
 pub mod transport;

@@ -266,6 +266,13 @@ pub fn run(cfg: Config, opts: Options) -> Result<()> {
             .spawn(move || degrade_thread(&service, &scfg, &stop))
             .context("starting the degradation thread")?
     };
+    let retention_stop = Arc::new(AtomicBool::new(false));
+    let retention = crate::retention::spawn(
+        service.store.clone(),
+        &cfg.retention,
+        retention_stop.clone(),
+    )
+    .context("starting the retention thread")?;
     let monitor: Arc<dyn Monitor> = service.clone();
     let served = rt.block_on(avmon_server::serve(
         listener,
@@ -276,6 +283,8 @@ pub fn run(cfg: Config, opts: Options) -> Result<()> {
     eprintln!("avmon: shutting down");
     degrade_stop.store(true, Ordering::Relaxed);
     let _ = degrade_handle.join();
+    retention_stop.store(true, Ordering::Relaxed);
+    let _ = retention.join();
     placement_stop.store(true, Ordering::Relaxed);
     if let Some(p) = placement {
         let _ = p.join();

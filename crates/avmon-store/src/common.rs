@@ -3,6 +3,7 @@
 
 use avmon_core::{AlertState, StreamId, WallTime};
 
+use crate::retention::Reading;
 use crate::{AttemptOutcome, MetricsSample, OutboxStatus, StoreError};
 
 pub(crate) fn corrupt(table: &'static str, reason: impl std::fmt::Display) -> StoreError {
@@ -109,3 +110,78 @@ impl Samples {
         self.out
     }
 }
+
+/// Regroups a stream's aggregate rows, read by bucket start, into samples: one per bucket, each
+/// value read as [`crate::retention::reading`] says, the media time the largest of the bucket's.
+pub(crate) struct Aggregates {
+    stream: StreamId,
+    out: Vec<MetricsSample>,
+}
+
+impl Aggregates {
+    pub(crate) fn new(stream: &StreamId) -> Self {
+        Aggregates {
+            stream: stream.clone(),
+            out: Vec::new(),
+        }
+    }
+
+    /// One row: `n` samples' `sum` and `max` of the value `name`.
+    pub(crate) fn push(
+        &mut self,
+        start: WallTime,
+        media_t: f64,
+        name: String,
+        (n, sum, max): (i64, f64, f64),
+    ) {
+        let value = match crate::retention::reading(&name) {
+            Reading::Sum => sum,
+            Reading::Max => max,
+            Reading::Mean => sum / n.max(1) as f64,
+        };
+        match self.out.last_mut() {
+            Some(s) if s.at == start => {
+                s.media_t = s.media_t.max(media_t);
+                s.values.insert(name, value);
+            }
+            _ => self.out.push(MetricsSample {
+                stream_id: self.stream.clone(),
+                at: start,
+                media_t,
+                values: [(name, value)].into(),
+            }),
+        }
+    }
+
+    /// Aggregates (oldest first) and raw samples (oldest first) as one series, oldest first;
+    /// the latest `limit` of it when `limit` is not 0.
+    pub(crate) fn merge(self, raw: Vec<MetricsSample>, limit: usize) -> Vec<MetricsSample> {
+        let mut all = self.out;
+        if all.is_empty() {
+            all = raw;
+        } else {
+            all.extend(raw);
+            // Stable: raw samples written late into a folded bucket stay after its aggregate.
+            all.sort_by_key(|s| s.at);
+        }
+        if limit > 0 && all.len() > limit {
+            all.drain(..all.len() - limit);
+        }
+        all
+    }
+}
+
+/// The stream ids with metrics, raw or folded: skip scans down each table's index, a step per
+/// stream rather than per row. The same text on both backends.
+pub(crate) const METRICS_STREAMS: &str = "WITH RECURSIVE
+   r(id) AS (SELECT min(stream_id) FROM metrics
+             UNION ALL
+             SELECT (SELECT min(stream_id) FROM metrics WHERE stream_id > r.id)
+             FROM r WHERE r.id IS NOT NULL),
+   a(id) AS (SELECT min(stream_id) FROM metrics_agg
+             UNION ALL
+             SELECT (SELECT min(stream_id) FROM metrics_agg WHERE stream_id > a.id)
+             FROM a WHERE a.id IS NOT NULL)
+ SELECT id FROM r WHERE id IS NOT NULL
+ UNION SELECT id FROM a WHERE id IS NOT NULL
+ ORDER BY 1";

@@ -32,6 +32,10 @@
 //! - Metrics come from thousands of streams: [`Store::record_metrics_batch`] writes a period's
 //!   samples in one transaction (SQLite) or a few multi-row statements (PostgreSQL).
 //!
+//! - **Retention** ([`retention`]): raw metrics are folded into 1-minute, then 1-hour
+//!   aggregates as they age, and old aggregates, cleared alerts and delivery attempts are
+//!   deleted, in small transactions, by the primitives at the end of [`Store`].
+//!
 //! - Several nodes sharing one PostgreSQL database coordinate through [`cluster::Coordinator`]
 //!   (leases with a fencing epoch, node registry, outbox claims, LISTEN/NOTIFY); SQLite has no
 //!   cluster.
@@ -48,10 +52,12 @@ use avmon_core::{
 pub mod cluster;
 mod common;
 pub mod postgres;
+pub mod retention;
 pub mod sqlite;
 
 pub use cluster::Coordinator;
 pub use postgres::PostgresStore;
+pub use retention::{Pruned, Retention};
 pub use sqlite::SqliteStore;
 
 /// A stream as configured, persisted so that streams added over the API survive a restart.
@@ -347,7 +353,9 @@ pub trait Store: Send + Sync {
         )
     }
 
-    /// A stream's metrics samples matching `q`, oldest first.
+    /// A stream's metrics samples matching `q`, oldest first. Where retention has folded the raw
+    /// samples into aggregates, each aggregate reads as one sample at its bucket's start, with
+    /// the mean of each value and the largest media time (see [`retention`]).
     fn metrics_range(
         &self,
         stream: &StreamId,
@@ -394,6 +402,43 @@ pub trait Store: Send + Sync {
     /// The groups still open for `notifier`: `(alert_id, group_key)` of each delivered raise
     /// whose clear has not been delivered or given up on.
     fn outbox_open_groups(&self, notifier: &str) -> Result<Vec<(String, String)>, StoreError>;
+
+    // Retention primitives: [`retention::prune`] drives them. Each is one short transaction.
+
+    /// Every stream id with stored metrics, raw or aggregated, ordered.
+    fn metrics_streams(&self) -> Result<Vec<StreamId>, StoreError>;
+
+    /// Fold the oldest of `stream`'s metrics of resolution `from_s` (0: raw samples; 60: 1-minute
+    /// aggregates) that lie before `before` into `to_s`-second aggregates, whole buckets of
+    /// about `max_rows` rows (at least one bucket), and delete what was folded. Folding into a
+    /// bucket that has an aggregate already adds to it. Returns the rows folded: 0 when nothing
+    /// older than `before` is left.
+    fn fold_metrics(
+        &self,
+        stream: &StreamId,
+        from_s: u32,
+        to_s: u32,
+        before: WallTime,
+        max_rows: usize,
+    ) -> Result<u64, StoreError>;
+
+    /// Delete up to `max_rows` of `stream`'s `span_s`-second aggregates whose bucket starts
+    /// before `before`, oldest first. Returns how many went.
+    fn delete_aggregates(
+        &self,
+        stream: &StreamId,
+        span_s: u32,
+        before: WallTime,
+        max_rows: usize,
+    ) -> Result<u64, StoreError>;
+
+    /// Delete up to `max` alerts cleared before `before`, with their acknowledgements and
+    /// outbox rows; an alert with a notification still pending stays. Alerts still raised are
+    /// never deleted. Returns how many alerts went.
+    fn delete_cleared_alerts(&self, before: WallTime, max: usize) -> Result<u64, StoreError>;
+
+    /// Delete up to `max` logged delivery attempts made before `before`, oldest first.
+    fn delete_attempts(&self, before: WallTime, max: usize) -> Result<u64, StoreError>;
 }
 
 /// Open the store `url` names, creating and migrating it as needed.

@@ -52,7 +52,9 @@ use postgres::types::ToSql;
 use postgres::{Client, GenericClient, NoTls, Row};
 use r2d2_postgres::{r2d2, PostgresConnectionManager};
 
-use crate::common::{corrupt, parse_state, parse_status, state_str, Samples};
+use crate::common::{
+    corrupt, parse_state, parse_status, state_str, Aggregates, Samples, METRICS_STREAMS,
+};
 use crate::{
     AckOutcome, AlertQuery, AttemptOutcome, AttemptRecord, MetricsQuery, MetricsSample,
     OutboxCounts, OutboxEntry, OutboxRow, OutboxStatus, Store, StoreError, StreamRecord,
@@ -80,7 +82,11 @@ pub const BATCH_ROWS: usize = 20_000;
 pub const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/postgres/0001_initial.sql"),
     include_str!("../migrations/postgres/0002_cluster.sql"),
+    include_str!("../migrations/postgres/0003_retention.sql"),
 ];
+
+/// The advisory lock key that serialises retention's folding across nodes: "avmonret".
+pub const RETENTION_LOCK: i64 = 0x6176_6d6f_6e72_6574;
 
 type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
 pub(crate) type Conn = r2d2::PooledConnection<PostgresConnectionManager<NoTls>>;
@@ -709,13 +715,30 @@ impl Store for PostgresStore {
         if !q.names.is_empty() {
             sql.push_str(&format!(" AND name = ANY({})", p.push(q.names.clone())));
         }
-        sql.push_str(" ORDER BY at, id");
-        let rows = self.conn()?.query(&sql, &p.refs())?;
+        let mut conn = self.conn()?;
+        let rows = conn.query(&format!("{sql} ORDER BY at, id"), &p.refs())?;
         let mut samples = Samples::new(stream);
         for r in &rows {
             samples.push(r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?);
         }
-        Ok(samples.finish(q.limit))
+        // What retention folded in the same range (the same conditions, on the bucket start).
+        let folded_sql = sql
+            .replacen(
+                "SELECT at, media_t, name, value FROM metrics",
+                "SELECT start_at, media_t, name, v_sum, n, v_max FROM metrics_agg",
+                1,
+            )
+            .replace(" AND at ", " AND start_at ");
+        let rows = conn.query(
+            &format!("{folded_sql} ORDER BY start_at, span_s, name"),
+            &p.refs(),
+        )?;
+        let mut folded = Aggregates::new(stream);
+        for r in &rows {
+            let row = (r.try_get(4)?, r.try_get(3)?, r.try_get(5)?);
+            folded.push(r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, row);
+        }
+        Ok(folded.merge(samples.finish(0), q.limit))
     }
 
     fn prune_metrics(&self, before: WallTime) -> Result<u64, StoreError> {
@@ -858,6 +881,142 @@ impl Store for PostgresStore {
         rows.iter()
             .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
             .collect()
+    }
+
+    fn metrics_streams(&self) -> Result<Vec<StreamId>, StoreError> {
+        let rows = self.conn()?.query(METRICS_STREAMS, &[])?;
+        rows.iter().map(|r| Ok(StreamId(r.try_get(0)?))).collect()
+    }
+
+    fn fold_metrics(
+        &self,
+        stream: &StreamId,
+        from_s: u32,
+        to_s: u32,
+        before: WallTime,
+        max_rows: usize,
+    ) -> Result<u64, StoreError> {
+        let before = crate::retention::align_down(before, to_s);
+        let (from, to) = (from_s as i32, to_s as i32);
+        // The source rows: $1 the stream, $2 and $3 a time range, $4 the source span.
+        let (table, time, select) = match from_s {
+            0 => (
+                "metrics",
+                "at",
+                "SELECT stream_id, $5::integer, date_bin($5::integer * interval '1 second', at, 'epoch'), max(media_t), name,
+                        count(*), sum(value), max(value)
+                 FROM metrics WHERE stream_id = $1 AND at >= $2 AND at < $3 AND $4 = 0
+                 GROUP BY stream_id, 3, name",
+            ),
+            _ => (
+                "metrics_agg",
+                "start_at",
+                "SELECT stream_id, $5::integer, date_bin($5::integer * interval '1 second', start_at, 'epoch'), max(media_t), name,
+                        sum(n), sum(v_sum), max(v_max)
+                 FROM metrics_agg
+                 WHERE stream_id = $1 AND start_at >= $2 AND start_at < $3 AND span_s = $4
+                 GROUP BY stream_id, 3, name",
+            ),
+        };
+        let source = format!(
+            "FROM {table} WHERE stream_id = $1 AND {time} >= $2 AND {time} < $3 AND {}",
+            if from_s == 0 { "$4 = 0" } else { "span_s = $4" }
+        );
+        let mut conn = self.conn()?;
+        let mut tx = conn.transaction()?;
+        // Nodes fold one at a time: two folding the same rows would count them twice.
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&RETENTION_LOCK])?;
+        let floor = chrono::DateTime::<chrono::Utc>::UNIX_EPOCH;
+        let first: Option<WallTime> = tx
+            .query_one(
+                &format!("SELECT min({time}) {source}"),
+                &[&stream.as_str(), &floor, &before, &from],
+            )?
+            .try_get(0)?;
+        let Some(first) = first else {
+            return Ok(0);
+        };
+        let start = crate::retention::align_down(first, to_s);
+        let span = chrono::Duration::seconds(i64::from(to_s));
+        // About `max_rows` rows: up to the bucket of the row that many rows on, at least one.
+        let far = tx.query_opt(
+            &format!("SELECT {time} {source} ORDER BY {time} LIMIT 1 OFFSET $5"),
+            &[&stream.as_str(), &start, &before, &from, &(max_rows as i64)],
+        )?;
+        let end = match far {
+            Some(r) => crate::retention::align_down(r.try_get(0)?, to_s).max(start + span),
+            None => before,
+        };
+        tx.execute(
+            &format!(
+                "INSERT INTO metrics_agg
+                     (stream_id, span_s, start_at, media_t, name, n, v_sum, v_max)
+                 {select}
+                 ON CONFLICT (stream_id, span_s, start_at, name) DO UPDATE SET
+                     media_t = greatest(metrics_agg.media_t, excluded.media_t),
+                     n = metrics_agg.n + excluded.n,
+                     v_sum = metrics_agg.v_sum + excluded.v_sum,
+                     v_max = greatest(metrics_agg.v_max, excluded.v_max)"
+            ),
+            &[&stream.as_str(), &start, &end, &from, &to],
+        )?;
+        let n = tx.execute(
+            &format!("DELETE {source}"),
+            &[&stream.as_str(), &start, &end, &from],
+        )?;
+        tx.commit()?;
+        Ok(n)
+    }
+
+    fn delete_aggregates(
+        &self,
+        stream: &StreamId,
+        span_s: u32,
+        before: WallTime,
+        max_rows: usize,
+    ) -> Result<u64, StoreError> {
+        Ok(self.conn()?.execute(
+            "DELETE FROM metrics_agg WHERE (stream_id, span_s, start_at, name) IN (
+                 SELECT stream_id, span_s, start_at, name FROM metrics_agg
+                 WHERE stream_id = $1 AND span_s = $2 AND start_at < $3
+                 ORDER BY start_at LIMIT $4)",
+            &[
+                &stream.as_str(),
+                &(span_s as i32),
+                &ms(before),
+                &(max_rows as i64),
+            ],
+        )?)
+    }
+
+    fn delete_cleared_alerts(&self, before: WallTime, max: usize) -> Result<u64, StoreError> {
+        let mut conn = self.conn()?;
+        let mut tx = conn.transaction()?;
+        // Acknowledgements go with their alert (ON DELETE CASCADE).
+        let ids: Vec<String> = tx
+            .query(
+                "SELECT id FROM alerts a
+                 WHERE state = 'cleared' AND cleared_at < $1
+                   AND NOT EXISTS (SELECT 1 FROM outbox o
+                                   WHERE o.alert_id = a.id AND o.status = 'pending')
+                 ORDER BY cleared_at LIMIT $2",
+                &[&ms(before), &(max as i64)],
+            )?
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, _>>()?;
+        tx.execute("DELETE FROM outbox WHERE alert_id = ANY($1)", &[&ids])?;
+        let n = tx.execute("DELETE FROM alerts WHERE id = ANY($1)", &[&ids])?;
+        tx.commit()?;
+        Ok(n)
+    }
+
+    fn delete_attempts(&self, before: WallTime, max: usize) -> Result<u64, StoreError> {
+        Ok(self.conn()?.execute(
+            "DELETE FROM outbox_attempts WHERE id IN (
+                 SELECT id FROM outbox_attempts WHERE at < $1 ORDER BY at LIMIT $2)",
+            &[&ms(before), &(max as i64)],
+        )?)
     }
 }
 

@@ -95,6 +95,24 @@
 //! CREATE INDEX outbox_attempts_notifier ON outbox_attempts (notifier, at_ms);
 //! ```
 //!
+//! # Schema (version 4): retention
+//!
+//! ```sql
+//! CREATE TABLE metrics_agg (            -- metrics folded with age (see crate::retention)
+//!     stream_id TEXT NOT NULL,
+//!     span_s    INTEGER NOT NULL,       -- 60 or 3600
+//!     start_ms  INTEGER NOT NULL,       -- the bucket's start
+//!     media_t   REAL NOT NULL,          -- the largest media time in it
+//!     name      TEXT NOT NULL,
+//!     n         INTEGER NOT NULL,       -- samples folded in
+//!     v_sum     REAL NOT NULL,
+//!     v_max     REAL NOT NULL,
+//!     PRIMARY KEY (stream_id, span_s, start_ms, name)
+//! ) WITHOUT ROWID;
+//! CREATE INDEX outbox_alert_id ON outbox (alert_id);
+//! CREATE INDEX outbox_attempts_at ON outbox_attempts (at_ms);
+//! ```
+//!
 //! **Wall times are integer milliseconds since the Unix epoch, UTC** (`*_ms` columns): exact,
 //! compact for the metrics table, sortable and indexable; in a shell,
 //! `strftime('%Y-%m-%dT%H:%M:%fZ', raised_at_ms / 1000.0, 'unixepoch')` shows them.
@@ -119,7 +137,9 @@ use avmon_core::{
 use rusqlite::types::Value;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 
-use crate::common::{corrupt, parse_state, parse_status, state_str, Samples};
+use crate::common::{
+    corrupt, parse_state, parse_status, state_str, Aggregates, Samples, METRICS_STREAMS,
+};
 use crate::{
     AckOutcome, AlertQuery, AttemptOutcome, AttemptRecord, MetricsQuery, MetricsSample,
     OutboxCounts, OutboxEntry, OutboxRow, OutboxStatus, Store, StoreError, StreamRecord,
@@ -211,6 +231,20 @@ pub const MIGRATIONS: &[&str] = &[
         detail    TEXT NOT NULL
     );
     CREATE INDEX outbox_attempts_notifier ON outbox_attempts (notifier, at_ms);",
+    // 4: retention: aggregated metrics, and indexes to delete by alert and by age.
+    "CREATE TABLE metrics_agg (
+        stream_id TEXT NOT NULL,
+        span_s    INTEGER NOT NULL,
+        start_ms  INTEGER NOT NULL,
+        media_t   REAL NOT NULL,
+        name      TEXT NOT NULL,
+        n         INTEGER NOT NULL,
+        v_sum     REAL NOT NULL,
+        v_max     REAL NOT NULL,
+        PRIMARY KEY (stream_id, span_s, start_ms, name)
+    ) WITHOUT ROWID;
+    CREATE INDEX outbox_alert_id ON outbox (alert_id);
+    CREATE INDEX outbox_attempts_at ON outbox_attempts (at_ms);",
 ];
 
 /// A [`Store`] in one SQLite database (a file, or memory).
@@ -794,40 +828,61 @@ impl Store for SqliteStore {
         stream: &StreamId,
         q: &MetricsQuery,
     ) -> Result<Vec<MetricsSample>, StoreError> {
-        let mut sql = String::from(
-            "SELECT at_ms, media_t, name, value FROM metrics
-             WHERE stream_id = ?1 AND at_ms >= ?2 AND at_ms <= ?3",
-        );
         let mut args: Vec<Value> = vec![
             Value::Text(stream.0.clone()),
             Value::Integer(q.since.map_or(i64::MIN, to_ms)),
             Value::Integer(q.until.map_or(i64::MAX, to_ms)),
         ];
+        let mut names = String::new();
         if !q.names.is_empty() {
             let mut marks = Vec::new();
             for name in &q.names {
                 args.push(Value::Text(name.clone()));
                 marks.push(format!("?{}", args.len()));
             }
-            sql.push_str(&format!(" AND name IN ({})", marks.join(", ")));
+            names = format!(" AND name IN ({})", marks.join(", "));
         }
-        sql.push_str(" ORDER BY at_ms, rowid");
+        // The raw samples, then what retention folded in the same range.
+        let queries = [
+            (
+                "SELECT at_ms, media_t, name, value FROM metrics
+                 WHERE stream_id = ?1 AND at_ms >= ?2 AND at_ms <= ?3",
+                " ORDER BY at_ms, rowid",
+            ),
+            (
+                "SELECT start_ms, media_t, name, v_sum, n, v_max FROM metrics_agg
+                 WHERE stream_id = ?1 AND start_ms >= ?2 AND start_ms <= ?3",
+                " ORDER BY start_ms, span_s, name",
+            ),
+        ];
         let conn = self.conn();
-        let mut stmt = conn.prepare_cached(&sql)?;
-        let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, f64>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, f64>(3)?,
-            ))
-        })?;
+        let read = |(select, order): (&str, &str)| -> Result<Vec<_>, StoreError> {
+            let mut stmt = conn.prepare_cached(&format!("{select}{names}{order}"))?;
+            let rows = stmt.query_map(rusqlite::params_from_iter(args.iter()), |r| {
+                let folded = match r.as_ref().column_count() {
+                    6 => (r.get::<_, i64>(4)?, r.get::<_, f64>(5)?),
+                    _ => (1, 0.0),
+                };
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, f64>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, f64>(3)?,
+                    folded,
+                ))
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        };
         let mut samples = Samples::new(stream);
-        for row in rows {
-            let (at_ms, media_t, name, value) = row?;
+        for (at_ms, media_t, name, value, _) in read(queries[0])? {
             samples.push(from_ms("metrics", at_ms)?, media_t, name, value);
         }
-        Ok(samples.finish(q.limit))
+        let mut folded = Aggregates::new(stream);
+        for (start_ms, media_t, name, sum, (n, max)) in read(queries[1])? {
+            let start = from_ms("metrics_agg", start_ms)?;
+            folded.push(start, media_t, name, (n, sum, max));
+        }
+        Ok(folded.merge(samples.finish(0), q.limit))
     }
 
     fn prune_metrics(&self, before: WallTime) -> Result<u64, StoreError> {
@@ -995,6 +1050,145 @@ impl Store for SqliteStore {
         )?;
         let rows = stmt.query_map([notifier], |r| Ok((r.get(0)?, r.get(1)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn metrics_streams(&self) -> Result<Vec<StreamId>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(METRICS_STREAMS)?;
+        let ids = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        Ok(ids
+            .map(|id| id.map(StreamId))
+            .collect::<Result<Vec<_>, _>>()?)
+    }
+
+    fn fold_metrics(
+        &self,
+        stream: &StreamId,
+        from_s: u32,
+        to_s: u32,
+        before: WallTime,
+        max_rows: usize,
+    ) -> Result<u64, StoreError> {
+        let span_ms = i64::from(to_s) * 1000;
+        let bucket = |ms: i64| ms - ms.rem_euclid(span_ms);
+        let before = to_ms(crate::retention::align_down(before, to_s));
+        // The source rows: `?1` the stream, `?2` and `?3` a time range, `?4` the source span.
+        let (table, time, fold) = match from_s {
+            0 => (
+                "metrics",
+                "at_ms",
+                "SELECT stream_id, ?5, at_ms - (at_ms % ?6), MAX(media_t), name,
+                        COUNT(*), SUM(value), MAX(value)
+                 FROM metrics WHERE stream_id = ?1 AND at_ms >= ?2 AND at_ms < ?3 AND ?4 = 0
+                 GROUP BY at_ms - (at_ms % ?6), name",
+            ),
+            _ => (
+                "metrics_agg",
+                "start_ms",
+                "SELECT stream_id, ?5, start_ms - (start_ms % ?6), MAX(media_t), name,
+                        SUM(n), SUM(v_sum), MAX(v_max)
+                 FROM metrics_agg
+                 WHERE stream_id = ?1 AND start_ms >= ?2 AND start_ms < ?3 AND span_s = ?4
+                 GROUP BY start_ms - (start_ms % ?6), name",
+            ),
+        };
+        let source = format!(
+            "FROM {table} WHERE stream_id = ?1 AND {time} >= ?2 AND {time} < ?3 AND {}",
+            if from_s == 0 { "?4 = 0" } else { "span_s = ?4" }
+        );
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let first: Option<i64> = tx.query_row(
+            &format!("SELECT MIN({time}) {source}"),
+            params![stream.as_str(), i64::MIN, before, from_s],
+            |r| r.get(0),
+        )?;
+        let Some(first) = first else {
+            return Ok(0);
+        };
+        // About `max_rows` rows: up to the bucket of the row that many rows on, at least one.
+        let far: Option<i64> = tx
+            .query_row(
+                &format!("SELECT {time} {source} ORDER BY {time} LIMIT 1 OFFSET ?5"),
+                params![stream.as_str(), first, before, from_s, max_rows as i64],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let end = far.map_or(before, |t| bucket(t).max(bucket(first) + span_ms));
+        let (start, span) = (bucket(first), i64::from(to_s));
+        tx.execute(
+            &format!(
+                "INSERT INTO metrics_agg
+                     (stream_id, span_s, start_ms, media_t, name, n, v_sum, v_max)
+                 {fold}
+                 ON CONFLICT (stream_id, span_s, start_ms, name) DO UPDATE SET
+                     media_t = max(media_t, excluded.media_t),
+                     n = n + excluded.n,
+                     v_sum = v_sum + excluded.v_sum,
+                     v_max = max(v_max, excluded.v_max)"
+            ),
+            params![stream.as_str(), start, end, from_s, span, span_ms],
+        )?;
+        let n = tx.execute(
+            &format!("DELETE {source}"),
+            params![stream.as_str(), start, end, from_s],
+        )?;
+        tx.commit()?;
+        Ok(n as u64)
+    }
+
+    fn delete_aggregates(
+        &self,
+        stream: &StreamId,
+        span_s: u32,
+        before: WallTime,
+        max_rows: usize,
+    ) -> Result<u64, StoreError> {
+        let n = self.conn().execute(
+            "DELETE FROM metrics_agg WHERE (stream_id, span_s, start_ms, name) IN (
+                 SELECT stream_id, span_s, start_ms, name FROM metrics_agg
+                 WHERE stream_id = ?1 AND span_s = ?2 AND start_ms < ?3
+                 ORDER BY start_ms LIMIT ?4)",
+            params![stream.as_str(), span_s, to_ms(before), max_rows as i64],
+        )?;
+        Ok(n as u64)
+    }
+
+    fn delete_cleared_alerts(&self, before: WallTime, max: usize) -> Result<u64, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let ids: Vec<String> = {
+            let mut stmt = tx.prepare_cached(
+                "SELECT id FROM alerts a
+                 WHERE state = 'cleared' AND cleared_at_ms < ?1
+                   AND NOT EXISTS (SELECT 1 FROM outbox o
+                                   WHERE o.alert_id = a.id AND o.status = 'pending')
+                 ORDER BY cleared_at_ms LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![to_ms(before), max as i64], |r| r.get(0))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        for table in [
+            "DELETE FROM acks WHERE alert_id = ?1",
+            "DELETE FROM outbox WHERE alert_id = ?1",
+            "DELETE FROM alerts WHERE id = ?1",
+        ] {
+            let mut stmt = tx.prepare_cached(table)?;
+            for id in &ids {
+                stmt.execute([id])?;
+            }
+        }
+        tx.commit()?;
+        Ok(ids.len() as u64)
+    }
+
+    fn delete_attempts(&self, before: WallTime, max: usize) -> Result<u64, StoreError> {
+        let n = self.conn().execute(
+            "DELETE FROM outbox_attempts WHERE rowid IN (
+                 SELECT rowid FROM outbox_attempts WHERE at_ms < ?1 ORDER BY at_ms LIMIT ?2)",
+            params![to_ms(before), max as i64],
+        )?;
+        Ok(n as u64)
     }
 }
 

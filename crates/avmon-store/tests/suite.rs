@@ -7,9 +7,11 @@ use avmon_core::{
     Ack, Alert, AlertEvent, AlertState, Details, MaintenanceWindow, Mute, Severity, StreamId,
     Suppressed, Transition, WallTime,
 };
+use avmon_store::retention::prune;
 use avmon_store::{
     open, AckOutcome, AlertQuery, AttemptOutcome, MetricsQuery, MetricsSample, OutboxCounts,
-    OutboxEntry, OutboxStatus, PostgresStore, SqliteStore, Store, StoreError, StreamRecord,
+    OutboxEntry, OutboxStatus, PostgresStore, Retention, SqliteStore, Store, StoreError,
+    StreamRecord,
 };
 use avmon_testpg::TestPg;
 use chrono::{DateTime, Duration, TimeZone, Utc};
@@ -969,4 +971,256 @@ fn postgres_restart_is_survived() {
         .record_alert(&ev(Transition::Cleared, &cleared))
         .unwrap();
     assert_eq!(store.alerts(&all()).unwrap(), [cleared]);
+}
+
+// Retention: a fresh store per backend, so that nothing else's rows are folded.
+
+/// Samples every 10 s for `secs` seconds from `start_ms`: a count, a ratio and a maximum.
+fn series(stream: &str, start_ms: i64, secs: i64) -> Vec<MetricsSample> {
+    (0..secs / 10)
+        .map(|i| {
+            let ms = start_ms + i * 10_000 + 3;
+            let values = [
+                ("bytes", (250_000 + i % 11 * 1000) as f64),
+                ("black_ratio", (i % 7) as f64 / 7.0),
+                ("blockiness_max", (i * 37 % 101) as f64 / 10.0),
+            ];
+            sample(stream, ms, ms as f64 / 1000.0, &values)
+        })
+        .collect()
+}
+
+/// What the store should read back for `samples` folded into `span_ms` buckets: one sample
+/// per bucket at its start, with the largest media time; a count's total, a ratio's mean, a
+/// maximum's largest.
+fn expected_buckets(samples: &[MetricsSample], span_ms: i64) -> Vec<MetricsSample> {
+    let mut buckets: BTreeMap<i64, Vec<&MetricsSample>> = BTreeMap::new();
+    for s in samples {
+        let ms = (s.at - t0()).num_milliseconds();
+        buckets
+            .entry(ms - ms.rem_euclid(span_ms))
+            .or_default()
+            .push(s);
+    }
+    buckets
+        .into_iter()
+        .map(|(start, group)| {
+            let all = |n: &'static str| group.iter().map(move |s| s.values[n]);
+            let values = [
+                ("bytes", all("bytes").sum::<f64>()),
+                (
+                    "black_ratio",
+                    all("black_ratio").sum::<f64>() / group.len() as f64,
+                ),
+                (
+                    "blockiness_max",
+                    all("blockiness_max").fold(f64::MIN, f64::max),
+                ),
+            ];
+            MetricsSample {
+                stream_id: group[0].stream_id.clone(),
+                at: at(start),
+                media_t: group.iter().map(|s| s.media_t).fold(f64::MIN, f64::max),
+                values: values.iter().map(|(n, v)| (n.to_string(), *v)).collect(),
+            }
+        })
+        .collect()
+}
+
+fn assert_close(got: &[MetricsSample], want: &[MetricsSample], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: {got:?}");
+    for (g, w) in got.iter().zip(want) {
+        assert_eq!((g.at, g.media_t), (w.at, w.media_t), "{what}");
+        assert_eq!(g.values.len(), w.values.len(), "{what}");
+        for (name, v) in &w.values {
+            assert!(
+                (g.values[name] - v).abs() < 1e-9,
+                "{what}: {name} {g:?} vs {w:?}"
+            );
+        }
+    }
+}
+
+fn retention(store: &dyn Store) {
+    const MIN: i64 = 60_000;
+    const HOUR: i64 = 60 * MIN;
+    const DAY: i64 = 24 * HOUR;
+    let now = at(500 * DAY + 7 * MIN + 5_000);
+    let now_ms = (now - t0()).num_milliseconds();
+    // Past every retention: gone. Older than 30 days: hours. Older than a day: minutes.
+    let ancient = series("r1", now_ms - 450 * DAY, 1800);
+    let old = series("r1", now_ms - 35 * DAY - 30 * MIN, 2 * 3600);
+    let week = series("r1", now_ms - 5 * DAY, 600);
+    let fresh = series("r1", now_ms - 2 * HOUR, 1200);
+    let other = series("r2", now_ms - 3 * DAY, 300);
+    for batch in [&ancient, &old, &week, &fresh, &other] {
+        store.record_metrics_batch(batch).unwrap();
+    }
+    // Written late into a bucket that is already folded: it is added to it.
+    let late_ms = now_ms - 5 * DAY + 11;
+    let values = [
+        ("bytes", 1e6),
+        ("black_ratio", 1.0),
+        ("blockiness_max", 99.0),
+    ];
+    let late = sample("r1", late_ms, 1.0, &values);
+
+    // Alerts: old and cleared (acknowledged, notified) goes; raised, pending or recent stays.
+    let cleared_at = |id: &str, cleared_ms: i64| {
+        let mut a = raised(id, "r1", "video.black", cleared_ms - 5_000);
+        a.state = AlertState::Cleared;
+        a.end_s = Some(20.0);
+        a.cleared_at = Some(at(cleared_ms));
+        a
+    };
+    let gone = cleared_at("old-cleared", now_ms - 401 * DAY);
+    let pending = cleared_at("old-pending", now_ms - 402 * DAY);
+    let recent = cleared_at("recent", now_ms - 10 * DAY);
+    let open = raised("old-open", "r1", "video.freeze", now_ms - 420 * DAY);
+    for a in [&gone, &pending, &recent] {
+        store.record_alert(&ev(Transition::Raised, a)).unwrap();
+        store.record_alert(&ev(Transition::Cleared, a)).unwrap();
+    }
+    store.record_alert(&ev(Transition::Raised, &open)).unwrap();
+    let ack = Ack {
+        by: "ops".into(),
+        comment: "seen".into(),
+        at: at(now_ms - 401 * DAY),
+    };
+    store.ack_alert("old-cleared", &ack).unwrap();
+    let sent = store
+        .outbox_add(&entry("hook", "old-cleared", "cleared", now_ms - 401 * DAY))
+        .unwrap()
+        .unwrap();
+    store
+        .outbox_add(&entry("hook", "old-pending", "cleared", now_ms - 402 * DAY))
+        .unwrap();
+    let delivered = AttemptOutcome::Delivered { group_key: None };
+    let ok = json!({"status": 200});
+    store
+        .outbox_attempt(&[sent], "hook", &delivered, &ok, at(now_ms - 401 * DAY))
+        .unwrap();
+    store
+        .outbox_attempt(&[sent], "hook", &delivered, &ok, at(now_ms - DAY))
+        .unwrap();
+
+    let policy = Retention {
+        batch_rows: 100,
+        ..Retention::default()
+    };
+    // Stopped after a few transactions, then resumed: the same end state as one pass.
+    let mut calls = 0;
+    let first = prune(store, &policy, now, &mut || {
+        calls += 1;
+        calls < 4
+    })
+    .unwrap();
+    assert!(first.interrupted && first.transactions == 4, "{first:?}");
+    let mut paces = 0;
+    let done = prune(store, &policy, now, &mut || {
+        paces += 1;
+        true
+    })
+    .unwrap();
+    assert!(!done.interrupted, "{done:?}");
+    store.record_metrics(&late).unwrap();
+    let late_run = prune(store, &policy, now, &mut || true).unwrap();
+    assert_eq!(
+        late_run.raw_folded,
+        late.values.len() as u64,
+        "{late_run:?}"
+    );
+    let values = |s: &[MetricsSample]| s.iter().map(|s| s.values.len() as u64).sum::<u64>();
+    let raw_folded = values(&ancient) + values(&old) + values(&week) + values(&other);
+    assert_eq!(
+        first.raw_folded + done.raw_folded,
+        raw_folded,
+        "every raw value older than a day is folded, once"
+    );
+    assert!(
+        paces as u64 >= raw_folded / 100,
+        "small transactions: {paces} for {raw_folded} rows"
+    );
+    assert_eq!(done.alerts_deleted, 1, "{done:?}");
+    assert_eq!(first.attempts_deleted + done.attempts_deleted, 1);
+
+    let mut week_late = week.clone();
+    week_late.push(late.clone());
+    let mut want = expected_buckets(&old, HOUR);
+    want.extend(expected_buckets(&week_late, MIN));
+    want.extend(fresh.iter().cloned());
+    let got = store.metrics(&sid("r1"), None).unwrap();
+    assert_close(&got, &want, "r1 after pruning");
+    assert_eq!(
+        want.iter().filter(|s| s.at < at(now_ms - 30 * DAY)).count(),
+        3,
+        "2 h across hour lines: three hourly buckets"
+    );
+    assert_close(
+        &store.metrics(&sid("r2"), None).unwrap(),
+        &expected_buckets(&other, MIN),
+        "r2",
+    );
+    // Ranges and names work on aggregates as on raw samples.
+    let ranged = store
+        .metrics_range(
+            &sid("r1"),
+            &MetricsQuery {
+                since: Some(at(now_ms - 8 * DAY)),
+                until: Some(at(now_ms - 3 * HOUR)),
+                names: vec!["black_ratio".into(), "bytes".into()],
+                limit: 3,
+            },
+        )
+        .unwrap();
+    let mut want_ranged: Vec<MetricsSample> = expected_buckets(&week_late, MIN)
+        .into_iter()
+        .rev()
+        .take(3)
+        .rev()
+        .collect();
+    for s in &mut want_ranged {
+        s.values.remove("blockiness_max");
+    }
+    assert_close(&ranged, &want_ranged, "a range of aggregates");
+
+    // Pruning again finds nothing to do.
+    let again = prune(store, &policy, now, &mut || true).unwrap();
+    assert_eq!(
+        (again.raw_folded, again.minutes_folded, again.hours_deleted),
+        (0, 0, 0),
+        "{again:?}"
+    );
+    assert_eq!(store.metrics(&sid("r1"), None).unwrap(), got);
+
+    assert_eq!(store.alert("old-cleared").unwrap(), None);
+    assert!(!store.outbox_has_alert("hook", "old-cleared").unwrap());
+    for kept in ["old-pending", "recent", "old-open"] {
+        assert!(store.alert(kept).unwrap().is_some(), "{kept} is kept");
+    }
+    let attempts = store.outbox_attempts("hook").unwrap();
+    assert_eq!(attempts.len(), 1, "the recent attempt stays: {attempts:?}");
+    assert_eq!(attempts[0].at, at(now_ms - DAY));
+    // A fresh acknowledgement of a new alert with the old one's id is not blocked by a leftover.
+    let mut reborn = raised("old-cleared", "r1", "video.black", now_ms);
+    reborn.start_s = 1.0;
+    store
+        .record_alert(&ev(Transition::Raised, &reborn))
+        .unwrap();
+    assert!(matches!(
+        store.ack_alert("old-cleared", &ack).unwrap(),
+        AckOutcome::Acked(_)
+    ));
+}
+
+#[test]
+fn sqlite_keeps_what_retention_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("avmon.db").display());
+    retention(open(&url).unwrap().as_ref());
+}
+
+#[test]
+fn postgres_keeps_what_retention_says() {
+    retention(open(&pg("retention")).unwrap().as_ref());
 }

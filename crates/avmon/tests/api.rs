@@ -317,3 +317,98 @@ fn without_tokens_it_refuses_to_listen_beyond_loopback_and_says_so() {
     assert!(log.contains("no API tokens configured"), "{log}");
     assert!(log.contains("listens on loopback only"), "{log}");
 }
+
+/// The running service applies `[retention]` at start: a stream's samples from two days ago
+/// read back from the API as 1-minute aggregates (counts summed, so the derived bitrate holds),
+/// and an alert cleared 500 days ago is gone while a recent one stays.
+#[test]
+fn the_service_prunes_old_results_and_the_api_reads_their_aggregates() {
+    use avmon_core::{Alert, AlertEvent, AlertState, Severity, StreamId, Transition};
+    use chrono::{DurationRound, Utc};
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = avmon_store::open(&dir.path().join("avmon.db").display().to_string()).unwrap();
+    let minute = chrono::Duration::minutes(1);
+    let start = (Utc::now() - chrono::Duration::days(2))
+        .duration_trunc(minute)
+        .unwrap();
+    // Three minutes of samples, every 10 s.
+    let samples: Vec<avmon_store::MetricsSample> = (0..18)
+        .map(|i| avmon_store::MetricsSample {
+            stream_id: StreamId("old".into()),
+            at: start + chrono::Duration::seconds(10 * i + 1),
+            media_t: (10 * i) as f64,
+            values: [
+                ("bytes".to_string(), (1000 * (i + 1)) as f64),
+                ("black_ratio".to_string(), (i % 2) as f64),
+            ]
+            .into(),
+        })
+        .collect();
+    store.record_metrics_batch(&samples).unwrap();
+    for (id, days) in [("long-ago", 500), ("lately", 3)] {
+        let cleared = Utc::now() - chrono::Duration::days(days);
+        let alert = Alert {
+            id: id.into(),
+            stream_id: StreamId("old".into()),
+            kind: "video.black".into(),
+            severity: Severity::Major,
+            state: AlertState::Cleared,
+            start_s: 1.0,
+            end_s: Some(2.0),
+            raised_at: cleared - chrono::Duration::seconds(1),
+            cleared_at: Some(cleared),
+            details: Default::default(),
+        };
+        for transition in [Transition::Raised, Transition::Cleared] {
+            store
+                .record_alert(&AlertEvent {
+                    transition,
+                    alert: alert.clone(),
+                })
+                .unwrap();
+        }
+    }
+    drop(store);
+
+    let udp = free_udp_port();
+    let (_service, http, base) = start_service(
+        dir.path(),
+        &format!("[[streams]]\nid = \"old\"\nurl = \"udp://127.0.0.1:{udp}\"\n"),
+    );
+    let since = (start - minute).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let until = (start + minute * 10).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let url = format!("{base}/api/streams/old/metrics");
+    let got: Vec<Value> = wait_for("the samples folded", Duration::from_secs(30), || {
+        let body: Value = http
+            .get(&url)
+            .query(&[("since", &since), ("until", &until)])
+            .send()
+            .ok()?
+            .json()
+            .ok()?;
+        let got = body["samples"].as_array()?.clone();
+        (got.len() == 3).then_some(got)
+    });
+    for (m, sample) in got.iter().enumerate() {
+        let minute_samples = &samples[6 * m..6 * m + 6];
+        let at: chrono::DateTime<Utc> = sample["at"].as_str().unwrap().parse().unwrap();
+        assert_eq!(at, start + minute * m as i32, "{sample}");
+        let bytes: f64 = minute_samples.iter().map(|s| s.values["bytes"]).sum();
+        assert_eq!(sample["values"]["bytes"], json!(bytes), "{sample}");
+        assert_eq!(sample["values"]["black_ratio"], json!(0.5), "{sample}");
+        if m > 0 {
+            let bitrate = (bytes * 8.0 / 60.0).round();
+            assert_eq!(sample["values"]["bitrate_bps"], json!(bitrate), "{sample}");
+        }
+    }
+    let status = |id: &str| {
+        http.get(format!("{base}/api/alerts/{id}"))
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(status("long-ago"), 404);
+    assert_eq!(status("lately"), 200);
+}
