@@ -61,7 +61,7 @@ pub use filter::glob_match;
 pub use pagerduty::PagerDutyConfig;
 pub use secret::Secret;
 pub use slack::SlackConfig;
-pub use webhook::{sign, WebhookConfig};
+pub use webhook::{sign, signing_key, WebhookConfig};
 
 /// Counters of one notifier, for `/metrics` and logs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -1,10 +1,16 @@
-//! The webhook channel: POST each event (or group) as JSON, signed with HMAC-SHA256.
+//! The webhook channel: POST each event (or group) as JSON, signed as the Standard Webhooks
+//! specification says (<https://www.standardwebhooks.com/>), so that receivers can verify it
+//! with the specification's own libraries.
 //!
-//! Headers: `Content-Type: application/json`, `Idempotency-Key` (the event's
-//! `{alert_id}:{state}`, or the group's key), `X-Avmon-Timestamp` (Unix seconds when this attempt
-//! was sent) and, with a secret, `X-Avmon-Signature: sha256=<hex>`: the lower-case hex
-//! HMAC-SHA256 of the exact body bytes under the secret. The body is the same on every attempt,
-//! so the signature is too; replays are dropped by the idempotency key.
+//! Headers: `Content-Type: application/json`; `webhook-id` and `Idempotency-Key`, both the
+//! event's `{alert_id}:{state}` or the group's key (the same on every attempt); `webhook-timestamp`,
+//! Unix seconds when this attempt was sent; and, with a secret, `webhook-signature:
+//! v1,<base64>`: the HMAC-SHA256 of `{webhook-id}.{webhook-timestamp}.{body}`. The timestamp is
+//! signed, so a receiver that rejects timestamps outside a tolerance (the libraries' default: 5
+//! minutes) cannot be fed a captured request again later; within it, `webhook-id` tells a
+//! replay. The key is the secret's bytes after `whsec_` decoded from base64 (the
+//! specification's form), or, for any other secret, its bytes as written: a receiver's library
+//! then takes `whsec_` followed by the base64 of the secret.
 
 use std::fmt;
 use std::time::Duration;
@@ -26,7 +32,9 @@ pub struct WebhookConfig {
     /// Where to POST events: an `http://` or `https://` URL. May carry a token in its path or
     /// query; it is never logged.
     pub url: String,
-    /// The HMAC-SHA256 key for `X-Avmon-Signature`. Optional: no signature without one.
+    /// The signing secret for `webhook-signature`: `whsec_` and base64 (as the Standard
+    /// Webhooks libraries generate them), or any other string, used as written. Optional: no
+    /// signature without one.
     pub secret: Option<Secret>,
     /// Read the key from this environment variable instead.
     pub secret_env: Option<String>,
@@ -55,21 +63,41 @@ impl WebhookConfig {
             false,
             errors,
         );
+        if let Some(Err(e)) = self.secret.as_ref().map(|s| signing_key(s.expose())) {
+            errors.push(format!("{path}.secret: {e}"));
+        }
     }
 }
 
-/// `sha256=<hex HMAC-SHA256 of body under secret>`, the `X-Avmon-Signature` value.
-pub fn sign(secret: &[u8], body: &[u8]) -> String {
+/// The HMAC key a secret stands for: base64-decoded after `whsec_`, else its bytes.
+pub fn signing_key(secret: &str) -> Result<Vec<u8>, String> {
+    use base64::Engine;
+    match secret.strip_prefix("whsec_") {
+        Some(b64) => match base64::engine::general_purpose::STANDARD.decode(b64) {
+            Ok(key) if !key.is_empty() => Ok(key),
+            _ => Err(
+                "a secret starting with whsec_ must continue in base64 (as the Standard \
+                      Webhooks libraries make them)"
+                    .into(),
+            ),
+        },
+        None => Ok(secret.as_bytes().to_vec()),
+    }
+}
+
+/// The `webhook-signature` value: `v1,` and the base64 HMAC-SHA256 of `{id}.{timestamp}.{body}`
+/// under `key`.
+pub fn sign(key: &[u8], id: &str, timestamp: i64, body: &[u8]) -> String {
+    use base64::Engine;
     // HMAC takes keys of any length.
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC accepts any key length");
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC accepts any key length");
+    mac.update(format!("{id}.{timestamp}.").as_bytes());
     mac.update(body);
     let digest = mac.finalize().into_bytes();
-    let mut hex = String::with_capacity(7 + 64);
-    hex.push_str("sha256=");
-    for b in digest {
-        hex.push_str(&format!("{b:02x}"));
-    }
-    hex
+    format!(
+        "v1,{}",
+        base64::engine::general_purpose::STANDARD.encode(digest)
+    )
 }
 
 pub(crate) struct Webhook {
@@ -110,13 +138,14 @@ impl Webhook {
         if let Ok(v) = HeaderValue::from_str(&batch.key) {
             headers.insert("idempotency-key", v);
         }
-        headers.insert(
-            "x-avmon-timestamp",
-            HeaderValue::from(chrono::Utc::now().timestamp()),
-        );
-        if let Some(secret) = &self.cfg.secret {
-            if let Ok(v) = HeaderValue::from_str(&sign(secret.expose().as_bytes(), &body)) {
-                headers.insert("x-avmon-signature", v);
+        let timestamp = chrono::Utc::now().timestamp();
+        if let Ok(v) = HeaderValue::from_str(&batch.key) {
+            headers.insert("webhook-id", v);
+        }
+        headers.insert("webhook-timestamp", HeaderValue::from(timestamp));
+        if let Some(Ok(key)) = self.cfg.secret.as_ref().map(|s| signing_key(s.expose())) {
+            if let Ok(v) = HeaderValue::from_str(&sign(&key, &batch.key, timestamp, &body)) {
+                headers.insert("webhook-signature", v);
             }
         }
         post(&self.client, &self.cfg.url, headers, body).await
@@ -128,12 +157,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn signature_matches_rfc_4231_case_2() {
-        // RFC 4231 test case 2: key "Jefe", data "what do ya want for nothing?".
+    fn signature_matches_the_specifications_example() {
+        // The example in the Standard Webhooks specification (spec/standard-webhooks.md).
+        let key = signing_key("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+        let body = br#"{"test": 2432232314}"#;
         assert_eq!(
-            sign(b"Jefe", b"what do ya want for nothing?"),
-            "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+            sign(&key, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body),
+            "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
         );
+    }
+
+    #[test]
+    fn secrets_are_the_specifications_form_or_plain_bytes() {
+        assert_eq!(signing_key("plain-secret").unwrap(), b"plain-secret");
+        assert_eq!(signing_key("whsec_aGVsbG8=").unwrap(), b"hello");
+        assert!(signing_key("whsec_not base64!").is_err());
+        assert!(signing_key("whsec_").is_err());
     }
 
     #[test]

@@ -14,7 +14,6 @@ use avmon_store::{OutboxStatus, Store};
 use chrono::Utc;
 use common::{alert, clear, fast, pairs, raise, serve, serve_on, webhook, Receiver};
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 
 fn store() -> Arc<dyn Store> {
     Arc::from(avmon_store::open("sqlite::memory:").unwrap())
@@ -39,25 +38,68 @@ async fn until(what: &str, secs: f64, f: impl Fn() -> bool) {
     }
 }
 
-/// HMAC-SHA256 written out from its definition (RFC 2104), independent of the `hmac` crate the
-/// notifier uses.
-fn hmac_sha256(key: &[u8], msg: &[u8]) -> String {
-    let mut k = [0u8; 64];
-    if key.len() > 64 {
-        k[..32].copy_from_slice(&Sha256::digest(key));
-    } else {
-        k[..key.len()].copy_from_slice(key);
-    }
-    let pad = |b: u8| k.iter().map(|x| x ^ b).collect::<Vec<u8>>();
-    let inner = Sha256::new()
-        .chain_update(pad(0x36))
-        .chain_update(msg)
-        .finalize();
-    let outer = Sha256::new()
-        .chain_update(pad(0x5c))
-        .chain_update(inner)
-        .finalize();
-    outer.iter().map(|b| format!("{b:02x}")).collect()
+/// Where `./dev` installs the Standard Webhooks reference verifier (PyPI `standardwebhooks`).
+fn pydeps() -> std::path::PathBuf {
+    let dir = std::env::var_os("AVMON_PYDEPS").map_or_else(
+        || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/pydeps"),
+        std::path::PathBuf::from,
+    );
+    assert!(
+        dir.join("standardwebhooks").is_dir(),
+        "the standardwebhooks verifier is not in {}: run ./dev test, which installs it",
+        dir.display()
+    );
+    dir
+}
+
+/// Each request, as the Standard Webhooks reference library judges it: `ok`, or `rejected: why`.
+/// `secret` is as the library takes it (`whsec_` and base64).
+fn verify_with_reference(
+    secret: &str,
+    requests: &[(&axum::http::HeaderMap, &[u8])],
+) -> Vec<String> {
+    use std::io::Write;
+    let input: Vec<Value> = requests
+        .iter()
+        .map(|(headers, body)| {
+            let headers: serde_json::Map<String, Value> = headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), json!(v.to_str().unwrap())))
+                .collect();
+            json!({"headers": headers, "body": String::from_utf8_lossy(body)})
+        })
+        .collect();
+    let script = r#"
+import json, sys
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+wh = Webhook(sys.argv[1])
+for r in json.load(sys.stdin):
+    try:
+        wh.verify(r["body"], r["headers"])
+        print("ok")
+    except WebhookVerificationError as e:
+        print("rejected:", e)
+"#;
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", script, secret])
+        .env("PYTHONPATH", pydeps())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 (installed by ./dev)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(Value::Array(input).to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "the verifier failed: {out:?}");
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -65,9 +107,11 @@ async fn webhook_is_signed_keyed_and_in_order() {
     let r = Receiver::answering(&[]);
     let url = serve(r.clone()).await;
     let store = store();
+    // A secret in the specification's form, as its libraries generate them.
+    let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
     let channel = ChannelConfig::Webhook(WebhookConfig {
         url,
-        secret: Some(Secret::new("s3cr3t-hmac-key")),
+        secret: Some(Secret::new(secret)),
         secret_env: None,
     });
     let n = spawn(fast(), channel, &store);
@@ -83,16 +127,40 @@ async fn webhook_is_signed_keyed_and_in_order() {
     let id = &a.id;
     assert_eq!(keys, [format!("{id}:raised"), format!("{id}:cleared")]);
     for h in &got {
-        let sig = h.header("x-avmon-signature");
-        assert_eq!(
-            sig,
-            format!("sha256={}", hmac_sha256(b"s3cr3t-hmac-key", &h.body)),
-            "the signature is the HMAC of the exact body"
-        );
-        let ts: i64 = h.header("x-avmon-timestamp").parse().unwrap();
+        assert_eq!(h.header("webhook-id"), h.header("idempotency-key"));
+        let ts: i64 = h.header("webhook-timestamp").parse().unwrap();
         assert!((Utc::now().timestamp() - ts).abs() < 10);
         assert_eq!(h.json()["idempotency_key"], h.header("idempotency-key"));
     }
+    // The reference verifier accepts what was sent, and refuses it with the timestamp moved (a
+    // captured request replayed as new), with the body changed, or under another secret.
+    let sent: Vec<_> = got.iter().map(|h| (&h.headers, &h.body[..])).collect();
+    assert_eq!(verify_with_reference(secret, &sent), ["ok", "ok"]);
+    let mut moved = got[0].headers.clone();
+    let later = (Utc::now().timestamp() + 30).to_string();
+    moved.insert("webhook-timestamp", later.parse().unwrap());
+    let changed = got[0].body.iter().rev().copied().collect::<Vec<u8>>();
+    let other = "whsec_aGVsbG8gd29ybGQ=";
+    let verdicts = [
+        verify_with_reference(secret, &[(&moved, &got[0].body[..])]),
+        verify_with_reference(secret, &[(&got[0].headers, &changed[..])]),
+        verify_with_reference(other, &sent[..1]),
+    ];
+    for v in &verdicts {
+        assert!(v.len() == 1 && v[0].starts_with("rejected"), "{verdicts:?}");
+    }
+    // A request signed correctly but long ago is refused too: the replay window.
+    let key = avmon_notify::signing_key(secret).unwrap();
+    let old = Utc::now().timestamp() - 600;
+    let mut stale = got[0].headers.clone();
+    stale.insert("webhook-timestamp", old.to_string().parse().unwrap());
+    let signature = avmon_notify::sign(&key, got[0].header("webhook-id"), old, &got[0].body);
+    stale.insert("webhook-signature", signature.parse().unwrap());
+    let v = verify_with_reference(secret, &[(&stale, &got[0].body[..])]);
+    assert!(
+        v[0].starts_with("rejected") && v[0].contains("old"),
+        "{v:?}"
+    );
     let raised = got[0].json();
     assert_eq!(raised["state"], "raised");
     assert_eq!(raised["stream_id"], "news-hd");
