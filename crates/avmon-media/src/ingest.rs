@@ -327,13 +327,37 @@ fn is_playlist(url: &str) -> bool {
     path.ends_with(".m3u8") || path.ends_with(".m3u")
 }
 
-/// The file, opened at its start, if it begins like an MPEG-TS file: sync bytes at 0, 188, 376.
+/// The file, opened at its start, if it begins like an MPEG-TS file (see [`looks_like_ts`]).
 fn is_ts_file(path: &Path) -> Option<File> {
-    let mut head = [0u8; 377];
-    File::open(path).ok()?.read_exact(&mut head).ok()?;
-    (head[0] == 0x47 && head[188] == 0x47 && head[376] == 0x47)
+    let mut head = Vec::with_capacity(TS_PROBE_BYTES);
+    File::open(path)
+        .ok()?
+        .take(TS_PROBE_BYTES as u64)
+        .read_to_end(&mut head)
+        .ok()?;
+    looks_like_ts(&head)
         .then(|| File::open(path).ok())
         .flatten()
+}
+
+/// How much of a file [`is_ts_file`] reads: 64 packets.
+const TS_PROBE_BYTES: usize = 188 * 64;
+
+/// Whether `head` is MPEG-TS the way demuxers judge it: sync bytes at a 188-byte stride, on
+/// most of the packets, from some offset. A damaged sync byte or a run of garbage at the start
+/// (a file cut mid-packet, a flipped bit) does not hide a transport stream; resynchronising
+/// after garbage is the transport analyser's (it counts the sync losses).
+fn looks_like_ts(head: &[u8]) -> bool {
+    const P: usize = 188;
+    (0..P.min(head.len())).any(|phase| {
+        let slots = (head.len() - phase).div_ceil(P);
+        let synced = head[phase..]
+            .iter()
+            .step_by(P)
+            .filter(|&&b| b == 0x47)
+            .count();
+        slots >= 3 && synced >= 3 && synced * 10 >= slots * 8
+    })
 }
 
 /// The stop flag and the I/O deadlines of a reader.
@@ -1394,6 +1418,36 @@ mod tests {
             2,
             "datagrams 17 and 18 missing"
         );
+    }
+
+    #[test]
+    fn transport_streams_are_recognised_through_damage_and_garbage() {
+        let ts: Vec<u8> = (0..64 * 188)
+            .map(|i| {
+                if i % 188 == 0 {
+                    0x47
+                } else {
+                    (i * 31 % 251) as u8
+                }
+            })
+            .collect();
+        assert!(looks_like_ts(&ts));
+        let mut flipped = ts.clone();
+        for i in (0..flipped.len()).step_by(997) {
+            flipped[i] ^= 0xFF;
+        }
+        assert_eq!(flipped[0], !0x47, "the first sync byte is damaged");
+        assert!(looks_like_ts(&flipped));
+        let mut cut = vec![0x11u8; 1000];
+        cut.extend(&ts[..ts.len() - 1000]);
+        assert!(looks_like_ts(&cut), "a file that starts with garbage");
+        // Not TS: the stride missing, or too few sync bytes on it.
+        assert!(!looks_like_ts(&[0u8; 188 * 64]));
+        let sparse: Vec<u8> = (0..64 * 188)
+            .map(|i| if i % (188 * 3) == 0 { 0x47 } else { 0 })
+            .collect();
+        assert!(!looks_like_ts(&sparse));
+        assert!(!looks_like_ts(&ts[..300]), "under three packets");
     }
 
     #[test]

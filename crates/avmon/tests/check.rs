@@ -328,6 +328,31 @@ fn a_ts_file_gets_tr_101_290_counts_and_each_lost_packet_is_one_cc_error() {
         "{text}"
     );
 
+    // Damage at the very start does not hide a transport stream: every 997th byte flipped
+    // (the first sync byte among them), or a kilobyte of garbage before the first packet.
+    let mut flipped = bytes.clone();
+    for i in (0..flipped.len()).step_by(997) {
+        flipped[i] ^= 0xFF;
+    }
+    let mut garbage: Vec<u8> = (0..1000u32).map(|i| (i * 7 % 256) as u8).collect();
+    garbage.extend(&bytes);
+    let summary = |name: &str, data: Vec<u8>| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, data).unwrap();
+        let t = check_json(&path)["summary"]["transport"].clone();
+        assert!(t.is_object(), "{name} is analysed as TS: {t}");
+        t
+    };
+    let t = summary("flipped.ts", flipped);
+    assert!(
+        t["sync_byte_errors"].as_u64() > Some(0),
+        "the damage is counted: {t}"
+    );
+    // Before the first sync there is no sync to lose: the stream after it is clean.
+    let t = summary("garbage.ts", garbage);
+    let counts = t.as_object().unwrap().values();
+    assert!(counts.into_iter().all(|v| v == 0), "{t}");
+
     // Not a transport stream: no transport summary.
     let mp4 = dir.path().join("clip.mp4");
     let o = std::process::Command::new("ffmpeg")
