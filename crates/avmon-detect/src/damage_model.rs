@@ -267,7 +267,9 @@ fn plan(rows: usize, cols: usize) -> Option<Arc<Plan>> {
 /// until something clears them. Measured on the 720p input of bench/learn/cost.py, with the model
 /// looking at every 32nd picture, the whole process took 0.25 s more CPU than with the model off
 /// (+13 % of the decode). The model's own runs were 0.04 s of that; the rest was libavcodec
-/// slowing down. With this call after each run, it took 0.01 s more.
+/// slowing down. With this call after each run, it took 0.01 s more. One of avmon-detect's two
+/// exceptions to `unsafe_code = "deny"`.
+#[allow(unsafe_code)]
 fn clear_upper_vector_state() {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx") {
