@@ -688,10 +688,15 @@ async fn a_failing_command_is_retried_and_a_hung_one_killed() {
 
     // Hangs (with a child of its own): killed at the timeout, twice, then given up on.
     let marker = dir.path().join("survived");
+    // A sleep no other process has: its processes are found by their command lines.
+    let token = format!("30.{}", std::process::id());
     let hung = script(
         dir.path(),
         "hung.sh",
-        &format!("sleep 30 && touch '{}' &\nsleep 30", marker.display()),
+        &format!(
+            "sleep {token} && touch '{}' &\nsleep {token}",
+            marker.display()
+        ),
     );
     let h = spawn(
         DeliveryConfig {
@@ -717,24 +722,31 @@ async fn a_failing_command_is_retried_and_a_hung_one_killed() {
     assert_eq!(log[1].outcome, "failed");
     assert_eq!(log[1].detail["timed_out"], true);
     assert_eq!(log[1].detail["signal"], 9);
-    // The whole process group was killed: the background child never finishes.
-    // (The background subshell runs as `/bin/sh …/hung.sh` too.)
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let pgrep = std::process::Command::new("pgrep")
-        .args(["-f", "hung.sh"])
-        .output();
-    if let Ok(o) = pgrep {
-        let left = String::from_utf8_lossy(&o.stdout).to_string();
-        let ours: Vec<&str> = left
-            .lines()
-            .filter(|pid| {
-                std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
-                    .is_ok_and(|c| c.contains(dir.path().to_str().unwrap()))
+    // The whole process group was killed: neither shell (`sh …/hung.sh`) nor either `sleep`
+    // is left. Every process's command line is in /proc.
+    let ours =
+        |cmdline: &str| cmdline.contains(dir.path().to_str().unwrap()) || cmdline.contains(&token);
+    let survivors = || -> Vec<String> {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| {
+                let pid = e.ok()?.file_name().into_string().ok()?;
+                pid.parse::<u32>().ok()?;
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+                let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+                ours(&cmdline).then(|| format!("{pid}: {cmdline}"))
             })
-            .collect();
-        assert!(ours.is_empty(), "a child of the command survived: {ours:?}");
+            .collect()
+    };
+    let started = Instant::now();
+    while !survivors().is_empty() && started.elapsed() < Duration::from_secs(3) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(!marker.exists());
+    assert_eq!(
+        survivors(),
+        Vec::<String>::new(),
+        "a process of the command survived"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
