@@ -6,7 +6,12 @@
 //!   instead, for clients that cannot set headers (a browser's `EventSource`).
 //! - No token, or one that matches none: `401` with `WWW-Authenticate: Bearer`. A read token on a
 //!   call that changes state: `403`. Both JSON like every error.
-//! - Tokens are compared in constant time, every configured token each time.
+//! - Only the tokens' SHA-256 digests are kept ([`Digest`]): the config may give a token as its
+//!   digest (`token_sha256`), so the file never holds it. A presented token is hashed and
+//!   compared in constant time with every configured digest.
+//! - An address that presents [`MAX_FAILURES`] wrong tokens within [`FAILURE_WINDOW`] gets `429`
+//!   with `Retry-After` for every request, right token or wrong, until the window has passed:
+//!   guessing is throttled, and a guess that is right is not told apart.
 //! - Open to all: `GET /healthz`, `GET /api/openapi.json`, the console's page and assets (`GET /`,
 //!   `GET /console/*`: they hold no data), and `GET /metrics` unless
 //!   [`Auth::metrics_need_token`] (Prometheus scrapers usually have no token; a scrape config's
@@ -15,17 +20,28 @@
 //!
 //! A token never appears in a response, a log line or `Debug` output: [`Secret`] prints `***`.
 
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use axum::extract::{Query, Request, State};
-use axum::http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
+use axum::extract::{ConnectInfo, Query, Request, State};
+use axum::http::header::{AUTHORIZATION, RETRY_AFTER, WWW_AUTHENTICATE};
 use axum::http::{HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
 
 use crate::error::error_response;
+
+/// Wrong tokens an address may present within [`FAILURE_WINDOW`] before it is refused.
+pub const MAX_FAILURES: usize = 10;
+/// How far back [`MAX_FAILURES`] counts.
+pub const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+/// The most addresses whose failures are remembered (the oldest are forgotten first).
+const MAX_ADDRESSES: usize = 10_000;
 
 /// What a token may do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -58,13 +74,54 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// A token's SHA-256 digest: all that is kept of it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Digest([u8; 32]);
+
+impl Digest {
+    /// The digest of a token.
+    pub fn of(token: &str) -> Self {
+        Digest(Sha256::digest(token.as_bytes()).into())
+    }
+
+    /// A digest written as 64 hexadecimal digits (`printf %s "$TOKEN" | sha256sum`).
+    pub fn from_hex(hex: &str) -> Option<Self> {
+        let hex = hex.trim();
+        if hex.len() != 64 || !hex.is_ascii() {
+            return None;
+        }
+        let mut d = [0u8; 32];
+        for (i, b) in d.iter_mut().enumerate() {
+            *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
+        }
+        Some(Digest(d))
+    }
+}
+
+impl fmt::Debug for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
 /// One API token.
 #[derive(Clone, Debug)]
 pub struct Token {
     /// Who holds it: shown as `by` on acknowledgements, mutes and windows, and in logs.
     pub name: String,
     pub role: Role,
-    pub secret: Secret,
+    pub digest: Digest,
+}
+
+impl Token {
+    /// A token given as itself.
+    pub fn new(name: impl Into<String>, role: Role, token: &Secret) -> Self {
+        Token {
+            name: name.into(),
+            role,
+            digest: Digest::of(token.expose()),
+        }
+    }
 }
 
 /// The API's access rules.
@@ -88,9 +145,10 @@ impl Auth {
 
     /// The token matching `presented`, comparing against every token in constant time.
     fn find(&self, presented: &str) -> Option<&Token> {
+        let presented = Digest::of(presented);
         let mut found = None;
         for t in &self.tokens {
-            if ct_eq(t.secret.expose().as_bytes(), presented.as_bytes()) {
+            if ct_eq(&t.digest.0, &presented.0) {
                 found = Some(t);
             }
         }
@@ -141,8 +199,65 @@ fn unauthorized(msg: &str, error: &'static str) -> Response {
     resp
 }
 
+/// Wrong tokens presented, by address: when each was.
+#[derive(Default)]
+pub(crate) struct Failures(Mutex<HashMap<IpAddr, VecDeque<Instant>>>);
+
+impl Failures {
+    /// How long `addr` must wait before it is heard again, if it has failed too often.
+    fn blocked(&self, addr: IpAddr, now: Instant) -> Option<Duration> {
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let times = map.get(&addr)?;
+        let recent: Vec<&Instant> = times
+            .iter()
+            .filter(|t| now.duration_since(**t) < FAILURE_WINDOW)
+            .collect();
+        (recent.len() >= MAX_FAILURES)
+            .then(|| FAILURE_WINDOW.saturating_sub(now.duration_since(*recent[0])))
+    }
+
+    fn record(&self, addr: IpAddr, now: Instant) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= MAX_ADDRESSES && !map.contains_key(&addr) {
+            map.retain(|_, t| {
+                t.back()
+                    .is_some_and(|t| now.duration_since(*t) < FAILURE_WINDOW)
+            });
+            if map.len() >= MAX_ADDRESSES {
+                let oldest = map
+                    .iter()
+                    .min_by_key(|(_, t)| t.back().copied())
+                    .map(|(a, _)| *a);
+                oldest.map(|a| map.remove(&a));
+            }
+        }
+        let times = map.entry(addr).or_default();
+        while times
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= FAILURE_WINDOW)
+        {
+            times.pop_front();
+        }
+        times.push_back(now);
+        if times.len() > MAX_FAILURES {
+            times.pop_front();
+        }
+    }
+}
+
+/// What the middleware holds: the rules, and who has been failing them.
+pub(crate) struct Guard {
+    pub(crate) auth: Auth,
+    pub(crate) failures: Failures,
+}
+
 /// The middleware: checks the token, then passes the request on with its [`Caller`].
-pub(crate) async fn check(State(auth): State<Arc<Auth>>, mut req: Request, next: Next) -> Response {
+pub(crate) async fn check(
+    State(guard): State<Arc<Guard>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let auth = &guard.auth;
     if !auth.enabled() {
         req.extensions_mut().insert(Caller {
             name: "anonymous".into(),
@@ -150,7 +265,21 @@ pub(crate) async fn check(State(auth): State<Arc<Auth>>, mut req: Request, next:
         });
         return next.run(req).await;
     }
-    let needed = needs(&auth, req.method(), req.uri().path());
+    let needed = needs(auth, req.method(), req.uri().path());
+    // Without the peer's address (a router served without it, as in tests) nothing is counted.
+    let addr = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    let now = Instant::now();
+    if let Some(wait) = addr.and_then(|a| guard.failures.blocked(a, now)) {
+        let secs = wait.as_secs().max(1);
+        let msg = format!("too many wrong tokens from this address: try again in {secs} s");
+        let mut resp = error_response(StatusCode::TOO_MANY_REQUESTS, msg.clone(), vec![msg]);
+        resp.headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(secs));
+        return resp;
+    }
     let header = req.headers().get(AUTHORIZATION).map(|v| v.to_str());
     let presented: Option<String> = match header {
         Some(Ok(v)) => match v.split_once(' ') {
@@ -186,6 +315,10 @@ pub(crate) async fn check(State(auth): State<Arc<Auth>>, mut req: Request, next:
         }),
         Some(None) => {
             if needed.is_some() {
+                if let Some(a) = addr {
+                    guard.failures.record(a, now);
+                    tracing::warn!(address = %a, "API: a wrong token was presented");
+                }
                 return unauthorized("invalid token", "invalid_token");
             }
             None
@@ -230,18 +363,56 @@ mod tests {
     }
 
     #[test]
+    fn digests_read_as_sha256sum_writes_them() {
+        // `printf %s abc | sha256sum`
+        let hex = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+        assert_eq!(Digest::from_hex(hex), Some(Digest::of("abc")));
+        assert_eq!(
+            Digest::from_hex(&hex.to_uppercase()),
+            Some(Digest::of("abc"))
+        );
+        assert_eq!(Digest::from_hex(&hex[1..]), None);
+        assert_eq!(Digest::from_hex(&format!("{}zz", &hex[2..])), None);
+    }
+
+    #[test]
+    fn an_address_that_keeps_failing_waits_out_the_window() {
+        let f = Failures::default();
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let t0 = Instant::now();
+        for i in 0..MAX_FAILURES {
+            assert_eq!(f.blocked(a, t0), None, "after {i} failures");
+            f.record(a, t0 + Duration::from_secs(i as u64));
+        }
+        let at = t0 + Duration::from_secs(MAX_FAILURES as u64);
+        let wait = f.blocked(a, at).expect("blocked");
+        assert_eq!(
+            wait,
+            FAILURE_WINDOW - Duration::from_secs(MAX_FAILURES as u64)
+        );
+        assert_eq!(f.blocked(b, at), None, "per address");
+        assert_eq!(
+            f.blocked(a, t0 + FAILURE_WINDOW),
+            None,
+            "the first failure aged out"
+        );
+    }
+
+    #[test]
     fn secrets_never_print() {
-        let t = Token {
-            name: "ops".into(),
-            role: Role::Admin,
-            secret: Secret::new("s3cr3t-value-123"),
-        };
+        let t = Token::new("ops", Role::Admin, &Secret::new("s3cr3t-value-123"));
         let auth = Auth {
             tokens: vec![t],
             metrics_need_token: false,
         };
         let shown = format!("{auth:?} {auth:#?}");
         assert!(!shown.contains("s3cr3t"), "{shown}");
+        let hex: String = Digest::of("s3cr3t-value-123")
+            .0
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert!(!shown.contains(&hex[..8]), "not even its digest: {shown}");
         assert!(shown.contains("ops"));
     }
 }

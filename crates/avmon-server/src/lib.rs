@@ -44,6 +44,7 @@
 //! tokio's blocking pool; the others must be cheap, in-memory reads.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use avmon_core::{Alert, AlertState, MediaInfo, Severity, StreamId, Tier, WallTime};
@@ -51,7 +52,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::header::{CONTENT_TYPE, LOCATION};
-use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -65,7 +66,7 @@ pub mod auth;
 mod console;
 mod error;
 
-pub use auth::{Auth, Caller, Role, Secret, Token};
+pub use auth::{Auth, Caller, Digest, Role, Secret, Token};
 pub use avmon_core::{Ack, AlertRecord, MaintenanceWindow, Mute, Suppressed};
 pub use error::ApiError;
 
@@ -628,9 +629,32 @@ pub fn app_with_auth(monitor: Arc<dyn Monitor>, auth: Auth) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(monitor)
         .layer(axum::middleware::from_fn_with_state(
-            Arc::new(auth),
+            Arc::new(auth::Guard {
+                auth,
+                failures: Default::default(),
+            }),
             auth::check,
         ))
+        .layer(axum::middleware::map_response(security_headers))
+}
+
+/// What every answer says to a browser: the console runs only its own script and style, loads
+/// only from its own origin, and is never framed (`Content-Security-Policy`); types are not
+/// sniffed; no referrer leaves.
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; \
+    style-src 'self'; img-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'; \
+    form-action 'self'; frame-ancestors 'none'";
+
+async fn security_headers(mut resp: Response) -> Response {
+    use axum::http::header::{
+        CONTENT_SECURITY_POLICY as CSP, REFERRER_POLICY, X_CONTENT_TYPE_OPTIONS, X_FRAME_OPTIONS,
+    };
+    let h = resp.headers_mut();
+    h.insert(CSP, HeaderValue::from_static(CONTENT_SECURITY_POLICY));
+    h.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    resp
 }
 
 /// Serve the API on `listener` until `shutdown` resolves, then finish in-flight requests.
@@ -643,7 +667,9 @@ pub async fn serve(
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, tokens = auth.tokens.len(), "HTTP API listening");
     }
-    axum::serve(listener, app_with_auth(monitor, auth))
+    // The peer's address: wrong tokens are counted per address.
+    let app = app_with_auth(monitor, auth).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
 }

@@ -13,7 +13,7 @@ use avmon_core::{MaintenanceWindow, StreamId, Tier};
 use avmon_detect::DetectorsConfig;
 use avmon_hls::HlsConfig;
 pub use avmon_notify::NotifierConfig;
-use avmon_server::{Auth, Role, Secret, Token};
+use avmon_server::{Auth, Digest, Role, Token};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -326,6 +326,8 @@ struct TokenSection {
     role: String,
     token: Option<String>,
     token_env: Option<String>,
+    /// The token's SHA-256, in hex (`printf %s "$TOKEN" | sha256sum`): the file never holds it.
+    token_sha256: Option<String>,
 }
 
 /// The shortest token accepted: a guessable token is no protection.
@@ -390,10 +392,21 @@ fn api_auth(
                 Role::Read
             }
         };
-        let secret = match (t.token, t.token_env) {
-            (Some(tok), None) => Some(tok),
-            (None, Some(var)) => match env(&var) {
-                Some(v) => Some(v),
+        let given = [
+            t.token.is_some(),
+            t.token_env.is_some(),
+            t.token_sha256.is_some(),
+        ];
+        let digest = match (t.token, t.token_env, t.token_sha256) {
+            _ if given.iter().filter(|g| **g).count() > 1 => {
+                errors.push(format!(
+                    "{path}: give one of token, token_env and token_sha256"
+                ));
+                None
+            }
+            (Some(tok), _, _) => plain_token(&tok, &path, errors),
+            (_, Some(var), _) => match env(&var) {
+                Some(v) => plain_token(&v, &path, errors),
                 None => {
                     errors.push(format!(
                         "{path}.token_env: the environment variable {var:?} is not set"
@@ -401,33 +414,34 @@ fn api_auth(
                     None
                 }
             },
-            (Some(_), Some(_)) => {
-                errors.push(format!("{path}: give token or token_env, not both"));
-                None
-            }
-            (None, None) => {
+            (_, _, Some(hex)) => match Digest::from_hex(&hex) {
+                Some(d) => Some(d),
+                None => {
+                    errors.push(format!(
+                        "{path}.token_sha256: expected 64 hexadecimal digits, the SHA-256 of \
+                         the token (printf %s \"$TOKEN\" | sha256sum)"
+                    ));
+                    None
+                }
+            },
+            (None, None, None) => {
                 errors.push(format!(
-                    "{path}: missing token (give token = \"...\" or token_env = \"VAR\")"
+                    "{path}: missing token (give token = \"...\", token_env = \"VAR\" or \
+                     token_sha256 = \"HEX\")"
                 ));
                 None
             }
         };
-        if let Some(secret) = &secret {
-            // Never echo the token itself.
-            if secret.chars().count() < MIN_TOKEN_CHARS || secret.trim() != secret {
-                errors.push(format!(
-                    "{path}: the token must be at least {MIN_TOKEN_CHARS} characters, without \
-                     surrounding spaces"
-                ));
-            } else if tokens.iter().any(|o| o.secret.expose() == secret) {
+        if let Some(d) = &digest {
+            if tokens.iter().any(|o| &o.digest == d) {
                 errors.push(format!("{path}: the same token as another entry"));
             }
         }
-        if let (Some(secret), true) = (secret, errors.len() == before) {
+        if let (Some(digest), true) = (digest, errors.len() == before) {
             tokens.push(Token {
                 name: t.name,
                 role,
-                secret: Secret::new(secret),
+                digest,
             });
         }
     }
@@ -435,6 +449,18 @@ fn api_auth(
         tokens,
         metrics_need_token: api.metrics_need_token,
     }
+}
+
+/// A token given as itself: its digest, if it is long enough. The token is never echoed.
+fn plain_token(token: &str, path: &str, errors: &mut Vec<String>) -> Option<Digest> {
+    if token.chars().count() < MIN_TOKEN_CHARS || token.trim() != token {
+        errors.push(format!(
+            "{path}: the token must be at least {MIN_TOKEN_CHARS} characters, without \
+             surrounding spaces"
+        ));
+        return None;
+    }
+    Some(Digest::of(token))
 }
 
 /// A config file time: an RFC 3339 string, or a TOML offset date-time.
@@ -1348,22 +1374,26 @@ hls = { stale_factor = "three" }
 
     #[test]
     fn api_tokens_are_read_from_the_file_or_the_environment_and_never_shown() {
+        // `printf %s abc | sha256sum`
+        let hashed = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
         let text = format!(
             r#"
 [server]
 listen = "0.0.0.0:8080"
 [api]
 tokens = [{{ name = "ops", role = "admin", token_env = "AVMON_TEST_ADMIN" }},
-          {{ name = "wall", role = "read", token = "{SECRET_B}" }}]
+          {{ name = "wall", role = "read", token = "{SECRET_B}" }},
+          {{ name = "ci", role = "read", token_sha256 = "{hashed}" }}]
 metrics_need_token = true
 "#
         );
         let c = parse_with_env(&text, "avmon.toml", &env).unwrap();
-        assert_eq!(c.api.tokens.len(), 2);
+        assert_eq!(c.api.tokens.len(), 3);
         assert_eq!(c.api.tokens[0].name, "ops");
         assert_eq!(c.api.tokens[0].role, Role::Admin);
-        assert_eq!(c.api.tokens[0].secret.expose(), SECRET_A);
+        assert_eq!(c.api.tokens[0].digest, Digest::of(SECRET_A));
         assert_eq!(c.api.tokens[1].role, Role::Read);
+        assert_eq!(c.api.tokens[2].digest, Digest::of("abc"));
         assert!(c.api.metrics_need_token);
         assert!(!c.listen.ip().is_loopback(), "tokens allow any address");
         let shown = format!("{c:?}");
@@ -1382,7 +1412,8 @@ tokens = [{ name = "ops", role = "root", token = "short" },
           { name = "", role = "read" },
           { name = "x", role = "read", token = "adm-0123456789abcdefXYZ", token_env = "A" },
           { name = "y", role = "admin", token = "adm-0123456789abcdefXYZ" },
-          { name = "z", role = "admin", token = "adm-0123456789abcdefXYZ" }]
+          { name = "z", role = "admin", token = "adm-0123456789abcdefXYZ" },
+          { name = "h", role = "admin", token_sha256 = "not-hex" }]
 "#;
         let err = parse_with_env(text, "avmon.toml", &env).unwrap_err();
         assert_eq!(
@@ -1393,9 +1424,10 @@ tokens = [{ name = "ops", role = "root", token = "short" },
                 "api.tokens[1].name: duplicate name \"ops\"",
                 "api.tokens[1].token_env: the environment variable \"AVMON_TEST_UNSET\" is not set",
                 "api.tokens[2].name: must not be empty",
-                "api.tokens[2]: missing token (give token = \"...\" or token_env = \"VAR\")",
-                "api.tokens[3]: give token or token_env, not both",
+                "api.tokens[2]: missing token (give token = \"...\", token_env = \"VAR\" or token_sha256 = \"HEX\")",
+                "api.tokens[3]: give one of token, token_env and token_sha256",
                 "api.tokens[5]: the same token as another entry",
+                "api.tokens[6].token_sha256: expected 64 hexadecimal digits, the SHA-256 of the token (printf %s \"$TOKEN\" | sha256sum)",
             ]
         );
         assert!(!err.to_string().contains("short") && !err.to_string().contains("abcdefXYZ"));

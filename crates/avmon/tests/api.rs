@@ -412,3 +412,58 @@ fn the_service_prunes_old_results_and_the_api_reads_their_aggregates() {
     assert_eq!(status("long-ago"), 404);
     assert_eq!(status("lately"), 200);
 }
+
+/// An address that keeps presenting wrong tokens is refused for a while, right token or wrong;
+/// another address, and the token given as its SHA-256 in the config, are not affected.
+#[test]
+fn repeated_wrong_tokens_are_refused_per_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_tcp_port();
+    let base = format!("http://127.0.0.1:{port}");
+    // The admin token as its digest: the config file never holds it.
+    let digest: String = {
+        use sha2::Digest;
+        let d = sha2::Sha256::digest(ADMIN.as_bytes());
+        d.iter().map(|b| format!("{b:02x}")).collect()
+    };
+    let cfg = format!(
+        "[server]\nlisten = \"0.0.0.0:{port}\"\n[store]\nurl = \"sqlite://{}\"\n\
+         [api]\ntokens = [{{ name = \"ops\", role = \"admin\", token_sha256 = \"{digest}\" }}]\n",
+        dir.path().join("avmon.db").display()
+    );
+    let _service = start(dir.path(), &cfg, &base);
+    let from = |ip: &str| {
+        Client::builder()
+            .local_address(ip.parse::<std::net::IpAddr>().unwrap())
+            .build()
+            .unwrap()
+    };
+    let (one, other) = (from("127.0.0.1"), from("127.0.0.2"));
+    let get = |c: &Client, token: &str| {
+        c.get(format!("{base}/api/streams"))
+            .bearer_auth(token)
+            .send()
+            .unwrap()
+    };
+    assert_eq!(
+        get(&one, ADMIN).status().as_u16(),
+        200,
+        "the hashed token works"
+    );
+    for i in 0..avmon_server::auth::MAX_FAILURES {
+        assert_eq!(
+            get(&one, "wrong-token-0123456789").status().as_u16(),
+            401,
+            "try {i}"
+        );
+    }
+    let refused = get(&one, ADMIN);
+    assert_eq!(refused.status().as_u16(), 429);
+    let wait: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&wait), "{wait}");
+    assert_eq!(get(&other, ADMIN).status().as_u16(), 200, "another address");
+}

@@ -298,6 +298,38 @@ fn the_wall_shows_streams_and_a_live_alert_that_can_be_acknowledged() {
     // Marks this page load: a reload would lose it.
     browser.js("window.__sameLoad = 'yes'; return true;");
 
+    // What the console is served with, as the browser reads it, and what the browser makes of
+    // it: an inline script is refused.
+    browser.js(
+        "window.__violations = [];
+         document.addEventListener('securitypolicyviolation', e => window.__violations.push(e.violatedDirective));
+         fetch('/', {cache: 'no-store'}).then(r => { window.__headers = [...r.headers.entries()]; });
+         const s = document.createElement('script');
+         s.textContent = 'window.__inlineRan = true;';
+         document.body.appendChild(s);
+         return true;",
+    );
+    let headers: BTreeMap<String, String> = serde_json::from_value(browser.wait(
+        "the page's headers",
+        "return window.__headers ? Object.fromEntries(window.__headers) : null;",
+    ))
+    .unwrap();
+    let csp = &headers["content-security-policy"];
+    for directive in [
+        "default-src 'self'",
+        "script-src 'self'",
+        "frame-ancestors 'none'",
+    ] {
+        assert!(csp.contains(directive), "{csp}");
+    }
+    assert_eq!(headers["x-content-type-options"], "nosniff");
+    assert_eq!(headers["x-frame-options"], "DENY");
+    let refused = browser.wait(
+        "the inline script refused",
+        "return window.__violations.length ? [window.__inlineRan === undefined, window.__violations] : null;",
+    );
+    assert_eq!(refused, json!([true, ["script-src-elem"]]));
+
     // The black stream's alert arrives on its tile without a reload; the others stay ok.
     browser.wait(
         "video.black on cam-2's tile",

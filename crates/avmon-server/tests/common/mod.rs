@@ -29,16 +29,8 @@ pub const READER: &str = "read-token-0123456789abcdef";
 pub fn tokens() -> Auth {
     Auth {
         tokens: vec![
-            Token {
-                name: "ops".into(),
-                role: Role::Admin,
-                secret: Secret::new(ADMIN),
-            },
-            Token {
-                name: "wall".into(),
-                role: Role::Read,
-                secret: Secret::new(READER),
-            },
+            Token::new("ops", Role::Admin, &Secret::new(ADMIN)),
+            Token::new("wall", Role::Read, &Secret::new(READER)),
         ],
         metrics_need_token: false,
     }
