@@ -657,20 +657,61 @@ async fn security_headers(mut resp: Response) -> Response {
     resp
 }
 
-/// Serve the API on `listener` until `shutdown` resolves, then finish in-flight requests.
+/// A server's TLS configuration (rustls, with ring).
+pub use rustls::ServerConfig as TlsConfig;
+
+/// Load a certificate chain and its private key (PEM files) for [`serve`]. The error names the
+/// file and what is wrong with it.
+pub fn tls_config(cert: &std::path::Path, key: &std::path::Path) -> Result<Arc<TlsConfig>, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect())
+        .map_err(|e| format!("{}: {e}", cert.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no PEM certificate in it", cert.display()));
+    }
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = TlsConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("the key does not fit the certificate, or is not supported: {e}"))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Serve the API on `listener` (over TLS with `tls`) until `shutdown` resolves, then finish
+/// in-flight requests.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     monitor: Arc<dyn Monitor>,
     auth: Auth,
+    tls: Option<Arc<TlsConfig>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, tokens = auth.tokens.len(), "HTTP API listening");
+        tracing::info!(%addr, tokens = auth.tokens.len(), tls = tls.is_some(), "HTTP API listening");
     }
     // The peer's address: wrong tokens are counted per address.
     let app = app_with_auth(monitor, auth).into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
+    let Some(tls) = tls else {
+        return axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await;
+    };
+    let handle = axum_server::Handle::new();
+    let stop = handle.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        stop.graceful_shutdown(Some(std::time::Duration::from_secs(5)));
+    });
+    let config = axum_server::tls_rustls::RustlsConfig::from_config(tls);
+    axum_server::from_tcp_rustls(listener.into_std()?, config)
+        .handle(handle)
+        .serve(app)
         .await
 }
 

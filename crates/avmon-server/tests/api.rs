@@ -262,6 +262,7 @@ async fn serves_over_a_real_socket_and_shuts_down() {
         listener,
         fake.clone(),
         avmon_server::Auth::open(),
+        None,
         async {
             stopped.await.ok();
         },

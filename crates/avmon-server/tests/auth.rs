@@ -230,7 +230,7 @@ async fn tokens_over_a_real_socket() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve(listener, fake.clone(), tokens(), async {
+    let server = tokio::spawn(serve(listener, fake.clone(), tokens(), None, async {
         stopped.await.ok();
     }));
     let client = reqwest::Client::new();

@@ -23,12 +23,18 @@ use serde::{Deserialize, Serialize};
 pub struct ServerConfig {
     /// Address of the HTTP API (`/api/...`, `/healthz`, `/metrics`).
     pub listen: String,
+    /// Serve over TLS: the certificate chain, a PEM file (with `tls_key`).
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The certificate's private key, a PEM file.
+    pub tls_key: Option<std::path::PathBuf>,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             listen: "127.0.0.1:8080".into(),
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -354,6 +360,8 @@ pub struct Config {
     pub service: ServiceConfig,
     pub streams: Vec<StreamConfig>,
     pub notifiers: Vec<NotifierConfig>,
+    /// TLS for the API and console (`[server] tls_cert`, `tls_key`), loaded; `None`: plain HTTP.
+    pub tls: Option<std::sync::Arc<avmon_server::TlsConfig>>,
     /// API tokens (none: the API is open, and `listen` must be a loopback address).
     pub api: Auth,
     /// The config file's maintenance windows (ids `config-0`, `config-1`, ...).
@@ -864,9 +872,24 @@ pub fn parse_with_env(
     if evidence.dir.as_os_str().is_empty() {
         evidence.dir = crate::evidence::EvidenceConfig::default_dir(&store.url);
     }
+    let tls = match (&server.tls_cert, &server.tls_key) {
+        (None, None) => None,
+        (Some(cert), Some(key)) => match avmon_server::tls_config(cert, key) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                errors.push(format!("server.tls_cert, server.tls_key: {e}"));
+                None
+            }
+        },
+        _ => {
+            errors.push("server: give both tls_cert and tls_key, or neither".into());
+            None
+        }
+    };
     match (errors.is_empty(), listen) {
         (true, Some(listen)) => Ok(Config {
             listen,
+            tls,
             store,
             evidence,
             retention,
@@ -1431,6 +1454,21 @@ tokens = [{ name = "ops", role = "root", token = "short" },
             ]
         );
         assert!(!err.to_string().contains("short") && !err.to_string().contains("abcdefXYZ"));
+    }
+
+    #[test]
+    fn tls_needs_both_files_and_names_a_bad_one() {
+        let err = |text: &str| parse_with_env(text, "avmon.toml", &env).unwrap_err().errors;
+        assert_eq!(
+            err("[server]\ntls_cert = \"cert.pem\"\n"),
+            ["server: give both tls_cert and tls_key, or neither"]
+        );
+        let e = err("[server]\ntls_cert = \"/nonexistent/cert.pem\"\ntls_key = \"k.pem\"\n");
+        assert!(
+            e.len() == 1
+                && e[0].starts_with("server.tls_cert, server.tls_key: /nonexistent/cert.pem"),
+            "{e:?}"
+        );
     }
 
     #[test]

@@ -72,6 +72,7 @@ pub fn run(cfg: Config, opts: Options) -> Result<()> {
         .block_on(tokio::net::TcpListener::bind(cfg.listen))
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
     let addr: SocketAddr = listener.local_addr().unwrap_or(cfg.listen);
+    let scheme = if cfg.tls.is_some() { "https" } else { "http" };
     let (store, cluster): (Arc<dyn Store>, Option<Arc<ClusterNode>>) = match &cfg.cluster {
         None => (
             Arc::from(avmon_store::open(&cfg.store.url).with_context(|| {
@@ -92,7 +93,7 @@ pub fn run(cfg: Config, opts: Options) -> Result<()> {
             let advertise = c
                 .advertise
                 .clone()
-                .unwrap_or_else(|| format!("http://{addr}"));
+                .unwrap_or_else(|| format!("{scheme}://{addr}"));
             let node =
                 NodeInfo::new(&c.name, advertise, c.capacity(&cfg.service)).context("[cluster]")?;
             let ttl = Duration::from_secs_f64(c.lease_ttl_s);
@@ -197,7 +198,7 @@ pub fn run(cfg: Config, opts: Options) -> Result<()> {
                 .map(|n| n.iter().filter(|n| n.alive).count());
             eprintln!(
                 "avmon: node {:?} of a cluster of {} live node(s) (store {}); {seeded} of the \
-                 config's {} stream(s) written to it; console and API on http://{addr}/ \
+                 config's {} stream(s) written to it; console and API on {scheme}://{addr}/ \
                  (advertised as {})",
                 c.node.name,
                 peers.unwrap_or(1),
@@ -228,7 +229,7 @@ pub fn run(cfg: Config, opts: Options) -> Result<()> {
             }
             eprintln!(
                 "avmon: monitoring {} stream(s) on {} worker(s); console and API on \
-                 http://{addr}/ (store {})",
+                 {scheme}://{addr}/ (store {})",
                 cfg.streams.len(),
                 service.sched.permits(),
                 avmon_store::redact_url(&cfg.store.url)
@@ -278,6 +279,7 @@ pub fn run(cfg: Config, opts: Options) -> Result<()> {
         listener,
         monitor,
         cfg.api.clone(),
+        cfg.tls.clone(),
         shutdown_signal(opts.duration),
     ));
     eprintln!("avmon: shutting down");

@@ -467,3 +467,119 @@ fn repeated_wrong_tokens_are_refused_per_address() {
     assert!((1..=60).contains(&wait), "{wait}");
     assert_eq!(get(&other, ADMIN).status().as_u16(), 200, "another address");
 }
+
+/// With `tls_cert` and `tls_key` the API and console are served over TLS: a client that trusts
+/// the certificate gets answers and checks the certificate's name; one that does not refuses
+/// it; plain HTTP gets nothing; a key that does not fit is refused at start, by its path.
+#[test]
+fn over_tls_the_api_answers_with_the_configured_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    // A CA of the test's own, and a certificate it issued for 127.0.0.1, as a site would have.
+    let file = |name: &str| dir.path().join(name);
+    let (cert, key, ca) = (file("cert.pem"), file("key.pem"), file("ca.pem"));
+    let ext = file("ext.cnf");
+    std::fs::write(
+        &ext,
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    let path = |p: &Path| p.display().to_string();
+    let (ca_key, csr) = (path(&file("ca.key")), path(&file("leaf.csr")));
+    let ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
+    let steps = [
+        format!("req -x509 {ec} -days 1 -subj /CN=avmon-test-ca -keyout {ca_key} -out {}", path(&ca)),
+        format!("req {ec} -subj /CN=avmon-test -keyout {} -out {csr}", path(&key)),
+        format!(
+            "x509 -req -days 1 -in {csr} -CA {} -CAkey {ca_key} -CAcreateserial -extfile {} -out {}",
+            path(&ca),
+            path(&ext),
+            path(&cert)
+        ),
+    ];
+    for step in steps {
+        let o = std::process::Command::new("openssl")
+            .args(step.split(' '))
+            .output()
+            .expect("openssl (ca-certificates brings it)");
+        assert!(o.status.success(), "{}", stderr_of(&o));
+    }
+    let port = free_tcp_port();
+    let config = |key: &Path| {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n\
+             [store]\nurl = \"sqlite://{}\"\n",
+            cert.display(),
+            key.display(),
+            dir.path().join("avmon.db").display()
+        )
+    };
+    let cfg = dir.path().join("avmon.toml");
+
+    // A key that is not the certificate's key is refused at start, naming what to fix.
+    std::fs::write(&cfg, config(&cert)).unwrap();
+    let o = avmon()
+        .args(["run", "--config", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = stderr_of(&o);
+    assert!(
+        !o.status.success() && err.contains("server.tls_cert, server.tls_key:"),
+        "{err}"
+    );
+    assert!(err.contains("cert.pem"), "{err}");
+
+    std::fs::write(&cfg, config(&key)).unwrap();
+    let log = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
+    let _service = Killed(
+        avmon()
+            .args(["run", "--config", cfg.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let trusting = Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(&ca).unwrap()).unwrap())
+        .tls_built_in_root_certs(false)
+        .build()
+        .unwrap();
+    let base = format!("https://127.0.0.1:{port}");
+    wait_for("the API over TLS", Duration::from_secs(20), || {
+        trusting
+            .get(format!("{base}/healthz"))
+            .send()
+            .ok()
+            .filter(|r| r.status().is_success())
+    });
+    let page = trusting.get(format!("{base}/")).send().unwrap();
+    assert_eq!(page.status().as_u16(), 200);
+    assert!(page.headers().contains_key("content-security-policy"));
+    assert!(page.text().unwrap().contains("/console/app.js"));
+    let streams = trusting.get(format!("{base}/api/streams")).send().unwrap();
+    assert_eq!(streams.json::<Value>().unwrap(), json!([]));
+
+    // The name is checked too: the certificate is for 127.0.0.1 and localhost only.
+    let by_other_name = trusting
+        .get(format!("https://127.0.0.2:{port}/healthz"))
+        .send()
+        .unwrap_err();
+    assert!(by_other_name.is_connect(), "{by_other_name:?}");
+    let untrusting = Client::builder().build().unwrap();
+    let refused = untrusting
+        .get(format!("{base}/healthz"))
+        .send()
+        .unwrap_err();
+    assert!(
+        format!("{refused:?}").contains("UnknownIssuer"),
+        "an unknown issuer is refused: {refused:?}"
+    );
+    let plain = Client::new()
+        .get(format!("http://127.0.0.1:{port}/healthz"))
+        .send();
+    assert!(
+        plain.map_or(true, |r| !r.status().is_success()),
+        "plain HTTP gets no answer"
+    );
+    let log = std::fs::read_to_string(dir.path().join("stderr.log")).unwrap();
+    assert!(log.contains(&format!("https://127.0.0.1:{port}/")), "{log}");
+}
