@@ -288,6 +288,94 @@ pub(crate) fn find_sync(d: &[u8]) -> Option<usize> {
     })
 }
 
+/// The filter on arbitrary bytes, for `fuzz/` (built with `--cfg fuzzing`). The first bytes
+/// pick the codec, the PID, the read size and when the source restarts; the rest is fed as
+/// ingest feeds it, whole packets from a found sync. Asserts what the module promises:
+/// - packets of other PIDs, and packets flagged damaged, are not touched;
+/// - a packet of the PID keeps its sync byte and either becomes a null packet with the rest
+///   of its bytes as they were, or keeps its PID and changes at most its continuity counter
+///   and its PES length;
+/// - a read stops only at a packet without the sync byte, and leaves what follows as it was;
+/// - the counts only grow, and the blanked pictures' positions stay in order (the lookup is a
+///   binary search) and bounded in number.
+#[cfg(fuzzing)]
+pub fn fuzz(data: &[u8]) {
+    let [sel, pid, read, rest @ ..] = data else {
+        return;
+    };
+    let es = [Es::H264, Es::Hevc, Es::Mpeg2][usize::from(*sel % 3)];
+    let pid = 0x100 | u16::from(*pid & 3);
+    let read = (usize::from(*read % 8) + 1) * TS;
+    let mut f = KeyFilter::new(pid, es);
+    let mut buf = rest.to_vec();
+    let mut at = 0;
+    let mut reads = 0u32;
+    while at < buf.len() {
+        let Some(off) = find_sync(&buf[at..]) else {
+            at += TS;
+            continue;
+        };
+        at += off;
+        let whole = (buf.len() - at).min(read) / TS * TS;
+        if whole == 0 {
+            break;
+        }
+        let before = buf[at..at + whole].to_vec();
+        let (kept, blanked) = (f.kept, f.blanked);
+        let n = f.packets(&mut buf[at..at + whole], at as i64);
+        assert!(
+            n % TS == 0 && n >= TS && n <= whole,
+            "judged {n} of {whole}"
+        );
+        assert_eq!(
+            buf[at + n..at + whole],
+            before[n..],
+            "bytes after the stop changed"
+        );
+        for (a, b) in before[..n].chunks(TS).zip(buf[at..at + n].chunks(TS)) {
+            let a_pid = (u16::from(a[1] & 0x1f) << 8) | u16::from(a[2]);
+            if a_pid != pid || a[1] & 0x80 != 0 || a == b {
+                assert_eq!(a, b, "a packet not the filter's was changed");
+                continue;
+            }
+            let b_pid = (u16::from(b[1] & 0x1f) << 8) | u16::from(b[2]);
+            assert_eq!(b[0], SYNC);
+            if b_pid == NULL_PID {
+                assert_eq!(a[3..], b[3..], "a null packet's payload changed");
+                continue;
+            }
+            assert_eq!(
+                (&a[1..3], a[3] & 0xf0),
+                (&b[1..3], b[3] & 0xf0),
+                "header changed"
+            );
+            let start = if a[3] & 0x20 != 0 {
+                5 + usize::from(a[4])
+            } else {
+                4
+            };
+            for i in (4..TS).filter(|&i| i != start + 4 && i != start + 5) {
+                assert_eq!(a[i], b[i], "byte {i} changed");
+            }
+        }
+        assert!(f.kept >= kept && f.blanked >= blanked);
+        assert!(f.sizes.len() <= SIZES_KEPT);
+        assert!(f
+            .sizes
+            .iter()
+            .zip(f.sizes.iter().skip(1))
+            .all(|(x, y)| x.0 < y.0));
+        for &(pos, pts, size) in &f.sizes {
+            assert_eq!(f.blanked(pos, pts), Some(size));
+        }
+        at += n;
+        reads += 1;
+        if sel >> 2 != 0 && reads % u32::from(sel >> 2) == 0 {
+            f.restart();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -33,6 +33,9 @@ pub mod ingest;
 mod input;
 mod interrupt;
 mod keyfilter;
+/// The keyframe filter's fuzz entry (`fuzz/fuzz_targets/keyframe_filter.rs`).
+#[cfg(fuzzing)]
+pub use keyfilter::fuzz as fuzz_keyframe_filter;
 pub mod picture;
 mod source;
 pub mod synth;
