@@ -28,8 +28,8 @@ pub struct RetentionConfig {
     pub metrics_minute: Amount,
     /// 1-hour aggregates are kept this long, or `"forever"`.
     pub metrics_hour: Amount,
-    /// Cleared alerts are kept this long (with their acknowledgements and notifications), or
-    /// `"forever"`. Alerts still raised, or with a notification pending, are always kept.
+    /// Cleared alerts are kept this long (with their acknowledgements and notifications, and a
+    /// cluster's monitoring gaps), or `"forever"`. Alerts still raised, or with a notification pending, are always kept.
     pub alerts: Amount,
     /// The notification delivery attempt log is kept this long, or `"forever"`.
     pub attempts: Amount,
@@ -136,6 +136,7 @@ pub fn spawn(
                     minutes_folded = p.minutes_folded,
                     hours_deleted = p.hours_deleted,
                     alerts_deleted = p.alerts_deleted,
+                    events_deleted = p.events_deleted,
                     attempts_deleted = p.attempts_deleted,
                     transactions = p.transactions,
                     took_s = started.elapsed().as_secs_f64(),

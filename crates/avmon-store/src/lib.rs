@@ -439,6 +439,13 @@ pub trait Store: Send + Sync {
 
     /// Delete up to `max` logged delivery attempts made before `before`, oldest first.
     fn delete_attempts(&self, before: WallTime, max: usize) -> Result<u64, StoreError>;
+
+    /// Delete up to `max` recorded events that ended before `before`, oldest first: a
+    /// cluster's monitoring gaps (a store without a cluster records none).
+    fn delete_events(&self, before: WallTime, max: usize) -> Result<u64, StoreError> {
+        let _ = (before, max);
+        Ok(0)
+    }
 }
 
 /// Open the store `url` names, creating and migrating it as needed.

@@ -1018,6 +1018,14 @@ impl Store for PostgresStore {
             &[&ms(before), &(max as i64)],
         )?)
     }
+
+    fn delete_events(&self, before: WallTime, max: usize) -> Result<u64, StoreError> {
+        Ok(self.conn()?.execute(
+            "DELETE FROM monitoring_gaps WHERE id IN (
+                 SELECT id FROM monitoring_gaps WHERE to_at < $1 ORDER BY to_at LIMIT $2)",
+            &[&ms(before), &(max as i64)],
+        )?)
+    }
 }
 
 /// A stream read from four consecutive columns from `at`: id, url, config, created_at.

@@ -17,7 +17,7 @@
 //!
 //! Alerts cleared longer ago than [`Retention::alerts`] are deleted with their acknowledgements
 //! and notifications; an alert still raised, or with a notification still pending, is never
-//! deleted. The delivery attempt log is kept for [`Retention::attempts`].
+//! deleted. A cluster's monitoring gaps are kept as long. The delivery attempt log is kept for [`Retention::attempts`].
 //!
 //! [`prune`] does it all in transactions of at most [`Retention::batch_rows`] rows, and calls
 //! its `pace` between them: the service sleeps there, so the writer thread (and, on SQLite, the
@@ -100,6 +100,8 @@ pub struct Pruned {
     pub hours_deleted: u64,
     /// Cleared alerts deleted.
     pub alerts_deleted: u64,
+    /// Other events deleted (a cluster's monitoring gaps), kept as long as alerts.
+    pub events_deleted: u64,
     /// Logged delivery attempts deleted.
     pub attempts_deleted: u64,
     /// Transactions it took.
@@ -115,6 +117,7 @@ impl Pruned {
             + self.minutes_folded
             + self.hours_deleted
             + self.alerts_deleted
+            + self.events_deleted
             + self.attempts_deleted
     }
 }
@@ -181,6 +184,11 @@ pub fn prune(
         let max = (batch / 4).max(1);
         if !drain(&mut done, |d| &mut d.alerts_deleted, &mut || {
             store.delete_cleared_alerts(before, max)
+        })? {
+            return Ok(done);
+        }
+        if !drain(&mut done, |d| &mut d.events_deleted, &mut || {
+            store.delete_events(before, batch)
         })? {
             return Ok(done);
         }

@@ -1222,5 +1222,28 @@ fn sqlite_keeps_what_retention_says() {
 
 #[test]
 fn postgres_keeps_what_retention_says() {
-    retention(open(&pg("retention")).unwrap().as_ref());
+    let url = pg("retention");
+    retention(open(&url).unwrap().as_ref());
+    // A cluster's monitoring gaps go with the alerts' retention.
+    let store = open(&url).unwrap();
+    let mut db = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    let now = at(900 * 86_400_000);
+    for (node, days) in [("old", 401), ("recent", 3)] {
+        let to = now - Duration::days(days);
+        db.execute(
+            "INSERT INTO monitoring_gaps (stream_id, from_at, to_at, next_node, reason)
+             VALUES ('r1', $1, $2, $3, 'node_lost')",
+            &[&(to - Duration::seconds(30)), &to, &node],
+        )
+        .unwrap();
+    }
+    let done = prune(store.as_ref(), &Retention::default(), now, &mut || true).unwrap();
+    assert_eq!(done.events_deleted, 1, "{done:?}");
+    let left: Vec<String> = db
+        .query("SELECT next_node FROM monitoring_gaps", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(left, ["recent"]);
 }
