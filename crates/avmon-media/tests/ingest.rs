@@ -212,19 +212,42 @@ fn rtp_headers_stripped_and_no_loss_counted_on_loopback() {
     assert_eq!(tap.rtp_lost.load(Ordering::Relaxed), 0);
 }
 
+/// Wait until a UDP socket on this host is bound to `port` (the kernel's /proc/net/udp): the
+/// listener is up before the caller calls.
+fn wait_bound(port: u16) {
+    let suffix = format!(":{port:04X}");
+    let bound = |table: &str| {
+        std::fs::read_to_string(format!("/proc/net/{table}")).is_ok_and(|t| {
+            t.lines().any(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .is_some_and(|a| a.ends_with(&suffix))
+            })
+        })
+    };
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    while !bound("udp") && !bound("udp6") {
+        assert!(
+            std::time::Instant::now() < until,
+            "nothing bound UDP port {port}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn srt_listener_with_ffmpeg_calling() {
     let dir = tempfile::tempdir().unwrap();
     let path = synth(dir.path(), 3.0);
     let port = free_port();
     let tap = Arc::new(Counter::default());
-    // avmon listens; ffmpeg calls a moment later (it retries its connect for a while).
+    // avmon listens; ffmpeg calls once the listener's socket is bound.
     let url =
         format!("srt://127.0.0.1:{port}?mode=listener&latency=120000&passphrase=avmon-secret-1");
     let caller =
         format!("srt://127.0.0.1:{port}?mode=caller&latency=120000&passphrase=avmon-secret-1");
     let sender = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(500));
+        wait_bound(port);
         send(&path, "mpegts", &caller).wait()
     });
     let (frames, _end) = receive(&url, &tap);

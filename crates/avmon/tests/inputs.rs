@@ -157,7 +157,7 @@ fn live_udp_for_a_duration() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    wait_listening("udp", port);
     let mut synth = avmon()
         .args([
             "synth",

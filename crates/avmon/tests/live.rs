@@ -297,7 +297,9 @@ url = "{hook}"
 "#
         ),
     );
-    std::thread::sleep(Duration::from_millis(500));
+    // Both inputs are open before anything is sent (SRT listens on UDP too).
+    wait_listening("udp", mc_port);
+    wait_listening("udp", srt_port);
     let relay_in = UdpSocket::bind("127.0.0.1:0").unwrap();
     let relay_port = relay_in.local_addr().unwrap().port();
     let relay = lossy_relay(relay_in, format!("{group}:{mc_port}"), 7.0, 5);

@@ -4,7 +4,6 @@
 mod common;
 
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use common::*;
 
@@ -36,7 +35,12 @@ fn receive(
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(800));
+    // The listener is up before the push starts: SRT listens on UDP, RTMP on TCP.
+    let port: u16 = url
+        .rsplit_once(':')
+        .and_then(|(_, rest)| rest.split(['/', '?']).next()?.parse().ok())
+        .expect("a port in the URL");
+    wait_listening(if url.starts_with("srt") { "udp" } else { "tcp" }, port);
     let _push = Killed(
         Command::new("ffmpeg")
             .args([

@@ -148,6 +148,24 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
     }
 }
 
+/// Wait until a socket on this host listens on `port`: for `udp` one bound to it, for `tcp`
+/// one in LISTEN (the kernel's tables in /proc/net). A receiver is ready before anyone sends.
+pub fn wait_listening(proto: &str, port: u16) {
+    let suffix = format!(":{port:04X}");
+    let bound = || {
+        ["", "6"].iter().any(|v| {
+            std::fs::read_to_string(format!("/proc/net/{proto}{v}")).is_ok_and(|t| {
+                t.lines().skip(1).any(|l| {
+                    let f: Vec<&str> = l.split_whitespace().collect();
+                    f.len() > 3 && f[1].ends_with(&suffix) && (proto == "udp" || f[3] == "0A")
+                })
+            })
+        })
+    };
+    let what = format!("a {proto} listener on port {port}");
+    wait_for(&what, Duration::from_secs(20), || bound().then_some(()));
+}
+
 /// `avmon run` on a config of `streams` (its `[[streams]]` and `[[notifiers]]`), with its API on
 /// a free port and its store in `dir`, once the API answers; with a client and the API's URL.
 pub fn start_service(
