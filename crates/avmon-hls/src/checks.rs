@@ -54,6 +54,23 @@ pub struct VariantStats {
 }
 
 impl VariantStats {
+    /// Every count, which only ever grows (for checks of that).
+    pub fn counts(&self) -> [u64; 10] {
+        let s = self;
+        [
+            s.reloads,
+            s.reload_errors,
+            s.segments,
+            s.segment_errors,
+            s.bytes,
+            s.slow_segments,
+            s.target_duration_errors,
+            s.sequence_errors,
+            s.skipped_segments,
+            s.discontinuities,
+        ]
+    }
+
     /// Mean bitrate of the accepted segments (bytes × 8 / media seconds).
     pub fn bitrate_bps(&self) -> Option<f64> {
         (self.media_s > 0.0).then(|| self.bytes as f64 * 8.0 / self.media_s)
@@ -109,6 +126,28 @@ pub struct Checks {
 }
 
 impl Checks {
+    /// What must hold after any input, given the counts and media time before it and the
+    /// findings it made: no count went down, media time is finite and did not go back, and no
+    /// finding is before it. For the randomised tests and the fuzz target.
+    pub fn moved_forward(
+        &self,
+        before: &[u64; 10],
+        t0: f64,
+        out: &[Finding],
+    ) -> Result<(), String> {
+        let after = self.stats.counts();
+        if before.iter().zip(&after).any(|(b, a)| a < b) {
+            return Err(format!("a count went down: {before:?} -> {after:?}"));
+        }
+        if !(self.media_t.is_finite() && self.media_t >= t0) {
+            return Err(format!("media time {t0} -> {}", self.media_t));
+        }
+        match out.iter().find(|f| !(f.t.is_finite() && f.t >= t0)) {
+            Some(f) => Err(format!("{} at {} before {t0}", f.kind, f.t)),
+            None => Ok(()),
+        }
+    }
+
     /// `now` is the wall second the monitor started; `variant` labels the findings' details.
     pub fn new(stale_factor: f64, variant: impl Into<String>, now: f64) -> Self {
         Checks {
@@ -660,7 +699,13 @@ mod tests {
                 s.discontinuity = rnd() % 5 == 0;
             }
             w.ended = rnd() % 50 == 0;
+            let (before, t0) = (c.stats.counts(), c.media_t);
             let r = c.on_window(&w, i as f64, &mut out);
+            let starts = r.planned.iter().map(|p| p.start_t);
+            assert!(
+                starts.clone().zip(starts.skip(1)).all(|(a, b)| a <= b),
+                "{r:?}"
+            );
             for p in &r.planned {
                 if rnd() % 3 == 0 {
                     c.on_segment_failed(p, "HTTP 500", Some(500), &mut out);
@@ -676,8 +721,11 @@ mod tests {
             if rnd() % 7 == 0 {
                 c.on_reload_failed(i as f64 + 0.5, "timed out", &mut out);
             }
+            if let Err(e) = c.moved_forward(&before, t0, &out) {
+                panic!("{e}");
+            }
             out.clear();
         }
-        assert!(c.stats.reloads == 5_000);
+        assert_eq!(c.stats.reloads, 5_000);
     }
 }

@@ -88,8 +88,18 @@ fn join(base: &Url, uri: &str, what: &str) -> Result<Url, ManifestError> {
     if uri.trim().is_empty() {
         return Err(err(format!("{what}: no URI")));
     }
-    base.join(uri.trim())
-        .map_err(|e| err(format!("{what}: bad URI {uri:?}: {e}")))
+    let url = base
+        .join(uri.trim())
+        .map_err(|e| err(format!("{what}: bad URI {uri:?}: {e}")))?;
+    // `low.m:u` is an absolute URI of scheme `low.m`: what the monitor cannot fetch is refused
+    // here, with the playlist, rather than failing as a download later.
+    match url.scheme() {
+        "http" | "https" => Ok(url),
+        s if s == base.scheme() => Ok(url),
+        s => Err(err(format!(
+            "{what}: URI {uri:?} has scheme {s:?}; expected http or https"
+        ))),
+    }
 }
 
 fn master(m: m3u8_rs::MasterPlaylist, base: &Url) -> Result<Vec<Variant>, ManifestError> {
@@ -436,6 +446,7 @@ mod tests {
             LIVE.as_bytes(),
             b"#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=800000,RESOLUTION=640x360\nlow.m3u8\n",
         ];
+        let (mut refused, mut masters, mut media) = (0, 0, 0);
         for i in 0..20_000 {
             let mut b = seeds[i % 2].to_vec();
             match rnd() % 4 {
@@ -458,7 +469,56 @@ mod tests {
                     b.extend_from_slice(&tail);
                 }
             }
-            let _ = Hls.parse_top(&b, &base());
+            match Hls.parse_top(&b, &base()) {
+                Err(e) => {
+                    assert!(!e.0.is_empty() && !e.0.contains('\n'), "{:?}", e.0);
+                    refused += 1;
+                }
+                Ok(Manifest::Variants(v)) => {
+                    assert!(!v.is_empty(), "a master without variants is refused");
+                    for (k, variant) in v.iter().enumerate() {
+                        assert_eq!(variant.index, k);
+                        assert!(
+                            matches!(variant.uri.scheme(), "http" | "https"),
+                            "{variant:?}"
+                        );
+                    }
+                    masters += 1;
+                }
+                Ok(Manifest::Media(w)) => {
+                    assert!(
+                        w.target_duration.is_finite() && w.target_duration >= 0.0,
+                        "{w:?}"
+                    );
+                    for (k, seg) in w.segments.iter().enumerate() {
+                        assert!(seg.duration.is_finite() && seg.duration >= 0.0, "{seg:?}");
+                        let want = w.first_sequence.checked_add(k as u64);
+                        assert_eq!(Some(seg.sequence), want, "numbered in order: {w:?}");
+                    }
+                    media += 1;
+                }
+            }
+        }
+        // Every outcome was reached, many times.
+        assert!(
+            refused > 1000 && masters > 1000 && media > 1000,
+            "{refused} {masters} {media}"
+        );
+    }
+
+    #[test]
+    fn a_uri_the_monitor_cannot_fetch_is_refused_with_the_playlist() {
+        for uri in [
+            "ftp://origin.test/low.m3u8",
+            "low.m:u",
+            "file:///etc/passwd",
+        ] {
+            let text = format!("#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=800000\n{uri}\n");
+            let e = Hls.parse_top(text.as_bytes(), &base()).unwrap_err().0;
+            assert!(
+                e.starts_with("variant 0: URI") && e.contains("expected http"),
+                "{e}"
+            );
         }
     }
 
