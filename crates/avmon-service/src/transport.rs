@@ -10,8 +10,10 @@
 //! interval, one per continuity break, ...).
 //!
 //! Files are timed by the stream's own PCR ([`Clock::Stream`]); live inputs by when their bytes
-//! arrived ([`Clock::Arrival`]), so that a PAT that stops arriving is an error even while the
-//! stream's clock says nothing. Counts run across reconnections; each connection starts a fresh
+//! were read ([`Clock::Arrival`]), which the analyser follows only where the stream's own clock
+//! cannot be trusted (before a PCR, or more than a second apart from it): a PAT that stops
+//! arriving is an error even while the stream's clock says nothing, and a burst read late on a
+//! busy host is not. Counts run across reconnections; each connection starts a fresh
 //! analyser (a new connection is not a continuity error).
 
 use std::sync::{Arc, Mutex};

@@ -82,6 +82,10 @@ pub enum Clock {
     /// time. Nothing times out before the first PCR.
     Stream,
     /// Monotonic seconds at which these bytes arrived: for live inputs (pass a wall clock).
+    /// Once a PCR has started the stream's clock, packets are timed by it, placed on this clock
+    /// (so a burst read late on a busy host is not taken for a late delivery), and this clock
+    /// takes over only when the stream's runs more than [`LIVE_LAG_S`] behind it (a delivery
+    /// that stalled) or ahead of it.
     Arrival(f64),
 }
 
@@ -103,6 +107,10 @@ struct Onset {
     time: f64,
     media: Option<f64>,
 }
+
+/// How far a live input's arrival clock may run ahead of the stream's own before it takes
+/// over: delays of the reader up to this are not delivery faults (see [`Clock::Arrival`]).
+pub const LIVE_LAG_S: f64 = 1.0;
 
 /// Jitter in the arrival of PCR packets that 2.3a tolerates (see [`Analyzer`]'s PCR check).
 const ARRIVAL_JITTER_S: f64 = 0.1;
@@ -273,6 +281,8 @@ struct State {
     pids: Vec<PidState>,
     clock: StreamClock,
     arrival: Option<f64>,
+    /// A live input's arrival time less the stream's clock, where the two were last placed.
+    live_base: Option<f64>,
     /// The current packet: its offset, slot index and time.
     offset: u64,
     slot: u64,
@@ -306,6 +316,7 @@ impl Analyzer {
                 pids: Vec::new(),
                 clock: StreamClock::default(),
                 arrival: None,
+                live_base: None,
                 offset: 0,
                 slot: 0,
                 now: 0.0,
@@ -408,7 +419,27 @@ impl State {
     fn at_slot(&mut self, offset: u64) {
         self.offset = offset;
         self.slot = self.slots;
-        self.now = self.arrival.unwrap_or_else(|| self.clock.at(offset));
+        self.now = self.time_at(offset);
+    }
+
+    /// The time of the byte at `offset`: the stream's clock, or for a live input the stream's
+    /// clock placed on the arrival clock (see [`Clock::Arrival`]). Never earlier than the
+    /// packet before.
+    fn time_at(&mut self, offset: u64) -> f64 {
+        let Some(arrival) = self.arrival else {
+            return self.clock.at(offset);
+        };
+        if !self.clock.started() {
+            return arrival.max(self.now);
+        }
+        let stream = self.clock.at(offset);
+        let base = *self.live_base.get_or_insert(arrival - stream);
+        let mut t = base + stream;
+        if (t - arrival).abs() > LIVE_LAG_S {
+            self.live_base = Some(arrival - stream);
+            t = arrival;
+        }
+        t.max(self.now)
     }
 
     /// The current packet's media time (on the stream's clock, `now` is its time there).
@@ -566,7 +597,7 @@ impl State {
         if let (Some((pcr, _)), false) = (h.pcr, h.tei) {
             self.clock.on_pcr(h.pid, pcr, self.offset, h.discontinuity);
             // The packet's own time, now that its PCR is known.
-            self.now = self.arrival.unwrap_or_else(|| self.clock.at(self.offset));
+            self.now = self.time_at(self.offset);
         }
         if self.resync {
             self.resync = false;

@@ -60,5 +60,5 @@ pub mod psi;
 mod report;
 pub mod sync;
 
-pub use analyzer::{Analyzer, Clock, Settings, SettingsError};
+pub use analyzer::{Analyzer, Clock, Settings, SettingsError, LIVE_LAG_S};
 pub use report::{Absences, Counters, Edge, Event, Indicator};

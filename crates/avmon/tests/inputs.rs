@@ -184,12 +184,9 @@ fn live_udp_for_a_duration() {
         7.0,
         0.2,
     );
-    // TR 101 290's PCR timing judges the sender on loopback, which a loaded machine delays: the
-    // picture is what this test is about.
-    let ev: Vec<_> = events(&r)
-        .into_iter()
-        .filter(|e| !e.0.starts_with("transport.pcr"))
-        .collect();
+    // The black, and nothing else: a healthy stream raises no transport alarm, however late a
+    // loaded host reads it.
+    let ev = events(&r);
     assert_eq!(ev.len(), 1, "{ev:?}");
     assert_eq!(ev[0].0, "video.black");
     assert_near("black start", ev[0].1, 2.0, 0.5);

@@ -335,12 +335,8 @@ fn tier_changes_at_run_time_through_the_api_without_reconnecting() {
         .map(|a| a["kind"].as_str().unwrap())
         .collect();
     assert!(
-        // Transport findings judge the sender's timing on loopback (a loaded machine delays
-        // it), not the tiers: only video, audio and A/V verdicts are checked here.
-        kinds
-            .iter()
-            .filter(|k| !k.starts_with("transport."))
-            .all(|k| *k == "video.black"),
+        // Nor any transport alarm: the stream is healthy, however late a loaded host reads it.
+        kinds.iter().all(|k| *k == "video.black"),
         "nothing false across the tier changes (no video.loss in keyframes or transport): {kinds:?}"
     );
 }
