@@ -169,6 +169,24 @@ impl PostgresStore {
         })
     }
 
+    /// Delete up to `max` rows of `table` (with a `bigserial` id) whose `time` is before
+    /// `before`, oldest first.
+    fn delete_oldest(
+        &self,
+        table: &str,
+        time: &str,
+        before: WallTime,
+        max: usize,
+    ) -> Result<u64, StoreError> {
+        Ok(self.conn()?.execute(
+            &format!(
+                "DELETE FROM {table} WHERE id IN (
+                     SELECT id FROM {table} WHERE {time} < $1 ORDER BY {time} LIMIT $2)"
+            ),
+            &[&ms(before), &(max as i64)],
+        )?)
+    }
+
     /// The schema version of the database (the number of migrations applied).
     pub fn schema_version(&self) -> Result<i64, StoreError> {
         schema_version(&mut *self.conn()?)
@@ -702,35 +720,45 @@ impl Store for PostgresStore {
         stream: &StreamId,
         q: &MetricsQuery,
     ) -> Result<Vec<MetricsSample>, StoreError> {
-        let mut sql =
-            String::from("SELECT at, media_t, name, value FROM metrics WHERE stream_id = $1");
+        // The same conditions on the raw samples' time and on the aggregates' bucket start.
         let mut p = Params::default();
         p.push(stream.0.clone());
+        let mut conds: Vec<(&str, String)> = Vec::new();
         if let Some(since) = q.since {
-            sql.push_str(&format!(" AND at >= {}", p.push(ms(since))));
+            conds.push((">=", p.push(ms(since))));
         }
         if let Some(until) = q.until {
-            sql.push_str(&format!(" AND at <= {}", p.push(ms(until))));
+            conds.push(("<=", p.push(ms(until))));
         }
-        if !q.names.is_empty() {
-            sql.push_str(&format!(" AND name = ANY({})", p.push(q.names.clone())));
-        }
+        let names = match q.names.is_empty() {
+            true => String::new(),
+            false => format!(" AND name = ANY({})", p.push(q.names.clone())),
+        };
+        let filter = |time: &str| {
+            let range: String = conds
+                .iter()
+                .map(|(op, param)| format!(" AND {time} {op} {param}"))
+                .collect();
+            format!("WHERE stream_id = $1{range}{names}")
+        };
         let mut conn = self.conn()?;
-        let rows = conn.query(&format!("{sql} ORDER BY at, id"), &p.refs())?;
+        let rows = conn.query(
+            &format!(
+                "SELECT at, media_t, name, value FROM metrics {} ORDER BY at, id",
+                filter("at")
+            ),
+            &p.refs(),
+        )?;
         let mut samples = Samples::new(stream);
         for r in &rows {
             samples.push(r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?);
         }
-        // What retention folded in the same range (the same conditions, on the bucket start).
-        let folded_sql = sql
-            .replacen(
-                "SELECT at, media_t, name, value FROM metrics",
-                "SELECT start_at, media_t, name, v_sum, n, v_max FROM metrics_agg",
-                1,
-            )
-            .replace(" AND at ", " AND start_at ");
         let rows = conn.query(
-            &format!("{folded_sql} ORDER BY start_at, span_s, name"),
+            &format!(
+                "SELECT start_at, media_t, name, v_sum, n, v_max FROM metrics_agg {} \
+                 ORDER BY start_at, span_s, name",
+                filter("start_at")
+            ),
             &p.refs(),
         )?;
         let mut folded = Aggregates::new(stream);
@@ -898,29 +926,28 @@ impl Store for PostgresStore {
     ) -> Result<u64, StoreError> {
         let before = crate::retention::align_down(before, to_s);
         let (from, to) = (from_s as i32, to_s as i32);
-        // The source rows: $1 the stream, $2 and $3 a time range, $4 the source span.
-        let (table, time, select) = match from_s {
+        // The source rows: $1 the stream, $2 and $3 a time range, $4 the source span; folded
+        // into $5-second buckets.
+        let (table, time, span, folds) = match from_s {
             0 => (
                 "metrics",
                 "at",
-                "SELECT stream_id, $5::integer, date_bin($5::integer * interval '1 second', at, 'epoch'), max(media_t), name,
-                        count(*), sum(value), max(value)
-                 FROM metrics WHERE stream_id = $1 AND at >= $2 AND at < $3 AND $4 = 0
-                 GROUP BY stream_id, 3, name",
+                "$4 = 0",
+                "count(*), sum(value), max(value)",
             ),
             _ => (
                 "metrics_agg",
                 "start_at",
-                "SELECT stream_id, $5::integer, date_bin($5::integer * interval '1 second', start_at, 'epoch'), max(media_t), name,
-                        sum(n), sum(v_sum), max(v_max)
-                 FROM metrics_agg
-                 WHERE stream_id = $1 AND start_at >= $2 AND start_at < $3 AND span_s = $4
-                 GROUP BY stream_id, 3, name",
+                "span_s = $4",
+                "sum(n), sum(v_sum), max(v_max)",
             ),
         };
         let source = format!(
-            "FROM {table} WHERE stream_id = $1 AND {time} >= $2 AND {time} < $3 AND {}",
-            if from_s == 0 { "$4 = 0" } else { "span_s = $4" }
+            "FROM {table} WHERE stream_id = $1 AND {time} >= $2 AND {time} < $3 AND {span}"
+        );
+        let select = format!(
+            "SELECT stream_id, $5::integer, date_bin($5::integer * interval '1 second', {time}, \
+             'epoch'), max(media_t), name, {folds} {source} GROUP BY stream_id, 3, name"
         );
         let mut conn = self.conn()?;
         let mut tx = conn.transaction()?;
@@ -1012,19 +1039,11 @@ impl Store for PostgresStore {
     }
 
     fn delete_attempts(&self, before: WallTime, max: usize) -> Result<u64, StoreError> {
-        Ok(self.conn()?.execute(
-            "DELETE FROM outbox_attempts WHERE id IN (
-                 SELECT id FROM outbox_attempts WHERE at < $1 ORDER BY at LIMIT $2)",
-            &[&ms(before), &(max as i64)],
-        )?)
+        self.delete_oldest("outbox_attempts", "at", before, max)
     }
 
     fn delete_events(&self, before: WallTime, max: usize) -> Result<u64, StoreError> {
-        Ok(self.conn()?.execute(
-            "DELETE FROM monitoring_gaps WHERE id IN (
-                 SELECT id FROM monitoring_gaps WHERE to_at < $1 ORDER BY to_at LIMIT $2)",
-            &[&ms(before), &(max as i64)],
-        )?)
+        self.delete_oldest("monitoring_gaps", "to_at", before, max)
     }
 }
 

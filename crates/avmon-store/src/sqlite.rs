@@ -845,7 +845,8 @@ impl Store for SqliteStore {
         // The raw samples, then what retention folded in the same range.
         let queries = [
             (
-                "SELECT at_ms, media_t, name, value FROM metrics
+                // The same shape as the aggregates' rows: one sample, its value, its value.
+                "SELECT at_ms, media_t, name, value, 1, value FROM metrics
                  WHERE stream_id = ?1 AND at_ms >= ?2 AND at_ms <= ?3",
                 " ORDER BY at_ms, rowid",
             ),
@@ -859,16 +860,12 @@ impl Store for SqliteStore {
         let read = |(select, order): (&str, &str)| -> Result<Vec<_>, StoreError> {
             let mut stmt = conn.prepare_cached(&format!("{select}{names}{order}"))?;
             let rows = stmt.query_map(rusqlite::params_from_iter(args.iter()), |r| {
-                let folded = match r.as_ref().column_count() {
-                    6 => (r.get::<_, i64>(4)?, r.get::<_, f64>(5)?),
-                    _ => (1, 0.0),
-                };
                 Ok((
                     r.get::<_, i64>(0)?,
                     r.get::<_, f64>(1)?,
                     r.get::<_, String>(2)?,
                     r.get::<_, f64>(3)?,
-                    folded,
+                    (r.get::<_, i64>(4)?, r.get::<_, f64>(5)?),
                 ))
             })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
@@ -1072,29 +1069,29 @@ impl Store for SqliteStore {
         let span_ms = i64::from(to_s) * 1000;
         let bucket = |ms: i64| ms - ms.rem_euclid(span_ms);
         let before = to_ms(crate::retention::align_down(before, to_s));
-        // The source rows: `?1` the stream, `?2` and `?3` a time range, `?4` the source span.
-        let (table, time, fold) = match from_s {
+        // The source rows: `?1` the stream, `?2` and `?3` a time range, `?4` the source span;
+        // folded into `?5`-second buckets of `?6` ms.
+        let (table, time, span, folds) = match from_s {
             0 => (
                 "metrics",
                 "at_ms",
-                "SELECT stream_id, ?5, at_ms - (at_ms % ?6), MAX(media_t), name,
-                        COUNT(*), SUM(value), MAX(value)
-                 FROM metrics WHERE stream_id = ?1 AND at_ms >= ?2 AND at_ms < ?3 AND ?4 = 0
-                 GROUP BY at_ms - (at_ms % ?6), name",
+                "?4 = 0",
+                "COUNT(*), SUM(value), MAX(value)",
             ),
             _ => (
                 "metrics_agg",
                 "start_ms",
-                "SELECT stream_id, ?5, start_ms - (start_ms % ?6), MAX(media_t), name,
-                        SUM(n), SUM(v_sum), MAX(v_max)
-                 FROM metrics_agg
-                 WHERE stream_id = ?1 AND start_ms >= ?2 AND start_ms < ?3 AND span_s = ?4
-                 GROUP BY start_ms - (start_ms % ?6), name",
+                "span_s = ?4",
+                "SUM(n), SUM(v_sum), MAX(v_max)",
             ),
         };
         let source = format!(
-            "FROM {table} WHERE stream_id = ?1 AND {time} >= ?2 AND {time} < ?3 AND {}",
-            if from_s == 0 { "?4 = 0" } else { "span_s = ?4" }
+            "FROM {table} WHERE stream_id = ?1 AND {time} >= ?2 AND {time} < ?3 AND {span}"
+        );
+        let bucket_of = format!("{time} - ({time} % ?6)");
+        let fold = format!(
+            "SELECT stream_id, ?5, {bucket_of}, MAX(media_t), name, {folds} {source} \
+             GROUP BY {bucket_of}, name"
         );
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
