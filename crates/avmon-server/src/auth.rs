@@ -207,13 +207,13 @@ impl Failures {
     /// How long `addr` must wait before it is heard again, if it has failed too often.
     fn blocked(&self, addr: IpAddr, now: Instant) -> Option<Duration> {
         let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let times = map.get(&addr)?;
-        let recent: Vec<&Instant> = times
+        let mut recent = map
+            .get(&addr)?
             .iter()
-            .filter(|t| now.duration_since(**t) < FAILURE_WINDOW)
-            .collect();
-        (recent.len() >= MAX_FAILURES)
-            .then(|| FAILURE_WINDOW.saturating_sub(now.duration_since(*recent[0])))
+            .filter(|t| now.duration_since(**t) < FAILURE_WINDOW);
+        let first = *recent.next()?;
+        (1 + recent.count() >= MAX_FAILURES)
+            .then(|| FAILURE_WINDOW.saturating_sub(now.duration_since(first)))
     }
 
     fn record(&self, addr: IpAddr, now: Instant) {
