@@ -335,6 +335,84 @@ struct Job {
 pub struct Evidence {
     tx: Sender<Job>,
     thread: Option<std::thread::JoinHandle<()>>,
+    unwritten: Arc<Mutex<Unwritten>>,
+}
+
+/// Evidence files the disk did not take, kept to write again (see [`Unwritten`]).
+const MAX_UNWRITTEN_BYTES: usize = 64 << 20;
+
+/// How often evidence the disk did not take is tried again.
+const REWRITE_EVERY: Duration = Duration::from_secs(5);
+
+/// Evidence files that could not be written (a full disk), kept in memory up to
+/// [`MAX_UNWRITTEN_BYTES`] and written again every [`REWRITE_EVERY`]; beyond that the newest
+/// are dropped, and counted.
+#[derive(Default)]
+pub struct Unwritten {
+    files: Vec<(PathBuf, Vec<u8>)>,
+    bytes: usize,
+    /// Files given up on since the disk last took everything.
+    pub dropped: u64,
+    /// The last refusal, while anything waits or was dropped.
+    pub error: Option<String>,
+}
+
+impl Unwritten {
+    /// Files waiting.
+    pub fn waiting(&self) -> usize {
+        self.files.len()
+    }
+
+    fn write(&mut self, path: &Path, data: &[u8]) {
+        if !self.files.is_empty() {
+            self.keep(path, data, None);
+            return;
+        }
+        if let Err(e) = write_file(path, data) {
+            self.keep(path, data, Some(e));
+        }
+    }
+
+    fn keep(&mut self, path: &Path, data: &[u8], e: Option<std::io::Error>) {
+        if let Some(e) = e {
+            if self.error.is_none() {
+                tracing::error!(
+                    "writing evidence {}: {e}; evidence waits in memory (up to {} MiB) and is \
+                     written when the disk takes it",
+                    path.display(),
+                    MAX_UNWRITTEN_BYTES >> 20
+                );
+            }
+            self.error = Some(format!("writing evidence {}: {e}", path.display()));
+        }
+        if self.bytes + data.len() > MAX_UNWRITTEN_BYTES {
+            self.dropped += 1;
+            return;
+        }
+        self.bytes += data.len();
+        self.files.push((path.to_path_buf(), data.to_vec()));
+    }
+
+    /// Write what waits, in order, until the disk refuses again.
+    fn retry(&mut self) {
+        let mut done = 0;
+        for (path, data) in &self.files {
+            if let Err(e) = write_file(path, data) {
+                self.error = Some(format!("writing evidence {}: {e}", path.display()));
+                break;
+            }
+            self.bytes -= data.len();
+            done += 1;
+        }
+        self.files.drain(..done);
+        if self.files.is_empty() && self.error.take().is_some() {
+            tracing::warn!(
+                dropped = self.dropped,
+                "the disk takes evidence again: what waited is written"
+            );
+            self.dropped = 0;
+        }
+    }
 }
 
 impl Evidence {
@@ -344,13 +422,23 @@ impl Evidence {
             anyhow::anyhow!("evidence.dir: cannot create {}: {e}", cfg.dir.display())
         })?;
         let (tx, rx) = crossbeam_channel::unbounded();
+        let unwritten = Arc::new(Mutex::new(Unwritten::default()));
+        let kept = unwritten.clone();
         let thread = std::thread::Builder::new()
             .name("evidence".into())
-            .spawn(move || worker(rx, cfg))?;
+            .spawn(move || worker(rx, cfg, &kept))?;
         Ok(Evidence {
             tx,
             thread: Some(thread),
+            unwritten,
         })
+    }
+
+    /// Why evidence could not be written, while it waits or was dropped: the error, the files
+    /// waiting, the files dropped.
+    pub fn refused(&self) -> Option<(String, usize, u64)> {
+        let u = self.unwritten.lock().unwrap_or_else(|p| p.into_inner());
+        Some((u.error.clone()?, u.waiting(), u.dropped))
     }
 
     /// An alert was raised whose onset is `behind` seconds of media before now: keep its evidence.
@@ -375,7 +463,8 @@ impl Evidence {
     }
 }
 
-fn worker(rx: Receiver<Job>, cfg: EvidenceConfig) {
+fn worker(rx: Receiver<Job>, cfg: EvidenceConfig, unwritten: &Mutex<Unwritten>) {
+    let lock = || unwritten.lock().unwrap_or_else(|p| p.into_inner());
     let pre = Duration::from_secs_f64(cfg.pre_s);
     let post = Duration::from_secs_f64(cfg.post_s);
     let mut pending: Vec<(Instant, Job)> = Vec::new();
@@ -386,10 +475,14 @@ fn worker(rx: Receiver<Job>, cfg: EvidenceConfig) {
         let wait = next_due
             .map(|d| d.saturating_duration_since(Instant::now()))
             .unwrap_or(Duration::from_secs(60))
-            .min(Duration::from_secs(60));
+            .min(if lock().error.is_some() {
+                REWRITE_EVERY
+            } else {
+                Duration::from_secs(60)
+            });
         let closed = match rx.recv_timeout(wait) {
             Ok(job) => {
-                snapshot(&cfg.dir, &job);
+                snapshot(&cfg.dir, &job, &mut lock());
                 if wants_clip(&job.alert.kind) && job.sources.ring.is_some() {
                     pending.push((job.onset + post, job));
                 }
@@ -402,13 +495,19 @@ fn worker(rx: Receiver<Job>, cfg: EvidenceConfig) {
         let mut wrote = false;
         pending.retain(|(due, job)| {
             if closed || *due <= now {
-                clip(&cfg.dir, job, pre, post, &mut last_clip);
+                clip(&cfg.dir, job, pre, post, &mut last_clip, &mut lock());
                 wrote = true;
                 false
             } else {
                 true
             }
         });
+        {
+            let mut u = lock();
+            if u.error.is_some() {
+                u.retry();
+            }
+        }
         if wrote || last_prune.elapsed() >= Duration::from_secs(60) {
             last_prune = Instant::now();
             prune(&cfg);
@@ -419,16 +518,18 @@ fn worker(rx: Receiver<Job>, cfg: EvidenceConfig) {
     }
 }
 
-fn write_file(path: &Path, data: &[u8]) {
+fn write_file(path: &Path, data: &[u8]) -> std::io::Result<()> {
     // Written aside and renamed: a reader never sees half a file.
     let tmp = path.with_extension("part");
     let res = std::fs::write(&tmp, data).and_then(|()| std::fs::rename(&tmp, path));
-    if let Err(e) = res {
-        tracing::error!("writing evidence {}: {e}", path.display());
+    if res.is_err() {
+        // Half a file on a full disk holds space that the rest needs.
+        let _ = std::fs::remove_file(&tmp);
     }
+    res
 }
 
-fn snapshot(dir: &Path, job: &Job) {
+fn snapshot(dir: &Path, job: &Job, out: &mut Unwritten) {
     let Some(id) = safe_id(&job.alert.id) else {
         return;
     };
@@ -450,7 +551,7 @@ fn snapshot(dir: &Path, job: &Job) {
         picture.outline(&boxes);
     }
     match avmon_media::encode_jpeg(&picture) {
-        Ok(jpeg) => write_file(&dir.join(format!("{id}.jpg")), &jpeg),
+        Ok(jpeg) => out.write(&dir.join(format!("{id}.jpg")), &jpeg),
         Err(e) => tracing::warn!(alert = %job.alert.id, "snapshot: {e}"),
     }
 }
@@ -462,7 +563,14 @@ type LastClip = Option<(String, Instant, PathBuf)>;
 /// damage raises `video.corruption` and several `transport.*` alerts at once.
 const SAME_CLIP: Duration = Duration::from_secs(1);
 
-fn clip(dir: &Path, job: &Job, pre: Duration, post: Duration, last: &mut LastClip) {
+fn clip(
+    dir: &Path,
+    job: &Job,
+    pre: Duration,
+    post: Duration,
+    last: &mut LastClip,
+    out: &mut Unwritten,
+) {
     let (Some(id), Some(ring)) = (safe_id(&job.alert.id), job.sources.ring.as_ref()) else {
         return;
     };
@@ -482,7 +590,7 @@ fn clip(dir: &Path, job: &Job, pre: Duration, post: Duration, last: &mut LastCli
         tracing::warn!(alert = %job.alert.id, "clip: no transport-stream bytes around the onset");
         return;
     }
-    write_file(&path, &bytes);
+    out.write(&path, &bytes);
     *last = Some((job.alert.stream_id.as_str().to_string(), job.onset, path));
 }
 
@@ -604,13 +712,22 @@ mod tests {
                 .unwrap()
                 .ino()
         };
-        clip(dir.path(), &job("a", "s1", t0), pre, post, &mut last);
+        let mut out = Unwritten::default();
+        clip(
+            dir.path(),
+            &job("a", "s1", t0),
+            pre,
+            post,
+            &mut last,
+            &mut out,
+        );
         clip(
             dir.path(),
             &job("b", "s1", t0 + Duration::from_millis(300)),
             pre,
             post,
             &mut last,
+            &mut out,
         );
         clip(
             dir.path(),
@@ -618,6 +735,7 @@ mod tests {
             pre,
             post,
             &mut last,
+            &mut out,
         );
         assert_eq!(ino("a"), ino("b"), "one burst, one file");
         assert_ne!(ino("a"), ino("c"), "another stream's clip is its own");

@@ -150,8 +150,10 @@ impl FencedWriter {
             let mut outcome = self.write(item, notifiers);
             if let Outcome::Away(e) = &outcome {
                 // The database answers, yet refused this write: once more, and if it is
-                // refused again it would never pass, and must not hold up the rest.
-                if self.coordinator.store().schema_version().is_ok() {
+                // refused again it would never pass, and must not hold up the rest. Unless its
+                // disk is full: that passes once space returns.
+                let full = matches!(e, StoreError::Storage(_));
+                if !full && self.coordinator.store().schema_version().is_ok() {
                     outcome = match self.write(item, notifiers) {
                         Outcome::Away(again) => {
                             tracing::error!("a write the database refuses is dropped: {again}");

@@ -14,8 +14,11 @@ use avmon_store::{MetricsSample, Store, StreamRecord};
 use crossbeam_channel::RecvTimeoutError;
 
 use crate::fenced::FencedWriter;
+use crate::storage::StorageWatch;
+use avmon_store::spill::SpillStore;
 use chrono::Utc;
 use crossbeam_channel::Receiver;
+use std::time::Instant;
 
 use crate::evidence::{self, Evidence};
 use crate::stream::StreamShared;
@@ -65,6 +68,45 @@ pub(crate) struct HubOutputs {
     /// In a cluster: writes are fenced by the streams' lease epochs and kept while the
     /// database is away, and alert events are told to the other nodes' consoles.
     pub(crate) cluster: Option<FencedWriter>,
+    /// Standalone: the store, whose writes wait in memory while its disk is full; retried
+    /// every second, and watched with evidence for `monitor.storage`.
+    pub(crate) spill: Option<Arc<SpillStore>>,
+}
+
+impl HubOutputs {
+    /// Print an alert event if asked to, and tell the console.
+    fn announce(&self, ev: &AlertEvent) {
+        if self.print {
+            print_alert(ev);
+        }
+        let transition = ev.transition.as_str();
+        let _ = self.events.send(LiveEvent::new(
+            "alert",
+            &serde_json::json!({"transition": transition, "alert": ev.alert}),
+        ));
+    }
+}
+
+/// Store an alert event, mark it if suppressed, and hand it to the notifiers unless it is.
+fn store_and_notify(
+    store: &dyn Store,
+    notifiers: &[Arc<dyn Notifier>],
+    ev: &AlertEvent,
+    suppressed: Option<avmon_core::Suppressed>,
+) {
+    if let Err(e) = store.record_alert(ev) {
+        tracing::error!("storing alert {}: {e}", ev.alert.id);
+    }
+    if let (Some(why), Transition::Raised) = (suppressed, ev.transition) {
+        if let Err(e) = store.mark_alert(&ev.alert.id, why) {
+            tracing::error!("marking alert {}: {e}", ev.alert.id);
+        }
+    }
+    if suppressed.is_none() {
+        for n in notifiers {
+            n.notify(ev);
+        }
+    }
 }
 
 /// The payload of an alert event told to the other nodes on [`EVENTS_CHANNEL`]: the live
@@ -85,14 +127,14 @@ pub(crate) fn hub_thread(
     rx: Receiver<HubMsg>,
     store: Arc<dyn Store>,
     notifiers: Vec<Arc<dyn Notifier>>,
-    out: HubOutputs,
+    mut out: HubOutputs,
     suppression: Arc<Suppression>,
 ) {
     // Metrics arrive from every stream at once each interval: a burst of them (everything
     // waiting, up to METRICS_BATCH) is written in one batch; any other message first writes
     // what was gathered before it, so the store sees messages in order.
     let mut metrics: Vec<(MetricsSample, Option<i64>)> = Vec::new();
-    let mut cluster = out.cluster;
+    let mut cluster = out.cluster.take();
     let flush = |metrics: &mut Vec<(MetricsSample, Option<i64>)>,
                  cluster: &mut Option<FencedWriter>| {
         if metrics.is_empty() {
@@ -115,19 +157,27 @@ pub(crate) fn hub_thread(
             }
         }
     };
+    let mut watch = StorageWatch::new();
+    let mut looked = Instant::now();
     loop {
-        // In a cluster, a backlog waiting for the database is retried every second.
-        let first = match &cluster {
-            Some(w) if w.waiting() > 0 => match rx.recv_timeout(Duration::from_secs(1)) {
-                Ok(m) => Some(m),
-                Err(RecvTimeoutError::Timeout) => None,
-                Err(RecvTimeoutError::Disconnected) => break,
-            },
-            _ => match rx.recv() {
-                Ok(m) => Some(m),
-                Err(_) => break,
-            },
+        // Every second: a backlog waiting for the database is retried, and the disk's state
+        // looked at.
+        let first = match rx.recv_timeout(Duration::from_secs(1)) {
+            Ok(m) => Some(m),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => break,
         };
+        if looked.elapsed() >= Duration::from_secs(1) {
+            looked = Instant::now();
+            if let Some(spill) = &out.spill {
+                spill.retry();
+            }
+            if let Some(ev) = watch.tick(out.spill.as_deref(), out.evidence.as_ref()) {
+                out.announce(&ev);
+                let suppressed = suppression.on_event(&ev, Utc::now());
+                store_and_notify(store.as_ref(), &notifiers, &ev, suppressed);
+            }
+        }
         if let Some(w) = cluster.as_mut() {
             w.retry(&notifiers);
         }
@@ -138,14 +188,7 @@ pub(crate) fn hub_thread(
             }
             match msg {
                 HubMsg::Alert(shared, ev) => {
-                    if out.print {
-                        print_alert(&ev);
-                    }
-                    let transition = ev.transition.as_str();
-                    let _ = out.events.send(LiveEvent::new(
-                        "alert",
-                        &serde_json::json!({"transition": transition, "alert": ev.alert}),
-                    ));
+                    out.announce(&ev);
                     if let (Transition::Raised, Some(evidence)) = (ev.transition, &out.evidence) {
                         // How far behind the stream's latest media the onset is, in seconds.
                         let media_t = shared.live.lock().map(|l| l.media_t).unwrap_or(0.0);
@@ -171,21 +214,7 @@ pub(crate) fn hub_thread(
                         (Some(w), Some(epoch)) => {
                             w.alert(shared, ev, epoch, suppressed, &notifiers);
                         }
-                        _ => {
-                            if let Err(e) = store.record_alert(&ev) {
-                                tracing::error!("storing alert {}: {e}", ev.alert.id);
-                            }
-                            if let (Some(why), Transition::Raised) = (suppressed, ev.transition) {
-                                if let Err(e) = store.mark_alert(&ev.alert.id, why) {
-                                    tracing::error!("marking alert {}: {e}", ev.alert.id);
-                                }
-                            }
-                            if suppressed.is_none() {
-                                for n in &notifiers {
-                                    n.notify(&ev);
-                                }
-                            }
-                        }
+                        _ => store_and_notify(store.as_ref(), &notifiers, &ev, suppressed),
                     }
                 }
                 HubMsg::Metrics(m, epoch) => {
@@ -229,6 +258,22 @@ pub(crate) fn hub_thread(
     }
     if let Some(e) = out.evidence {
         e.finish();
+    }
+    // Shutting down with writes the disk did not take: a last few tries.
+    if let Some(spill) = &out.spill {
+        let until = std::time::Instant::now() + SHUTDOWN_WAIT;
+        while !spill.retry() && std::time::Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        if let Some(s) = spill.spilled() {
+            tracing::error!(
+                alerts = s.alerts,
+                notifications = s.notifications,
+                samples = s.samples,
+                "exiting with results the disk did not take ({}): they are lost",
+                s.error
+            );
+        }
     }
 }
 
@@ -277,6 +322,7 @@ mod tests {
             events,
             evidence: None,
             cluster: None,
+            spill: None,
         };
         let suppression = Arc::new(Suppression::new(Vec::new(), Vec::new()));
         hub_thread(rx, store.clone(), Vec::new(), out, suppression);

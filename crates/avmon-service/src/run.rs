@@ -12,6 +12,7 @@ use avmon_core::sched::{Scheduler, DEFAULT_QUANTUM};
 use avmon_notify::{Claim, Notifier, OutboxNotifier};
 use avmon_server::Monitor;
 use avmon_store::cluster::{Coordinator, NodeInfo};
+use avmon_store::spill::SpillStore;
 use avmon_store::Store;
 
 use crate::config::Config;
@@ -73,16 +74,20 @@ pub fn run(cfg: Config, opts: Options) -> Result<()> {
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
     let addr: SocketAddr = listener.local_addr().unwrap_or(cfg.listen);
     let scheme = if cfg.tls.is_some() { "https" } else { "http" };
+    let mut spill = None;
     let (store, cluster): (Arc<dyn Store>, Option<Arc<ClusterNode>>) = match &cfg.cluster {
-        None => (
-            Arc::from(avmon_store::open(&cfg.store.url).with_context(|| {
+        None => {
+            let opened = avmon_store::open(&cfg.store.url).with_context(|| {
                 format!(
                     "opening the store {}",
                     avmon_store::redact_url(&cfg.store.url)
                 )
-            })?),
-            None,
-        ),
+            })?;
+            // Monitoring's writes wait in memory while the disk is full (monitor.storage).
+            let spilling = Arc::new(SpillStore::new(Arc::from(opened)));
+            spill = Some(spilling.clone());
+            (spilling, None)
+        }
         Some(c) => {
             let coordinator = Coordinator::open(&cfg.store.url).with_context(|| {
                 format!(
@@ -164,6 +169,7 @@ pub fn run(cfg: Config, opts: Options) -> Result<()> {
             cluster: cluster
                 .as_ref()
                 .map(|c| FencedWriter::new(c.coordinator.clone(), c.node.name.clone())),
+            spill,
         };
         std::thread::Builder::new()
             .name("hub".into())

@@ -53,6 +53,7 @@ pub mod cluster;
 mod common;
 pub mod postgres;
 pub mod retention;
+pub mod spill;
 pub mod sqlite;
 
 pub use cluster::Coordinator;
@@ -238,6 +239,10 @@ pub enum StoreError {
     /// A query failed.
     #[error("database error: {0}")]
     Database(String),
+    /// The database could not write to its disk: the disk is full, or failing. A write refused
+    /// so may pass once space returns ([`spill::SpillStore`] keeps it until then).
+    #[error("the database cannot write to its disk: {0}")]
+    Storage(String),
     /// A stored row could not be decoded (edited by hand, or a bug).
     #[error("corrupt row in {table}: {reason}")]
     Corrupt { table: &'static str, reason: String },

@@ -343,7 +343,10 @@ fn describe(e: &postgres::Error) -> String {
 
 impl From<postgres::Error> for StoreError {
     fn from(e: postgres::Error) -> Self {
-        if e.as_db_error().is_some() {
+        use postgres::error::SqlState;
+        if e.code() == Some(&SqlState::DISK_FULL) || e.code() == Some(&SqlState::IO_ERROR) {
+            StoreError::Storage(describe(&e))
+        } else if e.as_db_error().is_some() {
             StoreError::Database(describe(&e))
         } else {
             StoreError::Database(format!("PostgreSQL connection failed: {}", describe(&e)))

@@ -313,6 +313,18 @@ impl SqliteStore {
         Ok(user_version(&self.conn())?)
     }
 
+    /// Make the database as full as a full disk makes it: no page beyond the `pages` it has
+    /// (`None`: as many as SQLite allows). Writes that need another page then fail as on a full
+    /// disk ([`StoreError::Storage`]). For tests; returns the pages it has now.
+    #[doc(hidden)]
+    pub fn limit_pages(&self, pages: Option<i64>) -> Result<i64, StoreError> {
+        let conn = self.conn();
+        let now: i64 = conn.pragma_query_value(None, "page_count", |r| r.get(0))?;
+        let max = pages.map_or(4_294_967_294, |p| p.max(now));
+        conn.pragma_update(None, "max_page_count", max)?;
+        Ok(now)
+    }
+
     fn conn(&self) -> MutexGuard<'_, Connection> {
         // A panic while holding the lock cannot leave the connection itself inconsistent (an
         // unfinished transaction rolls back when dropped), so a poisoned lock is still usable.
@@ -378,7 +390,13 @@ fn migrate(conn: &mut Connection, migrations: &[&str]) -> Result<usize, StoreErr
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
-        StoreError::Database(e.to_string())
+        use rusqlite::ErrorCode::{DiskFull, SystemIoFailure};
+        match e.sqlite_error_code() {
+            // SQLite reports a write that found no space (ENOSPC) as SQLITE_FULL, and one the
+            // disk failed as SQLITE_IOERR.
+            Some(DiskFull | SystemIoFailure) => StoreError::Storage(e.to_string()),
+            _ => StoreError::Database(e.to_string()),
+        }
     }
 }
 

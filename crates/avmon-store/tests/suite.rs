@@ -1247,3 +1247,129 @@ fn postgres_keeps_what_retention_says() {
         .collect();
     assert_eq!(left, ["recent"]);
 }
+
+/// A full database (SQLite at its page limit: the writes that need space fail as on a full
+/// disk): monitoring's writes wait in memory, notifications are still handed out and their
+/// deliveries remembered, and everything is written, in order, once there is space again.
+#[test]
+fn a_full_disk_keeps_results_and_notifications_until_space_returns() {
+    use avmon_store::spill::SpillStore;
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = std::sync::Arc::new(SqliteStore::open(dir.path().join("a.db")).unwrap());
+    let store = SpillStore::new(sqlite.clone());
+    let early = raised("a0", "s1", "video.black", 0);
+    store.record_alert(&ev(Transition::Raised, &early)).unwrap();
+    let first = store
+        .outbox_add(&entry("hook", "a0", "raised", 0))
+        .unwrap()
+        .unwrap();
+    assert!(first > 0 && store.spilled().is_none());
+
+    sqlite.limit_pages(Some(0)).unwrap();
+    // The pages it has have some room left: write until a write needs another page.
+    let mut written = Vec::new();
+    for i in 0..5_000 {
+        let s = sample(
+            "s1",
+            1_000 + i,
+            i as f64,
+            &[("frames", i as f64), ("bytes", 1e6)],
+        );
+        store.record_metrics(&s).unwrap();
+        written.push(s);
+        if store.spilled().is_some() {
+            break;
+        }
+    }
+    let spilled = store.spilled().expect("the full database refused a write");
+    assert!(spilled.error.contains("full"), "{}", spilled.error);
+    // Monitoring goes on: an alert, its notification, a delivery of an older one.
+    let late = raised("a1", "s1", "audio.silence", 10_000);
+    store.record_alert(&ev(Transition::Raised, &late)).unwrap();
+    let mem = store
+        .outbox_add(&entry("hook", "a1", "raised", 10_000))
+        .unwrap()
+        .expect("queued in memory");
+    assert_eq!(
+        store
+            .outbox_add(&entry("hook", "a1", "raised", 10_000))
+            .unwrap(),
+        None,
+        "a replay of a waiting key"
+    );
+    let pending: Vec<i64> = store
+        .outbox_pending("hook", 10)
+        .unwrap()
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(
+        pending,
+        [first, mem],
+        "the database's row first, then memory's"
+    );
+    assert!(store.outbox_has_alert("hook", "a1").unwrap());
+    let delivered = AttemptOutcome::Delivered { group_key: None };
+    let detail = json!({"status": 200});
+    store
+        .outbox_attempt(&[first], "hook", &delivered, &detail, at(11_000))
+        .unwrap();
+    store
+        .outbox_attempt(
+            &[mem],
+            "hook",
+            &AttemptOutcome::Retry,
+            &json!({"status": 503}),
+            at(11_500),
+        )
+        .unwrap();
+    let pending = store.outbox_pending("hook", 10).unwrap();
+    assert_eq!(
+        pending.len(),
+        1,
+        "the delivered row is not handed out again"
+    );
+    assert_eq!((pending[0].id, pending[0].attempts), (mem, 1));
+    store
+        .outbox_attempt(&[mem], "hook", &delivered, &detail, at(12_000))
+        .unwrap();
+    assert!(store.outbox_pending("hook", 10).unwrap().is_empty());
+    assert_eq!(
+        store.outbox_counts("hook").unwrap(),
+        OutboxCounts {
+            pending: 0,
+            delivered: 2,
+            failed: 0
+        }
+    );
+    // Nothing of it reached the database, and it still cannot write.
+    assert_eq!(sqlite.outbox_counts("hook").unwrap().pending, 1);
+    assert!(sqlite.alert("a1").unwrap().is_none());
+    assert!(!store.retry());
+
+    sqlite.limit_pages(None).unwrap();
+    assert!(
+        store.retry(),
+        "everything waiting is written once there is space"
+    );
+    assert!(store.spilled().is_none());
+    assert_eq!(
+        sqlite.alert("a1").unwrap().map(|r| r.alert.kind),
+        Some("audio.silence".to_string())
+    );
+    let rows = sqlite.outbox_rows("hook").unwrap();
+    let summary: Vec<(&str, OutboxStatus, u32)> = rows
+        .iter()
+        .map(|r| (r.entry.alert_id.as_str(), r.status, r.attempts))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("a0", OutboxStatus::Delivered, 1),
+            ("a1", OutboxStatus::Delivered, 2)
+        ]
+    );
+    assert_eq!(sqlite.outbox_attempts("hook").unwrap().len(), 3);
+    let stored = sqlite.metrics(&sid("s1"), None).unwrap();
+    assert_eq!(stored, written, "every sample, in order");
+}

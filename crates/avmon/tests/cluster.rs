@@ -559,13 +559,7 @@ fn a_database_outage_loses_nothing_and_moves_nothing() {
         });
     }
     std::thread::sleep(Duration::from_secs(2));
-    let bodies = got.lock().unwrap().clone();
-    let mut keys: BTreeMap<String, usize> = BTreeMap::new();
-    for b in &bodies {
-        *keys
-            .entry(b["idempotency_key"].as_str().unwrap().to_string())
-            .or_default() += 1;
-    }
+    let keys = keys_received(&got);
     assert!(
         keys.values().all(|n| *n == 1),
         "delivered more than once: {keys:?}"

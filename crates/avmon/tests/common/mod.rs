@@ -202,12 +202,7 @@ pub fn start_service_on(
     );
     let http = reqwest::blocking::Client::new();
     let base = format!("http://127.0.0.1:{api}");
-    wait_for("the API", Duration::from_secs(20), || {
-        http.get(format!("{base}/healthz"))
-            .send()
-            .ok()
-            .filter(|r| r.status().is_success())
-    });
+    wait_api(&http, &base);
     (service, http, base)
 }
 
@@ -248,6 +243,27 @@ pub fn receiver(rt: &tokio::runtime::Runtime) -> (String, Received) {
     let url = format!("http://{}/hook", listener.local_addr().unwrap());
     rt.spawn(async move { axum::serve(listener, app).await });
     (url, got)
+}
+
+/// How many times each idempotency key came, of the webhook bodies `got`.
+pub fn keys_received(got: &Received) -> std::collections::BTreeMap<String, usize> {
+    let mut keys = std::collections::BTreeMap::new();
+    for b in got.lock().unwrap().iter() {
+        *keys
+            .entry(b["idempotency_key"].as_str().unwrap().to_string())
+            .or_default() += 1;
+    }
+    keys
+}
+
+/// Wait until the API at `base` answers `/healthz`.
+pub fn wait_api(http: &reqwest::blocking::Client, base: &str) {
+    wait_for("the API", Duration::from_secs(20), || {
+        http.get(format!("{base}/healthz"))
+            .send()
+            .ok()
+            .filter(|r| r.status().is_success())
+    });
 }
 
 /// `avmon run` on a config file of `text` (written as `avmon.toml` in `dir`), which must refuse
