@@ -20,6 +20,8 @@ mod alert;
 mod detector;
 mod frame;
 mod manage;
+#[doc(hidden)]
+pub mod mutate;
 pub mod sched;
 mod stream;
 mod tier;
