@@ -31,7 +31,7 @@ fn every_body_is_taken_or_refused_with_a_reason() {
     ];
     let mut answers = std::collections::BTreeMap::<u16, usize>::new();
     let mut i = 0;
-    mutate::run(&seeds, 50_000, |input| {
+    let n = mutate::run(&seeds, 50_000, |input| {
         let (method, uri) = &endpoints[i % endpoints.len()];
         i += 1;
         let req = Request::builder()
@@ -60,6 +60,7 @@ fn every_body_is_taken_or_refused_with_a_reason() {
             );
         }
     });
+    eprintln!("API bodies: {n} requests, answers by status {answers:?}");
     assert!(
         answers.contains_key(&400) && answers.keys().any(|s| *s < 300),
         "both taken and refused bodies: {answers:?}"

@@ -157,7 +157,7 @@ pub(crate) fn hub_thread(
             }
         }
     };
-    let mut watch = StorageWatch::new();
+    let mut watch = StorageWatch::new(store.as_ref());
     let mut looked = Instant::now();
     loop {
         // Every second: a backlog waiting for the database is retried, and the disk's state

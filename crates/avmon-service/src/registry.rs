@@ -10,11 +10,11 @@ use std::time::Duration;
 use anyhow::Result;
 use avmon_alert::Suppression;
 use avmon_core::sched::Scheduler;
-use avmon_core::{round_ms, TierControl};
+use avmon_core::{round_ms, StreamId, TierControl};
 use avmon_media::Pictures;
 use avmon_notify::Notifier;
 use avmon_server::{ApiError, LiveEvent, StreamState, StreamStatus};
-use avmon_store::Store;
+use avmon_store::{AlertQuery, MetricsQuery, Store};
 use chrono::Utc;
 use crossbeam_channel::Sender;
 
@@ -56,10 +56,47 @@ pub(crate) const PICTURE_INTERVAL_S: f64 = 1.0;
 pub(crate) const PICTURES_KEPT: usize = 12;
 
 impl Service {
-    /// Start monitoring a stream on this host alone (its record is written to the store).
+    /// Start monitoring a stream on this host alone (its record is written to the store). Alerts
+    /// of it that the store holds as still raised (left by a process that was killed) are
+    /// continued, as a cluster node continues a stream it takes over: each is cleared unless its
+    /// defect is found again within [`crate::alerts::CARRY_GRACE_S`].
     pub(crate) fn start_stream(&self, cfg: StreamConfig) -> Arc<StreamShared> {
         let _ = self.hub.send(HubMsg::Upsert(crate::cluster::record(&cfg)));
-        self.start_held(cfg, None, None)
+        let resume = self.resume_of(&StreamId(cfg.id.clone()));
+        self.start_held(cfg, None, resume)
+    }
+
+    /// A stream's alerts still raised in the store, and its media time now by its last sample.
+    fn resume_of(&self, id: &StreamId) -> Option<Resume> {
+        let q = AlertQuery {
+            stream: Some(id.clone()),
+            active_only: true,
+            ..AlertQuery::default()
+        };
+        let alerts = match self.store.alerts(&q) {
+            Ok(a) if !a.is_empty() => a,
+            Ok(_) => return None,
+            Err(e) => {
+                tracing::warn!(stream = %id, "reading the stream's open alerts: {e}");
+                return None;
+            }
+        };
+        let last = MetricsQuery {
+            limit: 1,
+            ..MetricsQuery::default()
+        };
+        let now = chrono::Utc::now();
+        let media_t = match self
+            .store
+            .metrics_range(id, &last)
+            .ok()
+            .and_then(|m| m.into_iter().last())
+        {
+            Some(m) => m.media_t + (now - m.at).num_milliseconds().max(0) as f64 / 1000.0,
+            None => alerts.iter().map(|a| a.start_s).fold(0.0, f64::max),
+        };
+        tracing::info!(stream = %id, alerts = alerts.len(), "continuing alerts left open by the last run");
+        Some(Resume { alerts, media_t })
     }
 
     /// Start monitoring a stream: in a cluster, one this node holds under `epoch` (its record

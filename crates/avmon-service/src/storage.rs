@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use avmon_core::{Alert, AlertEvent, AlertState, Details, Severity, StreamId, Transition};
 use avmon_store::spill::SpillStore;
+use avmon_store::{AlertQuery, Store};
 use chrono::Utc;
 use serde_json::json;
 
@@ -30,10 +31,19 @@ pub(crate) struct StorageWatch {
 }
 
 impl StorageWatch {
-    pub(crate) fn new() -> Self {
+    /// A watch that takes over a `monitor.storage` alert the store holds as still raised (left
+    /// by a process that was killed): cleared at the first look if the disk takes writes now.
+    pub(crate) fn new(store: &dyn Store) -> Self {
+        let q = AlertQuery {
+            stream: Some(StreamId(SELF_STREAM.into())),
+            active_only: true,
+            kinds: vec![KIND.into()],
+            ..AlertQuery::default()
+        };
+        let open = store.alerts(&q).ok().and_then(|a| a.into_iter().next());
         StorageWatch {
             start: Instant::now(),
-            open: None,
+            open,
             told: 0,
         }
     }
@@ -113,7 +123,7 @@ impl StorageWatch {
             (Some(_), true) => {
                 let mut alert = self.open.take()?;
                 alert.state = AlertState::Cleared;
-                alert.end_s = Some(media_t);
+                alert.end_s = Some(media_t.max(alert.start_s));
                 alert.cleared_at = Some(Utc::now());
                 tracing::warn!("{KIND} cleared: everything that waited is written");
                 Some(AlertEvent {

@@ -34,6 +34,7 @@ fn config_files_parse_or_say_why() {
             }
         }
     });
+    eprintln!("config files: {n} inputs, {ok} taken, {refused} refused");
     assert_eq!(ok + refused, n);
     assert!(
         ok >= seeds.len() / 2,
@@ -52,7 +53,7 @@ fn stream_specs_parse_or_say_why() {
         .map(String::from)
         .to_vec();
     let (mut ok, mut refused, mut not_json) = (0, 0, 0);
-    mutate::run(&seeds, 100_000, |input| {
+    let n = mutate::run(&seeds, 100_000, |input| {
         let Ok(value) = serde_json::from_slice::<serde_json::Value>(input) else {
             not_json += 1;
             return;
@@ -68,6 +69,7 @@ fn stream_specs_parse_or_say_why() {
             }
         }
     });
+    eprintln!("stream specs: {n} inputs, {ok} taken, {refused} refused, {not_json} not JSON");
     assert!(
         ok > 0 && refused > 0 && not_json > 0,
         "{ok} {refused} {not_json}"

@@ -83,6 +83,8 @@ struct State {
     /// Memory rows since written: their ids in the database (`None`: the database had the key).
     written: HashMap<i64, Option<i64>>,
     since: Option<WallTime>,
+    /// The same moment on the monotonic clock (the wall clock may be stepped meanwhile).
+    since_mono: Option<Instant>,
     error: String,
     next_retry: Option<Instant>,
 }
@@ -104,6 +106,7 @@ impl State {
     fn push(&mut self, op: Op, why: &StoreError) {
         if self.since.is_none() {
             self.since = Some(Utc::now());
+            self.since_mono = Some(Instant::now());
             tracing::error!(
                 "{why}: results and notifications wait in memory, in order, and are written \
                  when it can write again"
@@ -257,8 +260,11 @@ impl SpillStore {
                 st.samples -= m.len();
             }
         }
-        if let Some(since) = st.since.take() {
-            let away = (Utc::now() - since).num_milliseconds() as f64 / 1000.0;
+        if st.since.take().is_some() {
+            let away = st
+                .since_mono
+                .take()
+                .map_or(0.0, |t| t.elapsed().as_secs_f64());
             tracing::warn!(
                 away_s = away,
                 dropped_samples = st.dropped_samples,
