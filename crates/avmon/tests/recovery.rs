@@ -5,6 +5,7 @@
 mod common;
 
 use common::*;
+use std::time::Duration;
 
 fn frames(report: &serde_json::Value, kind: &str) -> f64 {
     report["summary"][kind]["frames"].as_f64().unwrap()
@@ -60,4 +61,53 @@ fn garbage_then_new_pids_are_followed_and_judged() {
         "{}",
         r["summary"]["transport"]
     );
+}
+
+/// A standalone service killed with an alert raised: restarted on the same store, it continues
+/// that alert (same id, still raised) while the defect lasts, and raises no second one; the
+/// store never holds the first one open for ever.
+#[test]
+fn a_killed_service_continues_its_open_alerts_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let udp = free_udp_port();
+    let stream = format!("[[streams]]\nid = \"s\"\nurl = \"udp://127.0.0.1:{udp}\"\n");
+    let _source = synth_live(udp, 120, &["black@0-120"]);
+    let black_of = |http: &reqwest::blocking::Client, base: &str| -> Option<String> {
+        let s: serde_json::Value = http
+            .get(format!("{base}/api/streams/s"))
+            .send()
+            .ok()?
+            .json()
+            .ok()?;
+        s["active_alerts"]
+            .as_array()?
+            .iter()
+            .find(|a| a["kind"] == "video.black")
+            .and_then(|a| a["id"].as_str().map(String::from))
+    };
+    let first = {
+        let (service, http, base) = start_service(dir.path(), &stream);
+        let id = wait_for("video.black raised", Duration::from_secs(30), || {
+            black_of(&http, &base)
+        });
+        drop(service); // SIGKILL: nothing is cleared on the way out
+        id
+    };
+    let (_service, http, base) = start_service(dir.path(), &stream);
+    // Long enough for a new raise (black confirms in 2 s), well inside the 45 s grace.
+    std::thread::sleep(Duration::from_secs(8));
+    assert_eq!(
+        black_of(&http, &base).as_deref(),
+        Some(first.as_str()),
+        "the same alert goes on"
+    );
+    let stored: Vec<serde_json::Value> = http
+        .get(format!("{base}/api/alerts"))
+        .query(&[("stream", "s"), ("kind", "video.black")])
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let ids: Vec<&str> = stored.iter().filter_map(|a| a["id"].as_str()).collect();
+    assert_eq!(ids, [first.as_str()], "one video.black alert in the store");
 }
