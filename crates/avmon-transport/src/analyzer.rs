@@ -1,7 +1,7 @@
 //! The analyser: bytes in, TR 101 290 counters and events out.
 //!
 //! Each check below cites its row of ETSI TR 101 290 §5.2 (Table 5.0a, priority 1: 1.1–1.6;
-//! Table 5.0b, priority 2: 2.1–2.5) and, where the TR leaves it to the systems layer, the
+//! Table 5.0b, priority 2: 2.1–2.6, but 2.4 PCR_accuracy) and, where the TR leaves it to the systems layer, the
 //! clause of ISO/IEC 13818-1 it follows.
 
 use serde::Deserialize;
@@ -198,6 +198,8 @@ struct PidState {
     es: Option<Watch>,
     /// An audio or video elementary stream, whose PTS repetition 2.5 checks.
     av: bool,
+    /// 2.6: this PID's scrambled packets were counted as arriving without a CAT.
+    scrambled_told: bool,
 }
 
 impl PidState {
@@ -217,6 +219,7 @@ impl PidState {
             pmt: None,
             es: None,
             av: false,
+            scrambled_told: false,
         }
     }
 }
@@ -289,6 +292,8 @@ struct State {
     now: f64,
     pat: Pat,
     programs: Vec<Program>,
+    /// 2.6: a CAT (a section with table_id 0x01 on PID 0x0001, its CRC correct) was received.
+    cat_seen: bool,
     /// No watch can fire before this time (a lower bound, so scans stay rare).
     next_deadline: f64,
     /// Sync was (re)acquired: watches restart from the next packet.
@@ -322,6 +327,7 @@ impl Analyzer {
                 now: 0.0,
                 pat: Pat::default(),
                 programs: Vec::new(),
+                cat_seen: false,
                 next_deadline: f64::NEG_INFINITY,
                 resync: true,
             },
@@ -619,6 +625,13 @@ impl State {
         let i = self.index(h.pid);
 
         if h.scrambling != 0 {
+            // 2.6 CAT_error: "Packets with transport_scrambling_control not 00 present, but no
+            // section with table_id = 0x01 (i.e. a CAT) present". Once per scrambled PID until
+            // a CAT comes: a scrambled service is thousands of packets a second.
+            if !self.cat_seen && !self.pids[i].scrambled_told {
+                self.pids[i].scrambled_told = true;
+                self.raise(Indicator::CatError, Some(h.pid), out);
+            }
             // 1.3.a: Scrambling_control_field is not 00 for PID 0x0000.
             if h.pid == 0 {
                 self.raise(Indicator::PatError, Some(0), out);
@@ -792,6 +805,16 @@ impl State {
                     self.occurred(Absence::Pat, 0, out);
                     self.take_pat(h, body, out);
                 }
+            }
+            return;
+        }
+        if pid == 0x0001 {
+            // 2.6 CAT_error: "Section with table_id other than 0x01 (i.e. not a CAT) found on
+            // PID 0x0001".
+            if s[0] == 0x01 {
+                self.cat_seen = true;
+            } else {
+                self.raise(Indicator::CatError, Some(pid), out);
             }
             return;
         }

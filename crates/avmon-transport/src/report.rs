@@ -30,10 +30,12 @@ pub enum Indicator {
     PcrDiscontinuityError,
     /// 2.5 PTS_error.
     PtsError,
+    /// 2.6 CAT_error.
+    CatError,
 }
 
 impl Indicator {
-    pub const ALL: [Indicator; 11] = [
+    pub const ALL: [Indicator; 12] = [
         Indicator::SyncLoss,
         Indicator::SyncByteError,
         Indicator::PatError,
@@ -45,6 +47,7 @@ impl Indicator {
         Indicator::PcrRepetitionError,
         Indicator::PcrDiscontinuityError,
         Indicator::PtsError,
+        Indicator::CatError,
     ];
 
     /// The finding kind: `transport.<indicator>`.
@@ -61,6 +64,7 @@ impl Indicator {
             Indicator::PcrRepetitionError => "transport.pcr_repetition_error",
             Indicator::PcrDiscontinuityError => "transport.pcr_discontinuity_error",
             Indicator::PtsError => "transport.pts_error",
+            Indicator::CatError => "transport.cat_error",
         }
     }
 
@@ -93,6 +97,7 @@ impl Indicator {
             Indicator::PcrRepetitionError => "2.3a PCR_repetition_error",
             Indicator::PcrDiscontinuityError => "2.3b PCR_discontinuity_indicator_error",
             Indicator::PtsError => "2.5 PTS_error",
+            Indicator::CatError => "2.6 CAT_error",
         }
     }
 }
@@ -111,6 +116,8 @@ pub struct Counters {
     pub pcr_repetition_errors: u64,
     pub pcr_discontinuity_errors: u64,
     pub pts_errors: u64,
+    #[serde(default)]
+    pub cat_errors: u64,
 }
 
 impl Counters {
@@ -135,7 +142,7 @@ impl Counters {
     }
 
     /// `(name, count)` in the order of the fields, for reports.
-    pub fn named(&self) -> [(&'static str, u64); 11] {
+    pub fn named(&self) -> [(&'static str, u64); 12] {
         [
             ("sync_losses", self.sync_losses),
             ("sync_byte_errors", self.sync_byte_errors),
@@ -148,6 +155,7 @@ impl Counters {
             ("pcr_repetition_errors", self.pcr_repetition_errors),
             ("pcr_discontinuity_errors", self.pcr_discontinuity_errors),
             ("pts_errors", self.pts_errors),
+            ("cat_errors", self.cat_errors),
         ]
     }
 
@@ -164,6 +172,7 @@ impl Counters {
             Indicator::PcrRepetitionError => &self.pcr_repetition_errors,
             Indicator::PcrDiscontinuityError => &self.pcr_discontinuity_errors,
             Indicator::PtsError => &self.pts_errors,
+            Indicator::CatError => &self.cat_errors,
         }
     }
 
@@ -180,6 +189,7 @@ impl Counters {
             Indicator::PcrRepetitionError => &mut self.pcr_repetition_errors,
             Indicator::PcrDiscontinuityError => &mut self.pcr_discontinuity_errors,
             Indicator::PtsError => &mut self.pts_errors,
+            Indicator::CatError => &mut self.cat_errors,
         }
     }
 }
@@ -290,7 +300,7 @@ mod tests {
                 c.bump(i);
             }
         }
-        assert_eq!(c.total(), (1..=11).sum::<u64>());
+        assert_eq!(c.total(), (1..=12).sum::<u64>());
         let json = serde_json::to_value(c).unwrap();
         for (n, (name, count)) in c.named().into_iter().enumerate() {
             assert_eq!(count, n as u64 + 1);

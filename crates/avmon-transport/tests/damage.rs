@@ -678,9 +678,10 @@ fn scrambled_packets_and_foreign_tables_on_the_pat_and_pmt_pids() {
     bad[pats[10] * P + 3] |= 0x80;
     bad[pmts[20] * P + 3] |= 0x80;
     let (c, events) = analyse(&bad);
+    // Scrambled packets in a stream without a CAT are also 2.6's, once per PID.
     assert_eq!(
         c,
-        only(&[("pat_errors", 1), ("pmt_errors", 1)]),
+        only(&[("pat_errors", 1), ("pmt_errors", 1), ("cat_errors", 2)]),
         "{:?}",
         kinds(&events)
     );
@@ -701,4 +702,62 @@ fn scrambled_packets_and_foreign_tables_on_the_pat_and_pmt_pids() {
     );
     let at: Vec<u64> = events.iter().map(|e| e.packet).collect();
     assert_eq!(at, [pats[30] as u64, pmts[40] as u64]);
+}
+
+/// A packet of PID 1 carrying one section of `table_id` (a CAT when 0x01), its CRC correct.
+fn section_packet(table_id: u8, cc: u8) -> [u8; P] {
+    let section = avmon_transport::psi::long_section(table_id, 0xFFFF, &[]);
+    let mut p = [0xFF_u8; P];
+    p[..5].copy_from_slice(&[0x47, 0x40, 0x01, 0x10 | cc, 0]);
+    p[5..5 + section.len()].copy_from_slice(&section);
+    p
+}
+
+/// 2.6 CAT_error: scrambled packets while no CAT has come (once per PID), and any other table
+/// on the CAT's PID; scrambled packets after a CAT are none of its business.
+#[test]
+fn scrambled_packets_without_a_cat_and_other_tables_on_its_pid() {
+    let ts = cbr();
+    let nulls = indices(ts, |_, p| pid(p) == NULL);
+    let video = indices(ts, |_, p| pid(p) == VIDEO);
+    let audio = indices(ts, |_, p| pid(p) == AUDIO);
+    let scramble = |ts: &mut [u8], i: usize| ts[i * P + 3] |= 0x80;
+
+    // Three scrambled video packets and one audio packet, no CAT: one error per PID, each at
+    // its PID's first scrambled packet.
+    let mut bad = ts.to_vec();
+    for i in [video[100], video[101], video[400], audio[50]] {
+        scramble(&mut bad, i);
+    }
+    let (c, events) = analyse(&bad);
+    assert_eq!(c, only(&[("cat_errors", 2)]), "{:?}", kinds(&events));
+    let mut at: Vec<(u64, Option<u16>)> = events.iter().map(|e| (e.packet, e.pid)).collect();
+    at.sort_unstable();
+    let mut want = vec![
+        (video[100] as u64, Some(VIDEO)),
+        (audio[50] as u64, Some(AUDIO)),
+    ];
+    want.sort_unstable();
+    assert_eq!(at, want);
+
+    // A CAT in place of a null packet before them: scrambling is then allowed. A section of
+    // another table on PID 1 later is an error at its packet.
+    let first = video[100].min(audio[50]);
+    let cat_at = *nulls
+        .iter()
+        .rev()
+        .find(|&&n| n < first)
+        .expect("a null packet before");
+    let other_at = *nulls
+        .iter()
+        .find(|&&n| n > video[400])
+        .expect("a null packet after");
+    bad[cat_at * P..(cat_at + 1) * P].copy_from_slice(&section_packet(0x01, 0));
+    bad[other_at * P..(other_at + 1) * P].copy_from_slice(&section_packet(0x02, 1));
+    let (c, events) = analyse(&bad);
+    assert_eq!(c, only(&[("cat_errors", 1)]), "{:?}", kinds(&events));
+    assert_eq!(
+        events.iter().map(|e| (e.packet, e.pid)).collect::<Vec<_>>(),
+        [(other_at as u64, Some(1))]
+    );
 }
