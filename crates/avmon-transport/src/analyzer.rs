@@ -1,7 +1,7 @@
 //! The analyser: bytes in, TR 101 290 counters and events out.
 //!
 //! Each check below cites its row of ETSI TR 101 290 §5.2 (Table 5.0a, priority 1: 1.1–1.6;
-//! Table 5.0b, priority 2: 2.1–2.6, but 2.4 PCR_accuracy) and, where the TR leaves it to the systems layer, the
+//! Table 5.0b, priority 2: 2.1–2.6) and, where the TR leaves it to the systems layer, the
 //! clause of ISO/IEC 13818-1 it follows.
 
 use serde::Deserialize;
@@ -34,6 +34,8 @@ pub struct Settings {
     pub pcr_jump_s: f64,
     /// 2.5: the longest interval between two PTS of an audio or video PID, seconds.
     pub pts_interval_s: f64,
+    /// 2.4: how far a PCR may be from where the transport rate puts it, seconds (±500 ns).
+    pub pcr_accuracy_s: f64,
 }
 
 impl Default for Settings {
@@ -45,6 +47,7 @@ impl Default for Settings {
             pcr_interval_s: 0.040,
             pcr_jump_s: 0.100,
             pts_interval_s: 0.700,
+            pcr_accuracy_s: 500e-9,
         }
     }
 }
@@ -66,6 +69,7 @@ impl Settings {
             ("pcr_interval_s", self.pcr_interval_s),
             ("pcr_jump_s", self.pcr_jump_s),
             ("pts_interval_s", self.pts_interval_s),
+            ("pcr_accuracy_s", self.pcr_accuracy_s),
         ] {
             if !(value > 0.0 && value.is_finite()) {
                 return Err(SettingsError { field, value });
@@ -200,6 +204,84 @@ struct PidState {
     av: bool,
     /// 2.6: this PID's scrambled packets were counted as arriving without a CAT.
     scrambled_told: bool,
+    /// 2.4: its last PCRs, to judge the next one's accuracy.
+    fit: PcrFit,
+}
+
+/// PCRs a PID's accuracy (2.4) is judged on: the next is compared with the line through these.
+const PCR_FIT: usize = 8;
+
+/// How long a PCR found inaccurate (2.4) waits before it is counted, seconds: a packet lost just
+/// before it shifts the byte positions, and the loss shows only at its PID's next packet (a
+/// PAT's, up to half a second later). A break found meanwhile withdraws the verdict.
+const ACCURACY_WAIT_S: f64 = 1.0;
+
+/// 2.4 verdicts waiting at most: more than a second of PCRs on many PIDs, all inaccurate.
+const MAX_INACCURATE_WAITING: usize = 512;
+
+/// 2.4 PCR_accuracy_error: "PCR accuracy of selected programme is not within ±500 ns". A PCR's
+/// inaccuracy is how far its value is from where the transport rate puts it (TR 101 290
+/// §5.3.2, PCR_AC): from its byte position in the stream. The rate is the line through the
+/// PID's last [`PCR_FIT`] PCRs (PCR value against byte offset), and it is judged only while
+/// those lie on their line within the limit themselves: on a constant-rate stream, where the
+/// measure means something. A variable-rate stream (FFmpeg's default, without `-muxrate`) is
+/// not judged, nor the PCRs after a discontinuity, a PCR jump, a lost or damaged packet or a
+/// loss of sync, until the line is whole again. An inaccurate PCR is counted once: it then
+/// keeps the line from being judged until it has left it.
+#[derive(Clone, Copy, Debug, Default)]
+struct PcrFit {
+    /// The first PCR of the line, which the others are counted from (ticks of 27 MHz).
+    base: u64,
+    /// `(byte offset, PCR − base)` of the PCRs kept, oldest first.
+    points: [(f64, f64); PCR_FIT],
+    n: usize,
+    /// The analyser's count of breaks (losses, damage, resyncs) when the line began.
+    breaks: u64,
+}
+
+impl PcrFit {
+    fn restart(&mut self, pcr: u64, offset: u64, breaks: u64) {
+        *self = PcrFit {
+            base: pcr,
+            breaks,
+            ..PcrFit::default()
+        };
+        self.push(offset as f64, 0.0);
+    }
+
+    fn push(&mut self, x: f64, y: f64) {
+        if self.n == PCR_FIT {
+            self.points.copy_within(1.., 0);
+            self.n -= 1;
+        }
+        self.points[self.n] = (x, y);
+        self.n += 1;
+    }
+
+    /// How far `(x, y)` is from the line through the points kept, in ticks, when they lie on
+    /// it within `tol` ticks; `None` while they are too few or off their own line.
+    fn deviation(&self, x: f64, y: f64, tol: f64) -> Option<f64> {
+        if self.n < PCR_FIT {
+            return None;
+        }
+        let pts = &self.points[..self.n];
+        let (x0, y0) = pts[0];
+        let n = self.n as f64;
+        let mx = pts.iter().map(|p| p.0 - x0).sum::<f64>() / n;
+        let my = pts.iter().map(|p| p.1 - y0).sum::<f64>() / n;
+        let sxx: f64 = pts.iter().map(|p| (p.0 - x0 - mx).powi(2)).sum();
+        if sxx <= 0.0 {
+            return None;
+        }
+        let sxy: f64 = pts.iter().map(|p| (p.0 - x0 - mx) * (p.1 - y0 - my)).sum();
+        let slope = sxy / sxx;
+        let at = |x: f64| y0 + my + slope * (x - x0 - mx);
+        let worst = pts
+            .iter()
+            .map(|p| (p.1 - at(p.0)).abs())
+            .fold(0.0, f64::max);
+        (worst <= tol).then(|| y - at(x))
+    }
 }
 
 impl PidState {
@@ -220,6 +302,7 @@ impl PidState {
             es: None,
             av: false,
             scrambled_told: false,
+            fit: PcrFit::default(),
         }
     }
 }
@@ -294,6 +377,10 @@ struct State {
     programs: Vec<Program>,
     /// 2.6: a CAT (a section with table_id 0x01 on PID 0x0001, its CRC correct) was received.
     cat_seen: bool,
+    /// Losses, damage and resyncs so far: a PCR line (2.4) across one cannot be judged.
+    breaks: u64,
+    /// 2.4 verdicts waiting [`ACCURACY_WAIT_S`], with the breaks counted when they were made.
+    inaccurate: std::collections::VecDeque<(Event, u64)>,
     /// No watch can fire before this time (a lower bound, so scans stay rare).
     next_deadline: f64,
     /// Sync was (re)acquired: watches restart from the next packet.
@@ -328,6 +415,8 @@ impl Analyzer {
                 pat: Pat::default(),
                 programs: Vec::new(),
                 cat_seen: false,
+                breaks: 0,
+                inaccurate: Default::default(),
                 next_deadline: f64::NEG_INFINITY,
                 resync: true,
             },
@@ -564,6 +653,7 @@ impl State {
     /// End every absence still open, here, and go on watching from here: nothing judged before
     /// this point carries on past it.
     fn end_all(&mut self, out: &mut Vec<Event>) {
+        self.settle_accuracy(true, out);
         self.close_gap(Absence::Pat, 0, true, out);
         for i in 0..self.pids.len() {
             for a in [Absence::Pmt, Absence::Pid, Absence::Pcr, Absence::Pts] {
@@ -577,6 +667,7 @@ impl State {
     /// error, and absences open when it came end there. Every PID starts again as at the start
     /// of the stream.
     fn lost_sync(&mut self, out: &mut Vec<Event>) {
+        self.breaks += 1;
         self.end_all(out);
         for st in &mut self.pids {
             st.cc = None;
@@ -615,6 +706,7 @@ impl State {
         // 2.1: transport_error_indicator set. The header is still read (as decoders read it),
         // but nothing in the payload is believed.
         if h.tei {
+            self.breaks += 1;
             self.raise(Indicator::TransportError, Some(h.pid), out);
         }
         // Null packets carry nothing to check; a reserved adaptation_field_control means the
@@ -645,6 +737,7 @@ impl State {
             Continuity::Ok => {}
             Continuity::Duplicate => return,
             Continuity::Error => {
+                self.breaks += 1;
                 self.raise(Indicator::CcError, Some(h.pid), out);
                 if let Some(a) = &mut self.pids[i].psi {
                     a.reset();
@@ -735,10 +828,47 @@ impl State {
             if !continuous && !discontinuity {
                 self.raise(Indicator::PcrDiscontinuityError, Some(pid), out);
             }
+            self.accuracy(i, pcr, continuous, out);
         } else {
             self.occurred(Absence::Pcr, i, out);
+            self.pids[i].fit.restart(pcr, self.offset, self.breaks);
         }
         self.pids[i].pcr = Some(pcr % PCR_WRAP);
+    }
+
+    /// 2.4: judge the PCR of the PID at `i` against its line ([`PcrFit`]), then keep it.
+    fn accuracy(&mut self, i: usize, pcr: u64, continuous: bool, out: &mut Vec<Event>) {
+        let (offset, breaks) = (self.offset, self.breaks);
+        let tol = self.settings.pcr_accuracy_s * PCR_HZ;
+        let fit = &mut self.pids[i].fit;
+        if !continuous || fit.breaks != breaks || fit.n == 0 {
+            fit.restart(pcr, offset, breaks);
+            return;
+        }
+        let (x, y) = (offset as f64, pcr_diff(fit.base, pcr) as f64);
+        let off = fit.deviation(x, y, tol);
+        fit.push(x, y);
+        if off.is_some_and(|d| d.abs() > tol) && self.inaccurate.len() < MAX_INACCURATE_WAITING {
+            let pid = self.pids[i].pid;
+            let ev = self.event(Indicator::PcrAccuracyError, Edge::Once, Some(pid));
+            self.inaccurate.push_back((ev, breaks));
+        }
+        self.settle_accuracy(false, out);
+    }
+
+    /// Count the 2.4 verdicts that waited long enough (all of them at `end`) and no break
+    /// withdrew.
+    fn settle_accuracy(&mut self, end: bool, out: &mut Vec<Event>) {
+        while let Some((ev, breaks)) = self.inaccurate.front().copied() {
+            if !end && ev.time_s + ACCURACY_WAIT_S > self.now {
+                return;
+            }
+            self.inaccurate.pop_front();
+            if breaks == self.breaks {
+                self.counters.bump(ev.indicator);
+                out.push(ev);
+            }
+        }
     }
 
     /// The PCR or PTS that `a` watches on the PID at `i` comes here, `interval` seconds after

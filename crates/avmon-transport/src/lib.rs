@@ -23,7 +23,8 @@
 //!
 //! **Output.** [`Counters`] (`sync_losses`, `sync_byte_errors`, `pat_errors`, `cc_errors`,
 //! `pmt_errors`, `pid_errors`, `transport_errors`, `crc_errors`, `pcr_repetition_errors`,
-//! `pcr_discontinuity_errors`, `pts_errors`, `cat_errors`) and [`Event`]s, each with its PID, packet index,
+//! `pcr_discontinuity_errors`, `pcr_accuracy_errors`, `pts_errors`, `cat_errors`) and
+//! [`Event`]s, each with its PID, packet index,
 //! byte offset, time and media time, for the caller to turn into findings of kind
 //! `transport.<indicator>` ([`Indicator::kind`]). An occurrence at one place (a continuity
 //! break, a bad section, a PCR step) is one [`Edge::Once`] event; the caller merges a burst of

@@ -28,6 +28,8 @@ pub enum Indicator {
     PcrRepetitionError,
     /// 2.3b PCR_discontinuity_indicator_error.
     PcrDiscontinuityError,
+    /// 2.4 PCR_accuracy_error.
+    PcrAccuracyError,
     /// 2.5 PTS_error.
     PtsError,
     /// 2.6 CAT_error.
@@ -35,7 +37,7 @@ pub enum Indicator {
 }
 
 impl Indicator {
-    pub const ALL: [Indicator; 12] = [
+    pub const ALL: [Indicator; 13] = [
         Indicator::SyncLoss,
         Indicator::SyncByteError,
         Indicator::PatError,
@@ -46,6 +48,7 @@ impl Indicator {
         Indicator::CrcError,
         Indicator::PcrRepetitionError,
         Indicator::PcrDiscontinuityError,
+        Indicator::PcrAccuracyError,
         Indicator::PtsError,
         Indicator::CatError,
     ];
@@ -63,6 +66,7 @@ impl Indicator {
             Indicator::CrcError => "transport.crc_error",
             Indicator::PcrRepetitionError => "transport.pcr_repetition_error",
             Indicator::PcrDiscontinuityError => "transport.pcr_discontinuity_error",
+            Indicator::PcrAccuracyError => "transport.pcr_accuracy_error",
             Indicator::PtsError => "transport.pts_error",
             Indicator::CatError => "transport.cat_error",
         }
@@ -96,6 +100,7 @@ impl Indicator {
             Indicator::CrcError => "2.2 CRC_error",
             Indicator::PcrRepetitionError => "2.3a PCR_repetition_error",
             Indicator::PcrDiscontinuityError => "2.3b PCR_discontinuity_indicator_error",
+            Indicator::PcrAccuracyError => "2.4 PCR_accuracy_error",
             Indicator::PtsError => "2.5 PTS_error",
             Indicator::CatError => "2.6 CAT_error",
         }
@@ -115,6 +120,8 @@ pub struct Counters {
     pub crc_errors: u64,
     pub pcr_repetition_errors: u64,
     pub pcr_discontinuity_errors: u64,
+    #[serde(default)]
+    pub pcr_accuracy_errors: u64,
     pub pts_errors: u64,
     #[serde(default)]
     pub cat_errors: u64,
@@ -142,7 +149,7 @@ impl Counters {
     }
 
     /// `(name, count)` in the order of the fields, for reports.
-    pub fn named(&self) -> [(&'static str, u64); 12] {
+    pub fn named(&self) -> [(&'static str, u64); 13] {
         [
             ("sync_losses", self.sync_losses),
             ("sync_byte_errors", self.sync_byte_errors),
@@ -154,6 +161,7 @@ impl Counters {
             ("crc_errors", self.crc_errors),
             ("pcr_repetition_errors", self.pcr_repetition_errors),
             ("pcr_discontinuity_errors", self.pcr_discontinuity_errors),
+            ("pcr_accuracy_errors", self.pcr_accuracy_errors),
             ("pts_errors", self.pts_errors),
             ("cat_errors", self.cat_errors),
         ]
@@ -171,6 +179,7 @@ impl Counters {
             Indicator::CrcError => &self.crc_errors,
             Indicator::PcrRepetitionError => &self.pcr_repetition_errors,
             Indicator::PcrDiscontinuityError => &self.pcr_discontinuity_errors,
+            Indicator::PcrAccuracyError => &self.pcr_accuracy_errors,
             Indicator::PtsError => &self.pts_errors,
             Indicator::CatError => &self.cat_errors,
         }
@@ -188,6 +197,7 @@ impl Counters {
             Indicator::CrcError => &mut self.crc_errors,
             Indicator::PcrRepetitionError => &mut self.pcr_repetition_errors,
             Indicator::PcrDiscontinuityError => &mut self.pcr_discontinuity_errors,
+            Indicator::PcrAccuracyError => &mut self.pcr_accuracy_errors,
             Indicator::PtsError => &mut self.pts_errors,
             Indicator::CatError => &mut self.cat_errors,
         }
@@ -300,7 +310,7 @@ mod tests {
                 c.bump(i);
             }
         }
-        assert_eq!(c.total(), (1..=12).sum::<u64>());
+        assert_eq!(c.total(), (1..=13).sum::<u64>());
         let json = serde_json::to_value(c).unwrap();
         for (n, (name, count)) in c.named().into_iter().enumerate() {
             assert_eq!(count, n as u64 + 1);

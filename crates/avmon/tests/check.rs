@@ -270,12 +270,13 @@ fn a_ts_file_gets_tr_101_290_counts_and_each_lost_packet_is_one_cc_error() {
         "crc_errors",
         "pcr_repetition_errors",
         "pcr_discontinuity_errors",
+        "pcr_accuracy_errors",
         "pts_errors",
         "cat_errors",
     ] {
         assert_eq!(t[name].as_u64(), Some(0), "{name} of a clean file");
     }
-    assert_eq!(t.len(), 12);
+    assert_eq!(t.len(), 13);
     assert_eq!(events(&r), vec![], "no transport event on a clean file");
 
     // Five video and audio packets with a payload and no adaptation field (so no PCR: only
