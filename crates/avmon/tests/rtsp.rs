@@ -10,26 +10,36 @@ use std::time::Duration;
 
 use common::*;
 
-/// FFmpeg publishing `file` in a loop, in real time, to the RTSP URL `to` over `transport` (the
-/// audio re-encoded: RTSP wants AAC's global header, which a TS does not carry).
+/// FFmpeg sending `file` in real time to the RTSP URL `to` over `transport` (the audio
+/// re-encoded: RTSP wants AAC's global header, which a TS does not carry); `looped`: for ever.
+fn ffmpeg_rtsp(file: &Path, to: &str, transport: &str, looped: bool) -> Command {
+    let mut cmd = Command::new("ffmpeg");
+    cmd.args(["-loglevel", "error", "-re"]);
+    if looped {
+        cmd.args(["-stream_loop", "-1"]);
+    }
+    cmd.arg("-i")
+        .arg(file)
+        .args([
+            "-c:v",
+            "copy",
+            "-c:a",
+            "aac",
+            "-f",
+            "rtsp",
+            "-rtsp_transport",
+            transport,
+        ])
+        .arg(to)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    cmd
+}
+
+/// [`ffmpeg_rtsp`] in a loop, killed when dropped.
 fn publish(file: &Path, to: &str, transport: &str) -> Killed {
     Killed(
-        Command::new("ffmpeg")
-            .args(["-loglevel", "error", "-re", "-stream_loop", "-1", "-i"])
-            .arg(file)
-            .args([
-                "-c:v",
-                "copy",
-                "-c:a",
-                "aac",
-                "-f",
-                "rtsp",
-                "-rtsp_transport",
-                transport,
-            ])
-            .arg(to)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+        ffmpeg_rtsp(file, to, transport, true)
             .spawn()
             .expect("ffmpeg runs"),
     )
@@ -122,4 +132,54 @@ fn listening_for_a_stream_pushed_over_tcp_and_over_udp() {
         let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_seen(&report, &format!("pushed over {transport}"));
     }
+}
+
+/// The service in listen mode: an encoder pushes over TCP and goes away; the stream is
+/// `source.down`, listens again, and takes the next push, over UDP.
+#[test]
+fn the_service_listens_again_after_a_push_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = synth(dir.path(), "cam.ts", 6.0, &[]);
+    let port = free_tcp_port();
+    let url = format!("rtsp://127.0.0.1:{port}/cam");
+    let (_service, http, base) = start_service(
+        dir.path(),
+        &format!(
+            "[[streams]]\nid = \"cam\"\nurl = \"{url}\"\noptions = {{ rtsp_flags = \"listen\" }}\n"
+        ),
+    );
+    let frames = |http: &reqwest::blocking::Client| -> (u64, u64, String) {
+        let s: serde_json::Value = http
+            .get(format!("{base}/api/streams/cam"))
+            .send()
+            .and_then(|r| r.json())
+            .unwrap_or_default();
+        (
+            s["frames_video"].as_u64().unwrap_or(0),
+            s["reconnects"].as_u64().unwrap_or(0),
+            s["status"].as_str().unwrap_or("").to_string(),
+        )
+    };
+    let push = |transport: &str| {
+        wait_listening("tcp", port);
+        let status = ffmpeg_rtsp(&file, &url, transport, false).status().unwrap();
+        assert!(status.success(), "the {transport} push went through");
+    };
+    push("tcp");
+    let (first, _, _) = frames(&http);
+    assert!(first >= 120, "the first push decoded: {first} frames");
+    wait_for(
+        "the stream down, listening again",
+        Duration::from_secs(20),
+        || {
+            let (_, reconnects, status) = frames(&http);
+            (reconnects >= 1 || status == "down").then_some(())
+        },
+    );
+    push("udp");
+    let (second, _, _) = frames(&http);
+    assert!(
+        second >= first + 120,
+        "the second push decoded too: {first} then {second} frames"
+    );
 }
