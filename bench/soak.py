@@ -206,6 +206,9 @@ class Soak:
         self.garbage = {}
         self.filler = None
         self.injected = {}
+        self.killed = False
+        self.restart_at = None
+        self.exits = []  # [start, end, "exit", None]: avmon exited by itself
 
     def now(self):
         return time.time() - self.t0
@@ -266,6 +269,23 @@ class Soak:
                                       stdout=out, stderr=subprocess.STDOUT)
         self.segments.append({"pid": self.avmon.pid, "start": self.now(), "end": None, "samples": []})
 
+    def supervise(self):
+        """As systemd's `Restart=on-failure` would: avmon that exits by itself (it refuses to
+        start while its database refuses connections) is started again 5 s later. Each exit is
+        reported, and its window treated as a kill's."""
+        if self.avmon and self.avmon.poll() is not None:
+            code = self.avmon.returncode
+            log(f"avmon exited ({code}) by itself (avmon-{len(self.segments) - 1}.log): "
+                "restarting it in 5 s")
+            self.segments[-1]["end"] = self.now()
+            self.avmon = None
+            self.restart_at = self.now() + 5.0
+            self.exits.append([self.now(), None, "exit", None])
+        if not self.avmon and not self.killed and self.restart_at and self.now() >= self.restart_at:
+            self.restart_at = None
+            self.start_avmon()
+            self.exits[-1][1] = self.now()
+
     def stop_avmon(self, sig):
         if self.avmon:
             self.avmon.send_signal(sig)
@@ -321,8 +341,12 @@ class Soak:
         if kind == "kill":
             if action == "start":
                 self.stop_avmon(signal.SIGKILL)
+                self.killed = True
             else:
-                self.start_avmon()
+                self.killed = False
+                self.restart_at = None
+                if not self.avmon:
+                    self.start_avmon()
         elif kind == "receiver":
             (self.receiver.down if action == "start" else self.receiver.up)()
         elif kind == "disk":
@@ -374,9 +398,7 @@ class Soak:
             self.start_source(i)
         next_sample = 0.0
         while self.now() < a.duration:
-            if self.avmon and self.avmon.poll() is not None:
-                raise SystemExit(f"soak: avmon exited ({self.avmon.returncode}) by itself: see "
-                                 f"{a.out}/avmon-{len(self.segments) - 1}.log")
+            self.supervise()
             while actions and actions[0][0] <= self.now():
                 _, action, kind, target = actions.pop(0)
                 self.apply(action, kind, target)
@@ -385,6 +407,10 @@ class Soak:
                 self.sample()
             time.sleep(0.1)
         log("schedule done; waiting for everything to settle")
+        for e in self.exits:
+            e[1] = e[1] if e[1] is not None else self.now()
+        self.events = sorted(self.events + [tuple(e) for e in self.exits])
+        self.injected["exit_by_itself"] = len(self.exits)
         self.settle()
         alerts, outbox = self.fetch()
         with open(os.path.join(a.out, "raw.json"), "w") as f:
@@ -400,6 +426,7 @@ class Soak:
         """Wait until no alert is open and nothing is pending, or 5 minutes."""
         deadline = self.now() + 300
         while self.now() < deadline:
+            self.supervise()
             self.sample()
             try:
                 open_, pending = self.db_state()
@@ -458,7 +485,7 @@ class Soak:
                 continue  # none of them may change detection: not masked
             if target is not None and target != stream:
                 continue
-            settle = KILL_SETTLE_S if kind == "kill" else SETTLE_S
+            settle = KILL_SETTLE_S if kind in ("kill", "exit") else SETTLE_S
             lo, hi = s - 10 if kind == "clock" else s, e + settle
             if t0 < hi and lo < t1:
                 return True
@@ -564,6 +591,18 @@ class Soak:
                 unexplained.append(al)
         for al in unexplained:
             problems.append(f"unexplained {al['kind']} on {al['stream']} raised at {al['t_raised']:.1f} s")
+        # Each disk fault told by monitor.storage, raised while the disk was full and cleared
+        # after it was freed (standalone: in a cluster the disk holds PostgreSQL, whose refusal
+        # is the database being away).
+        disk_told = 0
+        disks = [e for e in self.events if e[2] == "disk"]
+        for (d0, d1, _, _) in disks:
+            told = [al for al in alerts if al["kind"] == "monitor.storage" and d0 <= al["t_raised"] <= d1
+                    and al["t_cleared"] is not None and al["t_cleared"] >= d1]
+            if told:
+                disk_told += 1
+            elif self.a.store == "sqlite":
+                problems.append(f"the disk full from {d0:.1f} to {d1:.1f} s raised no monitor.storage")
         still_open = [al for al in alerts if al["state"] == "raised"]
         for al in still_open:
             problems.append(f"left open: {al['kind']} on {al['stream']} raised at {al['t_raised']:.1f} s")
@@ -617,6 +656,7 @@ class Soak:
             "alerts": len(alerts),
             "startup_alerts": [f"{al['kind']} on {al['stream']} at {al['t_raised']:.1f} s" for al in startup],
             "left_open": len(still_open),
+            "disk_faults_told": f"{disk_told} of {len(disks)}",
             "notifications": {"outbox_rows": len(outbox), "received": len(self.receiver.got),
                               "keys_received": len(received), "duplicates": dups,
                               "not_delivered": len(not_delivered), "lost": len(lost)},
@@ -637,6 +677,7 @@ def markdown(r):
               f"| occurrences near a fault (not counted) | {o['masked']} |",
               f"| alerts in all | {r['alerts']} |",
               f"| alerts left open | {r['left_open']} |",
+              f"| disk faults told by monitor.storage | {r['disk_faults_told']} |",
               f"| alerts in a stream's first {STARTUP_S:.0f} s (not counted) | {len(r['startup_alerts'])} |",
               f"| notifications in the outbox | {n['outbox_rows']} |",
               f"| deliveries received | {n['received']} |",
