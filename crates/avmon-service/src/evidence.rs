@@ -16,6 +16,7 @@
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -336,6 +337,7 @@ pub struct Evidence {
     tx: Sender<Job>,
     thread: Option<std::thread::JoinHandle<()>>,
     unwritten: Arc<Mutex<Unwritten>>,
+    room_wanted: Arc<AtomicBool>,
 }
 
 /// Evidence files the disk did not take, kept to write again (see [`Unwritten`]).
@@ -423,15 +425,25 @@ impl Evidence {
         })?;
         let (tx, rx) = crossbeam_channel::unbounded();
         let unwritten = Arc::new(Mutex::new(Unwritten::default()));
-        let kept = unwritten.clone();
+        let room_wanted = Arc::new(AtomicBool::new(false));
+        let (kept, wanted) = (unwritten.clone(), room_wanted.clone());
         let thread = std::thread::Builder::new()
             .name("evidence".into())
-            .spawn(move || worker(rx, cfg, &kept))?;
+            .spawn(move || worker(rx, cfg, &kept, &wanted))?;
         Ok(Evidence {
             tx,
             thread: Some(thread),
             unwritten,
+            room_wanted,
         })
+    }
+
+    /// The store cannot write for want of space (`on`), or can again: evidence, the least
+    /// needed of what avmon keeps, gives way. While the store or evidence waits for space, the
+    /// oldest evidence is deleted, [`ROOM_STEP_BYTES`] every few seconds: the disk may be full
+    /// of avmon's own evidence (its `max_bytes` larger than the disk).
+    pub fn want_room(&self, on: bool) {
+        self.room_wanted.store(on, Ordering::Relaxed);
     }
 
     /// Why evidence could not be written, while it waits or was dropped: the error, the files
@@ -463,8 +475,14 @@ impl Evidence {
     }
 }
 
-fn worker(rx: Receiver<Job>, cfg: EvidenceConfig, unwritten: &Mutex<Unwritten>) {
+fn worker(
+    rx: Receiver<Job>,
+    cfg: EvidenceConfig,
+    unwritten: &Mutex<Unwritten>,
+    room_wanted: &AtomicBool,
+) {
     let lock = || unwritten.lock().unwrap_or_else(|p| p.into_inner());
+    let mut made_room: (usize, u64) = (0, 0);
     let pre = Duration::from_secs_f64(cfg.pre_s);
     let post = Duration::from_secs_f64(cfg.post_s);
     let mut pending: Vec<(Instant, Job)> = Vec::new();
@@ -475,11 +493,13 @@ fn worker(rx: Receiver<Job>, cfg: EvidenceConfig, unwritten: &Mutex<Unwritten>) 
         let wait = next_due
             .map(|d| d.saturating_duration_since(Instant::now()))
             .unwrap_or(Duration::from_secs(60))
-            .min(if lock().error.is_some() {
-                REWRITE_EVERY
-            } else {
-                Duration::from_secs(60)
-            });
+            .min(
+                if lock().error.is_some() || room_wanted.load(Ordering::Relaxed) {
+                    REWRITE_EVERY
+                } else {
+                    Duration::from_secs(60)
+                },
+            );
         let closed = match rx.recv_timeout(wait) {
             Ok(job) => {
                 snapshot(&cfg.dir, &job, &mut lock());
@@ -504,13 +524,24 @@ fn worker(rx: Receiver<Job>, cfg: EvidenceConfig, unwritten: &Mutex<Unwritten>) 
         });
         {
             let mut u = lock();
-            if u.error.is_some() {
-                u.retry();
+            if u.error.is_some() || room_wanted.load(Ordering::Relaxed) {
+                let (files, bytes) = prune(&cfg, ROOM_STEP_BYTES);
+                made_room = (made_room.0 + files, made_room.1 + bytes);
+                if u.error.is_some() {
+                    u.retry();
+                }
+            } else if made_room.0 > 0 {
+                tracing::warn!(
+                    files = made_room.0,
+                    mib = made_room.1 as f64 / f64::from(1 << 20),
+                    "the disk was full: the oldest evidence was deleted to make room"
+                );
+                made_room = (0, 0);
             }
         }
         if wrote || last_prune.elapsed() >= Duration::from_secs(60) {
             last_prune = Instant::now();
-            prune(&cfg);
+            prune(&cfg, 0);
         }
         if closed {
             return;
@@ -594,12 +625,13 @@ fn clip(
     *last = Some((job.alert.stream_id.as_str().to_string(), job.onset, path));
 }
 
-/// Delete evidence older than `max_age`, then the oldest while all of it is over `max_bytes`.
-fn prune(cfg: &EvidenceConfig) {
+/// Delete evidence older than `max_age`, then the oldest while all of it is over `max_bytes`,
+/// and the oldest until `room` bytes are freed. Returns the files and bytes deleted.
+fn prune(cfg: &EvidenceConfig, room: u64) -> (usize, u64) {
     let max_age = Duration::from_secs_f64(cfg.max_age.seconds().unwrap_or(7.0 * 86_400.0));
     let max_bytes = cfg.max_bytes.bytes().unwrap_or(u64::MAX);
     let Ok(entries) = std::fs::read_dir(&cfg.dir) else {
-        return;
+        return (0, 0);
     };
     let now = SystemTime::now();
     let mut files: Vec<(SystemTime, u64, PathBuf)> = entries
@@ -616,16 +648,23 @@ fn prune(cfg: &EvidenceConfig) {
         .collect();
     files.sort();
     let mut total: u64 = files.iter().map(|f| f.1).sum();
+    let (mut deleted, mut freed) = (0, 0);
     for (modified, len, path) in files {
         let old = now.duration_since(modified).unwrap_or_default() > max_age;
-        if !old && total <= max_bytes {
+        if !old && total <= max_bytes && freed >= room {
             break;
         }
         if std::fs::remove_file(&path).is_ok() {
             total -= len;
+            freed += len;
+            deleted += 1;
         }
     }
+    (deleted, freed)
 }
+
+/// Evidence deleted at a time, oldest first, while the disk has no room (see [`Evidence::want_room`]).
+const ROOM_STEP_BYTES: u64 = 8 << 20;
 
 #[cfg(test)]
 mod tests {
@@ -779,5 +818,36 @@ mod tests {
         let got = mid.range(t0, t0);
         assert_eq!(got.len(), 188 * 4);
         assert_eq!(got[0], 0x47);
+    }
+
+    #[test]
+    fn room_is_made_from_the_oldest_evidence() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = EvidenceConfig {
+            dir: dir.path().to_path_buf(),
+            ..EvidenceConfig::default()
+        };
+        let t0 = SystemTime::now() - Duration::from_secs(600);
+        for i in 0..5u64 {
+            let path = dir
+                .path()
+                .join(format!("a{i}.{}", ["ts", "jpg"][i as usize % 2]));
+            let f = std::fs::File::create(&path).unwrap();
+            f.set_len(2_000).unwrap();
+            f.set_modified(t0 + Duration::from_secs(60 * i)).unwrap();
+        }
+        std::fs::write(dir.path().join("other.txt"), "not evidence").unwrap();
+        assert_eq!(prune(&cfg, 0), (0, 0), "within its bounds, nothing goes");
+        assert_eq!(
+            prune(&cfg, 5_000),
+            (3, 6_000),
+            "the oldest, until 5,000 bytes are free"
+        );
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["a3.jpg", "a4.ts", "other.txt"]);
     }
 }

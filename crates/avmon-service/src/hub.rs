@@ -171,6 +171,9 @@ pub(crate) fn hub_thread(
             looked = Instant::now();
             if let Some(spill) = &out.spill {
                 spill.retry();
+                if let Some(e) = &out.evidence {
+                    e.want_room(spill.spilled().is_some());
+                }
             }
             if let Some(ev) = watch.tick(out.spill.as_deref(), out.evidence.as_ref()) {
                 out.announce(&ev);
