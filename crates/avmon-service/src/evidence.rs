@@ -59,6 +59,7 @@ pub enum Amount {
 
 impl Amount {
     fn value(&self, units: &[(&str, f64)]) -> Result<f64, String> {
+        const MAX_AMOUNT: f64 = 1e15;
         let v = match self {
             Amount::Number(v) => *v,
             Amount::Text(s) => {
@@ -84,7 +85,11 @@ impl Amount {
                 n * factor
             }
         };
-        if v.is_finite() && v > 0.0 {
+        // A bound that any duration or size fits in (31 million years; a petabyte), so that
+        // what is made of it cannot overflow.
+        if v > MAX_AMOUNT {
+            Err(format!("must be at most {MAX_AMOUNT:e} (got {v:e})"))
+        } else if v.is_finite() && v > 0.0 {
             Ok(v)
         } else {
             Err(format!("must be > 0 (got {v})"))
@@ -681,6 +686,13 @@ mod tests {
             .unwrap_err()
             .contains("unknown unit"));
         assert!(Amount::Number(-1.0).bytes().is_err());
+        // Found by fuzzing the config: a duration past u64 seconds made a panic, not an error.
+        for huge in [
+            Amount::Number(1e300),
+            Amount::Text("99999999999999999999999 d".into()),
+        ] {
+            assert!(huge.seconds().unwrap_err().contains("at most"));
+        }
     }
 
     #[test]
