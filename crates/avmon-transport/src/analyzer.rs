@@ -450,7 +450,8 @@ impl Analyzer {
     }
 
     /// The input ended: every absence still open (an [`Edge::Begin`] without its [`Edge::End`])
-    /// ends at the last packet, with an `End` appended to `out`. Bytes fed after this are
+    /// ends at the last packet, with an `End` appended to `out`; the PCRs found inaccurate (2.4)
+    /// that were still waiting out their second are counted, with their events. Bytes fed after this are
     /// analysed as before, and an absence that goes on is noticed again, counted from here.
     pub fn finish(&mut self, out: &mut Vec<Event>) {
         self.state.end_all(out);
