@@ -50,6 +50,10 @@ KILL_SETTLE_S = 60.0
 # A stream's first seconds, while its source and the decoder start: alerts raised then are
 # reported apart (a start on a busy host), not counted as false alarms.
 STARTUP_S = 10.0
+# avmon's own findings about the host's load (a tier lowered, a stream behind real time): on a
+# host shared with other work they come and go with that work, not with the faults; reported
+# apart.
+LOAD_KINDS = ("monitor.degraded", "monitor.behind")
 
 
 def tail_s(duration):
@@ -573,7 +577,7 @@ class Soak:
                     problems.append(f"{sid} {kind} at {t0:.1f}-{t1:.1f} s cleared at {tc}")
                 else:
                     occ_report["cleared_once"] += 1
-        unexplained, startup = [], []
+        unexplained, startup, load = [], [], []
         by_kind = {}
         for al in alerts:
             by_kind[al["kind"]] = by_kind.get(al["kind"], 0) + 1
@@ -585,7 +589,9 @@ class Soak:
                 if not any(e[2] == "disk" and e[0] - 5 <= t <= e[1] + 30 for e in self.events):
                     unexplained.append(al)
                 continue
-            if s is not None and t < self.starts[s][0] + STARTUP_S:
+            if al["kind"] in LOAD_KINDS:
+                load.append(al)
+            elif s is not None and t < self.starts[s][0] + STARTUP_S:
                 startup.append(al)
             elif s is None or not self.masked(s, t - 5, t):
                 unexplained.append(al)
@@ -655,6 +661,7 @@ class Soak:
             "occurrences": occ_report,
             "alerts_by_kind": by_kind,
             "alerts": len(alerts),
+            "load_alerts": [f"{al['kind']} on {al['stream']} at {al['t_raised']:.1f} s" for al in load],
             "startup_alerts": [f"{al['kind']} on {al['stream']} at {al['t_raised']:.1f} s" for al in startup],
             "left_open": len(still_open),
             "disk_faults_told": f"{disk_told} of {len(disks)}",
@@ -680,6 +687,7 @@ def markdown(r):
               f"| alerts left open | {r['left_open']} |",
               f"| disk faults told by monitor.storage | {r['disk_faults_told']} |",
               f"| alerts in a stream's first {STARTUP_S:.0f} s (not counted) | {len(r['startup_alerts'])} |",
+              f"| the host behind: tiers lowered or streams late (not counted) | {len(r.get('load_alerts', []))} |",
               f"| notifications in the outbox | {n['outbox_rows']} |",
               f"| deliveries received | {n['received']} |",
               f"| idempotency keys received | {n['keys_received']} |",
