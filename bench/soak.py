@@ -314,15 +314,17 @@ class Soak:
             self.stops[i].append(self.now())
 
     def fill(self):
+        """Fill the disk until it refuses; called again while the fault lasts, so that what
+        avmon frees (its evidence) is taken back at once, as by another writer on the disk."""
         path = os.path.join(self.mnt, "filler")
         chunk = b"\x5a" * (1 << 20)
-        with open(path, "wb") as f:
-            try:
-                while True:
-                    f.write(chunk)
-                    f.flush()
-            except OSError:
-                pass
+        with open(path, "ab", buffering=0) as f:
+            for size in (1 << 20, 4096):
+                try:
+                    while f.write(chunk[:size]) == size:
+                        pass
+                except OSError:
+                    pass
         self.filler = path
 
     def sample(self):
@@ -409,6 +411,8 @@ class Soak:
             if self.now() >= next_sample:
                 next_sample = self.now() + 5.0
                 self.sample()
+            if self.filler:
+                self.fill()
             time.sleep(0.1)
         log("schedule done; waiting for everything to settle")
         for e in self.exits:
@@ -445,8 +449,13 @@ class Soak:
         """Rows of the store, by the query for its backend (values as the backend gives them)."""
         if self.a.store == "postgres":
             return self.sql(pg_q)
-        with sqlite3.connect(f"file:{self.mnt}/avmon.db?mode=ro", uri=True, timeout=10) as c:
+        # Closed after each query (sqlite3's `with` does not close): the tmpfs is unmounted at
+        # the end.
+        c = sqlite3.connect(f"file:{self.mnt}/avmon.db?mode=ro", uri=True, timeout=10)
+        try:
             return c.execute(sqlite_q).fetchall()
+        finally:
+            c.close()
 
     def db_state(self):
         q = ("SELECT (SELECT COUNT(*) FROM alerts WHERE state = 'raised'), "
@@ -456,24 +465,63 @@ class Soak:
 
     # The account.
 
-    def true_time(self, fake_ms, arrived=None):
-        """Soak time of a wall time avmon wrote (its clock was stepped). After a step back, one
-        wall time stands for two moments: the notification's arrival (never before the alert)
-        tells them apart."""
+    def candidates(self, fake_ms):
+        """The soak times a wall time avmon wrote may stand for: its clock was stepped, and after
+        a step back one wall time stands for two moments."""
         fake = fake_ms / 1000.0 - self.t0
-        candidates = []
+        out = []
         for i, (since, off) in enumerate(self.offsets):
             until = self.offsets[i + 1][0] if i + 1 < len(self.offsets) else float("inf")
             # libfaketime reads the offset at most once a second: a second of slack.
             if since - 1.5 <= fake - off < until + 1.5:
-                candidates.append(fake - off)
-        if not candidates:
-            return fake - self.offsets[-1][1]
+                out.append(fake - off)
+        return out or [fake - self.offsets[-1][1]]
+
+    def true_time(self, fake_ms, arrived=None):
+        """Soak time of a wall time avmon wrote, where nothing better is known: the latest
+        moment before the notification arrived (it never arrives before the alert)."""
+        candidates = self.candidates(fake_ms)
         if arrived is not None:
             before = [c for c in candidates if c <= arrived + 1.0]
             if before:
                 return max(before)
         return candidates[0]
+
+    def place_in_order(self, alerts, outbox, arrivals):
+        """Soak times of the raises and clears, told apart by the order avmon made them in: its
+        outbox rows are numbered as they are written, in the order of the alert events. Of each
+        event's candidate times, the choice that breaks that order least (a Viterbi pass), never
+        after the notification arrived. Returns {(alert id, "raised"|"cleared"): soak time}."""
+        ids = {o["key"]: o["id"] for o in outbox if o.get("id") is not None}
+        events = []
+        for al in alerts:
+            for field in ("raised", "cleared"):
+                key = f"{al['id']}:{field}"
+                if al[field] is not None and key in ids:
+                    events.append((int(ids[key]), (al["id"], field), al[field], arrivals.get(key)))
+        events.sort()
+        slack = 2.0
+        best = []  # per event: [(cost, back pointer, time)] per candidate
+        for n, (_, _, fake_ms, arrived) in enumerate(events):
+            row = []
+            for c in self.candidates(fake_ms):
+                cost = 0 if arrived is None or c <= arrived + 1.0 else 100
+                if n == 0:
+                    row.append((cost, None, c))
+                    continue
+                prev = [(p[0] + (1 if c < p[2] - slack else 0), j) for j, p in enumerate(best[-1])]
+                pc, pj = min(prev)
+                row.append((cost + pc, pj, c))
+            best.append(row)
+        out = {}
+        if not best:
+            return out
+        j = min(range(len(best[-1])), key=lambda k: best[-1][k][0])
+        for n in range(len(events) - 1, -1, -1):
+            cost, back, t = best[n][j]
+            out[events[n][1]] = t
+            j = back
+        return out
 
     def down_windows(self):
         """When avmon was not running: [(from, to)]."""
@@ -519,8 +567,8 @@ class Soak:
         for al in alerts:
             al["raised"] = int(al["raised"])
             al["cleared"] = int(al["cleared"]) if al["cleared"] not in (None, "") else None
-        q = "SELECT idem_key, status, attempts, alert_id FROM outbox"
-        outbox = [dict(zip(("key", "status", "attempts", "alert"), r)) for r in self.query(q, q)]
+        q = "SELECT idem_key, status, attempts, alert_id, id FROM outbox"
+        outbox = [dict(zip(("key", "status", "attempts", "alert", "id"), r)) for r in self.query(q, q)]
         return alerts, outbox
 
     def raw(self, alerts, outbox):
@@ -546,10 +594,13 @@ class Soak:
         for r in self.receiver.got:
             key = r["body"].get("idempotency_key")
             arrivals[key] = min(arrivals.get(key, r["t"] - self.t0), r["t"] - self.t0)
+        placed = self.place_in_order(alerts, outbox, arrivals)
         for al in alerts:
-            al["t_raised"] = self.true_time(al["raised"], arrivals.get(f"{al['id']}:raised"))
-            al["t_cleared"] = (self.true_time(al["cleared"], arrivals.get(f"{al['id']}:cleared"))
-                               if al["cleared"] else None)
+            for field in ("raised", "cleared"):
+                key = (al["id"], field)
+                al[f"t_{field}"] = (placed[key] if key in placed else
+                                    self.true_time(al[field], arrivals.get(f"{al['id']}:{field}"))
+                                    if al[field] else None)
         defect_kinds = {k for k, *_ in DEFECTS}
         problems = []
         occ_report = {"clean": 0, "raised_once": 0, "cleared_once": 0, "masked": 0, "masked_seen": 0}
@@ -636,7 +687,9 @@ class Soak:
         # Resources.
         slopes = []
         for i, seg in enumerate(self.segments):
-            pts = [p for p in seg["samples"] if p[0] - seg["start"] >= 120]
+            # After the first two minutes (the first 30 s in a short run), as caches fill.
+            warm = 120 if self.a.duration >= 1800 else 30
+            pts = [p for p in seg["samples"] if p[0] - seg["start"] >= warm]
             if len(pts) < 10:
                 continue
             row = {"process": i, "minutes": round((pts[-1][0] - pts[0][0]) / 60, 1)}
@@ -733,8 +786,10 @@ def main():
         for s in soak.senders:
             if s:
                 s.kill()
+                s.wait()
         if soak.avmon:
             soak.avmon.kill()
+            soak.avmon.wait()
         if a.store == "postgres" and hasattr(soak, "pgroot"):
             soak.pg_ctl("stop")
             subprocess.run(["cp", os.path.join(soak.pgroot, "server.log"), os.path.join(a.out, "postgres.log")],

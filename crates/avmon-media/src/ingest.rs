@@ -474,6 +474,8 @@ struct UdpReader {
     rate_since: Instant,
     /// Told how long each datagram waited in the socket and how many the kernel dropped.
     cpu: Option<avmon_core::sched::Slot>,
+    /// How long the batches waited, kept right across wall-clock steps.
+    waited: ArrivalAge,
 }
 
 impl UdpReader {
@@ -557,6 +559,7 @@ impl UdpReader {
             rate_count: 0,
             rate_since: Instant::now(),
             cpu,
+            waited: ArrivalAge::default(),
         })
     }
 
@@ -577,7 +580,8 @@ impl UdpReader {
             self.rate_since = self.last_data;
         }
         if let (Some(cpu), Some(at)) = (&self.cpu, self.batch.arrival.at) {
-            cpu.note_arrival(age_of(at), self.batch.arrival.drops);
+            let age = self.waited.age(age_of(at), self.last_data);
+            cpu.note_arrival(age, self.batch.arrival.drops);
         }
         Ok(())
     }
@@ -929,16 +933,52 @@ fn arrival_of(msg: &libc::msghdr) -> Arrival {
     a
 }
 
-/// How long ago the kernel received a datagram stamped `at` (`CLOCK_REALTIME`).
-fn age_of(at: libc::timespec) -> Duration {
+/// Seconds since the kernel received a datagram stamped `at` (`CLOCK_REALTIME`), on the wall
+/// clock now: wrong by as much as that clock was stepped meanwhile (see [`ArrivalAge`]).
+fn age_of(at: libc::timespec) -> f64 {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
-    let at = Duration::new(
-        at.tv_sec.max(0) as u64,
-        at.tv_nsec.clamp(0, 999_999_999) as u32,
-    );
-    now.saturating_sub(at)
+    now.as_secs_f64() - (at.tv_sec as f64 + at.tv_nsec as f64 * 1e-9)
+}
+
+/// How long each batch of datagrams waited in the socket, from the kernel's receive stamps and
+/// the wall clock, kept right when the wall clock steps (NTP, a VM resumed, a clock set by hand)
+/// between a stamp and its reading, or when only this process's clock moves (libfaketime).
+///
+/// A batch's oldest datagram arrived after the last batch's, so its wait can have grown by at
+/// most the time between the two reads (on the monotonic clock): more is a step forward. A wait
+/// below zero is a step back. Either is absorbed as an offset, held until the next step. A step
+/// forward is taken as if the batch had not waited: a reader behind at that moment is seen as
+/// less behind, by that much at most, until it catches up; it is never seen behind when it is not.
+#[derive(Default)]
+struct ArrivalAge {
+    offset: f64,
+    last: Option<(Instant, f64)>,
+}
+
+/// Leeway for the stamps' and clocks' granularity, seconds.
+const STEP_SLACK_S: f64 = 0.25;
+
+impl ArrivalAge {
+    /// The wait of a batch whose oldest datagram is `raw` seconds old on the wall clock, read
+    /// at `now`.
+    fn age(&mut self, raw: f64, now: Instant) -> Duration {
+        let mut age = raw - self.offset;
+        if age < 0.0 {
+            self.offset += age;
+            age = 0.0;
+        }
+        if let Some((then, last)) = self.last {
+            let most = last + now.saturating_duration_since(then).as_secs_f64() + STEP_SLACK_S;
+            if age > most {
+                self.offset += age;
+                age = 0.0;
+            }
+        }
+        self.last = Some((now, age));
+        Duration::try_from_secs_f64(age).unwrap_or_default()
+    }
 }
 
 /// An input opened with FFmpeg's protocol layer (`avio_open2`), read by avmon.
@@ -1283,6 +1323,45 @@ extern "C" fn read_packet(opaque: *mut c_void, buf: *mut u8, size: c_int) -> c_i
 
 #[cfg(test)]
 mod tests {
+    /// A reader falling behind is measured; wall-clock steps either way are not taken for
+    /// waiting.
+    #[test]
+    fn a_clock_step_is_not_a_wait() {
+        let mut w = super::ArrivalAge::default();
+        let t0 = Instant::now();
+        let at = |s: f64| t0 + Duration::from_secs_f64(s);
+        // (seconds since t0 on the monotonic clock, the wall clock's offset, the true wait)
+        let batches = [
+            (0.0, 0.0, 0.01),
+            (1.0, 0.0, 0.5),
+            (2.0, 0.0, 1.3),   // falling behind, at most a second a second
+            (3.0, 300.0, 1.0), // stepped 5 minutes forward
+            (4.0, 300.0, 0.02),
+            (5.0, 300.0, 0.9),
+            (6.0, -120.0, 0.02), // and back past where it was
+            (7.0, -120.0, 0.8),
+            (8.0, 0.0, 0.05),
+            (9.0, 0.0, 0.3),
+        ];
+        let mut wait_at_step = 0.0;
+        let mut last_step = 0.0;
+        for (i, (t, step, wait)) in batches.into_iter().enumerate() {
+            if step != last_step {
+                wait_at_step = wait;
+                last_step = step;
+            }
+            let got = w.age(wait + step, at(t)).as_secs_f64();
+            // Never behind when it is not; less behind by at most its wait at the last step.
+            assert!(
+                got <= wait + 1e-9 && got >= wait - wait_at_step - 1e-9,
+                "batch {i}: {got} s for a wait of {wait} s ({wait_at_step} s at the step)"
+            );
+            if step == 0.0 && i < 3 {
+                assert!((got - wait).abs() < 1e-9, "no step yet: exact");
+            }
+        }
+    }
+
     use super::*;
 
     #[test]

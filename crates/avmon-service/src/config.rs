@@ -49,6 +49,10 @@ pub struct StoreConfig {
     pub url: String,
     /// Seconds between per-stream metrics samples.
     pub metrics_interval_s: f64,
+    /// Free space kept on the disks holding the database and the evidence: less raises
+    /// `monitor.storage`, and evidence is deleted, oldest first, before it takes twice this.
+    /// Bytes, or a string with a unit (`"256MiB"`); at most a twentieth of the disk is kept.
+    pub min_free: crate::evidence::Amount,
 }
 
 impl Default for StoreConfig {
@@ -56,6 +60,7 @@ impl Default for StoreConfig {
         StoreConfig {
             url: "sqlite://avmon.db".into(),
             metrics_interval_s: 10.0,
+            min_free: crate::evidence::Amount::Text("256MiB".into()),
         }
     }
 }
@@ -830,6 +835,9 @@ pub fn parse_with_env(
             None
         }
     };
+    if let Err(e) = store.min_free.bytes() {
+        errors.push(format!("store.min_free: {e}"));
+    }
     if let Err(e) = store_url_problem(&store.url) {
         errors.push(format!("store.url: {e}"));
     }

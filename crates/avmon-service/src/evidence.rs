@@ -165,15 +165,8 @@ impl EvidenceConfig {
     /// (`sqlite://PATH` or a plain path; its extension replaced), `avmon.evidence` in the
     /// working directory for an in-memory store or PostgreSQL.
     pub fn default_dir(store_url: &str) -> PathBuf {
-        let plain = !store_url.contains("://") && !store_url.starts_with("sqlite:");
-        let path = store_url
-            .strip_prefix("sqlite://")
-            .or_else(|| store_url.strip_prefix("sqlite:"))
-            .or(plain.then_some(store_url))
-            .map(|p| p.split('?').next().unwrap_or(p))
-            .filter(|p| !p.is_empty() && !p.starts_with(':'));
-        match path {
-            Some(p) => Path::new(p).with_extension("evidence"),
+        match sqlite_file(store_url) {
+            Some(p) => p.with_extension("evidence"),
             None => PathBuf::from("avmon.evidence"),
         }
     }
@@ -337,6 +330,19 @@ struct Job {
     onset: Instant,
 }
 
+/// The SQLite file a store URL names (`sqlite://PATH`, `sqlite:PATH`, or a plain path), or
+/// `None` for an in-memory store or PostgreSQL.
+pub(crate) fn sqlite_file(store_url: &str) -> Option<PathBuf> {
+    let plain = !store_url.contains("://") && !store_url.starts_with("sqlite:");
+    store_url
+        .strip_prefix("sqlite://")
+        .or_else(|| store_url.strip_prefix("sqlite:"))
+        .or(plain.then_some(store_url))
+        .map(|p| p.split('?').next().unwrap_or(p))
+        .filter(|p| !p.is_empty() && !p.starts_with(':'))
+        .map(PathBuf::from)
+}
+
 /// The evidence thread's handle. Dropping it ends the thread once queued clips are written.
 pub struct Evidence {
     tx: Sender<Job>,
@@ -424,7 +430,10 @@ impl Unwritten {
 
 impl Evidence {
     /// Create `cfg.dir` and start the evidence thread.
-    pub fn start(cfg: EvidenceConfig) -> anyhow::Result<Evidence> {
+    ///
+    /// Evidence never takes its disk below twice the reserve `min_free` asks for (see
+    /// [`crate::storage::reserve`]): before, its oldest files are deleted.
+    pub fn start(cfg: EvidenceConfig, min_free: u64) -> anyhow::Result<Evidence> {
         std::fs::create_dir_all(&cfg.dir).map_err(|e| {
             anyhow::anyhow!("evidence.dir: cannot create {}: {e}", cfg.dir.display())
         })?;
@@ -434,7 +443,7 @@ impl Evidence {
         let (kept, wanted) = (unwritten.clone(), room_wanted.clone());
         let thread = std::thread::Builder::new()
             .name("evidence".into())
-            .spawn(move || worker(rx, cfg, &kept, &wanted))?;
+            .spawn(move || worker(rx, cfg, min_free, &kept, &wanted))?;
         Ok(Evidence {
             tx,
             thread: Some(thread),
@@ -483,6 +492,7 @@ impl Evidence {
 fn worker(
     rx: Receiver<Job>,
     cfg: EvidenceConfig,
+    min_free: u64,
     unwritten: &Mutex<Unwritten>,
     room_wanted: &AtomicBool,
 ) {
@@ -495,16 +505,11 @@ fn worker(
     let mut last_clip: LastClip = None;
     loop {
         let next_due = pending.iter().map(|(due, _)| *due).min();
+        // At least every few seconds: the disk's free space is looked at.
         let wait = next_due
             .map(|d| d.saturating_duration_since(Instant::now()))
-            .unwrap_or(Duration::from_secs(60))
-            .min(
-                if lock().error.is_some() || room_wanted.load(Ordering::Relaxed) {
-                    REWRITE_EVERY
-                } else {
-                    Duration::from_secs(60)
-                },
-            );
+            .unwrap_or(REWRITE_EVERY)
+            .min(REWRITE_EVERY);
         let closed = match rx.recv_timeout(wait) {
             Ok(job) => {
                 snapshot(&cfg.dir, &job, &mut lock());
@@ -528,9 +533,18 @@ fn worker(
             }
         });
         {
+            // What the disk lacks of twice its reserve, freed now.
+            let short = crate::storage::free_space(&cfg.dir).map_or(0, |(free, size)| {
+                (2 * crate::storage::reserve(min_free, size)).saturating_sub(free)
+            });
             let mut u = lock();
-            if u.error.is_some() || room_wanted.load(Ordering::Relaxed) {
-                let (files, bytes) = prune(&cfg, ROOM_STEP_BYTES);
+            if u.error.is_some() || room_wanted.load(Ordering::Relaxed) || short > 0 {
+                let step = if u.error.is_some() || room_wanted.load(Ordering::Relaxed) {
+                    ROOM_STEP_BYTES
+                } else {
+                    0
+                };
+                let (files, bytes) = prune(&cfg, step.max(short));
                 made_room = (made_room.0 + files, made_room.1 + bytes);
                 if u.error.is_some() {
                     u.retry();
@@ -539,7 +553,7 @@ fn worker(
                 tracing::warn!(
                     files = made_room.0,
                     mib = made_room.1 as f64 / f64::from(1 << 20),
-                    "the disk was full: the oldest evidence was deleted to make room"
+                    "the disk was short of space: the oldest evidence was deleted to make room"
                 );
                 made_room = (0, 0);
             }

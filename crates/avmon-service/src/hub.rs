@@ -71,6 +71,8 @@ pub(crate) struct HubOutputs {
     /// Standalone: the store, whose writes wait in memory while its disk is full; retried
     /// every second, and watched with evidence for `monitor.storage`.
     pub(crate) spill: Option<Arc<SpillStore>>,
+    /// `monitor.storage`.
+    pub(crate) watch: StorageWatch,
 }
 
 impl HubOutputs {
@@ -157,7 +159,6 @@ pub(crate) fn hub_thread(
             }
         }
     };
-    let mut watch = StorageWatch::new(store.as_ref());
     let mut looked = Instant::now();
     loop {
         // Every second: a backlog waiting for the database is retried, and the disk's state
@@ -175,7 +176,7 @@ pub(crate) fn hub_thread(
                     e.want_room(spill.spilled().is_some());
                 }
             }
-            if let Some(ev) = watch.tick(out.spill.as_deref(), out.evidence.as_ref()) {
+            if let Some(ev) = out.watch.tick(out.spill.as_deref(), out.evidence.as_ref()) {
                 out.announce(&ev);
                 let suppressed = suppression.on_event(&ev, Utc::now());
                 store_and_notify(store.as_ref(), &notifiers, &ev, suppressed);
@@ -326,6 +327,7 @@ mod tests {
             evidence: None,
             cluster: None,
             spill: None,
+            watch: StorageWatch::new(store.as_ref(), crate::storage::self_stream(None), vec![], 0),
         };
         let suppression = Arc::new(Suppression::new(Vec::new(), Vec::new()));
         hub_thread(rx, store.clone(), Vec::new(), out, suppression);

@@ -9,7 +9,7 @@
 //! | the running streams | [`registry`] | (shared state) |
 //! | in a cluster: which streams this node holds (leases, claims, hand-over) | [`placement`] | one placement thread |
 //! | alert fan-out: active alerts, store, evidence, notifiers | [`hub`], [`evidence`] | one hub thread |
-//! | `monitor.storage`: the disk refusing the store's or evidence's writes | [`storage`] | the hub's |
+//! | `monitor.storage`: a disk of the store or evidence nearly full, or refusing writes | [`storage`] | the hub's |
 //! | in a cluster: writes under lease epochs, kept while the database is away | [`fenced`] | the hub's |
 //! | tiers lowered and restored when the host falls behind | [`degradation`], [`degrade`] | one degradation thread |
 //! | the API over the registry and the store | [`api`], [`metrics`], [`live`] | the async runtime |

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -23,6 +24,7 @@ use crate::hub::{hub_thread, HubOutputs};
 use crate::live::live_events;
 use crate::placement::{placement_thread, renew_thread, seed, ClusterNode};
 use crate::registry::Service;
+use crate::storage::StorageWatch;
 
 /// How `run` behaves beyond the config.
 #[derive(Default)]
@@ -152,10 +154,32 @@ pub fn run(cfg: Config, opts: Options) -> Result<()> {
         store.mutes().context("loading muted streams")?,
         windows,
     ));
+    // Validated with the config.
+    let min_free = cfg.store.min_free.bytes().unwrap_or(256 << 20);
     let evidence = match cfg.evidence.enabled {
-        true => Some(Evidence::start(cfg.evidence.clone())?),
+        true => Some(Evidence::start(cfg.evidence.clone(), min_free)?),
         false => None,
     };
+    // The disks monitor.storage watches: the database's (standalone) and the evidence's.
+    let mut disks = Vec::new();
+    if let Some(file) = crate::evidence::sqlite_file(&cfg.store.url) {
+        let dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
+        disks.push(if dir.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            dir
+        });
+    }
+    if cfg.evidence.enabled {
+        disks.push(cfg.evidence.dir.clone());
+    }
+    let node_name = cluster.as_ref().map(|c| c.node.name.clone());
+    let watch = StorageWatch::new(
+        store.as_ref(),
+        crate::storage::self_stream(node_name.as_deref()),
+        disks,
+        min_free,
+    );
     // Bounded: a client too slow for it gets `resync`, never holds the hub up.
     let (events, _) = tokio::sync::broadcast::channel(1024);
     let (hub_tx, hub_rx) = crossbeam_channel::unbounded();
@@ -170,6 +194,7 @@ pub fn run(cfg: Config, opts: Options) -> Result<()> {
                 .as_ref()
                 .map(|c| FencedWriter::new(c.coordinator.clone(), c.node.name.clone())),
             spill,
+            watch,
         };
         std::thread::Builder::new()
             .name("hub".into())

@@ -59,6 +59,39 @@ fn service_on_tmpfs(mnt: &Path, size_mib: u32, cfg: &Path) -> Killed {
     Killed(cmd.spawn().expect("unshare (util-linux) runs"))
 }
 
+/// Bytes free on the file system at `dir`, as `stat -f` (coreutils) tells.
+fn free_bytes(dir: &Path) -> u64 {
+    disk(dir).0
+}
+
+/// Bytes free, and the size, of the file system at `dir`.
+fn disk(dir: &Path) -> (u64, u64) {
+    let out = Command::new("stat")
+        .args(["-f", "-c", "%a %b %S"])
+        .arg(dir)
+        .output()
+        .expect("stat (coreutils) runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v: Vec<u64> = text
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    assert_eq!(v.len(), 3, "stat -f {}: {text:?}", dir.display());
+    (v[0] * v[2], v[1] * v[2])
+}
+
+/// Fill the file system at `dir` until `leave` bytes or fewer are free; returns the filler file.
+fn fill_to(dir: &Path, leave: u64) -> PathBuf {
+    let path = dir.join("filler");
+    let mut f = std::fs::File::create(&path).unwrap();
+    while free_bytes(dir) > leave {
+        let n = (free_bytes(dir) - leave).min(64 << 10) as usize;
+        f.write_all(&vec![0x5a_u8; n]).unwrap();
+        f.sync_data().unwrap();
+    }
+    path
+}
+
 /// Fill the file system at `dir` (seen through the service's own mount namespace) until it
 /// refuses; returns the filler file.
 fn fill(dir: &Path) -> PathBuf {
@@ -132,10 +165,10 @@ fn a_full_disk_raises_monitor_storage_and_loses_nothing() {
     });
     assert_eq!(storage["stream_id"], "_avmon");
     assert!(
-        storage["details"]["store"]["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("full")),
-        "the store's refusal is told: {storage}"
+        storage["details"]["disks"][0]["free_bytes"]
+            .as_u64()
+            .is_some_and(|f| f < 1 << 20),
+        "the full disk is told: {storage}"
     );
     let black = wait_for(
         "video.black raised and cleared",
@@ -221,5 +254,101 @@ fn a_full_disk_raises_monitor_storage_and_loses_nothing() {
     };
     assert_eq!(outbox(&http, "pending"), Some(0.0));
     assert_eq!(outbox(&http, "delivered"), Some(bodies.len() as f64));
+    drop(service);
+}
+
+/// A disk nearly full is told before anything is refused, and avmon's own evidence gives way
+/// instead of filling it.
+#[test]
+fn a_disk_nearly_full_is_told_and_evidence_gives_way() {
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("data");
+    std::fs::create_dir(&mnt).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (hook, got) = receiver(&rt);
+    let api = free_tcp_port();
+    let cfg = dir.path().join("avmon.toml");
+    // 16 MiB: 1 MiB kept free (at most a twentieth of the disk, 0.8 MiB), and evidence keeps
+    // twice that.
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{api}\"\n\
+             [store]\nurl = \"sqlite://{db}\"\nmin_free = \"1MiB\"\n\
+             [evidence]\nmax_bytes = \"1GiB\"\n\
+             [[notifiers]]\nkind = \"webhook\"\nurl = \"{hook}\"\n",
+            db = mnt.join("avmon.db").display()
+        ),
+    )
+    .unwrap();
+    let service = service_on_tmpfs(&mnt, 16, &cfg);
+    let http = reqwest::blocking::Client::new();
+    wait_api(&http, &format!("http://127.0.0.1:{api}"));
+    let data = PathBuf::from(format!("/proc/{}/root{}", service.0.id(), mnt.display()));
+    let keep = (1 << 20).min(disk(&data).1 / 20);
+    let notified = |state: &str| {
+        got.lock()
+            .unwrap()
+            .iter()
+            .filter(|b| b["kind"] == "monitor.storage" && b["state"] == state)
+            .cloned()
+            .collect::<Vec<Value>>()
+    };
+
+    // Under the reserve, with room still for the store's writes: told at once.
+    let filler = fill_to(&data, keep / 2);
+    let raised = wait_for("monitor.storage raised", Duration::from_secs(10), || {
+        notified("raised").into_iter().next()
+    });
+    let disk = &raised["details"]["disks"][0];
+    assert!(
+        disk["free_bytes"]
+            .as_u64()
+            .is_some_and(|f| f > 0 && f < keep),
+        "told with room left, before a write is refused: {raised}"
+    );
+    assert_eq!(disk["min_free_bytes"].as_u64(), Some(keep), "{raised}");
+    assert!(
+        raised["details"].get("store").is_none(),
+        "nothing was refused yet: {raised}"
+    );
+    std::fs::remove_file(&filler).unwrap();
+    let cleared = wait_for("monitor.storage cleared", Duration::from_secs(10), || {
+        notified("cleared").into_iter().next()
+    });
+    assert_eq!(cleared["alert_id"], raised["alert_id"]);
+
+    // Evidence that grew into the reserve's double is deleted, oldest first, down to it; the
+    // disk is never short for it, so nothing is raised.
+    let evidence = data.join("avmon.evidence");
+    let t0 = std::time::SystemTime::now() - Duration::from_secs(3600);
+    for i in 0..6u64 {
+        let path = evidence.join(format!("old{i}.ts"));
+        std::fs::write(&path, vec![0x47_u8; 256 << 10]).unwrap();
+        let f = std::fs::File::options().write(true).open(&path).unwrap();
+        f.set_modified(t0 + Duration::from_secs(60 * i)).unwrap();
+    }
+    let filler = fill_to(&data, keep + keep / 4);
+    let left = wait_for("evidence deleted for room", Duration::from_secs(15), || {
+        let mut left: Vec<String> = std::fs::read_dir(&evidence)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        (free_bytes(&data) + (64 << 10) >= 2 * keep).then_some(left)
+    });
+    assert!(
+        !left.is_empty() && left.len() < 6,
+        "only the oldest went: {left:?}"
+    );
+    let oldest_kept: usize = left[0]["old".len()..left[0].len() - 3].parse().unwrap();
+    assert_eq!(left.len(), 6 - oldest_kept, "the newest are kept: {left:?}");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        notified("raised").len(),
+        1,
+        "avmon's own evidence raises nothing"
+    );
+    drop(filler);
     drop(service);
 }
