@@ -73,6 +73,11 @@ pub mod kinds {
     pub const HLS_TARGET_DURATION: &str = "hls.target_duration";
     /// HLS delivery: an `EXT-X-DISCONTINUITY` (informational).
     pub const HLS_DISCONTINUITY: &str = "hls.discontinuity";
+    /// UDP/RTP delivery: RFC 4445's delay factor over its limit (arrival jitter a receiver
+    /// must buffer).
+    pub const NETWORK_DELAY_FACTOR: &str = "network.delay_factor";
+    /// UDP/RTP delivery: RFC 4445's media loss rate over its limit (TS packets lost).
+    pub const NETWORK_MEDIA_LOSS: &str = "network.media_loss";
 }
 
 /// Round a media time to milliseconds for reports, so JSON shows `8.04` rather than `8.039999999`.

@@ -104,6 +104,69 @@ pub struct DetectorsConfig {
     pub channel_silence: ChannelSilenceConfig,
     /// Short gaps, zero runs and clicks in the audio (`audio.dropout`).
     pub dropout: DropoutConfig,
+    /// UDP/RTP delivery, RFC 4445's Media Delivery Index (`network.delay_factor`,
+    /// `network.media_loss`).
+    pub mdi: MdiConfig,
+}
+
+/// Limits on the Media Delivery Index of a UDP or RTP input (RFC 4445), measured each second
+/// from the kernel's receive time of each datagram.
+#[derive(Clone, Debug, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MdiConfig {
+    /// Judge the index (it is measured and kept as metrics either way).
+    pub enabled: bool,
+    /// `network.delay_factor` when the delay factor is over this, milliseconds: the buffer a
+    /// receiver needs to absorb the arrival jitter. Unset by default: what a source achieves
+    /// depends on how it paces its packets (a CBR encoder pacing them evenly: a few ms; a
+    /// software sender writing each picture as it comes: 100-250 ms), so only its operator
+    /// can say what is wrong. The delay factor is measured and stored either way.
+    pub df_max_ms: Option<f64>,
+    /// `network.media_loss` when more TS packets than this are lost per second.
+    pub mlr_max: f64,
+    /// Seconds in a row over a limit before it is raised (a single late burst of a sender is
+    /// not a network problem).
+    pub raise_after_s: f64,
+    /// Seconds in a row within the limit before it is cleared.
+    pub clear_after_s: f64,
+}
+
+impl Default for MdiConfig {
+    fn default() -> Self {
+        MdiConfig {
+            enabled: true,
+            df_max_ms: None,
+            mlr_max: 0.0,
+            raise_after_s: 3.0,
+            clear_after_s: 5.0,
+        }
+    }
+}
+
+impl MdiConfig {
+    /// Push one message per invalid setting, prefixed with `path`.
+    pub fn validate(&self, path: &str, errors: &mut Vec<String>) {
+        if let Some(df) = self.df_max_ms {
+            check::positive(path, "df_max_ms", df, errors);
+        }
+        check::within(path, "mlr_max", self.mlr_max, 0.0, 1e9, errors);
+        check::within(
+            path,
+            "raise_after_s",
+            self.raise_after_s,
+            1.0,
+            3600.0,
+            errors,
+        );
+        check::within(
+            path,
+            "clear_after_s",
+            self.clear_after_s,
+            1.0,
+            3600.0,
+            errors,
+        );
+    }
 }
 
 impl DetectorsConfig {
@@ -122,6 +185,7 @@ impl DetectorsConfig {
         self.channel_silence
             .validate(&join(path, "channel_silence"), errors);
         self.dropout.validate(&join(path, "dropout"), errors);
+        self.mdi.validate(&join(path, "mdi"), errors);
     }
 }
 

@@ -50,6 +50,10 @@ pub trait ByteTap: Send + Sync {
     fn on_bytes(&self, bytes: &[u8]);
     /// RTP packets lost: the sequence number skipped `lost` packets.
     fn on_rtp_loss(&self, _lost: u64) {}
+    /// A datagram whose payload is `bytes` long was received by the kernel at `at_s` seconds
+    /// (`CLOCK_REALTIME`), told before its bytes: UDP and RTP inputs, for the Media Delivery
+    /// Index.
+    fn on_arrival(&self, _at_s: f64, _bytes: usize) {}
 }
 
 /// A shared [`ByteTap`] in [`OpenOptions`].
@@ -537,9 +541,10 @@ impl UdpReader {
         socket
             .set_read_timeout(Some(POLL))
             .map_err(|e| format!("SO_RCVTIMEO: {e}"))?;
-        if cpu.is_some() {
+        if cpu.is_some() || tap.is_some() {
             // Each datagram's kernel arrival time and the socket's drop count come with it
-            // (ancillary data): how far behind the reader is, measured where it matters.
+            // (ancillary data): how far behind the reader is, measured where it matters, and
+            // how evenly the network delivers (MDI).
             enable_arrival_info(&socket);
         }
         Ok(UdpReader {
@@ -614,6 +619,12 @@ impl UdpReader {
         };
         self.pos = start;
         self.end = end;
+        if let Some(tap) = &self.tap {
+            let at = self.batch.ats[range.start / MAX_DATAGRAM];
+            if start < end && at.is_finite() {
+                tap.0.on_arrival(at, end - start);
+            }
+        }
         start < end
     }
 
@@ -774,6 +785,8 @@ struct Datagrams {
     lens: [usize; BATCH],
     /// Of the last receive.
     arrival: Arrival,
+    /// Each datagram's kernel receive time, seconds (`CLOCK_REALTIME`; NaN when not told).
+    ats: [f64; BATCH],
     /// Datagrams received by the last call.
     len: usize,
     /// Room for a timespec and a u32 per datagram, with headers and alignment (u64 aligns).
@@ -786,6 +799,7 @@ impl Datagrams {
             bytes: Lazy::new(BATCH * MAX_DATAGRAM)?,
             lens: [0; BATCH],
             arrival: Arrival::default(),
+            ats: [f64::NAN; BATCH],
             len: 0,
             control: Box::new([[0; 16]; BATCH]),
         })
@@ -846,6 +860,8 @@ impl Datagrams {
         for (i, m) in msgs[..n].iter().enumerate() {
             self.lens[i] = (m.msg_len as usize).min(MAX_DATAGRAM);
             let a = arrival_of(&m.msg_hdr);
+            self.ats[i] =
+                a.at.map_or(f64::NAN, |t| t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9);
             self.arrival.at = self.arrival.at.or(a.at);
             self.arrival.drops = a.drops.or(self.arrival.drops);
         }

@@ -386,6 +386,9 @@ const PLOTS = [
   { name: 'blockiness_mean', title: 'Blockiness (% of flat blocks)' },
   { name: 'bitrate', title: 'Bitrate (kbit/s)', from: 'bytes' },
   { name: 'decode_errors', title: 'Decode errors (per period)' },
+  // UDP and RTP inputs only (RFC 4445's Media Delivery Index): shown where measured.
+  { name: 'mdi_df_ms', title: 'Delay factor, MDI (ms)', optional: true },
+  { name: 'mdi_mlr', title: 'Media loss rate, MDI (TS packets/s)', optional: true },
 ];
 
 async function loadPlots() {
@@ -393,7 +396,7 @@ async function loadPlots() {
   const box = $('#d-plots');
   const range = +$('#d-range').value * 1000;
   const since = new Date(Date.now() - range).toISOString();
-  const names = 'loudness_short_term_lufs,blockiness_mean,bytes,decode_errors';
+  const names = 'loudness_short_term_lufs,blockiness_mean,bytes,decode_errors,mdi_df_ms,mdi_mlr';
   let series;
   try {
     series = toSeries(await api(`/api/streams/${encodeURIComponent(id)}/metrics?since=${encodeURIComponent(since)}&names=${names}`));
@@ -404,7 +407,8 @@ async function loadPlots() {
   // Bitrate from the bytes of each period and the time between samples.
   const bytes = series.bytes || [];
   series.bitrate = bytes.slice(1).map(([t, b], i) => [t, b * 8 / 1000 / Math.max(0.001, (t - bytes[i][0]) / 1000)]);
-  box.replaceChildren(...PLOTS.map(p => plot(p.title, series[p.name] || [], range)));
+  box.replaceChildren(...PLOTS.filter(p => !p.optional || (series[p.name] || []).length)
+    .map(p => plot(p.title, series[p.name] || [], range)));
 }
 
 function plot(title, pts, range) {

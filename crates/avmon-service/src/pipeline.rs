@@ -86,7 +86,10 @@ impl Pipeline {
 
     /// Report TR 101 290 findings from `tap` (which the input's bytes go through).
     pub fn with_transport(mut self, tap: std::sync::Arc<crate::transport::TransportTap>) -> Self {
-        self.transport = Some(crate::transport::TransportDetector::new(tap));
+        self.transport = Some(crate::transport::TransportDetector::new(
+            tap,
+            self.detectors_cfg.mdi.clone(),
+        ));
         self
     }
 
@@ -300,6 +303,9 @@ impl Pipeline {
         for d in &self.detectors {
             d.summarize(put);
         }
+        if let Some(t) = &self.transport {
+            t.summarize(put);
+        }
     }
 
     /// Measurements for the period since the last call: counter deltas and detector metrics.
@@ -321,7 +327,13 @@ impl Pipeline {
         );
         m.insert("bytes".into(), (c.bytes - l.bytes) as f64);
         self.last_counters = c;
-        for d in &mut self.detectors {
+        let transport = self.transport.iter_mut().map(|t| t as &mut dyn Detector);
+        for d in self
+            .detectors
+            .iter_mut()
+            .map(|d| d.as_mut())
+            .chain(transport)
+        {
             d.take_metrics(&mut |k, v| {
                 m.insert(k.to_string(), v);
             });

@@ -19,8 +19,10 @@
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use avmon_core::{Details, Detector, Finding, Findings, Severity};
+use avmon_core::{kinds, Details, Detector, Finding, Findings, Severity};
+use avmon_detect::MdiConfig;
 use avmon_media::ByteTap;
+use avmon_transport::mdi::{Mdi, MdiMeter, INTERVAL_S};
 use avmon_transport::{Analyzer, Clock, Counters, Edge, Event, Indicator, Settings};
 
 /// Events of one indicator less than this many seconds (media time) apart are one finding.
@@ -44,7 +46,16 @@ struct TapState {
     /// The arrival clock's origin, for live inputs.
     live: Option<Instant>,
     rtp_lost: u64,
+    /// RFC 4445's Media Delivery Index, from the datagrams' arrival times (UDP and RTP).
+    mdi: MdiMeter,
+    /// Intervals measured, for the detector (at most [`MAX_QUEUED_MDI`]).
+    mdi_done: Vec<Mdi>,
+    /// The analyser's lost packets already handed to the meter.
+    lost_seen: u64,
 }
+
+/// The most MDI intervals the tap holds for the pipeline (ten minutes of them).
+const MAX_QUEUED_MDI: usize = 600;
 
 /// How long a table may be missing from HLS segments. RFC 8216 (§3.2) asks for a PAT and a PMT
 /// at the start of each segment, and segmenters write them only there, so TR 101 290's 0.5 s
@@ -79,6 +90,9 @@ impl TransportTap {
                 earlier_packets: 0,
                 live: live.then(Instant::now),
                 rtp_lost: 0,
+                mdi: MdiMeter::new(),
+                mdi_done: Vec::new(),
+                lost_seen: 0,
             }),
         })
     }
@@ -99,6 +113,8 @@ impl TransportTap {
         let mut old = std::mem::replace(&mut s.analyzer, fresh);
         s.events.clear();
         old.finish(&mut s.events);
+        s.mdi = MdiMeter::new();
+        s.lost_seen = 0;
     }
 
     /// Counts since the first connection.
@@ -120,8 +136,10 @@ impl TransportTap {
         self.state().rtp_lost
     }
 
-    fn drain(&self, out: &mut Vec<Event>) {
-        out.append(&mut self.state().events);
+    fn drain(&self, out: &mut Vec<Event>, mdi: &mut Vec<Mdi>) {
+        let mut s = self.state();
+        out.append(&mut s.events);
+        mdi.append(&mut s.mdi_done);
     }
 }
 
@@ -139,6 +157,13 @@ impl ByteTap for TransportTap {
             analyzer, events, ..
         } = &mut *s;
         analyzer.feed(bytes, clock, events);
+        let lost = analyzer.lost_packets();
+        if lost > s.lost_seen {
+            let new = lost - s.lost_seen;
+            s.mdi.lost(new);
+            s.lost_seen = lost;
+        }
+        let TapState { events, .. } = &mut *s;
         // Bounded: the pipeline drains the queue at every demuxed packet; a flood of errors
         // between two packets keeps its first 10 000 (the counters count all), and the ends of
         // absences after them (no more than it began), so that none stays open.
@@ -153,6 +178,15 @@ impl ByteTap for TransportTap {
 
     fn on_rtp_loss(&self, lost: u64) {
         self.state().rtp_lost += lost;
+    }
+
+    fn on_arrival(&self, at_s: f64, bytes: usize) {
+        let mut s = self.state();
+        if let Some(m) = s.mdi.arrival(at_s, bytes) {
+            if s.mdi_done.len() < MAX_QUEUED_MDI {
+                s.mdi_done.push(m);
+            }
+        }
     }
 }
 
@@ -189,27 +223,171 @@ pub struct TransportDetector {
     open: [Option<Open>; Indicator::ALL.len()],
     scratch: Vec<Event>,
     live: bool,
+    mdi_cfg: MdiConfig,
+    /// `network.delay_factor` and `network.media_loss`.
+    mdi_judges: [MdiJudge; 2],
+    mdi_scratch: Vec<Mdi>,
+    /// This metrics period's intervals: the largest delay factor, the summed loss rate and
+    /// rate, and how many.
+    period: (f64, f64, f64, u32),
+    /// The whole input's largest delay factor and loss rate, and intervals measured.
+    whole: (f64, f64, u64),
+}
+
+/// One MDI limit's state: intervals in a row over it or within it, and whether its finding is
+/// open.
+#[derive(Default)]
+struct MdiJudge {
+    over: u32,
+    under: u32,
+    open: bool,
+    worst: f64,
+}
+
+impl MdiJudge {
+    /// One interval's `value` against `limit`, at media time `now`.
+    #[allow(clippy::too_many_arguments)]
+    fn step(
+        &mut self,
+        kind: &'static str,
+        severity: Severity,
+        value: f64,
+        limit: f64,
+        cfg: &MdiConfig,
+        now: f64,
+        out: &mut Findings,
+    ) {
+        let intervals = |s: f64| (s / INTERVAL_S).round().max(1.0) as u32;
+        let name = if kind == kinds::NETWORK_DELAY_FACTOR {
+            "df_ms"
+        } else {
+            "mlr"
+        };
+        if value > limit {
+            self.under = 0;
+            self.over += 1;
+            self.worst = if self.over == 1 && !self.open {
+                value
+            } else {
+                self.worst.max(value)
+            };
+            if !self.open && self.over >= intervals(cfg.raise_after_s) {
+                self.open = true;
+                let mut d = Details::new();
+                d.insert(name.into(), round3(value).into());
+                d.insert("limit".into(), limit.into());
+                d.insert("standard".into(), "RFC 4445".into());
+                let onset = now - f64::from(self.over) * INTERVAL_S;
+                out.push(Finding::begin(kind, severity, onset.max(0.0), d));
+            }
+        } else {
+            self.over = 0;
+            if self.open {
+                self.under += 1;
+                if self.under >= intervals(cfg.clear_after_s) {
+                    self.close(
+                        kind,
+                        severity,
+                        name,
+                        now - f64::from(self.under) * INTERVAL_S,
+                        out,
+                    );
+                }
+            }
+        }
+    }
+
+    fn close(
+        &mut self,
+        kind: &'static str,
+        severity: Severity,
+        name: &str,
+        t: f64,
+        out: &mut Findings,
+    ) {
+        if !std::mem::take(&mut self.open) {
+            return;
+        }
+        let mut d = Details::new();
+        d.insert(format!("{name}_max"), round3(self.worst).into());
+        out.push(Finding::end(kind, severity, t.max(0.0), d));
+        self.under = 0;
+        self.over = 0;
+    }
+}
+
+fn round3(v: f64) -> f64 {
+    avmon_core::round_ms(v)
 }
 
 impl TransportDetector {
-    pub fn new(tap: Arc<TransportTap>) -> Self {
+    pub fn new(tap: Arc<TransportTap>, mdi: MdiConfig) -> Self {
         let live = tap.state().live.is_some();
         TransportDetector {
             live,
             tap,
             open: Default::default(),
             scratch: Vec::new(),
+            mdi_cfg: mdi,
+            mdi_judges: Default::default(),
+            mdi_scratch: Vec::new(),
+            period: (0.0, 0.0, 0.0, 0),
+            whole: (0.0, 0.0, 0),
         }
     }
 
     /// Take the tap's events, at media time `now`.
     fn take(&mut self, now: f64, out: &mut Findings) {
         let mut events = std::mem::take(&mut self.scratch);
-        self.tap.drain(&mut events);
+        let mut mdi = std::mem::take(&mut self.mdi_scratch);
+        self.tap.drain(&mut events, &mut mdi);
         for e in events.drain(..) {
             self.event(&e, now, out);
         }
+        for m in mdi.drain(..) {
+            self.mdi(&m, now, out);
+        }
         self.scratch = events;
+        self.mdi_scratch = mdi;
+    }
+
+    /// One interval of the Media Delivery Index.
+    fn mdi(&mut self, m: &Mdi, now: f64, out: &mut Findings) {
+        let df_ms = m.df_s * 1000.0;
+        self.period.0 = self.period.0.max(df_ms);
+        self.period.1 += m.mlr;
+        self.period.2 += m.rate_bps;
+        self.period.3 += 1;
+        self.whole = (
+            self.whole.0.max(df_ms),
+            self.whole.1.max(m.mlr),
+            self.whole.2 + 1,
+        );
+        if !self.mdi_cfg.enabled {
+            return;
+        }
+        let cfg = &self.mdi_cfg;
+        let [df, mlr] = &mut self.mdi_judges;
+        if let Some(limit) = cfg.df_max_ms {
+            df.step(
+                kinds::NETWORK_DELAY_FACTOR,
+                Severity::Minor,
+                df_ms,
+                limit,
+                cfg,
+                now,
+                out,
+            );
+        }
+        mlr.step(
+            kinds::NETWORK_MEDIA_LOSS,
+            Severity::Major,
+            m.mlr,
+            cfg.mlr_max,
+            cfg,
+            now,
+            out,
+        );
     }
 
     fn event(&mut self, e: &Event, now: f64, out: &mut Findings) {
@@ -273,6 +451,15 @@ impl TransportDetector {
     /// finding ends: at its last event, or at `end` while an absence holds it open.
     pub fn finish(&mut self, end: f64, out: &mut Findings) {
         self.take(end, out);
+        let [df, mlr] = &mut self.mdi_judges;
+        df.close(
+            kinds::NETWORK_DELAY_FACTOR,
+            Severity::Minor,
+            "df_ms",
+            end,
+            out,
+        );
+        mlr.close(kinds::NETWORK_MEDIA_LOSS, Severity::Major, "mlr", end, out);
         for (k, slot) in self.open.iter_mut().enumerate() {
             if let Some(o) = slot.take() {
                 let at = if o.absent.is_empty() {
@@ -304,6 +491,24 @@ fn end_at(i: Indicator, o: &Open, t: f64) -> Finding {
 impl Detector for TransportDetector {
     fn kind(&self) -> &'static str {
         "transport"
+    }
+
+    fn take_metrics(&mut self, put: &mut dyn FnMut(&'static str, f64)) {
+        let (df, mlr, rate, n) = std::mem::replace(&mut self.period, (0.0, 0.0, 0.0, 0));
+        if n > 0 {
+            put("mdi_df_ms", round3(df));
+            put("mdi_mlr", round3(mlr / f64::from(n)));
+            put("mdi_rate_kbps", round3(rate / f64::from(n) / 1000.0));
+        }
+    }
+
+    fn summarize(&self, put: &mut dyn FnMut(&'static str, f64)) {
+        let (df, mlr, n) = self.whole;
+        if n > 0 {
+            put("network.mdi_df_max_ms", round3(df));
+            put("network.mdi_mlr_max", round3(mlr));
+            put("network.mdi_intervals", n as f64);
+        }
     }
 
     fn on_tick(&mut self, now: f64, out: &mut Findings) {
@@ -352,7 +557,11 @@ mod tests {
     /// A tap for a file, its detector, and where the findings go.
     fn file_detector() -> (Arc<TransportTap>, TransportDetector, Findings) {
         let tap = TransportTap::new(false);
-        (tap.clone(), TransportDetector::new(tap), Findings::new())
+        (
+            tap.clone(),
+            TransportDetector::new(tap, MdiConfig::default()),
+            Findings::new(),
+        )
     }
 
     /// As if the analyser had found `events` in the bytes.

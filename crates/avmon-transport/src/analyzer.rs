@@ -186,6 +186,8 @@ struct PidState {
     last_had_payload: bool,
     /// The last packet was already repeated once.
     dup_seen: bool,
+    /// Packets the last continuity break skipped (see [`Analyzer::lost_packets`]).
+    gap: u64,
     /// The last packet with a payload, to recognise its duplicate.
     last: [u8; PACKET],
     /// 2.3: the last PCR's value, and its watch (2.3a).
@@ -291,6 +293,7 @@ impl PidState {
             cc: None,
             last_had_payload: false,
             dup_seen: false,
+            gap: 1,
             last: [0; PACKET],
             pcr: None,
             pcr_watch: None,
@@ -379,6 +382,8 @@ struct State {
     cat_seen: bool,
     /// Losses, damage and resyncs so far: a PCR line (2.4) across one cannot be judged.
     breaks: u64,
+    /// Packets the continuity counters say are missing (each break's gap, modulo 16).
+    lost: u64,
     /// 2.4 verdicts waiting [`ACCURACY_WAIT_S`], with the breaks counted when they were made.
     inaccurate: std::collections::VecDeque<(Event, u64)>,
     /// No watch can fire before this time (a lower bound, so scans stay rare).
@@ -416,6 +421,7 @@ impl Analyzer {
                 programs: Vec::new(),
                 cat_seen: false,
                 breaks: 0,
+                lost: 0,
                 inaccurate: Default::default(),
                 next_deadline: f64::NEG_INFINITY,
                 resync: true,
@@ -462,6 +468,12 @@ impl Analyzer {
     }
 
     /// Packets analysed so far.
+    /// TS packets lost, as the continuity counters tell: each break's gap (modulo 16, so at
+    /// least one and at most 15 a break).
+    pub fn lost_packets(&self) -> u64 {
+        self.state.lost
+    }
+
     pub fn packets(&self) -> u64 {
         self.state.slots - self.state.counters.sync_byte_errors
     }
@@ -739,6 +751,7 @@ impl State {
             Continuity::Duplicate => return,
             Continuity::Error => {
                 self.breaks += 1;
+                self.lost += self.pids[i].gap;
                 self.raise(Indicator::CcError, Some(h.pid), out);
                 if let Some(a) = &mut self.pids[i].psi {
                     a.reset();
@@ -793,6 +806,13 @@ impl State {
             }
             Some(last) if h.cc == (last + 1) & 0x0F => Continuity::Ok,
             Some(_) => Continuity::Error,
+        };
+        // How many packets a break skipped, as far as a 4-bit counter can say: at least one.
+        st.gap = match st.cc {
+            Some(last) if h.has_payload() && st.last_had_payload => {
+                u64::from(h.cc.wrapping_sub(last).wrapping_sub(1) & 0x0F).max(1)
+            }
+            _ => 1,
         };
         st.cc = Some(h.cc);
         st.last_had_payload = h.has_payload();

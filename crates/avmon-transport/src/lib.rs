@@ -56,6 +56,7 @@
 
 mod analyzer;
 pub mod clock;
+pub mod mdi;
 pub mod packet;
 pub mod psi;
 mod report;

@@ -108,6 +108,10 @@ fn each_run_of_lost_packets_is_one_cc_error_where_the_pid_resumes() {
     let mut at: Vec<(u64, u16)> = events.iter().map(|e| (e.packet, e.pid.unwrap())).collect();
     at.sort_unstable();
     assert_eq!(at, resumes(ts, &drop));
+    // The packets lost, as the counters' gaps tell (MDI's media loss): each one dropped.
+    let mut a = Analyzer::new();
+    a.feed(&damaged, Clock::Stream, &mut Vec::new());
+    assert_eq!(a.lost_packets(), drop.len() as u64);
 }
 
 #[test]

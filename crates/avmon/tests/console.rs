@@ -485,7 +485,8 @@ fn a_signed_in_console_holds_a_wall_of_151_streams_and_plots_stored_metrics() {
     browser.js("const s = document.querySelector('#search'); s.value = ''; s.dispatchEvent(new Event('input')); return true;");
     let wall = browser.screenshot("wall-151.png");
 
-    // The live stream's detail plots what the store kept: loudness and bitrate, with points.
+    // The live stream's detail plots what the store kept: loudness, bitrate and the delay
+    // factor, with points.
     wait_for(
         "three stored metrics periods",
         Duration::from_secs(40),
@@ -502,14 +503,14 @@ fn a_signed_in_console_holds_a_wall_of_151_streams_and_plots_stored_metrics() {
     );
     browser.js("location.hash = '#/stream/cam'; return true;");
     let plotted = browser.wait(
-        "loudness and bitrate plotted",
+        "loudness, bitrate and the delay factor (MDI, a UDP input) plotted",
         "const f = [...document.querySelectorAll('#d-plots figure')];
          const pts = t => { const x = f.find(x => x.querySelector('figcaption').textContent.startsWith(t)); const l = x && x.querySelector('polyline');
                             return l ? l.getAttribute('points').split(' ').filter(Boolean).length : 0; };
-         const got = [pts('Short-term loudness'), pts('Bitrate')];
+         const got = [pts('Short-term loudness'), pts('Bitrate'), pts('Delay factor')];
          return got.every(n => n >= 2) ? got : null;",
     );
-    eprintln!("points plotted (loudness, bitrate): {plotted}");
+    eprintln!("points plotted (loudness, bitrate, delay factor): {plotted}");
     browser.js("document.querySelector('#d-plots').scrollIntoView(); return true;");
     let detail = browser.screenshot("detail-plots.png");
     eprintln!("screenshots: {} {}", wall.display(), detail.display());
