@@ -60,6 +60,7 @@ pub mod mdi;
 pub mod packet;
 pub mod psi;
 mod report;
+pub mod scte35;
 pub mod sync;
 
 pub use analyzer::{Analyzer, Clock, Settings, SettingsError, LIVE_LAG_S};
