@@ -204,6 +204,8 @@ struct PidState {
     es: Option<Watch>,
     /// An audio or video elementary stream, whose PTS repetition 2.5 checks.
     av: bool,
+    /// A PMT lists it as SCTE 35 (stream_type 0x86): its sections are cues.
+    scte35: bool,
     /// 2.6: this PID's scrambled packets were counted as arriving without a CAT.
     scrambled_told: bool,
     /// 2.4: its last PCRs, to judge the next one's accuracy.
@@ -304,6 +306,7 @@ impl PidState {
             pmt: None,
             es: None,
             av: false,
+            scte35: false,
             scrambled_told: false,
             fit: PcrFit::default(),
         }
@@ -338,6 +341,10 @@ impl Pat {
 /// The most programs followed. Real multiplexes carry tens; the cap keeps a hostile PAT (up to
 /// 64 768 programs) from holding megabytes of PMTs.
 const MAX_PROGRAMS: usize = 1024;
+
+/// SCTE 35 cues held until taken: a cue comes every few seconds at most, so this is minutes'
+/// worth even for a caller that takes them rarely.
+pub const MAX_CUES: usize = 1000;
 
 /// A program's PMT as last received.
 struct Program {
@@ -384,6 +391,8 @@ struct State {
     breaks: u64,
     /// Packets the continuity counters say are missing (each break's gap, modulo 16).
     lost: u64,
+    /// SCTE 35 cues found, until taken ([`Analyzer::take_cues`]); at most [`MAX_CUES`].
+    cues: Vec<crate::Cue>,
     /// 2.4 verdicts waiting [`ACCURACY_WAIT_S`], with the breaks counted when they were made.
     inaccurate: std::collections::VecDeque<(Event, u64)>,
     /// No watch can fire before this time (a lower bound, so scans stay rare).
@@ -422,6 +431,7 @@ impl Analyzer {
                 cat_seen: false,
                 breaks: 0,
                 lost: 0,
+                cues: Vec::new(),
                 inaccurate: Default::default(),
                 next_deadline: f64::NEG_INFINITY,
                 resync: true,
@@ -472,6 +482,12 @@ impl Analyzer {
     /// least one and at most 15 a break).
     pub fn lost_packets(&self) -> u64 {
         self.state.lost
+    }
+
+    /// The SCTE 35 cues found since the last call, in order (at most [`MAX_CUES`] are held:
+    /// a stream sending more between two calls loses the newest).
+    pub fn take_cues(&mut self) -> Vec<crate::Cue> {
+        std::mem::take(&mut self.state.cues)
     }
 
     pub fn packets(&self) -> u64 {
@@ -970,6 +986,10 @@ impl State {
             return;
         }
         let i = self.index(pid);
+        if self.pids[i].scte35 && s[0] == crate::scte35::TABLE_ID {
+            self.cue(pid, s);
+            return;
+        }
         if self.pids[i].pmt.is_none() {
             return;
         }
@@ -987,6 +1007,28 @@ impl State {
             // Anything else on it is not a PMT where one must be: counted under 1.5.a.
             _ => self.raise(Indicator::PmtError, Some(pid), out),
         }
+    }
+
+    /// An SCTE 35 section: read, placed on the media timeline, and kept for the caller.
+    fn cue(&mut self, pid: u16, s: &[u8]) {
+        if self.cues.len() >= MAX_CUES {
+            return;
+        }
+        let info = crate::scte35::parse(s);
+        let splice = info.as_ref().ok().and_then(|i| match &i.command {
+            crate::scte35::Command::Insert(c) => c.pts,
+            crate::scte35::Command::TimeSignal { pts } => *pts,
+            _ => None,
+        });
+        let cue = crate::Cue {
+            pid,
+            packet: self.slot,
+            time_s: self.now,
+            media_s: self.media(),
+            splice_media_s: splice.and_then(|p| self.clock.media_of_pts(p)),
+            info,
+        };
+        self.cues.push(cue);
     }
 
     fn take_pat(&mut self, h: LongHeader, body: &[u8], out: &mut Vec<Event>) {
@@ -1098,9 +1140,16 @@ impl State {
     fn refresh_streams(&mut self, out: &mut Vec<Event>) {
         const REFERENCED: u8 = 1;
         const AV: u8 = 2;
+        const SCTE35: u8 = 4;
         let mut flags = vec![0u8; 8192];
         for es in self.programs.iter().flat_map(|p| p.streams.iter()) {
-            flags[usize::from(es.pid)] |= REFERENCED | if es.av { AV } else { 0 };
+            flags[usize::from(es.pid)] |= REFERENCED
+                | if es.av { AV } else { 0 }
+                | if es.stream_type == crate::scte35::STREAM_TYPE {
+                    SCTE35
+                } else {
+                    0
+                };
         }
         for (pid, &f) in flags.iter().enumerate() {
             if f != 0 {
@@ -1112,6 +1161,10 @@ impl State {
             let f = flags[usize::from(self.pids[i].pid)];
             let referenced = f & REFERENCED != 0;
             self.pids[i].av = f & AV != 0;
+            self.pids[i].scte35 = f & SCTE35 != 0;
+            if self.pids[i].scte35 {
+                self.pids[i].psi.get_or_insert_with(Box::default);
+            }
             if !referenced {
                 self.close_gap(Absence::Pid, i, false, out);
                 // Its PCRs are still judged, but only as each comes (see `pcr`).

@@ -129,6 +129,14 @@ impl StreamClock {
         self.origin = Some(self.origin.map_or(t, |o: f64| o.min(t)));
     }
 
+    /// Media time of a 90 kHz PTS value (a splice time), placed by the last believed PCR: may
+    /// be before or after now, or negative.
+    pub fn media_of_pts(&self, pts: u64) -> Option<f64> {
+        let a = self.last?;
+        let t = a.t + pts_diff(a.pcr / 300, pts) as f64 / 90_000.0;
+        Some(t - self.origin.unwrap_or(0.0))
+    }
+
     /// Media time of clock time `t`: seconds from the first PTS (never negative: bytes arrive
     /// before the pictures they carry are shown), or from the first PCR before any PTS.
     pub fn media(&self, t: f64) -> Option<f64> {

@@ -64,4 +64,4 @@ pub mod scte35;
 pub mod sync;
 
 pub use analyzer::{Analyzer, Clock, Settings, SettingsError, LIVE_LAG_S};
-pub use report::{Absences, Counters, Edge, Event, Indicator};
+pub use report::{Absences, Counters, Cue, Edge, Event, Indicator};

@@ -255,6 +255,23 @@ pub struct Event {
     pub media_s: Option<f64>,
 }
 
+/// An SCTE 35 splice_info_section found on a PID a PMT lists with stream_type 0x86.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Cue {
+    pub pid: u16,
+    /// Index of the slot of the packet that completed the section.
+    pub packet: u64,
+    /// When it came, on the analyser's clock ([`crate::Clock`]), seconds.
+    pub time_s: f64,
+    /// Where in the media it came: seconds from the first PTS, on the PCR clock.
+    pub media_s: Option<f64>,
+    /// Where in the media its splice time lies (a `splice_insert` or `time_signal` with a time),
+    /// on the same clock: `splice_media_s - media_s` is the cue's preroll.
+    pub splice_media_s: Option<f64>,
+    /// What it says, or why it could not be read.
+    pub info: Result<crate::scte35::SpliceInfo, crate::scte35::Scte35Error>,
+}
+
 /// The absences open in a sequence of [`Event`]s, to read each as a span: its `Begin` with its
 /// `End` ("the PAT was missing from 5.8 s to 7.3 s"). It holds at most one absence per
 /// indicator and PID, as the analyser opens no more.

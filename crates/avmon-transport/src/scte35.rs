@@ -325,3 +325,217 @@ impl<'a> Bits<'a> {
         Ok(out)
     }
 }
+
+/// Writing cues: the sections, and a stream that carries them (for test streams and
+/// `avmon synth`).
+pub mod write {
+    use crate::packet::{pes_start, Header, PesStart, PACKET};
+    use crate::psi::crc32_mpeg2;
+
+    /// A `splice_insert` section: leaving the network (`out`) or returning to it, at 90 kHz
+    /// `pts` (or at once when `None`), a break of `duration` ticks (auto return) when given.
+    pub fn splice_insert(
+        event_id: u32,
+        out: bool,
+        pts: Option<u64>,
+        duration: Option<u64>,
+    ) -> Vec<u8> {
+        let mut c = Bits::default();
+        c.put(32, u64::from(event_id));
+        c.put(1, 0); // not cancelled
+        c.put(7, 0x7F);
+        c.put(1, u64::from(out));
+        c.put(1, 1); // program splice
+        c.put(1, u64::from(duration.is_some()));
+        c.put(1, u64::from(pts.is_none())); // immediate
+        c.put(4, 0xF);
+        if let Some(p) = pts {
+            c.put(1, 1);
+            c.put(6, 0x3F);
+            c.put(33, p & ((1 << 33) - 1));
+        }
+        if let Some(d) = duration {
+            c.put(1, 1); // auto return
+            c.put(6, 0x3F);
+            c.put(33, d & ((1 << 33) - 1));
+        }
+        c.put(16, 1); // unique_program_id
+        c.put(8, 0);
+        c.put(8, 0);
+        section(0x05, &c.bytes)
+    }
+
+    /// A splice_info_section around a command (no descriptors, no PTS adjustment).
+    fn section(command_type: u8, command: &[u8]) -> Vec<u8> {
+        let mut b = Bits::default();
+        b.put(8, 0); // protocol_version
+        b.put(1, 0); // not encrypted
+        b.put(6, 0);
+        b.put(33, 0); // pts_adjustment
+        b.put(8, 0xFF); // cw_index
+        b.put(12, 0xFFF); // tier
+        b.put(12, command.len() as u64);
+        b.put(8, u64::from(command_type));
+        b.bytes.extend(command);
+        b.bytes.extend([0, 0]); // descriptor_loop_length
+        let len = b.bytes.len() + 4;
+        let mut s = vec![super::TABLE_ID, 0x30 | (len >> 8) as u8, len as u8];
+        s.extend(&b.bytes);
+        let crc = crc32_mpeg2(&s);
+        s.extend(crc.to_be_bytes());
+        s
+    }
+
+    #[derive(Default)]
+    struct Bits {
+        bytes: Vec<u8>,
+        bits: usize,
+    }
+
+    impl Bits {
+        fn put(&mut self, n: usize, v: u64) {
+            for k in (0..n).rev() {
+                if self.bits % 8 == 0 {
+                    self.bytes.push(0);
+                }
+                let last = self.bytes.len() - 1;
+                self.bytes[last] |= (((v >> k) & 1) as u8) << (7 - self.bits % 8);
+                self.bits += 1;
+            }
+        }
+    }
+
+    /// Why a stream could not take cues.
+    #[derive(Debug, PartialEq, thiserror::Error)]
+    pub enum InjectError {
+        #[error("no PAT with a program in the stream")]
+        NoProgram,
+        #[error("the PMT does not fit one packet with the SCTE 35 stream added")]
+        PmtTooLong,
+    }
+
+    /// The earliest PTS of any PES in `ts` (where its media time 0 lies).
+    pub fn first_pts(ts: &[u8]) -> Option<u64> {
+        ts.chunks_exact(PACKET)
+            .filter_map(|p| {
+                let p: &[u8; PACKET] = p.try_into().ok()?;
+                let h = Header::parse(p);
+                (h.pusi && h.payload < PACKET).then_some(())?;
+                match pes_start(&p[h.payload..]) {
+                    PesStart::Pts(v) if v != u64::MAX => Some(v),
+                    _ => None,
+                }
+            })
+            .take(50)
+            .min()
+    }
+
+    /// `ts` (whole packets, as a muxer writes a file) with an SCTE 35 stream on `pid` added to
+    /// its first program's PMT, and each section of `cues` sent in one packet just before the
+    /// first PES packet whose PTS reaches the cue's 90 kHz time. A constant-rate stream (one
+    /// with null packets) keeps its rate: the cue takes the place of the next null packet.
+    pub fn inject(ts: &[u8], pid: u16, cues: &[(u64, Vec<u8>)]) -> Result<Vec<u8>, InjectError> {
+        let packets: Vec<&[u8; PACKET]> = ts
+            .chunks_exact(PACKET)
+            .filter_map(|p| p.try_into().ok())
+            .collect();
+        let pmt_pid = packets
+            .iter()
+            .find_map(|p| {
+                let h = Header::parse(p);
+                if h.pid != 0 || !h.pusi || h.payload >= PACKET {
+                    return None;
+                }
+                let sec = &p[h.payload + 1 + usize::from(p[h.payload])..];
+                let len = usize::from(u16::from_be_bytes([sec[1] & 0x0F, sec[2]]));
+                let body = sec.get(8..(3 + len).checked_sub(4)?)?;
+                crate::psi::pat_programs(body)
+                    .find(|&(n, _)| n != 0)
+                    .map(|(_, p)| p)
+            })
+            .ok_or(InjectError::NoProgram)?;
+        let mut cues: Vec<&(u64, Vec<u8>)> = cues.iter().collect();
+        cues.sort_by_key(|c| c.0);
+        let constant_rate = packets
+            .iter()
+            .any(|p| Header::parse(p).pid == crate::packet::NULL_PID);
+        let mut next = 0;
+        let mut due = 0;
+        let mut cc = 0u8;
+        let mut out = Vec::with_capacity(ts.len() + cues.len() * PACKET);
+        for p in packets {
+            let h = Header::parse(p);
+            if h.pid == pmt_pid && h.pusi && h.payload < PACKET {
+                out.extend(pmt_with(p, h.payload, pid)?);
+                continue;
+            }
+            if due < cues.len() && h.pusi && h.payload < PACKET {
+                if let PesStart::Pts(v) = pes_start(&p[h.payload..]) {
+                    while due < cues.len()
+                        && v != u64::MAX
+                        && crate::packet::pts_diff(cues[due].0, v) >= 0
+                    {
+                        due += 1;
+                    }
+                }
+            }
+            if next < due {
+                if !constant_rate {
+                    while next < due {
+                        out.extend(cue_packet(pid, cc, &cues[next].1));
+                        cc = (cc + 1) & 0x0F;
+                        next += 1;
+                    }
+                } else if h.pid == crate::packet::NULL_PID {
+                    // The null packet's place is the cue's.
+                    out.extend(cue_packet(pid, cc, &cues[next].1));
+                    cc = (cc + 1) & 0x0F;
+                    next += 1;
+                    continue;
+                }
+            }
+            out.extend_from_slice(p);
+        }
+        Ok(out)
+    }
+
+    /// A PMT packet with `(0x86, pid)` added to its elementary streams.
+    fn pmt_with(p: &[u8; PACKET], payload: usize, pid: u16) -> Result<[u8; PACKET], InjectError> {
+        let start = payload + 1 + usize::from(p[payload]);
+        let sec = &p[start..];
+        let len = usize::from(u16::from_be_bytes([sec[1] & 0x0F, sec[2]]));
+        let end = 3 + len - 4; // before the CRC
+        if start + end + 5 + 4 > PACKET {
+            return Err(InjectError::PmtTooLong);
+        }
+        let mut s = sec[..end].to_vec();
+        s.extend([
+            super::STREAM_TYPE,
+            0xE0 | (pid >> 8) as u8,
+            pid as u8,
+            0xF0,
+            0x00,
+        ]);
+        let new_len = len + 5;
+        s[1] = (s[1] & 0xF0) | (new_len >> 8) as u8;
+        s[2] = new_len as u8;
+        let crc = crc32_mpeg2(&s);
+        s.extend(crc.to_be_bytes());
+        let mut q = [0xFF; PACKET];
+        q[..start].copy_from_slice(&p[..start]);
+        q[start..start + s.len()].copy_from_slice(&s);
+        Ok(q)
+    }
+
+    fn cue_packet(pid: u16, cc: u8, section: &[u8]) -> [u8; PACKET] {
+        let mut q = [0xFF; PACKET];
+        q[0] = 0x47;
+        q[1] = 0x40 | (pid >> 8) as u8;
+        q[2] = pid as u8;
+        q[3] = 0x10 | cc;
+        q[4] = 0; // pointer_field
+        let n = section.len().min(PACKET - 5);
+        q[5..5 + n].copy_from_slice(&section[..n]);
+        q
+    }
+}

@@ -3,12 +3,15 @@
 //! and random cues this test writes bit by bit. Damaged and cut sections are refused, never a
 //! panic.
 
+mod common;
+
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use avmon_transport::psi::crc32_mpeg2;
-use avmon_transport::scte35::{self, Command as Cmd, Scte35Error, SpliceInfo};
+use avmon_transport::scte35::{self, write, Command as Cmd, Scte35Error, SpliceInfo};
+use avmon_transport::{Analyzer, Clock};
 use serde_json::Value;
 
 /// SCTE 35 (2022) §14's sample messages: a time_signal with a placement opportunity start and
@@ -372,5 +375,83 @@ fn damaged_and_cut_sections_are_refused() {
     for n in 0..2000 {
         let junk: Vec<u8> = (0..n % 300).map(|_| rng.u8(..)).collect();
         let _ = scte35::parse(&junk);
+    }
+}
+
+/// Cues written into a real stream (FFmpeg's, at a constant rate) are found where they were
+/// sent, with their splice times on the media timeline; the stream stays clean by TR 101 290;
+/// and threefive finds the same cues in the same bytes.
+#[test]
+fn cues_in_a_stream_are_found_where_they_were_sent() {
+    let ts = common::cbr();
+    let first = write::first_pts(ts).expect("PTS in FFmpeg's stream");
+    let at = |s: f64| first + (s * 90_000.0) as u64;
+    // An avail announced at 2 s for 4 s, 3 s long; the return announced at 6.5 s for 7 s.
+    let cues = vec![
+        (
+            at(2.0),
+            write::splice_insert(7, true, Some(at(4.0)), Some(270_000)),
+        ),
+        (at(6.5), write::splice_insert(7, false, Some(at(7.0)), None)),
+    ];
+    let with = write::inject(ts, 0x1F0, &cues).unwrap();
+    assert_eq!(with.len(), ts.len(), "two null packets' places taken");
+
+    let mut a = Analyzer::new();
+    let mut events = Vec::new();
+    for chunk in with.chunks(1316) {
+        a.feed(chunk, Clock::Stream, &mut events);
+    }
+    a.finish(&mut events);
+    assert!(
+        events.is_empty(),
+        "no TR 101 290 error: {:?}",
+        common::kinds(&events)
+    );
+    let found = a.take_cues();
+    assert_eq!(found.len(), 2, "{found:?}");
+    for (c, (sent, splice)) in found.iter().zip([(2.0, 4.0), (6.5, 7.0)]) {
+        assert_eq!(c.pid, 0x1F0);
+        let info = c.info.as_ref().expect("read");
+        let Cmd::Insert(i) = &info.command else {
+            panic!("a splice_insert: {info:?}")
+        };
+        assert_eq!(i.event_id, 7);
+        // Sent just before the first picture or audio frame at or after its time.
+        let media = c.media_s.unwrap();
+        assert!(media >= sent - 0.7 && media <= sent + 0.1, "{c:?}");
+        assert!(
+            (c.splice_media_s.unwrap() - splice).abs() < 0.01,
+            "the splice time on the media timeline: {c:?}"
+        );
+    }
+    let Cmd::Insert(out) = &found[0].info.as_ref().unwrap().command else {
+        unreachable!()
+    };
+    assert!(out.out_of_network && out.duration == Some((270_000, true)));
+
+    // threefive, reading the whole stream, finds the same two, at the same splice times.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cues.ts");
+    std::fs::write(&path, &with).unwrap();
+    let script = r#"
+import json, sys, threefive
+found = []
+threefive.Stream(sys.argv[1]).decode(func=lambda c: found.append(c.command.pts_time))
+print(json.dumps(found))
+"#;
+    let o = Command::new("python3")
+        .args(["-c", script])
+        .arg(&path)
+        .env("PYTHONPATH", pydeps())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let theirs: Vec<f64> = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let ours: Vec<f64> = [4.0, 7.0].iter().map(|&s| secs(at(s))).collect();
+    assert_eq!(theirs.len(), 2, "{stdout}");
+    for (t, o) in theirs.iter().zip(&ours) {
+        assert!(near(*t, *o), "threefive {theirs:?}, sent {ours:?}");
     }
 }
