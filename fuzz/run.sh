@@ -29,3 +29,4 @@ run() {
 run ts_analyzer 65536
 run hls_playlist 16384
 run keyframe_filter 65536
+run scte35_section 4096

@@ -78,6 +78,15 @@ pub mod kinds {
     pub const NETWORK_DELAY_FACTOR: &str = "network.delay_factor";
     /// UDP/RTP delivery: RFC 4445's media loss rate over its limit (TS packets lost).
     pub const NETWORK_MEDIA_LOSS: &str = "network.media_loss";
+    /// An SCTE 35 cue (information: one event per cue, with what it says).
+    pub const SCTE35_CUE: &str = "scte35.cue";
+    /// An SCTE 35 cue that came too late: its splice time less than `min_preroll_s` ahead, or
+    /// already past.
+    pub const SCTE35_LATE_CUE: &str = "scte35.late_cue";
+    /// An avail (a cue-out) whose end passed without a cue-in.
+    pub const SCTE35_MISSING_CUE_IN: &str = "scte35.missing_cue_in";
+    /// No SCTE 35 cue for longer than a stream that expects them allows.
+    pub const SCTE35_NO_CUES: &str = "scte35.no_cues";
 }
 
 /// Round a media time to milliseconds for reports, so JSON shows `8.04` rather than `8.039999999`.

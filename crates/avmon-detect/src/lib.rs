@@ -107,6 +107,57 @@ pub struct DetectorsConfig {
     /// UDP/RTP delivery, RFC 4445's Media Delivery Index (`network.delay_factor`,
     /// `network.media_loss`).
     pub mdi: MdiConfig,
+    /// SCTE 35 cues in the transport stream (`scte35.*`).
+    pub scte35: Scte35Config,
+}
+
+/// What is asked of the SCTE 35 cues in a transport stream.
+#[derive(Clone, Debug, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Scte35Config {
+    /// Record cues and judge them.
+    pub enabled: bool,
+    /// `scte35.late_cue` when a cue's splice time is less than this far ahead when it arrives,
+    /// seconds (SCTE 67 asks for at least 4 s, so that a splicer can act).
+    pub min_preroll_s: f64,
+    /// An avail without a duration is expected to end within this many seconds.
+    pub max_break_s: f64,
+    /// `scte35.missing_cue_in` this long after an avail's end without a cue-in, seconds.
+    pub grace_s: f64,
+    /// `scte35.no_cues` when no cue (other than `splice_null` heartbeats) comes for this long,
+    /// seconds; unset: cues are not expected.
+    pub expect_every_s: Option<f64>,
+}
+
+impl Default for Scte35Config {
+    fn default() -> Self {
+        Scte35Config {
+            enabled: true,
+            min_preroll_s: 4.0,
+            max_break_s: 600.0,
+            grace_s: 5.0,
+            expect_every_s: None,
+        }
+    }
+}
+
+impl Scte35Config {
+    /// Push one message per invalid setting, prefixed with `path`.
+    pub fn validate(&self, path: &str, errors: &mut Vec<String>) {
+        check::within(
+            path,
+            "min_preroll_s",
+            self.min_preroll_s,
+            0.0,
+            3600.0,
+            errors,
+        );
+        check::positive(path, "max_break_s", self.max_break_s, errors);
+        check::within(path, "grace_s", self.grace_s, 0.0, 3600.0, errors);
+        if let Some(e) = self.expect_every_s {
+            check::positive(path, "expect_every_s", e, errors);
+        }
+    }
 }
 
 /// Limits on the Media Delivery Index of a UDP or RTP input (RFC 4445), measured each second
@@ -186,6 +237,7 @@ impl DetectorsConfig {
             .validate(&join(path, "channel_silence"), errors);
         self.dropout.validate(&join(path, "dropout"), errors);
         self.mdi.validate(&join(path, "mdi"), errors);
+        self.scte35.validate(&join(path, "scte35"), errors);
     }
 }
 

@@ -46,6 +46,7 @@ pub mod registry;
 pub mod report;
 pub mod retention;
 pub mod run;
+pub mod scte35;
 pub mod storage;
 pub mod stream;
 pub mod transport;

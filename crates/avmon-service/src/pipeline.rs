@@ -89,6 +89,7 @@ impl Pipeline {
         self.transport = Some(crate::transport::TransportDetector::new(
             tap,
             self.detectors_cfg.mdi.clone(),
+            self.detectors_cfg.scte35.clone(),
         ));
         self
     }

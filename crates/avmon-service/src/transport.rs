@@ -20,10 +20,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use avmon_core::{kinds, Details, Detector, Finding, Findings, Severity};
-use avmon_detect::MdiConfig;
+use avmon_detect::{MdiConfig, Scte35Config};
 use avmon_media::ByteTap;
 use avmon_transport::mdi::{Mdi, MdiMeter, INTERVAL_S};
-use avmon_transport::{Analyzer, Clock, Counters, Edge, Event, Indicator, Settings};
+use avmon_transport::{Analyzer, Clock, Counters, Cue, Edge, Event, Indicator, Settings};
+
+use crate::scte35::Scte35Judge;
 
 /// Events of one indicator less than this many seconds (media time) apart are one finding.
 pub const HOLD_S: f64 = 1.0;
@@ -52,6 +54,8 @@ struct TapState {
     mdi_done: Vec<Mdi>,
     /// The analyser's lost packets already handed to the meter.
     lost_seen: u64,
+    /// SCTE 35 cues found, for the detector (at most [`avmon_transport::MAX_CUES`]).
+    cues: Vec<Cue>,
 }
 
 /// The most MDI intervals the tap holds for the pipeline (ten minutes of them).
@@ -93,6 +97,7 @@ impl TransportTap {
                 mdi: MdiMeter::new(),
                 mdi_done: Vec::new(),
                 lost_seen: 0,
+                cues: Vec::new(),
             }),
         })
     }
@@ -113,6 +118,8 @@ impl TransportTap {
         let mut old = std::mem::replace(&mut s.analyzer, fresh);
         s.events.clear();
         old.finish(&mut s.events);
+        let cues = old.take_cues();
+        s.cues.extend(cues);
         s.mdi = MdiMeter::new();
         s.lost_seen = 0;
     }
@@ -136,10 +143,11 @@ impl TransportTap {
         self.state().rtp_lost
     }
 
-    fn drain(&self, out: &mut Vec<Event>, mdi: &mut Vec<Mdi>) {
+    fn drain(&self, out: &mut Vec<Event>, mdi: &mut Vec<Mdi>, cues: &mut Vec<Cue>) {
         let mut s = self.state();
         out.append(&mut s.events);
         mdi.append(&mut s.mdi_done);
+        cues.append(&mut s.cues);
     }
 }
 
@@ -157,11 +165,15 @@ impl ByteTap for TransportTap {
             analyzer, events, ..
         } = &mut *s;
         analyzer.feed(bytes, clock, events);
+        let found = analyzer.take_cues();
         let lost = analyzer.lost_packets();
         if lost > s.lost_seen {
             let new = lost - s.lost_seen;
             s.mdi.lost(new);
             s.lost_seen = lost;
+        }
+        if !found.is_empty() && s.cues.len() < avmon_transport::MAX_CUES {
+            s.cues.extend(found);
         }
         let TapState { events, .. } = &mut *s;
         // Bounded: the pipeline drains the queue at every demuxed packet; a flood of errors
@@ -232,6 +244,8 @@ pub struct TransportDetector {
     period: (f64, f64, f64, u32),
     /// The whole input's largest delay factor and loss rate, and intervals measured.
     whole: (f64, f64, u64),
+    scte35: Scte35Judge,
+    cue_scratch: Vec<Cue>,
 }
 
 /// One MDI limit's state: intervals in a row over it or within it, and whether its finding is
@@ -321,7 +335,7 @@ fn round3(v: f64) -> f64 {
 }
 
 impl TransportDetector {
-    pub fn new(tap: Arc<TransportTap>, mdi: MdiConfig) -> Self {
+    pub fn new(tap: Arc<TransportTap>, mdi: MdiConfig, scte35: Scte35Config) -> Self {
         let live = tap.state().live.is_some();
         TransportDetector {
             live,
@@ -333,6 +347,8 @@ impl TransportDetector {
             mdi_scratch: Vec::new(),
             period: (0.0, 0.0, 0.0, 0),
             whole: (0.0, 0.0, 0),
+            scte35: Scte35Judge::new(scte35),
+            cue_scratch: Vec::new(),
         }
     }
 
@@ -340,15 +356,26 @@ impl TransportDetector {
     fn take(&mut self, now: f64, out: &mut Findings) {
         let mut events = std::mem::take(&mut self.scratch);
         let mut mdi = std::mem::take(&mut self.mdi_scratch);
-        self.tap.drain(&mut events, &mut mdi);
+        let mut cues = std::mem::take(&mut self.cue_scratch);
+        self.tap.drain(&mut events, &mut mdi, &mut cues);
         for e in events.drain(..) {
             self.event(&e, now, out);
         }
         for m in mdi.drain(..) {
             self.mdi(&m, now, out);
         }
+        for c in cues.drain(..) {
+            // As for the analyser's events: a file by the cue's own media time, a live input by
+            // the packet clock.
+            let t = match c.media_s {
+                Some(m) if !self.live => m,
+                _ => now,
+            };
+            self.scte35.cue(&c, t.max(0.0), out);
+        }
         self.scratch = events;
         self.mdi_scratch = mdi;
+        self.cue_scratch = cues;
     }
 
     /// One interval of the Media Delivery Index.
@@ -451,6 +478,7 @@ impl TransportDetector {
     /// finding ends: at its last event, or at `end` while an absence holds it open.
     pub fn finish(&mut self, end: f64, out: &mut Findings) {
         self.take(end, out);
+        self.scte35.finish(end, out);
         let [df, mlr] = &mut self.mdi_judges;
         df.close(
             kinds::NETWORK_DELAY_FACTOR,
@@ -503,6 +531,13 @@ impl Detector for TransportDetector {
     }
 
     fn summarize(&self, put: &mut dyn FnMut(&'static str, f64)) {
+        let [cues, late, avails, heartbeats] = self.scte35.counts;
+        if cues + heartbeats > 0 {
+            put("scte35.cues", cues as f64);
+            put("scte35.late_cues", late as f64);
+            put("scte35.avails", avails as f64);
+            put("scte35.heartbeats", heartbeats as f64);
+        }
         let (df, mlr, n) = self.whole;
         if n > 0 {
             put("network.mdi_df_max_ms", round3(df));
@@ -513,6 +548,7 @@ impl Detector for TransportDetector {
 
     fn on_tick(&mut self, now: f64, out: &mut Findings) {
         self.take(now, out);
+        self.scte35.tick(now, out);
         for (k, slot) in self.open.iter_mut().enumerate() {
             if let Some(o) = slot.take_if(|o| o.absent.is_empty() && now - o.last >= HOLD_S) {
                 out.push(end_at(Indicator::ALL[k], &o, o.last));
@@ -559,7 +595,7 @@ mod tests {
         let tap = TransportTap::new(false);
         (
             tap.clone(),
-            TransportDetector::new(tap, MdiConfig::default()),
+            TransportDetector::new(tap, MdiConfig::default(), Scte35Config::default()),
             Findings::new(),
         )
     }

@@ -1165,8 +1165,11 @@ impl State {
             if self.pids[i].scte35 {
                 self.pids[i].psi.get_or_insert_with(Box::default);
             }
-            if !referenced {
+            if !referenced || self.pids[i].scte35 {
+                // An SCTE 35 PID carries a section only when there is a cue: minutes apart, so
+                // 1.6 does not watch it (whether cues come is `scte35.no_cues`' business).
                 self.close_gap(Absence::Pid, i, false, out);
+                self.pids[i].es = None;
                 // Its PCRs are still judged, but only as each comes (see `pcr`).
                 self.close_gap(Absence::Pcr, i, true, out);
             } else if self.pids[i].es.is_none() {

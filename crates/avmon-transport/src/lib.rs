@@ -63,5 +63,5 @@ mod report;
 pub mod scte35;
 pub mod sync;
 
-pub use analyzer::{Analyzer, Clock, Settings, SettingsError, LIVE_LAG_S};
+pub use analyzer::{Analyzer, Clock, Settings, SettingsError, LIVE_LAG_S, MAX_CUES};
 pub use report::{Absences, Counters, Cue, Edge, Event, Indicator};

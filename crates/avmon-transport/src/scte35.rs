@@ -405,6 +405,76 @@ pub mod write {
         }
     }
 
+    /// An avail to signal in a test stream (`avmon synth --cue`): `KIND@START-END` seconds of
+    /// media, KIND being `avail` (a cue-out 6 s before START, a cue-in 6 s before END), `late`
+    /// (the cue-out 1 s after START: its splice time already past) or `unended` (a cue-out,
+    /// and no cue-in).
+    #[derive(Clone, Copy, Debug, PartialEq)]
+    pub struct CueSpec {
+        pub kind: CueKind,
+        pub start: f64,
+        pub end: f64,
+    }
+
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum CueKind {
+        Avail,
+        Late,
+        Unended,
+    }
+
+    /// The preroll `avail` cues are sent with, seconds: SCTE 67's 4 s and some to spare (a cue
+    /// goes out with the first frame due at its time, and audio is muxed ahead).
+    pub const PREROLL_S: f64 = 6.0;
+
+    impl std::str::FromStr for CueSpec {
+        type Err = String;
+        fn from_str(s: &str) -> Result<Self, String> {
+            let err = || {
+                format!("bad cue {s:?}: expected avail|late|unended@START-END, e.g. avail@20-50")
+            };
+            let (kind, range) = s.split_once('@').ok_or_else(err)?;
+            let kind = match kind.trim() {
+                "avail" => CueKind::Avail,
+                "late" => CueKind::Late,
+                "unended" => CueKind::Unended,
+                _ => return Err(err()),
+            };
+            let (a, b) = range.split_once('-').ok_or_else(err)?;
+            let start: f64 = a.trim().parse().map_err(|_| err())?;
+            let end: f64 = b.trim().parse().map_err(|_| err())?;
+            if !(start >= 0.0 && end > start && end < 1e6) {
+                return Err(format!("bad cue {s:?}: need 0 <= START < END"));
+            }
+            Ok(CueSpec { kind, start, end })
+        }
+    }
+
+    /// The sections for `specs`, each with the 90 kHz time to send it at, for a stream whose
+    /// media time 0 is `first_pts`; event ids count from 1.
+    pub fn plan(first_pts: u64, specs: &[CueSpec]) -> Vec<(u64, Vec<u8>)> {
+        let at = |s: f64| (first_pts + (s.max(0.0) * 90_000.0).round() as u64) & ((1 << 33) - 1);
+        let mut out = Vec::new();
+        for (n, c) in specs.iter().enumerate() {
+            let id = n as u32 + 1;
+            let duration = ((c.end - c.start) * 90_000.0).round() as u64;
+            let sent = match c.kind {
+                CueKind::Late => c.start + 1.0,
+                _ => c.start - PREROLL_S,
+            };
+            out.push((
+                at(sent),
+                splice_insert(id, true, Some(at(c.start)), Some(duration)),
+            ));
+            if c.kind != CueKind::Unended {
+                // After its cue-out, however late that was.
+                let back = (c.end - PREROLL_S).max(sent + 1.5);
+                out.push((at(back), splice_insert(id, false, Some(at(c.end)), None)));
+            }
+        }
+        out
+    }
+
     /// Why a stream could not take cues.
     #[derive(Debug, PartialEq, thiserror::Error)]
     pub enum InjectError {

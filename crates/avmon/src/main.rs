@@ -126,6 +126,11 @@ enum Command {
         /// (pulse, default 0.5).
         #[arg(long = "defect", value_name = "KIND[:PARAM]@START-END")]
         defects: Vec<String>,
+        /// An SCTE 35 avail KIND@START-END (a file output); repeatable. Kinds: avail (cue-out 6 s
+        /// before START, cue-in 6 s before END), late (the cue-out 1 s after its splice time),
+        /// unended (no cue-in). Cues go on PID 0x1F0.
+        #[arg(long = "cue", value_name = "KIND@START-END")]
+        cues: Vec<String>,
         /// Repeat the defect schedule every this many seconds.
         #[arg(long)]
         repeat_every: Option<f64>,
@@ -293,6 +298,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             av_offset,
             channels,
             defects,
+            cues,
             repeat_every,
             realtime,
             preset,
@@ -312,6 +318,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 .collect::<Result<Vec<_>, String>>()
                 .map_err(anyhow::Error::msg)?;
             let network = output.contains("://");
+            let cues = cues
+                .iter()
+                .map(|c| c.parse())
+                .collect::<Result<Vec<avmon_transport::scte35::write::CueSpec>, String>>()
+                .map_err(anyhow::Error::msg)?;
+            if network && !cues.is_empty() {
+                anyhow::bail!(
+                    "--cue needs a file output (cues are written into the file after it)"
+                );
+            }
             let spec = avmon_media::synth::SynthSpec {
                 width,
                 height,
@@ -334,6 +350,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 "avmon synth: wrote {} video and {} audio frames ({:.2} s) to {output}",
                 stats.video_frames, stats.audio_frames, stats.duration_s
             );
+            if !cues.is_empty() {
+                use avmon_transport::scte35::write;
+                let ts = std::fs::read(&output).with_context(|| format!("reading {output}"))?;
+                let first = write::first_pts(&ts)
+                    .with_context(|| format!("{output}: no PTS to place cues by"))?;
+                let with = write::inject(&ts, 0x1F0, &write::plan(first, &cues))
+                    .with_context(|| format!("writing cues into {output}"))?;
+                std::fs::write(&output, with).with_context(|| format!("writing {output}"))?;
+                eprintln!("avmon synth: {} SCTE 35 avails signalled", cues.len());
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Damage {

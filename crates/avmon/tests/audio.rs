@@ -26,16 +26,6 @@ fn synth_audio(dir: &Path, name: &str, duration: f64, channels: u32, defects: &[
     out
 }
 
-/// The events of `kind`, as the report's JSON objects.
-fn of_kind<'a>(r: &'a Value, kind: &str) -> Vec<&'a Value> {
-    r["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["kind"] == kind)
-        .collect()
-}
-
 fn start_end(e: &Value) -> (f64, f64) {
     (e["start_s"].as_f64().unwrap(), e["end_s"].as_f64().unwrap())
 }

@@ -33,6 +33,16 @@ pub fn synth(dir: &Path, name: &str, duration: f64, defects: &[&str]) -> PathBuf
 }
 
 /// `avmon check --format json`, asserting it completed.
+/// The events of `kind` in a `check` report, as its JSON objects.
+pub fn of_kind<'a>(r: &'a Value, kind: &str) -> Vec<&'a Value> {
+    r["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == kind)
+        .collect()
+}
+
 pub fn check_json(input: &Path) -> Value {
     let o = avmon()
         .args(["check", "--format", "json", input.to_str().unwrap()])
