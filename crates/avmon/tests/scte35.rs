@@ -153,3 +153,77 @@ print(json.dumps(found))
     let ours: Vec<(u32, bool)> = want.iter().map(|w| (w.1, w.2)).collect();
     assert_eq!(theirs, ours);
 }
+
+/// The service, watching a UDP stream that carries cues (the synthetic file sent in real time,
+/// its datagrams evenly paced), stores each cue as an event with what it says, and raises the
+/// avail that does not return.
+#[test]
+fn the_service_records_the_cues_of_a_live_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cues.ts");
+    let o = avmon()
+        .args(["synth"])
+        .arg(&path)
+        .args(["--duration", "24", "--width", "320", "--height", "180"])
+        .args(["--preset", "ultrafast"])
+        .args(["--cue", "avail@8-12", "--cue", "unended@14-15"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr_of(&o));
+    let ts = std::fs::read(&path).unwrap();
+    let port = free_udp_port();
+    let (_service, http, base) = start_service(
+        dir.path(),
+        &format!("[[streams]]\nid = \"s\"\nurl = \"udp://127.0.0.1:{port}\"\n"),
+    );
+    // In real time: 24 s of stream, 1316-byte datagrams evenly spaced.
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let datagrams: Vec<&[u8]> = ts.chunks(1316).collect();
+    let every = std::time::Duration::from_secs_f64(24.0 / datagrams.len() as f64);
+    let start = std::time::Instant::now();
+    for (i, d) in datagrams.iter().enumerate() {
+        let due = start + every * i as u32;
+        if let Some(wait) = due.checked_duration_since(std::time::Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        let _ = sock.send_to(d, ("127.0.0.1", port));
+    }
+    let alerts = |kind: &str| -> Vec<Value> {
+        let all: Vec<Value> = http
+            .get(format!("{base}/api/alerts"))
+            .query(&[("stream", "s")])
+            .send()
+            .and_then(|r| r.json())
+            .unwrap_or_default();
+        all.into_iter().filter(|a| a["kind"] == kind).collect()
+    };
+    // Cues at 2 s (out, event 1), 6 s (in, event 1) and 8 s (out, event 2, 1 s long): the
+    // second avail ends at 15 s and is raised 5 s later, while the stream still runs.
+    let cues = wait_for(
+        "three cues stored",
+        std::time::Duration::from_secs(20),
+        || {
+            let c = alerts("scte35.cue");
+            (c.len() >= 3).then_some(c)
+        },
+    );
+    let mut seen: Vec<(u64, bool)> = cues
+        .iter()
+        .map(|a| {
+            let d = &a["details"];
+            (
+                d["event_id"].as_u64().unwrap(),
+                d["out_of_network"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(seen, [(1, false), (1, true), (2, true)], "{cues:?}");
+    let missing = wait_for(
+        "the avail without return raised",
+        std::time::Duration::from_secs(10),
+        || alerts("scte35.missing_cue_in").into_iter().next(),
+    );
+    assert_eq!(missing["details"]["event_id"], 2, "{missing}");
+    assert_eq!(missing["severity"], "major");
+}
