@@ -366,6 +366,23 @@ impl Checks {
                 out,
             );
         }
+        if let Some(c) = &s.cue {
+            let mut d = self.details();
+            d.insert("sequence".into(), s.sequence.into());
+            d.insert("source".into(), "hls".into());
+            d.insert("tag".into(), c.tag.into());
+            d.insert("out_of_network".into(), c.out.into());
+            if let Some(v) = c.duration {
+                d.insert("duration_s".into(), round_ms(v).into());
+            }
+            if let Some(id) = &c.id {
+                d.insert("id".into(), id.as_str().into());
+            }
+            if let Some(Ok(info)) = c.scte35.as_deref().map(avmon_transport::scte35::parse) {
+                d.insert("command".into(), info.command.name().into());
+            }
+            self.instant(kinds::SCTE35_CUE, Severity::Info, start_t, start_t, d, out);
+        }
         // RFC 8216, 4.3.3.1: each EXTINF, rounded to the nearest integer, <= the target duration.
         let too_long = s.duration.round() > td;
         if too_long {
@@ -505,6 +522,7 @@ mod tests {
                     range: None,
                     encryption: Encryption::None,
                     init: None,
+                    cue: None,
                 })
                 .collect(),
             ended: false,
@@ -673,6 +691,33 @@ mod tests {
         assert_eq!(out[1].severity, Severity::Info);
         assert_eq!(c.stats.target_duration_errors, 2);
         assert_eq!(c.stats.discontinuities, 1);
+    }
+
+    #[test]
+    fn ad_cues_are_events_where_their_segment_starts() {
+        let mut c = Checks::new(3.0, "v0", 0.0);
+        let mut out = Vec::new();
+        let mut w = window(0, &[2.0; 4], 2.0);
+        w.ended = true;
+        w.segments[2].cue = Some(crate::manifest::HlsCue {
+            tag: "EXT-X-CUE-OUT",
+            out: true,
+            duration: Some(30.0),
+            id: None,
+            scte35: None,
+        });
+        c.on_window(&w, 0.0, &mut out);
+        assert_eq!(
+            kinds_of(&out),
+            [
+                (kinds::SCTE35_CUE, FindingEdge::Begin),
+                (kinds::SCTE35_CUE, FindingEdge::End)
+            ]
+        );
+        assert_eq!((out[0].t, out[0].severity), (4.0, Severity::Info));
+        assert_eq!(out[0].details["out_of_network"], true);
+        assert_eq!(out[0].details["duration_s"], 30.0);
+        assert_eq!(out[0].details["sequence"], 2);
     }
 
     /// Hostile windows (sequence numbers at the edge of u64, zero and huge durations, windows

@@ -72,6 +72,24 @@ pub struct SegmentRef {
     pub encryption: Encryption,
     /// The initialisation section the segment needs (`EXT-X-MAP`; fMP4).
     pub init: Option<InitRef>,
+    /// An ad cue at this segment (`EXT-X-CUE-OUT`/`-IN`, or an `EXT-X-DATERANGE` with SCTE 35
+    /// attributes).
+    pub cue: Option<HlsCue>,
+}
+
+/// An ad cue a playlist signals at a segment.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HlsCue {
+    /// The tag: `EXT-X-CUE-OUT`, `EXT-X-CUE-IN` or `EXT-X-DATERANGE`.
+    pub tag: &'static str,
+    /// Leaving the programme (an avail begins); false: returning to it.
+    pub out: bool,
+    /// The avail's duration, seconds, when given.
+    pub duration: Option<f64>,
+    /// The DATERANGE's `ID`.
+    pub id: Option<String>,
+    /// The SCTE 35 section a DATERANGE carries (`SCTE35-OUT`, `SCTE35-IN`, `SCTE35-CMD`).
+    pub scte35: Option<Vec<u8>>,
 }
 
 /// `length` bytes from `offset`.

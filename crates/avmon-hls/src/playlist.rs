@@ -17,7 +17,7 @@ use m3u8_rs::{KeyMethod, Playlist};
 use url::Url;
 
 use crate::manifest::{
-    ByteRange, Encryption, InitRef, Manifest, ManifestError, ManifestFormat, MediaWindow,
+    ByteRange, Encryption, HlsCue, InitRef, Manifest, ManifestError, ManifestFormat, MediaWindow,
     SegmentRef, Variant,
 };
 
@@ -214,6 +214,7 @@ fn media(m: m3u8_rs::MediaPlaylist, text: &str, base: &Url) -> Result<MediaWindo
             range,
             encryption: encryption.clone(),
             init: init.clone(),
+            cue: cue(&s),
         });
     }
     Ok(MediaWindow {
@@ -222,6 +223,75 @@ fn media(m: m3u8_rs::MediaPlaylist, text: &str, base: &Url) -> Result<MediaWindo
         segments,
         ended: m.end_list,
     })
+}
+
+/// The ad cue signalled at a segment: `EXT-X-CUE-OUT[:DURATION]` / `EXT-X-CUE-IN` (the common
+/// SCTE 35 mapping of packagers), or an `EXT-X-DATERANGE` carrying `SCTE35-OUT`, `SCTE35-IN` or
+/// `SCTE35-CMD` (RFC 8216, 4.3.2.7.1). `EXT-X-CUE-OUT-CONT` only repeats an avail in progress.
+fn cue(s: &m3u8_rs::MediaSegment) -> Option<HlsCue> {
+    if let Some(d) = &s.daterange {
+        let attrs = d.other_attributes.as_ref();
+        let hex = |name: &str| {
+            attrs
+                .and_then(|a| a.get(name))
+                .map(|v| {
+                    v.as_str()
+                        .trim_start_matches("0x")
+                        .trim_start_matches("0X")
+                        .to_owned()
+                })
+                .and_then(|h| unhex(&h))
+        };
+        let (out, section) = match (hex("SCTE35-OUT"), hex("SCTE35-IN"), hex("SCTE35-CMD")) {
+            (Some(o), _, _) => (true, Some(o)),
+            (None, Some(i), _) => (false, Some(i)),
+            (None, None, Some(c)) => (false, Some(c)),
+            (None, None, None) => return None,
+        };
+        return Some(HlsCue {
+            tag: "EXT-X-DATERANGE",
+            out,
+            duration: d.planned_duration.or(d.duration),
+            id: Some(d.id.clone()),
+            scte35: section,
+        });
+    }
+    for t in &s.unknown_tags {
+        match t.tag.as_str() {
+            "X-CUE-OUT" => {
+                let rest = t.rest.as_deref().unwrap_or("");
+                let v = rest.trim().trim_start_matches("DURATION=");
+                return Some(HlsCue {
+                    tag: "EXT-X-CUE-OUT",
+                    out: true,
+                    duration: v.parse().ok().filter(|d: &f64| d.is_finite() && *d >= 0.0),
+                    id: None,
+                    scte35: None,
+                });
+            }
+            "X-CUE-IN" => {
+                return Some(HlsCue {
+                    tag: "EXT-X-CUE-IN",
+                    out: false,
+                    duration: None,
+                    id: None,
+                    scte35: None,
+                })
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+fn unhex(h: &str) -> Option<Vec<u8>> {
+    if h.len() % 2 != 0 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    (0..h.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&h[i..i + 2], 16).ok())
+        .collect()
 }
 
 fn key(k: &m3u8_rs::Key, base: &Url, what: &str) -> Result<Encryption, ManifestError> {
@@ -520,6 +590,43 @@ mod tests {
                 "{e}"
             );
         }
+    }
+
+    /// The two ways packagers signal ad breaks: `EXT-X-CUE-OUT`/`-IN`, and `EXT-X-DATERANGE`
+    /// with the SCTE 35 section itself (SCTE 35's §14.1 example as `SCTE35-OUT`).
+    #[test]
+    fn ad_cues_are_read_from_cue_tags_and_dateranges() {
+        let w = window(
+            "#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:7\n\
+             #EXTINF:2.0,\ns7.ts\n\
+             #EXT-X-CUE-OUT:DURATION=30\n#EXTINF:2.0,\ns8.ts\n\
+             #EXT-X-CUE-OUT-CONT:ElapsedTime=2,Duration=30\n#EXTINF:2.0,\ns9.ts\n\
+             #EXT-X-CUE-IN\n#EXTINF:2.0,\ns10.ts\n\
+             #EXT-X-DATERANGE:ID=\"splice-1207959695\",START-DATE=\"2026-12-07T10:00:00Z\",\
+             PLANNED-DURATION=60.3,SCTE35-OUT=0xFC302F000000000000FFFFF014054800008F7FEFFE7369C02EFE0052CCF500000000000A0008435545490000013562DBA30A\n\
+             #EXTINF:2.0,\ns11.ts\n",
+        )
+        .unwrap();
+        let cues: Vec<Option<&HlsCue>> = w.segments.iter().map(|s| s.cue.as_ref()).collect();
+        assert_eq!(cues[0], None);
+        let out = cues[1].unwrap();
+        assert_eq!(
+            (out.tag, out.out, out.duration),
+            ("EXT-X-CUE-OUT", true, Some(30.0))
+        );
+        assert_eq!(cues[2], None, "a continuation is no new cue");
+        assert_eq!(
+            cues[3].map(|c| (c.tag, c.out)),
+            Some(("EXT-X-CUE-IN", false))
+        );
+        let dr = cues[4].unwrap();
+        assert_eq!(
+            (dr.tag, dr.out, dr.duration),
+            ("EXT-X-DATERANGE", true, Some(60.3))
+        );
+        assert_eq!(dr.id.as_deref(), Some("splice-1207959695"));
+        let info = avmon_transport::scte35::parse(dr.scte35.as_ref().unwrap()).unwrap();
+        assert_eq!(info.command.name(), "splice_insert");
     }
 
     #[test]

@@ -89,6 +89,7 @@ mod tests {
             range: None,
             encryption: Encryption::None,
             init: None,
+            cue: None,
         }
     }
 
