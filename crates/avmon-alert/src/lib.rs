@@ -296,6 +296,24 @@ impl AlertEngine {
         }
     }
 
+    /// The detectors restarted at media time `media_now` (a source came back after an outage,
+    /// and their state was reset): each open alert of a kind `restarted` says is theirs, and not
+    /// already ending, must be found again, as a carried alert must ([`resume`](Self::resume)):
+    /// a `Begin` of its kind within `grace_s` continues it silently; otherwise it clears, ending
+    /// at `media_now`. Without this, a defect that ended during the outage stayed raised until
+    /// it next came and went: no detector remembered it was open.
+    pub fn reconfirm(&mut self, media_now: f64, grace_s: f64, restarted: &dyn Fn(&str) -> bool) {
+        for a in &mut self.active {
+            if a.pending.is_none() && restarted(&a.alert.kind) {
+                a.pending = Some(Pending {
+                    end_s: media_now.max(a.alert.start_s),
+                    details: Details::new(),
+                    grace_s: Some(grace_s.max(0.0)),
+                });
+            }
+        }
+    }
+
     /// Record a raise (or a return while flapping) of `kind` at media time `t`.
     fn note_raise(&mut self, kind: &str, t: f64) {
         if self.cfg.flap_max == 0 {
@@ -990,6 +1008,39 @@ mod tests {
         assert_eq!(a.cleared_at, Some(wall(2)));
         assert_eq!(a.details, old.details);
         assert_eq!(e.active().count(), 0);
+    }
+
+    /// After an outage the detectors restart: a defect that ended meanwhile clears after the
+    /// grace (it did not before: nothing remembered it was open), one that goes on continues
+    /// silently, and alerts of other kinds are left as they are.
+    #[test]
+    fn reconfirmed_alerts_clear_unless_their_defect_is_found_again() {
+        let mut e = engine();
+        let mut out = run(
+            &mut e,
+            &[
+                Begin("video.black", 10.0, MAJ),
+                Begin("audio.silence", 11.0, MAJ),
+                Begin("source.down", 12.0, CRIT),
+            ],
+        );
+        e.reconfirm(30.0, 5.0, &|k| k != "source.down");
+        out.extend(run(
+            &mut e,
+            &[
+                Begin("audio.silence", 32.0, MAJ),
+                Tick(34.9),
+                Tick(35.0),
+                Tick(60.0),
+            ],
+        ));
+        assert_eq!(
+            summarise(&out)[3..],
+            [(Cleared, "video.black", 10.0, Some(30.0), 0)],
+            "black clears at the restart, after the grace; silence goes on, silently"
+        );
+        let open: Vec<&str> = e.active().map(|a| a.kind.as_str()).collect();
+        assert_eq!(open, ["audio.silence", "source.down"]);
     }
 
     #[test]

@@ -82,6 +82,13 @@ impl StreamAlerts {
         self.engine.clear_all(end, Utc::now(), &mut self.events);
     }
 
+    /// The detectors restarted at `media_now`: their open alerts must be found again within
+    /// `grace_s` (see [`AlertEngine::reconfirm`]). `restarted` tells their kinds.
+    pub fn reconfirm(&mut self, media_now: f64, grace_s: f64, restarted: &dyn Fn(&str) -> bool) {
+        self.flush();
+        self.engine.reconfirm(media_now, grace_s, restarted);
+    }
+
     /// Continue the stream's open `alerts`, raised by the node that watched it before, from
     /// media time `media_now`, where this node starts watching (for a clock made by
     /// `MediaClock::resume(latest, gap_s)`, `latest + gap_s`). Makes no events: each alert is

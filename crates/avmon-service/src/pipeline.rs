@@ -281,6 +281,13 @@ impl Pipeline {
             t,
             Details::new(),
         ));
+        // The detectors start afresh: what they had open must be found again, or it clears
+        // (a black that ended while the source was down would otherwise stay raised).
+        let theirs: Vec<&'static str> = self.detectors.iter().map(|d| d.kind()).collect();
+        self.alerts
+            .reconfirm(t, crate::alerts::CARRY_GRACE_S, &|kind| {
+                theirs.contains(&kind)
+            });
         self.flush();
     }
 
