@@ -539,6 +539,12 @@ class Soak:
                 continue
             settle = KILL_SETTLE_S if kind in ("kill", "exit") else SETTLE_S
             lo, hi = s - 10 if kind == "clock" else s, e + settle
+            if kind in ("kill", "exit"):
+                # Killed while nothing could be written (the disk full; in a cluster, PostgreSQL
+                # away): what waited in memory since that began is lost with the process, as
+                # documented. Those occurrences are not counted.
+                lo = min([lo] + [d0 for (d0, d1, k, _) in self.events
+                                 if k in ("disk", "pg") and d0 <= s <= d1])
             if t0 < hi and lo < t1:
                 return True
         return False
