@@ -314,6 +314,9 @@ impl ByteTap for Taps {
     fn on_rtp_loss(&self, lost: u64) {
         self.transport.on_rtp_loss(lost);
     }
+    fn on_arrival(&self, at_s: f64, bytes: usize) {
+        self.transport.on_arrival(at_s, bytes);
+    }
 }
 
 /// A stream's evidence sources, for the evidence thread.
