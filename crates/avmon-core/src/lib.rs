@@ -73,6 +73,31 @@ pub mod kinds {
     pub const HLS_TARGET_DURATION: &str = "hls.target_duration";
     /// HLS delivery: an `EXT-X-DISCONTINUITY` (informational).
     pub const HLS_DISCONTINUITY: &str = "hls.discontinuity";
+    /// DASH delivery (`avmon-hls`): the MPD stopped updating (longer than `stale_factor` ×
+    /// the larger of `minimumUpdatePeriod` and the longest segment).
+    pub const DASH_STALE: &str = "dash.stale";
+    /// DASH delivery: a segment failed (HTTP error, timeout, empty), or was not there when
+    /// the MPD's clock says it is available.
+    pub const DASH_SEGMENT_ERROR: &str = "dash.segment_error";
+    /// DASH delivery: a segment took longer to download than it lasts.
+    pub const DASH_SLOW_SEGMENT: &str = "dash.slow_segment";
+    /// DASH delivery: segments left the window before the MPD listed them, or the timeline
+    /// started over.
+    pub const DASH_SEQUENCE_ERROR: &str = "dash.sequence_error";
+    /// DASH delivery: a segment longer than the MPD's `maxSegmentDuration`.
+    pub const DASH_SEGMENT_DURATION: &str = "dash.segment_duration";
+    /// DASH delivery: a new Period begins (informational).
+    pub const DASH_PERIOD: &str = "dash.period";
+    /// DASH delivery: the SegmentTimeline leaves media time uncovered between two segments.
+    pub const DASH_TIMELINE_GAP: &str = "dash.timeline_gap";
+    /// DASH delivery: two segments of the SegmentTimeline overlap.
+    pub const DASH_TIMELINE_OVERLAP: &str = "dash.timeline_overlap";
+    /// DASH delivery: `availabilityStartTime` changed between two updates of a live MPD
+    /// (players lose their place).
+    pub const DASH_AVAILABILITY_START: &str = "dash.availability_start";
+    /// DASH delivery: an update's `publishTime` is earlier than the last one's (an older MPD
+    /// served again).
+    pub const DASH_PUBLISH_TIME: &str = "dash.publish_time";
     /// UDP/RTP delivery: RFC 4445's delay factor over its limit (arrival jitter a receiver
     /// must buffer).
     pub const NETWORK_DELAY_FACTOR: &str = "network.delay_factor";

@@ -20,7 +20,41 @@
 use avmon_core::{kinds, round_ms, Details, Finding, Findings, Severity};
 use serde::Serialize;
 
-use crate::manifest::{MediaWindow, SegmentRef};
+use crate::manifest::{DocTimes, MediaWindow, SegmentRef};
+
+/// The kinds a format's delivery checks report under: the same rules, named for the format.
+#[derive(Debug)]
+pub struct DeliveryKinds {
+    pub stale: &'static str,
+    pub segment_error: &'static str,
+    pub slow_segment: &'static str,
+    pub sequence_error: &'static str,
+    /// A segment longer than the document allows.
+    pub too_long: &'static str,
+    /// A discontinuity (HLS) or a new Period (DASH).
+    pub discontinuity: &'static str,
+}
+
+pub static HLS_KINDS: DeliveryKinds = DeliveryKinds {
+    stale: kinds::HLS_STALE,
+    segment_error: kinds::HLS_SEGMENT_ERROR,
+    slow_segment: kinds::HLS_SLOW_SEGMENT,
+    sequence_error: kinds::HLS_SEQUENCE_ERROR,
+    too_long: kinds::HLS_TARGET_DURATION,
+    discontinuity: kinds::HLS_DISCONTINUITY,
+};
+
+pub static DASH_KINDS: DeliveryKinds = DeliveryKinds {
+    stale: kinds::DASH_STALE,
+    segment_error: kinds::DASH_SEGMENT_ERROR,
+    slow_segment: kinds::DASH_SLOW_SEGMENT,
+    sequence_error: kinds::DASH_SEQUENCE_ERROR,
+    too_long: kinds::DASH_SEGMENT_DURATION,
+    discontinuity: kinds::DASH_PERIOD,
+};
+
+/// `availabilityStartTime` moving by less than this (seconds) is rounding, not a change.
+const AST_TOLERANCE_S: f64 = 0.001;
 
 /// A forward jump of the media sequence by more than this many segments is a renumbering (a
 /// restarted packager), not segments lost: no media time is estimated for it.
@@ -99,6 +133,7 @@ pub struct Reloaded {
 
 #[derive(Debug)]
 pub struct Checks {
+    kinds: &'static DeliveryKinds,
     stale_factor: f64,
     variant: String,
     /// See the module docs.
@@ -123,6 +158,8 @@ pub struct Checks {
     /// Sum and count of listed durations, for estimating skipped segments.
     listed_s: f64,
     listed: u64,
+    /// The last document's own times (DASH).
+    doc: Option<DocTimes>,
 }
 
 impl Checks {
@@ -151,6 +188,7 @@ impl Checks {
     /// `now` is the wall second the monitor started; `variant` labels the findings' details.
     pub fn new(stale_factor: f64, variant: impl Into<String>, now: f64) -> Self {
         Checks {
+            kinds: &HLS_KINDS,
             stale_factor,
             variant: variant.into(),
             media_t: 0.0,
@@ -168,7 +206,17 @@ impl Checks {
             too_long: Condition::new(kinds::HLS_TARGET_DURATION, Severity::Warning),
             listed_s: 0.0,
             listed: 0,
+            doc: None,
         }
+    }
+
+    /// Report under `kinds` (a format's; HLS's by default).
+    pub fn with_kinds(mut self, kinds: &'static DeliveryKinds) -> Self {
+        self.kinds = kinds;
+        self.segment_error = Condition::new(kinds.segment_error, Severity::Major);
+        self.slow = Condition::new(kinds.slow_segment, Severity::Warning);
+        self.too_long = Condition::new(kinds.too_long, Severity::Warning);
+        self
     }
 
     /// The target duration of the last window, once one was loaded.
@@ -198,16 +246,19 @@ impl Checks {
         self.stats.reloads += 1;
         self.last_error = None;
         self.target_duration = Some(w.target_duration);
+        // A window that lists nothing (every segment aged out of a DASH window) is no change.
         let last = w.last_sequence();
-        let changed = last != self.last_listed || w.ended;
-        self.last_listed = last;
+        let changed = w.ended || (last.is_some() && last != self.last_listed);
+        if last.is_some() {
+            self.last_listed = last;
+        }
         if changed {
             self.last_change = now;
             if let Some(since) = self.stale_since.take() {
                 let mut d = self.details();
                 d.insert("stale_s".into(), round_ms(now - since).into());
                 out.push(Finding::end(
-                    kinds::HLS_STALE,
+                    self.kinds.stale,
                     Severity::Critical,
                     self.media_t,
                     d,
@@ -216,6 +267,9 @@ impl Checks {
         } else {
             self.check_stale(now, out);
         }
+        if let Some(doc) = &w.doc {
+            self.compare_doc(doc, out);
+        }
         let start = self.start_index(w, out);
         self.prev_first = Some(w.first_sequence);
         let planned = w.segments[start..]
@@ -223,6 +277,39 @@ impl Checks {
             .map(|s| self.plan(s, w.target_duration, out))
             .collect();
         Reloaded { changed, planned }
+    }
+
+    /// An MPD's own times against the last update's: `availabilityStartTime` must stay put,
+    /// `publishTime` must not go back.
+    fn compare_doc(&mut self, doc: &DocTimes, out: &mut Findings) {
+        if let Some(prev) = self.doc.take() {
+            let t = self.media_t;
+            if let (Some(a), Some(b)) = (prev.availability_start, doc.availability_start) {
+                if (a - b).abs() > AST_TOLERANCE_S {
+                    let mut d = self.details();
+                    d.insert("before".into(), rfc3339(a).into());
+                    d.insert("after".into(), rfc3339(b).into());
+                    d.insert("moved_s".into(), round_ms(b - a).into());
+                    self.instant(
+                        kinds::DASH_AVAILABILITY_START,
+                        Severity::Major,
+                        t,
+                        t,
+                        d,
+                        out,
+                    );
+                }
+            }
+            if let (Some(a), Some(b)) = (prev.publish, doc.publish) {
+                if b < a {
+                    let mut d = self.details();
+                    d.insert("before".into(), rfc3339(a).into());
+                    d.insert("after".into(), rfc3339(b).into());
+                    self.instant(kinds::DASH_PUBLISH_TIME, Severity::Warning, t, t, d, out);
+                }
+            }
+        }
+        self.doc = Some(doc.clone());
     }
 
     /// A reload at wall second `now` failed (`reason`): the playlist did not change.
@@ -236,7 +323,13 @@ impl Checks {
         let Some(td) = self.target_duration else {
             return;
         };
-        let limit = self.stale_factor * td;
+        // An MPD may promise to change less often than its segments last.
+        let period = self
+            .doc
+            .as_ref()
+            .and_then(|d| d.update_period)
+            .unwrap_or(0.0);
+        let limit = self.stale_factor * td.max(period);
         let unchanged = now - self.last_change;
         if self.stale_since.is_none() && unchanged > limit {
             self.stale_since = Some(now);
@@ -248,7 +341,7 @@ impl Checks {
                 d.insert("last_error".into(), e.clone().into());
             }
             out.push(Finding::begin(
-                kinds::HLS_STALE,
+                self.kinds.stale,
                 Severity::Critical,
                 self.media_t,
                 d,
@@ -322,7 +415,7 @@ impl Checks {
             d.insert("skipped".into(), n.into());
         }
         self.instant(
-            kinds::HLS_SEQUENCE_ERROR,
+            self.kinds.sequence_error,
             Severity::Major,
             t0,
             self.media_t,
@@ -358,13 +451,28 @@ impl Checks {
             let mut d = self.details();
             d.insert("sequence".into(), s.sequence.into());
             self.instant(
-                kinds::HLS_DISCONTINUITY,
+                self.kinds.discontinuity,
                 Severity::Info,
                 start_t,
                 start_t,
                 d,
                 out,
             );
+        }
+        if let Some(gap) = s.gap_before_s {
+            let (kind, sev) = if gap > 0.0 {
+                (kinds::DASH_TIMELINE_GAP, Severity::Major)
+            } else {
+                (kinds::DASH_TIMELINE_OVERLAP, Severity::Warning)
+            };
+            let mut d = self.details();
+            d.insert("sequence".into(), s.sequence.into());
+            d.insert("uri".into(), s.uri.as_str().into());
+            d.insert(
+                if gap > 0.0 { "gap_s" } else { "overlap_s" }.into(),
+                round_ms(gap.abs()).into(),
+            );
+            self.instant(kind, sev, start_t, start_t, d, out);
         }
         if let Some(c) = &s.cue {
             let mut d = self.details();
@@ -451,6 +559,13 @@ impl Checks {
     }
 }
 
+/// Unix seconds as RFC 3339 (UTC, milliseconds).
+fn rfc3339(t: f64) -> String {
+    chrono::DateTime::from_timestamp_millis((t * 1000.0).round() as i64)
+        .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_else(|| t.to_string())
+}
+
 /// Details every finding of a variant carries.
 fn details(variant: &str) -> Details {
     let mut d = Details::new();
@@ -523,9 +638,11 @@ mod tests {
                     encryption: Encryption::None,
                     init: None,
                     cue: None,
+                    gap_before_s: None,
                 })
                 .collect(),
             ended: false,
+            doc: None,
         }
     }
 
@@ -722,6 +839,94 @@ mod tests {
 
     /// Hostile windows (sequence numbers at the edge of u64, zero and huge durations, windows
     /// that jump anywhere) and any order of outcomes: findings, never a panic.
+    #[test]
+    fn dash_documents_are_compared_between_updates() {
+        let doc = |ast: f64, publish: f64, mup: Option<f64>| {
+            let mut w = window(0, &[1.0, 1.0], 1.0);
+            w.doc = Some(DocTimes {
+                availability_start: Some(ast),
+                publish: Some(publish),
+                update_period: mup,
+            });
+            w
+        };
+        let mut c = Checks::new(3.0, "video/0", 0.0).with_kinds(&DASH_KINDS);
+        let mut out = Vec::new();
+        c.on_window(&doc(1000.0, 1010.0, Some(10.0)), 0.0, &mut out);
+        assert!(out.is_empty(), "{out:?}");
+        // Unchanged for 20 s: not stale when the MPD may wait 10 s between updates (limit 30 s).
+        c.on_window(&doc(1000.0, 1010.0, Some(10.0)), 20.0, &mut out);
+        assert!(out.is_empty(), "{out:?}");
+        c.on_window(&doc(1000.0, 1010.0, Some(10.0)), 31.0, &mut out);
+        assert_eq!(kinds_of(&out), [(kinds::DASH_STALE, FindingEdge::Begin)]);
+        out.clear();
+        // availabilityStartTime moved and publishTime went back: one event each.
+        let mut w = doc(1000.5, 1005.0, Some(10.0));
+        w.segments[1].sequence = 2;
+        c.on_window(&w, 32.0, &mut out);
+        let k = kinds_of(&out);
+        assert!(k.contains(&(kinds::DASH_STALE, FindingEdge::End)), "{k:?}");
+        for kind in [kinds::DASH_AVAILABILITY_START, kinds::DASH_PUBLISH_TIME] {
+            assert_eq!(
+                k.iter().filter(|(x, _)| *x == kind).count(),
+                2,
+                "{kind}: {k:?}"
+            );
+        }
+        let ast = out
+            .iter()
+            .find(|f| f.kind == kinds::DASH_AVAILABILITY_START)
+            .unwrap();
+        assert_eq!(ast.details["moved_s"], 0.5);
+        assert_eq!(ast.details["before"], "1970-01-01T00:16:40.000Z");
+    }
+
+    #[test]
+    fn timeline_gaps_and_overlaps_are_reported_once_at_their_segment() {
+        let mut w = window(10, &[2.0, 2.0, 2.0, 2.0], 2.0);
+        w.ended = true;
+        w.segments[1].gap_before_s = Some(0.5);
+        w.segments[3].gap_before_s = Some(-0.25);
+        let mut c = Checks::new(3.0, "audio/1", 0.0).with_kinds(&DASH_KINDS);
+        let mut out = Vec::new();
+        c.on_window(&w, 0.0, &mut out);
+        let gaps: Vec<_> = out
+            .iter()
+            .filter(|f| f.edge == FindingEdge::Begin)
+            .map(|f| {
+                (
+                    f.kind,
+                    f.t,
+                    f.details
+                        .get("gap_s")
+                        .or(f.details.get("overlap_s"))
+                        .cloned(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            gaps,
+            [
+                (kinds::DASH_TIMELINE_GAP, 2.0, Some(0.5.into())),
+                (kinds::DASH_TIMELINE_OVERLAP, 6.0, Some(0.25.into()))
+            ]
+        );
+        // The same window again: nothing new is planned, nothing reported again.
+        out.clear();
+        c.on_window(&w, 1.0, &mut out);
+        assert!(out.is_empty(), "{out:?}");
+        // And a failed segment is reported under the DASH kind.
+        let p = Planned {
+            seg: w.segments[0].clone(),
+            start_t: 0.0,
+        };
+        c.on_segment_failed(&p, "404", Some(404), &mut out);
+        assert_eq!(
+            kinds_of(&out),
+            [(kinds::DASH_SEGMENT_ERROR, FindingEdge::Begin)]
+        );
+    }
+
     #[test]
     fn random_windows_and_outcomes_never_panic() {
         let mut rnd = crate::xorshift(0x9e37_79b9_7f4a_7c15u64);

@@ -108,6 +108,15 @@ impl HlsConfig {
         }
     }
 
+    /// The manifest format of the URL: DASH for an MPD, HLS otherwise.
+    pub fn format(&self) -> std::sync::Arc<dyn crate::manifest::ManifestFormat> {
+        if is_dash_url(&self.url) {
+            std::sync::Arc::new(crate::dash::Dash::default())
+        } else {
+            std::sync::Arc::new(crate::playlist::Hls)
+        }
+    }
+
     #[cfg(feature = "net")]
     pub(crate) fn playlist_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.playlist_timeout_s)
@@ -126,6 +135,18 @@ pub fn is_hls_url(input: &str) -> bool {
     })
 }
 
+/// Whether `input` names a DASH MPD over HTTP: an `http(s)` URL whose path ends in `.mpd`.
+pub fn is_dash_url(input: &str) -> bool {
+    Url::parse(input).is_ok_and(|u| {
+        matches!(u.scheme(), "http" | "https") && u.path().to_ascii_lowercase().ends_with(".mpd")
+    })
+}
+
+/// Whether `input` is for avmon's own HLS/DASH monitor ([`is_hls_url`] or [`is_dash_url`]).
+pub fn is_manifest_url(input: &str) -> bool {
+    is_hls_url(input) || is_dash_url(input)
+}
+
 /// Chooses variants of a master playlist. In TOML: `variants = [{ index = 0 }, { bandwidth =
 /// 2500000 }, { name = "720p" }]`.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
@@ -135,7 +156,8 @@ pub enum VariantSelector {
     Index(usize),
     /// The variant whose `BANDWIDTH` is closest to this many bits per second (ties: the first).
     Bandwidth(u64),
-    /// The variant whose `NAME` attribute, `RESOLUTION` (`1280x720`) or URI as written matches.
+    /// The variant whose `NAME` attribute, `RESOLUTION` (`1280x720`) or URI as written matches;
+    /// for DASH, the Representation's `@id` or avmon's name for it (`video/ID`).
     Name(String),
 }
 
@@ -169,6 +191,7 @@ impl VariantSelector {
                 .map(|(i, _)| i),
             VariantSelector::Name(n) => variants.iter().position(|v| {
                 v.name == *n
+                    || v.id.as_deref() == Some(n.as_str())
                     || v.resolution.as_deref() == Some(n.as_str())
                     || v.uri.path().ends_with(&format!("/{n}"))
             }),

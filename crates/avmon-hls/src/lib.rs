@@ -46,6 +46,7 @@
 
 pub mod checks;
 pub mod config;
+pub mod dash;
 #[cfg(feature = "net")]
 pub mod http;
 pub mod manifest;
@@ -66,7 +67,8 @@ pub(crate) fn xorshift(mut state: u64) -> impl FnMut() -> u64 {
 }
 
 pub use checks::VariantStats;
-pub use config::{is_hls_url, HlsConfig, VariantSelector};
+pub use config::{is_dash_url, is_hls_url, is_manifest_url, HlsConfig, VariantSelector};
+pub use dash::Dash;
 pub use manifest::{Manifest, ManifestFormat, MediaWindow, SegmentRef, Variant};
 #[cfg(feature = "net")]
 pub use monitor::{

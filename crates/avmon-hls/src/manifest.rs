@@ -5,8 +5,8 @@
 //! a [`MediaWindow`], and the bytes of a variant's document into its current window. HLS does
 //! this with two documents (a master playlist, then one media playlist per variant); DASH would do
 //! it with one (the MPD, reloaded for every representation, `Variant::id` naming the
-//! representation, `$Number$` giving the sequence numbers). Adding DASH means a second
-//! implementation of this trait, not a second monitor.
+//! representation; see [`crate::dash`]). DASH is a second implementation of this trait, not a
+//! second monitor.
 
 use url::Url;
 
@@ -46,8 +46,23 @@ pub struct MediaWindow {
     /// Sequence number of the first segment listed (`EXT-X-MEDIA-SEQUENCE`).
     pub first_sequence: u64,
     pub segments: Vec<SegmentRef>,
-    /// No segment will be added (`EXT-X-ENDLIST`): stop reloading once these are fetched.
+    /// No segment will be added (`EXT-X-ENDLIST`; a static MPD): stop reloading once these are
+    /// fetched.
     pub ended: bool,
+    /// The document's own times, for checks between reloads (DASH); `None` for HLS.
+    pub doc: Option<DocTimes>,
+}
+
+/// What an MPD says of itself, compared from one reload to the next.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DocTimes {
+    /// `availabilityStartTime`, Unix seconds: must not change while a presentation is live.
+    pub availability_start: Option<f64>,
+    /// `publishTime`, Unix seconds: must not go backwards.
+    pub publish: Option<f64>,
+    /// `minimumUpdatePeriod`, seconds: how often the document may change, so how long it may
+    /// stay the same before it is stale.
+    pub update_period: Option<f64>,
 }
 
 impl MediaWindow {
@@ -73,14 +88,17 @@ pub struct SegmentRef {
     /// The initialisation section the segment needs (`EXT-X-MAP`; fMP4).
     pub init: Option<InitRef>,
     /// An ad cue at this segment (`EXT-X-CUE-OUT`/`-IN`, or an `EXT-X-DATERANGE` with SCTE 35
-    /// attributes).
+    /// attributes; a DASH EventStream's SCTE 35 event).
     pub cue: Option<HlsCue>,
+    /// Seconds of media time missing before this segment (negative: overlapping the one before)
+    /// where a DASH SegmentTimeline says so; `None` for HLS.
+    pub gap_before_s: Option<f64>,
 }
 
 /// An ad cue a playlist signals at a segment.
 #[derive(Clone, Debug, PartialEq)]
 pub struct HlsCue {
-    /// The tag: `EXT-X-CUE-OUT`, `EXT-X-CUE-IN` or `EXT-X-DATERANGE`.
+    /// The tag: `EXT-X-CUE-OUT`, `EXT-X-CUE-IN`, `EXT-X-DATERANGE`, or `EventStream` (DASH).
     pub tag: &'static str,
     /// Leaving the programme (an avail begins); false: returning to it.
     pub out: bool,
@@ -125,7 +143,8 @@ pub enum Encryption {
 #[error("{0}")]
 pub struct ManifestError(pub String);
 
-/// A manifest format: HLS ([`crate::playlist::Hls`]) today, DASH later. See the module docs.
+/// A manifest format: HLS ([`crate::playlist::Hls`]) or DASH ([`crate::dash::Dash`]). See the
+/// module docs.
 pub trait ManifestFormat: Send + Sync {
     /// Parse the top-level document fetched from `base` (the URL after redirects).
     fn parse_top(&self, bytes: &[u8], base: &Url) -> Result<Manifest, ManifestError>;
@@ -137,4 +156,9 @@ pub trait ManifestFormat: Send + Sync {
         base: &Url,
         variant: &Variant,
     ) -> Result<MediaWindow, ManifestError>;
+
+    /// The kinds the delivery checks report under (`hls.*` or `dash.*`).
+    fn kinds(&self) -> &'static crate::checks::DeliveryKinds {
+        &crate::checks::HLS_KINDS
+    }
 }

@@ -122,7 +122,7 @@ pub fn resolve(
         http: http.clone(),
         format: format.clone(),
         stop: stop.clone(),
-        checks: Checks::new(cfg.stale_factor, variant.name.clone(), 0.0),
+        checks: Checks::new(cfg.stale_factor, variant.name.clone(), 0.0).with_kinds(format.kinds()),
         variant,
         first,
         keys: Vec::new(),
@@ -169,7 +169,7 @@ where
     S: HlsSink + Send,
     F: FnMut(&Variant) -> S,
 {
-    let monitors = resolve(cfg, Arc::new(crate::playlist::Hls), stop)?;
+    let monitors = resolve(cfg, cfg.format(), stop)?;
     Ok(run_monitors(monitors, make_sink))
 }
 

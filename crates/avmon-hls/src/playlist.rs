@@ -215,6 +215,7 @@ fn media(m: m3u8_rs::MediaPlaylist, text: &str, base: &Url) -> Result<MediaWindo
             encryption: encryption.clone(),
             init: init.clone(),
             cue: cue(&s),
+            gap_before_s: None,
         });
     }
     Ok(MediaWindow {
@@ -222,6 +223,7 @@ fn media(m: m3u8_rs::MediaPlaylist, text: &str, base: &Url) -> Result<MediaWindo
         first_sequence: m.media_sequence,
         segments,
         ended: m.end_list,
+        doc: None,
     })
 }
 

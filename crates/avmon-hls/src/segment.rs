@@ -90,6 +90,7 @@ mod tests {
             encryption: Encryption::None,
             init: None,
             cue: None,
+            gap_before_s: None,
         }
     }
 

@@ -646,16 +646,17 @@ impl StreamConfig {
         match self.hls_config() {
             Some(h) => h.validate(&format!("{path}.hls"), errors),
             None if self.hls.is_some() => errors.push(format!(
-                "{path}.hls: only for an HLS stream, whose url is http(s)://….m3u8 (got {:?})",
+                "{path}.hls: only for an HLS or DASH stream, whose url is http(s)://….m3u8 or ….mpd (got {:?})",
                 self.url
             )),
             None => {}
         }
     }
 
-    /// The HLS monitor's settings, for an HLS stream: `[streams.hls]` (or the defaults) on `url`.
+    /// The HLS monitor's settings, for an HLS or DASH stream: `[streams.hls]` (or the defaults)
+    /// on `url`.
     pub fn hls_config(&self) -> Option<HlsConfig> {
-        avmon_hls::is_hls_url(&self.url).then(|| HlsConfig {
+        avmon_hls::is_manifest_url(&self.url).then(|| HlsConfig {
             url: self.url.clone(),
             ..self.hls.clone().unwrap_or_default()
         })

@@ -1,4 +1,5 @@
-//! HLS inputs, in `check` and in the service (`run`): one code path for both.
+//! HLS and DASH inputs, in `check` and in the service (`run`): one code path for both (a DASH
+//! Representation is a variant here; `avmon-hls` reads both formats).
 //!
 //! `avmon-hls` monitors delivery (stale playlist, failed and slow segments, sequence, target
 //! duration, discontinuities), each chosen variant on its own thread ([`HlsInput`]). Each variant
@@ -303,9 +304,10 @@ pub struct HlsOptions {
     pub handover: Option<Arc<AtomicBool>>,
 }
 
-/// Whether an alert is one of an HLS variant's (raised by its delivery checks).
+/// Whether an alert is one of an HLS variant's or DASH Representation's (raised by its delivery
+/// checks).
 pub fn is_variant_alert(a: &avmon_core::Alert) -> bool {
-    a.kind.starts_with("hls.") && a.details.contains_key("variant")
+    (a.kind.starts_with("hls.") || a.kind.starts_with("dash.")) && a.details.contains_key("variant")
 }
 
 /// An HLS input being monitored: a thread that runs every chosen variant's monitor (each on
@@ -333,7 +335,7 @@ impl<O: VariantOut + 'static> HlsInput<O> {
         make_out: impl FnMut(&Variant) -> O + Send + 'static,
     ) -> Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
-        let monitors = avmon_hls::resolve(cfg, Arc::new(avmon_hls::Hls), stop.clone())
+        let monitors = avmon_hls::resolve(cfg, cfg.format(), stop.clone())
             .map_err(|e| anyhow::anyhow!("HLS: {e}"))?;
         Self::launch(stop, false, opts, make_out, move |make_sink| {
             avmon_hls::run_monitors(monitors, make_sink)
@@ -352,7 +354,7 @@ impl<O: VariantOut + 'static> HlsInput<O> {
         Self::launch(stop, true, opts, make_out, move |make_sink| {
             avmon_hls::keep_monitoring(
                 &cfg,
-                Arc::new(avmon_hls::Hls),
+                cfg.format(),
                 monitor_stop,
                 avmon_hls::Retry::default(),
                 make_sink,

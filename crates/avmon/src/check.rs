@@ -56,7 +56,7 @@ pub struct Report {
     pub measured: Vec<(&'static str, f64)>,
     /// TR 101 290 counts, for MPEG-TS that avmon read itself (files, UDP/RTP, SRT, HTTP TS).
     pub transport: Option<avmon_transport::Counters>,
-    /// `summary.hls`, for HLS inputs.
+    /// `summary.hls` for HLS inputs, `summary.dash` for DASH ones.
     pub hls: Option<Value>,
     /// The fidelity tier the video was decoded at (`summary.video.tier`).
     pub tier: Tier,
@@ -98,7 +98,12 @@ impl Report {
             }
         }
         if let Some(h) = &self.hls {
-            summary.insert("hls".into(), h.clone());
+            let key = if avmon_hls::is_dash_url(&self.input) {
+                "dash"
+            } else {
+                "hls"
+            };
+            summary.insert(key.into(), h.clone());
         }
         json!({
             "input": self.input,
@@ -206,7 +211,7 @@ pub fn check(opts: CheckOptions) -> Result<Report> {
     let stop = Arc::new(AtomicBool::new(false));
     // HLS: avmon-hls fetches the segments, checks delivery, and hands the first chosen
     // variant's bytes to the decoder.
-    let (hls, segments) = if avmon_hls::is_hls_url(&opts.input) {
+    let (hls, segments) = if avmon_hls::is_manifest_url(&opts.input) {
         let cfg = HlsConfig {
             variants: opts.hls_variants.clone(),
             ..HlsConfig::new(&opts.input)
@@ -228,7 +233,7 @@ pub fn check(opts: CheckOptions) -> Result<Report> {
         let source = h.source(stop.clone(), None);
         (Some(h), Some(source))
     } else if !opts.hls_variants.is_empty() {
-        anyhow::bail!("--variant applies only to HLS inputs (http(s)://….m3u8)");
+        anyhow::bail!("--variant applies only to HLS and DASH inputs (http(s)://….m3u8 or ….mpd)");
     } else {
         (None, None)
     };

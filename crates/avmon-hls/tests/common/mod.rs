@@ -60,7 +60,8 @@ impl Nginx {
                  http {{\n  access_log off;\n  client_body_temp_path {d}/tmp/body;\n\
                  proxy_temp_path {d}/tmp/proxy;\n  fastcgi_temp_path {d}/tmp/fastcgi;\n\
                  uwsgi_temp_path {d}/tmp/uwsgi;\n  scgi_temp_path {d}/tmp/scgi;\n\
-                 types {{ application/vnd.apple.mpegurl m3u8; video/mp2t ts; }}\n\
+                 types {{ application/vnd.apple.mpegurl m3u8; video/mp2t ts; \
+                 application/dash+xml mpd; video/iso.segment m4s; }}\n\
                  default_type application/octet-stream;\n\
                  server {{\n    listen 127.0.0.1:{port};\n    root {root};\n\
                  add_header Cache-Control no-cache;\n    {locations}\n  }}\n}}\n",
@@ -160,7 +161,13 @@ fn encode_args(cmd: &mut Command) {
             "yuv420p",
         ])
         .args(["-g", "25", "-keyint_min", "25", "-sc_threshold", "0"])
-        .args(["-c:a", "aac", "-b:a", "64k", "-f", "hls", "-hls_time", "1"]);
+        .args(["-c:a", "aac", "-b:a", "64k"]);
+}
+
+/// [`encode_args`], then FFmpeg's HLS muxer with 1 s segments.
+fn hls_args(cmd: &mut Command) {
+    encode_args(cmd);
+    cmd.args(["-f", "hls", "-hls_time", "1"]);
 }
 
 impl Writer {
@@ -168,7 +175,7 @@ impl Writer {
     pub fn start(dir: &Path, flags: &str) -> Writer {
         let mut cmd = Command::new("ffmpeg");
         cmd.arg("-re");
-        encode_args(&mut cmd);
+        hls_args(&mut cmd);
         cmd.args(["-hls_list_size", "5"])
             .arg("-hls_flags")
             .arg(format!("delete_segments+omit_endlist+temp_file{flags}"))
@@ -195,12 +202,71 @@ impl Drop for Writer {
     }
 }
 
+/// FFmpeg's DASH muxer writing `dir/live.mpd` (a live MPD: `type="dynamic"`) with
+/// `init-streamN.m4s` and `chunk-streamN-NNNNN.m4s`: the same content as [`Writer`], video and
+/// audio each in its own AdaptationSet (Representations `0` and `1`), 1 s segments, 5 in the
+/// window. `args` go to the muxer (`-use_timeline 0` for a template with `@duration`).
+pub struct DashWriter {
+    child: Child,
+}
+
+impl DashWriter {
+    pub fn start(dir: &Path, args: &[&str]) -> DashWriter {
+        let mut cmd = Command::new("ffmpeg");
+        cmd.arg("-re");
+        encode_args(&mut cmd);
+        cmd.args(["-f", "dash", "-seg_duration", "1", "-window_size", "5"])
+            .args(["-extra_window_size", "3", "-streaming", "0"])
+            .args(args)
+            .arg(dir.join("live.mpd"))
+            .stdin(Stdio::null());
+        DashWriter {
+            child: cmd.spawn().expect("start ffmpeg (is it installed?)"),
+        }
+    }
+
+    /// Send the packager `signal` (`STOP` to stall it, `CONT` to let it go on).
+    pub fn signal(&self, signal: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(ok.success(), "kill -{signal} failed");
+    }
+
+    /// Stop writing at once, as a crashed packager does.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for DashWriter {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Write `seconds` of the same content as fast as possible into `dir/name` (an on-demand MPD,
+/// `type="static"`), as [`DashWriter`] names its files.
+pub fn write_dash_vod(dir: &Path, name: &str, seconds: u32) {
+    let mut cmd = Command::new("ffmpeg");
+    encode_args(&mut cmd);
+    cmd.args(["-t", &seconds.to_string()])
+        .args(["-f", "dash", "-seg_duration", "1"])
+        .arg(dir.join(name));
+    let status = cmd.status().expect("run ffmpeg");
+    assert!(status.success(), "ffmpeg failed: {status}");
+}
+
 /// Write `seconds` of the same content as fast as possible into `dir/playlist` (a complete,
 /// ended playlist) and segments named by the muxer's `segments` pattern, with `extra` muxer
 /// arguments (a key info file, flags). The output is byte-identical from run to run.
 pub fn write_vod(dir: &Path, playlist: &str, segments: &str, seconds: u32, extra: &[&str]) {
     let mut cmd = Command::new("ffmpeg");
-    encode_args(&mut cmd);
+    hls_args(&mut cmd);
     cmd.args([
         "-t",
         &seconds.to_string(),
