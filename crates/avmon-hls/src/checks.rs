@@ -639,6 +639,7 @@ mod tests {
                     init: None,
                     cue: None,
                     gap_before_s: None,
+                    presentation_s: None,
                 })
                 .collect(),
             ended: false,

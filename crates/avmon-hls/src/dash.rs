@@ -15,9 +15,9 @@
 //!   Representation) is refused with a reason.
 //! - **The live edge.** For a dynamic MPD avmon computes when each segment becomes available
 //!   itself: at `availabilityStartTime` + the Period's start + the segment's end (less
-//!   `availabilityTimeOffset`). A segment computed from `@duration` is listed once that time has
-//!   passed; one a `SegmentTimeline` lists is taken up to [`LISTED_EARLY_S`] before it (the
-//!   packager announced it, and clocks differ a little). The window reaches back
+//!   `availabilityTimeOffset`). A segment computed from `@duration` is listed
+//!   [`AVAILABILITY_GRACE_S`] after that time; one a `SegmentTimeline` lists is taken up to
+//!   [`LISTED_EARLY_S`] before it (the packager announced it, and clocks differ a little). The window reaches back
 //!   `timeShiftBufferDepth` ([`LOOKBACK_S`] when the MPD gives none). Every Period is followed:
 //!   a new Period's first segment is marked as a discontinuity.
 //! - **Sequence numbers.** The monitor's checks count segments by sequence number; a DASH
@@ -58,6 +58,11 @@ pub const LOOKBACK_S: f64 = 120.0;
 /// A segment a `SegmentTimeline` lists is taken up to this many seconds before its computed
 /// availability: the packager announced it, and the origin's clock may run a little ahead.
 pub const LISTED_EARLY_S: f64 = 1.0;
+
+/// A segment computed from `@duration` is requested this many seconds after its availability
+/// time: a packager writes a segment once the next frame is in, and hosts' clocks differ by a
+/// few milliseconds. Later than this, a missing segment is an error.
+pub const AVAILABILITY_GRACE_S: f64 = 1.0;
 
 /// Timeline gaps and overlaps smaller than this (seconds) are rounding, not reported.
 const GAP_TOLERANCE_S: f64 = 0.001;
@@ -211,6 +216,7 @@ impl ManifestFormat for Dash {
                     init: s.init,
                     cue,
                     gap_before_s: s.gap_before,
+                    presentation_s: Some(s.start),
                 }
             })
             .collect();
@@ -571,7 +577,11 @@ impl<'a> Doc<'a> {
         let tick = |pres_t: f64| (pres_t - p.start) * ts + pto as f64;
         let end_tick = p.end.map(tick);
         let computed = timeline.is_none();
-        let early = if computed { 0.0 } else { LISTED_EARLY_S };
+        let early = if computed {
+            -AVAILABILITY_GRACE_S
+        } else {
+            LISTED_EARLY_S
+        };
         let hi_tick = tick(self.now_p + early + ato);
         let lo_tick = tick(self.lo);
         // (start tick, duration ticks, count, first number, explicit start)
@@ -1026,14 +1036,15 @@ mod tests {
           <SegmentTemplate timescale="90000" duration="180000" startNumber="10"
             media="$RepresentationID$/$Bandwidth$/seg-$Number$.mp4" initialization="$RepresentationID$/init.mp4"/>
           <Representation id="hd" bandwidth="3000000"/></AdaptationSet></Period></MPD>"#;
-        // 100.5 s in: segments of 2 s; the last complete one ends at 100 s (number 10 + 49).
-        let w = window(&at(100.5), mpd, "hd").unwrap();
+        // 101 s in: segments of 2 s; the last available for a second ends at 100 s (number
+        // 10 + 49); the next, ending at 102 s, is not yet.
+        let w = window(&at(101.0), mpd, "hd").unwrap();
         let last = w.segments.last().unwrap();
         assert_eq!(
             last.uri.as_str(),
             "http://o/live/media/hd/3000000/seg-59.mp4"
         );
-        // The window reaches back 6 s (to 94.5 s): segments ending at 96, 98 and 100 s.
+        // The window reaches back 6 s (to 95 s): segments ending at 96, 98 and 100 s.
         assert_eq!(w.segments.len(), 3, "{:?}", w.segments);
         assert_eq!(w.target_duration, 2.0);
         assert_eq!(

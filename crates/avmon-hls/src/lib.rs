@@ -47,6 +47,7 @@
 pub mod checks;
 pub mod config;
 pub mod dash;
+pub mod fmp4;
 #[cfg(feature = "net")]
 pub mod http;
 pub mod manifest;

@@ -93,6 +93,9 @@ pub struct SegmentRef {
     /// Seconds of media time missing before this segment (negative: overlapping the one before)
     /// where a DASH SegmentTimeline says so; `None` for HLS.
     pub gap_before_s: Option<f64>,
+    /// Where the segment starts on the presentation's time line, seconds (DASH: from
+    /// `availabilityStartTime`, the same for every Representation); `None` for HLS.
+    pub presentation_s: Option<f64>,
 }
 
 /// An ad cue a playlist signals at a segment.

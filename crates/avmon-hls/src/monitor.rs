@@ -65,6 +65,9 @@ pub struct Segment<'a> {
     pub start_t: f64,
     /// `EXTINF`, in seconds.
     pub duration: f64,
+    /// Where it starts on the presentation's time line (DASH; see
+    /// [`crate::SegmentRef::presentation_s`]).
+    pub presentation_s: Option<f64>,
     /// An `EXT-X-DISCONTINUITY` precedes it: timestamps and continuity counters may jump.
     pub discontinuity: bool,
     /// Media is missing before it (a failed or skipped segment, or the playlist restarted), so
@@ -477,6 +480,7 @@ impl VariantMonitor {
                     uri: &p.seg.uri,
                     start_t: p.start_t,
                     duration: p.seg.duration,
+                    presentation_s: p.seg.presentation_s,
                     discontinuity: p.seg.discontinuity,
                     after_gap,
                     init,

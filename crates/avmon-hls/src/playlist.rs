@@ -216,6 +216,7 @@ fn media(m: m3u8_rs::MediaPlaylist, text: &str, base: &Url) -> Result<MediaWindo
             init: init.clone(),
             cue: cue(&s),
             gap_before_s: None,
+            presentation_s: None,
         });
     }
     Ok(MediaWindow {

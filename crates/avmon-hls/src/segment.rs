@@ -91,6 +91,7 @@ mod tests {
             init: None,
             cue: None,
             gap_before_s: None,
+            presentation_s: None,
         }
     }
 

@@ -178,9 +178,20 @@ fn a_stalled_packager_is_one_stale_mpd_raised_and_cleared_and_a_restart_is_told(
         let told: Vec<_> = log
             .findings
             .iter()
-            .map(|(at, f)| (at.duration_since(stalled).as_secs_f64(), f.kind, f.edge, &f.details))
+            .map(|(at, f)| {
+                (
+                    at.duration_since(stalled).as_secs_f64(),
+                    f.kind,
+                    f.edge,
+                    &f.details,
+                )
+            })
             .collect();
-        assert_eq!(log.count(kinds::DASH_STALE, FindingEdge::Begin), 1, "{told:?}");
+        assert_eq!(
+            log.count(kinds::DASH_STALE, FindingEdge::Begin),
+            1,
+            "{told:?}"
+        );
         for kind in [kinds::DASH_SEGMENT_ERROR, kinds::DASH_SEQUENCE_ERROR] {
             assert_eq!(
                 log.count(kind, FindingEdge::Begin),
@@ -246,7 +257,7 @@ fn a_segment_the_origin_lacks_is_a_segment_error_on_that_representation_only() {
 #[test]
 fn an_on_demand_mpd_is_read_to_its_end() {
     let nginx = Nginx::start("");
-    common::write_dash_vod(&nginx.root, "vod.mpd", 6);
+    common::write_dash_vod(&nginx.root, "vod.mpd", 6, common::TONE);
     let cfg = HlsConfig::new(nginx.url("vod.mpd"));
     let runs = avmon_hls::run_all(&cfg, Arc::new(AtomicBool::new(false)), |_| {
         Recorder::default()
@@ -257,7 +268,11 @@ fn an_on_demand_mpd_is_read_to_its_end() {
         let stats = run.result.as_ref().unwrap();
         assert!(findings(&run.sink).is_empty(), "{:?}", findings(&run.sink));
         // Audio segments end on AAC frames, so the last may be a short seventh.
-        assert!((6..=7).contains(&stats.segments), "{}: {stats:?}", run.variant.name);
+        assert!(
+            (6..=7).contains(&stats.segments),
+            "{}: {stats:?}",
+            run.variant.name
+        );
         assert!((stats.media_s - 6.0).abs() < 0.1, "{stats:?}");
         assert_in_order(&run.sink, &run.variant.name);
     }

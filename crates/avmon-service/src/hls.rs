@@ -61,28 +61,153 @@ pub struct Chunk {
     at: Instant,
 }
 
-/// The sending end of the decoded variant's segments.
+/// How long a segment of one decoded track waits for the other's before it goes on alone
+/// (the other's monitor is behind, or failing).
+const HOLD: Duration = Duration::from_secs(3);
+
+/// What a variant's segments are to the decoder.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Track {
+    /// The decoded variant (HLS; a DASH Representation with video and sound, or without a
+    /// partner).
+    Only,
+    /// A DASH video Representation, joined with an audio one ([`Track::Audio`]).
+    Video,
+    Audio,
+}
+
+/// A segment of a joined track waiting for its turn.
+struct Pending {
+    bytes: Vec<u8>,
+    /// Presentation time (DASH) or the variant's media time.
+    start: f64,
+    duration: f64,
+    fresh: bool,
+    at: Instant,
+}
+
+/// The sending end of the decoded segments. A DASH video and audio Representation are joined
+/// into one fragmented MP4 stream ([`avmon_hls::fmp4`]): their segments go out in presentation
+/// order, the audio's renumbered into the joined initialisation section.
 struct Feed {
     tx: Sender<Chunk>,
-    init: Option<Arc<[u8]>>,
     /// Never wait for the decoder (the service); otherwise wait, until `stop` (check).
     lossy: bool,
     stop: Arc<AtomicBool>,
     /// Media is missing before the next segment sent.
     gap: bool,
+    /// Two tracks are joined.
+    two: bool,
+    /// The latest initialisation section of the only or video track, and of the audio track.
+    inits: [Option<Arc<[u8]>>; 2],
+    /// The joined section and the audio's track number in it, once both are known.
+    joined: Option<(Arc<[u8]>, u32)>,
+    queues: [std::collections::VecDeque<Pending>; 2],
+    /// The initialisation section of the last chunk sent.
+    sent_init: Option<Arc<[u8]>>,
 }
 
 impl Feed {
-    /// Queue `s` for the decoder; whether the decoder is still there.
-    fn send(&mut self, s: &Segment<'_>) -> bool {
-        if let Some(init) = s.init {
-            self.init = Some(Arc::from(init));
+    fn new(tx: Sender<Chunk>, lossy: bool, stop: Arc<AtomicBool>) -> Self {
+        Feed {
+            tx,
+            lossy,
+            stop,
+            gap: false,
+            two: false,
+            inits: [None, None],
+            joined: None,
+            queues: Default::default(),
+            sent_init: None,
         }
-        let mut chunk = Chunk {
+    }
+
+    /// Queue `s`, a segment of `track`, for the decoder; whether the decoder is still there.
+    fn send(&mut self, track: Track, s: &Segment<'_>) -> bool {
+        let i = usize::from(track == Track::Audio);
+        if let Some(init) = s.init {
+            self.inits[i] = Some(Arc::from(init));
+            if self.two {
+                self.join();
+            }
+        }
+        let p = Pending {
             bytes: s.bytes.to_vec(),
-            init: self.init.clone(),
-            fresh: s.discontinuity || s.after_gap || std::mem::take(&mut self.gap),
+            start: s.presentation_s.unwrap_or(s.start_t),
             duration: s.duration,
+            fresh: s.discontinuity || s.after_gap,
+            at: Instant::now(),
+        };
+        if !self.two {
+            return self.emit(0, p);
+        }
+        self.queues[i].push_back(p);
+        self.drain(false)
+    }
+
+    /// Join the two initialisation sections, when both are known.
+    fn join(&mut self) {
+        let [Some(v), Some(a)] = &self.inits else {
+            return;
+        };
+        self.joined = match avmon_hls::fmp4::merge_init(v, a) {
+            Ok((j, id)) => Some((Arc::from(j), id)),
+            Err(e) => {
+                tracing::warn!(
+                    "DASH: the audio cannot be decoded with the video ({e}); video only"
+                );
+                None
+            }
+        };
+    }
+
+    /// Send what is due, in presentation order; with `all`, everything queued.
+    fn drain(&mut self, all: bool) -> bool {
+        loop {
+            let due = |p: &Pending| all || p.at.elapsed() >= HOLD;
+            let pick = match (self.queues[0].front(), self.queues[1].front()) {
+                (Some(v), Some(a)) => usize::from(a.start < v.start),
+                (Some(v), None) if due(v) => 0,
+                (None, Some(a)) if due(a) => 1,
+                _ => return true,
+            };
+            let Some(p) = self.queues[pick].pop_front() else {
+                return true;
+            };
+            if !self.emit(pick, p) {
+                return false;
+            }
+        }
+    }
+
+    /// Send one segment of track `i` (0: only or video, 1: audio).
+    fn emit(&mut self, i: usize, mut p: Pending) -> bool {
+        let init = match (&self.joined, i) {
+            (Some((j, id)), 1) => {
+                if let Err(e) = avmon_hls::fmp4::retrack(&mut p.bytes, *id) {
+                    tracing::debug!("DASH: an audio segment not decoded: {e}");
+                    self.gap = true;
+                    return true;
+                }
+                Some(j.clone())
+            }
+            (Some((j, _)), _) => Some(j.clone()),
+            // Not joined: the audio alone only while there is no video.
+            (None, 1) if self.inits[0].is_some() => return true,
+            (None, _) => self.inits[i].clone(),
+        };
+        let changed = match (&init, &self.sent_init) {
+            (Some(a), Some(b)) => !Arc::ptr_eq(a, b),
+            (a, b) => a.is_some() != b.is_some(),
+        };
+        // Another initialisation section is another stream for the demuxer.
+        let fresh = p.fresh || changed && self.sent_init.is_some() || std::mem::take(&mut self.gap);
+        self.sent_init = init.clone();
+        let mut chunk = Chunk {
+            bytes: p.bytes,
+            init,
+            fresh,
+            duration: p.duration,
             at: Instant::now(),
         };
         if self.lossy {
@@ -105,6 +230,19 @@ impl Feed {
                 Err(_) => return false,
             }
         }
+    }
+}
+
+/// A variant's share of the [`Feed`].
+struct FeedHandle {
+    feed: Arc<std::sync::Mutex<Feed>>,
+    track: Track,
+}
+
+impl FeedHandle {
+    fn with<R>(&self, f: impl FnOnce(&mut Feed) -> R) -> R {
+        let mut feed = self.feed.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut feed)
     }
 }
 
@@ -212,11 +350,11 @@ pub trait VariantOut: Send {
     fn stats(&mut self, _media_t: f64, _stats: &VariantStats) {}
 }
 
-/// One variant's findings through its alert engine, and (for the first variant) its segments
-/// to the decoder.
+/// One variant's findings through its alert engine, and (for the decoded variants) its
+/// segments to the decoder.
 pub struct VariantSink<O> {
     alerts: StreamAlerts,
-    feed: Option<Feed>,
+    feed: Option<FeedHandle>,
     pub out: O,
     pub media_t: f64,
     /// Stop monitoring once the media clock reaches this (`check --duration`).
@@ -255,7 +393,11 @@ impl<O: VariantOut> HlsSink for VariantSink<O> {
     }
 
     fn on_segment(&mut self, s: &Segment<'_>) {
-        if self.feed.as_mut().is_some_and(|feed| !feed.send(s)) {
+        if self
+            .feed
+            .as_ref()
+            .is_some_and(|h| !h.with(|f| f.send(h.track, s)))
+        {
             // The decoder is gone: monitoring goes on without it.
             self.feed = None;
         }
@@ -264,6 +406,14 @@ impl<O: VariantOut> HlsSink for VariantSink<O> {
     }
 
     fn on_tick(&mut self, media_t: f64, stats: &VariantStats) {
+        // A joined track's segments waiting for the other's go on once they waited enough.
+        if self
+            .feed
+            .as_ref()
+            .is_some_and(|h| !h.with(|f| f.drain(false)))
+        {
+            self.feed = None;
+        }
         self.out.stats(media_t, stats);
         self.tick(media_t);
     }
@@ -279,9 +429,9 @@ impl<O: VariantOut> HlsSink for VariantSink<O> {
             self.alerts.clear_all(self.media_t + self.offset);
         }
         self.send();
-        if let Some(feed) = &mut self.feed {
+        if let Some(h) = &self.feed {
             // A monitor that follows starts wherever the playlist then is.
-            feed.gap = true;
+            h.with(|f| f.gap = true);
         }
     }
 }
@@ -302,6 +452,20 @@ pub struct HlsOptions {
     /// Set when monitoring stops because the stream moves to another node: the variants' open
     /// alerts are then left open for it, not cleared.
     pub handover: Option<Arc<AtomicBool>>,
+}
+
+/// The detectors for the input `url`. A DASH stream's video and audio are joined a whole
+/// segment at a time (a second of one, then a second of the other), so their decode order says
+/// nothing of their timing: `av.sync`'s timestamp method is off for it (the content method,
+/// flash and beep, still measures lip sync).
+pub fn detectors_for(
+    url: &str,
+    mut cfg: avmon_detect::DetectorsConfig,
+) -> avmon_detect::DetectorsConfig {
+    if avmon_hls::is_dash_url(url) {
+        cfg.av_sync.timestamps = false;
+    }
+    cfg
 }
 
 /// Whether an alert is one of an HLS variant's or DASH Representation's (raised by its delivery
@@ -376,13 +540,30 @@ impl<O: VariantOut + 'static> HlsInput<O> {
             + 'static,
     {
         let (tx, rx) = crossbeam_channel::bounded(QUEUE);
-        let mut feed = Some(Feed {
-            tx,
-            init: None,
-            lossy,
-            stop: stop.clone(),
-            gap: false,
-        });
+        let feed = Arc::new(std::sync::Mutex::new(Feed::new(tx, lossy, stop.clone())));
+        // The first chosen variant is decoded; when it is a DASH video Representation, the
+        // first chosen audio Representation is joined to it.
+        let mut roles: Option<Track> = None;
+        let mut role = move |v: &Variant| -> Option<Track> {
+            let dash = |kind: &str| v.id.is_some() && v.name.starts_with(kind);
+            match roles {
+                None => {
+                    let t = if dash("video/") {
+                        Track::Video
+                    } else {
+                        Track::Only
+                    };
+                    roles = Some(t);
+                    Some(t)
+                }
+                Some(Track::Video) if dash("audio/") => {
+                    roles = Some(Track::Audio);
+                    Some(Track::Audio)
+                }
+                _ => None,
+            }
+        };
+        let shared_feed = feed.clone();
         let sink_stop = stop.clone();
         let HlsOptions {
             stream,
@@ -409,9 +590,16 @@ impl<O: VariantOut + 'static> HlsInput<O> {
                     if !carried.is_empty() {
                         engine.resume(carried, offset, crate::alerts::CARRY_GRACE_S);
                     }
+                    let feed = role(v).map(|track| {
+                        let mut f = shared_feed.lock().unwrap_or_else(|e| e.into_inner());
+                        f.two |= track == Track::Audio;
+                        FeedHandle {
+                            feed: shared_feed.clone(),
+                            track,
+                        }
+                    });
                     VariantSink {
-                        // The first chosen variant is the one decoded.
-                        feed: feed.take(),
+                        feed,
                         alerts: engine,
                         out: make_out(v),
                         media_t: 0.0,
@@ -422,9 +610,11 @@ impl<O: VariantOut + 'static> HlsInput<O> {
                     }
                 });
                 // Monitoring is over: the decoder reads what is queued, then the end.
+                feed.lock().unwrap_or_else(|e| e.into_inner()).drain(true);
                 for r in &mut runs {
                     r.sink.feed = None;
                 }
+                drop(feed);
                 runs
             })?;
         Ok(HlsInput {

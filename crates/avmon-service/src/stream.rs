@@ -492,7 +492,7 @@ pub(crate) fn stream_thread(
     let mut sink = StreamSink {
         pipe: Pipeline::new(
             StreamId(cfg.id.clone()),
-            cfg.detectors.clone(),
+            crate::hls::detectors_for(&cfg.url, cfg.detectors.clone()),
             cfg.alerts.clone(),
             None,
         )

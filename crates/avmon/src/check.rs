@@ -273,7 +273,7 @@ pub fn check(opts: CheckOptions) -> Result<Report> {
     }
     let mut pipe = Pipeline::new(
         StreamId("check".into()),
-        opts.detectors,
+        avmon_service::hls::detectors_for(&opts.input, opts.detectors),
         opts.alerts,
         Some(opts.gap_s),
     )

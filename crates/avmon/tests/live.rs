@@ -618,3 +618,136 @@ fn udp_source_sending_garbage_then_new_pids_is_followed_without_a_restart() {
         .collect();
     assert_eq!(kinds, ["video.black"], "{alerts:#}");
 }
+
+#[test]
+fn dash_into_service_mode_decodes_video_and_audio_and_a_stall_is_no_storm() {
+    // nginx serving a live MPD FFmpeg's dash muxer writes in real time: video and audio in
+    // Representations of their own, 1 s segments.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (hook, got) = receiver(&rt);
+    let nginx = origin::Nginx::start("");
+    let writer = origin::DashWriter::start(&nginx.root, &[]);
+    let mpd = nginx.root.join("live.mpd");
+    wait_for("FFmpeg's first MPD", Duration::from_secs(10), || {
+        mpd.exists().then_some(())
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let (_service, http, base) = start_service(
+        dir.path(),
+        &format!(
+            r#"
+[[streams]]
+id = "dash"
+url = "{}"
+io_timeout_s = 2
+[[notifiers]]
+kind = "webhook"
+url = "{hook}"
+"#,
+            nginx.url("live.mpd"),
+        ),
+    );
+    let stream = || get_json(&http, &format!("{base}/api/streams/dash")).unwrap_or_default();
+    let alerts = || -> Vec<Value> {
+        get_json(&http, &format!("{base}/api/alerts?stream=dash"))
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default()
+    };
+    let frames = |s: &Value, k: &str| s[k].as_u64().unwrap_or(0);
+
+    // Both Representations reach the detectors, joined into one decoded stream.
+    let s = wait_for("decoded video and audio", Duration::from_secs(20), || {
+        let s = stream();
+        (s["status"] == "ok" && frames(&s, "frames_video") > 50 && frames(&s, "frames_audio") > 50)
+            .then_some(s)
+    });
+    assert_eq!(s["info"]["video"]["width"], 320, "{s:#}");
+    assert_eq!(s["info"]["audio"]["sample_rate"], 48000, "{s:#}");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        alerts(),
+        Vec::<Value>::new(),
+        "a healthy stream raises nothing"
+    );
+
+    // The packager stalls for 12 s, then goes on.
+    writer.signal("STOP");
+    std::thread::sleep(Duration::from_secs(12));
+    writer.signal("CONT");
+    let (before_v, before_a) = (
+        frames(&stream(), "frames_video"),
+        frames(&stream(), "frames_audio"),
+    );
+    let all = wait_for("recovery from the stall", Duration::from_secs(25), || {
+        let all = alerts();
+        let s = stream();
+        let done = all.iter().any(|a| a["kind"] == "dash.stale")
+            && all.iter().all(|a| a["state"] == "cleared")
+            && s["status"] == "ok"
+            && frames(&s, "frames_video") > before_v + 50
+            && frames(&s, "frames_audio") > before_a + 50;
+        done.then_some(all)
+    });
+    // One stale MPD per Representation, the decoder without segments told as the source
+    // down, the media the stall kept out of the window; nothing of the pictures or the sound.
+    let kinds: std::collections::BTreeMap<String, usize> =
+        all.iter().fold(Default::default(), |mut m, a| {
+            *m.entry(a["kind"].as_str().unwrap().to_owned()).or_default() += 1;
+            m
+        });
+    assert_eq!(kinds.get("dash.stale"), Some(&2), "{all:#?}");
+    for k in kinds.keys() {
+        assert!(
+            ["dash.stale", "dash.sequence_error", "source.down"].contains(&k.as_str()),
+            "{k} from a packager stall: {all:#?}"
+        );
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let notified = got.lock().unwrap().len();
+    eprintln!("a 12 s packager stall: {kinds:?}, {notified} notifications");
+    assert!(
+        notified <= 2 * all.len(),
+        "{notified} notifications for {all:#?}"
+    );
+}
+
+#[test]
+fn check_on_a_dash_mpd_decodes_both_representations_and_reports_delivery() {
+    // An on-demand MPD from FFmpeg's dash muxer: 8 s, the sound silent from 2 to 6 s.
+    let nginx = origin::Nginx::start("");
+    let sound = format!("{},volume=enable='between(t,2,6)':volume=0", origin::TONE);
+    origin::write_dash_vod(&nginx.root, "vod.mpd", 8, &sound);
+    let o = avmon()
+        .args(["check", "--format", "json", &nginx.url("vod.mpd")])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let s = &r["summary"];
+    assert_eq!(s["video"]["frames"], 200, "{s:#}");
+    assert!(s["audio"]["frames"].as_u64().unwrap() > 250, "{s:#}");
+    let variants: Vec<&str> = s["dash"]["variants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(variants, ["video/0", "audio/1"]);
+    assert_eq!(s["dash"]["segment_errors"], 0, "{s:#}");
+    // The silence, found in the joined audio, where it is.
+    let events = r["events"].as_array().unwrap();
+    assert_eq!(events.len(), 1, "{events:#?}");
+    assert_eq!(events[0]["kind"], "audio.silence");
+    assert_near(
+        "silence start",
+        events[0]["start_s"].as_f64().unwrap(),
+        2.0,
+        0.1,
+    );
+    assert_near(
+        "silence end",
+        events[0]["end_s"].as_f64().unwrap(),
+        6.0,
+        0.1,
+    );
+}

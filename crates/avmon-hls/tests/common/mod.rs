@@ -147,11 +147,19 @@ pub struct Writer {
     child: Child,
 }
 
+/// The sound of every writer: a 1 kHz tone.
+pub const TONE: &str = "sine=frequency=1000:sample_rate=48000";
+
 /// The encoder arguments shared by the live and the fast writers.
 fn encode_args(cmd: &mut Command) {
+    encode_sound(cmd, TONE);
+}
+
+/// [`encode_args`] with `sound` (a lavfi source) for the audio.
+fn encode_sound(cmd: &mut Command, sound: &str) {
     cmd.args(["-hide_banner", "-loglevel", "error", "-nostdin", "-y"])
         .args(["-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25"])
-        .args(["-f", "lavfi", "-i", "sine=frequency=1000:sample_rate=48000"])
+        .args(["-f", "lavfi", "-i", sound])
         .args([
             "-c:v",
             "libx264",
@@ -249,11 +257,11 @@ impl Drop for DashWriter {
     }
 }
 
-/// Write `seconds` of the same content as fast as possible into `dir/name` (an on-demand MPD,
-/// `type="static"`), as [`DashWriter`] names its files.
-pub fn write_dash_vod(dir: &Path, name: &str, seconds: u32) {
+/// Write `seconds` of the same content (with `sound` for the audio) as fast as possible into
+/// `dir/name` (an on-demand MPD, `type="static"`), as [`DashWriter`] names its files.
+pub fn write_dash_vod(dir: &Path, name: &str, seconds: u32, sound: &str) {
     let mut cmd = Command::new("ffmpeg");
-    encode_args(&mut cmd);
+    encode_sound(&mut cmd, sound);
     cmd.args(["-t", &seconds.to_string()])
         .args(["-f", "dash", "-seg_duration", "1"])
         .arg(dir.join(name));
