@@ -28,5 +28,6 @@ run() {
 }
 run ts_analyzer 65536
 run hls_playlist 16384
+run dash_mpd 16384
 run keyframe_filter 65536
 run scte35_section 4096
