@@ -47,6 +47,7 @@ fuzz_target!(|data: &[u8]| {
                 name: "video/0".into(),
                 resolution: None,
                 id: Some("0".into()),
+                captions: false,
             }
         }
     };

@@ -69,6 +69,7 @@ fuzz_target!(|data: &[u8]| {
             name: "fuzz".into(),
             resolution: None,
             id: None,
+            captions: false,
         },
     };
     let mut checks = Checks::new(3.0, variant.name.clone(), 0.0);

@@ -66,6 +66,10 @@ pub struct VideoFrame<'a> {
     /// mean, as a flash or a cut between two alike keyframes shows, where a still picture codes
     /// to packets all alike). `None` when every frame is decoded, or it is not known.
     pub changed_between: Option<bool>,
+    /// The closed captions the picture carries (CEA-708 `cc_data` triplets: ATSC A/53 user data
+    /// in H.264/HEVC SEI or MPEG-2 user data, as FFmpeg's decoders export it); `None` when it
+    /// carries none.
+    pub captions: Option<&'a [u8]>,
 }
 
 /// Bits of [`VideoFrame::decode_errors`], as FFmpeg's decoders set them.

@@ -103,6 +103,9 @@ pub mod kinds {
     pub const NETWORK_DELAY_FACTOR: &str = "network.delay_factor";
     /// UDP/RTP delivery: RFC 4445's media loss rate over its limit (TS packets lost).
     pub const NETWORK_MEDIA_LOSS: &str = "network.media_loss";
+    /// Closed captions expected (configured, or declared by the stream) and no caption text
+    /// for a while.
+    pub const CAPTIONS_MISSING: &str = "captions.missing";
     /// An SCTE 35 cue (information: one event per cue, with what it says).
     pub const SCTE35_CUE: &str = "scte35.cue";
     /// An SCTE 35 cue that came too late: its splice time less than `min_preroll_s` ahead, or

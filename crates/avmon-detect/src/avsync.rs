@@ -1002,6 +1002,7 @@ mod tests {
             corrupt: false,
             decode_errors: 0,
             changed_between: None,
+            captions: None,
         }
     }
 

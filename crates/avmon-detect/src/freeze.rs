@@ -1081,6 +1081,7 @@ mod tests {
                 corrupt: false,
                 decode_errors: 0,
                 changed_between: None,
+                captions: None,
             };
             // The largest (mafd, block_mad) of frames j+1 ..= j+n against frame j.
             let drift = |j: usize, n: usize| {

@@ -48,6 +48,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod avsync;
 pub mod black;
+pub mod captions;
 pub mod channel_silence;
 pub mod chroma;
 pub mod clipping;
@@ -69,6 +70,7 @@ mod windows;
 
 pub use avsync::{AvSyncConfig, AvSyncDetector};
 pub use black::{BlackConfig, BlackDetector};
+pub use captions::{CaptionsConfig, CaptionsDetector};
 pub use channel_silence::{ChannelSilenceConfig, ChannelSilenceDetector};
 pub use clipping::{ClippingConfig, ClippingDetector};
 pub use corruption::{CorruptionConfig, CorruptionDetector};
@@ -109,6 +111,8 @@ pub struct DetectorsConfig {
     pub mdi: MdiConfig,
     /// SCTE 35 cues in the transport stream (`scte35.*`).
     pub scte35: Scte35Config,
+    /// Closed captions carried in the pictures (`captions.missing`).
+    pub captions: CaptionsConfig,
 }
 
 /// What is asked of the SCTE 35 cues in a transport stream.
@@ -238,6 +242,7 @@ impl DetectorsConfig {
         self.dropout.validate(&join(path, "dropout"), errors);
         self.mdi.validate(&join(path, "mdi"), errors);
         self.scte35.validate(&join(path, "scte35"), errors);
+        self.captions.validate(&join(path, "captions"), errors);
     }
 }
 
@@ -289,6 +294,9 @@ const REGISTRY: &[(&str, Build)] = &[
     (kinds::AV_SYNC, |c, m| {
         (m.video && m.audio && c.av_sync.enabled)
             .then(|| Box::new(AvSyncDetector::new(&c.av_sync)) as _)
+    }),
+    (kinds::CAPTIONS_MISSING, |c, m| {
+        (m.video && c.captions.enabled).then(|| Box::new(CaptionsDetector::new(&c.captions)) as _)
     }),
 ];
 

@@ -129,6 +129,7 @@ impl Picture {
             corrupt: false,
             decode_errors: 0,
             changed_between: None,
+            captions: None,
         }
     }
 }

@@ -245,6 +245,7 @@ mod tests {
             name: (*name).into(),
             resolution: Some((*res).into()),
             id: None,
+            captions: false,
         })
         .collect()
     }

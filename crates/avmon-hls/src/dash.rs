@@ -145,6 +145,10 @@ impl ManifestFormat for Dash {
                         name: format!("{kind}/{id}"),
                         resolution,
                         id: Some(id),
+                        captions: a
+                            .Accessibility
+                            .iter()
+                            .any(|x| x.schemeIdUri.starts_with("urn:scte:dash:cc:cea-")),
                     },
                 ));
             }
@@ -935,6 +939,7 @@ mod tests {
             name: id.into(),
             resolution: None,
             id: Some(id.into()),
+            captions: false,
         };
         d.parse_media(mpd.as_bytes(), &url("http://o/live/live.mpd"), &v)
     }

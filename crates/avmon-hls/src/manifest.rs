@@ -26,6 +26,9 @@ pub struct Variant {
     pub resolution: Option<String>,
     /// Format-specific identity inside a shared document (a DASH representation id); `None` for HLS.
     pub id: Option<String>,
+    /// It declares closed captions in its pictures (an HLS `CLOSED-CAPTIONS` group; a DASH
+    /// `Accessibility` of `urn:scte:dash:cc:cea-608:2015` or `…cea-708:2015`).
+    pub captions: bool,
 }
 
 /// What a top-level document lists.

@@ -141,6 +141,7 @@ pub fn resolve(
                 name,
                 resolution: None,
                 id: None,
+                captions: false,
             };
             vec![new(v, Some(w))]
         }

@@ -119,6 +119,10 @@ fn master(m: m3u8_rs::MasterPlaylist, base: &Url) -> Result<Vec<Variant>, Manife
             name,
             resolution: v.resolution.map(|r| format!("{}x{}", r.width, r.height)),
             id: None,
+            captions: matches!(
+                v.closed_captions,
+                Some(m3u8_rs::ClosedCaptionGroupId::GroupId(_))
+            ),
         });
     }
     if out.is_empty() {
@@ -504,6 +508,7 @@ mod tests {
                     name: String::new(),
                     resolution: None,
                     id: None,
+                    captions: false,
                 },
             )
             .unwrap_err();

@@ -1014,6 +1014,7 @@ fn receive_video(v: &mut VideoDec, clock: &mut MediaClock, sink: &mut dyn FrameS
             c.offer(f, t);
         }
         if let Some((luma, full_range)) = plane {
+            let captions = f.side_data(ff::frame::side_data::Type::A53CC);
             sink.on_video(&VideoFrame {
                 t,
                 duration: v.frame_duration,
@@ -1024,6 +1025,7 @@ fn receive_video(v: &mut VideoDec, clock: &mut MediaClock, sink: &mut dyn FrameS
                 corrupt,
                 decode_errors: error_flags,
                 changed_between: v.changed_between.take(),
+                captions: captions.as_ref().map(|c| c.data()),
             });
         }
     }

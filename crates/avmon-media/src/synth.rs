@@ -30,7 +30,13 @@
 //! - `deadch:N`: channel `N` (0-based, default 1) digitally silent, the others unchanged;
 //! - `gap`: every channel digitally silent (meant for short gaps, e.g. `gap@10-10.1`);
 //! - `click:AMP`: a rectangular pulse of `AMP` (default 0.5) added to every channel over the range,
-//!   a discontinuity at each end (e.g. `click@10-10.005`).
+//!   a discontinuity at each end (e.g. `click@10-10.005`);
+//! - `nocaptions`: with `captions`, the pictures carry no caption data (an inserter that
+//!   stopped).
+//!
+//! With `captions` (`--captions`) the pictures carry closed captions as ATSC A/53 user data
+//! (libx264 writes the frames' `cc_data` into SEI): every 2 s a line `AVMON 12.0` (its media
+//! time) on CEA-608 CC1 (roll-up) and on CEA-708 service 1.
 
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -59,6 +65,8 @@ pub enum DefectKind {
     Gap,
     /// A pulse of `param` added to every channel.
     Click,
+    /// No caption data in the pictures.
+    NoCaptions,
 }
 
 impl DefectKind {
@@ -87,9 +95,10 @@ impl FromStr for DefectKind {
             "deadch" => Ok(DefectKind::DeadChannel),
             "gap" => Ok(DefectKind::Gap),
             "click" => Ok(DefectKind::Click),
+            "nocaptions" => Ok(DefectKind::NoCaptions),
             other => Err(format!(
                 "unknown defect {other:?} (expected black, freeze, silence, dropout, gain, clip, \
-                 deadch, gap or click)"
+                 deadch, gap, click or nocaptions)"
             )),
         }
     }
@@ -232,6 +241,8 @@ pub struct SynthSpec {
     pub content: Content,
     /// Delay of the audio content relative to the video, milliseconds (positive: audio late).
     pub av_offset_ms: f64,
+    /// The pictures carry closed captions (see the module docs).
+    pub captions: bool,
 }
 
 impl Default for SynthSpec {
@@ -250,6 +261,7 @@ impl Default for SynthSpec {
             gop_s: 2.0,
             content: Content::Pan,
             av_offset_ms: 0.0,
+            captions: false,
         }
     }
 }
@@ -321,6 +333,103 @@ pub struct SynthStats {
 
 fn err(what: &str, e: impl std::fmt::Display) -> MediaError {
     MediaError::Other(format!("synth: {what}: {e}"))
+}
+
+/// Closed captions for synthetic pictures (see the module docs).
+struct Captions {
+    writer: cea708_types::CCDataWriter,
+    rate: cea708_types::Framerate,
+    /// The next line is due at this media time.
+    next: f64,
+    seq: u8,
+    buf: Vec<u8>,
+}
+
+impl Captions {
+    fn new(fps: u32) -> Self {
+        Captions {
+            writer: cea708_types::CCDataWriter::default(),
+            rate: cea708_types::Framerate::new(fps.max(1), 1),
+            next: 0.0,
+            seq: 0,
+            buf: Vec::new(),
+        }
+    }
+
+    /// A CEA-608 byte with odd parity.
+    fn parity(b: u8) -> u8 {
+        let b = b & 0x7F;
+        if b.count_ones().is_multiple_of(2) {
+            b | 0x80
+        } else {
+            b
+        }
+    }
+
+    /// Queue the line for media time `t`, on CC1 and 708 service 1.
+    fn line(&mut self, t: f64) {
+        use cea708_types::{tables::Code, DTVCCPacket, Service};
+        let text = format!("AVMON {t:.1}");
+        // Roll-up 2 rows, carriage return (control codes sent twice), then the characters.
+        for pair in [[0x14, 0x25], [0x14, 0x25], [0x14, 0x2D], [0x14, 0x2D]] {
+            self.writer.push_cea608(cea708_types::Cea608::Field1(
+                Self::parity(pair[0]),
+                Self::parity(pair[1]),
+            ));
+        }
+        let bytes = text.as_bytes();
+        for pair in bytes.chunks(2) {
+            let b1 = pair.get(1).copied().unwrap_or(0);
+            self.writer.push_cea608(cea708_types::Cea608::Field1(
+                Self::parity(pair[0]),
+                if b1 == 0 { 0x80 } else { Self::parity(b1) },
+            ));
+        }
+        let mut service = Service::new(1);
+        let mut packet = DTVCCPacket::new(self.seq);
+        self.seq = (self.seq + 1) % 4;
+        for c in text.chars() {
+            if let Some(code) = Code::from_char(c) {
+                let _ = service.push_code(&code);
+            }
+        }
+        if packet.push_service(service).is_ok() {
+            self.writer.push_packet(packet);
+        }
+    }
+
+    /// Attach this frame's `cc_data` to `frame` (when `on`; an inserter that stopped sends none).
+    fn frame(&mut self, frame: &mut ff::frame::Video, t: f64, on: bool) {
+        // Side data from the last frame must not carry over.
+        frame.remove_side_data(ff::frame::side_data::Type::A53CC);
+        if !on {
+            self.writer.flush();
+            self.next = t;
+            return;
+        }
+        if t + 1e-9 >= self.next {
+            self.line(t);
+            self.next = t + 2.0;
+        }
+        self.buf.clear();
+        if self.writer.write(self.rate, &mut self.buf).is_err() || self.buf.len() <= 2 {
+            return;
+        }
+        // FFmpeg's A53_CC side data is the triplets alone (the encoder writes the header).
+        let triplets = &self.buf[2..];
+        // SAFETY: the frame is valid; av_frame_new_side_data returns null or side data of
+        // exactly `len` bytes, which the copy fills.
+        unsafe {
+            let sd = ffi::av_frame_new_side_data(
+                frame.as_mut_ptr(),
+                ffi::AVFrameSideDataType::AV_FRAME_DATA_A53_CC,
+                triplets.len() as _,
+            );
+            if !sd.is_null() {
+                std::ptr::copy_nonoverlapping(triplets.as_ptr(), (*sd).data, triplets.len());
+            }
+        }
+    }
 }
 
 /// Draw the picture of `spec.content` for media time `t` (which a freeze holds) into a YUV 4:2:0
@@ -655,6 +764,7 @@ pub fn generate(
     // −23 LUFS = −0.691 + 10·log10(Σ weight·A²/2).
     let level = (2.0 * 10f64.powf((-23.0 + 0.691) / 10.0) / loudness_weight(spec.channels)).sqrt();
 
+    let mut captions = spec.captions.then(|| Captions::new(spec.fps));
     let mut i: u64 = 0;
     loop {
         if stop.load(Ordering::Relaxed) || total_frames.is_some_and(|n| i >= n) {
@@ -683,6 +793,13 @@ pub fn generate(
                 }
             };
             draw(&mut vframe, spec, draw_t, black);
+            if let Some(c) = captions.as_mut() {
+                c.frame(
+                    &mut vframe,
+                    t,
+                    spec.active(DefectKind::NoCaptions, t).is_none(),
+                );
+            }
             vframe.set_pts(Some(i as i64));
             venc.send_frame(&vframe)
                 .map_err(|e| err("encode video", e))?;

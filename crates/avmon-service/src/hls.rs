@@ -478,6 +478,8 @@ pub fn is_variant_alert(a: &avmon_core::Alert) -> bool {
 /// its own thread), and the decoded variant's segments.
 pub struct HlsInput<O> {
     stop: Arc<AtomicBool>,
+    /// The decoded variant declares closed captions.
+    captions: Arc<AtomicBool>,
     /// Taken by [`finish`](Self::finish); dropping the input stops its threads.
     handle: Option<JoinHandle<Vec<VariantRun<VariantSink<O>>>>>,
     segments: Receiver<Chunk>,
@@ -564,6 +566,8 @@ impl<O: VariantOut + 'static> HlsInput<O> {
             }
         };
         let shared_feed = feed.clone();
+        let captions = Arc::new(AtomicBool::new(false));
+        let declared = captions.clone();
         let sink_stop = stop.clone();
         let HlsOptions {
             stream,
@@ -591,6 +595,9 @@ impl<O: VariantOut + 'static> HlsInput<O> {
                         engine.resume(carried, offset, crate::alerts::CARRY_GRACE_S);
                     }
                     let feed = role(v).map(|track| {
+                        if track != Track::Audio {
+                            declared.store(v.captions, Ordering::Relaxed);
+                        }
                         let mut f = shared_feed.lock().unwrap_or_else(|e| e.into_inner());
                         f.two |= track == Track::Audio;
                         FeedHandle {
@@ -619,10 +626,17 @@ impl<O: VariantOut + 'static> HlsInput<O> {
             })?;
         Ok(HlsInput {
             stop,
+            captions,
             handle: Some(handle),
             segments: rx,
             grace,
         })
+    }
+
+    /// Whether the decoded variant declares closed captions: known once monitoring began, so
+    /// by the time its first segment is decoded (see [`crate::pipeline::Pipeline::captions_declared`]).
+    pub fn captions_declared(&self) -> Arc<AtomicBool> {
+        self.captions.clone()
     }
 
     /// The decoded variant's segments from here on, for one opening of the input.

@@ -53,6 +53,9 @@ pub struct Pipeline {
     /// The service's own findings about the stream that are open (`monitor.degraded`,
     /// `monitor.behind`).
     monitor_open: Vec<&'static str>,
+    /// Set when the decoded HLS variant or DASH Representation declares closed captions
+    /// ([`crate::hls::HlsInput::captions_declared`]): they are then expected.
+    pub captions_declared: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// A forward jump of the packet clock larger than this (an outage, or a source resuming with
@@ -81,6 +84,7 @@ impl Pipeline {
             transport: None,
             tier: Tier::Full,
             monitor_open: Vec::new(),
+            captions_declared: None,
         }
     }
 
@@ -96,6 +100,9 @@ impl Pipeline {
 
     /// A (re)connection opened: build the detectors for what this input carries.
     pub fn connected(&mut self, info: &MediaInfo) {
+        if let Some(d) = &self.captions_declared {
+            self.detectors_cfg.captions.declared = d.load(std::sync::atomic::Ordering::Relaxed);
+        }
         self.detectors = avmon_detect::build(
             &self.detectors_cfg,
             info.video.is_some(),

@@ -572,6 +572,7 @@ pub(crate) fn stream_thread(
             };
             match HlsInput::spawn(h, hls_opts, stop.clone(), make_out) {
                 Ok(input) => {
+                    sink.pipe.captions_declared = Some(input.captions_declared());
                     let mut open = || {
                         let source = Box::new(input.source(stop.clone(), Some(shared.cpu.clone())));
                         Input::open_source(&cfg.url, source, None, &opts, stop.clone())

@@ -278,6 +278,7 @@ pub fn check(opts: CheckOptions) -> Result<Report> {
         Some(opts.gap_s),
     )
     .with_transport(tap.clone());
+    pipe.captions_declared = hls.as_ref().map(|h| h.captions_declared());
     pipe.connected(&info);
     let mut sink = Sink {
         pipe,

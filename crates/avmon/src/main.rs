@@ -69,8 +69,9 @@ enum Command {
         /// repeatable.
         #[arg(long = "option", short = 'o', value_name = "KEY=VALUE")]
         options: Vec<String>,
-        /// For an HLS input: a variant to monitor (`index:N`, `bandwidth:BITS_PER_S` for the
-        /// closest, or `name:NAME`); repeatable. Default: every variant.
+        /// For an HLS or DASH input: a variant (DASH: Representation) to monitor (`index:N`,
+        /// `bandwidth:BITS_PER_S` for the closest, or `name:NAME`, a DASH Representation's
+        /// `@id`); repeatable. Default: every one.
         #[arg(long = "variant", value_name = "SELECTOR")]
         variants: Vec<avmon_hls::VariantSelector>,
         /// Fidelity tier: full (every frame), reference (reference frames only), keyframes
@@ -123,9 +124,13 @@ enum Command {
         /// A defect KIND[:PARAM]@START-END; repeatable. Kinds: black, freeze, silence, dropout,
         /// gain:DB (loudness step, default +12), clip:DB (drive into clipping, default +30),
         /// deadch:N (channel N silent, default 1), gap (all channels silent, short), click:AMP
-        /// (pulse, default 0.5).
+        /// (pulse, default 0.5), nocaptions (with --captions: no caption data).
         #[arg(long = "defect", value_name = "KIND[:PARAM]@START-END")]
         defects: Vec<String>,
+        /// Closed captions in the pictures: every 2 s a line of text on CEA-608 CC1 and
+        /// CEA-708 service 1 (ATSC A/53 user data).
+        #[arg(long)]
+        captions: bool,
         /// An SCTE 35 avail KIND@START-END (a file output); repeatable. Kinds: avail (cue-out 6 s
         /// before START, cue-in 6 s before END), late (the cue-out 1 s after its splice time),
         /// unended (no cue-in). Cues go on PID 0x1F0.
@@ -298,6 +303,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             av_offset,
             channels,
             defects,
+            captions,
             cues,
             repeat_every,
             realtime,
@@ -341,6 +347,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 gop_s: gop,
                 content,
                 av_offset_ms: av_offset,
+                captions,
                 ..Default::default()
             };
             let stop = Arc::new(AtomicBool::new(false));

@@ -25,14 +25,7 @@ fn pydeps() -> PathBuf {
 }
 
 fn check(path: &Path, detectors: Option<&Path>) -> Value {
-    let mut cmd = avmon();
-    cmd.args(["check", "--format", "json"]);
-    if let Some(d) = detectors {
-        cmd.arg("--detectors").arg(d);
-    }
-    let o = cmd.arg(path).output().unwrap();
-    assert!(o.status.success(), "{}", stderr_of(&o));
-    serde_json::from_slice(&o.stdout).unwrap()
+    check_with(path, detectors)
 }
 
 #[test]

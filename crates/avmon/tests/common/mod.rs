@@ -43,6 +43,18 @@ pub fn of_kind<'a>(r: &'a Value, kind: &str) -> Vec<&'a Value> {
         .collect()
 }
 
+/// `avmon check --format json INPUT` (a file or a URL), with `--detectors` when given.
+pub fn check_with(input: impl AsRef<std::ffi::OsStr>, detectors: Option<&Path>) -> Value {
+    let mut cmd = avmon();
+    cmd.args(["check", "--format", "json"]);
+    if let Some(d) = detectors {
+        cmd.arg("--detectors").arg(d);
+    }
+    let o = cmd.arg(input).output().expect("run avmon check");
+    assert!(o.status.success(), "check failed: {}", stderr_of(&o));
+    serde_json::from_slice(&o.stdout).expect("check prints JSON")
+}
+
 pub fn check_json(input: &Path) -> Value {
     let o = avmon()
         .args(["check", "--format", "json", input.to_str().unwrap()])
