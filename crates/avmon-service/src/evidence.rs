@@ -371,6 +371,12 @@ pub struct Unwritten {
     pub dropped: u64,
     /// The last refusal, while anything waits or was dropped.
     pub error: Option<String>,
+    /// Before each file: room made for it, so that evidence never takes the disk below twice
+    /// the reserve (the settings, `min_free`), even in a burst of clips between two looks at
+    /// the disk.
+    room: Option<(EvidenceConfig, u64)>,
+    /// Files and bytes deleted to make that room, not yet reported.
+    freed: (usize, u64),
 }
 
 impl Unwritten {
@@ -383,6 +389,16 @@ impl Unwritten {
         if !self.files.is_empty() {
             self.keep(path, data, None);
             return;
+        }
+        if let Some((cfg, min_free)) = &self.room {
+            let short = crate::storage::free_space(&cfg.dir).map_or(0, |(free, size)| {
+                (2 * crate::storage::reserve(*min_free, size) + data.len() as u64)
+                    .saturating_sub(free)
+            });
+            if short > 0 {
+                let (files, bytes) = prune(cfg, short);
+                self.freed = (self.freed.0 + files, self.freed.1 + bytes);
+            }
         }
         if let Err(e) = write_file(path, data) {
             self.keep(path, data, Some(e));
@@ -500,6 +516,7 @@ fn worker(
     room_wanted: &AtomicBool,
 ) {
     let lock = || unwritten.lock().unwrap_or_else(|p| p.into_inner());
+    lock().room = Some((cfg.clone(), min_free));
     let mut made_room: (usize, u64) = (0, 0);
     let pre = Duration::from_secs_f64(cfg.pre_s);
     let post = Duration::from_secs_f64(cfg.post_s);
@@ -541,6 +558,8 @@ fn worker(
                 (2 * crate::storage::reserve(min_free, size)).saturating_sub(free)
             });
             let mut u = lock();
+            let freed = std::mem::take(&mut u.freed);
+            made_room = (made_room.0 + freed.0, made_room.1 + freed.1);
             if u.error.is_some() || room_wanted.load(Ordering::Relaxed) || short > 0 {
                 let step = if u.error.is_some() || room_wanted.load(Ordering::Relaxed) {
                     ROOM_STEP_BYTES
