@@ -437,13 +437,14 @@ mod tests {
                 "audio.channel_silence",
                 "audio.dropout",
                 "av.sync",
+                "captions.missing",
             ]
         );
         let cfg = DetectorsConfig::default();
         let all: Vec<_> = build(&cfg, true, true).iter().map(|d| d.kind()).collect();
         assert_eq!(all, KINDS);
         let audio_only: Vec<_> = build(&cfg, false, true).iter().map(|d| d.kind()).collect();
-        assert_eq!(audio_only, KINDS[4..KINDS.len() - 1]);
+        assert_eq!(audio_only, KINDS[4..KINDS.len() - 2]);
         let video_only: Vec<_> = build(&cfg, true, false).iter().map(|d| d.kind()).collect();
         assert_eq!(
             video_only,
@@ -451,7 +452,8 @@ mod tests {
                 "video.black",
                 "video.freeze",
                 "video.loss",
-                "video.corruption"
+                "video.corruption",
+                "captions.missing"
             ]
         );
 
@@ -470,7 +472,8 @@ mod tests {
                 "audio.clipping",
                 "audio.channel_silence",
                 "audio.dropout",
-                "av.sync"
+                "av.sync",
+                "captions.missing"
             ]
         );
     }

@@ -1346,7 +1346,7 @@ hls = { stale_factor = "three" }
             "streams[0].hls.stale_factor: must be between 1 and 100 (got 0.5)",
             "streams[0].hls.segment_timeout_s: must be between",
             "streams[0].hls.variants[0].name: must not be empty",
-            "streams[1].hls: only for an HLS stream",
+            "streams[1].hls: only for an HLS or DASH stream",
             "streams[2].hls.url: unknown field `url`",
             "streams[3].hls.variants[0]: unknown variant `size`",
             "streams[4].hls.stale_factor: invalid type",
