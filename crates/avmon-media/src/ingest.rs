@@ -42,18 +42,21 @@ use crate::{describe, MediaError, OpenOptions};
 
 /// Sees the bytes of a byte-level input on their way to the demuxer (a transport analyser).
 /// Called on the stream's own thread, from inside the demuxer's read.
+///
+/// Every method is required, none has a default: a tap that wraps others must forward each
+/// one, and the compiler says so when one is added.
 pub trait ByteTap: Send + Sync {
     /// A new byte stream begins (an input is being opened, or reopened after an outage): what
     /// follows does not continue what came before.
-    fn on_start(&self) {}
+    fn on_start(&self);
     /// The next bytes of the input, in order, each exactly once.
     fn on_bytes(&self, bytes: &[u8]);
     /// RTP packets lost: the sequence number skipped `lost` packets.
-    fn on_rtp_loss(&self, _lost: u64) {}
+    fn on_rtp_loss(&self, lost: u64);
     /// A datagram whose payload is `bytes` long was received by the kernel at `at_s` seconds
     /// (`CLOCK_REALTIME`), told before its bytes: UDP and RTP inputs, for the Media Delivery
     /// Index.
-    fn on_arrival(&self, _at_s: f64, _bytes: usize) {}
+    fn on_arrival(&self, at_s: f64, bytes: usize);
 }
 
 /// A shared [`ByteTap`] in [`OpenOptions`].
@@ -1521,10 +1524,12 @@ mod tests {
         let lost = Arc::new(std::sync::atomic::AtomicU64::new(0));
         struct Loss(Arc<std::sync::atomic::AtomicU64>);
         impl ByteTap for Loss {
+            fn on_start(&self) {}
             fn on_bytes(&self, _: &[u8]) {}
             fn on_rtp_loss(&self, n: u64) {
                 self.0.fetch_add(n, Ordering::Relaxed);
             }
+            fn on_arrival(&self, _: f64, _: usize) {}
         }
         r.tap = Some(crate::Tap(Arc::new(Loss(lost.clone()))));
         let mut sent = Vec::new();

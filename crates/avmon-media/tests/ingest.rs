@@ -22,6 +22,8 @@ struct Counter {
 }
 
 impl ByteTap for Counter {
+    fn on_start(&self) {}
+    fn on_arrival(&self, _: f64, _: usize) {}
     fn on_bytes(&self, bytes: &[u8]) {
         self.bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
         let mut s = self.state.lock().unwrap();

@@ -290,9 +290,13 @@ fn ts_start(b: &[u8]) -> Option<usize> {
 }
 
 impl ByteTap for ClipRing {
+    // The ring keeps bytes by when they came; a new connection's follow on in it.
+    fn on_start(&self) {}
     fn on_bytes(&self, bytes: &[u8]) {
         self.append(bytes, Instant::now());
     }
+    fn on_rtp_loss(&self, _: u64) {}
+    fn on_arrival(&self, _: f64, _: usize) {}
 }
 
 /// The stream's byte tap: the transport analyser and the clip ring, each sees every byte.
