@@ -386,14 +386,22 @@ pub mod write {
         s
     }
 
+    /// A most-significant-bit-first writer, as the section syntax is written.
     #[derive(Default)]
-    struct Bits {
-        bytes: Vec<u8>,
+    pub struct Bits {
+        pub bytes: Vec<u8>,
         bits: usize,
     }
 
     impl Bits {
-        fn put(&mut self, n: usize, v: u64) {
+        /// Append whole bytes (the writer being at a byte boundary).
+        pub fn append(&mut self, bytes: &[u8]) {
+            self.bytes.extend_from_slice(bytes);
+            self.bits = self.bytes.len() * 8;
+        }
+
+        /// Append the low `n` bits of `v`.
+        pub fn put(&mut self, n: usize, v: u64) {
             for k in (0..n).rev() {
                 if self.bits % 8 == 0 {
                     self.bytes.push(0);

@@ -208,23 +208,22 @@ fn the_specifications_examples_read_as_threefive_reads_them() {
 
 /// A bit writer for the random cues.
 #[derive(Default)]
-struct Writer {
-    bytes: Vec<u8>,
-    bits: usize,
+struct Writer(scte35::write::Bits);
+
+impl std::ops::Deref for Writer {
+    type Target = scte35::write::Bits;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Writer {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
 }
 
 impl Writer {
-    fn put(&mut self, n: usize, v: u64) {
-        for k in (0..n).rev() {
-            if self.bits % 8 == 0 {
-                self.bytes.push(0);
-            }
-            let bit = (v >> k) & 1;
-            *self.bytes.last_mut().unwrap() |= (bit as u8) << (7 - self.bits % 8);
-            self.bits += 1;
-        }
-    }
-
     fn splice_time(&mut self, pts: Option<u64>) {
         match pts {
             Some(p) => {
@@ -311,8 +310,7 @@ fn random_cue(rng: &mut fastrand::Rng) -> Vec<u8> {
         }
         desc.put(8, 0x02);
         desc.put(8, d.bytes.len() as u64);
-        desc.bytes.extend(&d.bytes);
-        desc.bits = desc.bytes.len() * 8;
+        desc.append(&d.bytes);
     }
     let mut body = Writer::default();
     body.put(8, 0); // protocol_version
@@ -323,10 +321,9 @@ fn random_cue(rng: &mut fastrand::Rng) -> Vec<u8> {
     body.put(12, u64::from(rng.u16(..0x1000)));
     body.put(12, cmd.bytes.len() as u64);
     body.put(8, u64::from(kind));
-    body.bytes.extend(&cmd.bytes);
-    body.bits = body.bytes.len() * 8;
+    body.append(&cmd.bytes);
     body.put(16, desc.bytes.len() as u64);
-    body.bytes.extend(&desc.bytes);
+    body.append(&desc.bytes);
     let len = body.bytes.len() + 4;
     let mut s = vec![0xFC, 0x30 | (len >> 8) as u8, len as u8];
     s.extend(&body.bytes);
