@@ -356,6 +356,7 @@ pub struct Evidence {
     thread: Option<std::thread::JoinHandle<()>>,
     unwritten: Arc<Mutex<Unwritten>>,
     room_wanted: Arc<AtomicBool>,
+    cfg: EvidenceConfig,
 }
 
 /// Evidence files the disk did not take, kept to write again (see [`Unwritten`]).
@@ -464,14 +465,16 @@ impl Evidence {
         let unwritten = Arc::new(Mutex::new(Unwritten::default()));
         let room_wanted = Arc::new(AtomicBool::new(false));
         let (kept, wanted) = (unwritten.clone(), room_wanted.clone());
+        let worker_cfg = cfg.clone();
         let thread = std::thread::Builder::new()
             .name("evidence".into())
-            .spawn(move || worker(rx, cfg, min_free, &kept, &wanted))?;
+            .spawn(move || worker(rx, worker_cfg, min_free, &kept, &wanted))?;
         Ok(Evidence {
             tx,
             thread: Some(thread),
             unwritten,
             room_wanted,
+            cfg,
         })
     }
 
@@ -481,6 +484,30 @@ impl Evidence {
     /// of avmon's own evidence (its `max_bytes` larger than the disk).
     pub fn want_room(&self, on: bool) {
         self.room_wanted.store(on, Ordering::Relaxed);
+    }
+
+    /// Whether evidence is kept on the same disk (file system) as `path`.
+    pub fn shares_disk(&self, path: &Path) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        match (std::fs::metadata(&self.cfg.dir), std::fs::metadata(path)) {
+            (Ok(a), Ok(b)) => a.dev() == b.dev(),
+            _ => false,
+        }
+    }
+
+    /// Delete the oldest evidence now, until `bytes` are freed (or none is left): another
+    /// writer (the database) took its disk below the reserve, and evidence gives way first.
+    /// The files and bytes deleted.
+    pub fn make_room(&self, bytes: u64) -> (usize, u64) {
+        let (files, freed) = prune(&self.cfg, bytes);
+        if files > 0 {
+            tracing::warn!(
+                files,
+                mib = freed as f64 / f64::from(1 << 20),
+                "the disk was short of space: the oldest evidence was deleted to make room"
+            );
+        }
+        (files, freed)
     }
 
     /// Why evidence could not be written, while it waits or was dropped: the error, the files

@@ -11,7 +11,9 @@
 //! Updated when what waits grows tenfold; cleared once everything that waited is written and
 //! each disk has half as much again free. Evidence never takes the disk below twice that
 //! reserve: it is deleted first (see [`crate::evidence`]), so avmon's own evidence does not
-//! raise it. Its media times are seconds since the service started.
+//! raise it. When another writer (the database) takes a disk below the reserve, evidence on
+//! that disk is deleted first, back to twice the reserve, and the alert is raised only if that
+//! is not enough. Its media times are seconds since the service started.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -127,10 +129,19 @@ impl StorageWatch {
         }
         let mut short = Vec::new();
         for (dir, was_short) in &mut self.disks {
-            let Some((free, size)) = free_space(dir) else {
+            let Some((mut free, size)) = free_space(dir) else {
                 continue;
             };
             let keep = reserve(self.min_free, size);
+            // Another writer (the database) took the disk below the reserve: evidence on it
+            // gives way first, back to twice the reserve, before anyone is told.
+            if free < keep {
+                if let Some(ev) = evidence.filter(|e| e.shares_disk(dir)) {
+                    if ev.make_room(2 * keep - free).0 > 0 {
+                        free = free_space(dir).map_or(free, |(f, _)| f);
+                    }
+                }
+            }
             // Half as much again to clear: a disk at the edge does not raise and clear by turns.
             *was_short = free < keep || (*was_short && free < keep + keep / 2);
             if *was_short {

@@ -349,6 +349,36 @@ fn a_disk_nearly_full_is_told_and_evidence_gives_way() {
         1,
         "avmon's own evidence raises nothing"
     );
-    drop(filler);
+    std::fs::remove_file(&filler).unwrap();
+
+    // Another writer (a database growing by a WAL segment) takes the disk below the reserve
+    // at once: evidence on the disk gives way before anyone is told.
+    for i in 0..8u64 {
+        std::fs::write(
+            evidence.join(format!("new{i}.ts")),
+            vec![0x47_u8; 256 << 10],
+        )
+        .unwrap();
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let before = std::fs::read_dir(&evidence).unwrap().count();
+    let filler = fill_to(&data, keep / 2);
+    wait_for(
+        "evidence deleted for the other writer",
+        Duration::from_secs(10),
+        || (free_bytes(&data) + (64 << 10) >= 2 * keep).then_some(()),
+    );
+    let after = std::fs::read_dir(&evidence).unwrap().count();
+    assert!(
+        after < before,
+        "evidence gave way: {before} -> {after} files"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        notified("raised").len(),
+        1,
+        "a disk short while evidence could give way raises nothing"
+    );
+    std::fs::remove_file(&filler).unwrap();
     drop(service);
 }
