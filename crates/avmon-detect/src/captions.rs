@@ -147,14 +147,14 @@ impl CaptionsDetector {
         }
         if dtvcc > 0 {
             // The parser takes whole cc_data structures: a header, then at most 31 triplets.
-            let triplets: Vec<&[u8]> = cc.chunks_exact(3).filter(|t| t[0] & 0x04 != 0).collect();
-            for chunk in triplets.chunks(31) {
+            let mut valid = cc.chunks_exact(3).filter(|t| t[0] & 0x04 != 0).peekable();
+            while valid.peek().is_some() {
                 self.buf.clear();
-                self.buf
-                    .extend_from_slice(&[0xC0 | chunk.len() as u8, 0xFF]);
-                for t in chunk {
+                self.buf.extend_from_slice(&[0xC0, 0xFF]);
+                for t in valid.by_ref().take(31) {
                     self.buf.extend_from_slice(t);
                 }
+                self.buf[0] |= ((self.buf.len() - 2) / 3) as u8;
                 if self.dtvcc.push(&self.buf).is_err() {
                     // A broken packet: start over at the next packet start.
                     self.dtvcc = CCDataParser::new();

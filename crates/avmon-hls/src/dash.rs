@@ -546,35 +546,25 @@ impl<'a> Doc<'a> {
         }
         let ts = timescale as f64;
         let ato = if ato.is_finite() { ato.max(0.0) } else { 0.0 };
-        let init = match &addr {
-            Addressing::Template(t) => match (&t.initialization, &t.Initialization) {
-                (Some(i), _) => Some(InitRef {
-                    uri: join(&base, &substitute(i, &id, bandwidth, None, None)?)?,
-                    range: None,
-                }),
-                (None, Some(i)) => i
-                    .sourceURL
-                    .as_deref()
-                    .map(|u| {
-                        Ok::<_, ManifestError>(InitRef {
-                            uri: join(&base, u)?,
-                            range: i.range.as_deref().and_then(range),
-                        })
-                    })
-                    .transpose()?,
-                (None, None) => None,
-            },
-            Addressing::List(l) => l
-                .Initialization
-                .as_ref()
-                .and_then(|i| i.sourceURL.as_deref().map(|u| (u, i.range.as_deref())))
+        let element = |i: Option<&dash_mpd::Initialization>| {
+            i.and_then(|i| i.sourceURL.as_deref().map(|u| (u, i.range.as_deref())))
                 .map(|(u, rg)| {
                     Ok::<_, ManifestError>(InitRef {
                         uri: join(&base, u)?,
                         range: rg.and_then(range),
                     })
                 })
-                .transpose()?,
+                .transpose()
+        };
+        let init = match &addr {
+            Addressing::Template(t) => match &t.initialization {
+                Some(i) => Some(InitRef {
+                    uri: join(&base, &substitute(i, &id, bandwidth, None, None)?)?,
+                    range: None,
+                }),
+                None => element(t.Initialization.as_ref())?,
+            },
+            Addressing::List(l) => element(l.Initialization.as_ref())?,
         };
         // Presentation time of a media-time tick, and the window in ticks.
         let pres = |tick: f64| p.start + (tick - pto as f64) / ts;
